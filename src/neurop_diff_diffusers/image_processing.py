@@ -1,0 +1,172 @@
+"""Validation and conversion of user images (PIL, numpy, torch, lists of them) to model tensors and back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.image_processor import VaeImageProcessor
+
+#: What the pipelines accept as ``image``.
+ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.Image.Image | np.ndarray | torch.Tensor]
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+
+
+def _one_to_tensor(image: Any, name: str) -> torch.Tensor:
+    """One image (or an already batched array/tensor) to ``(B, 3, H, W)`` float32 in ``[0, 1]``."""
+    if isinstance(image, PIL.Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            raise ValueError(
+                f"`{name}` is a PIL image of mode {image.mode!r} (16/32-bit); convert it to 8-bit RGB, or pass a "
+                "float numpy array in [0, 1]."
+            )
+        if image.width == 0 or image.height == 0:
+            raise ValueError(f"`{name}` has no pixels (size {image.size}).")
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    if isinstance(image, np.ndarray):
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4:
+            raise ValueError(f"`{name}` as a numpy array must be HWC or NHWC, got shape {image.shape}.")
+        if image.shape[-1] != 3:
+            raise ValueError(
+                f"`{name}` as a numpy array must have 3 channels last (HWC RGB), got shape {image.shape}."
+            )
+        if image.dtype == np.uint8:
+            tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
+        elif np.issubdtype(image.dtype, np.floating):
+            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        else:
+            raise TypeError(
+                f"`{name}` as a numpy array must be uint8 or float in [0, 1], got dtype {image.dtype}; scale other "
+                "integer types to [0, 1] first."
+            )
+        return _check_range(tensor.permute(0, 3, 1, 2), name)
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3:
+            image = image.unsqueeze(0)
+        if image.ndim != 4:
+            raise ValueError(f"`{name}` as a torch tensor must be CHW or NCHW, got shape {tuple(image.shape)}.")
+        if image.shape[1] != 3:
+            raise ValueError(
+                f"`{name}` as a torch tensor must have 3 channels (NCHW RGB), got {image.shape[1]} "
+                f"(shape {tuple(image.shape)})."
+            )
+        if image.dtype == torch.uint8:
+            tensor = image.float() / 255.0
+        elif image.is_floating_point():
+            tensor = image.detach().float()
+        else:
+            raise TypeError(f"`{name}` as a torch tensor must be float in [0, 1] or uint8, got {image.dtype}.")
+        return _check_range(tensor, name)
+    raise TypeError(
+        f"`{name}` must be a PIL image, a numpy array, a torch tensor or a list of them, got {type(image).__name__}."
+    )
+
+
+def _check_range(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    if tensor.numel() == 0:
+        raise ValueError(f"`{name}` has no pixels (shape {tuple(tensor.shape)}).")
+    lo, hi = float(tensor.min()), float(tensor.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"`{name}` values must be in [0, 1] (floats) or 0..255 (uint8); got range [{lo:.4g}, {hi:.4g}]."
+        )
+    return tensor
+
+
+def preprocess_images(image: ImageInput, name: str = "image") -> torch.Tensor:
+    """Convert user input to a batch ``(B, 3, H, W)`` float32 tensor in ``[0, 1]``.
+
+    PIL images of any 8-bit mode (L, RGBA, P, ...) are converted to RGB. numpy arrays are HWC / NHWC, uint8 or float
+    in ``[0, 1]``; torch tensors are CHW / NCHW, float in ``[0, 1]`` or uint8. A list is a batch; its images must share
+    one size.
+
+    Args:
+        image: the input image(s).
+        name: the argument name used in error messages.
+
+    Example:
+        >>> import PIL.Image
+        >>> preprocess_images([PIL.Image.new("L", (5, 4)), PIL.Image.new("RGBA", (5, 4))]).shape
+        torch.Size([2, 3, 4, 5])
+    """
+    if isinstance(image, (list, tuple)):
+        if len(image) == 0:
+            raise ValueError(f"`{name}` is an empty list: pass at least one image.")
+        tensors = [_one_to_tensor(item, f"{name}[{i}]") for i, item in enumerate(image)]
+        sizes = {tuple(t.shape[-2:]) for t in tensors}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"All images of a batch in `{name}` must have the same size, got sizes (H, W) {sorted(sizes)}; "
+                "call the pipeline once per size."
+            )
+        return torch.cat(tensors, dim=0).contiguous()
+    # Contiguous NCHW whatever the source layout, so that every input kind takes the same kernels (same numbers).
+    return _one_to_tensor(image, name).contiguous()
+
+
+def postprocess_images(
+    sample: torch.Tensor, output_type: str = "pil"
+) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+    """Model-space images ``(B, 3, H, W)`` in ``[-1, 1]`` to ``"pil"`` (list), ``"np"`` (NHWC) or ``"pt"`` (NCHW).
+
+    Values are clamped to ``[0, 1]`` after denormalising.
+
+    Args:
+        sample: the model output in ``[-1, 1]``.
+        output_type: one of ``"pil"``, ``"np"``, ``"pt"``.
+    """
+    check_output_type(output_type)
+    processor = VaeImageProcessor(do_resize=False, do_normalize=True)
+    return processor.postprocess(sample.float(), output_type=output_type)
+
+
+def check_output_type(output_type: str) -> None:
+    """Raise ``ValueError`` unless ``output_type`` is one of ``OUTPUT_TYPES``."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+
+
+def resolve_output_size(
+    input_size: tuple[int, int], scale: float | None = None, output_size: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """The output ``(height, width)``: ``round(h * s) x round(w * s)`` for ``scale``, or ``output_size`` itself.
+
+    Exactly one of the two must be given.
+
+    Args:
+        input_size: ``(h, w)`` of the LR input.
+        scale: a finite real number >= 1.
+        output_size: two positive ints ``(height, width)``.
+
+    Example:
+        >>> resolve_output_size((100, 60), scale=3.7)
+        (370, 222)
+    """
+    if (scale is None) == (output_size is None):
+        raise ValueError("Pass exactly one of `scale` or `output_size` (height, width); got both or neither.")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise TypeError(f"`scale` must be a real number >= 1, got {type(scale).__name__}.")
+        scale = float(scale)
+        if not math.isfinite(scale) or scale < 1.0:
+            raise ValueError(f"`scale` must be a finite number >= 1, got {scale}.")
+        h, w = input_size
+        return max(1, round(h * scale)), max(1, round(w * scale))
+    ok = (
+        isinstance(output_size, (tuple, list))
+        and len(output_size) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in output_size)
+    )
+    if not ok:
+        raise ValueError(f"`output_size` must be two positive ints (height, width), got {output_size!r}.")
+    return int(output_size[0]), int(output_size[1])

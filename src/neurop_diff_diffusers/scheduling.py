@@ -1,0 +1,69 @@
+"""The authors' noise schedule and the continuous noise level the SR3-style UNet receives (METHOD.md section 2)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+#: The authors' schedule: T = 2000, linear betas 1e-6 .. 1e-2, epsilon prediction, no clipping.
+PAPER_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 2000,
+    "beta_start": 1e-6,
+    "beta_end": 1e-2,
+    "beta_schedule": "linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+}
+
+
+def default_scheduler(kind: str = "ddim") -> DDIMScheduler | DDPMScheduler:
+    """The authors' scheduler: DDIM (leading spacing, ``set_alpha_to_one``) or DDPM ancestral sampling.
+
+    Args:
+        kind: ``"ddim"`` (default) or ``"ddpm"``.
+
+    Example:
+        >>> default_scheduler().config.num_train_timesteps
+        2000
+    """
+    if kind == "ddim":
+        return DDIMScheduler(**PAPER_SCHEDULER_CONFIG, set_alpha_to_one=True, timestep_spacing="leading")
+    if kind == "ddpm":
+        return DDPMScheduler(**PAPER_SCHEDULER_CONFIG, timestep_spacing="leading", variance_type="fixed_small")
+    raise ValueError(f"`kind` must be 'ddim' or 'ddpm', got {kind!r}.")
+
+
+def noise_level(alphas_cumprod: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:
+    """``sqrt(alphas_cumprod[t])``, the SR3 noise level of discrete step ``t`` (linearly interpolated for float t).
+
+    Args:
+        alphas_cumprod: the scheduler's cumulative alphas, shape ``(T,)``.
+        timestep: a (possibly fractional) timestep in ``[0, T - 1]``.
+    """
+    t = torch.as_tensor(timestep, dtype=torch.float64).reshape(())
+    t = t.clamp(0, alphas_cumprod.shape[0] - 1)
+    lo = int(torch.floor(t))
+    hi = min(lo + 1, alphas_cumprod.shape[0] - 1)
+    frac = float(t) - lo
+    gamma = alphas_cumprod[lo].double() * (1 - frac) + alphas_cumprod[hi].double() * frac
+    return gamma.sqrt().float()
+
+
+def sample_continuous_noise_level(
+    alphas_cumprod: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Training noise levels: ``t ~ U{1..T}``, then ``sqrt_gamma ~ U(sqrt(gamma_{t-1}), sqrt(gamma_t))`` per sample.
+
+    ``gamma_0 = 1``, ``gamma_t = alphas_cumprod[t - 1]``. Returns a float32 tensor of shape ``(batch_size,)``.
+
+    Args:
+        alphas_cumprod: the scheduler's cumulative alphas, shape ``(T,)``.
+        batch_size: number of samples.
+        generator: optional torch generator (CPU) for reproducibility.
+    """
+    gammas = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod.double().cpu()])
+    sqrt_gammas = gammas.sqrt()
+    t = torch.randint(1, gammas.shape[0], (batch_size,), generator=generator)
+    u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+    high, low = sqrt_gammas[t - 1], sqrt_gammas[t]
+    return (low + (high - low) * u).float()

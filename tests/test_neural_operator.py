@@ -1,0 +1,178 @@
+"""GalerkinNeuralOperator: shapes, exact chunked streaming, the official-checkpoint loader, save/load, errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import SHARED_PAPER_DIR
+from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator
+from neurop_diff_diffusers.models.neural_operator import DEFAULT_CHUNK_SIZE
+from reference_srno import random_official_state_dict, reference_srno
+
+
+@pytest.fixture(scope="module")
+def tiny_operator() -> GalerkinNeuralOperator:
+    return build_neural_operator("tiny", seed=0).eval()
+
+
+def _lr(b=1, h=9, w=13, seed=0):
+    return torch.rand(b, 3, h, w, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize(
+    "out_size", [(9, 13), (18, 26), (33, 48), (90, 130), (20, 70), (31, 7), (1, 1)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
+def test_output_shape_any_size(tiny_operator, out_size):
+    with torch.no_grad():
+        out = tiny_operator(_lr(2), out_size).sample
+    assert out.shape == (2, 3, *out_size)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 97, 500, 1024, 4096])
+def test_chunked_equals_unchunked(tiny_operator, chunk_size):
+    x = _lr(2, 11, 8, seed=1)
+    size = (47, 29)  # 1363 pixels: most chunk sizes leave a ragged last chunk
+    with torch.no_grad():
+        full = tiny_operator(x, size, chunk_size=size[0] * size[1]).sample
+        chunked = tiny_operator(x, size, chunk_size=chunk_size).sample
+    assert (full - chunked).abs().max().item() <= 1e-5
+
+
+def test_chunk_bounds_the_pixels_processed_at_once(tiny_operator):
+    """Memory grows with the chunk: no layer after the encoder ever sees more than `chunk_size` pixels."""
+    seen = []
+    hook = tiny_operator.lift.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2] * o.shape[-1]))
+    try:
+        with torch.no_grad():
+            tiny_operator(_lr(), (120, 100), chunk_size=1000)
+    finally:
+        hook.remove()
+    assert max(seen) == 1000
+    # (1 + number of Galerkin blocks) streaming passes over 12 chunks
+    assert len(seen) == 12 * (1 + tiny_operator.config.num_galerkin_blocks)
+
+
+def test_default_chunk_size_bounds_paper_size_outputs():
+    assert DEFAULT_CHUNK_SIZE <= 2**17
+
+
+def test_official_loader_matches_reference_small_config():
+    sd = random_official_state_dict(encoder_channels=8, encoder_num_blocks=3, width=24, heads=4, head_channels=16)
+    model = GalerkinNeuralOperator.from_official_state_dict({"model": sd}).eval()
+    assert model.config.encoder_num_blocks == 3 and model.config.num_heads == 4 and model.config.width == 24
+    x = _lr(2, 7, 10, seed=3)
+    for size in [(7, 10), (16, 23), (30, 41), (13, 50)]:
+        ref = reference_srno(sd, x, *size, heads=4)
+        with torch.no_grad():
+            out = model(x, size).sample
+            chunked = model(x, size, chunk_size=37).sample
+        assert (out - ref).abs().max().item() <= 1e-5, size
+        assert (chunked - ref).abs().max().item() <= 1e-5, size
+
+
+def _official_names_and_shapes():
+    path = SHARED_PAPER_DIR / "official-srno-state-dict.txt"
+    if not path.is_file():
+        pytest.skip(f"needs {path} (the authors' parameter list, not part of a user's clone)")
+    entries = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^(\S+) \(([\d, ]*)\)$", line.strip())
+        if m:
+            entries[m.group(1)] = tuple(int(v) for v in m.group(2).split(",") if v.strip())
+    return entries
+
+
+def test_official_layout_paper_size_matches_reference():
+    expected = _official_names_and_shapes()
+    sd = random_official_state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected
+    model = GalerkinNeuralOperator.from_official_state_dict({"model": sd}).eval()
+    defaults = GalerkinNeuralOperator().config  # the paper's configuration is the default
+    for key in (
+        "encoder_channels",
+        "encoder_num_blocks",
+        "width",
+        "num_heads",
+        "num_galerkin_blocks",
+        "head_channels",
+    ):
+        assert model.config[key] == defaults[key], key
+    x = _lr(1, 8, 6, seed=4)
+    ref = reference_srno(sd, x, 27, 19)
+    with torch.no_grad():
+        out = model(x, (27, 19), chunk_size=100).sample
+    assert ref.abs().max().item() > 0.1  # a non-trivial output
+    assert (out - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+def test_zero_weights_give_bilinear_upsampling():
+    sd = {k: torch.zeros_like(v) for k, v in random_official_state_dict(8, 2, 16, 4, 2, 16).items()}
+    model = GalerkinNeuralOperator.from_official_state_dict(sd).eval()
+    x = _lr(2, 10, 7, seed=5)
+    with torch.no_grad():
+        out = model(x, (37, 23)).sample
+    expected = F.interpolate(x, size=(37, 23), mode="bilinear", align_corners=False)
+    assert (out - expected).abs().max().item() <= 1e-5
+
+
+def test_official_loader_rejects_foreign_keys():
+    sd = random_official_state_dict(8, 1, 16, 4, 2, 16)
+    sd["decoder.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="decoder.weight"):
+        GalerkinNeuralOperator.from_official_state_dict(sd)
+    with pytest.raises(TypeError, match="state_dict"):
+        GalerkinNeuralOperator.from_official_state_dict([1, 2])
+
+
+def test_accepts_ddp_prefixes():
+    sd = random_official_state_dict(8, 1, 16, 4, 2, 16)
+    model = GalerkinNeuralOperator.from_official_state_dict({f"module.{k}": v for k, v in sd.items()})
+    assert model.config.encoder_num_blocks == 1
+
+
+def test_save_load_round_trip(tmp_path, tiny_operator):
+    tiny_operator.save_pretrained(tmp_path / "op")
+    files = sorted(p.name for p in (tmp_path / "op").iterdir())
+    assert files == ["config.json", "diffusion_pytorch_model.safetensors"]
+    loaded = GalerkinNeuralOperator.from_pretrained(tmp_path / "op").eval()
+    x = _lr(1, 12, 12, seed=6)
+    with torch.no_grad():
+        assert torch.equal(tiny_operator(x, (30, 25)).sample, loaded(x, (30, 25)).sample)
+
+
+def test_query_at_sampled_points_matches_grid(tiny_operator):
+    """`query` on all grid points of an output equals `forward` (the training path and inference agree)."""
+    from neurop_diff_diffusers import make_cell, make_coord
+
+    x = _lr(1, 9, 9, seed=7)
+    coord = make_coord((20, 16)).reshape(1, -1, 2)
+    with torch.no_grad():
+        pts = tiny_operator.query(x, coord, make_cell((20, 16)))
+        grid = tiny_operator(x, (20, 16)).sample
+    assert pts.shape == (1, 3, 320)
+    assert (pts.reshape(1, 3, 20, 16) - grid).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"output_size": (0, 5)}, "output_size"),
+        ({"output_size": (5,)}, "output_size"),
+        ({"output_size": (5.0, 5)}, "output_size"),
+        ({"output_size": (5, 5), "chunk_size": 0}, "chunk_size"),
+        ({"output_size": (5, 5), "chunk_size": 2.5}, "chunk_size"),
+    ],
+)
+def test_errors(tiny_operator, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_operator(_lr(), **kwargs)
+
+
+def test_wrong_channels(tiny_operator):
+    with pytest.raises(ValueError, match="image"):
+        tiny_operator(torch.zeros(1, 4, 5, 5), (10, 10))
