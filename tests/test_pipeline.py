@@ -95,7 +95,7 @@ def test_output_types(pipe):
 
 def test_input_kinds_agree(pipe):
     img = _image()
-    arr = np.asarray(img)
+    arr = np.array(img)
     reference = _run(pipe, img).images
     for variant in (arr, arr.astype(np.float32) / 255, torch.from_numpy(arr).permute(2, 0, 1).float() / 255):
         np.testing.assert_allclose(_run(pipe, variant).images, reference, atol=1e-6)

@@ -39,9 +39,9 @@ def _one_to_tensor(image: Any, name: str) -> torch.Tensor:
                 f"`{name}` as a numpy array must have 3 channels last (HWC RGB), got shape {image.shape}."
             )
         if image.dtype == np.uint8:
-            tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / 255.0
+            tensor = torch.from_numpy(np.array(image, copy=True)).float() / 255.0
         elif np.issubdtype(image.dtype, np.floating):
-            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            tensor = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))
         else:
             raise TypeError(
                 f"`{name}` as a numpy array must be uint8 or float in [0, 1], got dtype {image.dtype}; scale other "
