@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import inspect
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DModel
+from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..hub import make_hub_ready
 from ..image_processing import (
     ImageInput,
     check_output_type,
@@ -18,7 +23,6 @@ from ..image_processing import (
     preprocess_images,
     resolve_output_size,
 )
-from ..models.neural_operator import GalerkinNeuralOperator
 from ..scheduling import noise_level
 
 #: Default pixel budget of one output image (height x width); raise it with ``max_output_pixels``.
@@ -44,7 +48,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
     Args:
         unet ([`UNet2DModel`]): the denoiser, ``in_channels = 2 * out_channels``.
-        neural_operator ([`GalerkinNeuralOperator`], *optional*): the prior; ``None`` for a bicubic prior.
+        neural_operator ([`GalerkinNeuralOperator`], *optional*): the prior (any model with its ``forward(image,
+            output_size, chunk_size)``); ``None`` for a bicubic prior.
         scheduler ([`SchedulerMixin`]): DDIM by default; DDPM and other diffusers schedulers with ``step`` work too.
 
     Example:
@@ -63,11 +68,65 @@ class NeurOpDiffPipeline(DiffusionPipeline):
     def __init__(
         self,
         unet: UNet2DModel,
-        neural_operator: GalerkinNeuralOperator | None,
+        neural_operator: ModelMixin | None,
         scheduler: SchedulerMixin,
     ):
         super().__init__()
         self.register_modules(unet=unet, neural_operator=neural_operator, scheduler=scheduler)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:
+        """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
+
+        Args:
+            save_directory: the folder to write.
+            hub_ready: also write the pipeline and operator code into the folder, so that
+                ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it where this package is
+                not installed.
+            kwargs: passed to [`DiffusionPipeline.save_pretrained`] (``safe_serialization`` is always ``True``).
+        """
+        kwargs["safe_serialization"] = True
+        super().save_pretrained(save_directory, **kwargs)
+        if hub_ready:
+            make_hub_ready(save_directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        hub_ready: bool = True,
+        model_card: str | os.PathLike | None = None,
+    ) -> str:
+        """Upload the pipeline to the Hub, in the hub-ready layout by default.
+
+        Args:
+            repo_id: the Hub repository (created if missing).
+            commit_message: message of the upload commit.
+            private: create the repository as private.
+            token: a Hub token; by default the one of the environment / ``huggingface-cli login`` (never logged).
+            create_pr: open a pull request instead of committing to main.
+            hub_ready: upload the self-contained remote-code layout (see [`save_pretrained`]).
+            model_card: a README.md to upload with it (e.g. the one training wrote).
+
+        Returns:
+            The URL of the commit.
+        """
+        from huggingface_hub import create_repo, upload_folder
+
+        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, hub_ready=hub_ready)
+            if model_card is not None:
+                shutil.copyfile(model_card, Path(tmp) / "README.md")
+            return upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                token=token,
+                commit_message=commit_message or "Upload NeurOp-Diff pipeline",
+                create_pr=create_pr,
+            )
 
     @property
     def downsampling_factor(self) -> int:
