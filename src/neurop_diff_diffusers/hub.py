@@ -21,7 +21,12 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # Generated file -> package modules it is made of, in dependency order.
 _SOURCES = {
     f"{OPERATOR_FILE}/{OPERATOR_FILE}.py": ["coordinates.py", "models/neural_operator.py"],
-    f"{PIPELINE_FILE}.py": ["image_processing.py", "scheduling.py", "pipelines/pipeline_neurop_diff.py"],
+    f"{PIPELINE_FILE}.py": [
+        "image_processing.py",
+        "scheduling.py",
+        "pipelines/tiling.py",
+        "pipelines/pipeline_neurop_diff.py",
+    ],
 }
 _RELATIVE_IMPORT = re.compile(r"^from \.[\w.]* import (\([^)]*\)|[^\n]*)\n", re.MULTILINE)
 _FUTURE_IMPORT = re.compile(r"^from __future__ import annotations\n", re.MULTILINE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import shutil
@@ -24,6 +25,7 @@ from ..image_processing import (
     resolve_output_size,
 )
 from ..scheduling import noise_level
+from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 
 #: Default pixel budget of one output image (height x width); raise it with ``max_output_pixels``.
 DEFAULT_MAX_OUTPUT_PIXELS = 4096 * 4096
@@ -133,6 +135,20 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         """HR sizes are padded to a multiple of this (2 ** number of UNet downsamplings) and cropped back."""
         return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
+    def _predict_noise(
+        self,
+        x: torch.Tensor,
+        region: tuple[slice, slice],
+        prior: torch.Tensor,
+        level: torch.Tensor,
+        progress_bar: Any = None,
+    ) -> torch.Tensor:
+        """The UNet's noise prediction for the region ``region`` of the image (the whole image when untiled)."""
+        out = self.unet(torch.cat([x, prior[:, :, region[0], region[1]]], dim=1), level).sample
+        if progress_bar is not None:
+            progress_bar.update()
+        return out
+
     @torch.no_grad()
     def compute_prior(
         self, image: torch.Tensor, output_size: tuple[int, int], chunk_size: int | None = None
@@ -167,8 +183,25 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         num_train_timesteps: int,
         callback_on_step_end_tensor_inputs: list[str],
         allowed_tensor_inputs: list[str],
+        tile_size: int | None = None,
+        tile_overlap: int = 0,
+        downsampling_factor: int = 1,
     ) -> None:
         """Validate the arguments that do not concern the image."""
+        if tile_size is not None:
+            if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < downsampling_factor:
+                raise ValueError(f"`tile_size` must be an int >= {downsampling_factor} or None, got {tile_size!r}.")
+            if tile_size % downsampling_factor:
+                raise ValueError(
+                    f"`tile_size` must be a multiple of the UNet's downsampling factor {downsampling_factor}, "
+                    f"got {tile_size}."
+                )
+            if (
+                isinstance(tile_overlap, bool)
+                or not isinstance(tile_overlap, int)
+                or not 0 <= tile_overlap <= tile_size // 2
+            ):
+                raise ValueError(f"`tile_overlap` must be an int in [0, {tile_size // 2}], got {tile_overlap!r}.")
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
             raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
         if not 1 <= num_inference_steps <= num_train_timesteps:
@@ -203,6 +236,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         chunk_size: int | None = None,
         max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
         recompute_prior_every_step: bool = False,
+        tile_size: int | None = DEFAULT_TILE_SIZE,
+        tile_overlap: int | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -223,6 +258,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             max_output_pixels: pixel budget of one output image; larger requests are refused before any work.
             recompute_prior_every_step: recompute the prior at every step, as the authors' code does (slower, same
                 result).
+            tile_size: outputs larger than this on a side are denoised in overlapping tiles of this size whose
+                noise predictions are blended smoothly at every step (no seams; the prior stays global and exact).
+                A multiple of the UNet's downsampling factor; ``None`` never tiles. An output that fits one tile is
+                computed exactly as without tiling.
+            tile_overlap: minimum overlap of neighbouring tiles, in pixels (at most ``tile_size // 2``); ``None``:
+                ``min(64, tile_size // 4)``.
 
         Returns:
             [`ImagePipelineOutput`] with ``.images`` in the requested ``output_type``.
@@ -239,6 +280,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             ["latents"] if callback_on_step_end_tensor_inputs is None else callback_on_step_end_tensor_inputs
         )
         # 1. Validate everything before any work.
+        if tile_overlap is None:
+            tile_overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 4) if isinstance(tile_size, int) else 0
         lr = preprocess_images(image)
         out_h, out_w = resolve_output_size(tuple(lr.shape[-2:]), scale, output_size)
         check_output_type(output_type)
@@ -250,6 +293,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             self.scheduler.config.num_train_timesteps,
             tensor_inputs,
             self._callback_tensor_inputs,
+            tile_size,
+            tile_overlap,
+            self.downsampling_factor,
         )
         device = self._execution_device
         dtype = self.unet.dtype
@@ -274,9 +320,11 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
         step_kwargs = self._step_kwargs(generator, eta)
 
-        # 5. Denoise.
+        # 5. Denoise (in overlapping tiles when the output is larger than a tile; the progress bar counts UNet calls).
         timesteps = self.scheduler.timesteps
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        tile = max(prior.shape[-2:]) if tile_size is None else tile_size
+        tiles = num_tiles(tuple(prior.shape[-2:]), tile, tile_overlap)
+        with self.progress_bar(total=len(timesteps) * tiles) as progress_bar:
             for i, t in enumerate(timesteps):
                 if recompute_prior_every_step and i > 0:
                     prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).to(dtype)
@@ -284,7 +332,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                         prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
                 model_input = self.scheduler.scale_model_input(latents, t)
                 level = noise_level(alphas_cumprod, t).to(device=device, dtype=dtype).expand(batch_size)
-                noise_pred = self.unet(torch.cat([model_input, prior], dim=1), level).sample
+                denoise = functools.partial(self._predict_noise, prior=prior, level=level, progress_bar=progress_bar)
+                noise_pred = tiled_apply(denoise, model_input, tile, tile_overlap)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     local_tensors = {"latents": latents, "prior": prior}
@@ -292,7 +341,6 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                     latents = callback_outputs.pop("latents", latents)
                     prior = callback_outputs.pop("prior", prior)
-                progress_bar.update()
 
         # 6. Crop and convert.
         sample = latents[:, :, :out_h, :out_w]
