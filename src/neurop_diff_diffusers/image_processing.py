@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -136,10 +137,46 @@ def check_output_type(output_type: str) -> None:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
 
 
+def check_scale(scale: float, name: str = "scale") -> float:
+    """Validate a scale factor (up or down): a finite real number ``>= 1``.
+
+    Args:
+        scale: the factor to check.
+        name: the argument name used in the error message.
+
+    Returns:
+        `scale` as a Python float.
+
+    Raises:
+        TypeError: if `scale` is not a real number.
+        ValueError: if `scale` is not finite or smaller than 1.
+
+    Example:
+        >>> check_scale(2)
+        2.0
+    """
+    if isinstance(scale, bool) or not isinstance(scale, Real):
+        raise TypeError(f"`{name}` must be a real number >= 1, got {type(scale).__name__}.")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale < 1.0:
+        raise ValueError(f"`{name}` must be a finite number >= 1, got {scale}.")
+    return scale
+
+
+def round_half_up(x: float) -> int:
+    """``floor(x + 0.5)``: the rounding of every size in this package (not Python's half-to-even ``round``).
+
+    Example:
+        >>> round_half_up(2.5), round(2.5)
+        (3, 2)
+    """
+    return math.floor(x + 0.5)
+
+
 def resolve_output_size(
     input_size: tuple[int, int], scale: float | None = None, output_size: tuple[int, int] | None = None
 ) -> tuple[int, int]:
-    """The output ``(height, width)``: ``round(h * s) x round(w * s)`` for ``scale``, or ``output_size`` itself.
+    """The output ``(height, width)``: ``round(h * s) x round(w * s)`` (half up) for ``scale``, or ``output_size``.
 
     Exactly one of the two must be given.
 
@@ -155,13 +192,9 @@ def resolve_output_size(
     if (scale is None) == (output_size is None):
         raise ValueError("Pass exactly one of `scale` or `output_size` (height, width); got both or neither.")
     if scale is not None:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise TypeError(f"`scale` must be a real number >= 1, got {type(scale).__name__}.")
-        scale = float(scale)
-        if not math.isfinite(scale) or scale < 1.0:
-            raise ValueError(f"`scale` must be a finite number >= 1, got {scale}.")
+        scale = check_scale(scale)
         h, w = input_size
-        return max(1, round(h * scale)), max(1, round(w * scale))
+        return round_half_up(h * scale), round_half_up(w * scale)
     ok = (
         isinstance(output_size, (tuple, list))
         and len(output_size) == 2

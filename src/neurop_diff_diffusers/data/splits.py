@@ -1,0 +1,248 @@
+"""Deterministic, stratified train / test splits that can be recorded and replayed.
+
+The hub copies of UCMerced, AID and RSSCN7 only have a "train" split, and the paper only says that "a portion of each
+dataset" is used for training. [`split_indices`] makes the split (algorithm below); it depends only on the labels,
+the example keys and the arguments, so it is identical on any machine and with any library version. A split is
+recorded as a list of indices or file names and replayed by passing that list as ``split`` to [`select_split`] or
+[`~neurop_diff_diffusers.data.load_rs_dataset`].
+
+Algorithm of ``split_indices(dataset, test_fraction, seed)``:
+
+1. The key of an example is its ``file_name`` (the path relative to the dataset folder for local folders) when every
+   example has a distinct one, otherwise its index in the dataset as a decimal string.
+2. Within each class (``label`` value), the examples are ordered by ``sha256(f"{seed}:{key}")`` (hex digest, ties
+   broken by index).
+3. The first ``floor(test_fraction * n_class + 0.5)`` of each class are the test part, the rest the train part.
+4. Both lists are returned sorted by index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from numbers import Integral, Real
+from pathlib import PurePosixPath
+
+import datasets
+
+SPLIT_NAMES = ("train", "test", "all")
+
+SplitSpec = str | Sequence[int] | Sequence[str]
+
+
+def check_test_fraction(test_fraction: float) -> float:
+    """Validate `test_fraction`: a number strictly between 0 and 1.
+
+    Args:
+        test_fraction: the fraction of each class that goes to the test part.
+
+    Example:
+        >>> check_test_fraction(0.2)
+        0.2
+    """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, Real):
+        raise TypeError(f"`test_fraction` must be a number in (0, 1), got {type(test_fraction).__name__}.")
+    if not 0.0 < float(test_fraction) < 1.0:
+        raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction}.")
+    return float(test_fraction)
+
+
+def check_split(split: SplitSpec) -> SplitSpec:
+    """Validate `split`: ``"train"``, ``"test"``, ``"all"``, or a list of indices or of file names.
+
+    Args:
+        split: the split specification.
+
+    Example:
+        >>> check_split("test")
+        'test'
+    """
+    if isinstance(split, str):
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"`split` must be one of {SPLIT_NAMES} or a list of indices / file names, got {split!r}.")
+        return split
+    if not isinstance(split, Sequence) and not hasattr(split, "__len__"):
+        raise TypeError(f"`split` must be a str or a list of indices / file names, got {type(split).__name__}.")
+    items = list(split)
+    all_ints = all(isinstance(i, Integral) and not isinstance(i, bool) for i in items)
+    if not all_ints and not all(isinstance(i, str) for i in items):
+        raise TypeError("`split` as a list must hold only ints (indices) or only strs (file names).")
+    return items
+
+
+def _example_keys(dataset: datasets.Dataset) -> list[str]:
+    names = list(dataset["file_name"]) if "file_name" in dataset.column_names else []
+    if names and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names):
+        return names
+    return [str(i) for i in range(len(dataset))]
+
+
+def split_indices(dataset: datasets.Dataset, test_fraction: float = 0.2, seed: int = 0) -> dict[str, list[int]]:
+    """Deterministic stratified split of `dataset` into ``{"train": [...], "test": [...]}`` index lists.
+
+    The algorithm is in this module's docstring. Only the ``label`` and ``file_name`` columns are read (no image is
+    decoded). The two lists are disjoint and together cover the dataset.
+
+    Args:
+        dataset: a dataset with a ``label`` column (and optionally ``file_name``), e.g. from
+            [`~neurop_diff_diffusers.data.load_rs_dataset`] with ``split="all"``.
+        test_fraction: fraction of each class in the test part, in (0, 1); rounded half up per class.
+        seed: any int; different seeds give different splits.
+
+    Returns:
+        ``{"train": sorted indices, "test": sorted indices}``.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"label": [0] * 5 + [1] * 5})
+        >>> parts = split_indices(ds, test_fraction=0.2, seed=0)
+        >>> len(parts["train"]), len(parts["test"])
+        (8, 2)
+    """
+    test_fraction = check_test_fraction(test_fraction)
+    if isinstance(seed, bool) or not isinstance(seed, Integral):
+        raise TypeError(f"`seed` must be an int, got {type(seed).__name__}.")
+    if "label" not in dataset.column_names:
+        raise ValueError(f"`dataset` needs a 'label' column, it has {dataset.column_names}.")
+    keys = _example_keys(dataset)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(dataset["label"]):
+        by_class.setdefault(label, []).append(index)
+    train: list[int] = []
+    test: list[int] = []
+    for members in by_class.values():
+        ordered = sorted(members, key=lambda i: (hashlib.sha256(f"{seed}:{keys[i]}".encode()).hexdigest(), i))
+        n_test = math.floor(test_fraction * len(ordered) + 0.5)
+        test.extend(ordered[:n_test])
+        train.extend(ordered[n_test:])
+    return {"train": sorted(train), "test": sorted(test)}
+
+
+def split_file_names(dataset: datasets.Dataset, test_fraction: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
+    """The split of [`split_indices`] as lists of file names, to record next to a model or an evaluation.
+
+    Args:
+        dataset: a dataset with ``label`` and ``file_name`` columns (local folders have them).
+        test_fraction: fraction of each class in the test part, in (0, 1).
+        seed: any int.
+
+    Returns:
+        ``{"train": [file names], "test": [file names]}``, in index order.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"label": [0, 0], "file_name": ["a/1.png", "a/2.png"]})
+        >>> sorted(sum(split_file_names(ds, 0.5).values(), []))
+        ['a/1.png', 'a/2.png']
+    """
+    if "file_name" not in dataset.column_names:
+        raise ValueError("`dataset` has no 'file_name' column: record the split with `split_indices` instead.")
+    names = list(dataset["file_name"])
+    return {part: [names[i] for i in idx] for part, idx in split_indices(dataset, test_fraction, seed).items()}
+
+
+def split_to_indices(
+    dataset: datasets.Dataset, split: SplitSpec = "all", *, test_fraction: float = 0.2, seed: int = 0
+) -> list[int]:
+    """The indices into `dataset` that `split` selects (see [`select_split`]), e.g. to record or report them.
+
+    Args:
+        dataset: the whole dataset (``label`` column, optionally ``file_name``).
+        split: ``"all"``, ``"train"``, ``"test"``, a list of indices into `dataset`, or a list of file names (values
+            of its ``file_name`` column). Lists are taken in the given order.
+        test_fraction: fraction of each class in the test part, in (0, 1); used by ``"train"`` / ``"test"``.
+        seed: any int; used by ``"train"`` / ``"test"``.
+
+    Returns:
+        The list of indices.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"label": [0, 1], "file_name": ["a/1.png", "b/1.png"]})
+        >>> split_to_indices(ds, ["b/1.png"])
+        [1]
+    """
+    split = check_split(split)
+    if split == "all":
+        return list(range(len(dataset)))
+    if isinstance(split, str):
+        return split_indices(dataset, test_fraction, seed)[split]
+    if split and isinstance(split[0], str):
+        if "file_name" not in dataset.column_names:
+            raise ValueError("`split` lists file names but the dataset has no 'file_name' column: pass indices.")
+        position = {name: i for i, name in enumerate(dataset["file_name"])}
+        missing = [name for name in split if name not in position]
+        if missing:
+            raise ValueError(f"{len(missing)} file name(s) in `split` are not in the dataset, e.g. {missing[:3]}.")
+        return [position[name] for name in split]
+    bad = [i for i in split if not 0 <= i < len(dataset)]
+    if bad:
+        raise ValueError(f"`split` indices must lie in [0, {len(dataset)}), got e.g. {bad[:3]}.")
+    return [int(i) for i in split]
+
+
+def select_split(
+    dataset: datasets.Dataset, split: SplitSpec = "all", *, test_fraction: float = 0.2, seed: int = 0
+) -> datasets.Dataset:
+    """Select a part of `dataset`: ``"all"``, ``"train"`` / ``"test"`` of [`split_indices`], or a recorded list.
+
+    Args:
+        dataset: the whole dataset (``label`` column, optionally ``file_name``).
+        split: ``"all"``, ``"train"``, ``"test"``, a list of indices into `dataset`, or a list of file names (values
+            of its ``file_name`` column). Lists are taken in the given order.
+        test_fraction: fraction of each class in the test part, in (0, 1); used by ``"train"`` / ``"test"``.
+        seed: any int; used by ``"train"`` / ``"test"``.
+
+    Returns:
+        The selected rows (a view of `dataset`, no copy); `dataset` itself for ``"all"``.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"label": [0, 0, 1, 1]})
+        >>> len(select_split(ds, [3, 0]))
+        2
+    """
+    if isinstance(split, str) and check_split(split) == "all":
+        return dataset
+    return dataset.select(split_to_indices(dataset, split, test_fraction=test_fraction, seed=seed))
+
+
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def ucmerced_convention_split(
+    dataset: datasets.Dataset, *, train_max: int = 27, test_max: int = 34
+) -> dict[str, list[int]]:
+    """This project's fixed UCMerced split by file number: ``<class>00``-``27`` train, ``<class>28``-``34`` test.
+
+    The number is the run of digits at the end of the file name's stem (``agricultural07.tif`` -> 7). Files numbered
+    above `test_max` (``35``-``99`` of the full 100-per-class release) are in neither part. The "test" part is the
+    held-out validation set of training and evaluation.
+
+    Args:
+        dataset: a dataset with a ``file_name`` column (a local UCMerced folder from
+            [`~neurop_diff_diffusers.data.load_rs_dataset`]).
+        train_max: last file number of the train part.
+        test_max: last file number of the test part (must be ``>= train_max``).
+
+    Returns:
+        ``{"train": sorted indices, "test": sorted indices}``.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"file_name": ["a/a27.tif", "a/a28.tif", "a/a40.tif"]})
+        >>> ucmerced_convention_split(ds)
+        {'train': [0], 'test': [1]}
+    """
+    if not 0 <= train_max <= test_max:
+        raise ValueError(f"Need 0 <= `train_max` <= `test_max`, got train_max={train_max}, test_max={test_max}.")
+    if "file_name" not in dataset.column_names:
+        raise ValueError("`dataset` has no 'file_name' column: load the UCMerced images from a local folder.")
+    parts: dict[str, list[int]] = {"train": [], "test": []}
+    for index, name in enumerate(dataset["file_name"]):
+        match = _TRAILING_NUMBER.search(PurePosixPath(name or "").stem)
+        if match is None:
+            raise ValueError(f"File name {name!r} (index {index}) does not end in a number like 'agricultural07.tif'.")
+        number = int(match.group(1))
+        if number <= train_max:
+            parts["train"].append(index)
+        elif number <= test_max:
+            parts["test"].append(index)
+    return parts
