@@ -311,3 +311,12 @@ def test_pixel_budget_message_says_how_to_raise(pipe):
     assert "pass a larger `max_output_pixels=`" in str(info.value)
     out = pipe(_image(), scale=10, num_inference_steps=1, max_output_pixels=120 * 160, output_type="np").images
     assert out.shape == (1, 120, 160, 3)
+
+
+def test_prior_only_returns_the_operator_output(pipe):
+    lr = _image()
+    out = pipe(lr, output_size=(30, 41), prior_only=True, output_type="pt").images
+    with torch.no_grad():
+        x = torch.from_numpy(np.array(lr)).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+        prior = pipe.neural_operator(x, (30, 41)).sample
+    torch.testing.assert_close(out, ((prior + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)

@@ -238,6 +238,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         recompute_prior_every_step: bool = False,
         tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int | None = None,
+        prior_only: bool = False,
     ) -> ImagePipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -264,6 +265,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 computed exactly as without tiling.
             tile_overlap: minimum overlap of neighbouring tiles, in pixels (at most ``tile_size // 2``); ``None``:
                 ``min(64, tile_size // 4)``.
+            prior_only: return the neural-operator prior itself (clamped to the image range), without diffusion:
+                the continuous-scale regression output (SRNO), fast and deterministic.
 
         Returns:
             [`ImagePipelineOutput`] with ``.images`` in the requested ``output_type``.
@@ -306,6 +309,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         # 2. The prior, once, at the HR size.
         lr = (lr * 2.0 - 1.0).to(device)
         prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).to(dtype)
+        if prior_only:
+            return self._finish(prior, output_type, return_dict)
 
         # 3. Pad to the UNet's downsampling factor.
         factor = self.downsampling_factor
@@ -343,7 +348,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                     prior = callback_outputs.pop("prior", prior)
 
         # 6. Crop and convert.
-        sample = latents[:, :, :out_h, :out_w]
+        return self._finish(latents[:, :, :out_h, :out_w], output_type, return_dict)
+
+    def _finish(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
         images = postprocess_images(sample, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -1,0 +1,165 @@
+"""GeoTIFF round trips on small synthetic scenes written in the test (CRS, transform, nodata, uint16, RGB+NIR)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+from rasterio.transform import from_origin  # noqa: E402
+
+from neurop_diff_diffusers import build_pipeline  # noqa: E402
+from neurop_diff_diffusers.geo import STRETCH_TAG, band_stretch, is_georeferenced, read_scene, upscale_geotiff  # noqa: E402
+
+
+def _write(path, data, nodata=0, crs="EPSG:32633", transform=None, **extra):
+    bands, h, w = data.shape
+    profile = {
+        "driver": "GTiff",
+        "width": w,
+        "height": h,
+        "count": bands,
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": transform or from_origin(500000.0, 4100000.0, 10.0, 10.0),
+        "nodata": nodata,
+        **extra,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_pipeline("tiny", seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture
+def scene(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(1000, 20000, (4, 24, 30), dtype=np.uint16)  # R, G, B, NIR
+    data[:, :6, :8] = 0  # a nodata corner
+    return _write(tmp_path / "scene.tif", data), data
+
+
+def test_round_trip_keeps_georeferencing(pipe, scene, tmp_path):
+    path, data = scene
+    out = upscale_geotiff(
+        pipe, path, tmp_path / "up.tif", scale=2.5, num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    )
+    with rasterio.open(path) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs
+        assert (dst.width, dst.height) == (75, 60)
+        assert dst.count == 4 and dst.dtypes == ("uint16",) * 4 and dst.nodata == 0
+        a, b = src.transform, dst.transform
+        assert (b.c, b.f) == (a.c, a.f)  # same origin
+        assert b.a == pytest.approx(a.a / 2.5) and b.e == pytest.approx(a.e / 2.5)
+        assert b.b == a.b == 0 and b.d == a.d == 0
+        up = dst.read()
+        stretch = json.loads(dst.tags()[STRETCH_TAG])
+    # the nodata corner is nodata in every band (6 x 8 px at x2.5 = 15 x 20 px), valid pixels never are
+    assert (up[:, :15, :20] == 0).all()
+    assert (up[:, 15:, :] > 0).all() and (up[:, :, 20:] > 0).all()
+    assert stretch["low"] == [float(v) for v in np.where(data > 0, data, 65535).reshape(4, -1).min(1)]
+    assert stretch["high"] == [float(v) for v in data.reshape(4, -1).max(1)]
+
+
+def test_extra_band_is_bicubic_without_the_model(pipe, scene, tmp_path):
+    path, _ = scene
+    out = upscale_geotiff(pipe, path, tmp_path / "up.tif", scale=2, num_inference_steps=1)
+    unit, valid, stretch, _ = read_scene(path)
+    expected = F.interpolate(torch.from_numpy(unit[3:4])[None], size=(48, 60), mode="bicubic")[0, 0].clamp(0, 1)
+    expected = stretch.inverse(expected.numpy(), 3)
+    with rasterio.open(out) as dst:
+        nir = dst.read(4)
+    mask = np.kron(valid, np.ones((2, 2), bool))
+    np.testing.assert_array_equal(nir[mask], expected[mask])
+
+
+def test_model_that_returns_its_input_gives_back_the_values(tmp_path):
+    """The stretch is reversible: with an identity 'model' at scale 1 the output equals the input."""
+    data = np.random.default_rng(1).integers(0, 65535, (3, 16, 20), dtype=np.uint16)
+    path = _write(tmp_path / "s.tif", data, nodata=None)
+
+    def identity(image, output_size, output_type, **kw):
+        assert output_type == "pt" and tuple(image.shape[-2:]) == output_size
+        return type("Out", (), {"images": image.clone()})
+
+    out = upscale_geotiff(identity, path, tmp_path / "same.tif", scale=1)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(), data)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16"])
+def test_float_and_signed_bands_round_trip_dtype(pipe, tmp_path, dtype):
+    data = (np.random.default_rng(2).random((3, 12, 12)) * 200 - 50).astype(dtype)
+    path = _write(
+        tmp_path / "f.tif", data, nodata=None, crs="EPSG:4326", transform=from_origin(10.0, 50.0, 0.001, 0.001)
+    )
+    out = upscale_geotiff(pipe, path, tmp_path / "f2.tif", scale=1.5, prior_only=True)
+    with rasterio.open(out) as dst:
+        assert dst.dtypes == (dtype,) * 3 and (dst.width, dst.height) == (18, 18)
+        values = dst.read()
+    assert values.min() >= data.min() and values.max() <= data.max()
+
+
+def test_single_band_goes_through_the_model_as_grey(pipe, tmp_path):
+    data = np.random.default_rng(3).integers(0, 255, (1, 10, 10), dtype=np.uint8)
+    path = _write(tmp_path / "g.tif", data, nodata=None)
+    out = upscale_geotiff(pipe, path, tmp_path / "g2.tif", output_size=(25, 20), prior_only=True)
+    with rasterio.open(out) as dst:
+        assert dst.count == 1 and dst.shape == (25, 20) and dst.dtypes == ("uint8",)
+
+
+def test_errors_before_writing(pipe, scene, tmp_path):
+    path, _ = scene
+    target = tmp_path / "exists.tif"
+    target.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        upscale_geotiff(pipe, path, target, scale=2)
+    assert target.read_bytes() == b"keep"
+    with pytest.raises(ValueError, match="rgb_bands"):
+        upscale_geotiff(pipe, path, tmp_path / "x.tif", scale=2, rgb_bands=(1, 2, 5))
+    with pytest.raises(ValueError, match="scale"):
+        upscale_geotiff(pipe, path, tmp_path / "x.tif", scale=0.5)
+    with pytest.raises(ValueError, match=".tif"):
+        upscale_geotiff(pipe, path, tmp_path / "x.png", scale=2)
+    two = _write(tmp_path / "two.tif", np.ones((2, 8, 8), np.uint8), nodata=None)
+    with pytest.raises(ValueError, match="2 bands"):
+        upscale_geotiff(pipe, two, tmp_path / "x.tif", scale=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.tif", "scene.tif", "two.tif"]
+
+
+def test_no_partial_file_after_an_error(scene, tmp_path):
+    path, _ = scene
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError):
+        upscale_geotiff(failing, path, tmp_path / "out.tif", scale=2)
+    assert not (tmp_path / "out.tif").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_is_georeferenced(scene, tmp_path):
+    path, _ = scene
+    assert is_georeferenced(path)
+    plain = tmp_path / "plain.tif"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(plain)
+    assert not is_georeferenced(plain)
+    assert not is_georeferenced(tmp_path / "x.png")
+
+
+def test_band_stretch_uint8_is_fixed():
+    s = band_stretch(np.array([3.0, 4.0, 5.0]), np.array([9.0, 9.0, 9.0]), "uint8")
+    assert s.low == (0.0,) * 3 and s.high == (255.0,) * 3
