@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_processing import resolve_output_size
+from .utils import atomic_write
 
 STRETCH_TAG = "NEUROP_DIFF_STRETCH"
 _ROWS_PER_WINDOW = 512
@@ -252,10 +252,8 @@ def upscale_geotiff(
         profile.pop("blockxsize", None), profile.pop("blockysize", None)
         profile.update(tiled=False)
     nodata = profile.get("nodata")
-    dst_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst_path.parent, prefix=f".{dst_path.stem}-", suffix=".tif")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with rasterio.open(tmp, "w", **profile) as dst:
             dst.update_tags(**{STRETCH_TAG: stretch.to_json()})
             for window in _row_windows(out_h, out_w):
@@ -274,8 +272,5 @@ def upscale_geotiff(
                 dst.write(block, window=window)
                 if info["has_mask"] and not info["has_nodata_value"]:
                     dst.write_mask(np.where(out_valid[rows], 255, 0).astype("uint8"), window=window)
-        os.replace(tmp, dst_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst_path
+
+    return atomic_write(dst_path, write)

@@ -14,6 +14,8 @@ import os
 import re
 from pathlib import Path
 
+from .utils import atomic_write_text
+
 PIPELINE_FILE = "pipeline_neurop_diff"
 OPERATOR_FILE = "neural_operator"
 
@@ -61,13 +63,6 @@ def make_hub_ready(save_directory):
 '''
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def make_hub_ready(save_directory: str | os.PathLike) -> None:
     """Turn a saved NeurOp-Diff pipeline folder into the remote-code layout (in place).
 
@@ -89,5 +84,5 @@ def make_hub_ready(save_directory: str | os.PathLike) -> None:
         index["neural_operator"] = [OPERATOR_FILE, "GalerkinNeuralOperator"]
         files[f"{OPERATOR_FILE}/{OPERATOR_FILE}.py"] = _SOURCES[f"{OPERATOR_FILE}/{OPERATOR_FILE}.py"]
     for rel, sources in files.items():
-        _write_atomic(folder / rel, self_contained_source(sources))
-    _write_atomic(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(folder / rel, self_contained_source(sources))
+    atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")

@@ -28,7 +28,16 @@ from .samples import (
     sample_generator,
     sample_scale,
 )
-from .splits import select_split, split_file_names, split_indices, split_to_indices, ucmerced_convention_split
+from .splits import (
+    SPLIT_METHODS,
+    resolve_split_method,
+    select_split,
+    split_file_names,
+    split_indices,
+    split_parts,
+    split_to_indices,
+    ucmerced_convention_split,
+)
 
 __all__ = [
     "HUB_DATASET_IDS",
@@ -60,7 +69,10 @@ __all__ = [
     "sample_scale",
     "select_split",
     "split_file_names",
+    "SPLIT_METHODS",
+    "resolve_split_method",
     "split_indices",
+    "split_parts",
     "split_to_indices",
     "tensor_to_pil",
     "to_uint8_levels",

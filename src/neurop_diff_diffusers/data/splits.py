@@ -19,11 +19,14 @@ Algorithm of ``split_indices(dataset, test_fraction, seed)``:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from numbers import Integral, Real
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import datasets
 
@@ -246,3 +249,75 @@ def ucmerced_convention_split(
         elif number <= test_max:
             parts["test"].append(index)
     return parts
+
+
+#: How a train / test split is chosen by the scripts (training, evaluation).
+SPLIT_METHODS = ("auto", "ucmerced", "fraction")
+
+
+def resolve_split_method(method: str, data_dir: str | os.PathLike | None = None) -> str:
+    """``"auto"`` -> ``"ucmerced"`` for a local folder whose name contains "ucmerced", else ``"fraction"``.
+
+    Args:
+        method: one of ``SPLIT_METHODS``.
+        data_dir: the local dataset folder, if any.
+
+    Example:
+        >>> resolve_split_method("auto", "../shared/data/UCMerced_LandUse")
+        'ucmerced'
+    """
+    if method not in SPLIT_METHODS:
+        raise ValueError(f"`split_method` must be one of {SPLIT_METHODS}, got {method!r}.")
+    if method != "auto":
+        return method
+    return "ucmerced" if data_dir is not None and "ucmerced" in Path(data_dir).name.lower() else "fraction"
+
+
+def split_parts(
+    dataset: datasets.Dataset,
+    method: str = "auto",
+    *,
+    data_dir: str | os.PathLike | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    split_file: str | os.PathLike | None = None,
+) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    """The ``train`` / ``test`` indices of `dataset` chosen the way the training and evaluation scripts do.
+
+    A recorded ``split_file`` (JSON with ``train`` and ``test`` lists of file names or indices, e.g. the
+    ``split.json`` a training run writes) wins; otherwise ``method`` (see [`resolve_split_method`]):
+    ``"ucmerced"`` = [`ucmerced_convention_split`], ``"fraction"`` = [`split_indices`].
+
+    Args:
+        dataset: the whole dataset.
+        method: one of ``SPLIT_METHODS``.
+        data_dir: the local folder (for ``"auto"``).
+        test_fraction: the ``"fraction"`` split's test fraction per class.
+        seed: the ``"fraction"`` split's seed.
+        split_file: a recorded split to replay.
+
+    Returns:
+        ``(parts, description)``: the index lists and a JSON-able description of how they were chosen.
+
+    Example:
+        >>> ds = datasets.Dataset.from_dict({"label": [0, 0, 1, 1, 1], "file_name": list("abcde")})
+        >>> split_parts(ds, "fraction", test_fraction=0.4)[0]["test"]
+        [0, 3]
+    """
+    if split_file is not None:
+        try:
+            recorded = json.loads(Path(split_file).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"`split_file` {os.fspath(split_file)!r}: {type(err).__name__}: {err}") from None
+        if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), list) for k in ("train", "test")):
+            raise ValueError(f"`split_file` {os.fspath(split_file)!r} needs 'train' and 'test' lists.")
+        try:
+            parts = {k: split_to_indices(dataset, recorded[k]) if recorded[k] else [] for k in ("train", "test")}
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"`split_file` {os.fspath(split_file)!r}: {err}") from None
+        return parts, {"method": "file", "split_file": os.fspath(split_file)}
+    method = resolve_split_method(method, data_dir)
+    if method == "ucmerced":
+        return ucmerced_convention_split(dataset), {"method": "ucmerced (00-27 train, 28-34 test)"}
+    parts = split_indices(dataset, test_fraction, seed)
+    return parts, {"method": "fraction (stratified)", "test_fraction": test_fraction, "split_seed": seed}
