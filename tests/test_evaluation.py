@@ -1,0 +1,201 @@
+"""Evaluation: the tiny pipeline on 3 images at 2 scales writes well-formed results.json / results.md / PNG figures."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import PIL.Image
+import pytest
+
+from neurop_diff_diffusers.evaluation import (
+    METHOD_LABELS,
+    METHODS,
+    evaluate,
+    figure_file_name,
+    image_seed,
+    load_pipeline,
+    main,
+    results_to_json,
+    results_to_markdown,
+)
+
+RESULT_KEYS = {"method", "scale", "psnr", "ssim", "lpips", "n_images", "seconds_per_image"}
+TOP_KEYS = {"protocol", "command", "versions", "seed", "images", "results"}
+FAST = ["--num_inference_steps", "2", "--resolution", "64", "--no_progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_pipeline("preset:tiny")
+
+
+@pytest.fixture(scope="module")
+def sample_images():
+    folder = Path(__file__).resolve().parents[1] / "assets" / "samples"
+    return [(path.name, PIL.Image.open(path).convert("RGB")) for path in sorted(folder.glob("*.png"))]
+
+
+def _check_outputs(output_dir: Path, scales: list[float], methods: list[str], n_images: int) -> dict:
+    data = json.loads((output_dir / "results.json").read_text())
+    assert TOP_KEYS <= set(data)
+    assert {"torch", "diffusers", "neurop_diff_diffusers", "python"} <= set(data["versions"])
+    assert len(data["images"]) == n_images and len(set(map(str, data["images"]))) == n_images
+    assert [(r["method"], r["scale"]) for r in data["results"]] == [(m, s) for m in methods for s in scales]
+    for row in data["results"]:
+        assert set(row) == RESULT_KEYS
+        assert isinstance(row["scale"], float) and row["n_images"] == n_images
+        assert math.isfinite(row["psnr"]) and 0 < row["psnr"] < 100
+        assert -1 <= row["ssim"] <= 1
+        assert row["lpips"] is None or row["lpips"] >= 0
+        assert row["seconds_per_image"] >= 0
+    assert isinstance(data["protocol"], dict) and data["protocol"]["name"] in ("rgb", "y")
+    assert data["lpips"]["available"] or data["lpips"]["reason"]
+    markdown = (output_dir / "results.md").read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| method |"))
+    assert header == "| method | " + " | ".join(f"x{s:g}" for s in scales) + " |"
+    for method in methods:
+        assert sum(line.startswith(f"| {METHOD_LABELS[method]} |") for line in markdown.splitlines()) == 2
+    for scale in scales:
+        with PIL.Image.open(output_dir / figure_file_name(scale)) as figure:
+            figure.verify()
+    with PIL.Image.open(output_dir / figure_file_name(scales[0])) as figure:
+        # one column per method + LR + HR; two rows of panels of the HR size
+        assert figure.width > (len(methods) + 2) * 64 and figure.height > 2 * 64
+    assert not list(output_dir.glob(".*.tmp"))  # atomic writes leave no temporary file
+    return data
+
+
+def test_cli_on_the_repo_samples(tmp_path, samples_dir):
+    out = tmp_path / "eval"
+    argv = ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--split", "all", "--scales", "2", "3.5"]
+    report = main(argv + FAST + ["--output_dir", str(out)])
+    data = _check_outputs(out, [2.0, 3.5], ["bicubic", "neural_operator", "neurop_diff"], 3)
+    assert data["images"] == ["airplane30.png", "freeway29.png", "harbor31.png"]
+    assert data["command"].endswith(" ".join(argv + FAST + ["--output_dir", str(out)]))
+    assert data["config"]["data"]["split"] == {"split": "all"}
+    assert report["paths"]["json"] == str(out / "results.json")
+    # The Markdown can be rebuilt from the JSON alone.
+    assert results_to_markdown(data) == (out / "results.md").read_text()
+
+    # Replaying the recorded image list evaluates the same images, with the same numbers.
+    replay = tmp_path / "replay"
+    main(
+        ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--images_from", str(out / "results.json")]
+        + ["--scales", "2", "--methods", "bicubic", "neurop_diff", "--no_figures"]
+        + FAST
+        + ["--output_dir", str(replay)]
+    )
+    again = json.loads((replay / "results.json").read_text())
+    assert again["images"] == data["images"]
+    first = {(r["image"], r["method"]): r["psnr"] for r in data["per_image"] if r["scale"] == 2.0}
+    for row in again["per_image"]:
+        assert row["psnr"] == pytest.approx(first[(row["image"], row["method"])], abs=1e-9)
+    assert not list(replay.glob("*.png"))
+
+
+def test_cli_on_shared_ucmerced(tmp_path, shared_data):
+    out = tmp_path / "eval"
+    with pytest.warns(UserWarning, match="neural operator; it is ignored"):
+        main(
+            ["--pipeline", "preset:tiny", "--data_dir", str(shared_data / "UCMerced_LandUse"), "--max_images", "3"]
+            + ["--scales", "2", "4", "--sr3_pipeline", "preset:tiny"]
+            + FAST
+            + ["--output_dir", str(out)]
+        )
+    data = _check_outputs(out, [2.0, 4.0], list(METHODS), 3)
+    assert all(name.endswith(".tif") for name in data["images"])
+    # --split_method auto on a folder named UCMerced*: the project's convention, files 28-34 are the test part
+    assert data["config"]["data"]["split"]["split"] == "test"
+    assert data["config"]["data"]["split"]["method"].startswith("ucmerced")
+    assert all(28 <= int(Path(name).stem[-2:]) <= 34 for name in data["images"])
+
+
+def test_split_file_replays_a_training_split(tmp_path, samples_dir):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["airplane30.png"], "test": ["harbor31.png", "freeway29.png"]}))
+    out = tmp_path / "eval"
+    main(
+        ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--split_file", str(split)]
+        + ["--scales", "2", "--methods", "bicubic", "--no_figures"]
+        + FAST
+        + ["--output_dir", str(out)]
+    )
+    data = json.loads((out / "results.json").read_text())
+    assert data["images"] == ["harbor31.png", "freeway29.png"]
+    assert data["config"]["data"]["split"] == {"split": "test", "method": "file", "split_file": str(split)}
+    with pytest.raises(ValueError, match="`split_file`"):
+        split.write_text(json.dumps({"train": ["nope.png"], "test": ["missing.png"]}))
+        main(
+            ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--split_file", str(split)]
+            + ["--output_dir", str(tmp_path / "never")]
+        )
+    assert not (tmp_path / "never").exists()
+
+
+def test_results_do_not_depend_on_max_images_or_order(tiny, sample_images):
+    kwargs = dict(num_inference_steps=1, resolution=32, progress=False, compute_lpips=False, figure_image=None)
+    three = evaluate(tiny, sample_images, [2.5], **kwargs)
+    two = evaluate(tiny, sample_images[::-1], [2.5], max_images=2, **kwargs)
+    assert two["images"] == ["harbor31.png", "freeway29.png"]
+    values = {(r["image"], r["method"]): (r["psnr"], r["ssim"]) for r in three["per_image"]}
+    for row in two["per_image"]:
+        assert (row["psnr"], row["ssim"]) == values[(row["image"], row["method"])]
+    assert image_seed(0, "a.png", 2.5) != image_seed(1, "a.png", 2.5) != image_seed(0, "b.png", 2.5)
+
+
+def test_y_protocol_and_json(tiny, sample_images):
+    report = evaluate(
+        tiny,
+        sample_images[:1],
+        [2, 3],
+        methods=["bicubic", "neural_operator"],
+        resolution=48,
+        protocol="y",
+        progress=False,
+        compute_lpips=False,
+    )
+    assert report["protocol"]["name"] == "y" and "ceil(scale)" in report["protocol"]["description"]
+    assert set(report["figures"]) == {2.0, 3.0}
+    data = json.loads(results_to_json(report))
+    assert "figures" not in data and len(data["results"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--scales", "0.5"], "`scales`"),
+        (["--scales", "2", "2"], "`scales`"),
+        (["--num_inference_steps", "0"], "`num_inference_steps`"),
+        (["--resolution", "8"], "`resolution`"),
+        (["--protocol", "y", "--resolution", "30", "--scales", "10"], "`resolution`"),
+        (["--max_images", "0"], "`max_images`"),
+        (["--methods", "sr3"], "`methods`"),
+        (["--test_fraction", "1.5"], "`test_fraction`"),
+        (["--seed", "-1"], "`seed`"),
+        (["--max_images", "2", "--figure_image", "2"], "`figure_image`"),
+    ],
+)
+def test_bad_arguments_fail_before_any_output(tmp_path, samples_dir, extra, match):
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=match):
+        main(["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--output_dir", str(out)] + extra)
+    assert not out.exists()
+
+
+def test_bad_data_dir_and_pipeline(tmp_path, samples_dir, tiny, sample_images):
+    with pytest.raises(ValueError, match="`data_dir`"):
+        main(["--pipeline", "preset:tiny", "--data_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="`pipeline`"):
+        load_pipeline("preset:huge")
+    with pytest.raises(ValueError, match="`pipeline`"):
+        evaluate(object(), sample_images, [2])
+    with pytest.raises(ValueError, match="`images`"):
+        evaluate(tiny, [], [2])
+    with pytest.raises(ValueError, match="`protocol`"):
+        evaluate(tiny, sample_images, [2], protocol="lab")
+    file = tmp_path / "file"
+    file.write_text("")
+    with pytest.raises(ValueError, match="`output_dir`"):
+        main(["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--output_dir", str(file)])
