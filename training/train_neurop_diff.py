@@ -1,0 +1,355 @@
+#!/usr/bin/env python
+"""Stage 2 of NeurOp-Diff: train the SR3-style diffusion UNet conditioned on the frozen neural operator's prior.
+
+Loss (METHOD.md section 2): per sample a continuous noise level ``sqrt(gamma)``, ``y_noisy = sqrt(gamma) y0 +
+sqrt(1 - gamma) eps``, the UNet sees ``cat(y_noisy, prior)`` and ``sqrt(gamma)`` and the loss is the L1 between its
+output and ``eps``; the prior of each sample is computed by the frozen operator at the HR size from the sample's LR
+image (bicubic, scale ``s ~ U(1, 8]``). Adam 1e-4, the paper's schedule (constant for 10% of the steps, then decay to
+1e-6), EMA 0.999, gradient clipping. The output folder is a complete pipeline (EMA weights) that loads with
+``DiffusionPipeline.from_pretrained`` after ``import neurop_diff_diffusers``, with a model card.
+
+    accelerate launch training/train_neurop_diff.py --train_data_dir ../shared/data/UCMerced_LandUse \\
+        --neural_operator_path runs/operator --output_dir runs/neurop-diff --preset paper
+    python training/train_neurop_diff.py ...   # one process, no accelerate config needed
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from diffusers.training_utils import EMAModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when imported from elsewhere (tests)
+
+import common  # noqa: E402
+from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_scheduler  # noqa: E402
+from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2  # noqa: E402
+from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
+from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
+from neurop_diff_diffusers.training_utils import (  # noqa: E402
+    TrainingSetupError,
+    compute_priors,
+    diffusion_l1_loss,
+    get_lr_scheduler,
+    load_frozen_operator,
+    read_validation_history,
+    validate_pipeline,
+)
+
+SCRIPT = "train_neurop_diff"
+UNET_SUBFOLDER, EMA_SUBFOLDER = "unet", "unet_ema"
+#: EMAModel's state besides its weights (what its ``save_pretrained`` writes into the config).
+EMA_STATE_KEYS = (
+    "decay",
+    "min_decay",
+    "optimization_step",
+    "update_after_step",
+    "use_ema_warmup",
+    "inv_gamma",
+    "power",
+)
+logger = common.logger
+
+DEFAULTS = {
+    "output_dir": "neurop-diff-model",
+    "resolution": 256,
+    "train_batch_size": 10,  # the paper
+    "learning_rate": 1e-4,  # the paper
+    "lr_scheduler": "paper",
+    "max_train_steps": 1_000_000,  # the paper: about 1 M iterations
+    "num_train_epochs": 1,  # unused while --max_train_steps is set
+    "checkpointing_steps": 5000,
+    "validation_steps": 5000,
+    "max_grad_norm": 1.0,
+    "scale_min": 1.0,
+    "scale_max": 8.0,  # the paper's s ~ U(1, 8]
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the arguments.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--neural_operator_path",
+        type=str,
+        required=True,
+        help="The trained operator: the output folder of train_neural_operator.py (or its neural_operator/ "
+        "subfolder, or a checkpoint), or a Hub model id. It is frozen.",
+    )
+    model.add_argument("--neural_operator_subfolder", type=str, default=None, help="Subfolder inside that path.")
+    model.add_argument(
+        "--preset", choices=sorted(PRESETS), default="paper", help="UNet size (paper: METHOD.md section 4)."
+    )
+    model.add_argument(
+        "--unet_config", type=str, default=None, help="A UNet2DModel config.json instead of --preset (6 in, 3 out)."
+    )
+    model.add_argument(
+        "--crop_size",
+        type=int,
+        default=None,
+        help="Side of the random HR crops the UNet is trained on (default: --resolution, the whole image).",
+    )
+    model.add_argument(
+        "--use_ema", action=argparse.BooleanOptionalAction, default=True, help="Keep an EMA of the weights."
+    )
+    model.add_argument("--ema_decay", type=float, default=0.999, help="EMA decay (the paper: 0.999).")
+    model.add_argument("--gradient_checkpointing", action="store_true", help="Trade compute for UNet memory.")
+    model.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+    model.add_argument(
+        "--prior_chunk_size", type=int, default=None, help="Output pixels per chunk of the operator (memory)."
+    )
+    common.add_common_args(parser, DEFAULTS)
+    parser.add_argument(
+        "--validation_inference_steps", type=int, default=50, help="DDIM steps of the validation samples."
+    )
+    args = parser.parse_args(argv)
+    common.check_common_args(args)
+    if args.crop_size is None:
+        args.crop_size = args.resolution
+    if not 1 <= args.crop_size <= args.resolution:
+        raise TrainingSetupError(f"`--crop_size` must be in [1, --resolution], got {args.crop_size}.")
+    if not 0.0 < args.ema_decay < 1.0:
+        raise TrainingSetupError(f"`--ema_decay` must be in (0, 1), got {args.ema_decay}.")
+    if args.validation_inference_steps < 1:
+        raise TrainingSetupError(
+            f"`--validation_inference_steps` must be a positive integer, got {args.validation_inference_steps}."
+        )
+    return args
+
+
+def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
+    """The UNet of ``--unet_config`` or ``--preset``, initialised from ``--seed``; checks its channels and that
+    ``--crop_size`` is a multiple of its downsampling factor."""
+    if args.unet_config is None:
+        unet = build_unet(args.preset, seed=args.seed)
+    else:
+        try:
+            config = UNet2DModel.load_config(args.unet_config)
+        except Exception as err:
+            raise TrainingSetupError(f"`--unet_config` {args.unet_config!r}: {type(err).__name__}: {err}") from None
+        with torch.random.fork_rng():
+            torch.manual_seed(args.seed + 1)
+            unet = UNet2DModel.from_config(config)
+        if unet.config.in_channels != 2 * unet.config.out_channels or unet.config.out_channels != 3:
+            raise TrainingSetupError(
+                f"`--unet_config` must have in_channels 6 (noisy image + prior) and out_channels 3, got "
+                f"{unet.config.in_channels} and {unet.config.out_channels}."
+            )
+    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    if args.crop_size % factor:
+        raise TrainingSetupError(
+            f"`--crop_size` (default: --resolution) must be a multiple of the UNet's downsampling factor {factor}, "
+            f"got {args.crop_size}."
+        )
+    return unet
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Train the diffusion model; returns the output folder (a saved ``NeurOpDiffPipeline``)."""
+    args = parse_args(argv)
+    accelerator = common.make_accelerator(args, SCRIPT)
+    output_dir = Path(args.output_dir)
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    operator = load_frozen_operator(args.neural_operator_path, args.neural_operator_subfolder, accelerator.device)
+    unet = build_denoiser(args)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = default_scheduler("ddim")
+    alphas_cumprod = noise_scheduler.alphas_cumprod.clone()
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DModel, model_config=unet.config)
+        ema.to(accelerator.device)
+
+    train_images, validation_images, split = common.load_splits(args, accelerator)
+    dataset = Stage2Dataset(
+        train_images,
+        hr_resolution=args.resolution,
+        seed=args.seed,
+        resolution=args.crop_size,
+        scale_min=args.scale_min,
+        scale_max=args.scale_max,
+        augment=not args.no_augment,
+    )
+    val = common.validation_set(args, validation_images)
+    train_dataloader, sampler = common.make_train_dataloader(dataset, args, collate_stage2)
+
+    optimizer = torch.optim.Adam(
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    num_batches = -(-len(train_dataloader) // accelerator.num_processes)
+    max_train_steps = common.total_train_steps(args, num_batches)
+    lr_scheduler = get_lr_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        constant_fraction=args.lr_constant_fraction,
+        min_lr=args.lr_min,
+        step_rules=args.lr_step_rules,
+    )
+
+    # Checkpoints hold the UNet and its EMA in the diffusers layout (checkpoint-<step>/unet, unet_ema).
+    def save_model_hook(models: list[torch.nn.Module], weights: list[Any], folder: str) -> None:
+        if accelerator.is_main_process and ema is not None:
+            ema.save_pretrained(Path(folder) / EMA_SUBFOLDER)
+        for m in models:
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(m).save_pretrained(Path(folder) / UNET_SUBFOLDER)
+            weights.pop()
+
+    def load_model_hook(models: list[torch.nn.Module], folder: str) -> None:
+        if ema is not None:
+            # EMAModel.save_pretrained wrote the shadow weights as a UNet, its own state in the config.
+            ema_folder = Path(folder) / EMA_SUBFOLDER
+            config = UNet2DModel.load_config(ema_folder)
+            shadow = UNet2DModel.from_pretrained(ema_folder)
+            state = {k: config[k] for k in EMA_STATE_KEYS if k in config}
+            ema.load_state_dict({**state, "shadow_params": [p.detach() for p in shadow.parameters()]})
+            ema.to(accelerator.device)
+            del shadow
+        while models:
+            m = models.pop()
+            loaded = UNet2DModel.from_pretrained(Path(folder), subfolder=UNET_SUBFOLDER)
+            accelerator.unwrap_model(m).load_state_dict(loaded.state_dict())
+            del loaded
+
+    common.start_run(accelerator, args, SCRIPT, split)
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+        unet, optimizer, train_dataloader, lr_scheduler
+    )
+    max_train_steps = common.total_train_steps(args, len(train_dataloader))
+    common.init_trackers(accelerator, args, SCRIPT)
+    global_step = common.resume(accelerator, args, SCRIPT)
+
+    def compute_loss(batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
+        hr = batch["hr"]
+        prior = compute_priors(operator, batch["lr"], tuple(hr.shape[-2:]), args.prior_chunk_size)
+        return diffusion_l1_loss(unet, hr, prior.to(hr.dtype), alphas_cumprod, generator)
+
+    def make_pipeline() -> NeurOpDiffPipeline:
+        pipeline = NeurOpDiffPipeline(
+            unet=accelerator.unwrap_model(unet),
+            neural_operator=operator,
+            scheduler=DDIMScheduler.from_config(noise_scheduler.config),
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def run_validation() -> Any:
+        model = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        model.eval()
+        try:
+            return validate_pipeline(
+                make_pipeline(), val, num_inference_steps=args.validation_inference_steps, seed=args.seed
+            )
+        finally:
+            model.train()
+            if ema is not None:
+                ema.restore(model.parameters())
+
+    def validate(step: int) -> None:
+        if accelerator.is_main_process and val is not None:
+            common.log_validation(accelerator, args, run_validation(), step)
+        accelerator.wait_for_everyone()
+
+    global_step = common.train_loop(
+        accelerator,
+        args,
+        model=unet,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        train_dataloader=train_dataloader,
+        sampler=sampler,
+        dataset=dataset,
+        compute_loss=compute_loss,
+        max_train_steps=max_train_steps,
+        global_step=global_step,
+        after_optimizer_step=(lambda: ema.step(unet.parameters())) if ema is not None else None,
+        validate=validate,
+    )
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        history = read_validation_history(output_dir)
+        grid_name = None
+        if val is not None:
+            result = run_validation()
+            if not history or history[-1]["step"] != global_step:
+                common.log_validation(accelerator, args, result, global_step)
+                history = read_validation_history(output_dir)
+            grid_name = "validation_grid.png"
+            result.grid.save(output_dir / grid_name)
+        final_unet = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.copy_to(final_unet.parameters())
+        final_unet.eval()
+        make_pipeline().save_pretrained(output_dir)
+        description, hub_datasets = common.dataset_description(args)
+        operator_source = str(args.neural_operator_path)
+        is_hub_operator = not Path(operator_source).expanduser().exists()
+        card = make_model_card(
+            "pipeline",
+            training_args=vars(args),
+            context={
+                "model_name": args.hub_model_id or f"NeurOp-Diff ({args.unet_config or args.preset})",
+                "repo_id_or_path": args.hub_model_id or str(output_dir),
+                "global_step": global_step,
+                "num_processes": accelerator.num_processes,
+                "total_batch_size": args.train_batch_size
+                * accelerator.num_processes
+                * args.gradient_accumulation_steps,
+                "num_train_images": len(split["train"]),
+                "num_validation_images_total": len(split["test"]),
+                "dataset_description": description,
+                "command": common.command_line(__file__, argv),
+                "mixed_precision": accelerator.mixed_precision,
+                "unet_weights": f"EMA of the weights, decay {args.ema_decay}" if ema is not None else "raw weights",
+                "validation_description": (
+                    f"Mean PSNR (dB, RGB in [0, 1]) and SSIM (8-bit RGB, 11x11 Gaussian window) on {len(val.names)} "
+                    f"validation images of {args.resolution} px downscaled x{args.validation_scale:g}, DDIM with "
+                    f"{args.validation_inference_steps} steps{' and the EMA weights' if ema is not None else ''}: "
+                    "the output, the neural-operator prior alone (`_prior`) and bicubic upsampling (`_bicubic`)."
+                    if val is not None
+                    else "No validation images."
+                ),
+                "grid_image": grid_name,
+                "grid_columns": "LR | bicubic | prior | output | HR",
+            },
+            validation_history=history,
+            datasets=hub_datasets,
+            base_model=operator_source if is_hub_operator else None,
+        )
+        card.save(output_dir / "README.md")
+        logger.info(f"Saved the pipeline to {output_dir}")
+        common.maybe_push(args, output_dir)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return output_dir
+
+
+if __name__ == "__main__":
+    common.run_cli(main)
