@@ -10,30 +10,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import PIL.Image
 import torch
 
+from neurop_diff_diffusers.cli import save_image_atomic
 from neurop_diff_diffusers.presets import build_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def save_atomic(image: PIL.Image.Image, path: Path) -> None:
-    """Write ``image`` to a temporary file beside ``path``, then rename: never a partial output file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        image.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main() -> None:
@@ -55,7 +41,7 @@ def main() -> None:
         lr, scale=args.scale, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed)
     )
     elapsed = time.perf_counter() - start
-    save_atomic(image.images[0], args.output)
+    save_image_atomic(image.images[0], args.output)
     out = image.images[0]
     print(f"{args.input.name}: {lr.width}x{lr.height} -> x{args.scale} = {out.width}x{out.height}")
     print(f"wrote {args.output} in {elapsed:.2f} s ({args.steps} steps, CPU)")

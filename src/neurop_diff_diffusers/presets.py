@@ -1,4 +1,4 @@
-"""Model sizes: ``"paper"`` (METHOD.md sections 3-4) and ``"tiny"`` (a few hundred thousand parameters, for tests)."""
+"""Model sizes: ``"paper"`` (METHOD.md 3-4), ``"small"`` (CPU training) and ``"tiny"`` (for tests and demos)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,30 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "norm_num_groups": 16,
             "attention_head_dim": None,
             "dropout": 0.2,
+            **_SR3_EMBEDDING,
+        },
+    },
+    # Sized for CPU training (the embedded default model): a few hours on 2 cores, a few MB of weights.
+    "small": {
+        "neural_operator": {
+            "encoder_channels": 32,
+            "encoder_num_blocks": 4,
+            "width": 64,
+            "num_heads": 8,
+            "num_galerkin_blocks": 2,
+            "head_channels": 64,
+        },
+        "unet": {
+            "sample_size": 64,
+            "in_channels": 6,
+            "out_channels": 3,
+            "block_out_channels": (32, 64, 64, 128),
+            "down_block_types": ("DownBlock2D", "DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+            "up_block_types": ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
+            "layers_per_block": 1,
+            "norm_num_groups": 16,
+            "attention_head_dim": None,
+            "dropout": 0.0,
             **_SR3_EMBEDDING,
         },
     },
