@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from neurop_diff_diffusers.presets import PRESETS
 from neurop_diff_diffusers.utils import atomic_write_json
 
 TARGETS = ("operator", "pipeline")
@@ -60,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk_size", type=int, default=None, help="output pixels per chunk (default: library's)")
     parser.add_argument(
         "--max_unchunked_size", type=int, default=None, help="largest size run unchunked (default: per device)"
+    )
+    parser.add_argument(
+        "--tile_size", type=int, default=None, help="pipeline tile size (default: the library's; 0 = never tile)"
+    )
+    parser.add_argument(
+        "--pipeline_operator",
+        default=None,
+        choices=sorted(PRESETS),
+        help="replace the pipeline's operator by a preset one (e.g. paper: the paper-size operator with a small UNet)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--fp16", action="store_true", help="float16 models (CUDA only)")
@@ -94,9 +104,13 @@ def _child(config: dict[str, Any]) -> dict[str, Any]:
 
     else:
         pipeline = load_pipeline(config["pipeline"], device=device, torch_dtype=dtype if config["fp16"] else None)
+        if config.get("pipeline_operator"):
+            operator = build_neural_operator(config["pipeline_operator"]).to(device=device, dtype=dtype).eval()
+            pipeline.register_modules(neural_operator=operator)
+        tiles = {} if config.get("tile_size") is None else {"tile_size": config["tile_size"] or None}
 
         def work(out_size: tuple[int, int] = size) -> None:
-            pipeline(lr, output_size=out_size, num_inference_steps=1, output_type="pt", chunk_size=chunk)
+            pipeline(lr, output_size=out_size, num_inference_steps=1, output_type="pt", chunk_size=chunk, **tiles)
 
     work((16, 16))  # warm-up: one-time allocations (kernels, thread pools) are not part of the measurement
 
@@ -146,6 +160,8 @@ def _configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "pipeline": pipeline,
                         "device": args.device,
                         "fp16": args.fp16,
+                        "tile_size": args.tile_size,
+                        "pipeline_operator": args.pipeline_operator,
                     }
                 )
     return configs
@@ -224,7 +240,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     configs = _configurations(args)
     rows = []
     for config in configs:
-        model = f"{config['operator_preset']} operator" if config["target"] == "operator" else config["pipeline"]
+        if config["target"] == "operator":
+            model = f"{config['operator_preset']} operator"
+        else:
+            model = config["pipeline"]
+            if config["pipeline_operator"]:
+                model += f" + {config['pipeline_operator']} operator"
+            if config["tile_size"] is not None:
+                model += f", tile {config['tile_size'] or 'none'}"
         measured = _run_child(config, args.timeout)
         row = {"target": config["target"], "model": model, "size": config["size"], "mode": config["mode"]}
         row["lr_size"] = max(1, round(config["size"] / config["scale"]))

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from neurop_diff_diffusers.data import (
     HUB_DATASET_IDS,
-    SPLIT_METHODS,
     HubUnavailableError,
+    add_split_arguments,
     load_full_dataset,
     resolve_hub_id,
     select_split,
@@ -59,6 +59,7 @@ from neurop_diff_diffusers.training_utils import (
     truncate_validation_history,
     write_training_args,
 )
+from neurop_diff_diffusers.utils import atomic_write_text
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -114,23 +115,7 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         "copy of a hub dataset.",
     )
     data.add_argument("--cache_dir", type=str, default=None, help="datasets cache folder for hub downloads.")
-    data.add_argument(
-        "--split_method",
-        choices=SPLIT_METHODS,
-        default="auto",
-        help="Train / validation split: 'ucmerced' = files <class>00-27 train, 28-34 validation; 'fraction' = a "
-        "deterministic stratified split with --test_fraction and --split_seed; 'auto' = 'ucmerced' for a "
-        "--train_data_dir whose name contains 'ucmerced', else 'fraction'. --split_file overrides all.",
-    )
-    data.add_argument("--test_fraction", type=float, default=0.2, help="Validation fraction per class ('fraction').")
-    data.add_argument("--split_seed", type=int, default=0, help="Seed of the 'fraction' split.")
-    data.add_argument(
-        "--split_file",
-        type=str,
-        default=None,
-        help="A recorded split to replay: JSON with 'train' and 'test' lists of file names or indices (the "
-        f"{SPLIT_FILE} a run writes).",
-    )
+    add_split_arguments(data, "--train_data_dir")
     data.add_argument(
         "--max_train_samples", type=int, default=None, help="Use only the first N training images (debugging)."
     )
@@ -340,7 +325,7 @@ def start_run(accelerator: Accelerator, args: argparse.Namespace, script: str, s
         if removed:
             logger.info(f"Removed {len(removed)} incomplete checkpoint folder(s): {[p.name for p in removed]}")
         write_training_args(output_dir, script, vars(args))
-        (output_dir / SPLIT_FILE).write_text(json.dumps(split, indent=1) + "\n")
+        atomic_write_text(output_dir / SPLIT_FILE, json.dumps(split, indent=1) + "\n")
     accelerator.wait_for_everyone()
 
 

@@ -811,7 +811,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         >>> args.scales, args.split, args.num_inference_steps
         ([2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0], 'test', 50)
     """
-    from .data import SPLIT_METHODS
+    from .data import add_split_arguments
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -828,22 +828,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     source.add_argument("--dataset_name", default=None, help="ucmerced / aid / rsscn7 or a hub dataset id")
     source.add_argument("--data_dir", default=None, help="a local folder of images, one sub-folder per class")
     data.add_argument("--split", default="test", choices=("train", "test", "all"), help="which part to evaluate")
-    data.add_argument(
-        "--split_method",
-        default="auto",
-        choices=SPLIT_METHODS,
-        help="as in training: ucmerced = files <class>00-27 train, 28-34 test; fraction = a deterministic "
-        "stratified split (--test_fraction, --split_seed); auto = ucmerced for a --data_dir whose name contains "
-        "'ucmerced', else fraction",
-    )
-    data.add_argument("--test_fraction", type=float, default=0.2, help="fraction of each class in the test part")
-    data.add_argument("--split_seed", type=int, default=0, help="seed of the 'fraction' split")
-    data.add_argument(
-        "--split_file",
-        default=None,
-        help="a recorded split to replay (the split.json a training run writes: 'train' and 'test' lists of file "
-        "names or indices); --split picks the part",
-    )
+    add_split_arguments(data, "--data_dir")
     data.add_argument(
         "--images_from",
         default=None,

@@ -723,7 +723,7 @@ def truncate_validation_history(output_dir: str | os.PathLike, max_step: int) ->
     records = read_validation_history(output_dir, max_step)
     path = Path(output_dir) / VALIDATION_HISTORY_FILE
     if path.is_file():
-        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from .samples import (
 )
 from .splits import (
     SPLIT_METHODS,
+    add_split_arguments,
     resolve_split_method,
     select_split,
     split_file_names,
@@ -70,6 +71,7 @@ __all__ = [
     "select_split",
     "split_file_names",
     "SPLIT_METHODS",
+    "add_split_arguments",
     "resolve_split_method",
     "split_indices",
     "split_parts",

@@ -321,3 +321,29 @@ def split_parts(
         return ucmerced_convention_split(dataset), {"method": "ucmerced (00-27 train, 28-34 test)"}
     parts = split_indices(dataset, test_fraction, seed)
     return parts, {"method": "fraction (stratified)", "test_fraction": test_fraction, "split_seed": seed}
+
+
+def add_split_arguments(parser: Any, data_dir_flag: str = "--data_dir") -> None:
+    """Add ``--split_method``, ``--test_fraction``, ``--split_seed`` and ``--split_file`` (the arguments of
+    [`split_parts`]) to an argparse parser or group, with the same meaning in training and evaluation.
+
+    Args:
+        parser: an ``argparse.ArgumentParser`` or argument group.
+        data_dir_flag: the flag of the local folder that ``auto`` looks at.
+    """
+    parser.add_argument(
+        "--split_method",
+        default="auto",
+        choices=SPLIT_METHODS,
+        help="ucmerced = files <class>00-27 train, 28-34 test; fraction = a deterministic stratified split "
+        f"(--test_fraction, --split_seed); auto = ucmerced for a {data_dir_flag} whose name contains 'ucmerced', "
+        "else fraction. --split_file overrides all.",
+    )
+    parser.add_argument("--test_fraction", type=float, default=0.2, help="test fraction per class ('fraction')")
+    parser.add_argument("--split_seed", type=int, default=0, help="seed of the 'fraction' split")
+    parser.add_argument(
+        "--split_file",
+        default=None,
+        help="a recorded split to replay: JSON with 'train' and 'test' lists of file names or indices (the "
+        "split.json a training run writes)",
+    )
