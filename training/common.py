@@ -469,9 +469,12 @@ def resume(accelerator: Accelerator, args: argparse.Namespace, script: str) -> i
     return global_step
 
 
-def total_train_steps(args: argparse.Namespace, num_batches_per_epoch: int) -> int:
-    """``--max_train_steps``, or ``--num_train_epochs`` epochs of optimizer steps."""
-    steps_per_epoch = math.ceil(num_batches_per_epoch / args.gradient_accumulation_steps)
+def total_train_steps(args: argparse.Namespace, num_batches: int, num_processes: int = 1) -> int:
+    """``--max_train_steps``, or ``--num_train_epochs`` epochs of optimizer steps.
+
+    ``num_batches`` is the dataloader's length; before ``accelerator.prepare`` shards it, pass the process count.
+    """
+    steps_per_epoch = math.ceil(math.ceil(num_batches / num_processes) / args.gradient_accumulation_steps)
     return args.max_train_steps or args.num_train_epochs * steps_per_epoch
 
 

@@ -15,7 +15,6 @@ evaluated; the loss is the L1 between its output there and the HR pixels. Adam, 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when import
 
 import common  # noqa: E402
 from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator  # noqa: E402
-from neurop_diff_diffusers.data import Stage1Dataset, collate_stage1  # noqa: E402
+from neurop_diff_diffusers.data import Stage1Dataset, collate_stage1, stage1_hr_patch_range  # noqa: E402
 from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
 from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
 from neurop_diff_diffusers.training_utils import (  # noqa: E402
@@ -76,13 +75,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("lr_patch", "num_queries"):
         if getattr(args, name) < 1:
             raise TrainingSetupError(f"`--{name}` must be a positive integer, got {getattr(args, name)}.")
-    largest = math.floor(args.lr_patch * args.scale_max + 0.5)
+    smallest, largest = stage1_hr_patch_range(args.lr_patch, args.scale_min, args.scale_max)
     if largest > args.resolution:
         raise TrainingSetupError(
             f"`--resolution` {args.resolution} is smaller than the largest HR patch, round(--lr_patch {args.lr_patch} "
             f"x --scale_max {args.scale_max:g}) = {largest}: lower --scale_max or --lr_patch."
         )
-    smallest = math.floor(args.lr_patch * args.scale_min + 0.5)
     if args.num_queries > smallest**2:
         raise TrainingSetupError(
             f"`--num_queries` {args.num_queries} exceeds the pixels of the smallest HR patch ({smallest}^2)."
@@ -119,8 +117,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         eps=args.adam_epsilon,
         weight_decay=args.adam_weight_decay,
     )
-    num_batches = math.ceil(len(train_dataloader) / accelerator.num_processes)
-    max_train_steps = common.total_train_steps(args, num_batches)
+    max_train_steps = common.total_train_steps(args, len(train_dataloader), accelerator.num_processes)
     lr_scheduler = get_lr_scheduler(
         args.lr_scheduler,
         optimizer,

@@ -194,8 +194,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         eps=args.adam_epsilon,
         weight_decay=args.adam_weight_decay,
     )
-    num_batches = -(-len(train_dataloader) // accelerator.num_processes)
-    max_train_steps = common.total_train_steps(args, num_batches)
+    max_train_steps = common.total_train_steps(args, len(train_dataloader), accelerator.num_processes)
     lr_scheduler = get_lr_scheduler(
         args.lr_scheduler,
         optimizer,

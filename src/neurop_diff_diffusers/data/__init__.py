@@ -27,6 +27,7 @@ from .samples import (
     random_dihedral,
     sample_generator,
     sample_scale,
+    stage1_hr_patch_range,
 )
 from .splits import (
     SPLIT_METHODS,
@@ -44,6 +45,7 @@ __all__ = [
     "HUB_DATASET_IDS",
     "IMAGE_EXTENSIONS",
     "STAGE1_SCALE_RANGE",
+    "stage1_hr_patch_range",
     "STAGE2_SCALE_RANGE",
     "HubUnavailableError",
     "Stage1Dataset",

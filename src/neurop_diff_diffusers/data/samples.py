@@ -11,7 +11,6 @@ whatever the number of DataLoader workers.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from numbers import Integral
 from typing import Any
@@ -21,6 +20,7 @@ import PIL.Image
 import torch
 
 from ..coordinates import make_cell, make_coord
+from ..image_processing import round_half_up
 from .degradation import bicubic_degrade, check_scale
 from .preprocessing import pil_to_tensor, preprocess_hr
 
@@ -110,6 +110,21 @@ def random_dihedral(image: torch.Tensor, generator: torch.Generator | None = Non
     return image
 
 
+def stage1_hr_patch_range(lr_patch: int, scale_min: float, scale_max: float) -> tuple[int, int]:
+    """Smallest and largest HR patch side of stage-1 samples: ``round(lr_patch * s)`` (half up) at the two ends.
+
+    Args:
+        lr_patch: the LR patch side.
+        scale_min: the smallest scale.
+        scale_max: the largest scale.
+
+    Example:
+        >>> stage1_hr_patch_range(48, 1, 4)
+        (48, 192)
+    """
+    return round_half_up(lr_patch * scale_min), round_half_up(lr_patch * scale_max)
+
+
 def make_stage1_sample(
     hr: torch.Tensor,
     *,
@@ -154,18 +169,17 @@ def make_stage1_sample(
     lr_patch = _check_positive_int(lr_patch, "lr_patch")
     num_queries = _check_positive_int(num_queries, "num_queries")
     scale_min, scale_max = _check_scale_range(scale_min, scale_max)
-    largest = math.floor(lr_patch * scale_max + 0.5)
+    smallest, largest = stage1_hr_patch_range(lr_patch, scale_min, scale_max)
     if largest > min(hr.shape[-2:]):
         raise ValueError(
             f"`hr` of {hr.shape[-2]}x{hr.shape[-1]} px is too small for HR patches of up to round({lr_patch} * "
             f"{scale_max:g}) = {largest} px: lower `scale_max` or `lr_patch`, or use larger images."
         )
-    smallest = math.floor(lr_patch * scale_min + 0.5)
     if num_queries > smallest**2:
         raise ValueError(f"`num_queries` must be at most {smallest**2} (the smallest HR patch), got {num_queries}.")
 
     scale = sample_scale(scale_min, scale_max, generator)
-    hr_size = math.floor(lr_patch * scale + 0.5)
+    hr_size = round_half_up(lr_patch * scale)
     patch = random_crop(hr, hr_size, generator)
     if augment:
         patch = random_dihedral(patch, generator)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -29,6 +28,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import datasets
+
+from ..image_processing import round_half_up
 
 SPLIT_NAMES = ("train", "test", "all")
 
@@ -116,7 +117,7 @@ def split_indices(dataset: datasets.Dataset, test_fraction: float = 0.2, seed: i
     test: list[int] = []
     for members in by_class.values():
         ordered = sorted(members, key=lambda i: (hashlib.sha256(f"{seed}:{keys[i]}".encode()).hexdigest(), i))
-        n_test = math.floor(test_fraction * len(ordered) + 0.5)
+        n_test = round_half_up(test_fraction * len(ordered))
         test.extend(ordered[:n_test])
         train.extend(ordered[n_test:])
     return {"train": sorted(train), "test": sorted(test)}
