@@ -55,6 +55,8 @@ def test_prior_only_is_deterministic(image, tmp_path):
         (["--size", "10by10"], "--size"),
         (["--size", "0x10"], "--size"),
         (["--scale", "2", "--steps", "0"], "--steps"),
+        (["--scale", "2", "--strength", "0"], "--strength"),
+        (["--scale", "2", "--strength", "1.5"], "--strength"),
         (["--scale", "100", "--max-pixels", "1000"], "--max-pixels"),
         (["--scale", "2", "--model", "preset:nope"], "preset"),
         (["--scale", "2", "--model", "/does/not/exist"], ""),

@@ -320,3 +320,53 @@ def test_prior_only_returns_the_operator_output(pipe):
         x = torch.from_numpy(np.array(lr)).permute(2, 0, 1)[None].float() / 255 * 2 - 1
         prior = pipe.neural_operator(x, (30, 41)).sample
     torch.testing.assert_close(out, ((prior + 1) / 2).clamp(0, 1), rtol=0, atol=1e-6)
+
+
+def test_strength_one_is_the_paper_sampler_and_lower_strength_starts_from_the_diffused_prior(pipe):
+    torch.testing.assert_close(_run(pipe, steps=4), _run(pipe, steps=4, strength=1.0), rtol=0, atol=0)
+    seen, first_input, priors = [], [], []
+
+    def record(p, i, t, kwargs):
+        seen.append(int(t))
+        priors.append(kwargs["prior"])
+        return {}
+
+    def capture(module, args, kwargs):
+        if not first_input:
+            first_input.append(args[0][:, :3].clone())
+
+    handle = pipe.unet.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        image = _image()
+        out = pipe(
+            image,
+            scale=2,
+            num_inference_steps=10,
+            strength=0.3,
+            generator=_gen(),
+            output_type="pt",
+            callback_on_step_end=record,
+            callback_on_step_end_tensor_inputs=["prior"],
+        ).images
+    finally:
+        handle.remove()
+    assert out.shape == (1, 3, 24, 32)
+    assert seen == [400, 200, 0]  # the last round(0.3 * 10) = 3 of 1800, 1600, ..., 0
+    # the first UNet input is sqrt(gamma_400) * prior + sqrt(1 - gamma_400) * noise, with the generator's noise
+    prior = priors[0]
+    gamma = pipe.scheduler.alphas_cumprod[400]
+    noise = torch.randn(prior.shape, generator=_gen())
+    expected = gamma.sqrt() * prior + (1 - gamma).sqrt() * noise
+    torch.testing.assert_close(first_input[0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("strength", [0, -0.5, 1.5, float("nan"), "1", True])
+def test_bad_strength_is_refused_before_any_work(pipe, strength):
+    calls = []
+    handle = pipe.neural_operator.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="`strength`"):
+            pipe(_image(), scale=2, num_inference_steps=2, strength=strength)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -104,6 +104,12 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_strength(strength: Any) -> float:
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
+    return float(strength)
+
+
 def _check_methods(methods: Any, pipeline: Any, sr3_pipeline: Any) -> list[str]:
     if methods is None:
         methods = [m for m in METHODS if m != "sr3" or sr3_pipeline is not None]
@@ -433,6 +439,7 @@ def evaluate(
     sr3_pipeline: NeurOpDiffPipeline | None = None,
     methods: Sequence[str] | None = None,
     num_inference_steps: int = 50,
+    strength: float = 1.0,
     seed: int = 0,
     resolution: int = 256,
     protocol: str = "rgb",
@@ -455,6 +462,8 @@ def evaluate(
             the `sr3` method (see [`as_sr3_pipeline`]).
         methods (`Sequence[str]`, *optional*): a subset of [`METHODS`]; default: all that the given pipelines allow.
         num_inference_steps (`int`, defaults to 50): denoising steps of the diffusion methods.
+        strength (`float`, defaults to 1.0): the pipelines' `strength` (1.0, the paper: sampling from pure noise;
+            below 1: from the diffused prior, see [`NeurOpDiffPipeline.__call__`]).
         seed (`int`, defaults to 0): seed of the noise (see [`image_seed`]).
         resolution (`int`, defaults to 256): HR side (the paper: 256).
         protocol (`str`, defaults to `"rgb"`): `"rgb"` (the paper's) or `"y"` (Y channel, shave `ceil(scale)`).
@@ -497,6 +506,7 @@ def evaluate(
     num_inference_steps = _check_int(num_inference_steps, "num_inference_steps", 1)
     if num_inference_steps > num_train:
         raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
+    _check_strength(strength)
     seed = _check_int(seed, "seed", 0)
     resolution = _check_resolution(resolution, scales, protocol)
     if max_images is not None:
@@ -546,6 +556,7 @@ def evaluate(
                         lr_levels.to(pipe.device),
                         output_size=hr_size,
                         num_inference_steps=num_inference_steps,
+                        strength=strength,
                         generator=generator,
                         output_type="pt",
                         chunk_size=chunk_size,
@@ -636,6 +647,7 @@ def evaluate(
             "methods": methods,
             "scales": scales,
             "num_inference_steps": num_inference_steps,
+            "strength": strength,
             "resolution": resolution,
             "chunk_size": chunk_size,
             "scheduler": type(scheduler).__name__,
@@ -714,7 +726,10 @@ def results_to_markdown(report: dict[str, Any]) -> str:
         "",
         f"- Protocol: `{protocol.get('name')}`: {protocol.get('description', '')}",
         f"- Images: {len(report.get('images', []))}; seed {report.get('seed')}; "
-        f"T = {config.get('num_inference_steps')} denoising steps.",
+        f"T = {config.get('num_inference_steps')} denoising steps"
+        + (
+            f", strength {config['strength']:g} (from the diffused prior)." if config.get("strength", 1.0) < 1 else "."
+        ),
         "- LPIPS: " + ("AlexNet" if lpips.get("available") else f"n/a ({lpips.get('reason', 'unavailable')})"),
     ]
     if report.get("command"):
@@ -842,6 +857,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES), help="any numbers > 1")
     run.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: all available")
     run.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
+    run.add_argument(
+        "--strength",
+        type=float,
+        default=1.0,
+        help="fraction of the steps run, from the diffused prior (1.0, the paper: from pure noise)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
     run.add_argument(
         "--protocol",
@@ -918,6 +939,7 @@ def _check_args(args: argparse.Namespace) -> None:
     """Validation of the command line before any work (one ValueError naming the argument)."""
     _check_scales(args.scales)
     _check_int(args.num_inference_steps, "num_inference_steps", 1)
+    _check_strength(args.strength)
     _check_int(args.seed, "seed", 0)
     _check_resolution(args.resolution, args.scales, args.protocol)
     if args.max_images is not None:
@@ -989,6 +1011,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
         sr3_pipeline=sr3,
         methods=args.methods,
         num_inference_steps=args.num_inference_steps,
+        strength=args.strength,
         seed=args.seed,
         resolution=args.resolution,
         protocol=args.protocol,
