@@ -370,3 +370,15 @@ def test_bad_strength_is_refused_before_any_work(pipe, strength):
     finally:
         handle.remove()
     assert calls == []
+
+
+def test_default_strength_travels_with_the_saved_pipeline(pipe, tmp_path):
+    custom = NeurOpDiffPipeline(**pipe.components, default_strength=0.3)
+    custom.set_progress_bar_config(disable=True)
+    custom.save_pretrained(tmp_path)
+    loaded = NeurOpDiffPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_strength == 0.3
+    torch.testing.assert_close(_run(loaded, steps=10), _run(pipe, steps=10, strength=0.3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="default_strength"):
+        NeurOpDiffPipeline(**pipe.components, default_strength=0.0)

@@ -110,7 +110,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             raise CLIError(f"--scale: {err}") from err
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
-    if not 0.0 < args.strength <= 1.0:
+    if args.strength is not None and not 0.0 < args.strength <= 1.0:
         raise CLIError(f"--strength must be in (0, 1], got {args.strength}")
     if args.output is not None and len(args.inputs) > 1:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
@@ -242,7 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out-dir", type=Path, help="output folder (default: beside each input)")
     up.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     up.add_argument(
-        "--strength", type=float, default=1.0, help="fraction of the steps run, from the diffused prior (default 1)"
+        "--strength",
+        type=float,
+        default=None,
+        help="fraction of the steps run, from the diffused prior (default: the model's default_strength)",
     )
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--model", default=None, help="pipeline folder, hub id or preset:tiny (default: embedded model)")

@@ -218,7 +218,12 @@ def as_sr3_pipeline(pipeline: NeurOpDiffPipeline) -> NeurOpDiffPipeline:
             "The SR3 pipeline has a neural operator; it is ignored (SR3 is conditioned on the bicubic upsampling).",
             stacklevel=2,
         )
-    sr3 = NeurOpDiffPipeline(unet=pipeline.unet, neural_operator=None, scheduler=pipeline.scheduler)
+    sr3 = NeurOpDiffPipeline(
+        unet=pipeline.unet,
+        neural_operator=None,
+        scheduler=pipeline.scheduler,
+        default_strength=pipeline.config.get("default_strength", 1.0),
+    )
     sr3.set_progress_bar_config(disable=True)
     return sr3
 
@@ -439,7 +444,7 @@ def evaluate(
     sr3_pipeline: NeurOpDiffPipeline | None = None,
     methods: Sequence[str] | None = None,
     num_inference_steps: int = 50,
-    strength: float = 1.0,
+    strength: float | None = None,
     seed: int = 0,
     resolution: int = 256,
     protocol: str = "rgb",
@@ -462,8 +467,9 @@ def evaluate(
             the `sr3` method (see [`as_sr3_pipeline`]).
         methods (`Sequence[str]`, *optional*): a subset of [`METHODS`]; default: all that the given pipelines allow.
         num_inference_steps (`int`, defaults to 50): denoising steps of the diffusion methods.
-        strength (`float`, defaults to 1.0): the pipelines' `strength` (1.0, the paper: sampling from pure noise;
-            below 1: from the diffused prior, see [`NeurOpDiffPipeline.__call__`]).
+        strength (`float`, *optional*): the pipelines' `strength` (1.0, the paper: sampling from pure noise; below 1:
+            from the diffused prior, see [`NeurOpDiffPipeline.__call__`]); default: the pipeline's
+            `config.default_strength`.
         seed (`int`, defaults to 0): seed of the noise (see [`image_seed`]).
         resolution (`int`, defaults to 256): HR side (the paper: 256).
         protocol (`str`, defaults to `"rgb"`): `"rgb"` (the paper's) or `"y"` (Y channel, shave `ceil(scale)`).
@@ -506,7 +512,9 @@ def evaluate(
     num_inference_steps = _check_int(num_inference_steps, "num_inference_steps", 1)
     if num_inference_steps > num_train:
         raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
-    _check_strength(strength)
+    if strength is None:
+        strength = pipeline.config.get("default_strength", 1.0)
+    strength = _check_strength(strength)
     seed = _check_int(seed, "seed", 0)
     resolution = _check_resolution(resolution, scales, protocol)
     if max_images is not None:
@@ -860,8 +868,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument(
         "--strength",
         type=float,
-        default=1.0,
-        help="fraction of the steps run, from the diffused prior (1.0, the paper: from pure noise)",
+        default=None,
+        help="fraction of the steps run, from the diffused prior (1.0, the paper: from pure noise; default: the "
+        "pipeline's default_strength)",
     )
     run.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
     run.add_argument(
@@ -939,7 +948,8 @@ def _check_args(args: argparse.Namespace) -> None:
     """Validation of the command line before any work (one ValueError naming the argument)."""
     _check_scales(args.scales)
     _check_int(args.num_inference_steps, "num_inference_steps", 1)
-    _check_strength(args.strength)
+    if args.strength is not None:
+        _check_strength(args.strength)
     _check_int(args.seed, "seed", 0)
     _check_resolution(args.resolution, args.scales, args.protocol)
     if args.max_images is not None:

@@ -54,6 +54,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         neural_operator ([`GalerkinNeuralOperator`], *optional*): the prior (any model with its ``forward(image,
             output_size, chunk_size)``); ``None`` for a bicubic prior.
         scheduler ([`SchedulerMixin`]): DDIM by default; DDPM and other diffusers schedulers with ``step`` work too.
+        default_strength (`float`, defaults to 1.0): the `strength` used when a call gives none; saved in
+            ``model_index.json``. 1.0 is the paper's sampler (from pure noise); a model whose denoiser is only
+            reliable at low noise levels (such as the small embedded CPU model) ships a lower value.
 
     Example:
         >>> import PIL.Image
@@ -73,9 +76,15 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         unet: UNet2DModel,
         neural_operator: ModelMixin | None,
         scheduler: SchedulerMixin,
+        default_strength: float = 1.0,
     ):
         super().__init__()
         self.register_modules(unet=unet, neural_operator=neural_operator, scheduler=scheduler)
+        if isinstance(default_strength, bool) or not isinstance(default_strength, (int, float)):
+            raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
+        if not 0.0 < default_strength <= 1.0:
+            raise ValueError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
+        self.register_to_config(default_strength=float(default_strength))
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:
         """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
@@ -240,7 +249,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int | None = None,
         prior_only: bool = False,
-        strength: float = 1.0,
+        strength: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -269,11 +278,13 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 ``min(64, tile_size // 4)``.
             prior_only: return the neural-operator prior itself (clamped to the image range), without diffusion:
                 the continuous-scale regression output (SRNO), fast and deterministic.
-            strength: the fraction of the ``num_inference_steps`` timesteps that is run, in ``(0, 1]``. ``1.0`` (the
-                paper) starts from pure noise. Below 1 -- not in the paper -- sampling starts from the *prior* diffused
-                to the first kept timestep (``sqrt(gamma) * prior + sqrt(1 - gamma) * noise``) and runs only the last
-                ``round(strength * num_inference_steps)`` steps: the "come closer, diffuse faster" start of Chung et
-                al. (CVPR 2022), faster, and forgiving to a denoiser that is weak at high noise levels.
+            strength: the fraction of the ``num_inference_steps`` timesteps that is run, in ``(0, 1]``; ``None``: the
+                pipeline's ``config.default_strength`` (saved with it; 1.0 unless the model's trainer chose another
+                value). ``1.0`` (the paper) starts from pure noise. Below 1 -- not in the paper -- sampling starts
+                from the *prior* diffused to the first kept timestep (``sqrt(gamma) * prior + sqrt(1 - gamma) *
+                noise``) and runs only the last ``round(strength * num_inference_steps)`` steps: the "come closer,
+                diffuse faster" start of Chung et al. (CVPR 2022), faster, and forgiving to a denoiser that is weak
+                at high noise levels.
 
         Returns:
             [`ImagePipelineOutput`] with ``.images`` in the requested ``output_type``.
@@ -310,6 +321,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
         batch_size = lr.shape[0]
+        if strength is None:
+            strength = self.config.get("default_strength", 1.0)
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
             raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
         if isinstance(generator, list) and len(generator) != batch_size:
