@@ -1,0 +1,150 @@
+"""The embedded default model: complete, small, offline, loadable both ways, and better than bicubic on real images.
+
+The quality checks run on the three sample images shipped in ``assets/samples`` (UCMerced validation images
+``<class>28``-``34``, never seen in training), so they run in a user's clone too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+
+from neurop_diff_diffusers import (
+    DEFAULT_MODEL_PATH,
+    GalerkinNeuralOperator,
+    NeurOpDiffPipeline,
+    bicubic_prior,
+    cli,
+    has_default_model,
+    load_default_pipeline,
+)
+from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor
+from neurop_diff_diffusers.metrics import image_metrics, quantize_8bit
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "assets" / "samples").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = load_default_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _metrics(image01: torch.Tensor, hr: torch.Tensor) -> tuple[float, float]:
+    values = image_metrics(quantize_8bit(image01) / 255.0, (hr + 1) / 2)
+    return values["psnr"].item(), values["ssim"].item()
+
+
+def test_the_embedded_model_ships_complete_small_and_safetensors_only():
+    assert has_default_model()
+    index = json.loads((DEFAULT_MODEL_PATH / "model_index.json").read_text())
+    assert index["_class_name"] == "NeurOpDiffPipeline"
+    assert {k for k in index if not k.startswith("_")} == {"unet", "neural_operator", "scheduler", "default_strength"}
+    weights = sorted(DEFAULT_MODEL_PATH.rglob("*.safetensors"))
+    assert [w.parent.name for w in weights] == ["neural_operator", "unet"]
+    assert sum(w.stat().st_size for w in weights) <= 25 * 2**20
+    assert not [p for p in DEFAULT_MODEL_PATH.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+
+
+def test_the_model_card_has_hub_metadata_and_every_scale():
+    card = (DEFAULT_MODEL_PATH / "README.md").read_text()
+    head = card.split("---")[1]
+    for field in ("library_name: diffusers", "pipeline_tag: image-to-image", "license: apache-2.0", "psnr", "ssim"):
+        assert field in head
+    for scale in ("x2", "x3", "x4", "x6", "x8", "x10"):
+        assert f"| {scale}" in card
+    assert "python training/evaluate.py" in card and "python training/train_neurop_diff.py" in card
+
+
+def test_load_default_pipeline_gives_the_trained_components(pipe):
+    assert isinstance(pipe, NeurOpDiffPipeline)
+    assert isinstance(pipe.neural_operator, GalerkinNeuralOperator)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.scheduler.config.num_train_timesteps == 2000
+    assert pipe.unet.config.in_channels == 6 and pipe.unet.config.out_channels == 3
+    # trained weights, not a fresh preset: the last UNet layer is not at its initialisation
+    assert pipe.unet.conv_out.weight.abs().sum() > 0
+
+
+def test_diffusers_loads_the_embedded_folder_identically(pipe):
+    other = DiffusionPipeline.from_pretrained(DEFAULT_MODEL_PATH)
+    assert isinstance(other, NeurOpDiffPipeline)
+    for a, b in zip(pipe.unet.state_dict().values(), other.unet.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_the_prior_beats_bicubic_on_unseen_real_images(pipe, sample):
+    hr = pil_to_tensor(PIL.Image.open(sample))[None]
+    lr = bicubic_degrade(hr, 4)  # [-1, 1]; the pipeline takes [0, 1]
+    prior = pipe((lr + 1) / 2, output_size=(256, 256), prior_only=True, output_type="pt").images
+    bicubic = (bicubic_prior(lr, (256, 256)) + 1) / 2
+    prior_psnr, _ = _metrics(prior, hr)
+    bicubic_psnr, _ = _metrics(bicubic, hr)
+    assert prior_psnr >= bicubic_psnr + 0.5
+
+
+def test_the_pipeline_restores_an_unseen_real_image_and_is_seeded(pipe):
+    hr = pil_to_tensor(PIL.Image.open(SAMPLES[0]))[None]
+    lr = bicubic_degrade(hr, 4)  # [-1, 1]; the pipeline takes [0, 1]
+
+    def run(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return pipe(
+            (lr + 1) / 2, output_size=(256, 256), num_inference_steps=50, generator=generator, output_type="pt"
+        ).images
+
+    sr = run(0)
+    torch.testing.assert_close(sr, run(0), rtol=0, atol=0)
+    prior = pipe((lr + 1) / 2, output_size=(256, 256), prior_only=True, output_type="pt").images
+    bicubic = (bicubic_prior(lr, (256, 256)) + 1) / 2
+    sr_psnr, sr_ssim = _metrics(sr, hr)
+    prior_psnr, _ = _metrics(prior, hr)
+    bicubic_psnr, bicubic_ssim = _metrics(bicubic, hr)
+    # the default sampler (strength = config.default_strength) beats bicubic; it stays close to its prior
+    assert sr_psnr > bicubic_psnr and sr_ssim > bicubic_ssim
+    assert abs(sr_psnr - prior_psnr) < 0.5
+
+
+def test_the_command_line_uses_the_embedded_model_by_default(tmp_path, capsys):
+    src = tmp_path / "in.png"
+    PIL.Image.open(SAMPLES[0]).resize((40, 30), PIL.Image.BICUBIC).save(src)
+    assert cli.main(["upscale", str(src), "--scale", "2", "--steps", "2", "-o", str(tmp_path / "out.png")]) == 0
+    assert PIL.Image.open(tmp_path / "out.png").size == (80, 60)
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert str(DEFAULT_MODEL_PATH) in out and "in_channels" in out
+
+
+def test_prior_only_from_the_command_line_matches_the_library(pipe, tmp_path):
+    src = tmp_path / "in.png"
+    PIL.Image.open(SAMPLES[1]).resize((48, 48), PIL.Image.BICUBIC).save(src)
+    assert cli.main(["upscale", str(src), "--scale", "3", "--prior-only", "-o", str(tmp_path / "p.png")]) == 0
+    expected = pipe(PIL.Image.open(src), scale=3, prior_only=True).images[0]
+    np.testing.assert_array_equal(np.array(PIL.Image.open(tmp_path / "p.png")), np.array(expected))
+
+
+def test_a_geotiff_scene_upscales_with_the_embedded_model_and_keeps_its_georeferencing(tmp_path):
+    rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo]")
+    from rasterio.transform import from_origin
+
+    rgb = np.array(PIL.Image.open(SAMPLES[2]).resize((48, 40), PIL.Image.BICUBIC)).transpose(2, 0, 1)
+    src = tmp_path / "scene.tif"
+    profile = {"driver": "GTiff", "width": 48, "height": 40, "count": 3, "dtype": "uint8", "crs": "EPSG:26910"}
+    with rasterio.open(src, "w", transform=from_origin(500000, 4200000, 0.3, 0.3), **profile) as dst:
+        dst.write(rgb)
+    assert cli.main(["upscale", str(src), "--scale", "2.5", "--steps", "20"]) == 0
+    with rasterio.open(tmp_path / "scene_x2.5.tif") as out:
+        assert out.crs.to_epsg() == 26910 and out.shape == (100, 120) and out.dtypes == ("uint8",) * 3
+        assert out.transform.a == pytest.approx(0.12) and (out.transform.c, out.transform.f) == (500000, 4200000)
+        result = torch.from_numpy(out.read().astype(np.float32) / 255.0)[None]
+    # a restoration of the scene, not noise: close to the bicubic upsampling of the input
+    bicubic = (bicubic_prior(torch.from_numpy(rgb.astype(np.float32) / 127.5 - 1)[None], (100, 120)) + 1) / 2
+    assert image_metrics(result, bicubic)["psnr"].item() > 24
