@@ -23,6 +23,7 @@ from neurop_diff_diffusers import bicubic_prior, load_default_pipeline
 from neurop_diff_diffusers.cli import save_image_atomic
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil
 from neurop_diff_diffusers.evaluation import make_figure
+from neurop_diff_diffusers.image_processing import round_half_up
 from neurop_diff_diffusers.metrics import image_metrics, quantize_8bit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=REPO / "assets" / "samples" / "airplane30.png")
     parser.add_argument("--scale", type=float, default=4.0, help="degradation / super-resolution factor (> 1)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--strength", type=float, default=None, help="default: the model's default_strength")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=Path, default=REPO / "outputs")
     args = parser.parse_args()
@@ -52,10 +54,13 @@ def main() -> None:
         lr01,
         output_size=size,
         num_inference_steps=args.steps,
+        strength=args.strength,
         generator=torch.Generator().manual_seed(args.seed),
         output_type="pt",
     ).images
     elapsed = time.perf_counter() - start
+    strength = pipe.config.default_strength if args.strength is None else args.strength
+    kept = min(max(round_half_up(strength * args.steps), 1), args.steps)
     prior = pipe(lr01, output_size=size, prior_only=True, output_type="pt").images
     bicubic = (bicubic_prior(lr, size) + 1) / 2
 
@@ -76,9 +81,13 @@ def main() -> None:
             (f"{name}\n{psnr:.2f} dB / {ssim:.4f}", (image[0].permute(1, 2, 0) * 255).round().byte().numpy())
         )
     panels.append(("HR", (target[0].permute(1, 2, 0) * 255).round().byte().numpy()))
-    figure = make_figure(panels, title=f"{args.input.stem}  x{args.scale:g}  ({args.steps} DDIM steps)")
+    figure = make_figure(
+        panels, title=f"{args.input.stem}  x{args.scale:g}  ({kept} of {args.steps} DDIM steps, strength {strength:g})"
+    )
     save_image_atomic(figure, args.output_dir / f"{stem}_comparison.png")
-    print(f"NeurOp-Diff: {args.steps} steps in {elapsed:.1f} s on {pipe.device}")
+    print(
+        f"NeurOp-Diff: {kept} of {args.steps} DDIM steps (strength {strength:g}) in {elapsed:.1f} s on {pipe.device}"
+    )
     print(f"wrote {args.output_dir / (stem + '_neurop_diff.png')} and {args.output_dir / (stem + '_comparison.png')}")
 
 
