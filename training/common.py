@@ -48,6 +48,7 @@ from neurop_diff_diffusers.training_utils import (
     checkpoint_step,
     derive_seed,
     drop_unreadable_images,
+    get_lr_scheduler,
     list_checkpoints,
     push_folder_to_hub,
     read_training_args,
@@ -476,6 +477,37 @@ def total_train_steps(args: argparse.Namespace, num_batches: int, num_processes:
     """
     steps_per_epoch = math.ceil(math.ceil(num_batches / num_processes) / args.gradient_accumulation_steps)
     return args.max_train_steps or args.num_train_epochs * steps_per_epoch
+
+
+def make_optimizer(
+    args: argparse.Namespace, parameters: Any, num_batches: int, num_processes: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam on `parameters` and its learning-rate schedule over the run, from the shared training arguments.
+
+    Args:
+        args: the parsed arguments (``--learning_rate``, ``--adam_*``, ``--lr_*``, the run length).
+        parameters: the parameters to optimise.
+        num_batches: the dataloader's length, before ``accelerator.prepare`` shards it.
+        num_processes: the number of processes (the schedule is stepped once per process and optimizer step).
+    """
+    optimizer = torch.optim.Adam(
+        parameters,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.adam_weight_decay,
+    )
+    max_train_steps = total_train_steps(args, num_batches, num_processes)
+    lr_scheduler = get_lr_scheduler(
+        args.lr_scheduler,
+        optimizer,
+        num_training_steps=max_train_steps * num_processes,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        constant_fraction=args.lr_constant_fraction,
+        min_lr=args.lr_min,
+        step_rules=args.lr_step_rules,
+    )
+    return optimizer, lr_scheduler
 
 
 def train_loop(

@@ -32,7 +32,6 @@ from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
 from neurop_diff_diffusers.training_utils import (  # noqa: E402
     NeuralOperatorQuery,
     TrainingSetupError,
-    get_lr_scheduler,
     operator_l1_loss,
     read_validation_history,
     validate_operator,
@@ -110,22 +109,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     operator = build_neural_operator(args.preset, seed=args.seed)
     model = NeuralOperatorQuery(operator)
-    optimizer = torch.optim.Adam(
-        model.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
-    )
-    max_train_steps = common.total_train_steps(args, len(train_dataloader), accelerator.num_processes)
-    lr_scheduler = get_lr_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        constant_fraction=args.lr_constant_fraction,
-        min_lr=args.lr_min,
-        step_rules=args.lr_step_rules,
+    optimizer, lr_scheduler = common.make_optimizer(
+        args, model.parameters(), len(train_dataloader), accelerator.num_processes
     )
 
     # Checkpoints hold the operator in the diffusers layout (checkpoint-<step>/neural_operator/), loadable as is.

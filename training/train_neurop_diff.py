@@ -36,7 +36,6 @@ from neurop_diff_diffusers.training_utils import (  # noqa: E402
     TrainingSetupError,
     compute_priors,
     diffusion_l1_loss,
-    get_lr_scheduler,
     load_frozen_operator,
     read_validation_history,
     validate_pipeline,
@@ -187,22 +186,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     val = common.validation_set(args, validation_images)
     train_dataloader, sampler = common.make_train_dataloader(dataset, args, collate_stage2)
 
-    optimizer = torch.optim.Adam(
-        unet.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.adam_weight_decay,
-    )
-    max_train_steps = common.total_train_steps(args, len(train_dataloader), accelerator.num_processes)
-    lr_scheduler = get_lr_scheduler(
-        args.lr_scheduler,
-        optimizer,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        constant_fraction=args.lr_constant_fraction,
-        min_lr=args.lr_min,
-        step_rules=args.lr_step_rules,
+    optimizer, lr_scheduler = common.make_optimizer(
+        args, unet.parameters(), len(train_dataloader), accelerator.num_processes
     )
 
     # Checkpoints hold the UNet and its EMA in the diffusers layout (checkpoint-<step>/unet, unet_ema).
