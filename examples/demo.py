@@ -23,8 +23,8 @@ from neurop_diff_diffusers import bicubic_prior, load_default_pipeline
 from neurop_diff_diffusers.cli import save_image_atomic
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil
 from neurop_diff_diffusers.evaluation import make_figure
-from neurop_diff_diffusers.image_processing import round_half_up
 from neurop_diff_diffusers.metrics import image_metrics, quantize_8bit
+from neurop_diff_diffusers.scheduling import strength_steps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def main() -> None:
     ).images
     elapsed = time.perf_counter() - start
     strength = pipe.config.default_strength if args.strength is None else args.strength
-    kept = min(max(round_half_up(strength * args.steps), 1), args.steps)
+    kept = strength_steps(strength, args.steps)
     prior = pipe(lr01, output_size=size, prior_only=True, output_type="pt").images
     bicubic = (bicubic_prior(lr, size) + 1) / 2
 

@@ -99,6 +99,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     from .geo import is_georeferenced, upscale_geotiff
     from .image_processing import check_scale, resolve_output_size
+    from .scheduling import check_strength
 
     # 1. Everything that can be checked is checked before the model loads or any file is written.
     size = _parse_size(args.size) if args.size is not None else None
@@ -110,8 +111,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             raise CLIError(f"--scale: {err}") from err
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
-    if args.strength is not None and not 0.0 < args.strength <= 1.0:
-        raise CLIError(f"--strength must be in (0, 1], got {args.strength}")
+    if args.strength is not None:
+        try:
+            check_strength(args.strength)
+        except ValueError as err:
+            raise CLIError(f"--strength: {err}") from err
     if args.output is not None and len(args.inputs) > 1:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
     device = _check_device(args.device)

@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from .metrics import PROTOCOLS, image_metrics, load_lpips
 from .pipelines import NeurOpDiffPipeline, bicubic_prior
+from .scheduling import check_strength
 from .utils import atomic_write, atomic_write_text
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
@@ -102,12 +103,6 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
     return int(value)
-
-
-def _check_strength(strength: Any) -> float:
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-        raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
-    return float(strength)
 
 
 def _check_methods(methods: Any, pipeline: Any, sr3_pipeline: Any) -> list[str]:
@@ -514,7 +509,7 @@ def evaluate(
         raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
     if strength is None:
         strength = pipeline.config.get("default_strength", 1.0)
-    strength = _check_strength(strength)
+    strength = check_strength(strength)
     seed = _check_int(seed, "seed", 0)
     resolution = _check_resolution(resolution, scales, protocol)
     if max_images is not None:
@@ -949,7 +944,7 @@ def _check_args(args: argparse.Namespace) -> None:
     _check_scales(args.scales)
     _check_int(args.num_inference_steps, "num_inference_steps", 1)
     if args.strength is not None:
-        _check_strength(args.strength)
+        check_strength(args.strength)
     _check_int(args.seed, "seed", 0)
     _check_resolution(args.resolution, args.scales, args.protocol)
     if args.max_images is not None:

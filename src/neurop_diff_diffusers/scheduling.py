@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+
+from .image_processing import round_half_up
 
 #: The authors' schedule: T = 2000, linear betas 1e-6 .. 1e-2, epsilon prediction, no clipping.
 PAPER_SCHEDULER_CONFIG = {
@@ -31,6 +35,40 @@ def default_scheduler(kind: str = "ddim") -> DDIMScheduler | DDPMScheduler:
     if kind == "ddpm":
         return DDPMScheduler(**PAPER_SCHEDULER_CONFIG, timestep_spacing="leading", variance_type="fixed_small")
     raise ValueError(f"`kind` must be 'ddim' or 'ddpm', got {kind!r}.")
+
+
+def check_strength(strength: Any, name: str = "strength") -> float:
+    """Validate a sampling strength: a real number in ``(0, 1]``.
+
+    Args:
+        strength: the value to check.
+        name: the argument's name, for the error message.
+
+    Raises:
+        ValueError: naming the argument and the allowed range.
+
+    Example:
+        >>> check_strength(0.5)
+        0.5
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"`{name}` must be a number in (0, 1], got {strength!r}.")
+    return float(strength)
+
+
+def strength_steps(strength: float, num_inference_steps: int) -> int:
+    """How many of the ``num_inference_steps`` timesteps a sampling `strength` runs: the last
+    ``round(strength * num_inference_steps)`` (half up), at least one.
+
+    Args:
+        strength: a number in ``(0, 1]`` (see [`check_strength`]).
+        num_inference_steps: the scheduler's number of timesteps.
+
+    Example:
+        >>> strength_steps(0.04, 50), strength_steps(0.001, 50), strength_steps(1.0, 50)
+        (2, 1, 50)
+    """
+    return min(max(round_half_up(strength * num_inference_steps), 1), num_inference_steps)
 
 
 def noise_level(alphas_cumprod: torch.Tensor, timestep: torch.Tensor | float | int) -> torch.Tensor:

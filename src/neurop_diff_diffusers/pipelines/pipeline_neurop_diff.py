@@ -23,9 +23,8 @@ from ..image_processing import (
     postprocess_images,
     preprocess_images,
     resolve_output_size,
-    round_half_up,
 )
-from ..scheduling import noise_level
+from ..scheduling import check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 
 #: Default pixel budget of one output image (height x width); raise it with ``max_output_pixels``.
@@ -82,9 +81,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, neural_operator=neural_operator, scheduler=scheduler)
         if isinstance(default_strength, bool) or not isinstance(default_strength, (int, float)):
             raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
-        if not 0.0 < default_strength <= 1.0:
-            raise ValueError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
-        self.register_to_config(default_strength=float(default_strength))
+        self.register_to_config(default_strength=check_strength(default_strength, "default_strength"))
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:
         """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
@@ -321,10 +318,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
         batch_size = lr.shape[0]
-        if strength is None:
-            strength = self.config.get("default_strength", 1.0)
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-            raise ValueError(f"`strength` must be a number in (0, 1], got {strength!r}.")
+        strength = check_strength(self.config.get("default_strength", 1.0) if strength is None else strength)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"`generator` is a list of {len(generator)}; it must have one per image ({batch_size}).")
 
@@ -345,8 +339,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         latents = randn_tensor(prior.shape, generator=generator, device=device, dtype=dtype)
         if strength < 1.0:
-            kept = min(max(round_half_up(strength * num_inference_steps), 1), num_inference_steps)
-            begin = len(timesteps) - kept * self.scheduler.order
+            begin = len(timesteps) - strength_steps(strength, num_inference_steps) * self.scheduler.order
             timesteps = timesteps[begin:]
             if hasattr(self.scheduler, "set_begin_index"):
                 self.scheduler.set_begin_index(begin)
