@@ -21,10 +21,11 @@ import PIL.Image
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, SHARED_DATA_DIR
-from neurop_diff_diffusers import GalerkinNeuralOperator, build_unet
+from neurop_diff_diffusers import GalerkinNeuralOperator, build_unet, training_utils
 from neurop_diff_diffusers.presets import build_neural_operator
 
 TRAINING_DIR = REPO_ROOT / "training"
@@ -282,6 +283,36 @@ def test_push_to_hub_uploads_the_model_and_never_shows_the_token(tmp_path, image
             assert token.encode() not in path.read_bytes(), path
 
 
+def test_fine_tune_from_a_pretrained_unet_on_low_noise_levels(tmp_path, image_folder, operator_dir, monkeypatch):
+    pretrained = build_unet("tiny", seed=11)
+    pretrained.save_pretrained(tmp_path / "pipeline" / "unet")
+    base = ["--train_data_dir", str(image_folder), *STAGE2_ARGS, "--neural_operator_path", str(operator_dir)]
+    for source in (tmp_path / "pipeline", tmp_path / "pipeline" / "unet"):  # a pipeline folder or the UNet's own
+        args = train_neurop_diff.parse_args([*base, "--pretrained_unet", str(source)])
+        unet = train_neurop_diff.build_denoiser(args)
+        assert unet.training and list(unet.config.block_out_channels) == list(pretrained.config.block_out_channels)
+        assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), pretrained.state_dict().values()))
+
+    seen = []
+
+    def recording_loss(*args, **kwargs):
+        seen.append(args[5] if len(args) > 5 else kwargs.get("max_timestep"))
+        return training_utils.diffusion_l1_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_neurop_diff, "diffusion_l1_loss", recording_loss)
+    out = _run(
+        train_neurop_diff,
+        [*base, "--output_dir", str(tmp_path / "out"), "--pretrained_unet", str(tmp_path / "pipeline")]
+        + ["--max_noise_step", "40", "--max_train_steps", "2", "--train_batch_size", "2", "--no-use_ema"]
+        + ["--validation_steps", "100", "--num_validation_images", "0", "--report_to", "none"],
+    )
+    assert seen == [40, 40]
+    tuned = UNet2DModel.from_pretrained(out / "unet")
+    assert list(tuned.config.block_out_channels) == list(pretrained.config.block_out_channels)
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), pretrained.state_dict().values()))
+    assert json.loads((out / "training_args.json").read_text())["args"]["max_noise_step"] == 40
+
+
 def test_clear_errors_and_nothing_written(tmp_path, image_folder, operator_dir, monkeypatch, capsys):
     out = tmp_path / "out"
     base = ["--output_dir", str(out), *STAGE1_ARGS, "--report_to", "none"]
@@ -303,6 +334,31 @@ def test_clear_errors_and_nothing_written(tmp_path, image_folder, operator_dir, 
         train_neurop_diff, [*stage2, "--neural_operator_path", str(operator_dir), "--resolution", "30"], capsys
     )
     assert "`--crop_size`" in err and "multiple" in err
+    err = _run_cli(
+        train_neurop_diff,
+        [*stage2, "--neural_operator_path", str(operator_dir), "--pretrained_unet", str(tmp_path / "missing")],
+        capsys,
+    )
+    assert "`--pretrained_unet`" in err and "no such folder" in err
+    err = _run_cli(
+        train_neurop_diff,
+        [
+            *stage2,
+            "--neural_operator_path",
+            str(operator_dir),
+            "--pretrained_unet",
+            str(operator_dir),
+            "--unet_config",
+            str(operator_dir),
+        ],
+        capsys,
+    )
+    assert "`--pretrained_unet` and `--unet_config` are exclusive" in err
+    for bad in ("0", "2001"):
+        err = _run_cli(
+            train_neurop_diff, [*stage2, "--neural_operator_path", str(operator_dir), "--max_noise_step", bad], capsys
+        )
+        assert f"`--max_noise_step` must be in [1, 2000], got {bad}" in err
     assert not out.exists()
 
     monkeypatch.setattr(common, "is_tensorboard_available", lambda: False)

@@ -122,6 +122,40 @@ def test_diffusion_l1_loss_follows_method_section_2():
     assert unet.scale.grad is not None
 
 
+def test_continuous_noise_levels_lie_between_neighbouring_steps():
+    ac = default_scheduler().alphas_cumprod
+    levels = sample_continuous_noise_level(ac, 20000, torch.Generator().manual_seed(0))
+    assert levels.dtype == torch.float32 and levels.shape == (20000,)
+    assert levels.max() <= 1.0 and levels.min() >= ac[-1].sqrt() - 1e-7
+    # Uniform t over 1..T: about a fifth of the draws have t <= 400.
+    assert 0.18 < (levels >= ac[399].sqrt()).float().mean().item() < 0.22
+
+
+def test_max_timestep_restricts_the_noise_levels_and_defaults_to_the_method():
+    ac = default_scheduler().alphas_cumprod
+    default = sample_continuous_noise_level(ac, 64, torch.Generator().manual_seed(3))
+    full = sample_continuous_noise_level(ac, 64, torch.Generator().manual_seed(3), max_timestep=2000)
+    assert torch.equal(default, full)
+    low = sample_continuous_noise_level(ac, 5000, torch.Generator().manual_seed(3), max_timestep=400)
+    assert low.min() >= ac[399].sqrt() - 1e-7 and low.max() <= 1.0
+    assert low.min() < ac[380].sqrt()  # reaches the top of the allowed range
+    one = sample_continuous_noise_level(ac, 100, torch.Generator().manual_seed(3), max_timestep=1)
+    assert one.min() >= ac[0].sqrt() - 1e-7
+    for bad in (0, 2001, 1.5, True):
+        with pytest.raises(ValueError, match=r"`max_timestep` must be an integer in \[1, 2000\]"):
+            sample_continuous_noise_level(ac, 2, max_timestep=bad)
+
+
+def test_diffusion_l1_loss_passes_max_timestep_to_the_noise_levels():
+    ac = default_scheduler().alphas_cumprod
+    unet = _RecordingUNet()
+    hr = torch.zeros(4, 3, 8, 8)
+    diffusion_l1_loss(unet, hr, hr, ac, torch.Generator().manual_seed(5), max_timestep=40)
+    expected = sample_continuous_noise_level(ac, 4, torch.Generator().manual_seed(5), max_timestep=40)
+    torch.testing.assert_close(unet.seen[1], expected)
+    assert unet.seen[1].min() >= ac[39].sqrt() - 1e-7
+
+
 def test_diffusion_l1_loss_with_the_real_unet_is_reproducible():
     unet = build_pipeline("tiny").unet
     ac = default_scheduler().alphas_cumprod

@@ -94,6 +94,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--unet_config", type=str, default=None, help="A UNet2DModel config.json instead of --preset (6 in, 3 out)."
     )
     model.add_argument(
+        "--pretrained_unet",
+        type=str,
+        default=None,
+        help="Fine-tune: start from this trained UNet instead of a fresh --preset / --unet_config one: a saved "
+        "pipeline folder (its unet/), a UNet folder, or a Hub model id.",
+    )
+    model.add_argument(
+        "--max_noise_step",
+        type=int,
+        default=None,
+        help="Train only on noise steps t <= N of the T = 2000 (default: all, the method). Not in the paper: for "
+        "fine-tuning the noise levels that a sampling strength below 1 uses (strength s runs t <= s * T).",
+    )
+    model.add_argument(
         "--crop_size",
         type=int,
         default=None,
@@ -118,6 +132,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.crop_size = args.resolution
     if not 1 <= args.crop_size <= args.resolution:
         raise TrainingSetupError(f"`--crop_size` must be in [1, --resolution], got {args.crop_size}.")
+    if args.pretrained_unet is not None and args.unet_config is not None:
+        raise TrainingSetupError("`--pretrained_unet` and `--unet_config` are exclusive: the first brings its config.")
+    num_steps = default_scheduler().config.num_train_timesteps
+    if args.max_noise_step is not None and not 1 <= args.max_noise_step <= num_steps:
+        raise TrainingSetupError(f"`--max_noise_step` must be in [1, {num_steps}], got {args.max_noise_step}.")
     if not 0.0 < args.ema_decay < 1.0:
         raise TrainingSetupError(f"`--ema_decay` must be in (0, 1), got {args.ema_decay}.")
     if args.validation_inference_steps < 1:
@@ -127,10 +146,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def load_pretrained_unet(path: str) -> UNet2DModel:
+    """The UNet to fine-tune (``--pretrained_unet``): a pipeline folder (its ``unet/``), a UNet folder or a Hub id."""
+    local = Path(path).expanduser()
+    try:
+        if local.is_dir():
+            folder = local / "unet" if (local / "unet" / "config.json").is_file() else local
+            if not (folder / "config.json").is_file():
+                raise TrainingSetupError(
+                    f"`--pretrained_unet` {path!r} holds no saved UNet (no config.json there or in its unet/)."
+                )
+            return UNet2DModel.from_pretrained(folder)
+        if str(path).startswith((".", "/", "~")) or str(path).count("/") != 1 or local.exists():
+            raise TrainingSetupError(f"`--pretrained_unet` {path!r}: no such folder (and not a Hub id 'owner/name').")
+        return UNet2DModel.from_pretrained(str(path), subfolder="unet")
+    except TrainingSetupError:
+        raise
+    except Exception as err:
+        raise TrainingSetupError(
+            f"`--pretrained_unet` {path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]})."
+        ) from None
+
+
 def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
-    """The UNet of ``--unet_config`` or ``--preset``, initialised from ``--seed``; checks its channels and that
-    ``--crop_size`` is a multiple of its downsampling factor."""
-    if args.unet_config is None:
+    """The UNet of ``--pretrained_unet``, or a fresh one of ``--unet_config`` or ``--preset`` initialised from
+    ``--seed``; checks its channels and that ``--crop_size`` is a multiple of its downsampling factor."""
+    if args.pretrained_unet is not None:
+        unet = load_pretrained_unet(args.pretrained_unet)
+        unet.train()
+    elif args.unet_config is None:
         unet = build_unet(args.preset, seed=args.seed)
     else:
         try:
@@ -140,11 +184,12 @@ def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
         with torch.random.fork_rng():
             torch.manual_seed(args.seed + 1)
             unet = UNet2DModel.from_config(config)
-        if unet.config.in_channels != 2 * unet.config.out_channels or unet.config.out_channels != 3:
-            raise TrainingSetupError(
-                f"`--unet_config` must have in_channels 6 (noisy image + prior) and out_channels 3, got "
-                f"{unet.config.in_channels} and {unet.config.out_channels}."
-            )
+    if unet.config.in_channels != 2 * unet.config.out_channels or unet.config.out_channels != 3:
+        source = "--pretrained_unet" if args.pretrained_unet else "--unet_config"
+        raise TrainingSetupError(
+            f"`{source}` must have in_channels 6 (noisy image + prior) and out_channels 3, got "
+            f"{unet.config.in_channels} and {unet.config.out_channels}."
+        )
     factor = 2 ** (len(unet.config.block_out_channels) - 1)
     if args.crop_size % factor:
         raise TrainingSetupError(
@@ -229,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     def compute_loss(batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         hr = batch["hr"]
         prior = compute_priors(operator, batch["lr"], tuple(hr.shape[-2:]), args.prior_chunk_size)
-        return diffusion_l1_loss(unet, hr, prior.to(hr.dtype), alphas_cumprod, generator)
+        return diffusion_l1_loss(unet, hr, prior.to(hr.dtype), alphas_cumprod, generator, args.max_noise_step)
 
     def make_pipeline() -> NeurOpDiffPipeline:
         pipeline = NeurOpDiffPipeline(

@@ -88,7 +88,10 @@ def noise_level(alphas_cumprod: torch.Tensor, timestep: torch.Tensor | float | i
 
 
 def sample_continuous_noise_level(
-    alphas_cumprod: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+    alphas_cumprod: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    max_timestep: int | None = None,
 ) -> torch.Tensor:
     """Training noise levels: ``t ~ U{1..T}``, then ``sqrt_gamma ~ U(sqrt(gamma_{t-1}), sqrt(gamma_t))`` per sample.
 
@@ -98,10 +101,23 @@ def sample_continuous_noise_level(
         alphas_cumprod: the scheduler's cumulative alphas, shape ``(T,)``.
         batch_size: number of samples.
         generator: optional torch generator (CPU) for reproducibility.
+        max_timestep: draw ``t ~ U{1..max_timestep}`` instead (``None``: ``T``, the method). Not in the paper: for
+            fine-tuning a model on the low noise levels that a pipeline `strength` below 1 runs through.
+
+    Example:
+        >>> from neurop_diff_diffusers import default_scheduler, sample_continuous_noise_level
+        >>> ac = default_scheduler().alphas_cumprod
+        >>> bool((sample_continuous_noise_level(ac, 4, max_timestep=400) >= ac[399].sqrt()).all())
+        True
     """
+    num_steps = alphas_cumprod.shape[0]
+    if max_timestep is None:
+        max_timestep = num_steps
+    if isinstance(max_timestep, bool) or not isinstance(max_timestep, int) or not 1 <= max_timestep <= num_steps:
+        raise ValueError(f"`max_timestep` must be an integer in [1, {num_steps}], got {max_timestep!r}.")
     gammas = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod.double().cpu()])
     sqrt_gammas = gammas.sqrt()
-    t = torch.randint(1, gammas.shape[0], (batch_size,), generator=generator)
+    t = torch.randint(1, max_timestep + 1, (batch_size,), generator=generator)
     u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
     high, low = sqrt_gammas[t - 1], sqrt_gammas[t]
     return (low + (high - low) * u).float()

@@ -123,6 +123,7 @@ def diffusion_l1_loss(
     prior: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     generator: torch.Generator | None = None,
+    max_timestep: int | None = None,
 ) -> torch.Tensor:
     """Stage-2 loss, METHOD.md section 2: ``|| unet(cat(y_noisy, prior), sqrt_gamma) - eps ||_1``.
 
@@ -137,6 +138,8 @@ def diffusion_l1_loss(
         prior: the conditioning priors at the same size (e.g. from [`compute_priors`]).
         alphas_cumprod: the scheduler's cumulative alphas ``gamma_t``, shape ``(T,)``.
         generator: CPU generator of the noise levels and of the noise (for reproducible training).
+        max_timestep: train only on ``t <= max_timestep`` (``None``: all ``T`` steps, the method); see
+            [`~neurop_diff_diffusers.scheduling.sample_continuous_noise_level`].
 
     Returns:
         The loss, a float32 scalar tensor.
@@ -152,7 +155,7 @@ def diffusion_l1_loss(
     if hr.shape != prior.shape:
         raise ValueError(f"`hr` {tuple(hr.shape)} and `prior` {tuple(prior.shape)} must have the same shape.")
     batch_size = hr.shape[0]
-    sqrt_gamma = sample_continuous_noise_level(alphas_cumprod, batch_size, generator)
+    sqrt_gamma = sample_continuous_noise_level(alphas_cumprod, batch_size, generator, max_timestep)
     noise = randn_tensor(tuple(hr.shape), generator=generator, device=hr.device, dtype=hr.dtype)
     sqrt_gamma = sqrt_gamma.to(device=hr.device, dtype=hr.dtype)
     g = sqrt_gamma.view(batch_size, 1, 1, 1)
