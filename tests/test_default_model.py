@@ -7,6 +7,11 @@ The quality checks run on the three sample images shipped in ``assets/samples`` 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +153,47 @@ def test_a_geotiff_scene_upscales_with_the_embedded_model_and_keeps_its_georefer
     # a restoration of the scene, not noise: close to the bicubic upsampling of the input
     bicubic = (bicubic_prior(torch.from_numpy(rgb.astype(np.float32) / 127.5 - 1)[None], (100, 120)) + 1) / 2
     assert image_metrics(result, bicubic)["psnr"].item() > 24
+
+
+def test_a_built_wheel_carries_the_model_and_the_card_templates(tmp_path):
+    """What `pip install` gets: the weights and the card templates as real files, usable without the repository."""
+    pytest.importorskip("setuptools", reason="building a wheel without build isolation needs setuptools")
+    repo = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"
+    for name in ("src", "model_cards"):
+        shutil.copytree(repo / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(repo / name, source / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", "dist"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode != 0 and "No module named" in build.stderr:
+        pytest.skip(f"cannot build a wheel offline here: {build.stderr.strip().splitlines()[-1]}")
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("neurop_diff_diffusers-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    installed = site / "neurop_diff_diffusers"
+    for name in ("neurop_diff_template.md", "neural_operator_template.md"):
+        copy = installed / "model_card_templates" / name
+        assert not copy.is_symlink() and copy.read_bytes() == (repo / "model_cards" / name).read_bytes()
+    shipped = sorted(p.relative_to(DEFAULT_MODEL_PATH) for p in DEFAULT_MODEL_PATH.rglob("*") if p.is_file())
+    for relative in shipped:
+        copy = installed / "weights" / DEFAULT_MODEL_PATH.name / relative
+        assert copy.read_bytes() == (DEFAULT_MODEL_PATH / relative).read_bytes(), relative
+
+    # The installed copy, imported from outside any checkout, finds both on its own.
+    code = (
+        "import neurop_diff_diffusers as n, neurop_diff_diffusers.model_card as m; "
+        "print(n.__file__); print(n.DEFAULT_MODEL_PATH); print(m.template_path('pipeline').read_text()[:3])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    module_file, model_path, card_start = done.stdout.splitlines()
+    assert Path(module_file).is_relative_to(site) and Path(model_path).is_relative_to(site)
+    assert card_start == "---"

@@ -1,7 +1,8 @@
 """Model cards (``README.md`` with Hub metadata) for trained NeurOp-Diff pipelines and neural operators.
 
 The cards are rendered from the Jinja templates in the repository's ``model_cards/`` folder
-(``neurop_diff_template.md`` for a pipeline, ``neural_operator_template.md`` for a stage-1 operator) with the real
+(``neurop_diff_template.md`` for a pipeline, ``neural_operator_template.md`` for a stage-1 operator), which the
+package ships as ``model_card_templates/`` (symbolic links in a checkout, copies in a wheel), with the real
 training arguments and validation figures of a run. The metadata block is ``huggingface_hub``'s ``ModelCardData``:
 ``library_name: diffusers``, ``pipeline_tag: image-to-image``, ``license: apache-2.0``, the tags
 [`CARD_TAGS`], the datasets (hub ids, where the data came from the Hub) and the metrics (PSNR, SSIM).
@@ -17,8 +18,8 @@ from typing import Any
 import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
-#: The repository's template folder (``<repo>/model_cards``), found from this file in a source checkout.
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+#: The package's template folder: links to the repository's ``model_cards/`` templates, their copies once installed.
+TEMPLATES_DIR = Path(__file__).parent / "model_card_templates"
 TEMPLATES = {"pipeline": "neurop_diff_template.md", "neural_operator": "neural_operator_template.md"}
 CARD_TAGS = ["super-resolution", "remote-sensing", "neurop-diff", "diffusers"]
 CARD_METRICS = ["psnr", "ssim"]
@@ -31,18 +32,18 @@ def template_path(kind: str, templates_dir: str | os.PathLike | None = None) -> 
 
     Args:
         kind: the kind of model.
-        templates_dir: the folder of the templates (default: the repository's ``model_cards/``).
+        templates_dir: the folder of the templates (default: the package's copy of the repository's
+            ``model_cards/``).
 
     Raises:
-        FileNotFoundError: the template is not there (e.g. an installed package without the repository).
+        FileNotFoundError: the template is not there.
     """
     if kind not in TEMPLATES:
         raise ValueError(f"`kind` must be one of {sorted(TEMPLATES)}, got {kind!r}.")
     path = Path(templates_dir or TEMPLATES_DIR) / TEMPLATES[kind]
     if not path.is_file():
         raise FileNotFoundError(
-            f"Model card template {str(path)!r} not found: run from a checkout of the repository (its model_cards/ "
-            "folder) or pass `template_dir`."
+            f"Model card template {str(path)!r} not found: pass `template_dir`, a folder holding {TEMPLATES[kind]!r}."
         )
     return path
 
@@ -147,7 +148,7 @@ def make_model_card(
         validation_history: validation records ``{"step": ..., "psnr": ..., ...}``.
         datasets: Hub dataset ids for the metadata.
         base_model: Hub id of a base model for the metadata.
-        template_dir: folder of the templates (default: the repository's ``model_cards/``).
+        template_dir: folder of the templates (default: the package's, the repository's ``model_cards/``).
 
     Returns:
         A ``huggingface_hub.ModelCard``; ``card.save(folder / "README.md")`` writes it.
