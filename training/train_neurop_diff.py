@@ -37,6 +37,7 @@ from neurop_diff_diffusers.training_utils import (  # noqa: E402
     compute_priors,
     diffusion_l1_loss,
     load_frozen_operator,
+    load_trained_model,
     read_validation_history,
     validate_pipeline,
 )
@@ -146,33 +147,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def load_pretrained_unet(path: str) -> UNet2DModel:
-    """The UNet to fine-tune (``--pretrained_unet``): a pipeline folder (its ``unet/``), a UNet folder or a Hub id."""
-    local = Path(path).expanduser()
-    try:
-        if local.is_dir():
-            folder = local / "unet" if (local / "unet" / "config.json").is_file() else local
-            if not (folder / "config.json").is_file():
-                raise TrainingSetupError(
-                    f"`--pretrained_unet` {path!r} holds no saved UNet (no config.json there or in its unet/)."
-                )
-            return UNet2DModel.from_pretrained(folder)
-        if str(path).startswith((".", "/", "~")) or str(path).count("/") != 1 or local.exists():
-            raise TrainingSetupError(f"`--pretrained_unet` {path!r}: no such folder (and not a Hub id 'owner/name').")
-        return UNet2DModel.from_pretrained(str(path), subfolder="unet")
-    except TrainingSetupError:
-        raise
-    except Exception as err:
-        raise TrainingSetupError(
-            f"`--pretrained_unet` {path!r} could not be loaded ({type(err).__name__}: {str(err).splitlines()[0]})."
-        ) from None
-
-
 def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
     """The UNet of ``--pretrained_unet``, or a fresh one of ``--unet_config`` or ``--preset`` initialised from
     ``--seed``; checks its channels and that ``--crop_size`` is a multiple of its downsampling factor."""
     if args.pretrained_unet is not None:
-        unet = load_pretrained_unet(args.pretrained_unet)
+        unet = load_trained_model(
+            UNet2DModel,
+            args.pretrained_unet,
+            argument="--pretrained_unet",
+            default_subfolder="unet",
+            hint="pass a trained pipeline folder or a UNet folder",
+            hub_subfolder="unet",
+        )
         unet.train()
     elif args.unet_config is None:
         unet = build_unet(args.preset, seed=args.seed)

@@ -208,6 +208,69 @@ def compute_priors(
     return torch.stack(out)
 
 
+def load_trained_model(
+    model_cls: type,
+    path: str | os.PathLike,
+    *,
+    argument: str,
+    default_subfolder: str,
+    hint: str,
+    subfolder: str | None = None,
+    hub_subfolder: str | None = None,
+) -> Any:
+    """Load a trained ``model_cls`` (a diffusers ``ModelMixin``) named by a training argument.
+
+    `path` is a local folder holding the model (``config.json``), or a folder holding it in `default_subfolder` (a
+    saved pipeline or a run's output folder), or a Hub model id (loaded from `subfolder`, else `hub_subfolder`).
+
+    Args:
+        model_cls: the class to load.
+        path: the argument's value.
+        argument: the argument's name (e.g. ``"--neural_operator_path"``), for the error messages.
+        default_subfolder: where a local folder without ``config.json`` holds the model.
+        hint: what to pass instead, appended to the "nothing saved there" message.
+        subfolder: an explicit subfolder inside `path` (local or Hub).
+        hub_subfolder: the Hub subfolder when `subfolder` is ``None``.
+
+    Raises:
+        TrainingSetupError: nothing loadable there; the message names `argument`.
+
+    Example:
+        >>> import tempfile
+        >>> from diffusers import UNet2DModel
+        >>> from neurop_diff_diffusers import build_unet
+        >>> folder = tempfile.mkdtemp()
+        >>> build_unet("tiny").save_pretrained(f"{folder}/unet")  # as in a saved pipeline
+        >>> unet = load_trained_model(UNet2DModel, folder, argument="--unet", default_subfolder="unet", hint="")
+        >>> unet.config.in_channels
+        6
+    """
+    local = Path(path).expanduser()
+    try:
+        if local.is_dir():
+            folder = local / subfolder if subfolder else local
+            if not (folder / "config.json").is_file() and subfolder is None:
+                folder = local / default_subfolder
+            if not (folder / "config.json").is_file():
+                raise TrainingSetupError(
+                    f"`{argument}` {str(path)!r} holds no saved {model_cls.__name__} (no config.json there or in its "
+                    f"{default_subfolder}/ subfolder): {hint}."
+                )
+            return model_cls.from_pretrained(folder)
+        if str(path).startswith((".", "/", "~")) or str(path).count("/") != 1 or local.exists():
+            raise TrainingSetupError(
+                f"`{argument}` {str(path)!r}: no such folder (and not a Hub id of the form 'owner/name')."
+            )
+        return model_cls.from_pretrained(str(path), subfolder=subfolder if subfolder is not None else hub_subfolder)
+    except TrainingSetupError:
+        raise
+    except Exception as err:
+        raise TrainingSetupError(
+            f"`{argument}` {str(path)!r} is not a local folder and could not be loaded from the Hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
+        ) from None
+
+
 def load_frozen_operator(
     path: str | os.PathLike, subfolder: str | None = None, device: torch.device | str | None = None
 ) -> GalerkinNeuralOperator:
@@ -224,31 +287,14 @@ def load_frozen_operator(
     Raises:
         TrainingSetupError: nothing loadable there; the message names ``--neural_operator_path``.
     """
-    local = Path(path).expanduser()
-    try:
-        if local.is_dir():
-            folder = local / subfolder if subfolder else local
-            if not (folder / "config.json").is_file() and subfolder is None:
-                folder = local / "neural_operator"
-            if not (folder / "config.json").is_file():
-                raise TrainingSetupError(
-                    f"`--neural_operator_path` {str(path)!r} holds no saved GalerkinNeuralOperator (no config.json "
-                    "there or in its neural_operator/ subfolder): pass the output folder of train_neural_operator.py."
-                )
-            operator = GalerkinNeuralOperator.from_pretrained(folder)
-        elif str(path).startswith((".", "/", "~")) or str(path).count("/") != 1 or local.exists():
-            raise TrainingSetupError(
-                f"`--neural_operator_path` {str(path)!r}: no such folder (and not a Hub id of the form 'owner/name')."
-            )
-        else:
-            operator = GalerkinNeuralOperator.from_pretrained(str(path), subfolder=subfolder)
-    except TrainingSetupError:
-        raise
-    except Exception as err:
-        raise TrainingSetupError(
-            f"`--neural_operator_path` {str(path)!r} is not a local folder and could not be loaded from the Hub "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
-        ) from None
+    operator = load_trained_model(
+        GalerkinNeuralOperator,
+        path,
+        argument="--neural_operator_path",
+        default_subfolder="neural_operator",
+        hint="pass the output folder of train_neural_operator.py",
+        subfolder=subfolder,
+    )
     operator.requires_grad_(False)
     operator.eval()
     return operator.to(device) if device is not None else operator
@@ -985,6 +1031,7 @@ __all__ = [
     "get_lr_scheduler",
     "list_checkpoints",
     "load_frozen_operator",
+    "load_trained_model",
     "operator_l1_loss",
     "paper_lr_lambda",
     "prune_checkpoints",
