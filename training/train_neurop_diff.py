@@ -32,6 +32,7 @@ from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_schedu
 from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2  # noqa: E402
 from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
 from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
+from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG  # noqa: E402
 from neurop_diff_diffusers.training_utils import (  # noqa: E402
     TrainingSetupError,
     compute_priors,
@@ -135,7 +136,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         raise TrainingSetupError(f"`--crop_size` must be in [1, --resolution], got {args.crop_size}.")
     if args.pretrained_unet is not None and args.unet_config is not None:
         raise TrainingSetupError("`--pretrained_unet` and `--unet_config` are exclusive: the first brings its config.")
-    num_steps = default_scheduler().config.num_train_timesteps
+    num_steps = PAPER_SCHEDULER_CONFIG["num_train_timesteps"]
     if args.max_noise_step is not None and not 1 <= args.max_noise_step <= num_steps:
         raise TrainingSetupError(f"`--max_noise_step` must be in [1, {num_steps}], got {args.max_noise_step}.")
     if not 0.0 < args.ema_decay < 1.0:
