@@ -424,3 +424,41 @@ def test_accelerate_launch(tmp_path, image_folder):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert GalerkinNeuralOperator.from_pretrained(output / "neural_operator") is not None
+
+
+def test_residual_v_prediction_with_a_time_budget(tmp_path, image_folder, operator_dir, caplog):
+    """--max_train_minutes stops long before --max_train_steps, cleanly: checkpoint, EMA pipeline, card; the saved
+    pipeline samples with the parameterisation it was trained with, and an untrained zero-output stage starts from
+    an output layer of zeros."""
+    out = tmp_path / "out"
+    base = ["--train_data_dir", str(image_folder), *STAGE2_ARGS, "--neural_operator_path", str(operator_dir)]
+    args = train_neurop_diff.parse_args([*base, "--zero_init_output", "--output_dir", str(out)])
+    caplog.set_level("INFO")
+    _run(
+        train_neurop_diff,
+        [*base, "--output_dir", str(out), "--report_to", "none", "--train_batch_size", "2"]
+        + ["--residual_diffusion", "--prediction_type", "v_prediction", "--snr_gamma", "5", "--zero_init_output"]
+        + ["--max_train_steps", "100000", "--max_train_minutes", "0.0001", "--checkpointing_steps", "1000"]
+        + ["--default_strength", "0.5", "--num_validation_images", "1", "--validation_steps", "0"],
+    )
+    assert args.zero_init_output and "--max_train_minutes 0.0001 reached at step 1" in caplog.text
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-1"]
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["residual"] is True and index["default_strength"] == 0.5
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    card = (out / "README.md").read_text()
+    assert "--residual_diffusion" in card and "max_train_minutes" in card
+    history = [json.loads(line) for line in (out / "validation_history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 1
+
+
+def test_parameterisation_arguments_are_checked(tmp_path, image_folder, operator_dir, capsys):
+    base = ["--train_data_dir", str(image_folder), *STAGE2_ARGS, "--neural_operator_path", str(operator_dir)]
+    base += ["--output_dir", str(tmp_path / "out")]
+    err = _run_cli(train_neurop_diff, [*base, "--snr_gamma", "0"], capsys)
+    assert "`--snr_gamma` must be a positive number" in err
+    err = _run_cli(train_neurop_diff, [*base, "--max_train_minutes", "-1"], capsys)
+    assert "`--max_train_minutes` must be a positive number" in err
+    err = _run_cli(train_neurop_diff, [*base, "--default_strength", "1.5"], capsys)
+    assert "`--default_strength` must be in (0, 1]" in err
+    assert not (tmp_path / "out").exists()

@@ -440,3 +440,75 @@ def test_model_cards_render_metadata_arguments_and_figures():
         make_model_card("pipeline", training_args=args, context=partial)
     assert validation_table([]) == "No validation was run."
     assert "token" not in args_table({"hub_token": "x", "seed": 1})
+
+
+class _ZeroUNet(torch.nn.Module):
+    """Outputs zeros and records what it was given (the noisy input + prior, and the noise level)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x, level):
+        self.seen.append((x.clone(), level.clone()))
+        return SimpleNamespace(sample=torch.zeros_like(x[:, :3]))
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_diffusion_loss_targets_of_each_parameterisation(prediction_type, residual):
+    gen = torch.Generator().manual_seed(3)
+    hr = torch.rand(2, 3, 8, 8, generator=gen) * 2 - 1
+    prior = (hr + 0.1 * torch.randn(2, 3, 8, 8, generator=gen)).clamp(-1, 1)
+    unet = _ZeroUNet()
+    alphas_cumprod = default_scheduler().alphas_cumprod
+    loss = diffusion_l1_loss(
+        unet, hr, prior, alphas_cumprod, torch.Generator().manual_seed(0), None, prediction_type, residual
+    )
+    ((x, level),) = unet.seen
+    torch.testing.assert_close(x[:, 3:], prior, rtol=0, atol=0)
+    y0 = hr - prior if residual else hr
+    g = level.view(-1, 1, 1, 1)
+    sigma = (1 - g.square()).sqrt()
+    noise = (x[:, :3] - g * y0) / sigma
+    target = {"epsilon": noise, "v_prediction": g * noise - sigma * y0, "sample": y0}[prediction_type]
+    # A zero output: the loss is the mean absolute target.
+    torch.testing.assert_close(loss, target.abs().mean(), rtol=1e-4, atol=1e-5)
+    # The same draws as the paper's loss: the noisy input differs only through y0.
+    unet_paper = _ZeroUNet()
+    diffusion_l1_loss(unet_paper, hr, prior, alphas_cumprod, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(unet_paper.seen[0][1], level, rtol=0, atol=0)
+
+
+def test_min_snr_weights_and_weighted_loss():
+    from neurop_diff_diffusers.training_utils import min_snr_weights
+
+    sqrt_gamma = torch.tensor([0.5**0.5, (10 / 11) ** 0.5, (1 / 11) ** 0.5])  # SNR 1, 10, 0.1
+    torch.testing.assert_close(min_snr_weights(sqrt_gamma, 5.0, "epsilon"), torch.tensor([1.0, 0.5, 1.0]))
+    torch.testing.assert_close(min_snr_weights(sqrt_gamma, 5.0, "v_prediction"), torch.tensor([0.5, 5 / 11, 1 / 11]))
+    torch.testing.assert_close(min_snr_weights(sqrt_gamma, 5.0, "sample"), torch.tensor([1.0, 5.0, 0.1]))
+    hr = torch.zeros(3, 3, 8, 8)
+    ac = default_scheduler().alphas_cumprod
+    plain = diffusion_l1_loss(_ZeroUNet(), hr, hr, ac, torch.Generator().manual_seed(1), prediction_type="sample")
+    # x0-prediction of a zero image with a zero output: every per-sample error is 0, whatever the weights.
+    weighted = diffusion_l1_loss(
+        _ZeroUNet(), hr, hr, ac, torch.Generator().manual_seed(1), prediction_type="sample", snr_gamma=5.0
+    )
+    assert float(plain) == 0.0 and float(weighted) == 0.0
+    unet = _ZeroUNet()
+    weighted = diffusion_l1_loss(unet, hr, hr, ac, torch.Generator().manual_seed(1), snr_gamma=5.0)
+    ((x, level),) = unet.seen
+    per_sample = (x[:, :3] / (1 - level.view(-1, 1, 1, 1).square()).sqrt()).abs().mean(dim=(1, 2, 3))
+    expected = (per_sample * min_snr_weights(level, 5.0, "epsilon")).mean()
+    torch.testing.assert_close(weighted, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_diffusion_loss_rejects_bad_parameterisation_arguments():
+    hr = torch.zeros(1, 3, 8, 8)
+    ac = default_scheduler().alphas_cumprod
+    with pytest.raises(ValueError, match="`prediction_type` must be one of"):
+        diffusion_l1_loss(_ZeroUNet(), hr, hr, ac, prediction_type="x0")
+    with pytest.raises(ValueError, match="`snr_gamma` must be a positive number"):
+        diffusion_l1_loss(_ZeroUNet(), hr, hr, ac, snr_gamma=0.0)
+    with pytest.raises(ValueError, match="`prediction_type` must be one of"):
+        default_scheduler(prediction_type="eps")

@@ -14,6 +14,7 @@ import math
 import shlex
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -164,6 +165,14 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         help="Optimizer steps; overrides --num_train_epochs.",
     )
     train.add_argument("--num_train_epochs", type=int, default=defaults["num_train_epochs"])
+    train.add_argument(
+        "--max_train_minutes",
+        type=float,
+        default=None,
+        help="Stop cleanly after this many minutes of training (checkpoint, EMA weights, model card), even before "
+        "--max_train_steps: a run that fits a working day on a CPU or a short slot on a GPU. The LR schedule still "
+        "follows --max_train_steps.",
+    )
     train.add_argument("--learning_rate", type=float, default=defaults["learning_rate"])
     train.add_argument(
         "--lr_scheduler",
@@ -242,6 +251,8 @@ def check_common_args(args: argparse.Namespace) -> None:
             raise TrainingSetupError(f"`--{name}` must be >= 0, got {getattr(args, name)}.")
     if not args.learning_rate > 0:
         raise TrainingSetupError(f"`--learning_rate` must be positive, got {args.learning_rate}.")
+    if args.max_train_minutes is not None and not (0 < args.max_train_minutes < math.inf):
+        raise TrainingSetupError(f"`--max_train_minutes` must be a positive number, got {args.max_train_minutes}.")
     if args.max_grad_norm < 0:
         raise TrainingSetupError(f"`--max_grad_norm` must be >= 0, got {args.max_grad_norm}.")
     if not 1.0 <= args.scale_min <= args.scale_max:
@@ -549,8 +560,10 @@ def train_loop(
     )
     process = accelerator.process_index
     train_loss = 0.0
+    start_time = time.monotonic()
+    out_of_time = False
     for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:
+        if global_step >= max_train_steps or out_of_time:
             break
         model.train()
         sampler.set_epoch(epoch)
@@ -587,8 +600,25 @@ def train_loop(
                 validate(global_step)
             if global_step >= max_train_steps:
                 break
+            if args.max_train_minutes is not None and time_is_up(accelerator, start_time, args.max_train_minutes):
+                out_of_time = True
+                logger.info(f"--max_train_minutes {args.max_train_minutes:g} reached at step {global_step}: stopping.")
+                if args.checkpointing_steps and global_step % args.checkpointing_steps:
+                    path = save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+                    logger.info(f"Saved state to {path}")
+                break
     progress.close()
     return global_step
+
+
+def time_is_up(accelerator: Accelerator, start_time: float, max_minutes: float) -> bool:
+    """Whether ``max_minutes`` have passed since ``start_time`` (``time.monotonic``); when any process says so, all
+    processes get that answer, so that all stop at the same step."""
+    elapsed = time.monotonic() - start_time
+    flag = torch.tensor([1.0 if elapsed >= 60.0 * max_minutes else 0.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, "max")
+    return bool(flag.item())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_schedu
 from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2  # noqa: E402
 from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
 from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
-from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG  # noqa: E402
+from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES  # noqa: E402
 from neurop_diff_diffusers.training_utils import (  # noqa: E402
     TrainingSetupError,
     compute_priors,
@@ -110,6 +110,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "fine-tuning the noise levels that a sampling strength below 1 uses (strength s runs t <= s * T).",
     )
     model.add_argument(
+        "--prediction_type",
+        choices=list(PREDICTION_TYPES),
+        default="epsilon",
+        help="What the UNet predicts (saved in the pipeline's scheduler config): epsilon (the paper), v_prediction or "
+        "sample. Not in the paper: with T = 2000 every epsilon x0 estimate divides the UNet's error by "
+        "sqrt(alpha_bar_T) = 0.0067, which a small model cannot afford; v_prediction stays bounded at every level.",
+    )
+    model.add_argument(
+        "--residual_diffusion",
+        action="store_true",
+        help="Diffuse HR - prior instead of HR; the pipeline adds the prior back (saved in model_index.json). Not in "
+        "the paper: the stage then learns only the detail the prior misses.",
+    )
+    model.add_argument(
+        "--zero_init_output",
+        action="store_true",
+        help="Zero the UNet's output convolution before training (not in the paper). With --residual_diffusion the "
+        "untrained stage then estimates a zero residual, i.e. the prior: exactly with sample, at high noise levels "
+        "with v_prediction; training starts from the prior instead of from noise.",
+    )
+    model.add_argument(
+        "--snr_gamma",
+        type=float,
+        default=None,
+        help="Min-SNR-gamma loss weighting (5.0 is the usual value; default: none, the paper). Not in the paper.",
+    )
+    model.add_argument(
+        "--default_strength",
+        type=float,
+        default=1.0,
+        help="The sampling strength saved in the pipeline and used when a call gives none (1.0: the paper's sampler "
+        "from pure noise).",
+    )
+    model.add_argument(
         "--crop_size",
         type=int,
         default=None,
@@ -139,6 +173,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     num_steps = PAPER_SCHEDULER_CONFIG["num_train_timesteps"]
     if args.max_noise_step is not None and not 1 <= args.max_noise_step <= num_steps:
         raise TrainingSetupError(f"`--max_noise_step` must be in [1, {num_steps}], got {args.max_noise_step}.")
+    if args.snr_gamma is not None and not 0.0 < args.snr_gamma < float("inf"):
+        raise TrainingSetupError(f"`--snr_gamma` must be a positive number, got {args.snr_gamma}.")
+    if not 0.0 < args.default_strength <= 1.0:
+        raise TrainingSetupError(f"`--default_strength` must be in (0, 1], got {args.default_strength}.")
     if not 0.0 < args.ema_decay < 1.0:
         raise TrainingSetupError(f"`--ema_decay` must be in (0, 1), got {args.ema_decay}.")
     if args.validation_inference_steps < 1:
@@ -196,9 +234,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     operator = load_frozen_operator(args.neural_operator_path, args.neural_operator_subfolder, accelerator.device)
     unet = build_denoiser(args)
+    if args.zero_init_output and args.resume_from_checkpoint is None:
+        torch.nn.init.zeros_(unet.conv_out.weight)
+        torch.nn.init.zeros_(unet.conv_out.bias)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    noise_scheduler = default_scheduler("ddim")
+    noise_scheduler = default_scheduler("ddim", prediction_type=args.prediction_type)
     alphas_cumprod = noise_scheduler.alphas_cumprod.clone()
     ema = None
     if args.use_ema:
@@ -261,13 +302,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
     def compute_loss(batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         hr = batch["hr"]
         prior = compute_priors(operator, batch["lr"], tuple(hr.shape[-2:]), args.prior_chunk_size)
-        return diffusion_l1_loss(unet, hr, prior.to(hr.dtype), alphas_cumprod, generator, args.max_noise_step)
+        return diffusion_l1_loss(
+            unet,
+            hr,
+            prior.to(hr.dtype),
+            alphas_cumprod,
+            generator,
+            args.max_noise_step,
+            prediction_type=args.prediction_type,
+            residual=args.residual_diffusion,
+            snr_gamma=args.snr_gamma,
+        )
 
     def make_pipeline() -> NeurOpDiffPipeline:
         pipeline = NeurOpDiffPipeline(
             unet=accelerator.unwrap_model(unet),
             neural_operator=operator,
             scheduler=DDIMScheduler.from_config(noise_scheduler.config),
+            default_strength=args.default_strength,
+            residual=args.residual_diffusion,
         )
         pipeline.set_progress_bar_config(disable=True)
         return pipeline

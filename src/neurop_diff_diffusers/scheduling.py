@@ -20,20 +20,46 @@ PAPER_SCHEDULER_CONFIG = {
 }
 
 
-def default_scheduler(kind: str = "ddim") -> DDIMScheduler | DDPMScheduler:
+#: What the UNet predicts (diffusers' scheduler field ``prediction_type``); the paper's is ``"epsilon"``.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def check_prediction_type(prediction_type: Any, name: str = "prediction_type") -> str:
+    """Validate a parameterisation: one of [`PREDICTION_TYPES`].
+
+    Args:
+        prediction_type: the value to check.
+        name: the argument's name, for the error message.
+
+    Example:
+        >>> check_prediction_type("v_prediction")
+        'v_prediction'
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"`{name}` must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}.")
+    return prediction_type
+
+
+def default_scheduler(kind: str = "ddim", prediction_type: str = "epsilon") -> DDIMScheduler | DDPMScheduler:
     """The authors' scheduler: DDIM (leading spacing, ``set_alpha_to_one``) or DDPM ancestral sampling.
 
     Args:
         kind: ``"ddim"`` (default) or ``"ddpm"``.
+        prediction_type: what the UNet predicts: ``"epsilon"`` (the paper), ``"v_prediction"`` or ``"sample"``
+            (not in the paper; see the training script's ``--prediction_type``). Saved in the scheduler's config,
+            so that a saved pipeline samples the way it was trained.
 
     Example:
         >>> default_scheduler().config.num_train_timesteps
         2000
+        >>> default_scheduler(prediction_type="v_prediction").config.prediction_type
+        'v_prediction'
     """
+    config = {**PAPER_SCHEDULER_CONFIG, "prediction_type": check_prediction_type(prediction_type)}
     if kind == "ddim":
-        return DDIMScheduler(**PAPER_SCHEDULER_CONFIG, set_alpha_to_one=True, timestep_spacing="leading")
+        return DDIMScheduler(**config, set_alpha_to_one=True, timestep_spacing="leading")
     if kind == "ddpm":
-        return DDPMScheduler(**PAPER_SCHEDULER_CONFIG, timestep_spacing="leading", variance_type="fixed_small")
+        return DDPMScheduler(**config, timestep_spacing="leading", variance_type="fixed_small")
     raise ValueError(f"`kind` must be 'ddim' or 'ddpm', got {kind!r}.")
 
 

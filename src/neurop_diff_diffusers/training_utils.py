@@ -40,7 +40,7 @@ from torch import nn
 from .data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil
 from .models.neural_operator import GalerkinNeuralOperator
 from .pipelines.pipeline_neurop_diff import bicubic_prior
-from .scheduling import sample_continuous_noise_level
+from .scheduling import check_prediction_type, sample_continuous_noise_level
 from .utils import atomic_write_text
 
 #: Name of the marker file a training script writes into its output folder (script name, package version, args).
@@ -124,6 +124,9 @@ def diffusion_l1_loss(
     alphas_cumprod: torch.Tensor,
     generator: torch.Generator | None = None,
     max_timestep: int | None = None,
+    prediction_type: str = "epsilon",
+    residual: bool = False,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Stage-2 loss, METHOD.md section 2: ``|| unet(cat(y_noisy, prior), sqrt_gamma) - eps ||_1``.
 
@@ -132,14 +135,28 @@ def diffusion_l1_loss(
     ``y_noisy = sqrt_gamma * y0 + sqrt(1 - sqrt_gamma^2) * eps``; the UNet receives the float ``sqrt_gamma`` as its
     timestep. The L1 is averaged over all elements.
 
+    The defaults are the paper's. The other options are not in the paper (they let a small model learn the stage that
+    adds detail; see ``docs/diffusion-parameterisation.md``):
+
+    - ``prediction_type="v_prediction"``: the target is ``v = sqrt_gamma * eps - sqrt(1 - gamma) * y0``;
+      ``"sample"``: the target is ``y0`` itself (diffusers' scheduler names).
+    - ``residual=True``: the diffused variable is ``y0 = hr - prior`` (the pipeline adds the prior back), so a UNet
+      that outputs zero with v- or x0-prediction returns the prior.
+    - ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023): each sample's loss is weighted by
+      ``min(SNR, gamma) / SNR`` (epsilon), ``min(SNR, gamma) / (SNR + 1)`` (v) or ``min(SNR, gamma)`` (sample),
+      ``SNR = gamma_t / (1 - gamma_t)``; the weighted per-sample L1 is averaged over the batch.
+
     Args:
         unet: the denoiser (``UNet2DModel``-like, 6 input channels), possibly wrapped for distributed training.
-        hr: HR images ``y0``, ``(B, 3, H, W)`` in ``[-1, 1]``.
+        hr: HR images, ``(B, 3, H, W)`` in ``[-1, 1]``.
         prior: the conditioning priors at the same size (e.g. from [`compute_priors`]).
         alphas_cumprod: the scheduler's cumulative alphas ``gamma_t``, shape ``(T,)``.
         generator: CPU generator of the noise levels and of the noise (for reproducible training).
         max_timestep: train only on ``t <= max_timestep`` (``None``: all ``T`` steps, the method); see
             [`~neurop_diff_diffusers.scheduling.sample_continuous_noise_level`].
+        prediction_type: ``"epsilon"`` (the paper), ``"v_prediction"`` or ``"sample"``.
+        residual: diffuse ``hr - prior`` instead of ``hr`` (not in the paper).
+        snr_gamma: the Min-SNR ``gamma`` (a positive number), or ``None`` for the plain mean (the paper).
 
     Returns:
         The loss, a float32 scalar tensor.
@@ -151,17 +168,62 @@ def diffusion_l1_loss(
         >>> loss = diffusion_l1_loss(unet, hr, hr, default_scheduler().alphas_cumprod, gen)
         >>> loss.shape
         torch.Size([])
+        >>> ac = default_scheduler().alphas_cumprod
+        >>> v_loss = diffusion_l1_loss(unet, hr, hr, ac, gen, prediction_type="v_prediction", residual=True)
     """
     if hr.shape != prior.shape:
         raise ValueError(f"`hr` {tuple(hr.shape)} and `prior` {tuple(prior.shape)} must have the same shape.")
+    check_prediction_type(prediction_type)
+    if snr_gamma is not None and not (isinstance(snr_gamma, (int, float)) and 0 < snr_gamma < math.inf):
+        raise ValueError(f"`snr_gamma` must be a positive number or None, got {snr_gamma!r}.")
     batch_size = hr.shape[0]
     sqrt_gamma = sample_continuous_noise_level(alphas_cumprod, batch_size, generator, max_timestep)
     noise = randn_tensor(tuple(hr.shape), generator=generator, device=hr.device, dtype=hr.dtype)
     sqrt_gamma = sqrt_gamma.to(device=hr.device, dtype=hr.dtype)
+    prior = prior.to(hr.dtype)
+    y0 = hr - prior if residual else hr
     g = sqrt_gamma.view(batch_size, 1, 1, 1)
-    y_noisy = g * hr + (1.0 - g.square()).clamp_min(0.0).sqrt() * noise
-    pred = unet(torch.cat([y_noisy, prior.to(hr.dtype)], dim=1), sqrt_gamma).sample
-    return F.l1_loss(pred.float(), noise.float())
+    sigma = (1.0 - g.square()).clamp_min(0.0).sqrt()
+    y_noisy = g * y0 + sigma * noise
+    pred = unet(torch.cat([y_noisy, prior], dim=1), sqrt_gamma).sample
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = g * noise - sigma * y0
+    else:
+        target = y0
+    if snr_gamma is None:
+        return F.l1_loss(pred.float(), target.float())
+    per_sample = (pred.float() - target.float()).abs().mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(sqrt_gamma.float(), snr_gamma, prediction_type)).mean()
+
+
+def min_snr_weights(sqrt_gamma: torch.Tensor, snr_gamma: float, prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al., ICCV 2023) of noise levels ``sqrt(gamma_t)``.
+
+    ``SNR = gamma / (1 - gamma)``; the weight is ``min(SNR, snr_gamma) / SNR`` for epsilon-prediction,
+    ``min(SNR, snr_gamma) / (SNR + 1)`` for v-prediction and ``min(SNR, snr_gamma)`` for x0-prediction, so that
+    every parameterisation weights the x0 error the same way.
+
+    Args:
+        sqrt_gamma: the noise levels, any shape.
+        snr_gamma: the clamp, a positive number (5 is the usual value).
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+
+    Example:
+        >>> min_snr_weights(torch.tensor([0.5 ** 0.5]), 5.0, "v_prediction")  # SNR 1
+        tensor([0.5000])
+    """
+    gamma = sqrt_gamma.double().square()
+    snr = gamma / (1.0 - gamma).clamp_min(1e-12)
+    clamped = torch.minimum(snr, torch.full_like(snr, float(snr_gamma)))
+    if prediction_type == "epsilon":
+        weight = clamped / snr.clamp_min(1e-12)
+    elif prediction_type == "v_prediction":
+        weight = clamped / (snr + 1.0)
+    else:
+        weight = clamped
+    return weight.to(sqrt_gamma.dtype)
 
 
 @torch.no_grad()

@@ -55,7 +55,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         scheduler ([`SchedulerMixin`]): DDIM by default; DDPM and other diffusers schedulers with ``step`` work too.
         default_strength (`float`, defaults to 1.0): the `strength` used when a call gives none; saved in
             ``model_index.json``. 1.0 is the paper's sampler (from pure noise); a model whose denoiser is only
-            reliable at low noise levels (such as the small embedded CPU model) ships a lower value.
+            reliable at low noise levels ships a lower value.
+        residual (`bool`, defaults to `False`): residual diffusion, not in the paper: the diffused variable is
+            ``HR - prior`` and the pipeline adds the prior to the sample at the end (``False``: the paper, the
+            diffused variable is the HR image). Saved in ``model_index.json``; it must match how the UNet was trained
+            (``--residual_diffusion``). What the UNet predicts (epsilon, v or x0) is the scheduler's
+            ``prediction_type``.
 
     Example:
         >>> import PIL.Image
@@ -76,12 +81,17 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         neural_operator: ModelMixin | None,
         scheduler: SchedulerMixin,
         default_strength: float = 1.0,
+        residual: bool = False,
     ):
         super().__init__()
         self.register_modules(unet=unet, neural_operator=neural_operator, scheduler=scheduler)
         if isinstance(default_strength, bool) or not isinstance(default_strength, (int, float)):
             raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
-        self.register_to_config(default_strength=check_strength(default_strength, "default_strength"))
+        if not isinstance(residual, bool):
+            raise TypeError(f"`residual` must be a bool, got {residual!r}.")
+        self.register_to_config(
+            default_strength=check_strength(default_strength, "default_strength"), residual=residual
+        )
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:
         """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
@@ -136,6 +146,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 commit_message=commit_message or "Upload NeurOp-Diff pipeline",
                 create_pr=create_pr,
             )
+
+    @property
+    def residual(self) -> bool:
+        """Whether the diffused variable is ``HR - prior`` (``config.residual``; ``False`` for pipelines saved before
+        the option existed)."""
+        return bool(self.config.get("residual", False))
 
     @property
     def downsampling_factor(self) -> int:
@@ -279,9 +295,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 pipeline's ``config.default_strength`` (saved with it; 1.0 unless the model's trainer chose another
                 value). ``1.0`` (the paper) starts from pure noise. Below 1 -- not in the paper -- sampling starts
                 from the *prior* diffused to the first kept timestep (``sqrt(gamma) * prior + sqrt(1 - gamma) *
-                noise``) and runs only the last ``round(strength * num_inference_steps)`` steps: the "come closer,
-                diffuse faster" start of Chung et al. (CVPR 2022), faster, and forgiving to a denoiser that is weak
-                at high noise levels.
+                noise``; for a residual pipeline the residual estimate zero diffused) and runs only the last
+                ``round(strength * num_inference_steps)`` steps: the "come closer, diffuse faster" start of Chung et
+                al. (CVPR 2022), faster, and forgiving to a denoiser that is weak at high noise levels.
 
         Returns:
             [`ImagePipelineOutput`] with ``.images`` in the requested ``output_type``.
@@ -343,7 +359,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             timesteps = timesteps[begin:]
             if hasattr(self.scheduler, "set_begin_index"):
                 self.scheduler.set_begin_index(begin)
-            latents = self.scheduler.add_noise(prior, latents, timesteps[:1].repeat(batch_size))
+            start = torch.zeros_like(prior) if self.residual else prior
+            latents = self.scheduler.add_noise(start, latents, timesteps[:1].repeat(batch_size))
         else:
             latents = latents * self.scheduler.init_noise_sigma
         alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
@@ -370,8 +387,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                     latents = callback_outputs.pop("latents", latents)
                     prior = callback_outputs.pop("prior", prior)
 
-        # 6. Crop and convert.
-        return self._finish(latents[:, :, :out_h, :out_w], output_type, return_dict)
+        # 6. Add the prior back (residual diffusion), crop and convert.
+        sample = latents + prior if self.residual else latents
+        return self._finish(sample[:, :, :out_h, :out_w], output_type, return_dict)
 
     def _finish(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
         images = postprocess_images(sample, output_type)
