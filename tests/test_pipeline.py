@@ -438,3 +438,29 @@ def test_pipeline_residual_must_be_a_bool():
     base = build_pipeline("tiny")
     with pytest.raises(TypeError, match="`residual` must be a bool"):
         NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, residual="yes")
+
+
+def test_loaded_weights_own_aligned_memory_so_round_trips_are_exact_on_any_cpu(tmp_path):
+    """Memory-mapped safetensors weights sit at unaligned offsets (e.g. 40 or 52 mod 64), which some CPUs' kernels
+    treat differently; the pipeline copies them into aligned memory, whatever the CPU."""
+    from neurop_diff_diffusers.pipelines.pipeline_neurop_diff import own_aligned_weights
+
+    layer = torch.nn.Conv2d(2, 2, 1)
+    storage = torch.arange(30, dtype=torch.float32)
+    layer.weight.data = storage[3:7].view(2, 2, 1, 1)  # 12 bytes past an aligned start
+    layer.bias.data = storage[16:18]  # 64 bytes past it: aligned, kept
+    assert layer.weight.data_ptr() % 64 and own_aligned_weights(layer) == 1
+    assert layer.weight.data_ptr() % 64 == 0 and layer.weight.flatten().tolist() == [3.0, 4.0, 5.0, 6.0]
+    assert layer.bias.data_ptr() == storage[16:].data_ptr()
+
+    pipe = build_pipeline("tiny", seed=2)
+    pipe.save_pretrained(tmp_path / "p")
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    for module in (loaded.unet, loaded.neural_operator):
+        assert all(t.data_ptr() % 64 == 0 for t in [*module.parameters(), *module.buffers()])
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    outs = [
+        p(lr, scale=2.0, output_type="pt", num_inference_steps=2, generator=torch.Generator().manual_seed(1)).images
+        for p in (pipe, loaded)
+    ]
+    assert torch.equal(outs[0], outs[1])

@@ -31,6 +31,42 @@ from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_ap
 DEFAULT_MAX_OUTPUT_PIXELS = 4096 * 4096
 
 
+#: Byte alignment of CPU weights that the pipeline guarantees (PyTorch's own CPU allocations are aligned to it).
+WEIGHT_ALIGNMENT = 64
+
+
+def own_aligned_weights(module: torch.nn.Module | None, alignment: int = WEIGHT_ALIGNMENT) -> int:
+    """Copy the CPU parameters and buffers of ``module`` whose memory is not ``alignment``-byte aligned.
+
+    Weights loaded from safetensors are memory-mapped views of the file, at whatever offset the file gives them; CPU
+    kernels take other code paths for unaligned data on some processors (e.g. AVX-512 ones), so the same weights
+    could give outputs that differ in the last bits between a built and a loaded pipeline. A copy owns fresh,
+    aligned memory: every pipeline then computes bit-identical outputs for a seed, built or loaded, on any CPU.
+
+    Args:
+        module: the module (``None``: nothing to do).
+        alignment: the byte alignment to guarantee.
+
+    Returns:
+        How many tensors were copied.
+
+    Example:
+        >>> layer = torch.nn.Linear(3, 3)
+        >>> layer.weight.data = torch.zeros(13)[1:10].view(3, 3)  # 4 bytes past an aligned start
+        >>> own_aligned_weights(layer), layer.weight.data_ptr() % 64
+        (1, 0)
+    """
+    if module is None:
+        return 0
+    copied = 0
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type == "cpu" and tensor.numel() and tensor.data_ptr() % alignment:
+                tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+                copied += 1
+    return copied
+
+
 def bicubic_prior(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
     """The SR3 conditioner: bicubic upsampling of ``image`` (in ``[-1, 1]``) to ``output_size``, clamped."""
     return F.interpolate(image, size=output_size, mode="bicubic", align_corners=False).clamp(-1, 1)
@@ -42,6 +78,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
     The neural operator turns the LR image into a prior at the requested HR size; a UNet (6 input channels: noisy
     image + prior) denoises from pure noise, conditioned on that prior, with the continuous noise level
     ``sqrt(alphas_cumprod[t])`` as its "timestep" (SR3).
+
+    Weights are made to own aligned memory when the pipeline is built ([`own_aligned_weights`]): a loaded pipeline
+    computes bit-identical outputs to the one that was saved, for the same seed, on any CPU.
 
     Differences from the authors' code, deliberate: the prior is computed once per call, not at every step
     (``recompute_prior_every_step=True`` restores their behaviour, e.g. for timing comparisons; the result is the
@@ -84,6 +123,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         residual: bool = False,
     ):
         super().__init__()
+        own_aligned_weights(unet)
+        own_aligned_weights(neural_operator)
         self.register_modules(unet=unet, neural_operator=neural_operator, scheduler=scheduler)
         if isinstance(default_strength, bool) or not isinstance(default_strength, (int, float)):
             raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
