@@ -163,3 +163,103 @@ def test_is_georeferenced(scene, tmp_path):
 def test_band_stretch_uint8_is_fixed():
     s = band_stretch(np.array([3.0, 4.0, 5.0]), np.array([9.0, 9.0, 9.0]), "uint8")
     assert s.low == (0.0,) * 3 and s.high == (255.0,) * 3
+
+
+def _dark_model(image, output_size, output_type, **kwargs):
+    """A 'model' that maps every pixel to black: the worst case for a nodata value of 0."""
+    return type("Out", (), {"images": torch.zeros(image.shape[0], 3, *output_size)})
+
+
+def _nearest(mask: np.ndarray, factor: int) -> np.ndarray:
+    return np.kron(mask, np.ones((factor, factor), mask.dtype))
+
+
+def test_output_mask_is_the_nearest_upscaled_input_mask(tmp_path):
+    data = np.random.default_rng(4).integers(1, 255, (3, 10, 12), dtype=np.uint8)
+    data[:, :3, :4] = 0  # nodata in every band
+    data[1, 7, 9] = 0  # nodata in band 2 only
+    path = _write(tmp_path / "s.tif", data, nodata=0)
+    out = upscale_geotiff(_dark_model, path, tmp_path / "up.tif", scale=2)
+    with rasterio.open(path) as src, rasterio.open(out) as dst:
+        expected = _nearest(src.read_masks(), 2)
+        np.testing.assert_array_equal(dst.read_masks(), expected)
+        values = dst.read()
+    # the model mapped valid pixels to 0 == nodata: they were nudged to the nearest valid value, 1
+    assert (values[expected > 0] == 1).all() and (values[expected == 0] == 0).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif", "up.tif"]
+
+
+@pytest.mark.parametrize(
+    "values, nodata, reference, expected",
+    [
+        (np.array([255, 255], np.uint8), 255, None, [254, 254]),  # top of the range: downwards
+        (np.array([-9999, -9999], np.int16), -9999, np.array([-9999.4, -9998.7]), [-10000, -9998]),
+        (np.array([0.0, 0.0], np.float32), 0.0, np.array([-0.1, 0.2]), "next-floats"),
+    ],
+)
+def test_avoid_nodata_moves_to_the_nearest_valid_value(values, nodata, reference, expected):
+    from neurop_diff_diffusers.geo import avoid_nodata
+
+    avoid_nodata(values, np.array([True, True]), nodata, reference)
+    if expected == "next-floats":
+        zero = np.float32(0)
+        expected = [np.nextafter(zero, np.float32(-1)), np.nextafter(zero, np.float32(1))]
+    np.testing.assert_array_equal(values, np.array(expected, values.dtype))
+    assert (values != nodata).all()
+
+
+def test_band_meaning_is_copied_and_nir_is_not_alpha(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    data = np.random.default_rng(5).integers(1, 255, (4, 10, 12), dtype=np.uint8)  # R, G, B, NIR (NAIP-like)
+    path = tmp_path / "naip.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=12, height=10, count=4, dtype="uint8", crs="EPSG:26915",
+        transform=from_origin(500000.0, 4100000.0, 1.0, 1.0),
+    ) as dst:  # fmt: skip
+        dst.write(data)
+        dst.colorinterp = [ColorInterp.gray, ColorInterp.undefined, ColorInterp.undefined, ColorInterp.undefined]
+        for band, name in enumerate(("red", "green", "blue", "nir"), start=1):
+            dst.set_band_description(band, name)
+        dst.scales, dst.offsets = (1.0, 1.0, 1.0, 0.5), (0.0, 0.0, 0.0, 3.0)
+        dst.update_tags(4, WAVELENGTH="842nm")
+        dst.update_tags(SOURCE="naip")
+    out = upscale_geotiff(_dark_model, path, tmp_path / "up.tif", scale=2)
+    with rasterio.open(path) as src, rasterio.open(out) as dst:
+        assert dst.colorinterp == src.colorinterp and ColorInterp.alpha not in dst.colorinterp
+        assert dst.descriptions == ("red", "green", "blue", "nir")
+        assert dst.scales == src.scales and dst.offsets == src.offsets
+        assert dst.tags(4)["WAVELENGTH"] == "842nm" and dst.tags()["SOURCE"] == "naip"
+        assert (dst.dataset_mask() == 255).all()  # band 4's (dark) values do not make pixels transparent
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["naip.tif", "up.tif"]
+
+
+def test_output_appearing_meanwhile_is_not_replaced(scene, tmp_path):
+    path, _ = scene
+    target = tmp_path / "up.tif"
+
+    def racing(image, output_size, output_type, **kwargs):
+        target.write_bytes(b"another run")
+        return _dark_model(image, output_size, output_type)
+
+    with pytest.raises(FileExistsError, match="overwrite"):
+        upscale_geotiff(racing, path, target, scale=2)
+    assert target.read_bytes() == b"another run"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif", "up.tif"]
+    upscale_geotiff(racing, path, target, scale=2, overwrite=True)
+    with rasterio.open(target) as dst:
+        assert dst.shape == (48, 60)
+
+
+def test_damaged_geotiff_is_one_line_in_the_cli(scene, tmp_path, capsys):
+    from neurop_diff_diffusers import cli
+
+    path, _ = scene
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    assert cli.main(["upscale", str(cut), "--scale", "2", "--model", "preset:tiny", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith(f"neurop-diff: error: {cut}: ")
+    assert not (tmp_path / "cut_x2.tif").exists()

@@ -129,3 +129,12 @@ def test_push_to_hub_uploads_hub_ready_folder(tmp_path):
     assert "pipeline_neurop_diff.py" in uploaded["files"] and "neural_operator/neural_operator.py" in uploaded["files"]
     assert "unet/diffusion_pytorch_model.safetensors" in uploaded["files"]
     assert uploaded["readme"].startswith("---\nlibrary_name: diffusers")
+
+
+def test_hub_ready_folder_holds_no_local_path(tmp_path):
+    build_pipeline("tiny", seed=0).save_pretrained(tmp_path / "first")
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path / "first")  # records `_name_or_path` = this folder
+    reloaded.save_pretrained(tmp_path / "hub", hub_ready=True)
+    for path in (tmp_path / "hub").rglob("*.json"):
+        text = path.read_text()
+        assert "_name_or_path" not in text and str(tmp_path) not in text, path

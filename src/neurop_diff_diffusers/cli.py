@@ -9,9 +9,14 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import platform
 import re
+import struct
 import sys
+import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +28,63 @@ class CLIError(Exception):
     """A user error: printed as one line, exit code 2."""
 
 
+class InputFailed(CLIError):
+    """A problem with one input or its output: reported as one line, that input is skipped, the others go on."""
+
+
+#: Python argument names in library messages -> the flags that set them.
+_FLAG_NAMES = {
+    "`num_inference_steps`": "--steps",
+    "`tile_size`": "--tile-size",
+    "`tile_overlap`": "--tile-overlap",
+    "`max_output_pixels`": "--max-pixels",
+    "pass a larger `max_output_pixels=` to the pipeline call to allow it": "raise --max-pixels to allow it",
+    "`output_size`": "--size",
+    "`scale`": "--scale",
+    "`strength`": "--strength",
+    "`device`": "--device",
+    "overwrite=True (CLI: --overwrite)": "--overwrite",
+}
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), with Python argument names as CLI flags."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    for name, flag in _FLAG_NAMES.items():
+        text = text.replace(name, flag)
+    return text
+
+
+def _os_reason(err: OSError) -> str:
+    """``Permission denied`` rather than ``[Errno 13] Permission denied: '/x'`` (the CLI names the file itself)."""
+    return err.strerror or _one_line(err)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
         raise CLIError(f"--size must be HEIGHTxWIDTH with positive integers, e.g. 512x768; got {text!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """The numeric flags of ``upscale`` (torch-free, so that bad flags answer at once)."""
+    if args.scale is not None and not (math.isfinite(args.scale) and args.scale >= 1.0):
+        raise CLIError(f"--scale must be a finite number >= 1 (neurop-diff only upscales), got {args.scale}")
+    if args.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.steps}")
+    if args.strength is not None and not (math.isfinite(args.strength) and 0.0 < args.strength <= 1.0):
+        raise CLIError(f"--strength must be a number in (0, 1], got {args.strength}")
+    if args.tile_size < 1:
+        raise CLIError(f"--tile-size must be >= 1, got {args.tile_size}")
+    if args.tile_overlap is not None and not 0 <= args.tile_overlap <= args.tile_size // 2:
+        raise CLIError(
+            f"--tile-overlap must be in [0, --tile-size / 2 = {args.tile_size // 2}], got {args.tile_overlap}"
+        )
+    if args.max_pixels < 1:
+        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    if args.output is not None and len(args.inputs) > 1:
+        raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
 
 
 def _scale_tag(scale: float | None, size: tuple[int, int] | None) -> str:
@@ -58,16 +115,178 @@ def output_path(
     return folder / f"{input_path.stem}_{_scale_tag(scale, size)}{input_path.suffix}"
 
 
-def save_image_atomic(image: Any, path: Path) -> None:
+def check_input_file(path: Path) -> None:
+    """Refuse, with one line naming ``path``, an input that is missing, a folder, unreadable, empty or not an image.
+
+    Only the file system is consulted (no decoding, no torch).
+
+    Args:
+        path: the input.
+
+    Raises:
+        InputFailed: with the reason.
+    """
+    if not os.path.lexists(path):
+        raise InputFailed(f"input not found: {path}")
+    if path.is_dir():
+        raise InputFailed(f"{path}: is a directory, not an image file")
+    if not path.exists():
+        raise InputFailed(f"{path}: broken symbolic link")
+    if not path.is_file():
+        raise InputFailed(f"{path}: not a regular file")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputFailed(f"{path}: unsupported input, use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
+    try:
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as err:
+        raise InputFailed(f"{path}: cannot read it ({_os_reason(err)})") from err
+    if empty:
+        raise InputFailed(f"{path}: empty file")
+
+
+def check_output_location(path: Path, overwrite: bool) -> None:
+    """Refuse, with one line naming ``path``, an output that could not be written; nothing is created.
+
+    The output must not be a folder, must not exist unless ``overwrite``, and its folder must exist as a writable
+    folder or be creatable (the nearest existing folder above it is writable, no file stands where a folder is
+    needed). Writability is probed by creating and removing a temporary file, which also catches read-only and
+    special file systems (``/sys``, ``/proc``).
+
+    Args:
+        path: the output file.
+        overwrite: whether an existing file may be replaced.
+
+    Raises:
+        InputFailed: with the reason.
+    """
+    if path.is_dir():
+        raise InputFailed(f"{path}: the output is a directory; give a file name or use --out-dir")
+    if os.path.lexists(path) and not overwrite:
+        raise InputFailed(f"{path} exists; pass --overwrite to replace it")
+    folder = path.absolute().parent
+    existing = folder
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputFailed(f"{path}: cannot create the folder {folder}: {existing} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".neurop-diff-probe.", dir=existing)
+    except OSError as err:
+        raise InputFailed(f"{path}: cannot write in {existing} ({_os_reason(err)})") from err
+    os.close(handle)
+    os.unlink(probe)
+
+
+def save_image_atomic(image: Any, path: Path, overwrite: bool = True) -> None:
     """Save a PIL image to ``path`` through a temporary file and a rename: never a partial file.
 
     Args:
         image: a PIL image.
         path: the target file; its suffix picks the format.
+        overwrite: replace an existing file atomically; without it a file found at ``path`` when the result is
+            committed (e.g. written meanwhile by another process) is kept and ``FileExistsError`` raised.
     """
     from .utils import atomic_write
 
-    atomic_write(path, image.save)
+    atomic_write(path, image.save, overwrite=overwrite)
+
+
+def read_image_file(path: Path) -> Any:
+    """Open and fully decode an image file with PIL; every failure is one line naming ``path``.
+
+    Args:
+        path: a PNG, JPEG or TIFF file.
+
+    Returns:
+        The decoded PIL image (any mode; [`pil_to_array`] validates it).
+
+    Raises:
+        InputFailed: not an image, truncated / damaged, a decompression bomb, unreadable.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Image.DecompressionBombError as err:
+        raise InputFailed(f"{path}: refused as a possible decompression bomb ({_one_line(err)})") from err
+    except UnidentifiedImageError as err:
+        raise InputFailed(f"{path}: not an image PIL can read (PNG, JPEG or TIFF expected)") from err
+    except OSError as err:
+        if err.errno is not None:
+            raise InputFailed(f"{path}: cannot read it ({_os_reason(err)})") from err
+        raise InputFailed(f"{path}: damaged image ({_one_line(err)})") from err
+    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, MemoryError) as err:
+        raise InputFailed(f"{path}: damaged image ({_one_line(err)})") from err
+    return image
+
+
+def _image_array(path: Path, warn: bool) -> tuple[Any, bool]:
+    """Decode ``path`` to an ``(H, W, 3)`` array through the API's validation ([`pil_to_array`]).
+
+    Returns:
+        ``(array, high_bit_grey)``: the array and whether the file was 16-bit greyscale.
+    """
+    from .image_processing import HIGH_BIT_DEPTH_MODES, pil_to_array
+
+    image = read_image_file(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            array = pil_to_array(image, name=str(path))
+        except (ValueError, TypeError) as err:
+            raise InputFailed(_one_line(err).replace(f"`{path}`", str(path))) from err
+    if warn:
+        for warning in caught:
+            print(f"neurop-diff: warning: {str(warning.message).replace(f'`{path}`', str(path))}", file=sys.stderr)
+    return array, image.mode in HIGH_BIT_DEPTH_MODES
+
+
+def _probe_geo(path: Path) -> bool:
+    """Whether a TIFF takes the GeoTIFF path; ``False`` when rasterio cannot open it (PIL then reports why)."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    from .geo import is_georeferenced
+
+    try:
+        return is_georeferenced(path)
+    except Exception:  # rasterio / GDAL errors: not a raster rasterio can read; PIL gives the message
+        return False
+
+
+def _prepare(src: Path, args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None, dst: Path):
+    """Decode and validate one input before the model loads; its job ``(src, dst, geo, out_size)``."""
+    from .image_processing import resolve_output_size
+
+    geo = _probe_geo(src)
+    if geo and dst.suffix.lower() not in (".tif", ".tiff"):
+        raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
+    if geo:
+        from .geo import check_raster
+
+        try:
+            count, height, width = check_raster(src)
+        except ValueError as err:
+            raise InputFailed(f"{src}: {_one_line(err)}") from err
+        if count == 2:
+            raise InputFailed(f"{src}: has 2 bands; the model needs 1 (grey) or at least 3 (RGB)")
+    else:
+        array, _ = _image_array(src, warn=True)
+        height, width = array.shape[:2]
+        del array
+    if size is not None and (size[0] < height or size[1] < width):
+        raise InputFailed(
+            f"{src}: --size {size[0]}x{size[1]} is smaller than the input {height}x{width} (height x width); "
+            "neurop-diff only upscales"
+        )
+    out_size = resolve_output_size((height, width), scale, size)
+    if out_size[0] * out_size[1] > args.max_pixels:
+        raise InputFailed(
+            f"{src}: the output {out_size[0]}x{out_size[1]} (height x width) exceeds --max-pixels {args.max_pixels}; "
+            "raise it"
+        )
+    return src, dst, geo, out_size
 
 
 def _load_model(spec: str | None, device: str) -> Any:
@@ -80,86 +299,107 @@ def _load_model(spec: str | None, device: str) -> Any:
         else:
             pipe = load_pipeline(spec, device=device)
     except (FileNotFoundError, OSError, ValueError) as err:
-        raise CLIError(str(err).splitlines()[0]) from err
+        raise CLIError(_one_line(err)) from err
     pipe.set_progress_bar_config(disable=False, leave=False)
     return pipe
 
 
 def _check_device(device: str) -> str:
-    import torch
+    from .utils import check_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    try:
+        check_device(device, name="--device")
+    except ValueError as err:
+        raise CLIError(_one_line(err)) from err
     return device
 
 
-def cmd_upscale(args: argparse.Namespace) -> int:
-    """``neurop-diff upscale``: validate everything, then load the model once and upscale each input."""
+def _check_model_flags(pipe: Any, args: argparse.Namespace) -> None:
+    """The flags that depend on the loaded model."""
+    factor = int(getattr(pipe, "downsampling_factor", 1))
+    if args.tile_size % factor:
+        raise CLIError(
+            f"--tile-size must be a multiple of the model's downsampling factor {factor}, got {args.tile_size}"
+        )
+    scheduler = getattr(pipe, "scheduler", None)
+    limit = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if isinstance(limit, int) and args.steps > limit:
+        raise CLIError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
+
+
+def _report(message: str) -> None:
+    print(f"neurop-diff: error: {message}", file=sys.stderr)
+
+
+def _run_job(pipe: Any, job: tuple, args: argparse.Namespace, common: dict[str, Any]) -> None:
+    """Upscale one input and commit its output (atomically; never over a file that appeared meanwhile)."""
+    import numpy as np
+    import torch
     from PIL import Image
 
-    from .geo import is_georeferenced, upscale_geotiff
-    from .image_processing import check_scale, resolve_output_size
-    from .scheduling import check_strength
+    src, dst, geo, out_size = job
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    if geo:
+        from .geo import upscale_geotiff
 
-    # 1. Everything that can be checked is checked before the model loads or any file is written.
+        upscale_geotiff(pipe, src, dst, output_size=out_size, overwrite=args.overwrite, generator=generator, **common)
+        return
+    array, high_bit_grey = _image_array(src, warn=False)
+    sixteen_bit_out = high_bit_grey and dst.suffix.lower() in (".png", ".tif", ".tiff")
+    output_type = "np" if sixteen_bit_out else "pil"
+    result = pipe(array, output_size=out_size, generator=generator, output_type=output_type, **common).images[0]
+    del array
+    if sixteen_bit_out:  # 16-bit grey in, 16-bit grey out (the mean of the model's three channels)
+        result = Image.fromarray(np.rint(result.mean(axis=-1) * 65535.0).astype(np.uint16))
+    save_image_atomic(result, dst, overwrite=args.overwrite)
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """``neurop-diff upscale``: validate everything, then load the model once and upscale each input.
+
+    A problem with one input (unreadable, damaged, output not writable, ...) is reported on one line and that input
+    skipped; the others are still written, and the exit code is 2 if any failed.
+    """
+    # 1. Flags and file-system checks, torch-free.
     size = _parse_size(args.size) if args.size is not None else None
-    scale = None
-    if args.scale is not None:
-        try:
-            scale = check_scale(args.scale)
-        except (TypeError, ValueError) as err:
-            raise CLIError(f"--scale: {err}") from err
-    if args.steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.steps}")
-    if args.strength is not None:
-        try:
-            check_strength(args.strength)
-        except ValueError as err:
-            raise CLIError(f"--strength: {err}") from err
-    if args.output is not None and len(args.inputs) > 1:
-        raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
-    device = _check_device(args.device)
-    jobs = []
-    targets = set()
+    scale = args.scale
+    _check_flags(args)
+    failed = 0
+    planned: list[tuple[Path, Path]] = []
+    targets: dict[Path, Path] = {}
     for raw in args.inputs:
         src = Path(raw)
-        if not src.is_file():
-            raise CLIError(f"input not found: {src}")
-        if src.suffix.lower() not in IMAGE_SUFFIXES:
-            raise CLIError(f"unsupported input {src}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
-        geo = is_georeferenced(src)
         dst = output_path(src, scale, size, args.output, args.out_dir)
-        if dst.suffix.lower() not in IMAGE_SUFFIXES:
-            raise CLIError(f"unsupported output {dst}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
-        if geo and dst.suffix.lower() not in (".tif", ".tiff"):
-            raise CLIError(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
-        if dst.exists() and not args.overwrite:
-            raise CLIError(f"{dst} exists; pass --overwrite to replace it")
-        if dst.resolve() in targets:
-            raise CLIError(f"two inputs would write the same output {dst}")
-        targets.add(dst.resolve())
         try:
-            if geo:
-                import rasterio
+            check_input_file(src)
+            check_output_location(dst, args.overwrite)
+            if dst.suffix.lower() not in IMAGE_SUFFIXES:
+                raise InputFailed(f"unsupported output {dst}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
+            key = dst.absolute().resolve()
+            if key in targets:
+                raise InputFailed(f"{src}: its output {dst} is also the output of {targets[key]}")
+            targets[key] = src
+        except InputFailed as err:
+            _report(str(err))
+            failed += 1
+            continue
+        planned.append((src, dst))
 
-                with rasterio.open(src) as ds:
-                    in_size = (ds.height, ds.width)
-            else:
-                with Image.open(src) as im:
-                    in_size = (im.height, im.width)
-            out_size = resolve_output_size(in_size, scale, size)
-        except (OSError, ValueError) as err:
-            raise CLIError(f"{src}: {err}") from err
-        if out_size[0] * out_size[1] > args.max_pixels:
-            raise CLIError(
-                f"{src}: the output {out_size[0]}x{out_size[1]} exceeds --max-pixels {args.max_pixels}; raise it"
-            )
-        jobs.append((src, dst, geo, out_size))
+    # 2. The device, then each input decoded and validated, before the model loads.
+    device = _check_device(args.device) if planned else args.device
+    jobs = []
+    for src, dst in planned:
+        try:
+            jobs.append(_prepare(src, args, scale, size, dst))
+        except InputFailed as err:
+            _report(str(err))
+            failed += 1
+    if not jobs:
+        return 2
 
-    # 2. The model, once.
-    import torch
-
+    # 3. The model, once; then each input.
     pipe = _load_model(args.model, device)
+    _check_model_flags(pipe, args)
     common = {
         "num_inference_steps": args.steps,
         "strength": args.strength,
@@ -168,17 +408,25 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         "tile_overlap": args.tile_overlap,
         "max_output_pixels": args.max_pixels,
     }
-    for src, dst, geo, out_size in jobs:
-        generator = torch.Generator(device="cpu").manual_seed(args.seed)
-        if geo:
-            upscale_geotiff(pipe, src, dst, output_size=out_size, overwrite=True, generator=generator, **common)
+    for job in jobs:
+        src, dst, _, out_size = job
+        try:
+            _run_job(pipe, job, args, common)
+        except InputFailed as err:
+            _report(str(err))
+        except FileExistsError:
+            _report(f"{dst} appeared while {src} was being upscaled; it was not replaced (pass --overwrite)")
+        except OSError as err:
+            _report(f"{src} -> {dst}: {_os_reason(err) if err.errno else _one_line(err)}")
+        except ValueError as err:
+            _report(f"{src}: {_one_line(err)}")
         else:
-            with Image.open(src) as im:
-                image = im.convert("RGB")
-            result = pipe(image, output_size=out_size, generator=generator, **common).images[0]
-            save_image_atomic(result, dst)
-        print(f"{src} -> {dst} ({out_size[1]}x{out_size[0]})")
-    return 0
+            print(f"{src} -> {dst} ({out_size[0]}x{out_size[1]}, height x width)")
+            continue
+        failed += 1
+    if failed and len(args.inputs) > 1:
+        print(f"neurop-diff: {failed} of {len(args.inputs)} inputs failed; the others were written", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -213,12 +461,27 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """``neurop-diff export``: write a pipeline folder, hub-ready (remote-code layout) by default."""
+    """``neurop-diff export``: write a pipeline folder, hub-ready (remote-code layout) by default.
+
+    The folder holds no path of the exporting machine (``_name_or_path`` is dropped from its JSON files).
+    """
+    from .hub import remove_local_paths
+
     out = Path(args.output_dir)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
+    if os.path.lexists(out) and not out.is_dir():
+        raise CLIError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise CLIError(f"{out} is not empty; pass --overwrite to write into it")
+    try:
+        check_output_location(out / "model_index.json", overwrite=True)
+    except InputFailed as err:
+        raise CLIError(str(err)) from err
     pipe = _load_model(args.model, "cpu")
-    pipe.save_pretrained(out, hub_ready=not args.plain)
+    try:
+        pipe.save_pretrained(out, hub_ready=not args.plain)
+        remove_local_paths(out)
+    except OSError as err:
+        raise CLIError(f"{out}: cannot write the pipeline folder ({_os_reason(err)})") from err
     print(f"wrote {'plain' if args.plain else 'hub-ready'} pipeline folder {out}")
     return 0
 
@@ -253,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--model", default=None, help="pipeline folder, hub id or preset:tiny (default: embedded model)")
-    up.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    up.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     up.add_argument("--prior-only", action="store_true", help="the neural-operator prior alone (no diffusion)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     up.add_argument("--tile-size", type=int, default=512, help="denoise outputs larger than this in tiles")
@@ -288,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (CLIError, ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        print(f"neurop-diff: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        _report(_one_line(err))
         return 2
     except KeyboardInterrupt:
         print("neurop-diff: interrupted", file=sys.stderr)

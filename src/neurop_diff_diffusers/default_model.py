@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from .pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
+from .utils import check_device
 
 #: Folder of the embedded pipeline (``save_pretrained`` layout) inside the installed package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "neurop-diff-ucmerced"
@@ -26,10 +27,16 @@ def load_default_pipeline(
         device: where to move the pipeline (default: CPU).
         torch_dtype: e.g. ``torch.float16`` on a GPU.
 
+    Raises:
+        ValueError: if ``device`` is not available on this machine (the message lists the available ones).
+        FileNotFoundError: if this installation ships no embedded model.
+
     Example:
         >>> from neurop_diff_diffusers import has_default_model, load_default_pipeline
         >>> pipe = load_default_pipeline() if has_default_model() else None
     """
+    if device is not None:
+        device = check_device(device)
     if not has_default_model():
         raise FileNotFoundError(
             f"No embedded model ships with this version (looked in {DEFAULT_MODEL_PATH}). Pass a trained pipeline "

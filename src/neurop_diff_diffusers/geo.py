@@ -9,9 +9,16 @@ What happens to a scene:
   ``(x - low) / (high - low)``; ``low`` / ``high`` are written into the output's tags (``NEUROP_DIFF_STRETCH``). The
   output is mapped back with the inverse and written in the input's dtype (rounded and clipped for integer types), so
   a model that returned its input would give back the input values exactly.
-- **Nodata.** Pixels marked invalid (the nodata value or the dataset mask) are filled with the band's mean before
-  the model sees them, the mask is upscaled with nearest neighbour, and invalid output pixels get the nodata value
-  again (or the output's dataset mask, when the input used a mask instead of a value).
+- **Nodata.** Pixels marked invalid (the nodata value or the dataset mask, band by band) are filled with the band's
+  mean before the model sees them. Each band's mask is upscaled with nearest neighbour, and exactly the output pixels
+  whose source pixel was invalid get the nodata value again (or the output's dataset mask, when the input used a
+  mask instead of a value): the output mask is the nearest-upscaled input mask. A *valid* output pixel that the
+  model maps onto the nodata value (e.g. a dark speckle undershooting to 0 with nodata 0) is nudged to the nearest
+  representable valid value (``nodata + 1`` for integers, the next float for floats; ``nodata - 1`` at the top of
+  the type's range), so that no valid pixel is turned into "no data".
+- **Metadata.** Colour interpretation, band descriptions, scales / offsets, units and the dataset and per-band tags
+  are copied from the input: e.g. the fourth band of an R, G, B, NIR scene stays what the input says (grey /
+  undefined), never alpha.
 - **Bands.** Bands ``rgb_bands`` (default 1, 2, 3) go through the model. Every other band (e.g. NIR of an RGB+NIR
   scene) is upscaled with bicubic interpolation of its stretched values, *without* the model, and written at its
   place: no band is dropped. A single-band scene is run through the model as grey RGB and the mean of the three
@@ -19,13 +26,14 @@ What happens to a scene:
 - **Memory.** The scene is read window by window straight into one float32 buffer, and written back window by
   window from the model's output, so neither is held twice.
 - **Files.** The output is written under a temporary name beside the target and renamed at the end: never a partial
-  file.
+  file. Without ``overwrite`` an output file that appears meanwhile is never replaced (``FileExistsError``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +73,6 @@ def is_georeferenced(path: str | os.PathLike) -> bool:
         from rasterio.errors import NotGeoreferencedWarning
     except ImportError:
         return False
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(path) as src:
@@ -138,14 +144,16 @@ def _row_windows(height: int, width: int, rows: int = _ROWS_PER_WINDOW):
 def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStretch, dict[str, Any]]:
     """Read a raster window by window into ``[0, 1]`` float32 ``(bands, H, W)``, with its valid mask and profile.
 
-    Invalid pixels are filled with their band's mean over valid pixels.
+    Invalid pixels are filled with their band's mean over the band's valid pixels; the stretch of a band is computed
+    over its valid pixels.
 
     Args:
         path: a raster rasterio can read (GeoTIFF).
 
     Returns:
-        ``(unit, valid, stretch, info)``: the stretched bands, a ``(H, W)`` bool mask of valid pixels, the
-        [`BandStretch`] used, and ``info`` (``profile``, ``has_nodata_value``, ``has_mask``).
+        ``(unit, valid, stretch, info)``: the stretched bands, a ``(H, W)`` bool mask of the pixels valid in every
+        band, the [`BandStretch`] used, and ``info`` (``profile``, ``has_nodata_value``, ``has_mask``,
+        ``band_valid``: the ``(bands, H, W)`` per-band masks, ``metadata``: see [`copy_band_metadata`]).
     """
     rasterio = _rasterio()
     with rasterio.open(path) as src:
@@ -155,9 +163,7 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         if height == 0 or width == 0:
             raise ValueError(f"`{path}` has no pixels.")
         unit = np.empty((bands, height, width), dtype=np.float32)
-        valid = np.empty((height, width), dtype=bool)
-        lows = np.full(bands, np.inf)
-        highs = np.full(bands, -np.inf)
+        band_valid = np.empty((bands, height, width), dtype=bool)
         has_mask = any(
             rasterio.enums.MaskFlags.per_dataset in flags or rasterio.enums.MaskFlags.nodata in flags
             for flags in src.mask_flag_enums
@@ -165,20 +171,134 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         for window in _row_windows(height, width):
             rows = slice(window.row_off, window.row_off + window.height)
             unit[:, rows] = src.read(window=window, out_dtype="float32")  # one window at a time
-            masks = src.read_masks(window=window)
-            valid[rows] = (masks > 0).all(axis=0)
-            block = unit[:, rows][:, valid[rows]]
-            if block.size:
-                lows = np.minimum(lows, block.min(axis=1))
-                highs = np.maximum(highs, block.max(axis=1))
-        if not valid.any():
+            band_valid[:, rows] = src.read_masks(window=window) > 0
+        valid = band_valid.all(axis=0)
+        if not band_valid.any():
             raise ValueError(f"`{path}` has no valid pixels (everything is nodata).")
+        lows = np.array([unit[b][band_valid[b]].min() if band_valid[b].any() else 0.0 for b in range(bands)])
+        highs = np.array([unit[b][band_valid[b]].max() if band_valid[b].any() else 1.0 for b in range(bands)])
         stretch = band_stretch(lows, highs, src.dtypes[0])
         for b in range(bands):
             unit[b] = stretch.forward(unit[b], b)
-            unit[b][~valid] = unit[b][valid].mean()
-        info = {"profile": src.profile.copy(), "has_nodata_value": src.nodata is not None, "has_mask": has_mask}
+            unit[b][~band_valid[b]] = unit[b][band_valid[b]].mean() if band_valid[b].any() else 0.0
+        info = {
+            "profile": src.profile.copy(),
+            "has_nodata_value": src.nodata is not None,
+            "has_mask": has_mask,
+            "band_valid": band_valid,
+            "metadata": _band_metadata(src),
+        }
     return unit, valid, stretch, info
+
+
+def _band_metadata(src: Any) -> dict[str, Any]:
+    """What [`copy_band_metadata`] copies: colour interpretation, descriptions, scales, offsets, units, tags."""
+    return {
+        "colorinterp": tuple(src.colorinterp),
+        "descriptions": tuple(src.descriptions),
+        "scales": tuple(src.scales),
+        "offsets": tuple(src.offsets),
+        "units": tuple(src.units),
+        "tags": src.tags(),
+        "band_tags": [src.tags(b) for b in range(1, src.count + 1)],
+    }
+
+
+def copy_band_metadata(dst: Any, metadata: dict[str, Any]) -> None:
+    """Give an open (writable) rasterio dataset the band meaning of its input.
+
+    Args:
+        dst: the output dataset, open for writing, with the input's band count.
+        metadata: ``info["metadata"]`` of [`read_scene`]: colour interpretation, band descriptions, scales, offsets,
+            units, dataset tags and per-band tags.
+    """
+    dst.colorinterp = metadata["colorinterp"]
+    for b, description in enumerate(metadata["descriptions"], start=1):
+        if description:
+            dst.set_band_description(b, description)
+    dst.scales = metadata["scales"]
+    dst.offsets = metadata["offsets"]
+    if any(metadata["units"]):
+        dst.units = tuple(u or "" for u in metadata["units"])
+    if metadata["tags"]:
+        dst.update_tags(**metadata["tags"])
+    for b, tags in enumerate(metadata["band_tags"], start=1):
+        if tags:
+            dst.update_tags(b, **tags)
+
+
+def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float, reference: np.ndarray | None = None) -> None:
+    """Move valid pixels that hold the nodata value to the nearest valid value of their dtype (in place).
+
+    The nearest value is ``nodata + 1`` / ``nodata - 1`` for integers and the next representable float for floats,
+    on the side of ``reference`` (the unrounded value; upwards when equal or not given, downwards at the top of the
+    dtype's range).
+
+    Args:
+        values: one band's output values (any numeric dtype).
+        valid: bool mask of the pixels that must not read as nodata (same shape).
+        nodata: the nodata value (``NaN``: nothing to do, a finite value never equals it).
+        reference: the values before rounding, to pick the side (same shape), or ``None``.
+
+    Example:
+        >>> v = np.array([0, 0, 7], np.uint8)
+        >>> avoid_nodata(v, np.array([True, False, True]), 0)
+        >>> v.tolist()
+        [1, 0, 7]
+    """
+    if nodata is None or np.isnan(nodata):
+        return
+    hit = valid & (values == nodata)
+    if not hit.any():
+        return
+    dtype = values.dtype
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        up, down = (nodata + 1 if nodata < info.max else None), (nodata - 1 if nodata > info.min else None)
+    else:
+        up, down = (
+            np.nextafter(dtype.type(nodata), dtype.type(np.inf)),
+            np.nextafter(dtype.type(nodata), dtype.type(-np.inf)),
+        )
+    downwards = np.zeros_like(hit) if reference is None else reference < nodata
+    if up is None:
+        downwards = np.ones_like(hit)
+    elif down is None:
+        downwards = np.zeros_like(hit)
+    if up is not None:
+        values[hit & ~downwards] = up
+    if down is not None:
+        values[hit & downwards] = down
+
+
+def check_raster(path: str | os.PathLike) -> tuple[int, int, int]:
+    """Open a raster and read every block of it (values and masks), so that a damaged file fails now, not later.
+
+    Args:
+        path: the raster.
+
+    Returns:
+        ``(bands, height, width)``.
+
+    Raises:
+        ValueError: with a one-line reason, if rasterio cannot open or read the file.
+    """
+    rasterio = _rasterio()
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
+            shape = (src.count, src.height, src.width)
+            for window in _row_windows(src.height, src.width):
+                src.read(window=window)
+                src.read_masks(window=window)
+    except (RasterioError, OSError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"not a readable raster ({reason})") from err
+    return shape
 
 
 def upscale_geotiff(
@@ -200,13 +320,32 @@ def upscale_geotiff(
         scale: the upscaling factor (exactly one of ``scale`` / ``output_size``).
         output_size: ``(height, width)`` of the output.
         rgb_bands: the 1-based bands that go through the model (others are upscaled bicubically).
-        overwrite: replace an existing ``dst_path``.
+        overwrite: replace an existing ``dst_path`` (atomically); without it an existing file, or one that appears
+            while the scene is being upscaled, is never replaced (``FileExistsError``).
         pipe_kwargs: passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``, ``prior_only``...).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline
         >>> upscale_geotiff(build_pipeline("tiny"), "scene.tif", "scene_x2.5.tif", scale=2.5)  # doctest: +SKIP
     """
+    _rasterio()
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # a plain (non-georeferenced) 16-bit TIFF is fine: no warning about it
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return _upscale_geotiff(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)
+
+
+def _upscale_geotiff(
+    pipe: Any,
+    src_path: str | os.PathLike,
+    dst_path: str | os.PathLike,
+    scale: float | None,
+    output_size: tuple[int, int] | None,
+    rgb_bands: tuple[int, int, int],
+    overwrite: bool,
+    **pipe_kwargs: Any,
+) -> Path:
     rasterio = _rasterio()
     from rasterio.transform import Affine
 
@@ -236,8 +375,10 @@ def upscale_geotiff(
         up = F.interpolate(torch.from_numpy(unit[others]).unsqueeze(0), size=(out_h, out_w), mode="bicubic")
         extra = dict(zip(others, up[0].clamp(0, 1).numpy()))
     del unit
-    out_valid = F.interpolate(torch.from_numpy(valid)[None, None].float(), size=(out_h, out_w), mode="nearest")
-    out_valid = out_valid[0, 0].numpy() > 0.5
+    band_valid = info["band_valid"]
+    out_band_valid = F.interpolate(torch.from_numpy(band_valid)[None].float(), size=(out_h, out_w), mode="nearest")
+    out_band_valid = out_band_valid[0].numpy() > 0.5  # (bands, H, W): exactly the nearest-upscaled input masks
+    del band_valid
 
     profile = info["profile"]
     profile.update(
@@ -255,6 +396,7 @@ def upscale_geotiff(
 
     def write(tmp: str) -> None:
         with rasterio.open(tmp, "w", **profile) as dst:
+            copy_band_metadata(dst, info["metadata"])
             dst.update_tags(**{STRETCH_TAG: stretch.to_json()})
             for window in _row_windows(out_h, out_w):
                 rows = slice(window.row_off, window.row_off + window.height)
@@ -268,9 +410,13 @@ def upscale_geotiff(
                         band_unit = output[model_bands.index(b), rows].numpy()
                     block[b] = stretch.inverse(band_unit, b)
                     if info["has_nodata_value"]:
-                        block[b][~out_valid[rows]] = nodata
+                        band_ok = out_band_valid[b, rows]
+                        reference = band_unit * (stretch.high[b] - stretch.low[b]) + stretch.low[b]
+                        avoid_nodata(block[b], band_ok, nodata, reference)
+                        block[b][~band_ok] = nodata
                 dst.write(block, window=window)
                 if info["has_mask"] and not info["has_nodata_value"]:
-                    dst.write_mask(np.where(out_valid[rows], 255, 0).astype("uint8"), window=window)
+                    ok = out_band_valid[:, rows].all(axis=0)
+                    dst.write_mask(np.where(ok, 255, 0).astype("uint8"), window=window)
 
-    return atomic_write(dst_path, write)
+    return atomic_write(dst_path, write, overwrite=overwrite)

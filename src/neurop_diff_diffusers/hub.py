@@ -63,12 +63,39 @@ def make_hub_ready(save_directory):
 '''
 
 
+def remove_local_paths(save_directory: str | os.PathLike) -> list[Path]:
+    """Remove the saving machine's paths from a saved pipeline folder (in place), before it is shared.
+
+    diffusers records where a model was loaded from as ``"_name_or_path"`` in ``model_index.json`` and in each
+    component's ``config.json`` (e.g. ``/home/me/.../weights/unet``). That key is informational only
+    (``from_pretrained`` sets it again from where the folder is loaded), so it is dropped from every JSON file of the
+    folder.
+
+    Args:
+        save_directory: a folder written by ``save_pretrained``.
+
+    Returns:
+        The files that were changed.
+    """
+    changed = []
+    for path in sorted(Path(save_directory).rglob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "_name_or_path" in data:
+            del data["_name_or_path"]
+            atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            changed.append(path)
+    return changed
+
+
 def make_hub_ready(save_directory: str | os.PathLike) -> None:
     """Turn a saved NeurOp-Diff pipeline folder into the remote-code layout (in place).
 
     Writes ``pipeline_neurop_diff.py`` and ``neural_operator/neural_operator.py`` and points ``model_index.json`` at
-    them. The folder then loads with ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` where this
-    package is not installed.
+    them, and drops the saving machine's paths (``_name_or_path``, see [`remove_local_paths`]). The folder then loads
+    with ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` where this package is not installed.
 
     Args:
         save_directory: a folder written by ``NeurOpDiffPipeline.save_pretrained``.
@@ -86,3 +113,4 @@ def make_hub_ready(save_directory: str | os.PathLike) -> None:
     for rel, sources in files.items():
         atomic_write_text(folder / rel, self_contained_source(sources))
     atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    remove_local_paths(folder)

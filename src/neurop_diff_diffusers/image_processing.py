@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
@@ -18,18 +19,65 @@ ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.Image.Im
 OUTPUT_TYPES = ("pil", "np", "pt")
 
 
+#: PIL modes of 16-bit unsigned greyscale images (16-bit PNG / TIFF), scaled by 1 / 65535.
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: PIL modes that carry an alpha channel (dropped, with a warning).
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def pil_to_array(image: PIL.Image.Image, name: str = "image") -> np.ndarray:
+    """A PIL image as an ``(H, W, 3)`` array: ``uint8`` for 8-bit modes, ``float32`` in ``[0, 1]`` for the others.
+
+    - 8-bit modes (``RGB``, ``L``, ``P``, ``CMYK``, ...) are converted to RGB.
+    - 16-bit greyscale (modes ``I;16``, ``I;16B``, ...: 16-bit PNG / TIFF) is divided by 65535, the range of its
+      type, and repeated on three channels: never clipped.
+    - 32-bit float greyscale (mode ``F``) must already lie in ``[0, 1]``.
+    - 32-bit integer greyscale (mode ``I``) has no known range and is refused.
+    - An alpha channel (``RGBA``, ``LA``, ``P`` with transparency, ...) is dropped with a ``UserWarning``: the colour
+      of transparent pixels is kept as it is.
+
+    Args:
+        image: the PIL image.
+        name: the argument (or file) name used in messages.
+
+    Raises:
+        ValueError: for mode ``I``, a mode ``F`` image outside ``[0, 1]``, or an image without pixels.
+
+    Example:
+        >>> import PIL.Image
+        >>> pil_to_array(PIL.Image.new("I;16", (3, 2), 65535)).max()
+        np.float32(1.0)
+    """
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"`{name}` has no pixels (size {image.size}).")
+    mode = image.mode
+    if mode in HIGH_BIT_DEPTH_MODES:
+        grey = np.asarray(image).astype(np.float32) / 65535.0
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode == "F":
+        grey = np.asarray(image, dtype=np.float32)
+        _check_range(torch.from_numpy(np.array(grey)), name)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if mode in ("I", "I;32", "I;32B", "I;32L"):
+        raise ValueError(
+            f"`{name}` is a PIL image of mode {mode!r} (32-bit integer greyscale), whose value range is unknown; "
+            "convert it to 8-bit or 16-bit (mode 'I;16'), or pass a float numpy array in [0, 1]."
+        )
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        warnings.warn(
+            f"`{name}` has an alpha channel (mode {mode!r}); it is dropped and the result is RGB.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def _one_to_tensor(image: Any, name: str) -> torch.Tensor:
     """One image (or an already batched array/tensor) to ``(B, 3, H, W)`` float32 in ``[0, 1]``."""
     if isinstance(image, PIL.Image.Image):
-        if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-            raise ValueError(
-                f"`{name}` is a PIL image of mode {image.mode!r} (16/32-bit); convert it to 8-bit RGB, or pass a "
-                "float numpy array in [0, 1]."
-            )
-        if image.width == 0 or image.height == 0:
-            raise ValueError(f"`{name}` has no pixels (size {image.size}).")
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        array = pil_to_array(image, name)
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
+        return tensor.float() / 255.0 if array.dtype == np.uint8 else tensor.float()
     if isinstance(image, np.ndarray):
         if image.ndim == 3:
             image = image[None]
@@ -87,7 +135,9 @@ def _check_range(tensor: torch.Tensor, name: str) -> torch.Tensor:
 def preprocess_images(image: ImageInput, name: str = "image") -> torch.Tensor:
     """Convert user input to a batch ``(B, 3, H, W)`` float32 tensor in ``[0, 1]``.
 
-    PIL images of any 8-bit mode (L, RGBA, P, ...) are converted to RGB. numpy arrays are HWC / NHWC, uint8 or float
+    PIL images of any 8-bit mode (L, P, CMYK, ...) are converted to RGB, 16-bit greyscale (``I;16``) is divided by
+    65535 and float greyscale (``F``) taken as it is (see [`pil_to_array`]); an alpha channel is dropped with a
+    warning. numpy arrays are HWC / NHWC, uint8 or float
     in ``[0, 1]``; torch tensors are CHW / NCHW, float in ``[0, 1]`` or uint8. A list is a batch; its images must share
     one size.
 
@@ -97,7 +147,7 @@ def preprocess_images(image: ImageInput, name: str = "image") -> torch.Tensor:
 
     Example:
         >>> import PIL.Image
-        >>> preprocess_images([PIL.Image.new("L", (5, 4)), PIL.Image.new("RGBA", (5, 4))]).shape
+        >>> preprocess_images([PIL.Image.new("L", (5, 4)), PIL.Image.new("I;16", (5, 4))]).shape
         torch.Size([2, 3, 4, 5])
     """
     if isinstance(image, (list, tuple)):

@@ -1,7 +1,8 @@
-"""Small shared helpers: atomic file writes (a temporary file beside the target, then a rename)."""
+"""Small shared helpers: atomic file writes (a temporary file beside the target, then a rename or a hard link)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -10,15 +11,60 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+def _commit_exclusive(temp: str, path: Path) -> None:
+    """Give ``temp`` the name ``path`` only if no file has that name: ``FileExistsError`` otherwise (no race).
+
+    A hard link is created under the final name (atomic, and it fails if the name exists), then the temporary name
+    is removed. Where the file system has no hard links, the name is reserved with ``O_CREAT | O_EXCL`` and the
+    temporary file renamed over the (empty) reservation.
+    """
+    taken = FileExistsError(
+        f"`{path}` appeared while the result was being written and was not replaced; pass overwrite=True "
+        "(CLI: --overwrite) to replace it."
+    )
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise taken from None
+    except OSError as err:
+        if err.errno not in _NO_HARD_LINKS:
+            raise
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            raise taken from None
+        try:
+            os.replace(temp, path)
+        except BaseException:
+            Path(path).unlink(missing_ok=True)
+            raise
+        return
+    Path(temp).unlink(missing_ok=True)
+
+
+#: ``errno`` values of a file system (or platform) without hard links.
+_NO_HARD_LINKS = {
+    getattr(errno, name)
+    for name in ("EPERM", "ENOTSUP", "EOPNOTSUPP", "EXDEV", "EMLINK", "ENOSYS")
+    if hasattr(errno, name)
+}
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], overwrite: bool = True) -> Path:
     """Write ``path`` by calling ``write(temporary_path)`` and renaming: never a partial file at ``path``.
 
     The temporary file lies in the target's folder and has its suffix (so that PIL / rasterio pick the format); it
     is removed if ``write`` fails or is interrupted. The result gets the usual permissions (``0666 & ~umask``).
 
+    With ``overwrite=True`` the result replaces any file at ``path`` atomically (``os.replace``). With
+    ``overwrite=False`` it never replaces one, even a file that appeared while ``write`` ran: the commit is a hard
+    link (or an ``O_EXCL`` creation where hard links are not supported), and a file found at ``path`` at that moment
+    raises ``FileExistsError`` (the temporary file is removed).
+
     Args:
         path: the target file.
         write: a function that writes the file at the path it is given.
+        overwrite: replace an existing ``path`` (atomically) instead of raising ``FileExistsError``.
 
     Example:
         >>> import tempfile, pathlib
@@ -28,6 +74,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(handle)
     try:
@@ -35,7 +83,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600
-        os.replace(temp, path)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            _commit_exclusive(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
@@ -50,3 +101,54 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """[`atomic_write`] of indented JSON with a final newline."""
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on: ``cpu``, ``cuda:N`` for each CUDA GPU, ``mps`` on Apple silicon."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(device: Any, name: str = "`device`") -> Any:
+    """Validate a device before anything is moved to it: a ``torch.device`` or ``ValueError`` naming what exists.
+
+    Args:
+        device: a ``torch.device`` or a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        name: how the argument is named in the message (the CLI passes ``--device``).
+
+    Raises:
+        ValueError: if ``device`` is not a device name, or names a device this machine does not have.
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"{name} {device!r} is not a device name; available here: {', '.join(available_devices())}."
+        ) from None
+    if resolved.type == "cpu":
+        return resolved
+    ok = False
+    if resolved.type == "cuda":
+        ok = torch.cuda.is_available() and (resolved.index is None or resolved.index < torch.cuda.device_count())
+    elif resolved.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        ok = mps is not None and mps.is_available()
+    if not ok:
+        raise ValueError(
+            f"{name} {str(device)!r} is not available on this machine; available here: "
+            f"{', '.join(available_devices())}."
+        )
+    return resolved
