@@ -464,3 +464,22 @@ def test_loaded_weights_own_aligned_memory_so_round_trips_are_exact_on_any_cpu(t
         for p in (pipe, loaded)
     ]
     assert torch.equal(outs[0], outs[1])
+
+
+def test_default_eta_is_saved_and_used_when_a_call_gives_none(tmp_path):
+    base = build_pipeline("tiny", seed=4)
+    pipe = NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_eta=1.0)
+    pipe.save_pretrained(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["default_eta"] == 1.0
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(p, **kwargs):
+        gen = torch.Generator().manual_seed(2)
+        return p(lr, scale=2.0, output_type="pt", num_inference_steps=3, generator=gen, **kwargs).images
+
+    assert torch.equal(run(loaded), run(loaded, eta=1.0))
+    assert not torch.equal(run(loaded), run(loaded, eta=0.0))
+    assert torch.equal(run(base), run(base, eta=0.0))  # pipelines saved without it: deterministic DDIM
+    with pytest.raises(ValueError, match="`default_eta` must be a number in"):
+        NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_eta=2)

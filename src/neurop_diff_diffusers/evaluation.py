@@ -461,6 +461,7 @@ def evaluate(
     methods: Sequence[str] | None = None,
     num_inference_steps: int = 50,
     strength: float | None = None,
+    eta: float | None = None,
     seed: int = 0,
     resolution: int = 256,
     protocol: str = "rgb",
@@ -487,6 +488,8 @@ def evaluate(
         strength (`float`, *optional*): the pipelines' `strength` (1.0, the paper: sampling from pure noise; below 1:
             from the diffused prior, see [`NeurOpDiffPipeline.__call__`]); default: the pipeline's
             `config.default_strength`.
+        eta (`float`, *optional*): DDIM's `eta` in `[0, 1]`; default: the pipeline's `config.default_eta` (0.0 when
+            it has none).
         seed (`int`, defaults to 0): seed of the noise (see [`image_seed`]).
         resolution (`int`, defaults to 256): HR side (the paper: 256).
         protocol (`str`, defaults to `"rgb"`): `"rgb"` (the paper's) or `"y"` (Y channel, shave `ceil(scale)`).
@@ -536,6 +539,11 @@ def evaluate(
     if strength is None:
         strength = pipeline.config.get("default_strength", 1.0)
     strength = check_strength(strength)
+    if eta is None:
+        eta = pipeline.config.get("default_eta", 0.0)
+    if isinstance(eta, bool) or not isinstance(eta, Real) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
+    eta = float(eta)
     seed = _check_int(seed, "seed", 0)
     resolution = _check_resolution(resolution, scales, protocol)
     if max_images is not None:
@@ -600,6 +608,7 @@ def evaluate(
                         output_size=hr_size,
                         num_inference_steps=num_inference_steps,
                         strength=strength,
+                        eta=eta,
                         generator=generator,
                         output_type="pt",
                         chunk_size=chunk_size,
@@ -726,7 +735,7 @@ def evaluate(
             "resolution": resolution,
             "chunk_size": chunk_size,
             "scheduler": type(scheduler).__name__,
-            "eta": 0.0,
+            "eta": eta,
             "device": str(device),
             "dtype": str(pipeline.unet.dtype).replace("torch.", ""),
             "noise_seed": "sha256(f'{seed}:{image key}:{scale!r}') -> torch.Generator (CPU)",
@@ -966,6 +975,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="fraction of the steps run, from the diffused prior (1.0, the paper: from pure noise; default: the "
         "pipeline's default_strength)",
     )
+    run.add_argument(
+        "--eta", type=float, default=None, help="DDIM's eta in [0, 1] (default: the pipeline's default_eta)"
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
     run.add_argument(
         "--protocol",
@@ -1049,6 +1061,8 @@ def _check_args(args: argparse.Namespace) -> None:
     _check_int(args.num_inference_steps, "num_inference_steps", 1)
     if args.strength is not None:
         check_strength(args.strength)
+    if args.eta is not None and not 0.0 <= args.eta <= 1.0:
+        raise ValueError(f"`--eta` must be a number in [0, 1], got {args.eta}.")
     _check_int(args.seed, "seed", 0)
     _check_resolution(args.resolution, args.scales, args.protocol)
     if args.max_images is not None:
@@ -1121,6 +1135,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
         methods=args.methods,
         num_inference_steps=args.num_inference_steps,
         strength=args.strength,
+        eta=args.eta,
         seed=args.seed,
         resolution=args.resolution,
         protocol=args.protocol,

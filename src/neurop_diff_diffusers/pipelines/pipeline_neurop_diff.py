@@ -100,6 +100,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             diffused variable is the HR image). Saved in ``model_index.json``; it must match how the UNet was trained
             (``--residual_diffusion``). What the UNet predicts (epsilon, v or x0) is the scheduler's
             ``prediction_type``.
+        default_eta (`float`, defaults to 0.0): DDIM's `eta` used when a call gives none (0: deterministic DDIM, the
+            paper's; 1: DDPM-like stochastic steps); saved in ``model_index.json``.
 
     Example:
         >>> import PIL.Image
@@ -121,6 +123,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         default_strength: float = 1.0,
         residual: bool = False,
+        default_eta: float = 0.0,
     ):
         super().__init__()
         own_aligned_weights(unet)
@@ -130,6 +133,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool, got {residual!r}.")
+        if isinstance(default_eta, bool) or not isinstance(default_eta, (int, float)) or not 0 <= default_eta <= 1:
+            raise ValueError(f"`default_eta` must be a number in [0, 1], got {default_eta!r}.")
+        self.register_to_config(default_eta=float(default_eta))
         self.register_to_config(
             default_strength=check_strength(default_strength, "default_strength"), residual=residual
         )
@@ -291,7 +297,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         scale: float | None = None,
         output_size: tuple[int, int] | None = None,
         num_inference_steps: int = 50,
-        eta: float = 0.0,
+        eta: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -313,7 +319,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             scale: the upscaling factor, a finite real >= 1 (e.g. 3.7); the output is ``round(h*s) x round(w*s)``.
             output_size: ``(height, width)`` of the output instead of ``scale`` (non-square scales allowed).
             num_inference_steps: denoising steps (paper: 30, 50 or 100).
-            eta: DDIM's eta (0 = deterministic DDIM; ignored by schedulers without it).
+            eta: DDIM's eta in ``[0, 1]`` (0 = deterministic DDIM; ignored by schedulers without it); ``None``: the
+                pipeline's ``config.default_eta`` (0.0 unless the model's trainer chose another value).
             generator: torch generator(s) for the initial noise (and DDPM's noise): same seed, same output.
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (NHWC float in ``[0, 1]``) or ``"pt"`` (NCHW).
             return_dict: return an [`ImagePipelineOutput`] rather than a tuple.
@@ -357,6 +364,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         # 1. Validate everything before any work.
         if tile_overlap is None:
             tile_overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 4) if isinstance(tile_size, int) else 0
+        if eta is None:
+            eta = self.config.get("default_eta", 0.0)
         lr = preprocess_images(image)
         out_h, out_w = resolve_output_size(tuple(lr.shape[-2:]), scale, output_size)
         check_output_type(output_type)
