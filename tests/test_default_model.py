@@ -51,7 +51,18 @@ def test_the_embedded_model_ships_complete_small_and_safetensors_only():
     assert has_default_model()
     index = json.loads((DEFAULT_MODEL_PATH / "model_index.json").read_text())
     assert index["_class_name"] == "NeurOpDiffPipeline"
-    assert {k for k in index if not k.startswith("_")} == {"unet", "neural_operator", "scheduler", "default_strength"}
+    assert {k for k in index if not k.startswith("_")} == {
+        "unet",
+        "neural_operator",
+        "scheduler",
+        "default_strength",
+        "default_eta",
+        "residual",
+    }
+    # residual v-prediction (docs/diffusion-parameterisation.md), sampled from pure noise by default
+    assert index["residual"] is True and index["default_strength"] == 1.0
+    scheduler = json.loads((DEFAULT_MODEL_PATH / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == "v_prediction"
     weights = sorted(DEFAULT_MODEL_PATH.rglob("*.safetensors"))
     assert [w.parent.name for w in weights] == ["neural_operator", "unet"]
     assert sum(w.stat().st_size for w in weights) <= 25 * 2**20
@@ -116,6 +127,26 @@ def test_the_pipeline_restores_an_unseen_real_image_and_is_seeded(pipe):
     # the default sampler (strength = config.default_strength) beats bicubic; it stays close to its prior
     assert sr_psnr > bicubic_psnr and sr_ssim > bicubic_ssim
     assert abs(sr_psnr - prior_psnr) < 0.5
+
+
+def test_the_papers_sampler_does_not_collapse_on_an_unseen_real_image(pipe):
+    """Strength 1.0 from pure noise, deterministic DDIM (eta 0), 20 steps: the paper's sampler."""
+    hr = pil_to_tensor(PIL.Image.open(SAMPLES[1]))[None]
+    lr = bicubic_degrade(hr, 4)
+    generator = torch.Generator().manual_seed(0)
+    sr = pipe(
+        (lr + 1) / 2,
+        output_size=(256, 256),
+        num_inference_steps=20,
+        strength=1.0,
+        eta=0.0,
+        generator=generator,
+        output_type="pt",
+    ).images
+    bicubic = (bicubic_prior(lr, (256, 256)) + 1) / 2
+    assert _metrics(sr, hr)[0] >= _metrics(bicubic, hr)[0] + 0.5
+    colour_shift = (quantize_8bit(sr).mean(dim=(0, 2, 3)) - quantize_8bit((hr + 1) / 2).mean(dim=(0, 2, 3))).abs()
+    assert colour_shift.max() <= 2.0, colour_shift
 
 
 def test_the_command_line_uses_the_embedded_model_by_default(tmp_path, capsys):
@@ -197,3 +228,13 @@ def test_a_built_wheel_carries_the_model_and_the_card_templates(tmp_path):
     module_file, model_path, card_start = done.stdout.splitlines()
     assert Path(module_file).is_relative_to(site) and Path(model_path).is_relative_to(site)
     assert card_start == "---"
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps", "cuda:9"])
+def test_an_unavailable_device_is_a_clear_value_error(device):
+    from neurop_diff_diffusers.utils import available_devices
+
+    if device in available_devices():
+        pytest.skip(f"{device} exists on this machine")
+    with pytest.raises(ValueError, match=r"^`device` '.+' is not available on this machine; available here: cpu"):
+        load_default_pipeline(device=device)
