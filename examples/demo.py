@@ -6,7 +6,7 @@ package, no download) restores it to 256 x 256. The script writes the LR input, 
 comparison (bicubic | neural-operator prior | NeurOp-Diff | HR), and prints PSNR / SSIM against the original.
 
 Example:
-    python examples/demo.py                      # x4, 50 DDIM steps, outputs/
+    python examples/demo.py                      # x4, 20 DDIM steps, outputs/
     python examples/demo.py --scale 3.7 --input assets/samples/harbor31.png
 """
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=REPO / "assets" / "samples" / "airplane30.png")
     parser.add_argument("--scale", type=float, default=4.0, help="degradation / super-resolution factor (> 1)")
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
     parser.add_argument("--strength", type=float, default=None, help="default: the model's default_strength")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", type=Path, default=REPO / "outputs")
