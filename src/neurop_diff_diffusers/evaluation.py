@@ -47,7 +47,7 @@ import shlex
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -834,45 +834,43 @@ def results_to_markdown(report: dict[str, Any]) -> str:
         "",
         "PSNR (dB) / SSIM / LPIPS; OOD: scale outside the training range (1, 8].",
         "",
-        "| method | " + " | ".join(_scale_header(s) for s in scales) + " |",
-        "| --- |" + " --- |" * len(scales),
     ]
-    for method in methods:
-        cells = []
-        for scale in scales:
-            row = table.get((method, scale))
-            cells.append(
-                "-"
-                if row is None
-                else f"{_cell(row['psnr'], 2)} / {_cell(row['ssim'], 4)} / {_cell(row.get('lpips'), 4)}"
-            )
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    lines += _method_table(
+        methods,
+        scales,
+        table,
+        lambda row: f"{_cell(row['psnr'], 2)} / {_cell(row['ssim'], 4)} / {_cell(row.get('lpips'), 4)}",
+    )
     if detail:
         lines += [
             "",
             "NIQE (no-reference, lower is better) / HF ratio (energy above the LR Nyquist frequency relative to the "
             "HR's; 1 = as much fine detail as the HR):",
             "",
-            "| method | " + " | ".join(_scale_header(s) for s in scales) + " |",
-            "| --- |" + " --- |" * len(scales),
         ]
-        for method in methods:
-            cells = []
-            for scale in scales:
-                row = table.get((method, scale))
-                cells.append("-" if row is None else f"{_cell(row.get('niqe'), 2)} / {_cell(row.get('hf_ratio'), 3)}")
-            lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Seconds per image:",
-        "",
-        "| method | " + " | ".join(f"x{s:g}" for s in scales) + " |",
-        "| --- |" + " --- |" * len(scales),
-    ]
-    for method in methods:
-        cells = ["-" if (method, s) not in table else f"{table[(method, s)]['seconds_per_image']:.3f}" for s in scales]
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+        lines += _method_table(
+            methods, scales, table, lambda row: f"{_cell(row.get('niqe'), 2)} / {_cell(row.get('hf_ratio'), 3)}"
+        )
+    lines += ["", "Seconds per image:", ""]
+    lines += _method_table(
+        methods, scales, table, lambda row: f"{row['seconds_per_image']:.3f}", header=lambda s: f"x{s:g}"
+    )
     return "\n".join(lines) + "\n"
+
+
+def _method_table(
+    methods: Sequence[str],
+    scales: Sequence[float],
+    table: dict[tuple[str, float], dict[str, Any]],
+    cell: Callable[[dict[str, Any]], str],
+    header: Callable[[float], str] = _scale_header,
+) -> list[str]:
+    """The lines of a Markdown table, one row per method and one column per scale (``-`` where no result)."""
+    lines = ["| method | " + " | ".join(header(s) for s in scales) + " |", "| --- |" + " --- |" * len(scales)]
+    for method in methods:
+        cells = ["-" if (method, s) not in table else cell(table[(method, s)]) for s in scales]
+        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def figure_file_name(scale: float) -> str:
