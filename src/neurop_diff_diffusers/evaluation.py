@@ -70,7 +70,7 @@ from .metrics import (
     niqe_availability,
 )
 from .pipelines import NeurOpDiffPipeline, bicubic_prior
-from .scheduling import check_strength
+from .scheduling import check_eta, check_strength
 from .utils import atomic_write, atomic_write_text
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
@@ -541,9 +541,7 @@ def evaluate(
     strength = check_strength(strength)
     if eta is None:
         eta = pipeline.config.get("default_eta", 0.0)
-    if isinstance(eta, bool) or not isinstance(eta, Real) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
-    eta = float(eta)
+    eta = check_eta(eta)
     seed = _check_int(seed, "seed", 0)
     resolution = _check_resolution(resolution, scales, protocol)
     if max_images is not None:
@@ -1059,8 +1057,8 @@ def _check_args(args: argparse.Namespace) -> None:
     _check_int(args.num_inference_steps, "num_inference_steps", 1)
     if args.strength is not None:
         check_strength(args.strength)
-    if args.eta is not None and not 0.0 <= args.eta <= 1.0:
-        raise ValueError(f"`--eta` must be a number in [0, 1], got {args.eta}.")
+    if args.eta is not None:
+        check_eta(args.eta, "--eta")
     _check_int(args.seed, "seed", 0)
     _check_resolution(args.resolution, args.scales, args.protocol)
     if args.max_images is not None:

@@ -82,6 +82,25 @@ def check_strength(strength: Any, name: str = "strength") -> float:
     return float(strength)
 
 
+def check_eta(eta: Any, name: str = "eta") -> float:
+    """Validate DDIM's `eta`: a real number in ``[0, 1]`` (0: deterministic DDIM; 1: DDPM-like steps).
+
+    Args:
+        eta: the value to check.
+        name: the argument's name, for the error message.
+
+    Raises:
+        ValueError: naming the argument and the allowed range.
+
+    Example:
+        >>> check_eta(1)
+        1.0
+    """
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1], got {eta!r}.")
+    return float(eta)
+
+
 def strength_steps(strength: float, num_inference_steps: int) -> int:
     """How many of the ``num_inference_steps`` timesteps a sampling `strength` runs: the last
     ``round(strength * num_inference_steps)`` (half up), at least one.

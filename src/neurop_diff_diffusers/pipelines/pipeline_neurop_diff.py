@@ -24,7 +24,7 @@ from ..image_processing import (
     preprocess_images,
     resolve_output_size,
 )
-from ..scheduling import check_strength, noise_level, strength_steps
+from ..scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 
 #: Default pixel budget of one output image (height x width); raise it with ``max_output_pixels``.
@@ -133,9 +133,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool, got {residual!r}.")
-        if isinstance(default_eta, bool) or not isinstance(default_eta, (int, float)) or not 0 <= default_eta <= 1:
-            raise ValueError(f"`default_eta` must be a number in [0, 1], got {default_eta!r}.")
-        self.register_to_config(default_eta=float(default_eta))
+        self.register_to_config(default_eta=check_eta(default_eta, "default_eta"))
         self.register_to_config(
             default_strength=check_strength(default_strength, "default_strength"), residual=residual
         )
@@ -278,8 +276,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`num_inference_steps` must be in [1, {num_train_timesteps}], got {num_inference_steps}."
             )
-        if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-            raise ValueError(f"`eta` must be a number in [0, 1], got {eta!r}.")
+        check_eta(eta)
         h, w = output_size
         if h * w > max_output_pixels:
             raise ValueError(
