@@ -1,50 +1,113 @@
-"""NeurOp-Diff for diffusers: continuous super-resolution of remote-sensing images."""
+"""NeurOp-Diff for diffusers: continuous super-resolution of remote-sensing images.
+
+The public names below are imported on first use (PEP 562), so that ``import neurop_diff_diffusers`` and the
+``neurop-diff`` command start in well under a second; torch and diffusers load when a model is first touched.
+
+``DiffusionPipeline.from_pretrained`` looks the class named in ``model_index.json`` up in the ``diffusers`` namespace,
+so once this package is imported ``NeurOpDiffPipeline`` and ``GalerkinNeuralOperator`` are made findable there: at
+once if ``diffusers`` is already imported, otherwise right after ``diffusers`` is first imported.
+
+Example:
+    >>> import neurop_diff_diffusers
+    >>> from diffusers import DiffusionPipeline
+    >>> hasattr(__import__("diffusers"), "NeurOpDiffPipeline")
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from typing import Any
 
 __version__ = "0.1.0"
 
-import diffusers as _diffusers
+#: public name -> the submodule that defines it.
+_EXPORTS = {
+    "make_cell": "coordinates",
+    "make_coord": "coordinates",
+    "DEFAULT_MODEL_PATH": "default_model",
+    "has_default_model": "default_model",
+    "load_default_pipeline": "default_model",
+    "make_hub_ready": "hub",
+    "check_scale": "image_processing",
+    "postprocess_images": "image_processing",
+    "preprocess_images": "image_processing",
+    "resolve_output_size": "image_processing",
+    "round_half_up": "image_processing",
+    "DEFAULT_CHUNK_SIZE": "models",
+    "GalerkinNeuralOperator": "models",
+    "GalerkinNeuralOperatorOutput": "models",
+    "DEFAULT_MAX_OUTPUT_PIXELS": "pipelines",
+    "NeurOpDiffPipeline": "pipelines",
+    "bicubic_prior": "pipelines",
+    "DEFAULT_TILE_OVERLAP": "pipelines.tiling",
+    "DEFAULT_TILE_SIZE": "pipelines.tiling",
+    "PRESETS": "presets",
+    "build_neural_operator": "presets",
+    "build_pipeline": "presets",
+    "build_unet": "presets",
+    "default_scheduler": "scheduling",
+    "noise_level": "scheduling",
+    "sample_continuous_noise_level": "scheduling",
+}
 
-from .coordinates import make_cell, make_coord
-from .default_model import DEFAULT_MODEL_PATH, has_default_model, load_default_pipeline
-from .hub import make_hub_ready
-from .image_processing import check_scale, postprocess_images, preprocess_images, resolve_output_size, round_half_up
-from .models import DEFAULT_CHUNK_SIZE, GalerkinNeuralOperator, GalerkinNeuralOperatorOutput
-from .pipelines import DEFAULT_MAX_OUTPUT_PIXELS, NeurOpDiffPipeline, bicubic_prior
-from .pipelines.tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
-from .presets import PRESETS, build_neural_operator, build_pipeline, build_unet
-from .scheduling import default_scheduler, noise_level, sample_continuous_noise_level
+#: the modules whose classes ``diffusers`` must find by name (each sets ``diffusers.<ClassName>`` when it is imported).
+_DIFFUSERS_CLASS_MODULES = ("models.neural_operator", "pipelines.pipeline_neurop_diff")
 
-# `DiffusionPipeline.from_pretrained` looks the class named in model_index.json up in the `diffusers` namespace:
-# make ours findable there once this package is imported.
-for _cls in (NeurOpDiffPipeline, GalerkinNeuralOperator):
-    if not hasattr(_diffusers, _cls.__name__):
-        setattr(_diffusers, _cls.__name__, _cls)
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "DEFAULT_MAX_OUTPUT_PIXELS",
-    "DEFAULT_MODEL_PATH",
-    "DEFAULT_TILE_OVERLAP",
-    "DEFAULT_TILE_SIZE",
-    "PRESETS",
-    "GalerkinNeuralOperator",
-    "GalerkinNeuralOperatorOutput",
-    "NeurOpDiffPipeline",
-    "bicubic_prior",
-    "build_neural_operator",
-    "build_pipeline",
-    "build_unet",
-    "check_scale",
-    "default_scheduler",
-    "has_default_model",
-    "load_default_pipeline",
-    "make_hub_ready",
-    "make_cell",
-    "make_coord",
-    "noise_level",
-    "postprocess_images",
-    "preprocess_images",
-    "resolve_output_size",
-    "round_half_up",
-    "sample_continuous_noise_level",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+def _register_with_diffusers() -> None:
+    """Import the modules that set ``diffusers.NeurOpDiffPipeline`` and ``diffusers.GalerkinNeuralOperator``.
+
+    A module already in ``sys.modules`` is being imported (it is what imported ``diffusers``) and registers its class
+    when it finishes.
+    """
+    for module in _DIFFUSERS_CLASS_MODULES:
+        if f"{__name__}.{module}" not in sys.modules:
+            importlib.import_module(f".{module}", __name__)
+
+
+class _RegisterAfterDiffusersImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import hook: lets ``diffusers`` import as usual, then registers our classes in it (used once, then removed)."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: D102
+        if fullname != "diffusers":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)  # whichever finder would have found it
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader = spec.loader
+        spec.loader = self
+        return spec
+
+    def create_module(self, spec):  # noqa: D102
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:  # noqa: D102
+        self._loader.exec_module(module)
+        _register_with_diffusers()
+
+
+if "diffusers" in sys.modules:
+    _register_with_diffusers()
+elif not any(isinstance(finder, _RegisterAfterDiffusersImport) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterAfterDiffusersImport())
