@@ -29,10 +29,11 @@ def test_cli_import_loads_neither_torch_nor_diffusers():
         "import neurop_diff_diffusers\nimport diffusers",
         # diffusers first: registered at our import
         "import diffusers\nimport neurop_diff_diffusers",
-        # one of our modules pulls diffusers in while it is itself being imported
+        # one of our modules pulls diffusers in while it is itself being imported (no circular import)
         "from neurop_diff_diffusers.models import GalerkinNeuralOperator\nimport diffusers",
+        "import neurop_diff_diffusers.scheduling\nimport diffusers",
     ],
-    ids=["ours-first", "diffusers-first", "submodule-first"],
+    ids=["ours-first", "diffusers-first", "operator-first", "scheduling-first"],
 )
 def test_classes_are_registered_with_diffusers_in_any_import_order(code):
     out = _run(

@@ -4,8 +4,8 @@ The public names below are imported on first use (PEP 562), so that ``import neu
 ``neurop-diff`` command start in well under a second; torch and diffusers load when a model is first touched.
 
 ``DiffusionPipeline.from_pretrained`` looks the class named in ``model_index.json`` up in the ``diffusers`` namespace,
-so once this package is imported ``NeurOpDiffPipeline`` and ``GalerkinNeuralOperator`` are made findable there: at
-once if ``diffusers`` is already imported, otherwise right after ``diffusers`` is first imported.
+so once this package is imported ``NeurOpDiffPipeline`` and ``GalerkinNeuralOperator`` are made findable there (on
+first look-up, see [`_register_with_diffusers`]), whether ``diffusers`` is imported before or after this package.
 
 Example:
     >>> import neurop_diff_diffusers
@@ -20,6 +20,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+from types import ModuleType
 from typing import Any
 
 __version__ = "0.1.0"
@@ -54,8 +55,8 @@ _EXPORTS = {
     "sample_continuous_noise_level": "scheduling",
 }
 
-#: the modules whose classes ``diffusers`` must find by name (each sets ``diffusers.<ClassName>`` when it is imported).
-_DIFFUSERS_CLASS_MODULES = ("models.neural_operator", "pipelines.pipeline_neurop_diff")
+#: the classes that ``diffusers`` must find by name.
+_DIFFUSERS_CLASSES = ("NeurOpDiffPipeline", "GalerkinNeuralOperator")
 
 __all__ = sorted(_EXPORTS)
 
@@ -73,15 +74,30 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-def _register_with_diffusers() -> None:
-    """Import the modules that set ``diffusers.NeurOpDiffPipeline`` and ``diffusers.GalerkinNeuralOperator``.
+def _register_with_diffusers(diffusers: ModuleType) -> None:
+    """Make ``diffusers.NeurOpDiffPipeline`` and ``diffusers.GalerkinNeuralOperator`` resolve to our classes.
 
-    A module already in ``sys.modules`` is being imported (it is what imported ``diffusers``) and registers its class
-    when it finishes.
+    The look-up is lazy: the module's class gets a ``__getattr__`` (asked only for names it lacks) that imports our
+    class on first use, so registering imports nothing and cannot be caught in a circular import.
     """
-    for module in _DIFFUSERS_CLASS_MODULES:
-        if f"{__name__}.{module}" not in sys.modules:
-            importlib.import_module(f".{module}", __name__)
+    base = type(diffusers)
+    if getattr(base, "_neurop_diff_registered", False):
+        return
+
+    class _DiffusersWithNeurOpDiff(base):
+        _neurop_diff_registered = True
+
+        def __getattr__(self, name: str) -> Any:
+            if name in _DIFFUSERS_CLASSES:
+                value = getattr(sys.modules[__name__], name)
+                setattr(self, name, value)
+                return value
+            parent = getattr(base, "__getattr__", None)
+            if parent is None:
+                raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+            return parent(self, name)
+
+    diffusers.__class__ = _DiffusersWithNeurOpDiff
 
 
 class _RegisterAfterDiffusersImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -104,10 +120,10 @@ class _RegisterAfterDiffusersImport(importlib.abc.MetaPathFinder, importlib.abc.
 
     def exec_module(self, module) -> None:  # noqa: D102
         self._loader.exec_module(module)
-        _register_with_diffusers()
+        _register_with_diffusers(sys.modules[module.__name__])  # diffusers replaces itself with a lazy module
 
 
 if "diffusers" in sys.modules:
-    _register_with_diffusers()
+    _register_with_diffusers(sys.modules["diffusers"])
 elif not any(isinstance(finder, _RegisterAfterDiffusersImport) for finder in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterDiffusersImport())

@@ -32,8 +32,6 @@ _SOURCES = {
 }
 _RELATIVE_IMPORT = re.compile(r"^from \.[\w.]* import (\([^)]*\)|[^\n]*)\n", re.MULTILINE)
 _FUTURE_IMPORT = re.compile(r"^from __future__ import annotations\n", re.MULTILINE)
-# The package registers its classes in the `diffusers` namespace; a remote-code copy must not (it would shadow them).
-_REGISTRATION = re.compile(r"^(# [^\n]*\n)?register_in_diffusers\(\w+\)\n", re.MULTILINE)
 
 
 def self_contained_source(relative_paths: list[str]) -> str:
@@ -51,7 +49,7 @@ def self_contained_source(relative_paths: list[str]) -> str:
     parts.append("from __future__ import annotations\n")
     for rel in relative_paths:
         text = (_PACKAGE_DIR / rel).read_text()
-        text = _REGISTRATION.sub("", _FUTURE_IMPORT.sub("", _RELATIVE_IMPORT.sub("", text)))
+        text = _FUTURE_IMPORT.sub("", _RELATIVE_IMPORT.sub("", text))
         parts.append(f"\n# ---- {rel} ----\n{text}")
     parts.append(_EXPORTED_STUB)
     return "".join(parts)

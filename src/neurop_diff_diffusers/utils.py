@@ -152,28 +152,3 @@ def check_device(device: Any, name: str = "`device`") -> Any:
             f"{', '.join(available_devices())}."
         )
     return resolved
-
-
-def register_in_diffusers(cls: type) -> type:
-    """Make ``cls`` findable as ``diffusers.<cls.__name__>`` (never replacing an existing name).
-
-    ``DiffusionPipeline.from_pretrained`` resolves the ``_class_name`` of ``model_index.json`` in the ``diffusers``
-    namespace; the modules that define the pipeline and the operator call this when they are imported.
-
-    Args:
-        cls (`type`): the class to register.
-
-    Returns:
-        `type`: ``cls``, unchanged.
-
-    Example:
-        >>> import diffusers
-        >>> from neurop_diff_diffusers.pipelines import NeurOpDiffPipeline
-        >>> diffusers.NeurOpDiffPipeline is NeurOpDiffPipeline
-        True
-    """
-    import diffusers
-
-    if not hasattr(diffusers, cls.__name__):
-        setattr(diffusers, cls.__name__, cls)
-    return cls

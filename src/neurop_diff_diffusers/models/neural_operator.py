@@ -15,7 +15,6 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..coordinates import make_cell, make_coord
-from ..utils import register_in_diffusers
 
 #: Output pixels per chunk when ``chunk_size`` is left at ``None``. For the paper-size operator one chunk of this many
 #: pixels needs about 1 GB in float32 inference, so a 2560 x 2560 output stays within a few GB.
@@ -413,7 +412,3 @@ def _chunks(coord: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
 
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "GalerkinNeuralOperator", "GalerkinNeuralOperatorOutput"]
-
-
-# `DiffusionPipeline.from_pretrained` looks the class named in model_index.json up in the `diffusers` namespace.
-register_in_diffusers(GalerkinNeuralOperator)

@@ -25,7 +25,6 @@ from ..image_processing import (
     resolve_output_size,
 )
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
-from ..utils import register_in_diffusers
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 
 #: Default pixel budget of one output image (height x width); raise it with ``max_output_pixels``.
@@ -445,7 +444,3 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
-
-
-# `DiffusionPipeline.from_pretrained` looks the class named in model_index.json up in the `diffusers` namespace.
-register_in_diffusers(NeurOpDiffPipeline)
