@@ -327,6 +327,18 @@ def _check_model_flags(pipe: Any, args: argparse.Namespace) -> None:
         raise CLIError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
 
 
+def _pipe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call's keyword arguments set by the ``upscale`` flags."""
+    return {
+        "num_inference_steps": args.steps,
+        "strength": args.strength,
+        "prior_only": args.prior_only,
+        "tile_size": args.tile_size,
+        "tile_overlap": args.tile_overlap,
+        "max_output_pixels": args.max_pixels,
+    }
+
+
 def _report(message: str) -> None:
     print(f"neurop-diff: error: {message}", file=sys.stderr)
 
@@ -364,6 +376,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     size = _parse_size(args.size) if args.size is not None else None
     scale = args.scale
     _check_flags(args)
+    if args.input_dir is not None:
+        return cmd_upscale_dir(args, scale, size)
+    if not args.inputs:
+        raise CLIError("give INPUT files or --input-dir DIR")
     failed = 0
     planned: list[tuple[Path, Path]] = []
     targets: dict[Path, Path] = {}
@@ -400,14 +416,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     # 3. The model, once; then each input.
     pipe = _load_model(args.model, device)
     _check_model_flags(pipe, args)
-    common = {
-        "num_inference_steps": args.steps,
-        "strength": args.strength,
-        "prior_only": args.prior_only,
-        "tile_size": args.tile_size,
-        "tile_overlap": args.tile_overlap,
-        "max_output_pixels": args.max_pixels,
-    }
+    common = _pipe_kwargs(args)
     for job in jobs:
         src, dst, _, out_size = job
         try:
@@ -426,6 +435,131 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         failed += 1
     if failed and len(args.inputs) > 1:
         print(f"neurop-diff: {failed} of {len(args.inputs)} inputs failed; the others were written", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def _check_batch_flags(args: argparse.Namespace) -> None:
+    """The flags of ``upscale --input-dir`` (torch-free)."""
+    if args.inputs:
+        raise CLIError("give either INPUT files or --input-dir DIR, not both")
+    if args.output is not None:
+        raise CLIError("-o/--output takes one input; with --input-dir use --out-dir DIR")
+    if args.out_dir is None:
+        raise CLIError("--input-dir needs --out-dir DIR (where the outputs and manifest.jsonl go)")
+    if not Path(args.input_dir).is_dir():
+        raise CLIError(f"--input-dir {args.input_dir} is not a folder")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise CLIError(f"--out-dir {args.out_dir} exists and is not a folder")
+
+
+def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool) -> bool:
+    """Whether ``dst`` holds a complete result of the expected size (written by an earlier run): it is decoded."""
+    if not dst.is_file():
+        return False
+    try:
+        if geo:
+            from .geo import check_raster
+
+            return check_raster(dst)[1:] == tuple(out_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about a truncated TIFF, which is then not complete
+            image = read_image_file(dst)
+        return (image.height, image.width) == tuple(out_size)
+    except (InputFailed, ValueError, OSError):
+        return False
+
+
+def _batch_device(device: str) -> str:
+    """``--device`` of a batch; starts Accelerate's process state (gloo between CPU processes, NCCL between GPUs).
+
+    ``cuda`` means each process's own GPU when several processes run.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.startswith("cpu"))
+    if device == "cuda" and state.num_processes > 1:
+        device = f"cuda:{state.local_process_index}"
+    return _check_device(device)
+
+
+def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> int:
+    """``neurop-diff upscale --input-dir IN --out-dir OUT``: every image of a folder, resumable, in any number of
+    processes (``accelerate launch``); one ``manifest.jsonl`` line per input.
+
+    Outputs are named as single files name them (``OUT/<sub-folder>/<stem>_x<scale><suffix>``). An output that exists
+    and decodes at the expected size is kept (a re-run resumes; ``--overwrite`` redoes it). Every file uses the same
+    ``--seed``, and on the CPU each process computes with one thread, so the files do not depend on how the inputs
+    were split between processes: bit for bit the outputs of one process.
+    """
+    from .batch import find_inputs
+
+    _check_batch_flags(args)
+    input_dir, out_dir = Path(args.input_dir), args.out_dir
+    sources = find_inputs(input_dir, args.recursive, args.glob, exclude=out_dir)
+    if not sources:
+        raise CLIError(f"no input files in {input_dir} (glob {args.glob or 'PNG / JPEG / TIFF'})")
+    device = _batch_device(args.device)
+    import torch
+
+    threads = torch.get_num_threads()
+    if device.startswith("cpu"):
+        torch.set_num_threads(1)  # CPU kernels split reductions by thread count: one thread, the same bits anywhere
+    try:
+        return _upscale_dir(args, scale, size, sources, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _upscale_dir(
+    args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None, sources: list[Path], device: str
+) -> int:
+    import time
+
+    from accelerate import PartialState
+
+    from .batch import MANIFEST_NAME, run_batch, stale_temporaries
+
+    input_dir, out_dir = Path(args.input_dir), args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / MANIFEST_NAME
+    pipe = _load_model(args.model, device)  # in every process, before any file: a bad --model stops them all alike
+    pipe.set_progress_bar_config(disable=True)
+    _check_model_flags(pipe, args)
+    common = _pipe_kwargs(args)
+
+    def one(src: Path) -> dict[str, Any]:
+        dst = output_path(src, scale, size, None, out_dir / src.parent.relative_to(input_dir))
+        record: dict[str, Any] = {"input": str(src), "output": str(dst), "size": None, "scale": scale, "seconds": 0.0}
+        start = time.perf_counter()
+        try:
+            check_input_file(src)
+            job = _prepare(src, args, scale, size, dst)
+            record["size"] = list(job[3])
+            if not args.overwrite and _output_complete(dst, job[3], job[2]):
+                return {**record, "status": "ok", "resumed": True}
+            for temporary in stale_temporaries(dst):  # left by a run killed while writing
+                temporary.unlink(missing_ok=True)
+            check_output_location(dst, overwrite=True)
+            rerun = argparse.Namespace(**{**vars(args), "overwrite": args.overwrite or os.path.lexists(dst)})
+            _run_job(pipe, job, rerun, common)
+        except (InputFailed, ValueError, OSError, RuntimeError, MemoryError) as err:
+            message = str(err) if isinstance(err, InputFailed) else f"{src}: {_one_line(err)}"
+            _report(message)
+            record.update(status="error", message=message)
+        else:
+            record["status"] = "ok"
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        return record
+
+    records = run_batch(sources, one, manifest, [str(s) for s in sources])
+    failed = sum(r["status"] != "ok" for r in records)
+    resumed = sum(bool(r.get("resumed")) for r in records)
+    if PartialState().is_main_process:
+        print(
+            f"neurop-diff: {len(records)} inputs: {len(records) - failed - resumed} written, {resumed} already "
+            f"complete, {failed} failed; manifest {manifest}",
+            file=sys.stderr if failed else sys.stdout,
+        )
     return 2 if failed else 0
 
 
@@ -500,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("upscale", help="upscale PNG / JPEG / TIFF / GeoTIFF images")
-    up.add_argument("inputs", nargs="+", metavar="INPUT")
+    up.add_argument("inputs", nargs="*", metavar="INPUT")
     how = up.add_mutually_exclusive_group(required=True)
     how.add_argument("--scale", type=float, help="upscaling factor, any real >= 1 (e.g. 3.7)")
     how.add_argument("--size", help="output size HEIGHTxWIDTH, e.g. 512x768")
@@ -522,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tile-size", type=int, default=512, help="denoise outputs larger than this in tiles")
     up.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default tile/4, <=64)")
     up.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger outputs (default 4096^2)")
+    batch = up.add_argument_group("folders (also under `accelerate launch`, split between the processes)")
+    batch.add_argument("--input-dir", type=Path, help="every PNG / JPEG / TIFF in this folder (needs --out-dir)")
+    batch.add_argument("--recursive", action="store_true", help="with --input-dir: sub-folders too (mirrored)")
+    batch.add_argument("--glob", default=None, help="with --input-dir: only files matching this pattern, e.g. '*.tif'")
     up.set_defaults(func=cmd_upscale)
 
     sub.add_parser("evaluate", help="the paper's tables (see `neurop-diff evaluate --help`)", add_help=False)

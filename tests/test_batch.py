@@ -1,0 +1,171 @@
+"""`neurop-diff upscale --input-dir`: a folder in one process or several (`accelerate launch`), bit-identical outputs,
+one manifest line per input, a bad file recorded and skipped, resume after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neurop_diff_diffusers import cli
+from neurop_diff_diffusers.batch import MANIFEST_NAME, compact_manifest, find_inputs, stale_temporaries
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+FAST = ("--model", "preset:tiny", "--scale", "2", "--steps", "2", "--seed", "0")
+
+
+def _run(*args):
+    return cli.main([str(a) for a in args])
+
+
+@pytest.fixture
+def scenes(tmp_path) -> Path:
+    """Six small images of different sizes and formats, one of them corrupt."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, suffix in enumerate([".png", ".png", ".jpg", ".tif", ".png"]):
+        Image.fromarray(rng.integers(0, 255, (10 + i, 12 + 2 * i, 3), dtype=np.uint8)).save(folder / f"s{i}{suffix}")
+    (folder / "s5_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (folder / "notes.txt").write_text("not an input")
+    return folder
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != MANIFEST_NAME}
+
+
+def _manifest(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / MANIFEST_NAME).read_text().splitlines()]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def test_find_inputs_sorted_filtered_and_recursive(scenes, tmp_path):
+    (scenes / "sub").mkdir()
+    Image.new("RGB", (4, 4)).save(scenes / "sub" / "deep.PNG")
+    (scenes / ".s0.abcdefgh.png").write_bytes(b"temporary")
+    assert [p.name for p in find_inputs(scenes)] == [
+        "s0.png",
+        "s1.png",
+        "s2.jpg",
+        "s3.tif",
+        "s4.png",
+        "s5_corrupt.png",
+    ]
+    assert [p.relative_to(scenes).as_posix() for p in find_inputs(scenes, recursive=True, pattern="*.PNG")] == [
+        "sub/deep.PNG"
+    ]
+    assert find_inputs(scenes, recursive=True, exclude=scenes / "sub")[-1].name == "s5_corrupt.png"
+    with pytest.raises(ValueError, match="--input-dir"):
+        find_inputs(tmp_path / "missing")
+
+
+def test_stale_temporaries_and_compact_manifest(tmp_path):
+    target = tmp_path / "a_x2.png"
+    for name in (".a_x2.k3j_x9q0.png", ".a_x2.short.png", ".b_x2.k3j_x9q0.png", "a_x2.png"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in stale_temporaries(target)] == [".a_x2.k3j_x9q0.png"]
+    manifest = tmp_path / MANIFEST_NAME
+    manifest.write_text(
+        '{"input": "b", "status": "error"}\n{"input": "a", "status": "ok"}\nnot json\n{"input": "b", "status": "ok"}\n'
+    )
+    assert compact_manifest(manifest, ["a", "b", "c"]) == [
+        {"input": "a", "status": "ok"},
+        {"input": "b", "status": "ok"},
+    ]
+    assert [json.loads(line)["input"] for line in manifest.read_text().splitlines()] == ["a", "b"]
+
+
+def test_two_processes_write_the_files_of_one_process_bit_for_bit(scenes, tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", one, *FAST) == 2  # one corrupt input
+    captured = capsys.readouterr()
+    assert "s5_corrupt.png: damaged image" in captured.err or "s5_corrupt.png: not an image" in captured.err
+    assert "6 inputs: 5 written, 0 already complete, 1 failed" in captured.err
+    expected = _outputs(one)
+    assert sorted(expected) == ["s0_x2.png", "s1_x2.png", "s2_x2.jpg", "s3_x2.tif", "s4_x2.png"]
+    assert Image.open(one / "s4_x2.png").size == (40, 28)
+
+    # The same command under `accelerate launch` with 2 CPU processes (torchrun's launcher: accelerate runs several
+    # CPU processes only through it or MPI).
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command += ["-m", "neurop_diff_diffusers.cli", "upscale", "--input-dir", str(scenes), "--out-dir", str(two), *FAST]
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "s5_corrupt.png" in done.stderr, done.stderr[-3000:]
+    assert _outputs(two) == expected  # bit for bit, and nothing else (no temporary file) in the folder
+
+    records = _manifest(two)
+    assert [Path(r["input"]).name for r in records] == [p.name for p in find_inputs(scenes)]  # every input once
+    assert {r["process"] for r in records} == {0, 1}  # really split: each file written by one process
+    bad = records[-1]
+    assert bad["status"] == "error" and "s5_corrupt.png" in bad["message"] and bad["size"] is None
+    good = records[0]
+    assert good["status"] == "ok" and good["size"] == [20, 24] and good["scale"] == 2.0 and good["seconds"] > 0
+    assert good["output"] == str(two / "s0_x2.png")
+
+
+def test_rerun_completes_only_the_missing_outputs(scenes, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, *FAST) == 2
+    expected = _outputs(out)
+    stamps = {name: _stamp(out / name) for name in expected}
+    # A crash: one output never written, one left as a stray temporary file, one not complete (e.g. a copy that
+    # was cut short).
+    (out / "s1_x2.png").unlink()
+    (out / "s2_x2.jpg").rename(out / ".s2_x2.q1w2e3r4.jpg")
+    (out / "s3_x2.tif").write_bytes(expected["s3_x2.tif"][:100])
+    capsys.readouterr()
+
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, *FAST) == 2
+    assert "6 inputs: 3 written, 2 already complete, 1 failed" in capsys.readouterr().err
+    assert _outputs(out) == expected
+    for name in ("s0_x2.png", "s4_x2.png"):
+        assert _stamp(out / name) == stamps[name]  # kept, not rewritten
+    records = {Path(r["input"]).name: r for r in _manifest(out)}
+    assert len(records) == 6 and len(_manifest(out)) == 6
+    assert records["s0.png"]["resumed"] and "resumed" not in records["s1.png"]
+
+    # --overwrite redoes everything (same bits).
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, *FAST, "--overwrite") == 2
+    assert _outputs(out) == expected and _stamp(out / "s0_x2.png") != stamps["s0_x2.png"]
+
+
+def test_recursive_keeps_sub_folders_and_glob_filters(scenes, tmp_path):
+    (scenes / "sub").mkdir()
+    shutil.copy(scenes / "s0.png", scenes / "sub" / "s0.png")
+    out = scenes / "out"  # inside the input folder: never read as input
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--recursive", "--glob", "s0.png", *FAST) == 0
+    assert (out / "s0_x2.png").read_bytes() == (out / "sub" / "s0_x2.png").read_bytes()
+    assert len(_manifest(out)) == 2
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--recursive", "--glob", "s0.png", *FAST) == 0
+    assert all(r["resumed"] for r in _manifest(out))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out-dir", "OUT", "x.png"], "not both"),
+        ([], "needs --out-dir"),
+        (["-o", "x.png"], "-o/--output"),
+        (["--out-dir", "OUT", "--glob", "*.bmp"], "no input files"),
+    ],
+)
+def test_bad_batch_flags_are_one_line(scenes, tmp_path, capsys, extra, message):
+    extra = [str(tmp_path / "o") if e == "OUT" else e for e in extra]
+    assert _run("upscale", "--input-dir", scenes, *extra, *FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neurop-diff: error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()
