@@ -1,8 +1,10 @@
-"""The ``neurop-diff`` command: ``upscale``, ``evaluate``, ``info`` and ``export``.
+"""The ``neurop-diff`` command: ``upscale``, ``serve``, ``evaluate``, ``info`` and ``export``.
 
 Example:
     neurop-diff upscale scene.png --scale 3.7 --model preset:tiny --steps 20
     neurop-diff upscale scene.tif --scale 2.5            # a GeoTIFF keeps its georeferencing
+    neurop-diff upscale --input-dir scenes/ --out-dir out/ --scale 4  # a folder; also under `accelerate launch`
+    neurop-diff serve                                    # the web app on http://127.0.0.1:7860
     neurop-diff info
 """
 
@@ -563,6 +565,31 @@ def _upscale_dir(
     return 2 if failed else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``neurop-diff serve``: the web app (Gradio, extra ``[app]``) on ``--host`` (127.0.0.1) and ``--port`` (7860)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:  # not imported here: the app first points its cache elsewhere
+        raise CLIError("the web app needs Gradio: pip install 'neurop-diff-diffusers[app]'")
+    from .app import MAX_UPLOAD_BYTES, AppConfig, build_app
+
+    if not 0 <= args.port <= 65535:
+        raise CLIError(f"--port must be in [0, 65535], got {args.port}")
+    config = AppConfig(
+        model=args.model,
+        device=str(_check_device(args.device)),
+        max_input_pixels=args.max_input_pixels,
+        max_output_pixels=args.max_output_pixels,
+        concurrency=args.concurrency,
+    )
+    demo = build_app(config)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES)
+    finally:
+        demo.close()
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``neurop-diff info``: versions, devices and the embedded model."""
     import json
@@ -661,6 +688,18 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--recursive", action="store_true", help="with --input-dir: sub-folders too (mirrored)")
     batch.add_argument("--glob", default=None, help="with --input-dir: only files matching this pattern, e.g. '*.tif'")
     up.set_defaults(func=cmd_upscale)
+
+    serve = sub.add_parser("serve", help="the web app (Gradio; pip install 'neurop-diff-diffusers[app]')")
+    serve.add_argument("--model", default=None, help="pipeline folder, hub id or preset:NAME (default: embedded)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    serve.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    serve.add_argument("--concurrency", type=int, default=1, help="requests run at once; others queue (default 1)")
+    serve.add_argument("--max-input-pixels", type=int, default=1024 * 1024, help="refuse larger inputs (1024^2)")
+    serve.add_argument(
+        "--max-output-pixels", type=int, default=2048 * 2048, help="refuse larger outputs (default 2048^2)"
+    )
+    serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("evaluate", help="the paper's tables (see `neurop-diff evaluate --help`)", add_help=False)
 

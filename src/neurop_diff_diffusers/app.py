@@ -1,0 +1,391 @@
+"""The web app (Gradio, extra ``[app]``): upscale an image in the browser with the CLI's own code.
+
+``neurop-diff serve`` runs it on 127.0.0.1:7860; ``app.py`` at the repository root runs it as a Hugging Face Space.
+An upload is validated (type, size from the header, full decode) before any model work, with the CLI's checks; a
+bad one gives one message in the page and the server goes on. Every request works in its own folder under one
+temporary folder, which the app removes when it closes (and Gradio's cache of the results lives there too).
+
+Example:
+    >>> from neurop_diff_diffusers.app import AppConfig, build_app
+    >>> demo = build_app(AppConfig(model="preset:tiny"))  # doctest: +SKIP
+    >>> demo.launch()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cli import IMAGE_SUFFIXES, InputFailed, _image_array, _load_model, _one_line, _prepare, _probe_geo, _run_job
+from .cli import check_input_file as _check_input_file
+from .cli import read_image_file as _read_image_file
+
+#: Largest input the app decodes, in pixels (height x width), unless configured otherwise.
+DEFAULT_MAX_INPUT_PIXELS = 1024 * 1024
+#: Largest output the app computes, in pixels (the pipeline's pixel budget), unless configured otherwise.
+DEFAULT_MAX_OUTPUT_PIXELS = 2048 * 2048
+#: Largest upload accepted by the server, in bytes.
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+#: Seconds a request's files are kept (for the downloads); older ones are removed when a new request comes.
+REQUEST_LIFETIME = 3600
+#: The scale range offered by the page.
+MIN_SCALE, MAX_SCALE = 1.0, 10.0
+
+
+@dataclass
+class AppConfig:
+    """What ``neurop-diff serve`` configures.
+
+    Args:
+        model: a pipeline folder, hub id or ``preset:NAME``; ``None``: the embedded model.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        max_input_pixels: larger uploads are refused (read from the header, before decoding).
+        max_output_pixels: larger outputs are refused before any work (the pipeline's ``max_output_pixels``).
+        concurrency: requests computed at the same time; the others wait in the queue.
+        max_queue: requests waiting at most (more are refused with a message).
+        default_steps: the steps the page starts with.
+    """
+
+    model: str | None = None
+    device: str = "cpu"
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    concurrency: int = 1
+    max_queue: int = 16
+    default_steps: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("max_input_pixels", "max_output_pixels", "concurrency", "max_queue", "default_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+
+
+def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int, int]:
+    """Check an uploaded file before any work: a PNG / JPEG / TIFF / GeoTIFF, not empty, at most ``max_input_pixels``
+    (read from the header, before decoding), and decodable to the end.
+
+    Args:
+        path: the uploaded file.
+        max_input_pixels: the largest ``height * width`` accepted.
+
+    Returns:
+        ``(height, width)``.
+
+    Raises:
+        InputFailed: with a one-line message naming the file by its base name.
+    """
+    path = Path(path)
+    name = path.name
+    try:
+        _check_input_file(path)
+        if _probe_geo(path):
+            from .geo import _rasterio, check_raster
+
+            with _rasterio().open(path) as src:
+                height, width = src.height, src.width
+            _check_pixels(height, width, max_input_pixels)
+            check_raster(path)
+            return height, width
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:  # the header only
+                width, height = image.size
+        except Image.DecompressionBombError as err:
+            raise InputFailed(f"{path}: refused as a possible decompression bomb ({_one_line(err)})") from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            raise InputFailed(f"{path}: not an image PIL can read (PNG, JPEG or TIFF expected)") from err
+        _check_pixels(height, width, max_input_pixels)
+        _read_image_file(path)
+        return height, width
+    except InputFailed as err:
+        raise InputFailed(str(err).replace(str(path), name)) from err
+    except ValueError as err:
+        raise InputFailed(f"{name}: {err}") from err
+
+
+def _check_pixels(height: int, width: int, limit: int) -> None:
+    if height * width > limit:
+        raise InputFailed(
+            f"the image is {height}x{width} (height x width) = {height * width} pixels; this server accepts at most "
+            f"{limit} pixels"
+        )
+
+
+def _remove_old_requests(workdir: Path, age: float) -> None:
+    """Remove the request folders of ``workdir`` older than ``age`` seconds."""
+    limit = time.time() - age
+    for folder in workdir.glob("request-*"):
+        try:
+            if folder.stat().st_mtime < limit:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+def _to_rgb_preview(path: Path, geo: bool) -> Any:
+    """The output as an 8-bit RGB PIL image (a GeoTIFF's model bands, stretched per band; 16-bit grey scaled)."""
+    import numpy as np
+    from PIL import Image
+
+    if geo:
+        bands = _model_bands(path)
+        return Image.fromarray(np.rint(bands.transpose(1, 2, 0).clip(0, 1) * 255).astype(np.uint8))
+    image = _read_image_file(path)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64) / 65535.0
+        return Image.fromarray(np.rint(array.clip(0, 1) * 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+class Upscaler:
+    """The model and the request handling of the app, independent of Gradio (the page calls [`run`]).
+
+    Args:
+        config: the [`AppConfig`].
+        workdir: the folder each request writes in (one sub-folder per request).
+    """
+
+    def __init__(self, config: AppConfig, workdir: Path):
+        self.config = config
+        self.workdir = workdir
+        self.pipe = _load_model(config.model, config.device)
+        self.pipe.set_progress_bar_config(disable=False, leave=False)
+        self.max_steps = int(getattr(self.pipe.scheduler.config, "num_train_timesteps", 1000))
+        self.default_strength = float(self.pipe.config.get("default_strength", 1.0))
+
+    def run(
+        self,
+        upload: str | os.PathLike,
+        mode: str = "scale",
+        scale: float = 4.0,
+        height: int | None = None,
+        width: int | None = None,
+        steps: int = 20,
+        strength: float | None = None,
+        seed: int = 0,
+        prior_only: bool = False,
+    ) -> dict[str, Any]:
+        """Validate and upscale one upload.
+
+        Args:
+            upload: the uploaded file.
+            mode: ``"scale"`` (use ``scale``) or ``"size"`` (use ``height`` x ``width``).
+            scale: the factor, in [1, 10].
+            height: the output height (``mode="size"``).
+            width: the output width (``mode="size"``).
+            steps: denoising steps.
+            strength: the pipeline's ``strength`` (``None``: the model's default).
+            seed: the seed of the noise.
+            prior_only: the neural operator's prior alone, no diffusion.
+
+        Returns:
+            ``{"output": PIL image, "bicubic": PIL image, "prior": PIL image, "png": path, "geotiff": path or
+            None, "size": (height, width), "seconds": float}``.
+
+        Raises:
+            InputFailed: a bad upload or setting, with a one-line message for the page.
+        """
+        start = time.perf_counter()
+        if upload is None:
+            raise InputFailed("upload an image first (PNG, JPEG, TIFF or GeoTIFF)")
+        size = None
+        if mode == "size":
+            if not all(isinstance(v, (int, float)) and v >= 1 and float(v).is_integer() for v in (height, width)):
+                raise InputFailed(f"the output size must be two whole numbers >= 1, got {height} x {width}")
+            size = (int(height), int(width))
+            scale = None
+        elif not (isinstance(scale, (int, float)) and MIN_SCALE <= scale <= MAX_SCALE):
+            raise InputFailed(f"the scale must be a number in [{MIN_SCALE:g}, {MAX_SCALE:g}], got {scale}")
+        if not (isinstance(steps, (int, float)) and 1 <= steps <= self.max_steps and float(steps).is_integer()):
+            raise InputFailed(f"steps must be a whole number in [1, {self.max_steps}], got {steps}")
+        if strength is not None and not 0.0 < strength <= 1.0:
+            raise InputFailed(f"strength must be in (0, 1], got {strength}")
+        upload = Path(upload)
+        validate_upload(upload, self.config.max_input_pixels)
+
+        _remove_old_requests(self.workdir, REQUEST_LIFETIME)
+        folder = Path(tempfile.mkdtemp(prefix="request-", dir=self.workdir))
+        src = folder / ("input" + upload.suffix.lower())
+        shutil.copyfile(upload, src)
+        geo = _probe_geo(src)
+        stem = upload.stem or "image"
+        tag = f"x{scale:g}" if size is None else f"{size[0]}x{size[1]}"
+        dst = folder / f"{stem}_{tag}{'.tif' if geo else '.png'}"
+        args = argparse.Namespace(max_pixels=self.config.max_output_pixels, seed=int(seed), overwrite=False)
+        try:
+            job = _prepare(src, args, scale, size, dst)
+        except InputFailed as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            message = str(err).replace(str(src), upload.name).replace("--size", "the output size")
+            raise InputFailed(
+                message.replace("--max-pixels", "the server's limit").replace("; raise it", "")
+            ) from None
+        out_size = job[3]
+        common = {
+            "num_inference_steps": int(steps),
+            "strength": strength,
+            "prior_only": bool(prior_only),
+            "max_output_pixels": self.config.max_output_pixels,
+        }
+        try:  # the CLI's own code: a PNG, or a GeoTIFF that keeps its georeferencing
+            _run_job(self.pipe, job, args, common)
+        except (ValueError, OSError, RuntimeError) as err:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise InputFailed(f"{upload.name}: {_one_line(err)}") from err
+        output = _to_rgb_preview(dst, geo)
+        png = dst if not geo else dst.with_suffix(".png")
+        if geo:
+            output.save(png)
+        lr = _model_input(src, geo)
+        prior = output if prior_only else self.pipe(lr, output_size=out_size, prior_only=True).images[0]
+        bicubic = _bicubic(lr, out_size)
+        return {
+            "output": output,
+            "bicubic": bicubic,
+            "prior": prior,
+            "png": png,
+            "geotiff": dst if geo else None,
+            "size": out_size,
+            "seconds": time.perf_counter() - start,
+        }
+
+
+def _model_input(src: Path, geo: bool) -> Any:
+    """The image the pipeline sees for ``src``: the CLI's decoded array, or a GeoTIFF's stretched model bands."""
+    if not geo:
+        return _image_array(src, warn=False)[0]
+    import torch
+
+    return torch.from_numpy(_model_bands(src)).clamp(0, 1)
+
+
+def _model_bands(path: Path) -> Any:
+    """A raster's bands 1-3 (one band repeated), stretched to ``[0, 1]`` as [`upscale_geotiff`] does: (3, H, W)."""
+    import numpy as np
+
+    from .geo import read_scene
+
+    unit = read_scene(path)[0]
+    return np.ascontiguousarray(unit[:3] if unit.shape[0] >= 3 else np.repeat(unit[:1], 3, axis=0))
+
+
+def _bicubic(lr: Any, out_size: tuple[int, int]) -> Any:
+    """The "before" view: bicubic upsampling (the SR3 conditioner [`bicubic_prior`]) as a PIL image."""
+    from .image_processing import postprocess_images, preprocess_images
+    from .pipelines import bicubic_prior
+
+    image = preprocess_images(lr) * 2.0 - 1.0
+    return postprocess_images(bicubic_prior(image, out_size), "pil")[0]
+
+
+_GRADIO_TEMP_DIR: str | None = None
+
+
+def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None = None) -> Any:
+    """The Gradio app (a ``gr.Blocks`` with its queue set), ready for ``launch()``.
+
+    Args:
+        config: the [`AppConfig`] (default: the embedded model on the CPU, the default limits).
+        workdir: the folder the requests write in (default: a new temporary folder, removed at exit). Gradio's cache
+            of results and uploads is placed there too unless ``GRADIO_TEMP_DIR`` is set.
+
+    Example:
+        >>> demo = build_app(AppConfig(model="preset:tiny"))  # doctest: +SKIP
+        >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
+    """
+    config = config or AppConfig()
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="neurop-diff-app-")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    workdir = Path(workdir)
+    global _GRADIO_TEMP_DIR
+    if os.environ.get("GRADIO_TEMP_DIR") in (None, _GRADIO_TEMP_DIR):  # Gradio's cache too, unless the user set one
+        _GRADIO_TEMP_DIR = os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
+    import gradio as gr
+
+    upscaler = Upscaler(config, workdir)
+
+    tracker = gr.Progress(track_tqdm=True)  # follows the pipeline's progress bar: denoising steps x tiles
+
+    def upscale(upload, mode, scale, height, width, steps, strength, seed, prior_only, progress=tracker):
+        try:
+            result = upscaler.run(
+                upload,
+                "size" if mode == "output size" else "scale",
+                scale,
+                height,
+                width,
+                steps,
+                strength,
+                seed,
+                prior_only,
+            )
+        except InputFailed as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        height_out, width_out = result["size"]
+        info = f"**{height_out} x {width_out}** (height x width) in **{result['seconds']:.1f} s**"
+        downloads = [str(result["png"])] + ([str(result["geotiff"])] if result["geotiff"] else [])
+        return (result["bicubic"], result["output"]), result["prior"], info, downloads
+
+    with gr.Blocks(title="NeurOp-Diff super-resolution", delete_cache=(600, 3600)) as demo:
+        gr.Markdown(
+            "# NeurOp-Diff: continuous super-resolution of remote-sensing images\n"
+            "Upload a PNG, JPEG, TIFF or GeoTIFF, pick any scale from 1 to 10 (e.g. 3.7) or an output size, and run. "
+            f"Limits of this server: {config.max_input_pixels} input pixels, {config.max_output_pixels} output pixels."
+        )
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(
+                    label="Image (PNG / JPEG / TIFF / GeoTIFF)", file_types=list(IMAGE_SUFFIXES), elem_id="upload"
+                )
+                mode = gr.Radio(["scale", "output size"], value="scale", label="Upscale by", elem_id="mode")
+                scale = gr.Number(
+                    value=4.0, minimum=MIN_SCALE, maximum=MAX_SCALE, step=0.1, label="Scale (1-10)", elem_id="scale"
+                )
+                with gr.Row():
+                    height = gr.Number(value=512, precision=0, minimum=1, label="Output height", elem_id="height")
+                    width = gr.Number(value=512, precision=0, minimum=1, label="Output width", elem_id="width")
+                steps = gr.Slider(
+                    1,
+                    min(upscaler.max_steps, 200),
+                    value=config.default_steps,
+                    step=1,
+                    label="Denoising steps",
+                    elem_id="steps",
+                )
+                strength = gr.Slider(
+                    0.05, 1.0, value=upscaler.default_strength, step=0.05, label="Strength", elem_id="strength"
+                )
+                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                prior_only = gr.Checkbox(
+                    value=False, label="Prior only (the neural operator alone, no diffusion)", elem_id="prior-only"
+                )
+                run = gr.Button("Upscale", variant="primary", elem_id="run")
+            with gr.Column():
+                compare = gr.ImageSlider(
+                    label="Bicubic | NeurOp-Diff", type="pil", format="png", elem_id="compare", buttons=["fullscreen"]
+                )
+                prior = gr.Image(
+                    label="Prior (neural operator)", type="pil", format="png", elem_id="prior", buttons=["fullscreen"]
+                )
+                info = gr.Markdown(elem_id="info")
+                files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+        run.click(
+            upscale,
+            [upload, mode, scale, height, width, steps, strength, seed, prior_only],
+            [compare, prior, info, files],
+            api_name="upscale",
+            concurrency_limit=config.concurrency,
+        )
+    demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
+    demo.neurop_diff_workdir = workdir
+    return demo
