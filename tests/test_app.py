@@ -194,10 +194,16 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.set_default_timeout(60_000)
         page.goto(url)
+        page.locator("#run").wait_for()
 
         def run(path: Path) -> None:
-            page.locator("#upload input[type=file]").set_input_files(str(path))
-            page.locator("#upload").get_by_text(path.name).first.wait_for()
+            for attempt in range(4):  # a page still starting (a loaded machine) may miss the first file choice
+                page.locator("#upload input[type=file]").set_input_files(str(path))
+                try:
+                    page.locator("#upload").get_by_text(path.name).first.wait_for(timeout=15_000)
+                    break
+                except sync_api.TimeoutError:
+                    assert attempt < 3, f"the page never showed the upload {path.name}"
             page.locator("#run").click()
 
         # A corrupt upload: a message in the page, no traceback.

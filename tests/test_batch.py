@@ -116,6 +116,14 @@ def test_two_processes_write_the_files_of_one_process_bit_for_bit(scenes, tmp_pa
     assert good["status"] == "ok" and good["size"] == [20, 24] and good["scale"] == 2.0 and good["seconds"] > 0
     assert good["output"] == str(two / "s0_x2.png")
 
+    # The exact command: `accelerate launch --cpu` (Accelerate starts one process here without MPI).
+    cpu = tmp_path / "cpu"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    command += ["-m", "neurop_diff_diffusers.cli", "upscale", "--input-dir", str(scenes), "--out-dir", str(cpu), *FAST]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert "s5_corrupt.png" in done.stderr, done.stderr[-3000:]
+    assert _outputs(cpu) == expected and len(_manifest(cpu)) == 6
+
 
 def test_rerun_completes_only_the_missing_outputs(scenes, tmp_path, capsys):
     out = tmp_path / "out"
