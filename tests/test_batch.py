@@ -163,17 +163,19 @@ def test_recursive_keeps_sub_folders_and_glob_filters(scenes, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "argv, message",
     [
-        (["--out-dir", "OUT", "x.png"], "not both"),
-        ([], "needs --out-dir"),
-        (["-o", "x.png"], "-o/--output"),
-        (["--out-dir", "OUT", "--glob", "*.bmp"], "no input files"),
+        (["--input-dir", "IN", "--out-dir", "OUT", "IN/s0.png"], "not both"),
+        (["--input-dir", "IN"], "needs --out-dir"),
+        (["--input-dir", "IN", "-o", "x.png"], "-o/--output"),
+        (["--input-dir", "IN", "--out-dir", "OUT", "--glob", "*.bmp"], "no input files"),
+        (["--input-dir", "IN/missing", "--out-dir", "OUT"], "is not a folder"),
+        (["IN/s0.png", "--recursive", "--out-dir", "OUT"], "--recursive and --glob go with --input-dir"),
     ],
 )
-def test_bad_batch_flags_are_one_line(scenes, tmp_path, capsys, extra, message):
-    extra = [str(tmp_path / "o") if e == "OUT" else e for e in extra]
-    assert _run("upscale", "--input-dir", scenes, *extra, *FAST) == 2
+def test_bad_batch_flags_are_one_line(scenes, tmp_path, capsys, argv, message):
+    argv = [a.replace("IN", str(scenes)).replace("OUT", str(tmp_path / "o")) for a in argv]
+    assert _run("upscale", *argv, *FAST) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("neurop-diff: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()

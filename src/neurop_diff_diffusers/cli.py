@@ -382,6 +382,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return cmd_upscale_dir(args, scale, size)
     if not args.inputs:
         raise CLIError("give INPUT files or --input-dir DIR")
+    if args.recursive or args.glob is not None:
+        raise CLIError("--recursive and --glob go with --input-dir DIR")
     failed = 0
     planned: list[tuple[Path, Path]] = []
     targets: dict[Path, Path] = {}
@@ -515,6 +517,7 @@ def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[i
 def _upscale_dir(
     args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None, sources: list[Path], device: str
 ) -> int:
+    """[`cmd_upscale_dir`] once the inputs and the device are known: the model in every process, then the files."""
     import time
 
     from accelerate import PartialState
