@@ -24,6 +24,10 @@ from ..image_processing import (
     preprocess_images,
     resolve_output_size,
 )
+
+# model_index.json names this module as the operator's library, and diffusers loads a component only from a module
+# that is already imported: loading a pipeline must import it (the package's own import is lazy).
+from ..models import neural_operator as _neural_operator  # noqa: F401
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 
