@@ -247,7 +247,7 @@ def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
     temp.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TMPDIR": str(temp)}
     env.pop("GRADIO_TEMP_DIR", None)
-    command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "serve", "--model", "preset:tiny"]
+    command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "serve"]  # the embedded model, in a fresh process
     command += ["--port", str(port)]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -266,4 +266,5 @@ def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=60)
-    assert list(temp.iterdir()) == []  # removed at exit
+    left = [p for p in temp.iterdir() if not (p.name.startswith("torchinductor_") and not any(p.iterdir()))]
+    assert left == []  # removed at exit (torch itself makes an empty torchinductor_<user> folder when imported)
