@@ -5,6 +5,7 @@ headless Chromium (Playwright, Debian's /usr/bin/chromium; skipped with the reas
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import struct
@@ -197,13 +198,17 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
         page.locator("#run").wait_for()
 
         def run(path: Path) -> None:
-            for attempt in range(4):  # a page still starting (a loaded machine) may miss the first file choice
-                page.locator("#upload input[type=file]").set_input_files(str(path))
+            # A page still starting, or still busy with the previous file, may miss a click or a file choice: retry.
+            for attempt in range(4):
+                clear = page.locator("#upload button[aria-label='Clear']")
+                if clear.count():
+                    clear.first.click()
                 try:
-                    page.locator("#upload").get_by_text(path.name).first.wait_for(timeout=15_000)
+                    page.locator("#upload input[type=file]").set_input_files(str(path), timeout=10_000)
+                    page.locator("#upload").get_by_text(path.name).first.wait_for(timeout=10_000)
                     break
                 except sync_api.TimeoutError:
-                    assert attempt < 3, f"the page never showed the upload {path.name}"
+                    assert attempt < 3, f"the page never took the upload {path.name}"
             page.locator("#run").click()
 
         # A corrupt upload: a message in the page, no traceback.
@@ -212,13 +217,13 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
         page.get_by_text(message).first.wait_for()
         assert "Traceback" not in page.content()
         page.locator(".toast-close").first.click()
-        page.locator("#upload button[aria-label='Clear']").first.click()
 
-        # Then the server still answers: x3.7.
+        # Then the server still answers: x3.7, with a progress bar over the denoising steps.
         page.locator("#scale input").fill("3.7")
-        page.locator("#steps input[type=number]").fill(str(STEPS))
+        page.locator("#steps input[type=number]").fill("12")
         page.locator("#steps input[type=number]").press("Enter")
         run(crop)
+        page.locator("#compare").get_by_text(re.compile(r"^\d+/12 steps")).first.wait_for()
         page.locator("#info").get_by_text("178 x 148").wait_for()
         link = page.locator("#downloads a").first
         link.wait_for()
