@@ -225,6 +225,15 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
         run(crop)
         page.locator("#compare").get_by_text(re.compile(r"^\d+/12 steps")).first.wait_for()
         page.locator("#info").get_by_text("178 x 148").wait_for()
+        # The before / after view zooms both images together with the mouse wheel.
+        box = page.locator("#compare").bounding_box()
+        page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 2)
+        page.mouse.wheel(0, -400)
+        views = page.locator("#compare img")
+        page.wait_for_function("() => document.querySelector('#compare img').style.transform.includes('scale(1.')")
+        scales = [re.search(r"scale\(([\d.]+)\)", views.nth(i).get_attribute("style")) for i in range(views.count())]
+        assert len(scales) == 2 and all(float(m.group(1)) > 1 for m in scales)
+
         link = page.locator("#downloads a").first
         link.wait_for()
         with page.expect_download() as download:
