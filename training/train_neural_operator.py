@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Stage 1 of NeurOp-Diff: train the Galerkin neural operator (the SRNO recipe, METHOD.md section 3).
+"""Stage 1 of NeurOp-Diff: train the Galerkin neural operator (the SRNO recipe, docs/method.md section 3).
 
 Each sample is an LR patch of ``--lr_patch`` px made from an HR patch of ``round(lr_patch * s)`` px with a continuous
 scale ``s ~ U(--scale_min, --scale_max]`` per sample, and ``--num_queries`` HR pixels at which the operator is

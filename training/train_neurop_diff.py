@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Stage 2 of NeurOp-Diff: train the SR3-style diffusion UNet conditioned on the frozen neural operator's prior.
 
-Loss (METHOD.md section 2): per sample a continuous noise level ``sqrt(gamma)``, ``y_noisy = sqrt(gamma) y0 +
+Loss (docs/method.md section 2): per sample a continuous noise level ``sqrt(gamma)``, ``y_noisy = sqrt(gamma) y0 +
 sqrt(1 - gamma) eps``, the UNet sees ``cat(y_noisy, prior)`` and ``sqrt(gamma)`` and the loss is the L1 between its
 output and ``eps``; the prior of each sample is computed by the frozen operator at the HR size from the sample's LR
 image (bicubic, scale ``s ~ U(1, 8]``). Adam 1e-4, the paper's schedule (constant for 10% of the steps, then decay to
@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--neural_operator_subfolder", type=str, default=None, help="Subfolder inside that path.")
     model.add_argument(
-        "--preset", choices=sorted(PRESETS), default="paper", help="UNet size (paper: METHOD.md section 4)."
+        "--preset", choices=sorted(PRESETS), default="paper", help="UNet size (paper: docs/method.md section 4)."
     )
     model.add_argument(
         "--unet_config", type=str, default=None, help="A UNet2DModel config.json instead of --preset (6 in, 3 out)."

@@ -1,8 +1,9 @@
 """Pixel-centre coordinates and cell sizes, shared by the neural operator, the data pipeline and training.
 
-Conventions (METHOD.md section 9): coordinates live in ``[-1, 1]``, they are the centres of a regular grid, component
-0 is the row (y) and component 1 the column (x). ``torch.nn.functional.grid_sample`` wants ``(x, y)``, so callers pass
-``coord.flip(-1)`` with ``align_corners=False``. The cell of a grid of ``H x W`` pixels is ``(2 / H, 2 / W)``.
+Conventions (docs/method.md section 9): coordinates live in ``[-1, 1]``, they are the centres of a regular grid,
+component 0 is the row (y) and component 1 the column (x). ``torch.nn.functional.grid_sample`` wants ``(x, y)``, so
+callers pass ``coord.flip(-1)`` with ``align_corners=False``. The cell of a grid of ``H x W`` pixels is
+``(2 / H, 2 / W)``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Evaluation of NeurOp-Diff and its baselines under the paper's protocol: the paper's tables from one command.
 
-Protocol (METHOD.md section 7, see also [`~neurop_diff_diffusers.metrics`]):
+Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics`]):
 
 1. HR: [`~neurop_diff_diffusers.data.preprocess_hr`] of each image (centre square crop, PIL bicubic downsample to
    `resolution` = 256 when larger, mirror padding when a side is a few pixels short).
@@ -75,7 +75,7 @@ from .utils import atomic_write, atomic_write_text
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
 DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0)
-#: Largest scale of the training distribution (METHOD.md section 1: `s ~ U(1, 8]`).
+#: Largest scale of the training distribution (docs/method.md section 1: `s ~ U(1, 8]`).
 MAX_IN_DISTRIBUTION_SCALE = 8.0
 #: The methods, in table order.
 METHODS: tuple[str, ...] = ("bicubic", "neural_operator", "neurop_diff", "sr3")

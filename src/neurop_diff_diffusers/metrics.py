@@ -1,6 +1,6 @@
 """Image-quality metrics for super-resolution, following the paper's evaluation protocol.
 
-The paper's protocol (the authors' code, METHOD.md section 7):
+The paper's protocol (the authors' code, docs/method.md section 7):
 
 - **PSNR** on RGB in `[0, 1]`, over the whole image (no border shave): `10 log10(1 / MSE)`, the mean squared error
   taken over all pixels and the three channels of one image.
@@ -62,7 +62,7 @@ LPIPS_ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
 
 PROTOCOLS = {
     "rgb": (
-        "Paper protocol (authors' code, METHOD.md section 7): PSNR on RGB in [0, 1] over the whole image "
+        "Paper protocol (authors' code, docs/method.md section 7): PSNR on RGB in [0, 1] over the whole image "
         "(no border shave); SSIM on 8-bit RGB (data range 255), 11x11 Gaussian window, sigma 1.5, K1 0.01, "
         "K2 0.03, valid region per channel, averaged over channels; LPIPS (AlexNet, inputs in [-1, 1]) when its "
         "weights are available locally."

@@ -1,7 +1,7 @@
 """Training building blocks shared by the two training scripts (``training/``), kept small and unit-tested.
 
 - Losses: [`operator_l1_loss`] (stage 1, the neural operator at sampled HR points) and [`diffusion_l1_loss`] (stage 2,
-  METHOD.md section 2: continuous ``sqrt(gamma)``, L1 on the noise), with the priors of [`compute_priors`].
+  docs/method.md section 2: continuous ``sqrt(gamma)``, L1 on the noise), with the priors of [`compute_priors`].
 - Learning-rate schedules: [`get_lr_scheduler`], the paper's schedule (``"paper"``: constant, then a cosine decay
   to a minimum) or any name of diffusers' ``get_scheduler``.
 - Reproducible randomness: [`EpochShuffleSampler`] and [`seeded_generator`]: the data order and every random draw
@@ -128,7 +128,7 @@ def diffusion_l1_loss(
     residual: bool = False,
     snr_gamma: float | None = None,
 ) -> torch.Tensor:
-    """Stage-2 loss, METHOD.md section 2: ``|| unet(cat(y_noisy, prior), sqrt_gamma) - eps ||_1``.
+    """Stage-2 loss, docs/method.md section 2: ``|| unet(cat(y_noisy, prior), sqrt_gamma) - eps ||_1``.
 
     Per sample, ``t ~ U{1..T}`` and ``sqrt_gamma ~ U(sqrt(gamma_{t-1}), sqrt(gamma_t))``
     ([`~neurop_diff_diffusers.scheduling.sample_continuous_noise_level`]), ``eps ~ N(0, I)`` and

@@ -87,7 +87,7 @@ def mirror_pad(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image
 
 
 def preprocess_hr(image: PIL.Image.Image, resolution: int = 256, *, undersized: str = "pad") -> PIL.Image.Image:
-    """Prepare an HR image as in the paper (METHOD.md section 6): centre square crop, then downsample to `resolution`.
+    """Prepare an HR image as in the paper (docs/method.md section 6): centre square crop, downsample to `resolution`.
 
     - Both sides ``>= resolution``: crop the centre square of side ``min(W, H)`` and, if larger than `resolution`,
       downsample it with PIL's antialiased bicubic (AID 600 and RSSCN7 400 -> 256). No distortion: the crop is square.

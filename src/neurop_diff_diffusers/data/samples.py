@@ -29,7 +29,7 @@ DEFAULT_NUM_QUERIES = 2304
 STAGE1_SCALE_RANGE = (1.0, 4.0)
 """Stage-1 scale range, SRNO's U(1, 4): the HR patch ``round(48 * 4) = 192`` px fits a 256 px image."""
 STAGE2_SCALE_RANGE = (1.0, 8.0)
-"""Stage-2 scale range, the paper's ``s ~ U(1, 8]`` (METHOD.md section 1)."""
+"""Stage-2 scale range, the paper's ``s ~ U(1, 8]`` (docs/method.md section 1)."""
 
 
 def _check_positive_int(value: Any, name: str) -> int:

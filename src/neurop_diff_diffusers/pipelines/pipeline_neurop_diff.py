@@ -1,4 +1,4 @@
-"""NeurOp-Diff pipeline: neural-operator prior at the HR size + SR3-style conditional diffusion (METHOD.md 2-3)."""
+"""NeurOp-Diff pipeline: a neural-operator prior at the HR size + SR3-style diffusion (docs/method.md sections 2-3)."""
 
 from __future__ import annotations
 
