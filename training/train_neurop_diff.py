@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when import
 import common  # noqa: E402
 from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_scheduler  # noqa: E402
 from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2  # noqa: E402
+from neurop_diff_diffusers.loading import load_frozen_operator, load_trained_model  # noqa: E402
 from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
 from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
 from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES  # noqa: E402
@@ -37,8 +38,6 @@ from neurop_diff_diffusers.training_utils import (  # noqa: E402
     TrainingSetupError,
     compute_priors,
     diffusion_l1_loss,
-    load_frozen_operator,
-    load_trained_model,
     read_validation_history,
     validate_pipeline,
 )

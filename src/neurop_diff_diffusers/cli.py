@@ -179,17 +179,10 @@ def check_output_location(path: Path, overwrite: bool) -> None:
 
 
 def save_image_atomic(image: Any, path: Path, overwrite: bool = True) -> None:
-    """Save a PIL image to ``path`` through a temporary file and a rename: never a partial file.
+    """[`~neurop_diff_diffusers.utils.save_image_atomic`], imported when called (the CLI's imports stay light)."""
+    from .utils import save_image_atomic as save
 
-    Args:
-        image: a PIL image.
-        path: the target file; its suffix picks the format.
-        overwrite: replace an existing file atomically; without it a file found at ``path`` when the result is
-            committed (e.g. written meanwhile by another process) is kept and ``FileExistsError`` raised.
-    """
-    from .utils import atomic_write
-
-    atomic_write(path, image.save, overwrite=overwrite)
+    save(image, path, overwrite=overwrite)
 
 
 def read_image_file(path: Path) -> Any:
@@ -290,14 +283,10 @@ def _prepare(src: Path, args: argparse.Namespace, scale: float | None, size: tup
 
 
 def _load_model(spec: str | None, device: str) -> Any:
-    from .default_model import load_default_pipeline
-    from .evaluation import load_pipeline
+    from .loading import load_pipeline
 
     try:
-        if spec is None:
-            pipe = load_default_pipeline(device=device)
-        else:
-            pipe = load_pipeline(spec, device=device)
+        pipe = load_pipeline(spec, device=device)
     except (FileNotFoundError, OSError, ValueError) as err:
         raise CLIError(_one_line(err)) from err
     pipe.set_progress_bar_config(disable=False, leave=False)
@@ -437,7 +426,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .default_model import DEFAULT_MODEL_PATH, has_default_model
+    from .loading import DEFAULT_MODEL_PATH, has_default_model
 
     print(f"neurop-diff-diffusers {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}")

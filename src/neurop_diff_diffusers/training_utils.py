@@ -38,10 +38,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil
+from .loading import load_frozen_operator, load_trained_model
 from .models.neural_operator import GalerkinNeuralOperator
 from .pipelines.pipeline_neurop_diff import bicubic_prior
 from .scheduling import check_prediction_type, sample_continuous_noise_level
-from .utils import atomic_write_text
+from .utils import TrainingSetupError, atomic_write_text
 
 #: Name of the marker file a training script writes into its output folder (script name, package version, args).
 TRAINING_ARGS_FILE = "training_args.json"
@@ -64,10 +65,6 @@ LR_SCHEDULERS = (
 )
 #: Patterns never uploaded by [`push_folder_to_hub`]: training state, logs and temporary files.
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*/**", ".old-checkpoint-*/**", "logs/**"]
-
-
-class TrainingSetupError(ValueError):
-    """A training argument or the state of the output folder does not allow the run; the message names the argument."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,98 +265,6 @@ def compute_priors(
         for i, prior in zip(members, priors):
             out[i] = prior
     return torch.stack(out)
-
-
-def load_trained_model(
-    model_cls: type,
-    path: str | os.PathLike,
-    *,
-    argument: str,
-    default_subfolder: str,
-    hint: str,
-    subfolder: str | None = None,
-    hub_subfolder: str | None = None,
-) -> Any:
-    """Load a trained ``model_cls`` (a diffusers ``ModelMixin``) named by a training argument.
-
-    `path` is a local folder holding the model (``config.json``), or a folder holding it in `default_subfolder` (a
-    saved pipeline or a run's output folder), or a Hub model id (loaded from `subfolder`, else `hub_subfolder`).
-
-    Args:
-        model_cls: the class to load.
-        path: the argument's value.
-        argument: the argument's name (e.g. ``"--neural_operator_path"``), for the error messages.
-        default_subfolder: where a local folder without ``config.json`` holds the model.
-        hint: what to pass instead, appended to the "nothing saved there" message.
-        subfolder: an explicit subfolder inside `path` (local or Hub).
-        hub_subfolder: the Hub subfolder when `subfolder` is ``None``.
-
-    Raises:
-        TrainingSetupError: nothing loadable there; the message names `argument`.
-
-    Example:
-        >>> import tempfile
-        >>> from diffusers import UNet2DModel
-        >>> from neurop_diff_diffusers import build_unet
-        >>> folder = tempfile.mkdtemp()
-        >>> build_unet("tiny").save_pretrained(f"{folder}/unet")  # as in a saved pipeline
-        >>> unet = load_trained_model(UNet2DModel, folder, argument="--unet", default_subfolder="unet", hint="")
-        >>> unet.config.in_channels
-        6
-    """
-    local = Path(path).expanduser()
-    try:
-        if local.is_dir():
-            folder = local / subfolder if subfolder else local
-            if not (folder / "config.json").is_file() and subfolder is None:
-                folder = local / default_subfolder
-            if not (folder / "config.json").is_file():
-                raise TrainingSetupError(
-                    f"`{argument}` {str(path)!r} holds no saved {model_cls.__name__} (no config.json there or in its "
-                    f"{default_subfolder}/ subfolder): {hint}."
-                )
-            return model_cls.from_pretrained(folder)
-        if str(path).startswith((".", "/", "~")) or str(path).count("/") != 1 or local.exists():
-            raise TrainingSetupError(
-                f"`{argument}` {str(path)!r}: no such folder (and not a Hub id of the form 'owner/name')."
-            )
-        return model_cls.from_pretrained(str(path), subfolder=subfolder if subfolder is not None else hub_subfolder)
-    except TrainingSetupError:
-        raise
-    except Exception as err:
-        raise TrainingSetupError(
-            f"`{argument}` {str(path)!r} is not a local folder and could not be loaded from the Hub "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})."
-        ) from None
-
-
-def load_frozen_operator(
-    path: str | os.PathLike, subfolder: str | None = None, device: torch.device | str | None = None
-) -> GalerkinNeuralOperator:
-    """Load a trained [`GalerkinNeuralOperator`] for stage 2, frozen (no gradients) and in eval mode.
-
-    `path` is a local folder holding the operator (``config.json``), or a stage-1 output folder or checkpoint
-    holding it in ``neural_operator/``, or a Hub model id.
-
-    Args:
-        path: the ``--neural_operator_path``.
-        subfolder: the ``--neural_operator_subfolder`` inside `path` (local or Hub).
-        device: where to put it.
-
-    Raises:
-        TrainingSetupError: nothing loadable there; the message names ``--neural_operator_path``.
-    """
-    operator = load_trained_model(
-        GalerkinNeuralOperator,
-        path,
-        argument="--neural_operator_path",
-        default_subfolder="neural_operator",
-        hint="pass the output folder of train_neural_operator.py",
-        subfolder=subfolder,
-    )
-    operator.requires_grad_(False)
-    operator.eval()
-    return operator.to(device) if device is not None else operator
 
 
 # ----------------------------------------------------------------------------------------------------------------

