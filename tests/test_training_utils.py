@@ -512,3 +512,35 @@ def test_diffusion_loss_rejects_bad_parameterisation_arguments():
         diffusion_l1_loss(_ZeroUNet(), hr, hr, ac, snr_gamma=0.0)
     with pytest.raises(ValueError, match="`prediction_type` must be one of"):
         default_scheduler(prediction_type="eps")
+
+
+def test_validation_scores_like_the_evaluation():
+    """Same image, same outputs: the training validation and evaluate() give the same PSNR and SSIM."""
+    from neurop_diff_diffusers.evaluation import evaluate
+
+    sample = Path(__file__).resolve().parents[1] / "assets" / "samples" / "airplane30.png"
+    image = PIL.Image.open(sample).convert("RGB")
+    val = ValidationSet.from_images([image], resolution=64, scale=3.0, num_images=1)
+    pipe = build_pipeline("tiny", seed=1)
+    pipe.set_progress_bar_config(disable=True)
+    report = evaluate(
+        pipe,
+        [(val.names[0], image)],
+        [3.0],
+        num_inference_steps=2,
+        seed=5,
+        resolution=64,
+        compute_lpips=False,
+        compute_niqe=False,
+        figure_image=None,
+        progress=False,
+    )
+    scores = {row["method"]: row for row in report["per_image"]}
+    by_operator = validate_operator(pipe.neural_operator.eval(), val).metrics
+    by_pipeline = validate_pipeline(pipe, val, num_inference_steps=2, seed=5).metrics
+    for metric in ("psnr", "ssim"):
+        assert by_operator[metric] == pytest.approx(scores["neural_operator"][metric], abs=1e-9)
+        assert by_pipeline[f"{metric}_prior"] == pytest.approx(scores["neural_operator"][metric], abs=1e-9)
+        assert by_operator[f"{metric}_bicubic"] == pytest.approx(scores["bicubic"][metric], abs=1e-9)
+        assert by_pipeline[metric] == pytest.approx(scores["neurop_diff"][metric], abs=1e-9)
+    assert scores["neurop_diff"]["psnr"] != scores["neural_operator"]["psnr"]  # the diffusion ran

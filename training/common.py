@@ -37,6 +37,7 @@ from neurop_diff_diffusers.data import (
     resolve_hub_id,
     select_split,
     split_parts,
+    unique_file_names,
 )
 from neurop_diff_diffusers.training_utils import (
     VALIDATION_HISTORY_FILE,
@@ -379,8 +380,7 @@ def load_splits(args: argparse.Namespace, accelerator: Accelerator) -> tuple[Any
     except (FileNotFoundError, NotADirectoryError, ValueError, TypeError) as err:
         raise TrainingSetupError(f"`{flag}` {value!r}: {err}") from None
 
-    file_names = full["file_name"]
-    by_name = all(file_names) and len(set(file_names)) == len(file_names)
+    by_name = unique_file_names(full) is not None
     if not by_name:  # record the split by index into the whole dataset
         full = full.add_column("source_index", list(range(len(full))))
 

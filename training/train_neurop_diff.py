@@ -32,6 +32,7 @@ from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_schedu
 from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2  # noqa: E402
 from neurop_diff_diffusers.loading import load_frozen_operator, load_trained_model  # noqa: E402
 from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
+from neurop_diff_diffusers.pipelines.pipeline_neurop_diff import unet_downsampling_factor  # noqa: E402
 from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
 from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES  # noqa: E402
 from neurop_diff_diffusers.training_utils import (  # noqa: E402
@@ -214,7 +215,7 @@ def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
             f"`{source}` must have in_channels 6 (noisy image + prior) and out_channels 3, got "
             f"{unet.config.in_channels} and {unet.config.out_channels}."
         )
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    factor = unet_downsampling_factor(unet)
     if args.crop_size % factor:
         raise TrainingSetupError(
             f"`--crop_size` (default: --resolution) must be a multiple of the UNet's downsampling factor {factor}, "

@@ -485,6 +485,9 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurop-diff`` argument parser (``evaluate`` forwards its arguments to the evaluation parser)."""
+    from .pipelines.pipeline_neurop_diff import DEFAULT_MAX_OUTPUT_PIXELS
+    from .pipelines.tiling import DEFAULT_TILE_SIZE
+
     parser = argparse.ArgumentParser(prog="neurop-diff", description="NeurOp-Diff continuous super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -508,9 +511,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     up.add_argument("--prior-only", action="store_true", help="the neural-operator prior alone (no diffusion)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    up.add_argument("--tile-size", type=int, default=512, help="denoise outputs larger than this in tiles")
+    up.add_argument(
+        "--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="denoise outputs larger than this in tiles"
+    )
     up.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default tile/4, <=64)")
-    up.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger outputs (default 4096^2)")
+    up.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_PIXELS,
+        help=f"refuse larger outputs (default {DEFAULT_MAX_OUTPUT_PIXELS:,})",
+    )
     up.set_defaults(func=cmd_upscale)
 
     sub.add_parser("evaluate", help="the paper's tables (see `neurop-diff evaluate --help`)", add_help=False)

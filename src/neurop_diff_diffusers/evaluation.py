@@ -37,7 +37,6 @@ scale.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -67,10 +66,11 @@ from .metrics import (
     load_lpips,
     niqe,
     niqe_availability,
+    to_unit_levels,
 )
 from .pipelines import NeurOpDiffPipeline, bicubic_prior
 from .scheduling import check_eta, check_strength
-from .utils import atomic_write, atomic_write_text, package_versions
+from .utils import atomic_write, atomic_write_text, derive_seed, package_versions
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
 DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0)
@@ -190,7 +190,7 @@ def as_sr3_pipeline(pipeline: NeurOpDiffPipeline) -> NeurOpDiffPipeline:
 
 
 def image_seed(seed: int, key: str | int, scale: float) -> int:
-    """The noise seed of one image at one scale: `sha256(f"{seed}:{key}:{scale!r}")`, as a 63-bit int.
+    """The noise seed of one image at one scale: [`~neurop_diff_diffusers.utils.derive_seed`]`(seed, key, scale)`.
 
     It depends on the image's key (file name or dataset index), not on its position in the run, so results do not
     change with `max_images` or the order of the images.
@@ -208,8 +208,8 @@ def image_seed(seed: int, key: str | int, scale: float) -> int:
         >>> image_seed(0, "forest/forest30.tif", 4.0) == image_seed(0, "forest/forest30.tif", 4)
         True
     """
-    digest = hashlib.sha256(f"{int(seed)}:{key}:{float(scale)!r}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    key = key if isinstance(key, (str, int)) and not isinstance(key, bool) else str(key)
+    return derive_seed(int(seed), key, float(scale))
 
 
 def _image_items(images: Any) -> list[tuple[str | int, Any]]:
@@ -221,9 +221,10 @@ def _image_items(images: Any) -> list[tuple[str | int, Any]]:
     if datasets is not None and isinstance(images, datasets.Dataset):
         if "image" not in images.column_names:
             raise ValueError(f"`images` (a datasets.Dataset) needs an 'image' column, it has {images.column_names}.")
-        names = list(images["file_name"]) if "file_name" in images.column_names else []
-        use_names = bool(names) and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)
-        keys = names if use_names else list(range(len(images)))
+        from .data import unique_file_names
+
+        names = unique_file_names(images)
+        keys = names if names is not None else list(range(len(images)))
         return [(key, _LazyRow(images, i)) for i, key in enumerate(keys)]
     if isinstance(images, (str, bytes, PIL.Image.Image)) or not isinstance(images, Sequence) or len(images) == 0:
         raise ValueError(
@@ -262,12 +263,6 @@ def _load_image(source: Any) -> PIL.Image.Image:
         with PIL.Image.open(source) as image:
             return image.convert("RGB")
     return source
-
-
-def _to_unit(image: torch.Tensor) -> torch.Tensor:
-    """`[-1, 1]` model tensor -> `[0, 1]` float32 on the CPU, rounded to 8-bit levels (as a saved PNG)."""
-    unit = ((image.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
-    return (unit * 255.0).round() / 255.0
 
 
 def _sync(device: torch.device) -> None:
@@ -495,7 +490,7 @@ def evaluate(
     for position, (key, source) in enumerate(bar):
         hr_pil = preprocess_hr(_load_image(source), resolution)
         hr = pil_to_tensor(hr_pil).unsqueeze(0)
-        hr_unit = _to_unit(hr)
+        hr_unit = to_unit_levels(hr)
         hr_size = (hr.shape[-2], hr.shape[-1])
         if niqe_enabled:
             hr_niqe.append({"image": key, "niqe": niqe(hr_unit[0])})
@@ -529,7 +524,7 @@ def evaluate(
                 if sr3 is not None:
                     _sync(sr3.device)
                 seconds[method] = time.perf_counter() - start
-                outputs[method] = _to_unit(out)
+                outputs[method] = to_unit_levels(out)
                 if tuple(outputs[method].shape[-2:]) != hr_size:  # a bug, not bad input
                     raise RuntimeError(f"{method} returned {tuple(outputs[method].shape)} instead of {hr_size}.")
             for method in methods:
@@ -556,7 +551,7 @@ def evaluate(
                     }
                 )
             if position == figure_image:
-                lr_display = PIL.Image.fromarray(_to_uint8_array(_to_unit(lr))).resize(
+                lr_display = PIL.Image.fromarray(_to_uint8_array(to_unit_levels(lr))).resize(
                     (hr_size[1], hr_size[0]), PIL.Image.NEAREST
                 )
                 panels = [(f"LR x{scale:g} ({lr.shape[-1]}x{lr.shape[-2]})", np.asarray(lr_display))]
@@ -927,7 +922,7 @@ def _read_image_list(path: str) -> list[Any]:
 
 def _select_images(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The evaluated rows of the dataset and a description of the selection (for the report)."""
-    from .data import load_full_dataset, split_parts, split_to_indices
+    from .data import load_full_dataset, split_parts, split_to_indices, unique_file_names
 
     source = args.data_dir if args.data_dir is not None else args.dataset_name
     full = load_full_dataset(source, cache_dir=args.cache_dir)
@@ -955,11 +950,10 @@ def _select_images(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"The selection (`split`={args.split!r}) is empty.")
     if args.max_images is not None:
         indices = indices[: args.max_images]
-    names = list(full["file_name"]) if "file_name" in full.column_names else []
-    use_names = bool(names) and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)
+    names = unique_file_names(full)
     # Keys that replay the selection: file names when the dataset has distinct ones, else indices into the whole
     # dataset (not positions in the selection).
-    items = [(names[i] if use_names else i, _LazyRow(full, i)) for i in indices]
+    items = [(names[i] if names is not None else i, _LazyRow(full, i)) for i in indices]
     description["data"]["indices"] = indices
     return items, description
 

@@ -125,6 +125,28 @@ def quantize_8bit(image: torch.Tensor) -> torch.Tensor:
     return (image.detach().to(torch.float64).clamp(0.0, 1.0) * 255.0).round()
 
 
+def to_unit_levels(image: torch.Tensor) -> torch.Tensor:
+    """A `[-1, 1]` model tensor as the protocol scores it: `[0, 1]` float32 on the CPU, rounded to 8-bit levels.
+
+    Every output is scored as a saved 8-bit PNG would be (docs/method.md section 7); the evaluation and the training
+    validation both call this function.
+
+    Args:
+        image (`torch.Tensor`): float tensor in `[-1, 1]` (values outside are clamped).
+
+    Returns:
+        `torch.Tensor`: float32 tensor of values `k / 255`, same shape.
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.metrics import to_unit_levels
+        >>> (to_unit_levels(torch.tensor([-1.0, 0.0, 0.999, 2.0])) * 255).tolist()
+        [0.0, 128.0, 255.0, 255.0]
+    """
+    unit = ((image.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
+    return (unit * 255.0).round() / 255.0
+
+
 def rgb_to_y(image: torch.Tensor) -> torch.Tensor:
     """ITU-R BT.601 luma of an RGB image in `[0, 1]`, returned in `[16/255, 235/255]`.
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
@@ -37,12 +36,14 @@ from diffusers.utils import make_image_grid
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from .data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil
+from .data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil, to_uint8_levels
+from .hub import HUB_IGNORE_PATTERNS, push_folder_to_hub
 from .loading import load_frozen_operator, load_trained_model
+from .metrics import to_unit_levels
 from .models.neural_operator import GalerkinNeuralOperator
 from .pipelines.pipeline_neurop_diff import bicubic_prior
 from .scheduling import check_prediction_type, sample_continuous_noise_level
-from .utils import TrainingSetupError, atomic_write_text
+from .utils import TrainingSetupError, atomic_write_text, derive_seed, seeded_generator
 
 #: Name of the marker file a training script writes into its output folder (script name, package version, args).
 TRAINING_ARGS_FILE = "training_args.json"
@@ -63,8 +64,6 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
     "piecewise_constant",
 )
-#: Patterns never uploaded by [`push_folder_to_hub`]: training state, logs and temporary files.
-HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*/**", ".old-checkpoint-*/**", "logs/**"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -363,33 +362,6 @@ def get_lr_scheduler(
 # ----------------------------------------------------------------------------------------------------------------
 # Reproducible randomness
 # ----------------------------------------------------------------------------------------------------------------
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed that depends on every key (numpy ``SeedSequence``): independent streams for any key tuple.
-
-    Args:
-        keys: non-negative ints, e.g. ``(seed, stream, epoch, batch, process)``.
-
-    Example:
-        >>> derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(1, 0)
-        True
-    """
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
-
-
-def seeded_generator(*keys: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded with [`derive_seed`] of the keys.
-
-    Args:
-        keys: non-negative ints.
-
-    Example:
-        >>> bool(torch.rand(1, generator=seeded_generator(3, 4)) == torch.rand(1, generator=seeded_generator(3, 4)))
-        True
-    """
-    return torch.Generator().manual_seed(derive_seed(*keys))
-
-
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A random order of ``range(num_samples)`` that depends only on ``(seed, epoch)``.
 
@@ -851,17 +823,14 @@ class ValidationResult:
     columns: list[str]
 
 
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    return ((x.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
-
-
 def _figures(pred01: torch.Tensor, hr01: torch.Tensor, suffix: str) -> dict[str, float]:
-    from .metrics import psnr, ssim  # imported here: torchmetrics (used by SSIM) is needed only for validation
+    """Mean PSNR / SSIM with the evaluation's code (``image_metrics``, ``"rgb"`` protocol) on 8-bit-level images."""
+    from .metrics import image_metrics, psnr  # imported here: torchmetrics (SSIM) is needed only for validation
 
-    out = {f"psnr{suffix}": float(psnr(pred01, hr01).mean())}
-    if min(hr01.shape[-2:]) > 11:  # the SSIM window is 11 x 11
-        out[f"ssim{suffix}"] = float(ssim(pred01, hr01).mean())
-    return out
+    if min(hr01.shape[-2:]) <= 11:  # no room for the 11 x 11 SSIM window: PSNR alone
+        return {f"psnr{suffix}": float(psnr(pred01, hr01).mean())}
+    values = image_metrics(pred01, hr01, protocol="rgb")
+    return {f"psnr{suffix}": float(values["psnr"].mean()), f"ssim{suffix}": float(values["ssim"].mean())}
 
 
 def _grid(columns: list[torch.Tensor], size: tuple[int, int]) -> PIL.Image.Image:
@@ -876,12 +845,17 @@ def _grid(columns: list[torch.Tensor], size: tuple[int, int]) -> PIL.Image.Image
     return make_image_grid(images, rows=columns[0].shape[0], cols=len(columns))
 
 
+def _names(val: ValidationSet) -> list[str]:
+    """The images' names (their positions where the set has none)."""
+    return val.names if len(val.names) == val.lr.shape[0] else [f"#{i}" for i in range(val.lr.shape[0])]
+
+
 @torch.no_grad()
 def validate_operator(operator: GalerkinNeuralOperator, val: ValidationSet) -> ValidationResult:
     """PSNR / SSIM of the operator's output (and of bicubic upsampling) against the HR images, and a grid.
 
-    Metrics follow [`~neurop_diff_diffusers.metrics`] (images mapped to ``[0, 1]``). Keys: ``psnr``, ``ssim``
-    (the operator), ``psnr_bicubic``, ``ssim_bicubic``.
+    Scored as in the evaluation: images rounded to 8-bit levels, [`~neurop_diff_diffusers.metrics.image_metrics`].
+    Keys: ``psnr``, ``ssim`` (the operator), ``psnr_bicubic``, ``ssim_bicubic``.
 
     Args:
         operator: the neural operator (evaluated as is: call ``.eval()`` first).
@@ -891,8 +865,8 @@ def validate_operator(operator: GalerkinNeuralOperator, val: ValidationSet) -> V
     param = next(operator.parameters())
     prior = operator(val.lr.to(device=param.device, dtype=param.dtype), size).sample.float().cpu()
     bicubic = bicubic_prior(val.lr, size)
-    hr01 = _to_unit(val.hr)
-    metrics = {**_figures(_to_unit(prior), hr01, ""), **_figures(_to_unit(bicubic), hr01, "_bicubic")}
+    hr01 = to_unit_levels(val.hr)
+    metrics = {**_figures(to_unit_levels(prior), hr01, ""), **_figures(to_unit_levels(bicubic), hr01, "_bicubic")}
     grid = _grid([val.lr, bicubic, prior.clamp(-1, 1), val.hr], size)
     return ValidationResult(metrics, grid, ["LR", "bicubic", "neural operator", "HR"])
 
@@ -904,8 +878,9 @@ def validate_pipeline(
     """Super-resolve the validation LR images with the pipeline (DDIM by default) and measure them.
 
     Keys of the metrics: ``psnr`` / ``ssim`` (the output), ``psnr_prior`` / ``ssim_prior`` (the conditioning prior
-    alone), ``psnr_bicubic`` / ``ssim_bicubic``. Image ``i`` uses the generator seeded with ``seed + i``, so every
-    validation of a run sees the same noise.
+    alone), ``psnr_bicubic`` / ``ssim_bicubic``. As in [`~neurop_diff_diffusers.evaluation.evaluate`], the input is
+    the LR on 8-bit levels, every output is rounded to 8-bit levels before it is scored, and the noise of an image is
+    seeded with ``derive_seed(seed, name, scale)``: every validation of a run sees the same noise.
 
     Args:
         pipeline: a [`~neurop_diff_diffusers.NeurOpDiffPipeline`].
@@ -915,10 +890,10 @@ def validate_pipeline(
     """
     size = tuple(val.hr.shape[-2:])
     device = pipeline.device
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(val.lr.shape[0])]
+    generators = [seeded_generator(int(seed), str(name), float(val.scale)) for name in _names(val)]
     output = (
         pipeline(
-            _to_unit(val.lr),
+            to_uint8_levels(val.lr),
             output_size=size,
             num_inference_steps=num_inference_steps,
             generator=generators,
@@ -929,52 +904,14 @@ def validate_pipeline(
     )
     prior = pipeline.compute_prior(val.lr.to(device), size).float().cpu()
     bicubic = bicubic_prior(val.lr, size)
-    hr01 = _to_unit(val.hr)
+    hr01 = to_unit_levels(val.hr)
     metrics = {
-        **_figures(output.clamp(0, 1), hr01, ""),
-        **_figures(_to_unit(prior), hr01, "_prior"),
-        **_figures(_to_unit(bicubic), hr01, "_bicubic"),
+        **_figures(to_unit_levels(output * 2.0 - 1.0), hr01, ""),
+        **_figures(to_unit_levels(prior), hr01, "_prior"),
+        **_figures(to_unit_levels(bicubic), hr01, "_bicubic"),
     }
     grid = _grid([val.lr, bicubic, prior.clamp(-1, 1), output * 2.0 - 1.0, val.hr], size)
     return ValidationResult(metrics, grid, ["LR", "bicubic", "prior", "output", "HR"])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Hub
-# ----------------------------------------------------------------------------------------------------------------
-def push_folder_to_hub(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    commit_message: str = "Upload NeurOp-Diff model trained with neurop-diff-diffusers",
-    ignore_patterns: Sequence[str] = tuple(HUB_IGNORE_PATTERNS),
-) -> str:
-    """Create the model repository if needed and upload `folder` (checkpoints and logs excluded).
-
-    The token is the one of the environment (``HF_TOKEN``) or of ``hf auth login``, read by ``huggingface_hub``
-    itself: it is never passed around, printed or logged here.
-
-    Args:
-        folder: the folder to upload.
-        repo_id: the Hub model id, ``"user/name"``.
-        private: create the repository as private.
-        commit_message: the commit message.
-        ignore_patterns: glob patterns left out of the upload.
-
-    Returns:
-        The URL of the repository.
-    """
-    from huggingface_hub import create_repo, upload_folder
-
-    repo = create_repo(repo_id, private=private, exist_ok=True)
-    upload_folder(
-        repo_id=repo.repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message,
-        ignore_patterns=list(ignore_patterns),
-    )
-    return str(repo)
 
 
 __all__ = [

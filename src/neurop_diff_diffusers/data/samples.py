@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from numbers import Integral
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 
 from ..coordinates import make_cell, make_coord
 from ..image_processing import round_half_up
+from ..utils import seeded_generator
 from .degradation import bicubic_degrade, check_scale
 from .preprocessing import pil_to_tensor, preprocess_hr
 
@@ -281,7 +281,7 @@ def collate_stage2(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from ``(seed, epoch, index)`` through numpy's ``SeedSequence``.
+    """A CPU ``torch.Generator`` seeded from ``(seed, epoch, index)`` ([`~neurop_diff_diffusers.utils.derive_seed`]).
 
     Args:
         seed: non-negative int of the run.
@@ -293,8 +293,7 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
         >>> bool(a == torch.rand(1, generator=sample_generator(0, 0, 5)))
         True
     """
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+    return seeded_generator(int(seed), int(epoch), int(index))
 
 
 class _HRImageDataset(torch.utils.data.Dataset):

@@ -76,11 +76,31 @@ def check_split(split: SplitSpec) -> SplitSpec:
     return items
 
 
-def _example_keys(dataset: datasets.Dataset) -> list[str]:
+def unique_file_names(dataset: datasets.Dataset) -> list[str] | None:
+    """The dataset's file names if every example has a distinct, non-empty one; ``None`` otherwise.
+
+    The one check of the project for "the file names identify the examples": splits, evaluation keys and training
+    runs then record file names, otherwise indices.
+
+    Args:
+        dataset (`datasets.Dataset`): a dataset, with or without a ``file_name`` column.
+
+    Example:
+        >>> import datasets
+        >>> unique_file_names(datasets.Dataset.from_dict({"file_name": ["a.png", "b.png"]}))
+        ['a.png', 'b.png']
+        >>> unique_file_names(datasets.Dataset.from_dict({"file_name": ["a.png", "a.png"]})) is None
+        True
+    """
     names = list(dataset["file_name"]) if "file_name" in dataset.column_names else []
     if names and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names):
         return names
-    return [str(i) for i in range(len(dataset))]
+    return None
+
+
+def _example_keys(dataset: datasets.Dataset) -> list[str]:
+    names = unique_file_names(dataset)
+    return names if names is not None else [str(i) for i in range(len(dataset))]
 
 
 def split_indices(dataset: datasets.Dataset, test_fraction: float = 0.2, seed: int = 0) -> dict[str, list[int]]:

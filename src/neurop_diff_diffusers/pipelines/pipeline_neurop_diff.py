@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..hub import make_hub_ready
+from ..hub import make_hub_ready, push_folder_to_hub
 from ..image_processing import (
     ImageInput,
     check_output_type,
@@ -70,6 +70,22 @@ def own_aligned_weights(module: torch.nn.Module | None, alignment: int = WEIGHT_
 def bicubic_prior(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
     """The SR3 conditioner: bicubic upsampling of ``image`` (in ``[-1, 1]``) to ``output_size``, clamped."""
     return F.interpolate(image, size=output_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def unet_downsampling_factor(unet: Any) -> int:
+    """The factor by which a diffusers ``UNet2DModel`` downsamples: ``2 ** (number of levels - 1)``.
+
+    Input sides must be multiples of it (the pipeline pads and crops back; training checks ``--crop_size``).
+
+    Args:
+        unet (`UNet2DModel`): the denoiser (only its ``config.block_out_channels`` is read).
+
+    Example:
+        >>> from neurop_diff_diffusers.presets import build_unet
+        >>> unet_downsampling_factor(build_unet("tiny"))
+        4
+    """
+    return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
 class NeurOpDiffPipeline(DiffusionPipeline):
@@ -177,18 +193,18 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         Returns:
             The URL of the commit.
         """
-        from huggingface_hub import create_repo, upload_folder
-
-        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, hub_ready=hub_ready)
             if model_card is not None:
                 shutil.copyfile(model_card, Path(tmp) / "README.md")
-            return upload_folder(
-                repo_id=repo_id,
-                folder_path=tmp,
-                token=token,
+            return push_folder_to_hub(
+                tmp,
+                repo_id,
+                hub_ready=False,  # already in the chosen layout
+                private=private,
                 commit_message=commit_message or "Upload NeurOp-Diff pipeline",
+                ignore_patterns=(),
+                token=token,
                 create_pr=create_pr,
             )
 
@@ -200,8 +216,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
     @property
     def downsampling_factor(self) -> int:
-        """HR sizes are padded to a multiple of this (2 ** number of UNet downsamplings) and cropped back."""
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+        """HR sizes are padded to a multiple of this ([`unet_downsampling_factor`]) and cropped back."""
+        return unet_downsampling_factor(self.unet)
 
     def _predict_noise(
         self,
