@@ -23,7 +23,7 @@ from neurop_diff_diffusers import (
 )
 from neurop_diff_diffusers.model_card import args_table, make_model_card, validation_table
 from neurop_diff_diffusers.presets import build_neural_operator
-from neurop_diff_diffusers.training_utils import (
+from neurop_diff_diffusers.training import (
     TRAINING_ARGS_FILE,
     EpochShuffleSampler,
     NeuralOperatorQuery,
@@ -481,7 +481,7 @@ def test_diffusion_loss_targets_of_each_parameterisation(prediction_type, residu
 
 
 def test_min_snr_weights_and_weighted_loss():
-    from neurop_diff_diffusers.training_utils import min_snr_weights
+    from neurop_diff_diffusers.training import min_snr_weights
 
     sqrt_gamma = torch.tensor([0.5**0.5, (10 / 11) ** 0.5, (1 / 11) ** 0.5])  # SNR 1, 10, 0.1
     torch.testing.assert_close(min_snr_weights(sqrt_gamma, 5.0, "epsilon"), torch.tensor([1.0, 0.5, 1.0]))
@@ -544,3 +544,11 @@ def test_validation_scores_like_the_evaluation():
         assert by_operator[f"{metric}_bicubic"] == pytest.approx(scores["bicubic"][metric], abs=1e-9)
         assert by_pipeline[metric] == pytest.approx(scores["neurop_diff"][metric], abs=1e-9)
     assert scores["neurop_diff"]["psnr"] != scores["neural_operator"]["psnr"]  # the diffusion ran
+
+
+def test_training_utils_re_exports_the_training_package():
+    from neurop_diff_diffusers import training, training_utils
+
+    assert set(training_utils.__all__) == set(training.__all__)
+    assert training_utils.save_checkpoint is training.save_checkpoint
+    assert training_utils.load_trained_model is training.load_trained_model
