@@ -485,8 +485,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurop-diff`` argument parser (``evaluate`` forwards its arguments to the evaluation parser)."""
-    from .pipelines.pipeline_neurop_diff import DEFAULT_MAX_OUTPUT_PIXELS
-    from .pipelines.tiling import DEFAULT_TILE_SIZE
+    from .defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
 
     parser = argparse.ArgumentParser(prog="neurop-diff", description="NeurOp-Diff continuous super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -31,6 +31,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCES = {
     f"{OPERATOR_FILE}/{OPERATOR_FILE}.py": ["coordinates.py", "models/neural_operator.py"],
     f"{PIPELINE_FILE}.py": [
+        "defaults.py",
         "image_processing.py",
         "scheduling.py",
         "pipelines/tiling.py",

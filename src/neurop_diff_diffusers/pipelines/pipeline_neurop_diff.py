@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
 from ..hub import make_hub_ready, push_folder_to_hub
 from ..image_processing import (
     ImageInput,
@@ -26,10 +27,6 @@ from ..image_processing import (
 )
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
-
-#: Default pixel budget of one output image (height x width); raise it with ``max_output_pixels``.
-DEFAULT_MAX_OUTPUT_PIXELS = 4096 * 4096
-
 
 #: Byte alignment of CPU weights that the pipeline guarantees (PyTorch's own CPU allocations are aligned to it).
 WEIGHT_ALIGNMENT = 64

@@ -12,9 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-#: Tiles of this many pixels a side by default: outputs larger than this on either side are denoised in tiles.
-DEFAULT_TILE_SIZE = 512
-DEFAULT_TILE_OVERLAP = 64
+from ..defaults import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE  # noqa: F401 (re-exported)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
