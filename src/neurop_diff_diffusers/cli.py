@@ -477,7 +477,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
     """``neurop-diff evaluate``: the evaluation command (same options as ``training/evaluate.py``)."""
-    from .evaluation import main as evaluate_main
+    from .evaluation_cli import main as evaluate_main
 
     evaluate_main(list(argv), prog="neurop-diff evaluate")
     return 0

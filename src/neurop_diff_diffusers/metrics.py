@@ -281,6 +281,25 @@ def ssim(
     return valid.flatten(1).mean(dim=1)
 
 
+def protocol_kwargs(protocol: str, scale: float = 1.0) -> dict[str, Any]:
+    """The arguments of [`psnr`] and [`ssim`] under one of the [`PROTOCOLS`] at a scale.
+
+    ``"rgb"`` (the paper's): RGB, no shave; ``"y"``: the BT.601 Y channel with a border shave of ``ceil(scale)``.
+
+    Args:
+        protocol (`str`): `"rgb"` or `"y"`.
+        scale (`float`, defaults to 1.0): the super-resolution factor.
+
+    Example:
+        >>> from neurop_diff_diffusers.metrics import protocol_kwargs
+        >>> protocol_kwargs("rgb", 4), protocol_kwargs("y", 2.5)
+        ({}, {'y_channel': True, 'crop_border': 3})
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
+    return {} if protocol == "rgb" else {"y_channel": True, "crop_border": int(math.ceil(scale))}
+
+
 def image_metrics(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -317,16 +336,8 @@ def image_metrics(
         >>> sorted(image_metrics(image, image, scale=4, protocol="y"))
         ['psnr', 'ssim']
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
-    if protocol == "rgb":
-        values = {"psnr": psnr(pred, target), "ssim": ssim(pred, target)}
-    else:
-        crop = int(math.ceil(scale))
-        values = {
-            "psnr": psnr(pred, target, y_channel=True, crop_border=crop),
-            "ssim": ssim(pred, target, y_channel=True, crop_border=crop),
-        }
+    kwargs = protocol_kwargs(protocol, scale)
+    values = {"psnr": psnr(pred, target, **kwargs), "ssim": ssim(pred, target, **kwargs)}
     if compute_niqe:
         values["niqe"] = torch.tensor([niqe(image) for image in pred], dtype=torch.float64)
     if compute_hf_ratio:
