@@ -246,7 +246,18 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         image = image.to(self.neural_operator.dtype)
         return self.neural_operator(image, output_size, chunk_size=chunk_size).sample
 
-    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict[str, Any]:
+    def prepare_extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None, eta: float
+    ) -> dict[str, Any]:
+        """The keyword arguments of ``scheduler.step`` that not every scheduler takes (diffusers' name and role).
+
+        Args:
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): the noise of stochastic steps.
+            eta (`float`): DDIM's eta, passed only to schedulers that take it.
+
+        Returns:
+            `dict[str, Any]`: ``eta`` and / or ``generator``, as the scheduler's ``step`` accepts them.
+        """
         params = set(inspect.signature(self.scheduler.step).parameters)
         kwargs: dict[str, Any] = {}
         if "eta" in params:
@@ -254,6 +265,27 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         if "generator" in params:
             kwargs["generator"] = generator
         return kwargs
+
+    def get_timesteps(self, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+        """The timesteps that a sampling `strength` runs (diffusers' img2img ``get_timesteps``).
+
+        The last ``strength_steps(strength, num_inference_steps)`` of the scheduler's timesteps (all of them for
+        ``strength=1``); call ``scheduler.set_timesteps`` first.
+
+        Args:
+            num_inference_steps (`int`): the scheduler's number of timesteps.
+            strength (`float`): in ``(0, 1]``.
+
+        Returns:
+            `tuple[torch.Tensor, int]`: the timesteps to run and their number.
+        """
+        timesteps = self.scheduler.timesteps
+        if strength < 1.0:
+            begin = len(timesteps) - strength_steps(strength, num_inference_steps) * self.scheduler.order
+            timesteps = timesteps[begin:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(begin)
+        return timesteps, len(timesteps)
 
     @staticmethod
     def check_inputs(
@@ -412,19 +444,15 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
         # 4. Noise and timesteps.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps, _ = self.get_timesteps(num_inference_steps, strength)
         latents = randn_tensor(prior.shape, generator=generator, device=device, dtype=dtype)
         if strength < 1.0:
-            begin = len(timesteps) - strength_steps(strength, num_inference_steps) * self.scheduler.order
-            timesteps = timesteps[begin:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(begin)
             start = torch.zeros_like(prior) if self.residual else prior
             latents = self.scheduler.add_noise(start, latents, timesteps[:1].repeat(batch_size))
         else:
             latents = latents * self.scheduler.init_noise_sigma
         alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
-        step_kwargs = self._step_kwargs(generator, eta)
+        step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 5. Denoise (in overlapping tiles when the output is larger than a tile; the progress bar counts UNet calls).
         tile = max(prior.shape[-2:]) if tile_size is None else tile_size
