@@ -85,9 +85,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Train the operator; returns the folder of the trained operator (``OUTPUT_DIR/neural_operator``)."""
-    args = parse_args(argv)
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
+    """Train the operator; returns the folder of the trained operator (``OUTPUT_DIR/neural_operator``).
+
+    Args:
+        args (`argparse.Namespace` or `Sequence[str]`, *optional*): the arguments of [`parse_args`] (as in diffusers'
+            examples: ``main(parse_args())``), or the command-line arguments to parse (default: ``sys.argv[1:]``).
+    """
+    argv = None if isinstance(args, argparse.Namespace) else args
+    args = args if isinstance(args, argparse.Namespace) else parse_args(argv)
     accelerator = loop.make_accelerator(args, SCRIPT)
     output_dir = Path(args.output_dir)
 

@@ -222,9 +222,15 @@ def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
     return unet
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Train the diffusion model; returns the output folder (a saved ``NeurOpDiffPipeline``)."""
-    args = parse_args(argv)
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
+    """Train the diffusion model; returns the output folder (a saved ``NeurOpDiffPipeline``).
+
+    Args:
+        args (`argparse.Namespace` or `Sequence[str]`, *optional*): the arguments of [`parse_args`] (as in diffusers'
+            examples: ``main(parse_args())``), or the command-line arguments to parse (default: ``sys.argv[1:]``).
+    """
+    argv = None if isinstance(args, argparse.Namespace) else args
+    args = args if isinstance(args, argparse.Namespace) else parse_args(argv)
     accelerator = loop.make_accelerator(args, SCRIPT)
     output_dir = Path(args.output_dir)
     if args.allow_tf32:
