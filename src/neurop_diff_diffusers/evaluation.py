@@ -365,8 +365,8 @@ def evaluate(
 
     Args:
         pipeline ([`NeurOpDiffPipeline`]): gives `neural_operator` (its prior) and `neurop_diff` (the full pipeline).
-        images: a `datasets.Dataset` with an `image` column (and `file_name`, used as the images' keys; otherwise the
-            row indices are), or a list of PIL images, image paths, or `(key, image)` pairs.
+        images (`Any`): a `datasets.Dataset` with an `image` column (and `file_name`, used as the images' keys;
+            otherwise the row indices are), or a list of PIL images, image paths, or `(key, image)` pairs.
         scales (`Sequence[float]`, defaults to [`DEFAULT_SCALES`]): scales, any numbers > 1.
         sr3_pipeline ([`NeurOpDiffPipeline`], *optional*): an SR3 pipeline (UNet trained on the bicubic prior); adds
             the `sr3` method (see [`as_sr3_pipeline`]).

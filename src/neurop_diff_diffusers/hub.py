@@ -46,7 +46,7 @@ def self_contained_source(relative_paths: list[str]) -> str:
     """Concatenate package modules into one importable file without package-relative imports.
 
     Args:
-        relative_paths: module files relative to the package directory, dependencies first.
+        relative_paths (`list[str]`): module files relative to the package directory, dependencies first.
 
     Example:
         >>> src = self_contained_source(["coordinates.py"])
@@ -85,7 +85,7 @@ def remove_local_paths(save_directory: str | os.PathLike) -> list[Path]:
     folder.
 
     Args:
-        save_directory: a folder written by ``save_pretrained``.
+        save_directory (`str | os.PathLike`): a folder written by ``save_pretrained``.
 
     Returns:
         The files that were changed.
@@ -111,7 +111,7 @@ def make_hub_ready(save_directory: str | os.PathLike) -> None:
     with ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` where this package is not installed.
 
     Args:
-        save_directory: a folder written by ``NeurOpDiffPipeline.save_pretrained``.
+        save_directory (`str | os.PathLike`): a folder written by ``NeurOpDiffPipeline.save_pretrained``.
     """
     folder = Path(save_directory)
     index_path = folder / "model_index.json"
@@ -157,7 +157,7 @@ def push_folder_to_hub(
         commit_message (`str`): the commit message.
         ignore_patterns (`Sequence[str]`, defaults to [`HUB_IGNORE_PATTERNS`]): glob patterns left out (checkpoints,
             logs); an empty sequence uploads everything.
-        hub_kwargs: ``token`` (passed to ``create_repo`` and ``upload_folder``) and ``create_pr`` (passed to
+        hub_kwargs (`Any`): ``token`` (passed to ``create_repo`` and ``upload_folder``) and ``create_pr`` (passed to
             ``upload_folder``), only where given.
 
     Returns:

@@ -68,9 +68,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], overwrite
     raises ``FileExistsError`` (the temporary file is removed).
 
     Args:
-        path: the target file.
-        write: a function that writes the file at the path it is given.
-        overwrite: replace an existing ``path`` (atomically) instead of raising ``FileExistsError``.
+        path (`str | os.PathLike`): the target file.
+        write (`Callable[[str], Any]`): a function that writes the file at the path it is given.
+        overwrite (`bool`, defaults to `True`): replace an existing ``path`` (atomically) instead of raising
+            ``FileExistsError``.
 
     Example:
         >>> import tempfile, pathlib
@@ -235,8 +236,8 @@ def check_device(device: Any, name: str = "`device`") -> Any:
     """Validate a device before anything is moved to it: a ``torch.device`` or ``ValueError`` naming what exists.
 
     Args:
-        device: a ``torch.device`` or a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-        name: how the argument is named in the message (the CLI passes ``--device``).
+        device (`Any`): a ``torch.device`` or a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        name (`str`, defaults to `'`device`'`): how the argument is named in the message (the CLI passes ``--device``).
 
     Raises:
         ValueError: if ``device`` is not a device name, or names a device this machine does not have.

@@ -47,9 +47,9 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
     """Add the arguments shared by both training scripts.
 
     Args:
-        parser: the script's parser.
-        defaults: per-script defaults for ``output_dir``, ``resolution``, ``train_batch_size``, ``learning_rate``,
-            ``lr_scheduler``, ``max_train_steps``, ``num_train_epochs``, ``checkpointing_steps``,
+        parser (`argparse.ArgumentParser`): the script's parser.
+        defaults (`dict[str, Any]`): per-script defaults for ``output_dir``, ``resolution``, ``train_batch_size``,
+            ``learning_rate``, ``lr_scheduler``, ``max_train_steps``, ``num_train_epochs``, ``checkpointing_steps``,
             ``validation_steps``, ``max_grad_norm``, ``scale_min``, ``scale_max``.
     """
     data = parser.add_argument_group("data")

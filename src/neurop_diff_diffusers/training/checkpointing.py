@@ -46,7 +46,7 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     folder with the final name is complete; partial ones (``.tmp-checkpoint-<step>``) are not listed.
 
     Args:
-        output_dir: the training output folder (may not exist).
+        output_dir (`str | os.PathLike`): the training output folder (may not exist).
     """
     root = Path(output_dir)
     if not root.is_dir():
@@ -62,8 +62,8 @@ def resolve_resume_checkpoint(output_dir: str | os.PathLike, resume_from_checkpo
     checkpoint-500`` works, as in diffusers).
 
     Args:
-        output_dir: the training output folder.
-        resume_from_checkpoint: the argument's value.
+        output_dir (`str | os.PathLike`): the training output folder.
+        resume_from_checkpoint (`str | None`): the argument's value.
 
     Raises:
         TrainingSetupError: a path that is not a complete checkpoint folder.
@@ -98,7 +98,7 @@ def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """Delete the leftovers of checkpoints that were being written when a run died; returns what was removed.
 
     Args:
-        output_dir: the training output folder.
+        output_dir (`str | os.PathLike`): the training output folder.
     """
     root = Path(output_dir)
     if not root.is_dir():
@@ -115,8 +115,8 @@ def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) ->
     """Delete the oldest complete checkpoints so that at most `total_limit` remain; returns the deleted folders.
 
     Args:
-        output_dir: the training output folder.
-        total_limit: how many to keep (``None``: keep all).
+        output_dir (`str | os.PathLike`): the training output folder.
+        total_limit (`int | None`): how many to keep (``None``: keep all).
     """
     if total_limit is None:
         return []
@@ -137,10 +137,11 @@ def save_checkpoint(
     state of each process's random generators is saved by that process).
 
     Args:
-        accelerator: the ``Accelerator``.
-        output_dir: the training output folder.
-        global_step: optimizer steps done.
-        total_limit: keep at most this many checkpoints (the oldest are deleted after the new one is complete).
+        accelerator (`Any`): the ``Accelerator``.
+        output_dir (`str | os.PathLike`): the training output folder.
+        global_step (`int`): optimizer steps done.
+        total_limit (`int | None`, *optional*): keep at most this many checkpoints (the oldest are deleted after the
+            new one is complete).
 
     Returns:
         The checkpoint folder.
@@ -179,7 +180,7 @@ def read_training_args(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The marker file [`TRAINING_ARGS_FILE`] of `output_dir` as a dict, or ``None`` if there is none.
 
     Args:
-        output_dir: the training output folder.
+        output_dir (`str | os.PathLike`): the training output folder.
     """
     path = Path(output_dir) / TRAINING_ARGS_FILE
     if not path.is_file():
@@ -200,10 +201,10 @@ def check_output_dir(output_dir: str | os.PathLike, script: str, *, resuming: bo
       `overwrite` (``--overwrite_output_dir``), so that a new run never mixes its checkpoints with an old one's.
 
     Args:
-        output_dir: the ``--output_dir``.
-        script: the name of the training script (e.g. ``"train_neurop_diff"``).
-        resuming: ``--resume_from_checkpoint`` was given.
-        overwrite: ``--overwrite_output_dir`` was given.
+        output_dir (`str | os.PathLike`): the ``--output_dir``.
+        script (`str`): the name of the training script (e.g. ``"train_neurop_diff"``).
+        resuming (`bool`): ``--resume_from_checkpoint`` was given.
+        overwrite (`bool`, defaults to `False`): ``--overwrite_output_dir`` was given.
 
     Raises:
         TrainingSetupError: the folder is refused; the message says why and what to do.
@@ -239,10 +240,11 @@ def write_training_args(
     """Write the marker file [`TRAINING_ARGS_FILE`]: script, package version, arguments, and the resumptions.
 
     Args:
-        output_dir: the training output folder.
-        script: the training script's name.
-        args: the arguments (JSON-serialisable values; others are written as strings).
-        resumed_from: the checkpoint this invocation resumed from, appended to the ``"resumed_from"`` list.
+        output_dir (`str | os.PathLike`): the training output folder.
+        script (`str`): the training script's name.
+        args (`dict[str, Any]`): the arguments (JSON-serialisable values; others are written as strings).
+        resumed_from (`str | None`, *optional*): the checkpoint this invocation resumed from, appended to the
+            ``"resumed_from"`` list.
     """
     from .. import __version__
 
@@ -285,8 +287,9 @@ def read_validation_history(output_dir: str | os.PathLike, max_step: int | None 
     """The records of [`VALIDATION_HISTORY_FILE`] (step order, the last record of a step wins), up to `max_step`.
 
     Args:
-        output_dir: the training output folder.
-        max_step: drop records after this step (a resumed run repeats the steps after its checkpoint).
+        output_dir (`str | os.PathLike`): the training output folder.
+        max_step (`int | None`, *optional*): drop records after this step (a resumed run repeats the steps after its
+            checkpoint).
     """
     path = Path(output_dir) / VALIDATION_HISTORY_FILE
     if not path.is_file():

@@ -22,9 +22,9 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     the same order in every process and after a restart, which is what mid-epoch resumption and sharding need.
 
     Args:
-        num_samples: size of the dataset.
-        seed: non-negative int.
-        shuffle: ``False`` gives ``0, 1, 2, ...`` every epoch.
+        num_samples (`int`): size of the dataset.
+        seed (`int`, defaults to `0`): non-negative int.
+        shuffle (`bool`, defaults to `True`): ``False`` gives ``0, 1, 2, ...`` every epoch.
 
     Example:
         >>> s = EpochShuffleSampler(5, seed=0)
@@ -64,9 +64,9 @@ def resume_position(global_step: int, num_batches_per_epoch: int, gradient_accum
     the end of the data loader even when the last accumulation is incomplete).
 
     Args:
-        global_step: optimizer steps done.
-        num_batches_per_epoch: batches per epoch (per process).
-        gradient_accumulation_steps: batches per optimizer step.
+        global_step (`int`): optimizer steps done.
+        num_batches_per_epoch (`int`): batches per epoch (per process).
+        gradient_accumulation_steps (`int`): batches per optimizer step.
 
     Example:
         >>> resume_position(4, 3, 1), resume_position(3, 3, 2)
@@ -90,8 +90,8 @@ def drop_unreadable_images(dataset: Any, image_column: str = "image") -> tuple[A
     valid but whose pixels are not (truncated files), and broken images of hub datasets, before training starts.
 
     Args:
-        dataset: a ``datasets.Dataset`` with an image column.
-        image_column: its name.
+        dataset (`Any`): a ``datasets.Dataset`` with an image column.
+        image_column (`str`, defaults to `'image'`): its name.
 
     Returns:
         ``(dataset without the unreadable images, their names)``.

@@ -275,10 +275,11 @@ def make_optimizer(
     """Adam on `parameters` and its learning-rate schedule over the run, from the shared training arguments.
 
     Args:
-        args: the parsed arguments (``--learning_rate``, ``--adam_*``, ``--lr_*``, the run length).
-        parameters: the parameters to optimise.
-        num_batches: the dataloader's length, before ``accelerator.prepare`` shards it.
-        num_processes: the number of processes (the schedule is stepped once per process and optimizer step).
+        args (`argparse.Namespace`): the parsed arguments (``--learning_rate``, ``--adam_*``, ``--lr_*``, the run
+            length).
+        parameters (`Any`): the parameters to optimise.
+        num_batches (`int`): the dataloader's length, before ``accelerator.prepare`` shards it.
+        num_processes (`int`): the number of processes (the schedule is stepped once per process and optimizer step).
     """
     optimizer = torch.optim.Adam(
         parameters,

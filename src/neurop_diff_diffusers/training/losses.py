@@ -21,7 +21,7 @@ class NeuralOperatorQuery(nn.Module):
     Training goes through ``forward`` so that a distributed wrapper (DDP, prepared by Accelerate) sees the call.
 
     Args:
-        operator: the [`GalerkinNeuralOperator`] being trained.
+        operator (`GalerkinNeuralOperator`): the [`GalerkinNeuralOperator`] being trained.
     """
 
     def __init__(self, operator: GalerkinNeuralOperator):
@@ -36,10 +36,11 @@ def operator_l1_loss(operator: nn.Module, batch: dict[str, torch.Tensor]) -> tor
     """Stage-1 loss: L1 between the operator's output at the sampled HR points and the HR pixels there.
 
     Args:
-        operator: a [`GalerkinNeuralOperator`] (its ``query`` is used) or a module whose ``forward(lr, coord, cell)``
-            returns ``(B, 3, Q)`` (a [`NeuralOperatorQuery`], possibly wrapped for distributed training).
-        batch: a stage-1 batch (``collate_stage1``): ``lr`` ``(B, 3, h, w)``, ``coord`` ``(B, Q, 2)``, ``cell``
-            ``(B, 2)``, ``gt`` ``(B, Q, 3)``, all in ``[-1, 1]``.
+        operator (`nn.Module`): a [`GalerkinNeuralOperator`] (its ``query`` is used) or a module whose ``forward(lr,
+            coord, cell)`` returns ``(B, 3, Q)`` (a [`NeuralOperatorQuery`], possibly wrapped for distributed
+            training).
+        batch (`dict[str, torch.Tensor]`): a stage-1 batch (``collate_stage1``): ``lr`` ``(B, 3, h, w)``, ``coord``
+            ``(B, Q, 2)``, ``cell`` ``(B, 2)``, ``gt`` ``(B, Q, 3)``, all in ``[-1, 1]``.
 
     Returns:
         The mean absolute error, a scalar tensor.
@@ -89,16 +90,20 @@ def diffusion_l1_loss(
       ``SNR = gamma_t / (1 - gamma_t)``; the weighted per-sample L1 is averaged over the batch.
 
     Args:
-        unet: the denoiser (``UNet2DModel``-like, 6 input channels), possibly wrapped for distributed training.
-        hr: HR images, ``(B, 3, H, W)`` in ``[-1, 1]``.
-        prior: the conditioning priors at the same size (e.g. from [`compute_priors`]).
-        alphas_cumprod: the scheduler's cumulative alphas ``gamma_t``, shape ``(T,)``.
-        generator: CPU generator of the noise levels and of the noise (for reproducible training).
-        max_timestep: train only on ``t <= max_timestep`` (``None``: all ``T`` steps, the method); see
-            [`~neurop_diff_diffusers.scheduling.sample_continuous_noise_level`].
-        prediction_type: ``"epsilon"`` (the paper), ``"v_prediction"`` or ``"sample"``.
-        residual: diffuse ``hr - prior`` instead of ``hr`` (not in the paper).
-        snr_gamma: the Min-SNR ``gamma`` (a positive number), or ``None`` for the plain mean (the paper).
+        unet (`nn.Module`): the denoiser (``UNet2DModel``-like, 6 input channels), possibly wrapped for distributed
+            training.
+        hr (`torch.Tensor`): HR images, ``(B, 3, H, W)`` in ``[-1, 1]``.
+        prior (`torch.Tensor`): the conditioning priors at the same size (e.g. from [`compute_priors`]).
+        alphas_cumprod (`torch.Tensor`): the scheduler's cumulative alphas ``gamma_t``, shape ``(T,)``.
+        generator (`torch.Generator | None`, *optional*): CPU generator of the noise levels and of the noise (for
+            reproducible training).
+        max_timestep (`int | None`, *optional*): train only on ``t <= max_timestep`` (``None``: all ``T`` steps, the
+            method); see [`~neurop_diff_diffusers.scheduling.sample_continuous_noise_level`].
+        prediction_type (`str`, defaults to `'epsilon'`): ``"epsilon"`` (the paper), ``"v_prediction"`` or
+            ``"sample"``.
+        residual (`bool`, defaults to `False`): diffuse ``hr - prior`` instead of ``hr`` (not in the paper).
+        snr_gamma (`float | None`, *optional*): the Min-SNR ``gamma`` (a positive number), or ``None`` for the plain
+            mean (the paper).
 
     Returns:
         The loss, a float32 scalar tensor.
@@ -148,9 +153,9 @@ def min_snr_weights(sqrt_gamma: torch.Tensor, snr_gamma: float, prediction_type:
     every parameterisation weights the x0 error the same way.
 
     Args:
-        sqrt_gamma: the noise levels, any shape.
-        snr_gamma: the clamp, a positive number (5 is the usual value).
-        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        sqrt_gamma (`torch.Tensor`): the noise levels, any shape.
+        snr_gamma (`float`): the clamp, a positive number (5 is the usual value).
+        prediction_type (`str`, defaults to `'epsilon'`): ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
 
     Example:
         >>> min_snr_weights(torch.tensor([0.5 ** 0.5]), 5.0, "v_prediction")  # SNR 1
@@ -181,10 +186,11 @@ def compute_priors(
     only, so grouping does not change the result.
 
     Args:
-        operator: the (frozen) neural operator.
-        lr_list: LR images ``(3, h_i, w_i)`` in ``[-1, 1]`` (a stage-2 batch's ``"lr"``).
-        hr_size: ``(H, W)`` of the priors.
-        chunk_size: output pixels per chunk of the streamed operator (``None``: its default).
+        operator (`GalerkinNeuralOperator`): the (frozen) neural operator.
+        lr_list (`Sequence[torch.Tensor]`): LR images ``(3, h_i, w_i)`` in ``[-1, 1]`` (a stage-2 batch's ``"lr"``).
+        hr_size (`tuple[int, int]`): ``(H, W)`` of the priors.
+        chunk_size (`int | None`, *optional*): output pixels per chunk of the streamed operator (``None``: its
+            default).
 
     Returns:
         ``(B, 3, H, W)`` priors, on the operator's device and dtype, in input order.

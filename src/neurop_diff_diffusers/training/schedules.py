@@ -34,9 +34,9 @@ def paper_lr_lambda(
     does not state the shape of its decay: the cosine is our choice.
 
     Args:
-        num_training_steps: total scheduler steps.
-        constant_fraction: fraction of the steps at the initial rate, in ``[0, 1]``.
-        min_lr_ratio: final rate over initial rate, in ``[0, 1]``.
+        num_training_steps (`int`): total scheduler steps.
+        constant_fraction (`float`, defaults to `0.1`): fraction of the steps at the initial rate, in ``[0, 1]``.
+        min_lr_ratio (`float`, defaults to `0.01`): final rate over initial rate, in ``[0, 1]``.
 
     Example:
         >>> f = paper_lr_lambda(100, 0.1, 0.01)
@@ -79,14 +79,15 @@ def get_lr_scheduler(
     ``num_training_steps`` and ``num_warmup_steps`` multiplied by ``n``, as diffusers' scripts do.
 
     Args:
-        name: ``"paper"``, or ``"linear"``, ``"cosine"``, ``"cosine_with_restarts"``, ``"polynomial"``,
+        name (`str`): ``"paper"``, or ``"linear"``, ``"cosine"``, ``"cosine_with_restarts"``, ``"polynomial"``,
             ``"constant"``, ``"constant_with_warmup"``, ``"piecewise_constant"``.
-        optimizer: the optimizer; its ``lr`` is the initial rate.
-        num_training_steps: total scheduler steps.
-        num_warmup_steps: warm-up steps (diffusers' schedules only).
-        constant_fraction: ``"paper"``: fraction of the steps at the initial rate.
-        min_lr: ``"paper"``: final learning rate (absolute; the paper's 1e-6).
-        step_rules: ``"piecewise_constant"``: diffusers' rule string, e.g. ``"1:1000,0.5:2000,0.25"``.
+        optimizer (`torch.optim.Optimizer`): the optimizer; its ``lr`` is the initial rate.
+        num_training_steps (`int`): total scheduler steps.
+        num_warmup_steps (`int`, defaults to `0`): warm-up steps (diffusers' schedules only).
+        constant_fraction (`float`, defaults to `0.1`): ``"paper"``: fraction of the steps at the initial rate.
+        min_lr (`float`, defaults to `1e-06`): ``"paper"``: final learning rate (absolute; the paper's 1e-6).
+        step_rules (`str | None`, *optional*): ``"piecewise_constant"``: diffusers' rule string, e.g.
+            ``"1:1000,0.5:2000,0.25"``.
 
     Example:
         >>> opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-4)

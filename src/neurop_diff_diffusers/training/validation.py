@@ -22,10 +22,10 @@ class ValidationSet:
     """Fixed validation pairs: HR images and their bicubic LR at one scale, tensors in ``[-1, 1]``.
 
     Args:
-        hr: ``(N, 3, R, R)`` HR images.
-        lr: ``(N, 3, r, r)`` their LR images (``r = round(R / scale)``).
-        scale: the downscaling factor.
-        names: one name per image (file names where known).
+        hr (`torch.Tensor`): ``(N, 3, R, R)`` HR images.
+        lr (`torch.Tensor`): ``(N, 3, r, r)`` their LR images (``r = round(R / scale)``).
+        scale (`float`): the downscaling factor.
+        names (`list[str]`, *optional*): one name per image (file names where known).
     """
 
     hr: torch.Tensor
@@ -41,10 +41,11 @@ class ValidationSet:
         [`~neurop_diff_diffusers.data.bicubic_degrade`], as in training.
 
         Args:
-            images: a ``datasets.Dataset`` with ``image`` (and optionally ``file_name``) columns, or PIL images.
-            resolution: the HR side.
-            scale: the downscaling factor (``>= 1``).
-            num_images: how many images (at most the dataset's size).
+            images (`Any`): a ``datasets.Dataset`` with ``image`` (and optionally ``file_name``) columns, or PIL
+                images.
+            resolution (`int`): the HR side.
+            scale (`float`): the downscaling factor (``>= 1``).
+            num_images (`int`, defaults to `4`): how many images (at most the dataset's size).
         """
         n = len(images)
         k = min(int(num_images), n)
@@ -67,9 +68,10 @@ class ValidationResult:
     """Figures and picture of one validation.
 
     Args:
-        metrics: mean figures, e.g. ``{"psnr": ..., "ssim": ..., "psnr_prior": ..., "psnr_bicubic": ...}``.
-        grid: the image grid, one row per image: ``LR | bicubic | prior | (output |) HR``.
-        columns: the column titles of the grid.
+        metrics (`dict[str, float]`): mean figures, e.g. ``{"psnr": ..., "ssim": ..., "psnr_prior": ...,
+            "psnr_bicubic": ...}``.
+        grid (`PIL.Image.Image`): the image grid, one row per image: ``LR | bicubic | prior | (output |) HR``.
+        columns (`list[str]`): the column titles of the grid.
     """
 
     metrics: dict[str, float]
@@ -112,8 +114,8 @@ def validate_operator(operator: GalerkinNeuralOperator, val: ValidationSet) -> V
     Keys: ``psnr``, ``ssim`` (the operator), ``psnr_bicubic``, ``ssim_bicubic``.
 
     Args:
-        operator: the neural operator (evaluated as is: call ``.eval()`` first).
-        val: the validation pairs.
+        operator (`GalerkinNeuralOperator`): the neural operator (evaluated as is: call ``.eval()`` first).
+        val (`ValidationSet`): the validation pairs.
     """
     size = tuple(val.hr.shape[-2:])
     param = next(operator.parameters())
@@ -137,10 +139,10 @@ def validate_pipeline(
     seeded with ``derive_seed(seed, name, scale)``: every validation of a run sees the same noise.
 
     Args:
-        pipeline: a [`~neurop_diff_diffusers.NeurOpDiffPipeline`].
-        val: the validation pairs.
-        num_inference_steps: denoising steps.
-        seed: seed of the initial noise.
+        pipeline (`Any`): a [`~neurop_diff_diffusers.NeurOpDiffPipeline`].
+        val (`ValidationSet`): the validation pairs.
+        num_inference_steps (`int`, defaults to `50`): denoising steps.
+        seed (`int`, defaults to `0`): seed of the initial noise.
     """
     size = tuple(val.hr.shape[-2:])
     device = pipeline.device
