@@ -88,12 +88,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
     """Train the operator; returns the folder of the trained operator (``OUTPUT_DIR/neural_operator``).
 
-    Args:
-        args (`argparse.Namespace` or `Sequence[str]`, *optional*): the arguments of [`parse_args`] (as in diffusers'
-            examples: ``main(parse_args())``), or the command-line arguments to parse (default: ``sys.argv[1:]``).
+    ``args``: ``parse_args()``'s Namespace or the command-line arguments (see
+    [`~neurop_diff_diffusers.training.arguments.parsed`]).
     """
-    argv = None if isinstance(args, argparse.Namespace) else args
-    args = args if isinstance(args, argparse.Namespace) else parse_args(argv)
+    args, argv = arguments.parsed(args, parse_args)
     accelerator = loop.make_accelerator(args, SCRIPT)
     output_dir = Path(args.output_dir)
 

@@ -225,12 +225,10 @@ def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
     """Train the diffusion model; returns the output folder (a saved ``NeurOpDiffPipeline``).
 
-    Args:
-        args (`argparse.Namespace` or `Sequence[str]`, *optional*): the arguments of [`parse_args`] (as in diffusers'
-            examples: ``main(parse_args())``), or the command-line arguments to parse (default: ``sys.argv[1:]``).
+    ``args``: ``parse_args()``'s Namespace or the command-line arguments (see
+    [`~neurop_diff_diffusers.training.arguments.parsed`]).
     """
-    argv = None if isinstance(args, argparse.Namespace) else args
-    args = args if isinstance(args, argparse.Namespace) else parse_args(argv)
+    args, argv = arguments.parsed(args, parse_args)
     accelerator = loop.make_accelerator(args, SCRIPT)
     output_dir = Path(args.output_dir)
     if args.allow_tf32:

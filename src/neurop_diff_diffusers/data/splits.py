@@ -172,12 +172,10 @@ def split_to_indices(
     """The indices into `dataset` that `split` selects (see [`select_split`]), e.g. to record or report them.
 
     Args:
-        dataset (`datasets.Dataset`): the whole dataset (``label`` column, optionally ``file_name``).
-        split (`SplitSpec`, defaults to `'all'`): ``"all"``, ``"train"``, ``"test"``, a list of indices into `dataset`,
-            or a list of file names (values of its ``file_name`` column). Lists are taken in the given order.
-        test_fraction (`float`, defaults to `0.2`): fraction of each class in the test part, in (0, 1); used by
-            ``"train"`` / ``"test"``.
-        seed (`int`, defaults to `0`): any int; used by ``"train"`` / ``"test"``.
+        dataset (`datasets.Dataset`): the whole dataset.
+        split (`SplitSpec`, defaults to `'all'`): what to select, as for [`select_split`].
+        test_fraction (`float`, defaults to `0.2`): as for [`select_split`].
+        seed (`int`, defaults to `0`): as for [`select_split`].
 
     Returns:
         The list of indices.

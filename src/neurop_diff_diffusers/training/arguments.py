@@ -225,6 +225,25 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise TrainingSetupError(f"`--report_to` must be tensorboard, wandb, all or none, got {args.report_to!r}.")
 
 
+def parsed(
+    args: argparse.Namespace | Sequence[str] | None, parse_args: Callable[[Sequence[str] | None], argparse.Namespace]
+) -> tuple[argparse.Namespace, Sequence[str] | None]:
+    """A script's ``main`` argument resolved: the Namespace of ``parse_args()`` as in diffusers' examples
+    (``main(parse_args())``), or command-line arguments to parse (``None``: ``sys.argv[1:]``).
+
+    Args:
+        args (`argparse.Namespace` or `Sequence[str]`, *optional*): what ``main`` was given.
+        parse_args (`Callable`): the script's ``parse_args``.
+
+    Returns:
+        `tuple`: the parsed arguments and the command-line arguments (``None`` when given a Namespace or nothing:
+        the command is then ``sys.argv``).
+    """
+    if isinstance(args, argparse.Namespace):
+        return args, None
+    return parse_args(args), args
+
+
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> Any:
     """Run a script's ``main``; a [`TrainingSetupError`] ends the process with its one-line message (exit code 2)."""
     try:
