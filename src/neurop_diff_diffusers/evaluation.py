@@ -27,8 +27,8 @@ Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics`])
    192 px, else skipped with a warning; also computed for the HR itself) and the high-frequency energy ratio
    ([`~neurop_diff_diffusers.metrics.hf_energy_ratio`]: energy above the LR Nyquist frequency relative to the HR's).
 5. The diffusion methods draw their initial noise from a generator seeded by `(seed, image key, scale)`
-   ([`image_seed`]): results are reproducible, do not depend on `max_images` or on the order of the images, and
-   `neurop_diff` and `sr3` start from the same noise.
+   ([`~neurop_diff_diffusers.evaluation_methods.image_seed`]): results are reproducible, do not depend on
+   `max_images` or on the order of the images, and `neurop_diff` and `sr3` start from the same noise.
 
 [`evaluate`] runs in five numbered steps: check the arguments, run each method
 ([`~neurop_diff_diffusers.evaluation_methods.EVALUATION_METHODS`]), score each output

@@ -20,13 +20,13 @@ import torch
 
 from .evaluation import (
     DEFAULT_SCALES,
-    METHODS,
     _check_int,
     _check_resolution,
     _check_scales,
     _LazyRow,
     evaluate,
 )
+from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
 from .loading import load_pipeline
 from .metrics import PROTOCOLS

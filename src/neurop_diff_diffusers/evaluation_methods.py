@@ -62,7 +62,7 @@ def image_seed(seed: int, key: str | int, scale: float) -> int:
         `int`: a seed for `torch.Generator.manual_seed`.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation import image_seed
+        >>> from neurop_diff_diffusers.evaluation_methods import image_seed
         >>> image_seed(0, "forest/forest30.tif", 4.0) == image_seed(0, "forest/forest30.tif", 4)
         True
     """

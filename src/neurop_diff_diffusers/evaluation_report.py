@@ -16,7 +16,8 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
-from .evaluation import MAX_IN_DISTRIBUTION_SCALE, METHOD_LABELS, METHODS
+from .evaluation import MAX_IN_DISTRIBUTION_SCALE
+from .evaluation_methods import METHOD_LABELS, METHODS
 from .utils import atomic_write, atomic_write_text
 
 # --------------------------------------------------------------------------------------------------------------------
