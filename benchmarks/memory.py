@@ -85,7 +85,7 @@ def _child(config: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from neurop_diff_diffusers.evaluation import load_pipeline
+    from neurop_diff_diffusers.loading import load_pipeline
     from neurop_diff_diffusers.presets import build_neural_operator
 
     device = torch.device(config["device"])
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(json.dumps(_child(json.loads(args.child))))
         return {}
     _check(args)
-    from neurop_diff_diffusers.evaluation import package_versions
+    from neurop_diff_diffusers.utils import package_versions
 
     configs = _configurations(args)
     rows = []

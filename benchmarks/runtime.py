@@ -34,9 +34,10 @@ from typing import Any
 
 import torch
 
-from neurop_diff_diffusers.evaluation import as_sr3_pipeline, load_pipeline, package_versions
+from neurop_diff_diffusers.evaluation import as_sr3_pipeline
+from neurop_diff_diffusers.loading import load_pipeline
 from neurop_diff_diffusers.scheduling import noise_level
-from neurop_diff_diffusers.utils import atomic_write_json
+from neurop_diff_diffusers.utils import atomic_write_json, package_versions
 
 MODES = ("prior_once", "authors", "sr3")
 MODE_LABELS = {"prior_once": "prior once", "authors": "authors (prior every step)", "sr3": "SR3 (bicubic prior)"}

@@ -1,4 +1,4 @@
-"""An independent, literal implementation of METHOD.md section 9 on the authors' parameter names.
+"""An independent, literal implementation of docs/method.md section 9 on the authors' parameter names.
 
 It works on the whole output grid at once (as the authors do) and shares no code with the package, so that the
 package's operator (renamed parameters, chunked streaming) can be checked against it.

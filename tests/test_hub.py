@@ -138,3 +138,30 @@ def test_hub_ready_folder_holds_no_local_path(tmp_path):
     for path in (tmp_path / "hub").rglob("*.json"):
         text = path.read_text()
         assert "_name_or_path" not in text and str(tmp_path) not in text, path
+
+
+def test_push_folder_to_hub_uploads_a_pipeline_folder_hub_ready_and_leaves_it_unchanged(tmp_path):
+    """Training's --push_to_hub goes through push_folder_to_hub: the hub-ready layout, without training state."""
+    from neurop_diff_diffusers.hub import push_folder_to_hub
+
+    folder = tmp_path / "run"
+    build_pipeline("tiny").save_pretrained(folder)
+    (folder / "checkpoint-4").mkdir()
+    (folder / "checkpoint-4" / "state.bin").write_bytes(b"x")
+    (folder / "split.json").write_text("{}")
+    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    uploaded = {}
+
+    def fake_upload_folder(*, repo_id, folder_path, commit_message, ignore_patterns):
+        uploaded["files"] = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*"))
+        return "https://huggingface.co/me/run/commit/1"
+
+    with (
+        mock.patch("huggingface_hub.create_repo", return_value=mock.Mock(repo_id="me/run")) as create_repo,
+        mock.patch("huggingface_hub.upload_folder", side_effect=fake_upload_folder),
+    ):
+        assert push_folder_to_hub(folder, "me/run").endswith("/1")
+    create_repo.assert_called_once_with("me/run", private=None, exist_ok=True)
+    assert "pipeline_neurop_diff.py" in uploaded["files"] and "split.json" in uploaded["files"]
+    assert not any(name.startswith("checkpoint-") for name in uploaded["files"])
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == before

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED_PAPER_DIR
+from conftest import REPO_ROOT, SHARED_PAPER_DIR
 from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator
 from neurop_diff_diffusers.models.neural_operator import DEFAULT_CHUNK_SIZE
 from reference_srno import random_official_state_dict, reference_srno
@@ -176,3 +176,29 @@ def test_errors(tiny_operator, kwargs, match):
 def test_wrong_channels(tiny_operator):
     with pytest.raises(ValueError, match="image"):
         tiny_operator(torch.zeros(1, 4, 5, 5), (10, 10))
+
+
+def _documented_official_names_and_shapes():
+    """The authors' parameter names and shapes as docs/method.md section 9 lists them (its table, expanded)."""
+    text = (REPO_ROOT / "docs" / "method.md").read_text()
+    section = text[text.index("## 9. ") : text.index("## 10. ")]
+    entries = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`") or "authors" in cells[0]:
+            continue
+        shape = tuple(int(v) for v in re.findall(r"\d+", cells[1]))
+        for name in re.findall(r"`([\w.{}]+)`", cells[0]):
+            if "." not in name and not name.startswith(("conv", "fc")):
+                continue  # `i`, `b`: the ranges
+            for i in range(16) if "{i}" in name else [None]:
+                for b in (0, 1) if "{b}" in name else [None]:
+                    full = name.replace("{i}", str(i)).replace("{b}", str(b))
+                    entries[f"{full}.weight"] = shape
+                    entries[f"{full}.bias"] = shape if full.endswith(("kln", "vln")) else shape[:1]
+    return entries
+
+
+def test_docs_list_the_authors_parameter_names_and_shapes():
+    documented = _documented_official_names_and_shapes()
+    assert {k: tuple(v.shape) for k, v in random_official_state_dict().items()} == documented

@@ -7,6 +7,7 @@ cores. The images are real UCMerced images copied from ../shared/data when it is
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -25,15 +26,23 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, SHARED_DATA_DIR
-from neurop_diff_diffusers import GalerkinNeuralOperator, build_unet, training_utils
+from neurop_diff_diffusers import GalerkinNeuralOperator, build_unet, training
 from neurop_diff_diffusers.presets import build_neural_operator
+from neurop_diff_diffusers.training import arguments as common
 
 TRAINING_DIR = REPO_ROOT / "training"
-sys.path.insert(0, str(TRAINING_DIR))
 
-import common  # noqa: E402
-import train_neural_operator  # noqa: E402
-import train_neurop_diff  # noqa: E402
+
+def _load_script(name: str):
+    """Import a training script by its path (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, TRAINING_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_neural_operator = _load_script("train_neural_operator")
+train_neurop_diff = _load_script("train_neurop_diff")
 
 UCMERCED = SHARED_DATA_DIR / "UCMerced_LandUse"
 CLASSES = ("agricultural", "beach")
@@ -171,12 +180,13 @@ def test_tiny_stage1_then_stage2(tmp_path, image_folder, caplog):
 
 
 KILL_DRIVER = """
-import pathlib, sys, time
-sys.path.insert(0, {training!r})
-import train_neurop_diff as script
-from neurop_diff_diffusers import training_utils
+import importlib.util, pathlib, sys, time
+spec = importlib.util.spec_from_file_location("train_neurop_diff", {script!r})
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+from neurop_diff_diffusers.training import arguments, checkpointing
 
-commit = training_utils._commit_folder
+commit = checkpointing._commit_folder
 
 def slow_commit(tmp, final):
     # checkpoint-6 is completely written under its temporary name: die before it is renamed.
@@ -185,8 +195,8 @@ def slow_commit(tmp, final):
         time.sleep(600)
     commit(tmp, final)
 
-training_utils._commit_folder = slow_commit
-script.common.run_cli(script.main, sys.argv[1:])
+checkpointing._commit_folder = slow_commit
+arguments.run_cli(script.main, sys.argv[1:])
 """
 
 
@@ -210,7 +220,7 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, ima
     # 6 images, 1 per batch, 2 batches per step: 3 steps per epoch; checkpoint-4 is in the middle of epoch 1.
     run = tmp_path / "run"
     sentinel = tmp_path / "killed-while-saving-checkpoint-6"
-    driver = KILL_DRIVER.format(training=str(TRAINING_DIR), sentinel=str(sentinel))
+    driver = KILL_DRIVER.format(script=str(TRAINING_DIR / "train_neurop_diff.py"), sentinel=str(sentinel))
     process = subprocess.Popen(
         [sys.executable, "-c", driver, *args, "--output_dir", str(run)],
         env=_env(),
@@ -297,7 +307,7 @@ def test_fine_tune_from_a_pretrained_unet_on_low_noise_levels(tmp_path, image_fo
 
     def recording_loss(*args, **kwargs):
         seen.append(args[5] if len(args) > 5 else kwargs.get("max_timestep"))
-        return training_utils.diffusion_l1_loss(*args, **kwargs)
+        return training.diffusion_l1_loss(*args, **kwargs)
 
     monkeypatch.setattr(train_neurop_diff, "diffusion_l1_loss", recording_loss)
     out = _run(

@@ -23,7 +23,7 @@ from neurop_diff_diffusers import (
 )
 from neurop_diff_diffusers.model_card import args_table, make_model_card, validation_table
 from neurop_diff_diffusers.presets import build_neural_operator
-from neurop_diff_diffusers.training_utils import (
+from neurop_diff_diffusers.training import (
     TRAINING_ARGS_FILE,
     EpochShuffleSampler,
     NeuralOperatorQuery,
@@ -481,7 +481,7 @@ def test_diffusion_loss_targets_of_each_parameterisation(prediction_type, residu
 
 
 def test_min_snr_weights_and_weighted_loss():
-    from neurop_diff_diffusers.training_utils import min_snr_weights
+    from neurop_diff_diffusers.training import min_snr_weights
 
     sqrt_gamma = torch.tensor([0.5**0.5, (10 / 11) ** 0.5, (1 / 11) ** 0.5])  # SNR 1, 10, 0.1
     torch.testing.assert_close(min_snr_weights(sqrt_gamma, 5.0, "epsilon"), torch.tensor([1.0, 0.5, 1.0]))
@@ -512,3 +512,43 @@ def test_diffusion_loss_rejects_bad_parameterisation_arguments():
         diffusion_l1_loss(_ZeroUNet(), hr, hr, ac, snr_gamma=0.0)
     with pytest.raises(ValueError, match="`prediction_type` must be one of"):
         default_scheduler(prediction_type="eps")
+
+
+def test_validation_scores_like_the_evaluation():
+    """Same image, same outputs: the training validation and evaluate() give the same PSNR and SSIM."""
+    from neurop_diff_diffusers.evaluation import evaluate
+
+    sample = Path(__file__).resolve().parents[1] / "assets" / "samples" / "airplane30.png"
+    image = PIL.Image.open(sample).convert("RGB")
+    val = ValidationSet.from_images([image], resolution=64, scale=3.0, num_images=1)
+    pipe = build_pipeline("tiny", seed=1)
+    pipe.set_progress_bar_config(disable=True)
+    report = evaluate(
+        pipe,
+        [(val.names[0], image)],
+        [3.0],
+        num_inference_steps=2,
+        seed=5,
+        resolution=64,
+        compute_lpips=False,
+        compute_niqe=False,
+        figure_image=None,
+        progress=False,
+    )
+    scores = {row["method"]: row for row in report["per_image"]}
+    by_operator = validate_operator(pipe.neural_operator.eval(), val).metrics
+    by_pipeline = validate_pipeline(pipe, val, num_inference_steps=2, seed=5).metrics
+    for metric in ("psnr", "ssim"):
+        assert by_operator[metric] == pytest.approx(scores["neural_operator"][metric], abs=1e-9)
+        assert by_pipeline[f"{metric}_prior"] == pytest.approx(scores["neural_operator"][metric], abs=1e-9)
+        assert by_operator[f"{metric}_bicubic"] == pytest.approx(scores["bicubic"][metric], abs=1e-9)
+        assert by_pipeline[metric] == pytest.approx(scores["neurop_diff"][metric], abs=1e-9)
+    assert scores["neurop_diff"]["psnr"] != scores["neural_operator"]["psnr"]  # the diffusion ran
+
+
+def test_training_utils_re_exports_the_training_package():
+    from neurop_diff_diffusers import training, training_utils
+
+    assert set(training_utils.__all__) == set(training.__all__)
+    assert training_utils.save_checkpoint is training.save_checkpoint
+    assert training_utils.load_trained_model is training.load_trained_model

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Stage 1 of NeurOp-Diff: train the Galerkin neural operator (the SRNO recipe, METHOD.md section 3).
+"""Stage 1 of NeurOp-Diff: train the Galerkin neural operator (the SRNO recipe, docs/method.md section 3).
 
 Each sample is an LR patch of ``--lr_patch`` px made from an HR patch of ``round(lr_patch * s)`` px with a continuous
 scale ``s ~ U(--scale_min, --scale_max]`` per sample, and ``--num_queries`` HR pixels at which the operator is
@@ -15,23 +15,21 @@ evaluated; the loss is the L1 between its output there and the HR pixels. Adam, 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when imported from elsewhere (tests)
-
-import common  # noqa: E402
-from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator  # noqa: E402
-from neurop_diff_diffusers.data import Stage1Dataset, collate_stage1, stage1_hr_patch_range  # noqa: E402
-from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
-from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
-from neurop_diff_diffusers.training_utils import (  # noqa: E402
+from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator
+from neurop_diff_diffusers.data import Stage1Dataset, collate_stage1, stage1_hr_patch_range
+from neurop_diff_diffusers.model_card import make_model_card
+from neurop_diff_diffusers.presets import PRESETS
+from neurop_diff_diffusers.training import (
     NeuralOperatorQuery,
     TrainingSetupError,
+    arguments,
+    loop,
     operator_l1_loss,
     read_validation_history,
     validate_operator,
@@ -39,7 +37,7 @@ from neurop_diff_diffusers.training_utils import (  # noqa: E402
 
 SCRIPT = "train_neural_operator"
 OPERATOR_SUBFOLDER = "neural_operator"
-logger = common.logger
+logger = loop.logger
 
 DEFAULTS = {
     "output_dir": "neural-operator-model",
@@ -68,9 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--preset", choices=sorted(PRESETS), default="paper", help="Operator size.")
     model.add_argument("--lr_patch", type=int, default=48, help="Side of the LR patches (SRNO: 48).")
     model.add_argument("--num_queries", type=int, default=2304, help="HR query points per sample (SRNO: 48^2).")
-    common.add_common_args(parser, DEFAULTS)
+    arguments.add_common_args(parser, DEFAULTS)
     args = parser.parse_args(argv)
-    common.check_common_args(args)
+    arguments.check_common_args(args)
     for name in ("lr_patch", "num_queries"):
         if getattr(args, name) < 1:
             raise TrainingSetupError(f"`--{name}` must be a positive integer, got {getattr(args, name)}.")
@@ -87,13 +85,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Train the operator; returns the folder of the trained operator (``OUTPUT_DIR/neural_operator``)."""
-    args = parse_args(argv)
-    accelerator = common.make_accelerator(args, SCRIPT)
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
+    """Train the operator; returns the folder of the trained operator (``OUTPUT_DIR/neural_operator``).
+
+    ``args``: ``parse_args()``'s Namespace or the command-line arguments (see
+    [`~neurop_diff_diffusers.training.arguments.parsed`]).
+    """
+    args, argv = arguments.parsed(args, parse_args)
+    accelerator = loop.make_accelerator(args, SCRIPT)
     output_dir = Path(args.output_dir)
 
-    train_images, validation_images, split = common.load_splits(args, accelerator)
+    train_images, validation_images, split = loop.load_splits(args, accelerator)
     dataset = Stage1Dataset(
         train_images,
         hr_resolution=args.resolution,
@@ -104,12 +106,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         num_queries=args.num_queries,
         augment=not args.no_augment,
     )
-    val = common.validation_set(args, validation_images)
-    train_dataloader, sampler = common.make_train_dataloader(dataset, args, collate_stage1)
+    val = loop.validation_set(args, validation_images)
+    train_dataloader, sampler = loop.make_train_dataloader(dataset, args, collate_stage1)
 
     operator = build_neural_operator(args.preset, seed=args.seed)
     model = NeuralOperatorQuery(operator)
-    optimizer, lr_scheduler = common.make_optimizer(
+    optimizer, lr_scheduler = loop.make_optimizer(
         args, model.parameters(), len(train_dataloader), accelerator.num_processes
     )
 
@@ -126,16 +128,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
             loaded = GalerkinNeuralOperator.from_pretrained(Path(folder) / OPERATOR_SUBFOLDER)
             accelerator.unwrap_model(m).operator.load_state_dict(loaded.state_dict())
 
-    common.start_run(accelerator, args, SCRIPT, split)
+    loop.start_run(accelerator, args, SCRIPT, split)
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dataloader, lr_scheduler
     )
-    max_train_steps = common.total_train_steps(args, len(train_dataloader))
-    common.init_trackers(accelerator, args, SCRIPT)
-    global_step = common.resume(accelerator, args, SCRIPT)
+    max_train_steps = loop.total_train_steps(args, len(train_dataloader))
+    loop.init_trackers(accelerator, args, SCRIPT)
+    global_step = loop.resume(accelerator, args, SCRIPT)
 
     def validate(step: int) -> None:
         if accelerator.is_main_process and val is not None:
@@ -143,10 +145,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             op.eval()
             result = validate_operator(op, val)
             op.train()
-            common.log_validation(accelerator, args, result, step)
+            loop.log_validation(accelerator, args, result, step)
         accelerator.wait_for_everyone()
 
-    global_step = common.train_loop(
+    global_step = loop.train_loop(
         accelerator,
         args,
         model=model,
@@ -172,11 +174,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if val is not None:
             result = validate_operator(operator, val)
             if not history or history[-1]["step"] != global_step:
-                common.log_validation(accelerator, args, result, global_step)
+                loop.log_validation(accelerator, args, result, global_step)
                 history = read_validation_history(output_dir)
             grid_name = "validation_grid.png"
             result.grid.save(final_dir / grid_name)
-        description, hub_datasets = common.dataset_description(args)
+        description, hub_datasets = loop.dataset_description(args)
         card = make_model_card(
             "neural_operator",
             training_args=vars(args),
@@ -191,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 "num_train_images": len(split["train"]),
                 "num_validation_images_total": len(split["test"]),
                 "dataset_description": description,
-                "command": common.command_line(__file__, argv),
+                "command": loop.command_line(__file__, argv),
                 "mixed_precision": accelerator.mixed_precision,
                 "validation_description": (
                     f"Mean PSNR (dB, RGB in [0, 1]) and SSIM (8-bit RGB, 11x11 Gaussian window) on {len(val.names)} "
@@ -208,11 +210,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         )
         card.save(final_dir / "README.md")
         logger.info(f"Saved the neural operator to {final_dir}")
-        common.maybe_push(args, final_dir)
+        loop.maybe_push(args, final_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return final_dir
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    arguments.run_cli(main)

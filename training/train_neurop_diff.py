@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Stage 2 of NeurOp-Diff: train the SR3-style diffusion UNet conditioned on the frozen neural operator's prior.
 
-Loss (METHOD.md section 2): per sample a continuous noise level ``sqrt(gamma)``, ``y_noisy = sqrt(gamma) y0 +
+Loss (docs/method.md section 2): per sample a continuous noise level ``sqrt(gamma)``, ``y_noisy = sqrt(gamma) y0 +
 sqrt(1 - gamma) eps``, the UNet sees ``cat(y_noisy, prior)`` and ``sqrt(gamma)`` and the loss is the L1 between its
 output and ``eps``; the prior of each sample is computed by the frozen operator at the HR size from the sample's LR
 image (bicubic, scale ``s ~ U(1, 8]``). Adam 1e-4, the paper's schedule (constant for 10% of the steps, then decay to
@@ -16,7 +16,6 @@ image (bicubic, scale ``s ~ U(1, 8]``). Adam 1e-4, the paper's schedule (constan
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,19 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from diffusers.training_utils import EMAModel
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # `common` when imported from elsewhere (tests)
-
-import common  # noqa: E402
-from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_scheduler  # noqa: E402
-from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2  # noqa: E402
-from neurop_diff_diffusers.model_card import make_model_card  # noqa: E402
-from neurop_diff_diffusers.presets import PRESETS  # noqa: E402
-from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES  # noqa: E402
-from neurop_diff_diffusers.training_utils import (  # noqa: E402
+from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_scheduler
+from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2
+from neurop_diff_diffusers.loading import load_frozen_operator, load_trained_model
+from neurop_diff_diffusers.model_card import make_model_card
+from neurop_diff_diffusers.pipelines.pipeline_neurop_diff import unet_downsampling_factor
+from neurop_diff_diffusers.presets import PRESETS
+from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES
+from neurop_diff_diffusers.training import (
     TrainingSetupError,
+    arguments,
     compute_priors,
     diffusion_l1_loss,
-    load_frozen_operator,
-    load_trained_model,
+    loop,
     read_validation_history,
     validate_pipeline,
 )
@@ -55,7 +53,7 @@ EMA_STATE_KEYS = (
     "inv_gamma",
     "power",
 )
-logger = common.logger
+logger = loop.logger
 
 DEFAULTS = {
     "output_dir": "neurop-diff-model",
@@ -90,7 +88,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     model.add_argument("--neural_operator_subfolder", type=str, default=None, help="Subfolder inside that path.")
     model.add_argument(
-        "--preset", choices=sorted(PRESETS), default="paper", help="UNet size (paper: METHOD.md section 4)."
+        "--preset", choices=sorted(PRESETS), default="paper", help="UNet size (paper: docs/method.md section 4)."
     )
     model.add_argument(
         "--unet_config", type=str, default=None, help="A UNet2DModel config.json instead of --preset (6 in, 3 out)."
@@ -158,12 +156,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument(
         "--prior_chunk_size", type=int, default=None, help="Output pixels per chunk of the operator (memory)."
     )
-    common.add_common_args(parser, DEFAULTS)
+    arguments.add_common_args(parser, DEFAULTS)
     parser.add_argument(
         "--validation_inference_steps", type=int, default=50, help="DDIM steps of the validation samples."
     )
     args = parser.parse_args(argv)
-    common.check_common_args(args)
+    arguments.check_common_args(args)
     if args.crop_size is None:
         args.crop_size = args.resolution
     if not 1 <= args.crop_size <= args.resolution:
@@ -215,7 +213,7 @@ def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
             f"`{source}` must have in_channels 6 (noisy image + prior) and out_channels 3, got "
             f"{unet.config.in_channels} and {unet.config.out_channels}."
         )
-    factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    factor = unet_downsampling_factor(unet)
     if args.crop_size % factor:
         raise TrainingSetupError(
             f"`--crop_size` (default: --resolution) must be a multiple of the UNet's downsampling factor {factor}, "
@@ -224,10 +222,14 @@ def build_denoiser(args: argparse.Namespace) -> UNet2DModel:
     return unet
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Train the diffusion model; returns the output folder (a saved ``NeurOpDiffPipeline``)."""
-    args = parse_args(argv)
-    accelerator = common.make_accelerator(args, SCRIPT)
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
+    """Train the diffusion model; returns the output folder (a saved ``NeurOpDiffPipeline``).
+
+    ``args``: ``parse_args()``'s Namespace or the command-line arguments (see
+    [`~neurop_diff_diffusers.training.arguments.parsed`]).
+    """
+    args, argv = arguments.parsed(args, parse_args)
+    accelerator = loop.make_accelerator(args, SCRIPT)
     output_dir = Path(args.output_dir)
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -246,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         ema = EMAModel(unet.parameters(), decay=args.ema_decay, model_cls=UNet2DModel, model_config=unet.config)
         ema.to(accelerator.device)
 
-    train_images, validation_images, split = common.load_splits(args, accelerator)
+    train_images, validation_images, split = loop.load_splits(args, accelerator)
     dataset = Stage2Dataset(
         train_images,
         hr_resolution=args.resolution,
@@ -256,10 +258,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         scale_max=args.scale_max,
         augment=not args.no_augment,
     )
-    val = common.validation_set(args, validation_images)
-    train_dataloader, sampler = common.make_train_dataloader(dataset, args, collate_stage2)
+    val = loop.validation_set(args, validation_images)
+    train_dataloader, sampler = loop.make_train_dataloader(dataset, args, collate_stage2)
 
-    optimizer, lr_scheduler = common.make_optimizer(
+    optimizer, lr_scheduler = loop.make_optimizer(
         args, unet.parameters(), len(train_dataloader), accelerator.num_processes
     )
 
@@ -288,16 +290,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
             accelerator.unwrap_model(m).load_state_dict(loaded.state_dict())
             del loaded
 
-    common.start_run(accelerator, args, SCRIPT, split)
+    loop.start_run(accelerator, args, SCRIPT, split)
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         unet, optimizer, train_dataloader, lr_scheduler
     )
-    max_train_steps = common.total_train_steps(args, len(train_dataloader))
-    common.init_trackers(accelerator, args, SCRIPT)
-    global_step = common.resume(accelerator, args, SCRIPT)
+    max_train_steps = loop.total_train_steps(args, len(train_dataloader))
+    loop.init_trackers(accelerator, args, SCRIPT)
+    global_step = loop.resume(accelerator, args, SCRIPT)
 
     def compute_loss(batch: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
         hr = batch["hr"]
@@ -342,10 +344,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     def validate(step: int) -> None:
         if accelerator.is_main_process and val is not None:
-            common.log_validation(accelerator, args, run_validation(), step)
+            loop.log_validation(accelerator, args, run_validation(), step)
         accelerator.wait_for_everyone()
 
-    global_step = common.train_loop(
+    global_step = loop.train_loop(
         accelerator,
         args,
         model=unet,
@@ -368,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if val is not None:
             result = run_validation()
             if not history or history[-1]["step"] != global_step:
-                common.log_validation(accelerator, args, result, global_step)
+                loop.log_validation(accelerator, args, result, global_step)
                 history = read_validation_history(output_dir)
             grid_name = "validation_grid.png"
             result.grid.save(output_dir / grid_name)
@@ -377,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             ema.copy_to(final_unet.parameters())
         final_unet.eval()
         make_pipeline().save_pretrained(output_dir)
-        description, hub_datasets = common.dataset_description(args)
+        description, hub_datasets = loop.dataset_description(args)
         operator_source = str(args.neural_operator_path)
         is_hub_operator = not Path(operator_source).expanduser().exists()
         card = make_model_card(
@@ -394,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 "num_train_images": len(split["train"]),
                 "num_validation_images_total": len(split["test"]),
                 "dataset_description": description,
-                "command": common.command_line(__file__, argv),
+                "command": loop.command_line(__file__, argv),
                 "mixed_precision": accelerator.mixed_precision,
                 "unet_weights": f"EMA of the weights, decay {args.ema_decay}" if ema is not None else "raw weights",
                 "validation_description": (
@@ -414,11 +416,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         )
         card.save(output_dir / "README.md")
         logger.info(f"Saved the pipeline to {output_dir}")
-        common.maybe_push(args, output_dir)
+        loop.maybe_push(args, output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return output_dir
 
 
 if __name__ == "__main__":
-    common.run_cli(main)
+    arguments.run_cli(main)

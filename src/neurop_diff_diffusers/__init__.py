@@ -29,9 +29,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "make_cell": "coordinates",
     "make_coord": "coordinates",
-    "DEFAULT_MODEL_PATH": "default_model",
-    "has_default_model": "default_model",
-    "load_default_pipeline": "default_model",
+    "DEFAULT_MODEL_PATH": "loading",
+    "has_default_model": "loading",
+    "load_default_pipeline": "loading",
+    "load_pipeline": "loading",
     "make_hub_ready": "hub",
     "check_scale": "image_processing",
     "postprocess_images": "image_processing",

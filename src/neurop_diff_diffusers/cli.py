@@ -181,17 +181,10 @@ def check_output_location(path: Path, overwrite: bool) -> None:
 
 
 def save_image_atomic(image: Any, path: Path, overwrite: bool = True) -> None:
-    """Save a PIL image to ``path`` through a temporary file and a rename: never a partial file.
+    """[`~neurop_diff_diffusers.utils.save_image_atomic`], imported when called (the CLI's imports stay light)."""
+    from .utils import save_image_atomic as save
 
-    Args:
-        image: a PIL image.
-        path: the target file; its suffix picks the format.
-        overwrite: replace an existing file atomically; without it a file found at ``path`` when the result is
-            committed (e.g. written meanwhile by another process) is kept and ``FileExistsError`` raised.
-    """
-    from .utils import atomic_write
-
-    atomic_write(path, image.save, overwrite=overwrite)
+    save(image, path, overwrite=overwrite)
 
 
 def read_image_file(path: Path) -> Any:
@@ -292,14 +285,10 @@ def _prepare(src: Path, args: argparse.Namespace, scale: float | None, size: tup
 
 
 def _load_model(spec: str | None, device: str) -> Any:
-    from .default_model import load_default_pipeline
-    from .evaluation import load_pipeline
+    from .loading import load_pipeline
 
     try:
-        if spec is None:
-            pipe = load_default_pipeline(device=device)
-        else:
-            pipe = load_pipeline(spec, device=device)
+        pipe = load_pipeline(spec, device=device)
     except (FileNotFoundError, OSError, ValueError) as err:
         raise CLIError(_one_line(err)) from err
     pipe.set_progress_bar_config(disable=False, leave=False)
@@ -601,7 +590,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .default_model import DEFAULT_MODEL_PATH, has_default_model
+    from .loading import DEFAULT_MODEL_PATH, has_default_model
 
     print(f"neurop-diff-diffusers {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}")
@@ -652,7 +641,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
     """``neurop-diff evaluate``: the evaluation command (same options as ``training/evaluate.py``)."""
-    from .evaluation import main as evaluate_main
+    from .evaluation_cli import main as evaluate_main
 
     evaluate_main(list(argv), prog="neurop-diff evaluate")
     return 0
@@ -660,6 +649,8 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurop-diff`` argument parser (``evaluate`` forwards its arguments to the evaluation parser)."""
+    from .defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
+
     parser = argparse.ArgumentParser(prog="neurop-diff", description="NeurOp-Diff continuous super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -683,9 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     up.add_argument("--prior-only", action="store_true", help="the neural-operator prior alone (no diffusion)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    up.add_argument("--tile-size", type=int, default=512, help="denoise outputs larger than this in tiles")
+    up.add_argument(
+        "--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="denoise outputs larger than this in tiles"
+    )
     up.add_argument("--tile-overlap", type=int, default=None, help="tile overlap in pixels (default tile/4, <=64)")
-    up.add_argument("--max-pixels", type=int, default=4096 * 4096, help="refuse larger outputs (default 4096^2)")
+    up.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_OUTPUT_PIXELS,
+        help=f"refuse larger outputs (default {DEFAULT_MAX_OUTPUT_PIXELS:,})",
+    )
     batch = up.add_argument_group("folders (also under `accelerate launch`, split between the processes)")
     batch.add_argument("--input-dir", type=Path, help="every PNG / JPEG / TIFF in this folder (needs --out-dir)")
     batch.add_argument("--recursive", action="store_true", help="with --input-dir: sub-folders too (mirrored)")

@@ -1,8 +1,9 @@
 """Pixel-centre coordinates and cell sizes, shared by the neural operator, the data pipeline and training.
 
-Conventions (METHOD.md section 9): coordinates live in ``[-1, 1]``, they are the centres of a regular grid, component
-0 is the row (y) and component 1 the column (x). ``torch.nn.functional.grid_sample`` wants ``(x, y)``, so callers pass
-``coord.flip(-1)`` with ``align_corners=False``. The cell of a grid of ``H x W`` pixels is ``(2 / H, 2 / W)``.
+Conventions (docs/method.md section 9): coordinates live in ``[-1, 1]``, they are the centres of a regular grid,
+component 0 is the row (y) and component 1 the column (x). ``torch.nn.functional.grid_sample`` wants ``(x, y)``, so
+callers pass ``coord.flip(-1)`` with ``align_corners=False``. The cell of a grid of ``H x W`` pixels is
+``(2 / H, 2 / W)``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ def make_coord_1d(
     """Centres of ``n`` equal cells covering ``[-1, 1]``: ``-1 + 1/n + 2i/n`` for ``i = 0 .. n-1``.
 
     Args:
-        n: number of cells, at least 1.
-        device: torch device of the result.
-        dtype: floating dtype of the result.
+        n (`int`): number of cells, at least 1.
+        device (`torch.device | str | None`, *optional*): torch device of the result.
+        dtype (`torch.dtype`, defaults to `torch.float32`): floating dtype of the result.
 
     Example:
         >>> make_coord_1d(2).tolist()
@@ -36,9 +37,9 @@ def make_coord(
     """Grid-centre coordinates of an image of ``size = (H, W)`` pixels, shape ``(H, W, 2)``, ``[..., 0]`` the row.
 
     Args:
-        size: ``(height, width)`` of the grid.
-        device: torch device of the result.
-        dtype: floating dtype of the result.
+        size (`tuple[int, int]`): ``(height, width)`` of the grid.
+        device (`torch.device | str | None`, *optional*): torch device of the result.
+        dtype (`torch.dtype`, defaults to `torch.float32`): floating dtype of the result.
 
     Example:
         >>> make_coord((2, 3)).shape
@@ -59,10 +60,10 @@ def make_cell(
     """The cell size ``(2 / H, 2 / W)`` of an output grid of ``size = (H, W)`` pixels, shape ``(batch_size, 2)``.
 
     Args:
-        size: ``(height, width)`` of the output grid.
-        batch_size: number of rows of the result.
-        device: torch device of the result.
-        dtype: floating dtype of the result.
+        size (`tuple[int, int]`): ``(height, width)`` of the output grid.
+        batch_size (`int`, defaults to `1`): number of rows of the result.
+        device (`torch.device | str | None`, *optional*): torch device of the result.
+        dtype (`torch.dtype`, defaults to `torch.float32`): floating dtype of the result.
 
     Example:
         >>> make_cell((4, 8)).tolist()

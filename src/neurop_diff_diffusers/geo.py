@@ -64,7 +64,7 @@ def is_georeferenced(path: str | os.PathLike) -> bool:
     is not installed.
 
     Args:
-        path: the file to inspect.
+        path (`str | os.PathLike`): the file to inspect.
     """
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         return False
@@ -85,9 +85,9 @@ class BandStretch:
     """A per-band linear map between a raster's values and ``[0, 1]``: ``(x - low) / (high - low)``.
 
     Args:
-        low: per-band value mapped to 0.
-        high: per-band value mapped to 1.
-        dtype: the raster's dtype, used by [`inverse`] for rounding and clipping.
+        low (`tuple[float, ...]`): per-band value mapped to 0.
+        high (`tuple[float, ...]`): per-band value mapped to 1.
+        dtype (`str`): the raster's dtype, used by [`inverse`] for rounding and clipping.
     """
 
     low: tuple[float, ...]
@@ -117,9 +117,9 @@ def band_stretch(minimum: np.ndarray, maximum: np.ndarray, dtype: str) -> BandSt
     """The stretch of a raster given its per-band valid minimum / maximum (``uint8``: the fixed 0..255 map).
 
     Args:
-        minimum: per-band minimum over valid pixels.
-        maximum: per-band maximum over valid pixels.
-        dtype: the raster's dtype.
+        minimum (`np.ndarray`): per-band minimum over valid pixels.
+        maximum (`np.ndarray`): per-band maximum over valid pixels.
+        dtype (`str`): the raster's dtype.
 
     Example:
         >>> s = band_stretch(np.array([100.0]), np.array([300.0]), "uint16")
@@ -148,7 +148,7 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
     over its valid pixels.
 
     Args:
-        path: a raster rasterio can read (GeoTIFF).
+        path (`str | os.PathLike`): a raster rasterio can read (GeoTIFF).
 
     Returns:
         ``(unit, valid, stretch, info)``: the stretched bands, a ``(H, W)`` bool mask of the pixels valid in every
@@ -208,9 +208,9 @@ def copy_band_metadata(dst: Any, metadata: dict[str, Any]) -> None:
     """Give an open (writable) rasterio dataset the band meaning of its input.
 
     Args:
-        dst: the output dataset, open for writing, with the input's band count.
-        metadata: ``info["metadata"]`` of [`read_scene`]: colour interpretation, band descriptions, scales, offsets,
-            units, dataset tags and per-band tags.
+        dst (`Any`): the output dataset, open for writing, with the input's band count.
+        metadata (`dict[str, Any]`): ``info["metadata"]`` of [`read_scene`]: colour interpretation, band descriptions,
+            scales, offsets, units, dataset tags and per-band tags.
     """
     dst.colorinterp = metadata["colorinterp"]
     for b, description in enumerate(metadata["descriptions"], start=1):
@@ -235,10 +235,11 @@ def avoid_nodata(values: np.ndarray, valid: np.ndarray, nodata: float, reference
     dtype's range).
 
     Args:
-        values: one band's output values (any numeric dtype).
-        valid: bool mask of the pixels that must not read as nodata (same shape).
-        nodata: the nodata value (``NaN``: nothing to do, a finite value never equals it).
-        reference: the values before rounding, to pick the side (same shape), or ``None``.
+        values (`np.ndarray`): one band's output values (any numeric dtype).
+        valid (`np.ndarray`): bool mask of the pixels that must not read as nodata (same shape).
+        nodata (`float`): the nodata value (``NaN``: nothing to do, a finite value never equals it).
+        reference (`np.ndarray | None`, *optional*): the values before rounding, to pick the side (same shape), or
+            ``None``.
 
     Example:
         >>> v = np.array([0, 0, 7], np.uint8)
@@ -275,7 +276,7 @@ def check_raster(path: str | os.PathLike) -> tuple[int, int, int]:
     """Open a raster and read every block of it (values and masks), so that a damaged file fails now, not later.
 
     Args:
-        path: the raster.
+        path (`str | os.PathLike`): the raster.
 
     Returns:
         ``(bands, height, width)``.
@@ -314,15 +315,17 @@ def upscale_geotiff(
     """Upscale a GeoTIFF with a NeurOp-Diff pipeline, keeping CRS, origin, nodata, band count and dtype.
 
     Args:
-        pipe: a [`NeurOpDiffPipeline`].
-        src_path: the input raster.
-        dst_path: the output GeoTIFF (written atomically).
-        scale: the upscaling factor (exactly one of ``scale`` / ``output_size``).
-        output_size: ``(height, width)`` of the output.
-        rgb_bands: the 1-based bands that go through the model (others are upscaled bicubically).
-        overwrite: replace an existing ``dst_path`` (atomically); without it an existing file, or one that appears
-            while the scene is being upscaled, is never replaced (``FileExistsError``).
-        pipe_kwargs: passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``, ``prior_only``...).
+        pipe (`Any`): a [`NeurOpDiffPipeline`].
+        src_path (`str | os.PathLike`): the input raster.
+        dst_path (`str | os.PathLike`): the output GeoTIFF (written atomically).
+        scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
+        output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
+        rgb_bands (`tuple[int, int, int]`, defaults to `(1, 2, 3)`): the 1-based bands that go through the model
+            (others are upscaled bicubically).
+        overwrite (`bool`, defaults to `False`): replace an existing ``dst_path`` (atomically); without it an existing
+            file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
+        pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
+            ``prior_only``...).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline

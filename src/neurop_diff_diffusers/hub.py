@@ -12,9 +12,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .utils import atomic_write_text
+
+#: Patterns never uploaded by [`push_folder_to_hub`]: training state, logs and temporary files.
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-checkpoint-*/**", ".old-checkpoint-*/**", "logs/**"]
 
 PIPELINE_FILE = "pipeline_neurop_diff"
 OPERATOR_FILE = "neural_operator"
@@ -24,6 +31,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _SOURCES = {
     f"{OPERATOR_FILE}/{OPERATOR_FILE}.py": ["coordinates.py", "models/neural_operator.py"],
     f"{PIPELINE_FILE}.py": [
+        "defaults.py",
         "image_processing.py",
         "scheduling.py",
         "pipelines/tiling.py",
@@ -38,7 +46,7 @@ def self_contained_source(relative_paths: list[str]) -> str:
     """Concatenate package modules into one importable file without package-relative imports.
 
     Args:
-        relative_paths: module files relative to the package directory, dependencies first.
+        relative_paths (`list[str]`): module files relative to the package directory, dependencies first.
 
     Example:
         >>> src = self_contained_source(["coordinates.py"])
@@ -60,6 +68,11 @@ _EXPORTED_STUB = '''
 def make_hub_ready(save_directory):
     """Exported copy: re-exporting needs the package (`pip install neurop-diff-diffusers`)."""
     raise RuntimeError("hub_ready=True needs the neurop-diff-diffusers package installed; this is an exported copy.")
+
+
+def push_folder_to_hub(folder, repo_id, **kwargs):
+    """Exported copy: uploading needs the package (`pip install neurop-diff-diffusers`)."""
+    raise RuntimeError("push_to_hub needs the neurop-diff-diffusers package installed; this is an exported copy.")
 '''
 
 
@@ -72,7 +85,7 @@ def remove_local_paths(save_directory: str | os.PathLike) -> list[Path]:
     folder.
 
     Args:
-        save_directory: a folder written by ``save_pretrained``.
+        save_directory (`str | os.PathLike`): a folder written by ``save_pretrained``.
 
     Returns:
         The files that were changed.
@@ -98,7 +111,7 @@ def make_hub_ready(save_directory: str | os.PathLike) -> None:
     with ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` where this package is not installed.
 
     Args:
-        save_directory: a folder written by ``NeurOpDiffPipeline.save_pretrained``.
+        save_directory (`str | os.PathLike`): a folder written by ``NeurOpDiffPipeline.save_pretrained``.
     """
     folder = Path(save_directory)
     index_path = folder / "model_index.json"
@@ -114,3 +127,60 @@ def make_hub_ready(save_directory: str | os.PathLike) -> None:
         atomic_write_text(folder / rel, self_contained_source(sources))
     atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
     remove_local_paths(folder)
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    hub_ready: bool = True,
+    private: bool | None = None,
+    commit_message: str = "Upload NeurOp-Diff model trained with neurop-diff-diffusers",
+    ignore_patterns: Sequence[str] = tuple(HUB_IGNORE_PATTERNS),
+    **hub_kwargs: Any,
+) -> Any:
+    """The one Hub upload of the project: create the model repository if needed and upload `folder`.
+
+    A pipeline folder (one with ``model_index.json``) is uploaded in the hub-ready layout by default: a copy of it
+    (without the `ignore_patterns`) is made hub-ready ([`make_hub_ready`]) and uploaded; the folder itself is not
+    changed. Any other folder (e.g. a trained neural operator alone) is uploaded as it is. ``pipe.push_to_hub`` and
+    the training scripts' ``--push_to_hub`` both end here.
+
+    The token is the one of the environment (``HF_TOKEN``) or of ``hf auth login``, read by ``huggingface_hub``
+    itself, unless ``token=`` is given: it is never printed or logged here.
+
+    Args:
+        folder (`str` or `os.PathLike`): the folder to upload.
+        repo_id (`str`): the Hub model id, ``"user/name"``.
+        hub_ready (`bool`, defaults to `True`): upload a pipeline folder in the remote-code layout.
+        private (`bool`, *optional*): create the repository as private.
+        commit_message (`str`): the commit message.
+        ignore_patterns (`Sequence[str]`, defaults to [`HUB_IGNORE_PATTERNS`]): glob patterns left out (checkpoints,
+            logs); an empty sequence uploads everything.
+        hub_kwargs (`Any`): ``token`` (passed to ``create_repo`` and ``upload_folder``) and ``create_pr`` (passed to
+            ``upload_folder``), only where given.
+
+    Returns:
+        What ``huggingface_hub.upload_folder`` returns (the commit's URL).
+    """
+    from huggingface_hub import create_repo, upload_folder
+
+    unknown = set(hub_kwargs) - {"token", "create_pr"}
+    if unknown:
+        raise TypeError(f"`push_folder_to_hub` got unexpected arguments {sorted(unknown)}; allowed: token, create_pr.")
+    token = {"token": hub_kwargs["token"]} if "token" in hub_kwargs else {}
+    repo = create_repo(repo_id, private=private, exist_ok=True, **token)
+    upload = {"repo_id": repo.repo_id, "commit_message": commit_message, **token}
+    if "create_pr" in hub_kwargs:
+        upload["create_pr"] = hub_kwargs["create_pr"]
+    if ignore_patterns:
+        upload["ignore_patterns"] = list(ignore_patterns)
+    folder = Path(folder)
+    if not hub_ready or not (folder / "model_index.json").is_file():
+        return upload_folder(folder_path=str(folder), **upload)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / folder.name
+        patterns = [p.removesuffix("/**") for p in ignore_patterns]
+        shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(*patterns))
+        make_hub_ready(copy)
+        return upload_folder(folder_path=str(copy), **upload)

@@ -31,9 +31,9 @@ def template_path(kind: str, templates_dir: str | os.PathLike | None = None) -> 
     """The template file of a card `kind` (``"pipeline"`` or ``"neural_operator"``).
 
     Args:
-        kind: the kind of model.
-        templates_dir: the folder of the templates (default: the package's copy of the repository's
-            ``model_cards/``).
+        kind (`str`): the kind of model.
+        templates_dir (`str | os.PathLike | None`, *optional*): the folder of the templates (default: the package's
+            copy of the repository's ``model_cards/``).
 
     Raises:
         FileNotFoundError: the template is not there.
@@ -57,7 +57,7 @@ def args_table(args: Mapping[str, Any]) -> str:
     """A Markdown table of training arguments (sorted by name; anything that looks like a secret is left out).
 
     Args:
-        args: argument names and values.
+        args (`Mapping[str, Any]`): argument names and values.
 
     Example:
         >>> print(args_table({"seed": 0, "preset": "tiny"}))
@@ -80,7 +80,7 @@ def validation_table(history: Sequence[Mapping[str, Any]]) -> str:
     Columns: the step, then every metric present (``psnr``, ``ssim`` first), values with 4 decimals.
 
     Args:
-        history: the records, in step order.
+        history (`Sequence[Mapping[str, Any]]`): the records, in step order.
 
     Example:
         >>> print(validation_table([{"step": 10, "psnr": 20.5, "ssim": 0.5}]))
@@ -105,8 +105,10 @@ def card_data(*, datasets: Sequence[str] | None = None, base_model: str | None =
     """The Hub metadata of a NeurOp-Diff card.
 
     Args:
-        datasets: Hub dataset ids the model was trained on (local folders are described in the text only).
-        base_model: the Hub id of a model this one builds on (e.g. the stage-1 operator), if any.
+        datasets (`Sequence[str] | None`, *optional*): Hub dataset ids the model was trained on (local folders are
+            described in the text only).
+        base_model (`str | None`, *optional*): the Hub id of a model this one builds on (e.g. the stage-1 operator), if
+            any.
 
     Example:
         >>> card_data().pipeline_tag
@@ -139,16 +141,18 @@ def make_model_card(
     metadata), ``kind``, ``args_table`` and ``validation_table``. An undefined template variable is an error.
 
     Args:
-        kind: ``"pipeline"`` or ``"neural_operator"``.
-        training_args: the script's arguments (written to the card's argument table).
-        context: facts of the run: ``model_name``, ``repo_id_or_path``, ``global_step``, ``num_processes``,
-            ``total_batch_size``, ``num_train_images``, ``num_validation_images_total``, ``dataset_description``,
-            ``command``, ``validation_description``, ``grid_image`` (file name or ``None``), ``grid_columns``, and
-            for a pipeline ``unet_weights``.
-        validation_history: validation records ``{"step": ..., "psnr": ..., ...}``.
-        datasets: Hub dataset ids for the metadata.
-        base_model: Hub id of a base model for the metadata.
-        template_dir: folder of the templates (default: the package's, the repository's ``model_cards/``).
+        kind (`str`): ``"pipeline"`` or ``"neural_operator"``.
+        training_args (`Mapping[str, Any]`): the script's arguments (written to the card's argument table).
+        context (`Mapping[str, Any]`): facts of the run: ``model_name``, ``repo_id_or_path``, ``global_step``,
+            ``num_processes``, ``total_batch_size``, ``num_train_images``, ``num_validation_images_total``,
+            ``dataset_description``, ``command``, ``validation_description``, ``grid_image`` (file name or ``None``),
+            ``grid_columns``, and for a pipeline ``unet_weights``.
+        validation_history (`Sequence[Mapping[str, Any]]`, defaults to `()`): validation records ``{"step": ...,
+            "psnr": ..., ...}``.
+        datasets (`Sequence[str] | None`, *optional*): Hub dataset ids for the metadata.
+        base_model (`str | None`, *optional*): Hub id of a base model for the metadata.
+        template_dir (`str | os.PathLike | None`, *optional*): folder of the templates (default: the package's, the
+            repository's ``model_cards/``).
 
     Returns:
         A ``huggingface_hub.ModelCard``; ``card.save(folder / "README.md")`` writes it.

@@ -1,4 +1,4 @@
-"""Model sizes: ``"paper"`` (METHOD.md 3-4), ``"small"`` (CPU training) and ``"tiny"`` (for tests and demos)."""
+"""Model sizes: ``"paper"`` (docs/method.md sections 3-4), ``"small"`` (CPU training), ``"tiny"`` (tests, demos)."""
 
 from __future__ import annotations
 

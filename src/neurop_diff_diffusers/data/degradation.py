@@ -29,8 +29,8 @@ def degraded_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     and at least 1 pixel.
 
     Args:
-        size: ``(height, width)`` of the HR image.
-        scale: downscaling factor, a finite number ``>= 1``.
+        size (`tuple[int, int]`): ``(height, width)`` of the HR image.
+        scale (`float`): downscaling factor, a finite number ``>= 1``.
 
     Returns:
         ``(h, w)`` of the LR image.
@@ -50,8 +50,9 @@ def to_uint8_levels(x: torch.Tensor, value_range: tuple[float, float] = DEFAULT_
     """Map a float tensor in `value_range` to 8-bit levels (``uint8``, rounded to nearest, clamped to 0..255).
 
     Args:
-        x: float tensor with values in `value_range` (``[-1, 1]`` for the model tensors).
-        value_range: ``(low, high)`` mapped to levels 0 and 255.
+        x (`torch.Tensor`): float tensor with values in `value_range` (``[-1, 1]`` for the model tensors).
+        value_range (`tuple[float, float]`, defaults to `DEFAULT_VALUE_RANGE`): ``(low, high)`` mapped to levels 0 and
+            255.
 
     Example:
         >>> to_uint8_levels(torch.tensor([-1.0, 0.0, 1.0])).tolist()
@@ -67,9 +68,10 @@ def from_uint8_levels(
     """Map 8-bit levels (0..255) to floats in `value_range`, the inverse of [`to_uint8_levels`].
 
     Args:
-        x: integer tensor with values in 0..255.
-        value_range: ``(low, high)`` that levels 0 and 255 map to.
-        dtype: floating dtype of the result.
+        x (`torch.Tensor`): integer tensor with values in 0..255.
+        value_range (`tuple[float, float]`, defaults to `DEFAULT_VALUE_RANGE`): ``(low, high)`` that levels 0 and 255
+            map to.
+        dtype (`torch.dtype`, defaults to `torch.float32`): floating dtype of the result.
 
     Example:
         >>> from_uint8_levels(torch.tensor([0, 255], dtype=torch.uint8)).tolist()
@@ -115,12 +117,15 @@ def bicubic_degrade(
     clamped to `value_range`; it then differs from PIL by a few levels near sharp edges.
 
     Args:
-        hr: float HR image, ``(C, H, W)`` or ``(B, C, H, W)``, values in `value_range` (``[-1, 1]`` for the models).
-        scale: downscaling factor, a finite number ``>= 1``. Give either `scale` or `size`.
-        size: explicit output ``(h, w)``, each between 1 and the input side.
-        quantize: emulate PIL on 8-bit images (see above). The ``uint8`` resize runs on the CPU; the result is moved
-            back to the input's device and dtype.
-        value_range: ``(low, high)`` of the input values, mapped to levels 0 and 255 when quantising.
+        hr (`torch.Tensor`): float HR image, ``(C, H, W)`` or ``(B, C, H, W)``, values in `value_range` (``[-1, 1]``
+            for the models).
+        scale (`float | None`, *optional*): downscaling factor, a finite number ``>= 1``. Give either `scale` or
+            `size`.
+        size (`tuple[int, int] | None`, *optional*): explicit output ``(h, w)``, each between 1 and the input side.
+        quantize (`bool`, defaults to `True`): emulate PIL on 8-bit images (see above). The ``uint8`` resize runs on
+            the CPU; the result is moved back to the input's device and dtype.
+        value_range (`tuple[float, float]`, defaults to `DEFAULT_VALUE_RANGE`): ``(low, high)`` of the input values,
+            mapped to levels 0 and 255 when quantising.
 
     Returns:
         The LR image, same layout, device and dtype as `hr`.

@@ -48,7 +48,7 @@ def resolve_hub_id(name: str) -> str:
     """Hub id of a dataset: the paper's short names map to [`HUB_DATASET_IDS`], anything else is returned as is.
 
     Args:
-        name: ``"ucmerced"``, ``"aid"``, ``"rsscn7"`` (case-insensitive) or a hub id ``"owner/name"``.
+        name (`str`): ``"ucmerced"``, ``"aid"``, ``"rsscn7"`` (case-insensitive) or a hub id ``"owner/name"``.
 
     Example:
         >>> resolve_hub_id("UCMerced")
@@ -155,7 +155,7 @@ def normalize_image_dataset(dataset: datasets.Dataset) -> datasets.Dataset:
     Other columns are dropped. No image is decoded.
 
     Args:
-        dataset: the source dataset.
+        dataset (`datasets.Dataset`): the source dataset.
 
     Returns:
         The normalised dataset.
@@ -216,7 +216,7 @@ def load_image_folder(path: str | os.PathLike) -> datasets.Dataset:
     with one warning that counts them. Pixels are decoded only when an example is accessed.
 
     Args:
-        path: the folder.
+        path (`str | os.PathLike`): the folder.
 
     Returns:
         The dataset, in ``file_name`` order.
@@ -299,9 +299,10 @@ def load_full_dataset(
     See [`load_rs_dataset`] for the accepted sources; this is its ``split="all"`` without the split checks.
 
     Args:
-        name_or_path: short name, hub id, local path or ``datasets.Dataset``.
-        cache_dir: datasets cache folder for hub downloads and local parquet / arrow copies.
-        revision: hub revision (branch, tag or commit) to pin.
+        name_or_path (`str | os.PathLike | datasets.Dataset`): short name, hub id, local path or ``datasets.Dataset``.
+        cache_dir (`str | os.PathLike | None`, *optional*): datasets cache folder for hub downloads and local parquet /
+            arrow copies.
+        revision (`str | None`, *optional*): hub revision (branch, tag or commit) to pin.
 
     Example:
         >>> load_full_dataset("rsscn7")  # doctest: +SKIP
@@ -349,12 +350,16 @@ def load_rs_dataset(
     (list of indices into the whole dataset, or of ``file_name`` values) can be passed back as `split`.
 
     Args:
-        name_or_path: short name, hub id, local folder or ``datasets.Dataset`` (see above).
-        split: ``"train"``, ``"test"``, ``"all"``, or a list of indices / file names.
-        test_fraction: fraction of each class in ``"test"``, in (0, 1).
-        seed: any int; selects the split.
-        cache_dir: datasets cache folder for hub downloads and local parquet / arrow copies.
-        revision: hub revision (branch, tag or commit) to pin, for a split that must stay reproducible.
+        name_or_path (`str | os.PathLike | datasets.Dataset`): short name, hub id, local folder or ``datasets.Dataset``
+            (see above).
+        split (`SplitSpec`, defaults to `'train'`): ``"train"``, ``"test"``, ``"all"``, or a list of indices / file
+            names.
+        test_fraction (`float`, defaults to `0.2`): fraction of each class in ``"test"``, in (0, 1).
+        seed (`int`, defaults to `0`): any int; selects the split.
+        cache_dir (`str | os.PathLike | None`, *optional*): datasets cache folder for hub downloads and local parquet /
+            arrow copies.
+        revision (`str | None`, *optional*): hub revision (branch, tag or commit) to pin, for a split that must stay
+            reproducible.
 
     Returns:
         A ``datasets.Dataset``; images decode lazily, tensors for the models come from

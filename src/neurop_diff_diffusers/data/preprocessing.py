@@ -18,7 +18,7 @@ def pil_to_tensor(image: PIL.Image.Image) -> torch.Tensor:
     """Convert a PIL image to a float tensor ``(3, H, W)`` in ``[-1, 1]`` (converted to RGB first).
 
     Args:
-        image: the image; any mode PIL can convert to RGB.
+        image (`PIL.Image.Image`): the image; any mode PIL can convert to RGB.
 
     Example:
         >>> pil_to_tensor(PIL.Image.new("RGB", (4, 2), (255, 0, 0)))[:, 0, 0].tolist()
@@ -34,7 +34,7 @@ def tensor_to_pil(tensor: torch.Tensor) -> PIL.Image.Image:
     """Convert a float tensor ``(3, H, W)`` in ``[-1, 1]`` to an RGB PIL image (rounded to 8-bit levels, clamped).
 
     Args:
-        tensor: the image tensor, ``(3, H, W)`` or ``(1, 3, H, W)``.
+        tensor (`torch.Tensor`): the image tensor, ``(3, H, W)`` or ``(1, 3, H, W)``.
 
     Example:
         >>> tensor_to_pil(torch.zeros(3, 2, 4)).size
@@ -52,8 +52,8 @@ def center_crop(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Imag
     """Crop the centre ``size = (width, height)`` of `image` (offsets rounded down).
 
     Args:
-        image: the image, at least `size` in both dimensions.
-        size: ``(width, height)`` of the crop, PIL's order.
+        image (`PIL.Image.Image`): the image, at least `size` in both dimensions.
+        size (`tuple[int, int]`): ``(width, height)`` of the crop, PIL's order.
 
     Example:
         >>> center_crop(PIL.Image.new("RGB", (257, 250)), (250, 250)).size
@@ -72,8 +72,8 @@ def mirror_pad(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image
     repeated (numpy's ``"reflect"`` mode).
 
     Args:
-        image: the image, at most `size` in both dimensions.
-        size: ``(width, height)`` of the result, PIL's order.
+        image (`PIL.Image.Image`): the image, at most `size` in both dimensions.
+        size (`tuple[int, int]`): ``(width, height)`` of the result, PIL's order.
 
     Example:
         >>> mirror_pad(PIL.Image.new("RGB", (256, 253)), (256, 256)).size
@@ -87,7 +87,7 @@ def mirror_pad(image: PIL.Image.Image, size: tuple[int, int]) -> PIL.Image.Image
 
 
 def preprocess_hr(image: PIL.Image.Image, resolution: int = 256, *, undersized: str = "pad") -> PIL.Image.Image:
-    """Prepare an HR image as in the paper (METHOD.md section 6): centre square crop, then downsample to `resolution`.
+    """Prepare an HR image as in the paper (docs/method.md section 6): centre square crop, downsample to `resolution`.
 
     - Both sides ``>= resolution``: crop the centre square of side ``min(W, H)`` and, if larger than `resolution`,
       downsample it with PIL's antialiased bicubic (AID 600 and RSSCN7 400 -> 256). No distortion: the crop is square.
@@ -98,9 +98,10 @@ def preprocess_hr(image: PIL.Image.Image, resolution: int = 256, *, undersized: 
       ``"error"`` raises a ValueError.
 
     Args:
-        image: the HR image; converted to RGB.
-        resolution: side of the square result, a positive int.
-        undersized: ``"pad"``, ``"keep"`` or ``"error"``: what to do when a side is smaller than `resolution`.
+        image (`PIL.Image.Image`): the HR image; converted to RGB.
+        resolution (`int`, defaults to `256`): side of the square result, a positive int.
+        undersized (`str`, defaults to `'pad'`): ``"pad"``, ``"keep"`` or ``"error"``: what to do when a side is
+            smaller than `resolution`.
 
     Returns:
         An RGB PIL image of ``resolution x resolution`` (or smaller with ``undersized="keep"``).

@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from numbers import Integral
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 
 from ..coordinates import make_cell, make_coord
 from ..image_processing import round_half_up
+from ..utils import seeded_generator
 from .degradation import bicubic_degrade, check_scale
 from .preprocessing import pil_to_tensor, preprocess_hr
 
@@ -29,7 +29,7 @@ DEFAULT_NUM_QUERIES = 2304
 STAGE1_SCALE_RANGE = (1.0, 4.0)
 """Stage-1 scale range, SRNO's U(1, 4): the HR patch ``round(48 * 4) = 192`` px fits a 256 px image."""
 STAGE2_SCALE_RANGE = (1.0, 8.0)
-"""Stage-2 scale range, the paper's ``s ~ U(1, 8]`` (METHOD.md section 1)."""
+"""Stage-2 scale range, the paper's ``s ~ U(1, 8]`` (docs/method.md section 1)."""
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -54,9 +54,9 @@ def sample_scale(scale_min: float, scale_max: float, generator: torch.Generator 
     """Draw a scale uniformly from ``(scale_min, scale_max]`` (exactly `scale_max` when the two are equal).
 
     Args:
-        scale_min: lower end (excluded), ``>= 1``.
-        scale_max: upper end (included), ``>= scale_min``.
-        generator: source of randomness.
+        scale_min (`float`): lower end (excluded), ``>= 1``.
+        scale_max (`float`): upper end (included), ``>= scale_min``.
+        generator (`torch.Generator | None`, *optional*): source of randomness.
 
     Example:
         >>> 1.0 < sample_scale(1.0, 8.0, torch.Generator().manual_seed(0)) <= 8.0
@@ -71,9 +71,10 @@ def random_crop(image: torch.Tensor, size: int, generator: torch.Generator | Non
     """A uniformly placed ``size x size`` crop of a ``(C, H, W)`` image.
 
     Args:
-        image: the image, both sides ``>= size``.
-        size: side of the crop.
-        generator: source of randomness (row offset drawn first, then column offset).
+        image (`torch.Tensor`): the image, both sides ``>= size``.
+        size (`int`): side of the crop.
+        generator (`torch.Generator | None`, *optional*): source of randomness (row offset drawn first, then column
+            offset).
 
     Example:
         >>> random_crop(torch.zeros(3, 10, 12), 4).shape
@@ -93,8 +94,8 @@ def random_dihedral(image: torch.Tensor, generator: torch.Generator | None = Non
     Together they give the 8 symmetries of the square with equal probability (the SRNO / LIIF augmentation).
 
     Args:
-        image: ``(..., H, W)`` tensor; square images keep their shape, others may come out ``W x H``.
-        generator: source of randomness (three draws).
+        image (`torch.Tensor`): ``(..., H, W)`` tensor; square images keep their shape, others may come out ``W x H``.
+        generator (`torch.Generator | None`, *optional*): source of randomness (three draws).
 
     Example:
         >>> random_dihedral(torch.zeros(3, 5, 5)).shape
@@ -114,9 +115,9 @@ def stage1_hr_patch_range(lr_patch: int, scale_min: float, scale_max: float) -> 
     """Smallest and largest HR patch side of stage-1 samples: ``round(lr_patch * s)`` (half up) at the two ends.
 
     Args:
-        lr_patch: the LR patch side.
-        scale_min: the smallest scale.
-        scale_max: the largest scale.
+        lr_patch (`int`): the LR patch side.
+        scale_min (`float`): the smallest scale.
+        scale_max (`float`): the largest scale.
 
     Example:
         >>> stage1_hr_patch_range(48, 1, 4)
@@ -146,13 +147,15 @@ def make_stage1_sample(
     raised (whatever the drawn scale, so that a run fails at once, not at a rare draw); the scale is never clamped.
 
     Args:
-        hr: HR image, float ``(3, H, W)`` in ``[-1, 1]``.
-        generator: source of randomness; draws in this order: scale, crop, augmentation, query points.
-        lr_patch: side of the LR patch (SRNO: 48).
-        scale_min: lower end of the scale range, ``>= 1``.
-        scale_max: upper end of the scale range.
-        num_queries: HR query points per sample, at most ``round(lr_patch * scale_min) ** 2`` (default 2304 = 48^2).
-        augment: apply the flip / rot90 augmentation.
+        hr (`torch.Tensor`): HR image, float ``(3, H, W)`` in ``[-1, 1]``.
+        generator (`torch.Generator | None`, *optional*): source of randomness; draws in this order: scale, crop,
+            augmentation, query points.
+        lr_patch (`int`, defaults to `DEFAULT_LR_PATCH`): side of the LR patch (SRNO: 48).
+        scale_min (`float`, defaults to `STAGE1_SCALE_RANGE[0]`): lower end of the scale range, ``>= 1``.
+        scale_max (`float`, defaults to `STAGE1_SCALE_RANGE[1]`): upper end of the scale range.
+        num_queries (`int`, defaults to `DEFAULT_NUM_QUERIES`): HR query points per sample, at most ``round(lr_patch *
+            scale_min) ** 2`` (default 2304 = 48^2).
+        augment (`bool`, defaults to `True`): apply the flip / rot90 augmentation.
 
     Returns:
         ``{"lr": (3, lr_patch, lr_patch), "coord": (Q, 2), "cell": (2,), "gt": (Q, 3), "scale": float}``: `coord` are
@@ -208,12 +211,13 @@ def make_stage2_sample(
     The neural-operator prior is then computed from the LR at the HR size.
 
     Args:
-        hr: HR image, float ``(3, H, W)`` in ``[-1, 1]``, both sides ``>= resolution``.
-        generator: source of randomness; draws in this order: crop, augmentation, scale.
-        resolution: side of the HR crop (the paper: 256; smaller for CPU work).
-        scale_min: lower end of the scale range (excluded), ``>= 1``.
-        scale_max: upper end (included).
-        augment: apply the flip / rot90 augmentation.
+        hr (`torch.Tensor`): HR image, float ``(3, H, W)`` in ``[-1, 1]``, both sides ``>= resolution``.
+        generator (`torch.Generator | None`, *optional*): source of randomness; draws in this order: crop,
+            augmentation, scale.
+        resolution (`int`, defaults to `256`): side of the HR crop (the paper: 256; smaller for CPU work).
+        scale_min (`float`, defaults to `STAGE2_SCALE_RANGE[0]`): lower end of the scale range (excluded), ``>= 1``.
+        scale_max (`float`, defaults to `STAGE2_SCALE_RANGE[1]`): upper end (included).
+        augment (`bool`, defaults to `True`): apply the flip / rot90 augmentation.
 
     Returns:
         ``{"hr": (3, R, R), "lr": (3, h, w), "scale": float}``, with ``(h, w) = round(R / s)`` (rounded half up).
@@ -239,7 +243,8 @@ def collate_stage1(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]
     """Batch stage-1 samples: every entry stacked along a new first dimension.
 
     Args:
-        samples: outputs of [`make_stage1_sample`] with the same `lr_patch` and `num_queries`.
+        samples (`Sequence[dict[str, Any]]`): outputs of [`make_stage1_sample`] with the same `lr_patch` and
+            `num_queries`.
 
     Returns:
         ``{"lr": (B, 3, P, P), "coord": (B, Q, 2), "cell": (B, 2), "gt": (B, Q, 3), "scale": (B,)}``.
@@ -261,7 +266,7 @@ def collate_stage2(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch stage-2 samples whose LR images may differ in size.
 
     Args:
-        samples: outputs of [`make_stage2_sample`] with the same `resolution`.
+        samples (`Sequence[dict[str, Any]]`): outputs of [`make_stage2_sample`] with the same `resolution`.
 
     Returns:
         ``{"hr": (B, 3, R, R) tensor, "lr": list of B tensors (3, h_i, w_i), "scale": (B,) tensor}``.
@@ -281,20 +286,19 @@ def collate_stage2(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded from ``(seed, epoch, index)`` through numpy's ``SeedSequence``.
+    """A CPU ``torch.Generator`` seeded from ``(seed, epoch, index)`` ([`~neurop_diff_diffusers.utils.derive_seed`]).
 
     Args:
-        seed: non-negative int of the run.
-        epoch: non-negative epoch number.
-        index: non-negative example index.
+        seed (`int`): non-negative int of the run.
+        epoch (`int`): non-negative epoch number.
+        index (`int`): non-negative example index.
 
     Example:
         >>> a = torch.rand(1, generator=sample_generator(0, 0, 5))
         >>> bool(a == torch.rand(1, generator=sample_generator(0, 0, 5)))
         True
     """
-    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+    return seeded_generator(int(seed), int(epoch), int(index))
 
 
 class _HRImageDataset(torch.utils.data.Dataset):

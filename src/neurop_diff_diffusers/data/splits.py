@@ -40,7 +40,7 @@ def check_test_fraction(test_fraction: float) -> float:
     """Validate `test_fraction`: a number strictly between 0 and 1.
 
     Args:
-        test_fraction: the fraction of each class that goes to the test part.
+        test_fraction (`float`): the fraction of each class that goes to the test part.
 
     Example:
         >>> check_test_fraction(0.2)
@@ -57,7 +57,7 @@ def check_split(split: SplitSpec) -> SplitSpec:
     """Validate `split`: ``"train"``, ``"test"``, ``"all"``, or a list of indices or of file names.
 
     Args:
-        split: the split specification.
+        split (`SplitSpec`): the split specification.
 
     Example:
         >>> check_split("test")
@@ -76,11 +76,31 @@ def check_split(split: SplitSpec) -> SplitSpec:
     return items
 
 
-def _example_keys(dataset: datasets.Dataset) -> list[str]:
+def unique_file_names(dataset: datasets.Dataset) -> list[str] | None:
+    """The dataset's file names if every example has a distinct, non-empty one; ``None`` otherwise.
+
+    The one check of the project for "the file names identify the examples": splits, evaluation keys and training
+    runs then record file names, otherwise indices.
+
+    Args:
+        dataset (`datasets.Dataset`): a dataset, with or without a ``file_name`` column.
+
+    Example:
+        >>> import datasets
+        >>> unique_file_names(datasets.Dataset.from_dict({"file_name": ["a.png", "b.png"]}))
+        ['a.png', 'b.png']
+        >>> unique_file_names(datasets.Dataset.from_dict({"file_name": ["a.png", "a.png"]})) is None
+        True
+    """
     names = list(dataset["file_name"]) if "file_name" in dataset.column_names else []
     if names and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names):
         return names
-    return [str(i) for i in range(len(dataset))]
+    return None
+
+
+def _example_keys(dataset: datasets.Dataset) -> list[str]:
+    names = unique_file_names(dataset)
+    return names if names is not None else [str(i) for i in range(len(dataset))]
 
 
 def split_indices(dataset: datasets.Dataset, test_fraction: float = 0.2, seed: int = 0) -> dict[str, list[int]]:
@@ -90,10 +110,11 @@ def split_indices(dataset: datasets.Dataset, test_fraction: float = 0.2, seed: i
     decoded). The two lists are disjoint and together cover the dataset.
 
     Args:
-        dataset: a dataset with a ``label`` column (and optionally ``file_name``), e.g. from
+        dataset (`datasets.Dataset`): a dataset with a ``label`` column (and optionally ``file_name``), e.g. from
             [`~neurop_diff_diffusers.data.load_rs_dataset`] with ``split="all"``.
-        test_fraction: fraction of each class in the test part, in (0, 1); rounded half up per class.
-        seed: any int; different seeds give different splits.
+        test_fraction (`float`, defaults to `0.2`): fraction of each class in the test part, in (0, 1); rounded half up
+            per class.
+        seed (`int`, defaults to `0`): any int; different seeds give different splits.
 
     Returns:
         ``{"train": sorted indices, "test": sorted indices}``.
@@ -127,9 +148,9 @@ def split_file_names(dataset: datasets.Dataset, test_fraction: float = 0.2, seed
     """The split of [`split_indices`] as lists of file names, to record next to a model or an evaluation.
 
     Args:
-        dataset: a dataset with ``label`` and ``file_name`` columns (local folders have them).
-        test_fraction: fraction of each class in the test part, in (0, 1).
-        seed: any int.
+        dataset (`datasets.Dataset`): a dataset with ``label`` and ``file_name`` columns (local folders have them).
+        test_fraction (`float`, defaults to `0.2`): fraction of each class in the test part, in (0, 1).
+        seed (`int`, defaults to `0`): any int.
 
     Returns:
         ``{"train": [file names], "test": [file names]}``, in index order.
@@ -151,11 +172,10 @@ def split_to_indices(
     """The indices into `dataset` that `split` selects (see [`select_split`]), e.g. to record or report them.
 
     Args:
-        dataset: the whole dataset (``label`` column, optionally ``file_name``).
-        split: ``"all"``, ``"train"``, ``"test"``, a list of indices into `dataset`, or a list of file names (values
-            of its ``file_name`` column). Lists are taken in the given order.
-        test_fraction: fraction of each class in the test part, in (0, 1); used by ``"train"`` / ``"test"``.
-        seed: any int; used by ``"train"`` / ``"test"``.
+        dataset (`datasets.Dataset`): the whole dataset.
+        split (`SplitSpec`, defaults to `'all'`): what to select, as for [`select_split`].
+        test_fraction (`float`, defaults to `0.2`): as for [`select_split`].
+        seed (`int`, defaults to `0`): as for [`select_split`].
 
     Returns:
         The list of indices.
@@ -190,11 +210,12 @@ def select_split(
     """Select a part of `dataset`: ``"all"``, ``"train"`` / ``"test"`` of [`split_indices`], or a recorded list.
 
     Args:
-        dataset: the whole dataset (``label`` column, optionally ``file_name``).
-        split: ``"all"``, ``"train"``, ``"test"``, a list of indices into `dataset`, or a list of file names (values
-            of its ``file_name`` column). Lists are taken in the given order.
-        test_fraction: fraction of each class in the test part, in (0, 1); used by ``"train"`` / ``"test"``.
-        seed: any int; used by ``"train"`` / ``"test"``.
+        dataset (`datasets.Dataset`): the whole dataset (``label`` column, optionally ``file_name``).
+        split (`SplitSpec`, defaults to `'all'`): ``"all"``, ``"train"``, ``"test"``, a list of indices into `dataset`,
+            or a list of file names (values of its ``file_name`` column). Lists are taken in the given order.
+        test_fraction (`float`, defaults to `0.2`): fraction of each class in the test part, in (0, 1); used by
+            ``"train"`` / ``"test"``.
+        seed (`int`, defaults to `0`): any int; used by ``"train"`` / ``"test"``.
 
     Returns:
         The selected rows (a view of `dataset`, no copy); `dataset` itself for ``"all"``.
@@ -222,10 +243,10 @@ def ucmerced_convention_split(
     held-out validation set of training and evaluation.
 
     Args:
-        dataset: a dataset with a ``file_name`` column (a local UCMerced folder from
+        dataset (`datasets.Dataset`): a dataset with a ``file_name`` column (a local UCMerced folder from
             [`~neurop_diff_diffusers.data.load_rs_dataset`]).
-        train_max: last file number of the train part.
-        test_max: last file number of the test part (must be ``>= train_max``).
+        train_max (`int`, defaults to `27`): last file number of the train part.
+        test_max (`int`, defaults to `34`): last file number of the test part (must be ``>= train_max``).
 
     Returns:
         ``{"train": sorted indices, "test": sorted indices}``.
@@ -260,8 +281,8 @@ def resolve_split_method(method: str, data_dir: str | os.PathLike | None = None)
     """``"auto"`` -> ``"ucmerced"`` for a local folder whose name contains "ucmerced", else ``"fraction"``.
 
     Args:
-        method: one of ``SPLIT_METHODS``.
-        data_dir: the local dataset folder, if any.
+        method (`str`): one of ``SPLIT_METHODS``.
+        data_dir (`str | os.PathLike | None`, *optional*): the local dataset folder, if any.
 
     Example:
         >>> resolve_split_method("auto", "../shared/data/UCMerced_LandUse")
@@ -290,12 +311,12 @@ def split_parts(
     ``"ucmerced"`` = [`ucmerced_convention_split`], ``"fraction"`` = [`split_indices`].
 
     Args:
-        dataset: the whole dataset.
-        method: one of ``SPLIT_METHODS``.
-        data_dir: the local folder (for ``"auto"``).
-        test_fraction: the ``"fraction"`` split's test fraction per class.
-        seed: the ``"fraction"`` split's seed.
-        split_file: a recorded split to replay.
+        dataset (`datasets.Dataset`): the whole dataset.
+        method (`str`, defaults to `'auto'`): one of ``SPLIT_METHODS``.
+        data_dir (`str | os.PathLike | None`, *optional*): the local folder (for ``"auto"``).
+        test_fraction (`float`, defaults to `0.2`): the ``"fraction"`` split's test fraction per class.
+        seed (`int`, defaults to `0`): the ``"fraction"`` split's seed.
+        split_file (`str | os.PathLike | None`, *optional*): a recorded split to replay.
 
     Returns:
         ``(parts, description)``: the index lists and a JSON-able description of how they were chosen.
@@ -329,8 +350,8 @@ def add_split_arguments(parser: Any, data_dir_flag: str = "--data_dir") -> None:
     [`split_parts`]) to an argparse parser or group, with the same meaning in training and evaluation.
 
     Args:
-        parser: an ``argparse.ArgumentParser`` or argument group.
-        data_dir_flag: the flag of the local folder that ``auto`` looks at.
+        parser (`Any`): an ``argparse.ArgumentParser`` or argument group.
+        data_dir_flag (`str`, defaults to `'--data_dir'`): the flag of the local folder that ``auto`` looks at.
     """
     parser.add_argument(
         "--split_method",

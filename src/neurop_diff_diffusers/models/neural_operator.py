@@ -1,4 +1,4 @@
-"""The Galerkin neural operator of NeurOp-Diff (SRNO with an EDSR-baseline encoder), METHOD.md sections 3 and 9."""
+"""The Galerkin neural operator of NeurOp-Diff (SRNO, EDSR-baseline encoder), docs/method.md sections 3 and 9."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ class GalerkinAttentionBlock(nn.Module):
 
 
 class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
-    r"""The neural-operator prior of NeurOp-Diff: an LR image to an image of any size, computing METHOD.md section 9.
+    r"""The neural-operator prior of NeurOp-Diff: an LR image to an image of any size (docs/method.md section 9).
 
     An EDSR-baseline encoder gives LR features; every output pixel centre is lifted from its four nearest LR features
     (LIIF local ensemble, area weights, relative coordinates and the relative cell) to ``width`` channels; two
@@ -313,7 +313,7 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------------
     @classmethod
     def from_official_state_dict(cls, state_dict: Mapping[str, Any]) -> "GalerkinNeuralOperator":
-        """Build the operator from the authors' SRNO checkpoint (``official-srno-state-dict.txt`` names and shapes).
+        """Build the operator from the authors' SRNO checkpoint (names and shapes: docs/method.md section 9).
 
         The configuration is read off the shapes; ``encoder.sub_mean`` / ``encoder.add_mean`` are dropped (the
         authors do not apply them). A dict nested under ``"model"`` (their checkpoint file) or with DDP ``module.``

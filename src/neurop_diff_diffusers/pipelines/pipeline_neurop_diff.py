@@ -1,4 +1,4 @@
-"""NeurOp-Diff pipeline: neural-operator prior at the HR size + SR3-style conditional diffusion (METHOD.md 2-3)."""
+"""NeurOp-Diff pipeline: a neural-operator prior at the HR size + SR3-style diffusion (docs/method.md sections 2-3)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..hub import make_hub_ready
+from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
+from ..hub import make_hub_ready, push_folder_to_hub
 from ..image_processing import (
     ImageInput,
     check_output_type,
@@ -30,10 +31,6 @@ from ..image_processing import (
 from ..models import neural_operator as _neural_operator  # noqa: F401
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
-
-#: Default pixel budget of one output image (height x width); raise it with ``max_output_pixels``.
-DEFAULT_MAX_OUTPUT_PIXELS = 4096 * 4096
-
 
 #: Byte alignment of CPU weights that the pipeline guarantees (PyTorch's own CPU allocations are aligned to it).
 WEIGHT_ALIGNMENT = 64
@@ -74,6 +71,22 @@ def own_aligned_weights(module: torch.nn.Module | None, alignment: int = WEIGHT_
 def bicubic_prior(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
     """The SR3 conditioner: bicubic upsampling of ``image`` (in ``[-1, 1]``) to ``output_size``, clamped."""
     return F.interpolate(image, size=output_size, mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def unet_downsampling_factor(unet: Any) -> int:
+    """The factor by which a diffusers ``UNet2DModel`` downsamples: ``2 ** (number of levels - 1)``.
+
+    Input sides must be multiples of it (the pipeline pads and crops back; training checks ``--crop_size``).
+
+    Args:
+        unet (`UNet2DModel`): the denoiser (only its ``config.block_out_channels`` is read).
+
+    Example:
+        >>> from neurop_diff_diffusers.presets import build_unet
+        >>> unet_downsampling_factor(build_unet("tiny"))
+        4
+    """
+    return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
 class NeurOpDiffPipeline(DiffusionPipeline):
@@ -181,18 +194,18 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         Returns:
             The URL of the commit.
         """
-        from huggingface_hub import create_repo, upload_folder
-
-        repo_id = create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, hub_ready=hub_ready)
             if model_card is not None:
                 shutil.copyfile(model_card, Path(tmp) / "README.md")
-            return upload_folder(
-                repo_id=repo_id,
-                folder_path=tmp,
-                token=token,
+            return push_folder_to_hub(
+                tmp,
+                repo_id,
+                hub_ready=False,  # already in the chosen layout
+                private=private,
                 commit_message=commit_message or "Upload NeurOp-Diff pipeline",
+                ignore_patterns=(),
+                token=token,
                 create_pr=create_pr,
             )
 
@@ -204,8 +217,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
     @property
     def downsampling_factor(self) -> int:
-        """HR sizes are padded to a multiple of this (2 ** number of UNet downsamplings) and cropped back."""
-        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+        """HR sizes are padded to a multiple of this ([`unet_downsampling_factor`]) and cropped back."""
+        return unet_downsampling_factor(self.unet)
 
     def _predict_noise(
         self,
@@ -237,7 +250,18 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         image = image.to(self.neural_operator.dtype)
         return self.neural_operator(image, output_size, chunk_size=chunk_size).sample
 
-    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None, eta: float) -> dict[str, Any]:
+    def prepare_extra_step_kwargs(
+        self, generator: torch.Generator | list[torch.Generator] | None, eta: float
+    ) -> dict[str, Any]:
+        """The keyword arguments of ``scheduler.step`` that not every scheduler takes (diffusers' name and role).
+
+        Args:
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): the noise of stochastic steps.
+            eta (`float`): DDIM's eta, passed only to schedulers that take it.
+
+        Returns:
+            `dict[str, Any]`: ``eta`` and / or ``generator``, as the scheduler's ``step`` accepts them.
+        """
         params = set(inspect.signature(self.scheduler.step).parameters)
         kwargs: dict[str, Any] = {}
         if "eta" in params:
@@ -245,6 +269,27 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         if "generator" in params:
             kwargs["generator"] = generator
         return kwargs
+
+    def get_timesteps(self, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+        """The timesteps that a sampling `strength` runs (diffusers' img2img ``get_timesteps``).
+
+        The last ``strength_steps(strength, num_inference_steps)`` of the scheduler's timesteps (all of them for
+        ``strength=1``); call ``scheduler.set_timesteps`` first.
+
+        Args:
+            num_inference_steps (`int`): the scheduler's number of timesteps.
+            strength (`float`): in ``(0, 1]``.
+
+        Returns:
+            `tuple[torch.Tensor, int]`: the timesteps to run and their number.
+        """
+        timesteps = self.scheduler.timesteps
+        if strength < 1.0:
+            begin = len(timesteps) - strength_steps(strength, num_inference_steps) * self.scheduler.order
+            timesteps = timesteps[begin:]
+            if hasattr(self.scheduler, "set_begin_index"):
+                self.scheduler.set_begin_index(begin)
+        return timesteps, len(timesteps)
 
     @staticmethod
     def check_inputs(
@@ -403,19 +448,15 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
         # 4. Noise and timesteps.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps, _ = self.get_timesteps(num_inference_steps, strength)
         latents = randn_tensor(prior.shape, generator=generator, device=device, dtype=dtype)
         if strength < 1.0:
-            begin = len(timesteps) - strength_steps(strength, num_inference_steps) * self.scheduler.order
-            timesteps = timesteps[begin:]
-            if hasattr(self.scheduler, "set_begin_index"):
-                self.scheduler.set_begin_index(begin)
             start = torch.zeros_like(prior) if self.residual else prior
             latents = self.scheduler.add_noise(start, latents, timesteps[:1].repeat(batch_size))
         else:
             latents = latents * self.scheduler.init_noise_sigma
         alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
-        step_kwargs = self._step_kwargs(generator, eta)
+        step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 5. Denoise (in overlapping tiles when the output is larger than a tile; the progress bar counts UNet calls).
         tile = max(prior.shape[-2:]) if tile_size is None else tile_size

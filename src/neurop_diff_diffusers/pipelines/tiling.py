@@ -12,9 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-#: Tiles of this many pixels a side by default: outputs larger than this on either side are denoised in tiles.
-DEFAULT_TILE_SIZE = 512
-DEFAULT_TILE_OVERLAP = 64
+from ..defaults import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE  # noqa: F401 (re-exported)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -23,9 +21,9 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     The last tile is aligned to the end; a length that fits one tile gives ``[0]``.
 
     Args:
-        length: the side to cover.
-        tile: the tile side.
-        overlap: the minimum overlap between neighbouring tiles (``< tile``).
+        length (`int`): the side to cover.
+        tile (`int`): the tile side.
+        overlap (`int`): the minimum overlap between neighbouring tiles (``< tile``).
 
     Example:
         >>> tile_starts(1000, 512, 64)
@@ -59,10 +57,10 @@ def tile_weights(
     """Blending weights of every tile, shape ``(tile_h, tile_w)``, ramping only where a tile meets a neighbour.
 
     Args:
-        starts_y: tile offsets along the height.
-        starts_x: tile offsets along the width.
-        tile: ``(tile_h, tile_w)``.
-        size: ``(height, width)`` of the whole image.
+        starts_y (`list[int]`): tile offsets along the height.
+        starts_x (`list[int]`): tile offsets along the width.
+        tile (`tuple[int, int]`): ``(tile_h, tile_w)``.
+        size (`tuple[int, int]`): ``(height, width)`` of the whole image.
     """
     th, tw = tile
 
@@ -100,11 +98,12 @@ def tiled_apply(
     With an image that fits one tile, ``fn`` is called once on the whole image and its output returned unchanged.
 
     Args:
-        fn: ``fn(tile, (rows, cols))`` -> output of the tile's spatial size.
-        sample: the input, whose spatial size is a multiple of what ``fn`` requires.
-        tile_size: the tile side (clipped to the image).
-        overlap: the overlap between tiles.
-        out_channels: channels of ``fn``'s output (default: the input's).
+        fn (`Callable[[torch.Tensor, tuple[slice, slice]], torch.Tensor]`): ``fn(tile, (rows, cols))`` -> output of the
+            tile's spatial size.
+        sample (`torch.Tensor`): the input, whose spatial size is a multiple of what ``fn`` requires.
+        tile_size (`int`): the tile side (clipped to the image).
+        overlap (`int`): the overlap between tiles.
+        out_channels (`int | None`, *optional*): channels of ``fn``'s output (default: the input's).
 
     Example:
         >>> x = torch.arange(2 * 3 * 40 * 56, dtype=torch.float32).reshape(2, 3, 40, 56)

@@ -1,0 +1,189 @@
+"""The methods and metrics of the evaluation, as registries: a new method or metric is one entry.
+
+[`~neurop_diff_diffusers.evaluation.evaluate`] runs every method of [`EVALUATION_METHODS`] that the user asks for on
+every image and scale (its step 2) and scores each output with every metric of [`EVALUATION_METRICS`] (its step 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .metrics import hf_energy_ratio, niqe, protocol_kwargs, psnr, ssim
+from .pipelines import NeurOpDiffPipeline, bicubic_prior
+from .utils import derive_seed
+
+
+@dataclass
+class EvaluationRun:
+    """The checked arguments of one [`~neurop_diff_diffusers.evaluation.evaluate`] call (its step 1)."""
+
+    pipeline: NeurOpDiffPipeline
+    sr3: NeurOpDiffPipeline | None
+    items: list[tuple[str | int, Any]]
+    scales: list[float]
+    methods: list[str]
+    num_inference_steps: int
+    strength: float
+    eta: float
+    seed: int
+    resolution: int
+    protocol: str
+    chunk_size: int | None
+    figure_image: int | None
+
+
+@dataclass
+class EvaluationScoring:
+    """What the metrics need beyond the images: the protocol, the LPIPS network, whether NIQE runs (and why not)."""
+
+    protocol: str
+    lpips_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    lpips_reason: str
+    niqe_enabled: bool
+    niqe_reason: str
+
+
+def image_seed(seed: int, key: str | int, scale: float) -> int:
+    """The noise seed of one image at one scale: [`~neurop_diff_diffusers.utils.derive_seed`]`(seed, key, scale)`.
+
+    It depends on the image's key (file name or dataset index), not on its position in the run, so results do not
+    change with `max_images` or the order of the images.
+
+    Args:
+        seed (`int`): the run's seed.
+        key (`str` or `int`): the image's file name or index.
+        scale (`float`): the scale.
+
+    Returns:
+        `int`: a seed for `torch.Generator.manual_seed`.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation_methods import image_seed
+        >>> image_seed(0, "forest/forest30.tif", 4.0) == image_seed(0, "forest/forest30.tif", 4)
+        True
+    """
+    key = key if isinstance(key, (str, int)) and not isinstance(key, bool) else str(key)
+    return derive_seed(int(seed), key, float(scale))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Step 2: the methods (a new method is one entry of EVALUATION_METHODS)
+
+
+@dataclass(frozen=True)
+class EvaluationMethod:
+    """One method of the evaluation.
+
+    Args:
+        label (`str`): its name in tables and figures.
+        run (`Callable`): ``run(run, lr, hr_size, key, scale)``: the output in ``[-1, 1]`` at ``hr_size`` for the LR
+            batch ``lr`` (``[-1, 1]``, on 8-bit levels); ``key`` and ``scale`` seed the noise of diffusion methods.
+        unavailable (`Callable`): ``unavailable(pipeline, sr3_pipeline)``: why the method cannot run with these
+            pipelines, or ``None`` when it can.
+    """
+
+    label: str
+    run: Callable[[EvaluationRun, torch.Tensor, tuple[int, int], Any, float], torch.Tensor]
+    unavailable: Callable[[Any, Any], str | None] = lambda pipeline, sr3_pipeline: None
+
+
+def _run_bicubic(
+    run: EvaluationRun, lr: torch.Tensor, hr_size: tuple[int, int], key: Any, scale: float
+) -> torch.Tensor:
+    return bicubic_prior(lr, hr_size)
+
+
+def _run_operator(
+    run: EvaluationRun, lr: torch.Tensor, hr_size: tuple[int, int], key: Any, scale: float
+) -> torch.Tensor:
+    return run.pipeline.compute_prior(lr.to(run.pipeline.device), hr_size, chunk_size=run.chunk_size)
+
+
+def _diffusion(pipe: Callable[[EvaluationRun], NeurOpDiffPipeline]) -> Callable[..., torch.Tensor]:
+    """A diffusion method: the pipeline given by ``pipe(run)``, its noise seeded by ``(seed, key, scale)``."""
+    from .data import to_uint8_levels
+
+    def run_method(
+        run: EvaluationRun, lr: torch.Tensor, hr_size: tuple[int, int], key: Any, scale: float
+    ) -> torch.Tensor:
+        pipeline = pipe(run)
+        out = pipeline(
+            to_uint8_levels(lr).to(pipeline.device),
+            output_size=hr_size,
+            num_inference_steps=run.num_inference_steps,
+            strength=run.strength,
+            eta=run.eta,
+            generator=torch.Generator().manual_seed(image_seed(run.seed, key, scale)),
+            output_type="pt",
+            chunk_size=run.chunk_size,
+        ).images
+        return out * 2.0 - 1.0
+
+    return run_method
+
+
+def _no_operator(pipeline: Any, sr3_pipeline: Any) -> str | None:
+    return "`pipeline` has no neural operator" if getattr(pipeline, "neural_operator", None) is None else None
+
+
+def _no_sr3(pipeline: Any, sr3_pipeline: Any) -> str | None:
+    return "no `sr3_pipeline` is given" if sr3_pipeline is None else None
+
+
+#: The methods, in table order (see this module's docstring for what each computes).
+EVALUATION_METHODS: dict[str, EvaluationMethod] = {
+    "bicubic": EvaluationMethod("Bicubic", _run_bicubic),
+    "neural_operator": EvaluationMethod("Neural operator", _run_operator, _no_operator),
+    "neurop_diff": EvaluationMethod("NeurOp-Diff", _diffusion(lambda run: run.pipeline)),
+    "sr3": EvaluationMethod("SR3 (bicubic prior)", _diffusion(lambda run: run.sr3), _no_sr3),
+}
+METHODS: tuple[str, ...] = tuple(EVALUATION_METHODS)
+METHOD_LABELS: dict[str, str] = {name: method.label for name, method in EVALUATION_METHODS.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Step 3: the metrics (a new metric is one entry of EVALUATION_METRICS)
+
+
+@dataclass(frozen=True)
+class EvaluationMetric:
+    """One metric of the evaluation, computed per image on 8-bit-level outputs in ``[0, 1]``.
+
+    Args:
+        compute (`Callable`): ``compute(scoring, output, hr, scale)`` for ``(1, 3, H, W)`` tensors: a number, or
+            ``None`` where the metric is not available (e.g. LPIPS without local weights).
+        skip_undefined (`bool`): average over the images where it is defined and finite (NIQE, the HF ratio);
+            otherwise one undefined value makes the mean undefined (PSNR of a perfect output is infinite).
+    """
+
+    compute: Callable[[EvaluationScoring, torch.Tensor, torch.Tensor, float], float | None]
+    skip_undefined: bool = False
+
+
+#: The metrics, in column order; results rows hold one value of each (``None`` where undefined).
+EVALUATION_METRICS: dict[str, EvaluationMetric] = {
+    "psnr": EvaluationMetric(lambda sc, out, hr, s: float(psnr(out, hr, **protocol_kwargs(sc.protocol, s))[0])),
+    "ssim": EvaluationMetric(lambda sc, out, hr, s: float(ssim(out, hr, **protocol_kwargs(sc.protocol, s))[0])),
+    "lpips": EvaluationMetric(
+        lambda sc, out, hr, s: float(sc.lpips_fn(out, hr)[0]) if sc.lpips_fn is not None else None, True
+    ),
+    "niqe": EvaluationMetric(lambda sc, out, hr, s: niqe(out[0]) if sc.niqe_enabled else None, True),
+    "hf_ratio": EvaluationMetric(lambda sc, out, hr, s: hf_energy_ratio(out[0], hr[0], s), True),
+}
+
+
+__all__ = [
+    "EVALUATION_METHODS",
+    "EVALUATION_METRICS",
+    "METHODS",
+    "METHOD_LABELS",
+    "EvaluationMethod",
+    "EvaluationMetric",
+    "EvaluationRun",
+    "EvaluationScoring",
+    "image_seed",
+]

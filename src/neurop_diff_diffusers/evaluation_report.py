@@ -1,0 +1,267 @@
+"""The evaluation's report: comparison figures, ``results.json``, ``results.md`` (written atomically).
+
+The report itself is the output of [`~neurop_diff_diffusers.evaluation.evaluate`]; this module turns it into files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+
+from .evaluation import MAX_IN_DISTRIBUTION_SCALE
+from .evaluation_methods import METHOD_LABELS, METHODS
+from .utils import atomic_write, atomic_write_text
+
+# --------------------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _font(size: int) -> PIL.ImageFont.ImageFont:
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return PIL.ImageFont.load_default()
+
+
+def _zoom_box(hr: np.ndarray, fraction: float = 0.25) -> tuple[int, int, int, int]:
+    """The most textured `fraction`-sized square of the HR (highest gradient energy on a coarse grid)."""
+    height, width = hr.shape[:2]
+    side = max(8, int(round(min(height, width) * fraction)))
+    gray = hr.astype(np.float64).mean(axis=2)
+    energy = np.abs(np.diff(gray, axis=0))[:, :-1] + np.abs(np.diff(gray, axis=1))[:-1, :]
+    best, box = -1.0, (0, 0, side, side)
+    step = max(1, side // 2)
+    for top in range(0, height - side + 1, step):
+        for left in range(0, width - side + 1, step):
+            value = float(energy[top : top + side - 1, left : left + side - 1].sum())
+            if value > best:
+                best, box = value, (left, top, left + side, top + side)
+    return box
+
+
+def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PIL.Image.Image:
+    """A comparison figure: the panels side by side, a zoomed crop of each below (like the paper's Figures 3-5).
+
+    The crop is the most textured quarter-size square of the last panel (the HR), marked in red in the top row and
+    magnified with nearest-neighbour interpolation in the bottom row.
+
+    Args:
+        panels (`Sequence[tuple[str, np.ndarray]]`): `(label, image)` pairs, images `(H, W, 3)` uint8 of one size;
+            the last one is the reference (HR). A label has up to three lines (`"\\n"`-separated).
+        title (`str`, *optional*): a line written above the panels.
+
+    Returns:
+        `PIL.Image.Image`: the RGB figure.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.evaluation_report import make_figure
+        >>> image = np.zeros((32, 32, 3), np.uint8)
+        >>> make_figure([("LR", image), ("HR", image)], title="x2").mode
+        'RGB'
+    """
+    if not panels:
+        raise ValueError("`panels` must not be empty.")
+    height, width = panels[0][1].shape[:2]
+    if any(p.shape[:2] != (height, width) or p.dtype != np.uint8 for _, p in panels):
+        raise ValueError("`panels` must hold uint8 (H, W, 3) images of one size.")
+    left, top, right, bottom = _zoom_box(panels[-1][1])
+    font_size = max(10, min(16, width // 12))
+    font = _font(font_size)
+    lines = max(2, *(min(3, len(label.split("\n"))) for label, _ in panels))
+    label_h, title_h, gap = lines * (font_size + 2) + 4, (font_size + 10) if title else 0, 4
+    columns = len(panels)
+    figure = PIL.Image.new(
+        "RGB", (columns * width + (columns + 1) * gap, title_h + label_h + 2 * height + 3 * gap), "white"
+    )
+    draw = PIL.ImageDraw.Draw(figure)
+    if title:
+        draw.text((gap, 4), title, fill="black", font=font)
+    for column, (label, array) in enumerate(panels):
+        x = gap + column * (width + gap)
+        y = title_h + label_h
+        for line, text in enumerate(label.split("\n")[:3]):
+            draw.text((x, title_h + 2 + line * (font_size + 2)), text, fill="black", font=font)
+        image = PIL.Image.fromarray(array)
+        figure.paste(image, (x, y))
+        draw.rectangle((x + left, y + top, x + right - 1, y + bottom - 1), outline=(255, 0, 0), width=2)
+        zoom = image.crop((left, top, right, bottom)).resize((width, height), PIL.Image.NEAREST)
+        figure.paste(zoom, (x, y + height + gap))
+    return figure
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writers
+
+
+def results_to_json(report: dict[str, Any]) -> str:
+    """The report as strict JSON (the PIL figures left out; non-finite numbers as `null`).
+
+    Args:
+        report (`dict`): the output of [`evaluate`].
+
+    Returns:
+        `str`: indented JSON.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation_report import results_to_json
+        >>> results_to_json({"seed": 0, "figures": {}})
+        '{\\n  "seed": 0\\n}'
+    """
+    return json.dumps({k: v for k, v in report.items() if k != "figures"}, indent=2, allow_nan=False)
+
+
+def _scale_header(scale: float) -> str:
+    return f"x{scale:g}" + ("" if scale <= MAX_IN_DISTRIBUTION_SCALE else " (OOD)")
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def results_to_markdown(report: dict[str, Any]) -> str:
+    """A Markdown summary: PSNR / SSIM / LPIPS, then NIQE / HF ratio, per method (rows) and scale (columns), then
+    seconds per image.
+
+    Args:
+        report (`dict`): the output of [`evaluate`] (or a `results.json` loaded back).
+
+    Returns:
+        `str`: the Markdown text.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation_report import results_to_markdown
+        >>> report = {"protocol": {"name": "rgb", "description": "..."}, "images": [0], "seed": 0,
+        ...           "lpips": {"available": False, "reason": "no weights"}, "config": {"num_inference_steps": 5},
+        ...           "results": [{"method": "bicubic", "scale": 2.0, "psnr": 30.0, "ssim": 0.9, "lpips": None,
+        ...                        "n_images": 1, "seconds_per_image": 0.01}]}
+        >>> print(results_to_markdown(report).splitlines()[-7])
+        | Bicubic | 30.00 / 0.9000 / n/a |
+    """
+    results = report["results"]
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    methods += sorted({r["method"] for r in results} - set(methods))
+    scales = sorted({r["scale"] for r in results})
+    table = {(r["method"], r["scale"]): r for r in results}
+    protocol = report.get("protocol", {})
+    lpips = report.get("lpips", {})
+    config = report.get("config", {})
+    lines = [
+        "# NeurOp-Diff evaluation",
+        "",
+        f"- Protocol: `{protocol.get('name')}`: {protocol.get('description', '')}",
+        f"- Images: {len(report.get('images', []))}; seed {report.get('seed')}; "
+        f"T = {config.get('num_inference_steps')} denoising steps"
+        + (
+            f", strength {config['strength']:g} (from the diffused prior)." if config.get("strength", 1.0) < 1 else "."
+        ),
+        "- LPIPS: " + ("AlexNet" if lpips.get("available") else f"n/a ({lpips.get('reason', 'unavailable')})"),
+    ]
+    detail = any("niqe" in r or "hf_ratio" in r for r in results)
+    if detail:
+        niqe_info = report.get("niqe", {})
+        if niqe_info.get("available"):
+            hr = niqe_info.get("hr")
+            lines.append(
+                f"- NIQE: model `{niqe_info.get('model', 'live')}`"
+                + (f"; the HR images themselves: {hr:.2f}" if hr is not None else "")
+            )
+        else:
+            lines.append(f"- NIQE: n/a ({niqe_info.get('reason', 'unavailable')})")
+    if report.get("command"):
+        lines.append(f"- Command: `{report['command']}`")
+    lines += [
+        "",
+        "PSNR (dB) / SSIM / LPIPS; OOD: scale outside the training range (1, 8].",
+        "",
+    ]
+    lines += _method_table(
+        methods,
+        scales,
+        table,
+        lambda row: f"{_cell(row['psnr'], 2)} / {_cell(row['ssim'], 4)} / {_cell(row.get('lpips'), 4)}",
+    )
+    if detail:
+        lines += [
+            "",
+            "NIQE (no-reference, lower is better) / HF ratio (energy above the LR Nyquist frequency relative to the "
+            "HR's; 1 = as much fine detail as the HR):",
+            "",
+        ]
+        lines += _method_table(
+            methods, scales, table, lambda row: f"{_cell(row.get('niqe'), 2)} / {_cell(row.get('hf_ratio'), 3)}"
+        )
+    lines += ["", "Seconds per image:", ""]
+    lines += _method_table(
+        methods, scales, table, lambda row: f"{row['seconds_per_image']:.3f}", header=lambda s: f"x{s:g}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _method_table(
+    methods: Sequence[str],
+    scales: Sequence[float],
+    table: dict[tuple[str, float], dict[str, Any]],
+    cell: Callable[[dict[str, Any]], str],
+    header: Callable[[float], str] = _scale_header,
+) -> list[str]:
+    """The lines of a Markdown table, one row per method and one column per scale (``-`` where no result)."""
+    lines = ["| method | " + " | ".join(header(s) for s in scales) + " |", "| --- |" + " --- |" * len(scales)]
+    for method in methods:
+        cells = ["-" if (method, s) not in table else cell(table[(method, s)]) for s in scales]
+        lines.append(f"| {METHOD_LABELS.get(method, method)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def figure_file_name(scale: float) -> str:
+    """File name of the figure of one scale: `figure_x4.png`, `figure_x2.5.png`.
+
+    Args:
+        scale (`float`): the scale.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation_report import figure_file_name
+        >>> figure_file_name(4.0), figure_file_name(2.5)
+        ('figure_x4.png', 'figure_x2.5.png')
+    """
+    return f"figure_x{scale:g}.png"
+
+
+def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write `results.json`, `results.md` and one `figure_x<scale>.png` per scale, each atomically.
+
+    Args:
+        report (`dict`): the output of [`evaluate`].
+        output_dir (`str` or `os.PathLike`): the folder (created if needed).
+
+    Returns:
+        `dict[str, Path]`: `"json"`, `"markdown"` and `"figure_x<scale>"` -> path.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation_report import save_results  # doctest: +SKIP
+        >>> save_results(report, "eval_out")  # doctest: +SKIP
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"`output_dir` must be a folder, got the file {str(output_dir)!r}.")
+    text_json = results_to_json(report)
+    text_md = results_to_markdown(report)
+    paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md"}
+    for scale, figure in report.get("figures", {}).items():
+        path = output_dir / figure_file_name(scale)
+        atomic_write(path, lambda temp, figure=figure: figure.save(temp, format="PNG"))
+        paths[path.stem] = path
+    atomic_write_text(paths["markdown"], text_md)
+    atomic_write_text(paths["json"], text_json + "\n")
+    return paths
+
+
+__all__ = ["figure_file_name", "make_figure", "results_to_json", "results_to_markdown", "save_results"]
