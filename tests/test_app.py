@@ -278,7 +278,14 @@ def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
         with pytest.raises(OSError):  # not on the machine's other addresses
             socket.create_connection((_other_address(), port), timeout=2).close()
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        # Ctrl-C, as a user stops it; a busy machine may catch Gradio mid-shutdown, so a user's second Ctrl-C too.
+        for _ in range(3):
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        assert server.poll() is not None, "neurop-diff serve did not stop on Ctrl-C"
     left = [p for p in temp.iterdir() if not (p.name.startswith("torchinductor_") and not any(p.iterdir()))]
     assert left == []  # removed at exit (torch itself makes an empty torchinductor_<user> folder when imported)
