@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+#: ``--dtype`` and ``--scheduler`` choices: the keys of `optimization.DTYPES` and `scheduling.SCHEDULERS` (written out
+#: so that parsing the command line imports no torch; a test keeps them equal).
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+SCHEDULER_CHOICES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc")
 
 
 class CLIError(Exception):
@@ -79,6 +83,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--strength must be a number in (0, 1], got {args.strength}")
     if args.tile_size < 1:
         raise CLIError(f"--tile-size must be >= 1, got {args.tile_size}")
+    if args.dtype == "float16" and args.device.startswith("cpu"):
+        raise CLIError("--dtype float16 needs a GPU (--device cuda or mps); on a CPU use --dtype bfloat16")
     if args.tile_overlap is not None and not 0 <= args.tile_overlap <= args.tile_size // 2:
         raise CLIError(
             f"--tile-overlap must be in [0, --tile-size / 2 = {args.tile_size // 2}], got {args.tile_overlap}"
@@ -305,6 +311,13 @@ def _check_device(device: str) -> str:
     return device
 
 
+def _optimize(pipe: Any, args: argparse.Namespace) -> None:
+    """``--dtype``, ``--channels-last`` and ``--scheduler`` applied to the loaded model."""
+    from .optimization import optimize_pipeline
+
+    optimize_pipeline(pipe, dtype=args.dtype, channels_last=args.channels_last, scheduler=args.scheduler)
+
+
 def _check_model_flags(pipe: Any, args: argparse.Namespace) -> None:
     """The flags that depend on the loaded model."""
     factor = int(getattr(pipe, "downsampling_factor", 1))
@@ -409,6 +422,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     # 3. The model, once; then each input.
     pipe = _load_model(args.model, device)
     _check_model_flags(pipe, args)
+    _optimize(pipe, args)
     common = _pipe_kwargs(args)
     for job in jobs:
         src, dst, _, out_size = job
@@ -519,6 +533,7 @@ def _upscale_dir(
     pipe = _load_model(args.model, device)  # in every process, before any file: a bad --model stops them all alike
     pipe.set_progress_bar_config(disable=True)
     _check_model_flags(pipe, args)
+    _optimize(pipe, args)
     common = _pipe_kwargs(args)
 
     def one(src: Path) -> dict[str, Any]:
@@ -672,6 +687,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--model", default=None, help="pipeline folder, hub id or preset:tiny (default: embedded model)")
     up.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
+    up.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPE_CHOICES,
+        help="the UNet's precision (default float32; bfloat16: CPUs with bf16 units and GPUs; float16: GPUs)",
+    )
+    up.add_argument("--channels-last", action="store_true", help="channels-last UNet weights (faster kernels)")
+    up.add_argument(
+        "--scheduler",
+        default=None,
+        choices=SCHEDULER_CHOICES,
+        help="the sampler (default: the model's own, DDIM for the embedded model)",
+    )
     up.add_argument("--prior-only", action="store_true", help="the neural-operator prior alone (no diffusion)")
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     up.add_argument(

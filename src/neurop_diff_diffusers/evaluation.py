@@ -78,7 +78,7 @@ from .metrics import (
     to_unit_levels,
 )
 from .pipelines import NeurOpDiffPipeline
-from .scheduling import check_eta, check_strength
+from .scheduling import check_eta, check_strength, scheduler_name
 from .utils import package_versions
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
@@ -597,6 +597,7 @@ def _report(
             "resolution": resolution,
             "chunk_size": chunk_size,
             "scheduler": type(scheduler).__name__,
+            "sampler": scheduler_name(scheduler),
             "eta": eta,
             "device": str(device),
             "dtype": str(pipeline.unet.dtype).replace("torch.", ""),

@@ -30,7 +30,8 @@ from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
 from .loading import load_pipeline
 from .metrics import PROTOCOLS
-from .scheduling import check_eta, check_strength
+from .optimization import DTYPES, optimize_pipeline, parse_dtype
+from .scheduling import SCHEDULERS, check_eta, check_strength
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -106,7 +107,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--figure_image", type=int, default=0, help="which evaluated image the figures show")
     run.add_argument("--no_figures", action="store_true", help="write no figures")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
-    run.add_argument("--fp16", action="store_true", help="run the models in float16 (GPU)")
+    run.add_argument("--fp16", action="store_true", help="run the models in float16 (GPU); same as --dtype float16")
+    run.add_argument(
+        "--dtype", default=None, choices=tuple(DTYPES), help="the UNet's precision (default: the pipeline's)"
+    )
+    run.add_argument("--channels_last", action="store_true", help="channels-last UNet weights (faster kernels)")
+    run.add_argument("--scheduler", default=None, choices=SCHEDULERS, help="the sampler (default: the pipeline's own)")
     parser.add_argument("--output_dir", required=True, help="where results.json, results.md and figures go")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     return parser
@@ -204,6 +210,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"`device`={args.device!r} but CUDA is not available.")
     if args.fp16 and (args.device is None and not torch.cuda.is_available() or (args.device or "").startswith("cpu")):
         raise ValueError("`fp16` needs a CUDA device (float16 on the CPU is slow and inaccurate).")
+    if args.fp16 and args.dtype not in (None, "float16"):
+        raise ValueError(f"`fp16` and `dtype`={args.dtype!r} contradict each other; pass one of them.")
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
@@ -226,11 +234,14 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     args = parser.parse_args(argv)
     _check_args(args)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if args.fp16 else None
+    dtype = parse_dtype("float16" if args.fp16 else args.dtype, "dtype")
 
     images, selection = _select_images(args)
-    pipeline = load_pipeline(args.pipeline, device=device, torch_dtype=dtype)
-    sr3 = load_pipeline(args.sr3_pipeline, device=device, torch_dtype=dtype) if args.sr3_pipeline else None
+    speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}
+    pipeline = optimize_pipeline(load_pipeline(args.pipeline, device=device, torch_dtype=dtype), **speed)
+    sr3 = None
+    if args.sr3_pipeline:
+        sr3 = optimize_pipeline(load_pipeline(args.sr3_pipeline, device=device, torch_dtype=dtype), **speed)
     program = prog or (sys.argv[0] if sys.argv and sys.argv[0] else "evaluate")
     program = f"python {shlex.quote(program)}" if program.endswith(".py") else program
     command = " ".join([program, *(shlex.quote(a) for a in argv)])

@@ -60,7 +60,7 @@ def load_default_pipeline(
             f"No embedded model ships with this version (looked in {DEFAULT_MODEL_PATH}). Pass a trained pipeline "
             "folder or hub id instead (CLI: --model PATH_OR_HUB_ID; 'preset:tiny' gives an untrained one)."
         )
-    kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
     pipe = NeurOpDiffPipeline.from_pretrained(DEFAULT_MODEL_PATH, **kwargs)
     return pipe.to(device) if device is not None else pipe
 
@@ -113,7 +113,7 @@ def load_pipeline(
         if torch_dtype is not None:
             pipeline = pipeline.to(dtype=torch_dtype)
     else:
-        kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+        kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
         pipeline = NeurOpDiffPipeline.from_pretrained(spec, **kwargs)
     if device is not None:
         pipeline = pipeline.to(device)

@@ -96,7 +96,8 @@ def _preset(preset: str) -> dict[str, dict[str, Any]]:
 
 
 def build_neural_operator(preset: str = "paper", seed: int | None = 0) -> GalerkinNeuralOperator:
-    """A randomly initialised [`GalerkinNeuralOperator`] of the given preset.
+    """A randomly initialised [`GalerkinNeuralOperator`] of the given preset, in eval mode (as `from_pretrained`
+    returns models; a training loop calls ``.train()`` itself).
 
     Args:
         preset: ``"paper"`` or ``"tiny"``.
@@ -106,11 +107,12 @@ def build_neural_operator(preset: str = "paper", seed: int | None = 0) -> Galerk
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        return GalerkinNeuralOperator(**config)
+        return GalerkinNeuralOperator(**config).eval()
 
 
 def build_unet(preset: str = "paper", seed: int | None = 0) -> UNet2DModel:
-    """A randomly initialised SR3-style [`UNet2DModel`] (6 input channels) of the given preset.
+    """A randomly initialised SR3-style [`UNet2DModel`] (6 input channels) of the given preset, in eval mode (no
+    dropout at inference, as `from_pretrained` returns it; a training loop calls ``.train()`` itself).
 
     Args:
         preset: ``"paper"`` or ``"tiny"``.
@@ -120,11 +122,12 @@ def build_unet(preset: str = "paper", seed: int | None = 0) -> UNet2DModel:
     with torch.random.fork_rng(enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed + 1)
-        return UNet2DModel(**config)
+        return UNet2DModel(**config).eval()
 
 
 def build_pipeline(preset: str = "tiny", seed: int = 0) -> NeurOpDiffPipeline:
-    """A randomly initialised [`NeurOpDiffPipeline`] with the authors' DDIM scheduler.
+    """A randomly initialised [`NeurOpDiffPipeline`] with the authors' DDIM scheduler, its models in eval mode
+    (it behaves as a saved and reloaded one does).
 
     Args:
         preset: ``"paper"`` (about 2 M operator + 40+ M UNet parameters) or ``"tiny"`` (a few hundred thousand).

@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
 
 from .image_processing import round_half_up
 
@@ -40,7 +46,9 @@ def check_prediction_type(prediction_type: Any, name: str = "prediction_type") -
     return prediction_type
 
 
-def default_scheduler(kind: str = "ddim", prediction_type: str = "epsilon") -> DDIMScheduler | DDPMScheduler:
+def default_scheduler(
+    kind: str = "ddim", prediction_type: str = "epsilon", **schedule: Any
+) -> DDIMScheduler | DDPMScheduler:
     """The authors' scheduler: DDIM (leading spacing, ``set_alpha_to_one``) or DDPM ancestral sampling.
 
     Args:
@@ -48,6 +56,7 @@ def default_scheduler(kind: str = "ddim", prediction_type: str = "epsilon") -> D
         prediction_type: what the UNet predicts: ``"epsilon"`` (the paper), ``"v_prediction"`` or ``"sample"``
             (not in the paper; see the training script's ``--prediction_type``). Saved in the scheduler's config,
             so that a saved pipeline samples the way it was trained.
+        schedule: other noise-schedule fields (``num_train_timesteps``, ``beta_start``, ...) replacing the authors'.
 
     Example:
         >>> default_scheduler().config.num_train_timesteps
@@ -55,12 +64,73 @@ def default_scheduler(kind: str = "ddim", prediction_type: str = "epsilon") -> D
         >>> default_scheduler(prediction_type="v_prediction").config.prediction_type
         'v_prediction'
     """
-    config = {**PAPER_SCHEDULER_CONFIG, "prediction_type": check_prediction_type(prediction_type)}
+    config = {**PAPER_SCHEDULER_CONFIG, **schedule, "prediction_type": check_prediction_type(prediction_type)}
     if kind == "ddim":
         return DDIMScheduler(**config, set_alpha_to_one=True, timestep_spacing="leading")
     if kind == "ddpm":
         return DDPMScheduler(**config, timestep_spacing="leading", variance_type="fixed_small")
     raise ValueError(f"`kind` must be 'ddim' or 'ddpm', got {kind!r}.")
+
+
+#: Sampler names accepted by [`make_scheduler`] (and the CLI's / evaluation's / benchmark's ``--scheduler``):
+#: ``ddim`` (the paper's), ``ddpm`` (ancestral), ``dpm++2m`` (DPM-Solver++ 2M, multistep, deterministic),
+#: ``dpm++2m-sde`` (its stochastic SDE variant) and ``unipc`` (UniPC, 2nd order). The last three are not in the
+#: paper: few-step samplers from diffusers, measured on the embedded model in the README.
+SCHEDULERS = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc")
+
+
+def make_scheduler(name: str, like: SchedulerMixin | None = None) -> SchedulerMixin:
+    """A sampler by name, with the noise schedule and ``prediction_type`` of ``like`` (a pipeline's scheduler).
+
+    The betas, the number of training timesteps and what the UNet predicts come from ``like`` (``None``: the
+    authors' schedule with epsilon prediction), so any sampler of [`SCHEDULERS`] samples the model it was trained
+    for; only the way the reverse process is integrated changes. ``ddim`` and ``ddpm`` are built exactly as
+    [`default_scheduler`] builds them.
+
+    Args:
+        name (`str`): one of [`SCHEDULERS`].
+        like (`SchedulerMixin`, *optional*): the scheduler whose schedule and ``prediction_type`` are kept.
+
+    Returns:
+        `SchedulerMixin`: a new scheduler (``like`` is not modified).
+
+    Example:
+        >>> from neurop_diff_diffusers.scheduling import default_scheduler, make_scheduler
+        >>> fast = make_scheduler("dpm++2m", default_scheduler(prediction_type="v_prediction"))
+        >>> type(fast).__name__, fast.config.prediction_type, fast.config.num_train_timesteps
+        ('DPMSolverMultistepScheduler', 'v_prediction', 2000)
+    """
+    if name not in SCHEDULERS:
+        raise ValueError(f"`scheduler` must be one of {list(SCHEDULERS)}, got {name!r}.")
+    config = dict(PAPER_SCHEDULER_CONFIG)
+    if like is not None:
+        config.update({k: like.config[k] for k in PAPER_SCHEDULER_CONFIG if k in like.config})
+        if like.config.get("trained_betas") is not None:
+            config["trained_betas"] = like.config["trained_betas"]
+    if name in ("ddim", "ddpm"):
+        return default_scheduler(name, config.pop("prediction_type"), **config)
+    config.pop("clip_sample")
+    if name == "unipc":
+        return UniPCMultistepScheduler(**config, solver_order=2, timestep_spacing="linspace")
+    algorithm = "sde-dpmsolver++" if name == "dpm++2m-sde" else "dpmsolver++"
+    return DPMSolverMultistepScheduler(**config, algorithm_type=algorithm, solver_order=2, timestep_spacing="linspace")
+
+
+def scheduler_name(scheduler: SchedulerMixin) -> str:
+    """The [`SCHEDULERS`] name of a scheduler that [`make_scheduler`] could have built (else its class name).
+
+    Args:
+        scheduler (`SchedulerMixin`): a scheduler.
+
+    Example:
+        >>> from neurop_diff_diffusers.scheduling import default_scheduler, scheduler_name
+        >>> scheduler_name(default_scheduler())
+        'ddim'
+    """
+    kind = type(scheduler).__name__
+    if kind == "DPMSolverMultistepScheduler":
+        return "dpm++2m-sde" if scheduler.config.algorithm_type.startswith("sde") else "dpm++2m"
+    return {"DDIMScheduler": "ddim", "DDPMScheduler": "ddpm", "UniPCMultistepScheduler": "unipc"}.get(kind, kind)
 
 
 def check_strength(strength: Any, name: str = "strength") -> float:
