@@ -13,11 +13,21 @@ are computed from these measurements. The component times (one prior,
 one UNet step) are measured too, and `--estimate_only` reports `P + T * U` / `T * (P + U)` / `T * U` from them instead
 of the full runs (for sizes or presets too slow to run on a CPU; the table then says "estimated").
 
+`--versus_authors` measures instead, in one process, a faithful re-implementation of the authors' sampling loop
+([`authors_sample`]: the operator recomputed at every step, float32 contiguous models, DDIM with eta 0 over a
+uniform sub-sequence of the 2000 steps) at each `--steps`, beside this package's pipeline in each `--configs`
+setting `SAMPLER:STEPS[:DTYPE[:cl]]` (e.g. `ddim:50:bfloat16:cl`: DDIM, 50 steps, a bfloat16 UNet in channels-last
+memory); the table gives seconds per image and the ratio to the authors' time at the same T and at T = 50 (the
+paper's default: time to the paper's quality). `--compile` adds a `torch.compile`d UNet to each setting (the
+compilation time reported apart).
+
 CPU by default; `--device cuda --fp16` on a GPU. Example (CPU, a few minutes):
 
     python benchmarks/runtime.py --pipeline preset:tiny --size 256 --output runtime_tiny.json
     python benchmarks/runtime.py --pipeline preset:paper --size 256 --estimate_only --output runtime_paper_est.json
     python benchmarks/runtime.py --pipeline preset:paper --device cuda --fp16 --output runtime_paper_gpu.json
+    python benchmarks/runtime.py --pipeline preset:paper --versus_authors --steps 50 --repeats 1 \\
+        --configs ddim:50 ddim:50:float32:cl ddim:50:bfloat16:cl unipc:20:bfloat16:cl --output versus_authors.json
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import torch
 
 from neurop_diff_diffusers.evaluation import as_sr3_pipeline
 from neurop_diff_diffusers.loading import load_pipeline
+from neurop_diff_diffusers.optimization import optimize_pipeline, parse_setting
 from neurop_diff_diffusers.scheduling import noise_level
 from neurop_diff_diffusers.utils import atomic_write_json, package_versions
 
@@ -60,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--fp16", action="store_true", help="float16 models (CUDA only)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--versus_authors",
+        action="store_true",
+        help="the authors' sampling loop (at each --steps) beside this package in each --configs setting",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["ddim:50", "ddim:50:float32:cl", "ddim:50:bfloat16:cl"],
+        help="with --versus_authors: settings SAMPLER:STEPS[:DTYPE[:cl]]",
+    )
+    parser.add_argument("--compile", action="store_true", help="with --versus_authors: also torch.compile the UNet")
     parser.add_argument("--output", default="runtime.json", help="JSON file to write")
     return parser
 
@@ -80,6 +103,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("`fp16` needs `--device cuda`.")
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"`threads` must be >= 1, got {args.threads}.")
+    for text in args.configs:
+        setting = parse_setting(text)
+        if setting["dtype"] == "float16" and device.type == "cpu":
+            raise ValueError(f"`configs`: {text!r} asks float16, which needs `--device cuda`.")
     if Path(args.output).is_dir():
         raise ValueError(f"`output` must be a file path, got the folder {args.output!r}.")
 
@@ -98,6 +125,203 @@ def _once(fn: Callable[[], Any], device: torch.device) -> float:
 def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     """Best (minimum) wall-clock seconds of `fn` over `repeats` calls."""
     return min(_once(fn, device) for _ in range(repeats))
+
+
+@torch.no_grad()
+def authors_sample(
+    pipeline: Any, lr: torch.Tensor, size: tuple[int, int], steps: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The authors' sampling loop, written from the method's description: from `y_T ~ N(0, I)`, DDIM with eta 0 over
+    the uniform sub-sequence `0, k, 2k, ...` (`k = 2000 // steps`) of the training steps, feeding `sqrt(gamma_t)` as
+    the noise level, and **the operator prior recomputed at every step**. Plain tensor arithmetic, no diffusers
+    scheduler; the pipeline's modules as they are (call it with a float32, contiguous pipeline for the authors'
+    setting). For an epsilon-predicting, non-residual pipeline (the paper's) its output equals
+    `pipeline(lr, output_size=size, num_inference_steps=steps, eta=0, output_type="pt")` up to float rounding (a test).
+
+    Args:
+        pipeline ([`NeurOpDiffPipeline`]): with a neural operator, `prediction_type` epsilon, not residual.
+        lr (`torch.Tensor`): `(B, 3, h, w)` in `[0, 1]`.
+        size (`tuple[int, int]`): the output `(height, width)`, multiples of the UNet's downsampling factor.
+        steps (`int`): denoising steps T.
+        generator (`torch.Generator`, *optional*): the noise's (CPU) generator.
+
+    Returns:
+        `torch.Tensor`: `(B, 3, *size)` in `[0, 1]`, float32.
+    """
+    config = pipeline.scheduler.config
+    if pipeline.neural_operator is None or config.prediction_type != "epsilon" or pipeline.residual:
+        raise ValueError("`pipeline` must have a neural operator, epsilon prediction and no residual (the paper's).")
+    if size[0] % pipeline.downsampling_factor or size[1] % pipeline.downsampling_factor:
+        raise ValueError(f"`size` must be multiples of {pipeline.downsampling_factor}, got {size}.")
+    device = pipeline.unet.device
+    alphas_cumprod = pipeline.scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    stride = config.num_train_timesteps // steps
+    timesteps = [i * stride for i in range(steps)][::-1]
+    lr_model = (lr * 2.0 - 1.0).to(device)
+    x = torch.randn((lr.shape[0], 3, *size), generator=generator).to(device)
+    for i, t in enumerate(timesteps):
+        prior = pipeline.compute_prior(lr_model, size)  # every step, as the authors' code does
+        gamma = alphas_cumprod[t]
+        gamma_prev = alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.ones_like(gamma)
+        eps = pipeline.unet(torch.cat([x, prior], dim=1), gamma.sqrt().expand(x.shape[0])).sample
+        x0 = (x - (1 - gamma).sqrt() * eps) / gamma.sqrt()
+        x = gamma_prev.sqrt() * x0 + (1 - gamma_prev).sqrt() * eps
+    return ((x.clamp(-1, 1) + 1) / 2).float()
+
+
+def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
+    """`--versus_authors`: the authors' loop at each `--steps` and this package in each `--configs` setting, one
+    process, the same input, `--repeats` rounds over everything (the best time of each kept)."""
+    device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = [parse_setting(c) for c in args.configs]
+    if args.compile:
+        settings += [{**s, "name": s["name"] + ":compile", "compile": True} for s in settings]
+    authors = load_pipeline(args.pipeline, device=device)  # float32, contiguous: the authors' setting
+    lr_side = max(1, round(args.size / args.scale))
+    lr = torch.rand(1, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(0))
+    size = (args.size, args.size)
+
+    # One pipeline per (precision, memory format, compiled): the same weights, converted once.
+    pipelines: dict[tuple, Any] = {}
+    compile_seconds: dict[str, float] = {}
+    for setting in settings:
+        key = (setting["dtype"], setting["channels_last"], setting.get("compile", False))
+        if key not in pipelines:
+            pipe = load_pipeline(args.pipeline, device=device)
+            optimize_pipeline(pipe, dtype=setting["dtype"], channels_last=setting["channels_last"], compile=key[2])
+            pipelines[key] = pipe
+        setting["pipeline"] = pipelines[key]
+
+    def ours(setting: dict[str, Any], steps: int | None = None) -> None:
+        pipe = setting["pipeline"]
+        optimize_pipeline(pipe, scheduler=setting["scheduler"])
+        pipe(
+            lr,
+            output_size=size,
+            num_inference_steps=steps or setting["steps"],
+            eta=0.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        )
+
+    def theirs(steps: int) -> None:
+        authors_sample(authors, lr, size, steps, torch.Generator().manual_seed(0))
+
+    # Warm-up: 2 steps of each (for a compiled UNet: the compilation, timed).
+    theirs(2)
+    for setting in settings:
+        seconds = _once(lambda s=setting: ours(s, 2), device)
+        if setting.get("compile") and setting["name"] not in compile_seconds:
+            compile_seconds[setting["name"]] = seconds
+    jobs = [(f"authors:{t}", lambda t=t: theirs(t)) for t in args.steps]
+    jobs += [(s["name"], lambda s=s: ours(s)) for s in settings]
+    times: dict[str, list[float]] = {name: [] for name, _ in jobs}
+    for round_index in range(args.repeats):
+        for name, job in jobs:
+            seconds = _once(job, device)
+            times[name].append(seconds)
+            print(f"round {round_index + 1}/{args.repeats} {name:28s} {seconds:9.3f} s", flush=True)
+    authors_best = {t: min(times[f"authors:{t}"]) for t in args.steps}
+    reference_steps = 50 if 50 in authors_best else max(authors_best)
+    rows = [
+        {
+            "name": f"authors:{t}",
+            "implementation": "authors",
+            "scheduler": "ddim",
+            "steps": t,
+            "dtype": "float32",
+            "channels_last": False,
+            "compile": False,
+            "seconds_per_image": authors_best[t],
+            "all_seconds": times[f"authors:{t}"],
+        }
+        for t in args.steps
+    ]
+    for s in settings:
+        rows.append(
+            {
+                "name": s["name"],
+                "implementation": "neurop_diff_diffusers",
+                **{k: s[k] for k in ("scheduler", "steps", "dtype", "channels_last")},
+                "compile": s.get("compile", False),
+                "seconds_per_image": min(times[s["name"]]),
+                "all_seconds": times[s["name"]],
+            }
+        )
+    for row in rows:
+        same = authors_best.get(row["steps"]) if row["scheduler"] == "ddim" else None
+        row["ratio_to_authors_same_steps"] = None if same is None else row["seconds_per_image"] / same
+        row["ratio_to_authors_reference"] = row["seconds_per_image"] / authors_best[reference_steps]
+    return {
+        "benchmark": "runtime_versus_authors",
+        "command": " ".join(["python", *sys.argv]),
+        "pipeline": args.pipeline,
+        "size": args.size,
+        "lr_size": lr_side,
+        "scale": args.scale,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "cpu_flags": _cpu_flags(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "repeats": args.repeats,
+        "reference": f"authors:{reference_steps}",
+        "compile_seconds": compile_seconds,
+        "versions": package_versions(),
+        "results": rows,
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux; `platform.processor()` elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU's vector extensions that matter for bfloat16 (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"})
+
+
+def format_versus_table(report: dict[str, Any]) -> str:
+    """A Markdown table of `--versus_authors`: seconds per image and the ratios to the authors' loop."""
+    reference = report["reference"]
+    lines = [
+        f"{report['pipeline']} at {report['size']}x{report['size']} (LR {report['lr_size']}), {report['device']} "
+        f"({report['device_name']}), {report['threads']} threads, best of {report['repeats']}; reference "
+        f"`{reference}`",
+        "",
+        "| implementation | sampler | steps | precision | s / image | / authors (same T) | / authors "
+        f"({reference.split(':')[1]} steps) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["results"]:
+        precision = (
+            r["dtype"] + (" + channels-last" if r["channels_last"] else "") + (" + compile" if r["compile"] else "")
+        )
+        same = r["ratio_to_authors_same_steps"]
+        lines.append(
+            f"| {'authors (prior every step)' if r['implementation'] == 'authors' else 'ours (prior once)'} | "
+            f"{r['scheduler']} | {r['steps']} | {precision} | {r['seconds_per_image']:.2f} | "
+            f"{'-' if same is None else f'{same:.3f}x'} | {r['ratio_to_authors_reference']:.3f}x |"
+        )
+    if report["compile_seconds"]:
+        lines.append("")
+        lines.append(
+            "torch.compile, first call (compilation): "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in report["compile_seconds"].items())
+        )
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -199,7 +423,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "lr_size": lr_side,
         "scale": args.scale,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "dtype": str(pipeline.unet.dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -241,8 +465,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse, validate (ValueError before any work), measure, print the table and write the JSON."""
     args = build_parser().parse_args(argv)
     _check(args)
-    report = run(args)
-    print(format_table(report))
+    report = run_versus_authors(args) if args.versus_authors else run(args)
+    print(format_versus_table(report) if args.versus_authors else format_table(report))
     atomic_write_json(Path(args.output), report)
     print(f"Wrote {args.output}")
     return report

@@ -25,8 +25,7 @@ from typing import Any
 
 from neurop_diff_diffusers.evaluation_cli import main as evaluate_main
 from neurop_diff_diffusers.loading import DEFAULT_MODEL_PATH
-from neurop_diff_diffusers.optimization import DTYPES
-from neurop_diff_diffusers.scheduling import SCHEDULERS
+from neurop_diff_diffusers.optimization import parse_setting
 from neurop_diff_diffusers.utils import atomic_write_json, atomic_write_text
 
 DEFAULT_CONFIGS = (
@@ -46,35 +45,6 @@ DEFAULT_CONFIGS = (
 )
 
 
-def parse_config(text: str) -> dict[str, Any]:
-    """`SAMPLER:STEPS[:DTYPE[:cl]]` as a dict (`ValueError` naming the allowed values otherwise).
-
-    Example:
-        >>> parse_config("unipc:20:bfloat16:cl")
-        {'name': 'unipc:20:bfloat16:cl', 'scheduler': 'unipc', 'steps': 20, 'dtype': 'bfloat16', 'channels_last': True}
-    """
-    parts = text.split(":")
-    if not 2 <= len(parts) <= 4:
-        raise ValueError(f"`configs` entries are SAMPLER:STEPS[:DTYPE[:cl]], got {text!r}.")
-    scheduler, steps = parts[0], parts[1]
-    dtype = parts[2] if len(parts) > 2 else "float32"
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"`configs`: the sampler of {text!r} must be one of {list(SCHEDULERS)}.")
-    if not steps.isdigit() or int(steps) < 1:
-        raise ValueError(f"`configs`: the steps of {text!r} must be a positive integer.")
-    if dtype not in DTYPES:
-        raise ValueError(f"`configs`: the precision of {text!r} must be one of {list(DTYPES)}.")
-    if len(parts) == 4 and parts[3] != "cl":
-        raise ValueError(f"`configs`: the 4th field of {text!r} can only be 'cl' (channels-last).")
-    return {
-        "name": text,
-        "scheduler": scheduler,
-        "steps": int(steps),
-        "dtype": dtype,
-        "channels_last": len(parts) == 4,
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options."""
     parser = argparse.ArgumentParser(
@@ -84,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline", default=str(DEFAULT_MODEL_PATH), help="a folder or a hub id (the embedded model)"
     )
     parser.add_argument("--data_dir", required=True, help="a local image folder (one sub-folder per class)")
-    parser.add_argument("--images_from", default=None, help="a list of file names to evaluate (else the test split)")
+    parser.add_argument("--images_from", default=None, help="a list of file names to evaluate (else --split)")
+    parser.add_argument("--split", default="test", choices=("train", "test", "all"), help="without --images_from")
     parser.add_argument("--scale", type=float, default=4.0)
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="SAMPLER:STEPS[:DTYPE[:cl]]")
     parser.add_argument("--seed", type=int, default=0)
@@ -140,7 +111,7 @@ def format_table(rows: list[dict[str, Any]], summary: dict[str, Any], tolerances
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Validate every configuration (before any work), run them in order, write `summary.json` / `summary.md`."""
     args = build_parser().parse_args(argv)
-    configs = [parse_config(c) for c in args.configs]
+    configs = [parse_setting(c) for c in args.configs]
     if len({c["name"] for c in configs}) != len(configs):
         raise ValueError(f"`configs` has duplicates: {args.configs}.")
     output_dir = Path(args.output_dir)
@@ -157,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 *("--scheduler", config["scheduler"], "--dtype", config["dtype"], "--seed", str(args.seed)),
                 *("--device", args.device, "--no_lpips", "--no_figures", "--no_progress"),
                 *(["--channels_last"] if config["channels_last"] else []),
-                *(["--images_from", args.images_from] if args.images_from else []),
+                *(["--images_from", args.images_from] if args.images_from else ["--split", args.split]),
                 *("--output_dir", str(run_dir)),
             ]
             report = evaluate_main(argv_eval, prog="neurop-diff evaluate")

@@ -70,3 +70,76 @@ def test_memory_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="`sizes`"):
         memory.main(["--sizes", "8", "--output", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_authors_loop_is_the_pipelines_ddim_with_eta_0():
+    import torch
+
+    from neurop_diff_diffusers import build_pipeline
+
+    runtime = _load("runtime")
+    pipe = build_pipeline("tiny")
+    lr = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    theirs = runtime.authors_sample(pipe, lr, (32, 32), 5, torch.Generator().manual_seed(0))
+    ours = pipe(
+        lr,
+        output_size=(32, 32),
+        num_inference_steps=5,
+        eta=0.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
+    assert theirs.shape == ours.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        runtime.authors_sample(pipe, lr, (30, 30), 2)
+
+
+def test_runtime_versus_authors_smoke(tmp_path, capsys):
+    runtime = _load("runtime")
+    out = tmp_path / "versus.json"
+    runtime.main(
+        ["--pipeline", "preset:tiny", "--size", "32", "--versus_authors", "--steps", "4", "--repeats", "1"]
+        + ["--configs", "ddim:4", "unipc:2:bfloat16:cl", "--output", str(out)]
+    )
+    data = json.loads(out.read_text())
+    assert [r["name"] for r in data["results"]] == ["authors:4", "ddim:4", "unipc:2:bfloat16:cl"]
+    assert data["reference"] == "authors:4" and data["results"][0]["ratio_to_authors_same_steps"] == 1.0
+    assert data["results"][2]["ratio_to_authors_same_steps"] is None  # another sampler: only the reference ratio
+    assert all(r["seconds_per_image"] > 0 for r in data["results"])
+    assert "| authors (prior every step) | ddim | 4 | float32 |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="float16"):
+        runtime.main(["--versus_authors", "--configs", "ddim:4:float16", "--output", str(tmp_path / "x.json")])
+    with pytest.raises(ValueError, match="sampler"):
+        runtime.main(["--versus_authors", "--configs", "euler:4", "--output", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_samplers_smoke(tmp_path, capsys):
+    import shutil
+
+    samplers = _load("samplers")
+    data = tmp_path / "data" / "samples"
+    data.mkdir(parents=True)
+    for path in sorted((BENCHMARKS.parent / "assets" / "samples").glob("*.png"))[:2]:
+        shutil.copy(path, data / path.name)
+    args = [
+        "--pipeline",
+        "preset:tiny",
+        "--data_dir",
+        str(tmp_path / "data"),
+        "--output_dir",
+        str(tmp_path / "s"),
+        "--split",
+        "all",
+    ]
+    report = samplers.main([*args, "--configs", "ddim:2", "unipc:1:bfloat16:cl", "--max_psnr_drop", "100"])
+    assert [r["name"] for r in report["rows"]] == ["ddim:2", "unipc:1:bfloat16:cl"]
+    assert report["rows"][0]["psnr_diff"] == 0.0 and report["rows"][0]["n_images"] == 2
+    assert report["recommended"] == "unipc:1:bfloat16:cl"  # the only other one, within a 100 dB tolerance
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["rows"][1]["dtype"] == "bfloat16"
+    assert (tmp_path / "s" / "ddim_2" / "results.json").is_file()
+    assert "| unipc | 1 | bfloat16 + channels-last |" in (tmp_path / "s" / "summary.md").read_text()
+    with pytest.raises(ValueError, match="duplicates"):
+        samplers.main([*args, "--configs", "ddim:2", "ddim:2"])

@@ -208,10 +208,14 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"`device` is not a torch device: {args.device!r} ({error}).") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"`device`={args.device!r} but CUDA is not available.")
-    if args.fp16 and (args.device is None and not torch.cuda.is_available() or (args.device or "").startswith("cpu")):
-        raise ValueError("`fp16` needs a CUDA device (float16 on the CPU is slow and inaccurate).")
     if args.fp16 and args.dtype not in (None, "float16"):
         raise ValueError(f"`fp16` and `dtype`={args.dtype!r} contradict each other; pass one of them.")
+    on_cpu = args.device is None and not torch.cuda.is_available() or (args.device or "").startswith("cpu")
+    if (args.fp16 or args.dtype == "float16") and on_cpu:
+        raise ValueError(
+            "`fp16` / `dtype` float16 needs a CUDA device (float16 on the CPU is slow and inaccurate; use `dtype` "
+            "bfloat16 there)."
+        )
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
