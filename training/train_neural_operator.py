@@ -110,6 +110,8 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
     train_dataloader, sampler = loop.make_train_dataloader(dataset, args, collate_stage1)
 
     operator = build_neural_operator(args.preset, seed=args.seed)
+    if args.channels_last:
+        operator.to(memory_format=torch.channels_last)
     model = NeuralOperatorQuery(operator)
     optimizer, lr_scheduler = loop.make_optimizer(
         args, model.parameters(), len(train_dataloader), accelerator.num_processes

@@ -241,6 +241,8 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
         torch.nn.init.zeros_(unet.conv_out.bias)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)
     noise_scheduler = default_scheduler("ddim", prediction_type=args.prediction_type)
     alphas_cumprod = noise_scheduler.alphas_cumprod.clone()
     ema = None
