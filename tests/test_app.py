@@ -31,6 +31,7 @@ SRC = REPO_ROOT / "src"
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = REPO_ROOT / "assets" / "figures" / "app_screenshot.png"
 STEPS = 2
+OWN_SAMPLER = "model's own (ddim)"  # the embedded model samples with DDIM
 
 
 def _free_port() -> int:
@@ -105,6 +106,13 @@ def test_app_config_refuses_bad_limits(field, value):
         AppConfig(**{field: value})
 
 
+def test_app_config_refuses_bad_precision():
+    with pytest.raises(ValueError, match="`dtype` must be one of"):
+        AppConfig(dtype="int8")
+    with pytest.raises(ValueError, match="float16 needs a GPU"):
+        AppConfig(dtype="float16")
+
+
 # ---- one server for the tests below (the embedded model, tiny requests) ----
 
 
@@ -118,9 +126,10 @@ def server(tmp_path_factory):
     demo.close()
 
 
-def _predict(client, path, scale=3.7, mode="scale", height=64, width=64, prior_only=False):
+def _predict(client, path, scale=3.7, mode="scale", height=64, width=64, prior_only=False, sampler=OWN_SAMPLER):
     upload = gradio_client.handle_file(str(path))
-    return client.predict(upload, mode, scale, height, width, STEPS, 1.0, 0, prior_only, api_name="/upscale")
+    args = (upload, mode, scale, height, width, STEPS, 1.0, 0, prior_only, sampler)
+    return client.predict(*args, api_name="/upscale")
 
 
 def test_client_gets_the_cli_output_and_bad_uploads_get_a_message(server, crop, bad_uploads, tmp_path, capsys):
@@ -147,6 +156,13 @@ def test_client_gets_the_cli_output_and_bad_uploads_get_a_message(server, crop, 
     ]:
         with pytest.raises(gradio_client.exceptions.AppError, match=message):
             _predict(client, crop, **kwargs)
+    # Another sampler: the CLI's --scheduler output, bit for bit.
+    (_, after), _, _, downloads = _predict(client, crop, sampler="unipc")
+    assert cli.main([*argv, str(tmp_path / "unipc.png"), "--scheduler", "unipc"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(downloads[0])), np.asarray(Image.open(tmp_path / "unipc.png")))
+    assert not np.array_equal(np.asarray(Image.open(downloads[0])), np.asarray(Image.open(expected)))
+    with pytest.raises(gradio_client.exceptions.AppError):
+        _predict(client, crop, sampler="euler")
     # ... and the server still serves: an explicit output size, the prior alone (deterministic).
     _, prior, info, downloads = _predict(client, crop, mode="output size", height=60, width=50, prior_only=True)
     assert "**60 x 50**" in info and Image.open(downloads[0]).size == (50, 60)

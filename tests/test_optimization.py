@@ -212,3 +212,10 @@ def test_evaluation_records_the_sampler_and_precision(tmp_path):
     with pytest.raises(ValueError, match="contradict"):
         main([*args, "--fp16", "--dtype", "bfloat16", "--output_dir", str(tmp_path / "f")])
     assert not (tmp_path / "f").exists()
+
+
+def test_serve_refuses_float16_on_the_cpu(capsys):
+    pytest.importorskip("gradio")
+    assert cli.main(["serve", "--dtype", "float16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "float16 needs a GPU" in err and len(err.splitlines()) == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import copy
 import os
 import shutil
 import tempfile
@@ -23,9 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import IMAGE_SUFFIXES, InputFailed, _image_array, _load_model, _one_line, _prepare, _probe_geo, _run_job
+from .cli import (
+    DTYPE_CHOICES,
+    IMAGE_SUFFIXES,
+    SCHEDULER_CHOICES,
+    InputFailed,
+    _image_array,
+    _load_model,
+    _one_line,
+    _prepare,
+    _probe_geo,
+    _run_job,
+)
 from .cli import check_input_file as _check_input_file
 from .cli import read_image_file as _read_image_file
+from .optimization import optimize_pipeline
+from .scheduling import make_scheduler, scheduler_name
 
 #: Largest input the app decodes, in pixels (height x width), unless configured otherwise.
 DEFAULT_MAX_INPUT_PIXELS = 1024 * 1024
@@ -51,6 +65,9 @@ class AppConfig:
         concurrency: requests computed at the same time; the others wait in the queue.
         max_queue: requests waiting at most (more are refused with a message).
         default_steps: the steps the page starts with.
+        dtype: the UNet's precision, ``float32`` (default), ``bfloat16`` (CPUs with bfloat16 units, GPUs) or
+            ``float16`` (GPUs); see [`~neurop_diff_diffusers.optimization.optimize_pipeline`].
+        channels_last: the UNet's weights in channels-last memory (faster convolutions).
     """
 
     model: str | None = None
@@ -60,8 +77,14 @@ class AppConfig:
     concurrency: int = 1
     max_queue: int = 16
     default_steps: int = 20
+    dtype: str = "float32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_CHOICES:
+            raise ValueError(f"`dtype` must be one of {list(DTYPE_CHOICES)}, got {self.dtype!r}")
+        if self.dtype == "float16" and self.device.startswith("cpu"):
+            raise ValueError("`dtype` float16 needs a GPU device; on a CPU use bfloat16")
         for name in ("max_input_pixels", "max_output_pixels", "concurrency", "max_queue", "default_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -158,6 +181,7 @@ class Upscaler:
         self.config = config
         self.workdir = workdir
         self.pipe = _load_model(config.model, config.device)
+        optimize_pipeline(self.pipe, dtype=config.dtype, channels_last=config.channels_last)
         self.pipe.set_progress_bar_config(disable=False, leave=False)
         self.max_steps = int(getattr(self.pipe.scheduler.config, "num_train_timesteps", 1000))
         self.default_strength = float(self.pipe.config.get("default_strength", 1.0))
@@ -173,6 +197,7 @@ class Upscaler:
         strength: float | None = None,
         seed: int = 0,
         prior_only: bool = False,
+        sampler: str | None = None,
     ) -> dict[str, Any]:
         """Validate and upscale one upload.
 
@@ -186,6 +211,9 @@ class Upscaler:
             strength: the pipeline's ``strength`` (``None``: the model's default).
             seed: the seed of the noise.
             prior_only: the neural operator's prior alone, no diffusion.
+            sampler: a name of [`~neurop_diff_diffusers.scheduling.SCHEDULERS`] (e.g. ``"unipc"``: fewer steps for
+                the same quality, see the README's "Speed"), or ``None`` for the model's own. Each request samples
+                with its own scheduler object, so that requests running at the same time do not share one.
 
         Returns:
             ``{"output": PIL image, "bicubic": PIL image, "prior": PIL image, "png": path, "geotiff": path or
@@ -209,6 +237,8 @@ class Upscaler:
             raise InputFailed(f"steps must be a whole number in [1, {self.max_steps}], got {steps}")
         if strength is not None and not 0.0 < strength <= 1.0:
             raise InputFailed(f"strength must be in (0, 1], got {strength}")
+        if sampler is not None and sampler not in SCHEDULER_CHOICES:
+            raise InputFailed(f"the sampler must be one of {', '.join(SCHEDULER_CHOICES)}, got {sampler!r}")
         upload = Path(upload)
         validate_upload(upload, self.config.max_input_pixels)
 
@@ -236,8 +266,11 @@ class Upscaler:
             "prior_only": bool(prior_only),
             "max_output_pixels": self.config.max_output_pixels,
         }
+        pipe = copy.copy(self.pipe)  # the same models with a scheduler of this request's own
+        own = self.pipe.scheduler
+        pipe.scheduler = type(own).from_config(own.config) if sampler is None else make_scheduler(sampler, own)
         try:  # the CLI's own code: a PNG, or a GeoTIFF that keeps its georeferencing
-            _run_job(self.pipe, job, args, common)
+            _run_job(pipe, job, args, common)
         except (ValueError, OSError, RuntimeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise InputFailed(f"{upload.name}: {_one_line(err)}") from err
@@ -316,7 +349,9 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
 
     tracker = gr.Progress(track_tqdm=True)  # follows the pipeline's progress bar: denoising steps x tiles
 
-    def upscale(upload, mode, scale, height, width, steps, strength, seed, prior_only, progress=tracker):
+    own_sampler = f"model's own ({scheduler_name(upscaler.pipe.scheduler)})"
+
+    def upscale(upload, mode, scale, height, width, steps, strength, seed, prior_only, sampler, progress=tracker):
         try:
             result = upscaler.run(
                 upload,
@@ -328,6 +363,7 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                 strength,
                 seed,
                 prior_only,
+                None if sampler == own_sampler else sampler,
             )
         except InputFailed as err:
             raise gr.Error(str(err), print_exception=False) from None
@@ -365,6 +401,12 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                 strength = gr.Slider(
                     0.05, 1.0, value=upscaler.default_strength, step=0.05, label="Strength", elem_id="strength"
                 )
+                sampler = gr.Dropdown(
+                    [own_sampler, *SCHEDULER_CHOICES],
+                    value=own_sampler,
+                    label="Sampler (unipc / dpm++2m: fewer steps for the same quality)",
+                    elem_id="sampler",
+                )
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
                 prior_only = gr.Checkbox(
                     value=False, label="Prior only (the neural operator alone, no diffusion)", elem_id="prior-only"
@@ -381,7 +423,7 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                 files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
         run.click(
             upscale,
-            [upload, mode, scale, height, width, steps, strength, seed, prior_only],
+            [upload, mode, scale, height, width, steps, strength, seed, prior_only, sampler],
             [compare, prior, info, files],
             api_name="upscale",
             concurrency_limit=config.concurrency,

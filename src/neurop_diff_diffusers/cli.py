@@ -582,13 +582,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be in [0, 65535], got {args.port}")
-    config = AppConfig(
-        model=args.model,
-        device=str(_check_device(args.device)),
-        max_input_pixels=args.max_input_pixels,
-        max_output_pixels=args.max_output_pixels,
-        concurrency=args.concurrency,
-    )
+    try:
+        config = AppConfig(
+            model=args.model,
+            device=str(_check_device(args.device)),
+            max_input_pixels=args.max_input_pixels,
+            max_output_pixels=args.max_output_pixels,
+            concurrency=args.concurrency,
+            dtype=args.dtype,
+            channels_last=args.channels_last,
+        )
+    except ValueError as err:
+        raise CLIError(_one_line(err)) from err
     demo = build_app(config)
     try:
         demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES)
@@ -728,6 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-output-pixels", type=int, default=2048 * 2048, help="refuse larger outputs (default 2048^2)"
     )
+    serve.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="the UNet's precision (float32)")
+    serve.add_argument("--channels-last", action="store_true", help="channels-last UNet weights (faster kernels)")
     serve.set_defaults(func=cmd_serve)
 
     sub.add_parser("evaluate", help="the paper's tables (see `neurop-diff evaluate --help`)", add_help=False)
