@@ -17,9 +17,8 @@ of the full runs (for sizes or presets too slow to run on a CPU; the table then 
 ([`authors_sample`]: the operator recomputed at every step, float32 contiguous models, DDIM with eta 0 over a
 uniform sub-sequence of the 2000 steps) at each `--steps`, beside this package's pipeline in each `--configs`
 setting `SAMPLER:STEPS[:DTYPE[:cl]]` (e.g. `ddim:50:bfloat16:cl`: DDIM, 50 steps, a bfloat16 UNet in channels-last
-memory); the table gives seconds per image and the ratio to the authors' time at the same T and at T = 50 (the
-paper's default: time to the paper's quality). `--compile` adds a `torch.compile`d UNet to each setting (the
-compilation time reported apart).
+memory; `:compile` adds `torch.compile`, its compilation timed apart); the table gives seconds per image and the
+ratio to the authors' time at the same T and at T = 50 (the paper's default: time to the paper's quality).
 
 CPU by default; `--device cuda --fp16` on a GPU. Example (CPU, a few minutes):
 
@@ -82,7 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=["ddim:50", "ddim:50:float32:cl", "ddim:50:bfloat16:cl"],
         help="with --versus_authors: settings SAMPLER:STEPS[:DTYPE[:cl]]",
     )
-    parser.add_argument("--compile", action="store_true", help="with --versus_authors: also torch.compile the UNet")
     parser.add_argument("--output", default="runtime.json", help="JSON file to write")
     return parser
 
@@ -176,8 +174,6 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = [parse_setting(c) for c in args.configs]
-    if args.compile:
-        settings += [{**s, "name": s["name"] + ":compile", "compile": True} for s in settings]
     authors = load_pipeline(args.pipeline, device=device)  # float32, contiguous: the authors' setting
     lr_side = max(1, round(args.size / args.scale))
     lr = torch.rand(1, 3, lr_side, lr_side, generator=torch.Generator().manual_seed(0))
@@ -187,7 +183,7 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
     pipelines: dict[tuple, Any] = {}
     compile_seconds: dict[str, float] = {}
     for setting in settings:
-        key = (setting["dtype"], setting["channels_last"], setting.get("compile", False))
+        key = (setting["dtype"], setting["channels_last"], setting["compile"])
         if key not in pipelines:
             pipe = load_pipeline(args.pipeline, device=device)
             optimize_pipeline(pipe, dtype=setting["dtype"], channels_last=setting["channels_last"], compile=key[2])
@@ -213,7 +209,7 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
     theirs(2)
     for setting in settings:
         seconds = _once(lambda s=setting: ours(s, 2), device)
-        if setting.get("compile") and setting["name"] not in compile_seconds:
+        if setting["compile"] and setting["name"] not in compile_seconds:
             compile_seconds[setting["name"]] = seconds
     jobs = [(f"authors:{t}", lambda t=t: theirs(t)) for t in args.steps]
     jobs += [(s["name"], lambda s=s: ours(s)) for s in settings]
@@ -245,7 +241,7 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
                 "name": s["name"],
                 "implementation": "neurop_diff_diffusers",
                 **{k: s[k] for k in ("scheduler", "steps", "dtype", "channels_last")},
-                "compile": s.get("compile", False),
+                "compile": s["compile"],
                 "seconds_per_image": min(times[s["name"]]),
                 "all_seconds": times[s["name"]],
             }

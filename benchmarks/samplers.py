@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Validate every configuration (before any work), run them in order, write `summary.json` / `summary.md`."""
     args = build_parser().parse_args(argv)
     configs = [parse_setting(c) for c in args.configs]
+    if any(c["compile"] for c in configs):
+        raise ValueError("`configs`: ':compile' is measured by benchmarks/runtime.py, not here (quality is the same).")
     if len({c["name"] for c in configs}) != len(configs):
         raise ValueError(f"`configs` has duplicates: {args.configs}.")
     output_dir = Path(args.output_dir)

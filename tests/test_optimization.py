@@ -152,15 +152,18 @@ def test_parse_setting():
         "steps": 50,
         "dtype": "float32",
         "channels_last": False,
+        "compile": False,
     }
     assert parse_setting("unipc:20:bfloat16:cl")["channels_last"] is True
+    assert parse_setting("unipc:20:bfloat16:compile:cl")["compile"] is True
     for bad, message in [
         ("ddim", "SAMPLER:STEPS"),
         ("euler:10", "sampler"),
         ("ddim:0", "steps"),
         ("ddim:x", "steps"),
         ("ddim:10:int8", "precision"),
-        ("ddim:10:float32:nhwc", "4th field"),
+        ("ddim:10:float32:nhwc", "can only be 'cl' and 'compile'"),
+        ("ddim:10:float32:cl:cl", "once each"),
     ]:
         with pytest.raises(ValueError, match=message):
             parse_setting(bad)

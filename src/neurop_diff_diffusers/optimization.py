@@ -86,40 +86,42 @@ def optimize_pipeline(
 
 
 def parse_setting(text: str) -> dict[str, Any]:
-    """A speed setting written ``SAMPLER:STEPS[:DTYPE[:cl]]`` (the benchmarks' ``--configs``), as a dict.
+    """A speed setting written ``SAMPLER:STEPS[:DTYPE[:cl][:compile]]`` (the benchmarks' ``--configs``), as a dict.
 
     Args:
         text (`str`): e.g. ``"ddim:50"`` (the paper's sampler, float32) or ``"unipc:20:bfloat16:cl"`` (UniPC, 20 steps,
-            a bfloat16 UNet in channels-last memory).
+            a bfloat16 UNet in channels-last memory); ``:compile`` adds ``torch.compile``.
 
     Returns:
-        `dict`: ``name`` (``text``), ``scheduler``, ``steps``, ``dtype`` (a name of [`DTYPES`], default ``float32``)
-        and ``channels_last``; the last three are [`optimize_pipeline`]'s arguments.
+        `dict`: ``name`` (``text``), ``scheduler``, ``steps``, ``dtype`` (a name of [`DTYPES`], default ``float32``),
+        ``channels_last`` and ``compile``; the last four are [`optimize_pipeline`]'s arguments.
 
     Raises:
         ValueError: naming the field that is wrong and its allowed values.
 
     Example:
-        >>> parse_setting("unipc:20:bfloat16:cl")
-        {'name': 'unipc:20:bfloat16:cl', 'scheduler': 'unipc', 'steps': 20, 'dtype': 'bfloat16', 'channels_last': True}
+        >>> parse_setting("unipc:20:bfloat16:cl")["channels_last"], parse_setting("ddim:50")["dtype"]
+        (True, 'float32')
     """
     parts = text.split(":") if isinstance(text, str) else []
-    if not 2 <= len(parts) <= 4:
-        raise ValueError(f"a speed setting is SAMPLER:STEPS[:DTYPE[:cl]], got {text!r}.")
+    if not 2 <= len(parts) <= 5:
+        raise ValueError(f"a speed setting is SAMPLER:STEPS[:DTYPE[:cl][:compile]], got {text!r}.")
     scheduler, steps = parts[0], parts[1]
     dtype = parts[2] if len(parts) > 2 else "float32"
+    flags = parts[3:]
     if scheduler not in SCHEDULERS:
         raise ValueError(f"the sampler of {text!r} must be one of {list(SCHEDULERS)}.")
     if not steps.isdigit() or int(steps) < 1:
         raise ValueError(f"the steps of {text!r} must be a positive integer.")
     if dtype not in DTYPES:
         raise ValueError(f"the precision of {text!r} must be one of {list(DTYPES)}.")
-    if len(parts) == 4 and parts[3] != "cl":
-        raise ValueError(f"the 4th field of {text!r} can only be 'cl' (channels-last).")
+    if any(flag not in ("cl", "compile") for flag in flags) or len(set(flags)) != len(flags):
+        raise ValueError(f"the fields after the precision in {text!r} can only be 'cl' and 'compile', once each.")
     return {
         "name": text,
         "scheduler": scheduler,
         "steps": int(steps),
         "dtype": dtype,
-        "channels_last": len(parts) == 4,
+        "channels_last": "cl" in flags,
+        "compile": "compile" in flags,
     }
