@@ -3,10 +3,11 @@
 
 A setting is Accelerate's `--mixed_precision` (`no`, `bf16`, `fp16`), optionally `:cl` for `--channels_last`. Every
 run uses the same seed, data and schedule, so the runs see the same batches and noise: their loss curves are
-compared step by step. Throughput is steps per second between the `--skip`-th step and the last (the wall times of
-the TensorBoard log, so that start-up, saving and validation are left out). "Within noise" means: the mean loss
-over each block of `--block` steps differs from the reference's (the first setting) by less than 2 standard errors
-of that block's reference losses.
+compared step by step. Throughput is steps per second from the median time of one step after the `--skip`-th (the
+wall times of the TensorBoard log: start-up, saving and validation are left out, and a short slow period of a shared
+machine does not count; the plain mean from the `--skip`-th step to the last is in the JSON too). "Within noise"
+means: the mean loss over each block of `--block` steps differs from the reference's (the first setting) by less than
+2 standard errors of that block's reference losses.
 
 Example (2-core CPU, about 20 minutes; the README's training-speed table):
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -151,7 +153,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             {
                 **setting,
                 "command": " ".join(command),
-                "steps_per_second": (steps[-1] - steps[first]) / (walls[-1] - walls[first]),
+                "steps_per_second": 1.0
+                / statistics.median(
+                    (w1 - w0) / (s1 - s0)
+                    for s0, s1, w0, w1 in zip(steps[first:], steps[first + 1 :], walls[first:], walls[first + 1 :])
+                ),
+                "steps_per_second_overall": (steps[-1] - steps[first]) / (walls[-1] - walls[first]),
                 "mean_loss_last_block": sum(losses[-args.block :]) / len(losses[-args.block :]),
                 "losses": losses,
             }
