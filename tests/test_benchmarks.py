@@ -143,3 +143,38 @@ def test_samplers_smoke(tmp_path, capsys):
     assert "| unipc | 1 | bfloat16 + channels-last |" in (tmp_path / "s" / "summary.md").read_text()
     with pytest.raises(ValueError, match="duplicates"):
         samplers.main([*args, "--configs", "ddim:2", "ddim:2"])
+
+
+def test_training_speed_compare_and_settings():
+    training_speed = _load("training_speed")
+    assert training_speed.parse_training_setting("bf16:cl") == {
+        "name": "bf16:cl",
+        "mixed_precision": "bf16",
+        "channels_last": True,
+    }
+    for bad in ("bf32", "bf16:nhwc", "no:cl:cl"):
+        with pytest.raises(ValueError, match="PRECISION"):
+            training_speed.parse_training_setting(bad)
+    reference = [1.0, 3.0] * 5
+    blocks = training_speed.compare(reference, [v + 0.1 for v in reference], block=4)
+    assert [b["steps"] for b in blocks] == ["1-4", "5-8"]  # the incomplete last block is left out
+    assert all(abs(b["difference"] - 0.1) < 1e-12 for b in blocks)
+    assert abs(blocks[0]["two_standard_errors"] - 2 * (4 / 3) ** 0.5 / 2) < 1e-12
+
+
+def test_training_speed_smoke(tmp_path):
+    training_speed = _load("training_speed")
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "UCMerced_LandUse"
+    if not data.is_dir():
+        pytest.skip("needs ../shared/data/UCMerced_LandUse (not in a user's clone)")
+    report = training_speed.main(
+        ["--stage", "1", "--preset", "tiny", "--steps", "8", "--skip", "2", "--block", "3", "--resolution", "64"]
+        + ["--max_train_samples", "4", "--settings", "no", "bf16", "--output_dir", str(tmp_path)]
+        + ["--lr_patch", "8", "--num_queries", "64", "--batch_size", "2"]
+    )
+    assert [r["name"] for r in report["rows"]] == ["no", "bf16"]
+    assert all(len(r["losses"]) == 8 and r["steps_per_second"] > 0 for r in report["rows"])
+    assert report["rows"][0]["within_noise"] and len(report["rows"][1]["blocks"]) == 2
+    assert (tmp_path / "training_speed_stage1_tiny.json").is_file()
+    with pytest.raises(ValueError, match="`steps` must exceed"):
+        training_speed.main(["--steps", "3", "--skip", "5", "--output_dir", str(tmp_path / "x")])
