@@ -211,8 +211,8 @@ class Upscaler:
             strength: the pipeline's ``strength`` (``None``: the model's default).
             seed: the seed of the noise.
             prior_only: the neural operator's prior alone, no diffusion.
-            sampler: a name of [`~neurop_diff_diffusers.scheduling.SCHEDULERS`] (e.g. ``"unipc"``: fewer steps for
-                the same quality, see the README's "Speed"), or ``None`` for the model's own. Each request samples
+            sampler: a name of [`~neurop_diff_diffusers.scheduling.SCHEDULERS`] (e.g. ``"dpm++2m-sde"``; the
+                README's "Speed" measures them), or ``None`` for the model's own. Each request samples
                 with its own scheduler object, so that requests running at the same time do not share one.
 
         Returns:
@@ -404,7 +404,7 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                 sampler = gr.Dropdown(
                     [own_sampler, *SCHEDULER_CHOICES],
                     value=own_sampler,
-                    label="Sampler (unipc / dpm++2m: fewer steps for the same quality)",
+                    label='Sampler (the README\'s "Speed" compares them; the embedded model is best with its own)',
                     elem_id="sampler",
                 )
                 seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
