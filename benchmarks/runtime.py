@@ -251,7 +251,18 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
         row["ratio_to_authors_same_steps"] = None if same is None else row["seconds_per_image"] / same
         row["ratio_to_authors_reference"] = row["seconds_per_image"] / authors_best[reference_steps]
     return {
-        "benchmark": "runtime_versus_authors",
+        **_header("runtime_versus_authors", args, device, lr_side),
+        "reference": f"authors:{reference_steps}",
+        "compile_seconds": compile_seconds,
+        "versions": package_versions(),
+        "results": rows,
+    }
+
+
+def _header(name: str, args: argparse.Namespace, device: torch.device, lr_side: int) -> dict[str, Any]:
+    """The fields every runtime report starts with: what ran, on which machine."""
+    return {
+        "benchmark": name,
         "command": " ".join(["python", *sys.argv]),
         "pipeline": args.pipeline,
         "size": args.size,
@@ -263,10 +274,6 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
-        "reference": f"authors:{reference_steps}",
-        "compile_seconds": compile_seconds,
-        "versions": package_versions(),
-        "results": rows,
     }
 
 
@@ -412,18 +419,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry["prior_once_over_sr3"] = by[(steps, "prior_once")] / by[(steps, "sr3")]
         ratios.append(entry)
     return {
-        "benchmark": "runtime",
-        "command": " ".join(["python", *sys.argv]),
-        "pipeline": args.pipeline,
-        "size": args.size,
-        "lr_size": lr_side,
-        "scale": args.scale,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        **_header("runtime", args, device, lr_side),
         "dtype": str(pipeline.unet.dtype).replace("torch.", ""),
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "repeats": args.repeats,
         "estimate_only": args.estimate_only,
         "scheduler": type(pipeline.scheduler).__name__,
         "versions": package_versions(),
