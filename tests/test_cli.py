@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurop_diff_diffusers import cli
+from neurop_diff_diffusers import cli, upscale_job
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_save_is_atomic_when_encoding_fails(tmp_path):
             raise OSError("disk full")
 
     with pytest.raises(OSError):
-        cli.save_image_atomic(Broken(), tmp_path / "x.png")
+        upscale_job.save_image_atomic(Broken(), tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
 
 

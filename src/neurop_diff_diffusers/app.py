@@ -1,4 +1,5 @@
-"""The web app (Gradio, extra ``[app]``): upscale an image in the browser with the CLI's own code.
+"""The web app (Gradio, extra ``[app]``): upscale an image in the browser with the CLI's own code
+([`~neurop_diff_diffusers.upscale_job`]).
 
 ``neurop-diff serve`` runs it on 127.0.0.1:7860; ``app.py`` at the repository root runs it as a Hugging Face Space.
 An upload is validated (type, size from the header, full decode) before any model work, with the CLI's checks; a
@@ -13,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import copy
 import os
@@ -24,22 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import (
-    DTYPE_CHOICES,
-    IMAGE_SUFFIXES,
-    SCHEDULER_CHOICES,
-    InputFailed,
-    _image_array,
-    _load_model,
-    _one_line,
-    _prepare,
-    _probe_geo,
-    _run_job,
-)
-from .cli import check_input_file as _check_input_file
-from .cli import read_image_file as _read_image_file
+from .cli import DTYPE_CHOICES, SCHEDULER_CHOICES
 from .optimization import optimize_pipeline
 from .scheduling import make_scheduler, scheduler_name
+from .upscale_job import (
+    IMAGE_SUFFIXES,
+    InputFailed,
+    check_input_file,
+    load_job_pipeline,
+    one_line,
+    prepare_job,
+    probe_geo,
+    read_image_array,
+    read_image_file,
+    run_job,
+)
 
 #: Largest input the app decodes, in pixels (height x width), unless configured otherwise.
 DEFAULT_MAX_INPUT_PIXELS = 1024 * 1024
@@ -108,11 +107,13 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
     path = Path(path)
     name = path.name
     try:
-        _check_input_file(path)
-        if _probe_geo(path):
-            from .geo import _rasterio, check_raster
+        check_input_file(path)
+        if probe_geo(path):
+            import rasterio  # installed: probe_geo is False without it
 
-            with _rasterio().open(path) as src:
+            from .geo import check_raster
+
+            with rasterio.open(path) as src:
                 height, width = src.height, src.width
             _check_pixels(height, width, max_input_pixels)
             check_raster(path)
@@ -123,11 +124,11 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
             with Image.open(path) as image:  # the header only
                 width, height = image.size
         except Image.DecompressionBombError as err:
-            raise InputFailed(f"{path}: refused as a possible decompression bomb ({_one_line(err)})") from err
+            raise InputFailed(f"{path}: refused as a possible decompression bomb ({one_line(err)})") from err
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             raise InputFailed(f"{path}: not an image PIL can read (PNG, JPEG or TIFF expected)") from err
         _check_pixels(height, width, max_input_pixels)
-        _read_image_file(path)
+        read_image_file(path)
         return height, width
     except InputFailed as err:
         raise InputFailed(str(err).replace(str(path), name)) from err
@@ -162,7 +163,7 @@ def _to_rgb_preview(path: Path, geo: bool) -> Any:
     if geo:
         bands = _model_bands(path)
         return Image.fromarray(np.rint(bands.transpose(1, 2, 0).clip(0, 1) * 255).astype(np.uint8))
-    image = _read_image_file(path)
+    image = read_image_file(path)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64) / 65535.0
         return Image.fromarray(np.rint(array.clip(0, 1) * 255).astype(np.uint8)).convert("RGB")
@@ -180,7 +181,7 @@ class Upscaler:
     def __init__(self, config: AppConfig, workdir: Path):
         self.config = config
         self.workdir = workdir
-        self.pipe = _load_model(config.model, config.device)
+        self.pipe = load_job_pipeline(config.model, config.device)
         optimize_pipeline(self.pipe, dtype=config.dtype, channels_last=config.channels_last)
         self.pipe.set_progress_bar_config(disable=False, leave=False)
         self.max_steps = int(getattr(self.pipe.scheduler.config, "num_train_timesteps", 1000))
@@ -246,13 +247,12 @@ class Upscaler:
         folder = Path(tempfile.mkdtemp(prefix="request-", dir=self.workdir))
         src = folder / ("input" + upload.suffix.lower())
         shutil.copyfile(upload, src)
-        geo = _probe_geo(src)
+        geo = probe_geo(src)
         stem = upload.stem or "image"
         tag = f"x{scale:g}" if size is None else f"{size[0]}x{size[1]}"
         dst = folder / f"{stem}_{tag}{'.tif' if geo else '.png'}"
-        args = argparse.Namespace(max_pixels=self.config.max_output_pixels, seed=int(seed), overwrite=False)
         try:
-            job = _prepare(src, args, scale, size, dst)
+            job = prepare_job(src, dst, scale, size, self.config.max_output_pixels)
         except InputFailed as err:
             shutil.rmtree(folder, ignore_errors=True)
             message = str(err).replace(str(src), upload.name).replace("--size", "the output size")
@@ -269,11 +269,11 @@ class Upscaler:
         pipe = copy.copy(self.pipe)  # the same models with a scheduler of this request's own
         own = self.pipe.scheduler
         pipe.scheduler = type(own).from_config(own.config) if sampler is None else make_scheduler(sampler, own)
-        try:  # the CLI's own code: a PNG, or a GeoTIFF that keeps its georeferencing
-            _run_job(pipe, job, args, common)
+        try:  # the CLI's own job: a PNG, or a GeoTIFF that keeps its georeferencing
+            run_job(pipe, job, int(seed), False, common)
         except (ValueError, OSError, RuntimeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
-            raise InputFailed(f"{upload.name}: {_one_line(err)}") from err
+            raise InputFailed(f"{upload.name}: {one_line(err)}") from err
         output = _to_rgb_preview(dst, geo)
         png = dst if not geo else dst.with_suffix(".png")
         if geo:
@@ -295,7 +295,7 @@ class Upscaler:
 def _model_input(src: Path, geo: bool) -> Any:
     """The image the pipeline sees for ``src``: the CLI's decoded array, or a GeoTIFF's stretched model bands."""
     if not geo:
-        return _image_array(src, warn=False)[0]
+        return read_image_array(src, warn=False)[0]
     import torch
 
     return torch.from_numpy(_model_bands(src)).clamp(0, 1)

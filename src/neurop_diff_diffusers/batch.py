@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import IMAGE_SUFFIXES
+from .upscale_job import IMAGE_SUFFIXES
 from .utils import atomic_write_text
 
 #: Name of the per-input record file written in the output folder.

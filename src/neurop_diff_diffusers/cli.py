@@ -15,55 +15,31 @@ import math
 import os
 import platform
 import re
-import struct
 import sys
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+from .upscale_job import (
+    IMAGE_SUFFIXES,
+    CLIError,
+    InputFailed,
+    check_input_file,
+    check_output_location,
+    load_job_pipeline,
+    one_line,
+    os_reason,
+    output_path,
+    prepare_job,
+    read_image_file,
+    run_job,
+)
+
 #: ``--dtype`` and ``--scheduler`` choices: the keys of `optimization.DTYPES` and `scheduling.SCHEDULERS` (written out
 #: so that parsing the command line imports no torch; a test keeps them equal).
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 SCHEDULER_CHOICES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc")
-
-
-class CLIError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
-class InputFailed(CLIError):
-    """A problem with one input or its output: reported as one line, that input is skipped, the others go on."""
-
-
-#: Python argument names in library messages -> the flags that set them.
-_FLAG_NAMES = {
-    "`num_inference_steps`": "--steps",
-    "`tile_size`": "--tile-size",
-    "`tile_overlap`": "--tile-overlap",
-    "`max_output_pixels`": "--max-pixels",
-    "pass a larger `max_output_pixels=` to the pipeline call to allow it": "raise --max-pixels to allow it",
-    "`output_size`": "--size",
-    "`scale`": "--scale",
-    "`strength`": "--strength",
-    "`device`": "--device",
-    "overwrite=True (CLI: --overwrite)": "--overwrite",
-}
-
-
-def _one_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type when empty), with Python argument names as CLI flags."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    for name, flag in _FLAG_NAMES.items():
-        text = text.replace(name, flag)
-    return text
-
-
-def _os_reason(err: OSError) -> str:
-    """``Permission denied`` rather than ``[Errno 13] Permission denied: '/x'`` (the CLI names the file itself)."""
-    return err.strerror or _one_line(err)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -95,219 +71,13 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
 
 
-def _scale_tag(scale: float | None, size: tuple[int, int] | None) -> str:
-    if size is not None:
-        return f"{size[0]}x{size[1]}"
-    return "x" + (f"{scale:g}")
-
-
-def output_path(
-    input_path: Path, scale: float | None, size: tuple[int, int] | None, out: Path | None, out_dir: Path | None
-) -> Path:
-    """Where ``upscale`` writes the result of ``input_path``: ``-o``, else ``<dir>/<stem>_x<scale><suffix>``.
-
-    Args:
-        input_path: the input file.
-        scale: the scale (or ``None`` with ``size``).
-        size: the explicit ``(height, width)`` (or ``None``).
-        out: the ``-o`` path, if given.
-        out_dir: the ``--out-dir`` folder, if given (default: the input's folder).
-
-    Example:
-        >>> output_path(Path("a/scene.png"), 3.7, None, None, None).as_posix()
-        'a/scene_x3.7.png'
-    """
-    if out is not None:
-        return out
-    folder = out_dir if out_dir is not None else input_path.parent
-    return folder / f"{input_path.stem}_{_scale_tag(scale, size)}{input_path.suffix}"
-
-
-def check_input_file(path: Path) -> None:
-    """Refuse, with one line naming ``path``, an input that is missing, a folder, unreadable, empty or not an image.
-
-    Only the file system is consulted (no decoding, no torch).
-
-    Args:
-        path: the input.
-
-    Raises:
-        InputFailed: with the reason.
-    """
-    if not os.path.lexists(path):
-        raise InputFailed(f"input not found: {path}")
-    if path.is_dir():
-        raise InputFailed(f"{path}: is a directory, not an image file")
-    if not path.exists():
-        raise InputFailed(f"{path}: broken symbolic link")
-    if not path.is_file():
-        raise InputFailed(f"{path}: not a regular file")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputFailed(f"{path}: unsupported input, use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
-    try:
-        with open(path, "rb") as f:
-            empty = not f.read(1)
-    except OSError as err:
-        raise InputFailed(f"{path}: cannot read it ({_os_reason(err)})") from err
-    if empty:
-        raise InputFailed(f"{path}: empty file")
-
-
-def check_output_location(path: Path, overwrite: bool) -> None:
-    """Refuse, with one line naming ``path``, an output that could not be written; nothing is created.
-
-    The output must not be a folder, must not exist unless ``overwrite``, and its folder must exist as a writable
-    folder or be creatable (the nearest existing folder above it is writable, no file stands where a folder is
-    needed). Writability is probed by creating and removing a temporary file, which also catches read-only and
-    special file systems (``/sys``, ``/proc``).
-
-    Args:
-        path: the output file.
-        overwrite: whether an existing file may be replaced.
-
-    Raises:
-        InputFailed: with the reason.
-    """
-    if path.is_dir():
-        raise InputFailed(f"{path}: the output is a directory; give a file name or use --out-dir")
-    if os.path.lexists(path) and not overwrite:
-        raise InputFailed(f"{path} exists; pass --overwrite to replace it")
-    folder = path.absolute().parent
-    existing = folder
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputFailed(f"{path}: cannot create the folder {folder}: {existing} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".neurop-diff-probe.", dir=existing)
-    except OSError as err:
-        raise InputFailed(f"{path}: cannot write in {existing} ({_os_reason(err)})") from err
-    os.close(handle)
-    os.unlink(probe)
-
-
-def save_image_atomic(image: Any, path: Path, overwrite: bool = True) -> None:
-    """[`~neurop_diff_diffusers.utils.save_image_atomic`], imported when called (the CLI's imports stay light)."""
-    from .utils import save_image_atomic as save
-
-    save(image, path, overwrite=overwrite)
-
-
-def read_image_file(path: Path) -> Any:
-    """Open and fully decode an image file with PIL; every failure is one line naming ``path``.
-
-    Args:
-        path: a PNG, JPEG or TIFF file.
-
-    Returns:
-        The decoded PIL image (any mode; [`pil_to_array`] validates it).
-
-    Raises:
-        InputFailed: not an image, truncated / damaged, a decompression bomb, unreadable.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Image.DecompressionBombError as err:
-        raise InputFailed(f"{path}: refused as a possible decompression bomb ({_one_line(err)})") from err
-    except UnidentifiedImageError as err:
-        raise InputFailed(f"{path}: not an image PIL can read (PNG, JPEG or TIFF expected)") from err
-    except OSError as err:
-        if err.errno is not None:
-            raise InputFailed(f"{path}: cannot read it ({_os_reason(err)})") from err
-        raise InputFailed(f"{path}: damaged image ({_one_line(err)})") from err
-    except (SyntaxError, ValueError, EOFError, struct.error, IndexError, MemoryError) as err:
-        raise InputFailed(f"{path}: damaged image ({_one_line(err)})") from err
-    return image
-
-
-def _image_array(path: Path, warn: bool) -> tuple[Any, bool]:
-    """Decode ``path`` to an ``(H, W, 3)`` array through the API's validation ([`pil_to_array`]).
-
-    Returns:
-        ``(array, high_bit_grey)``: the array and whether the file was 16-bit greyscale.
-    """
-    from .image_processing import HIGH_BIT_DEPTH_MODES, pil_to_array
-
-    image = read_image_file(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            array = pil_to_array(image, name=str(path))
-        except (ValueError, TypeError) as err:
-            raise InputFailed(_one_line(err).replace(f"`{path}`", str(path))) from err
-    if warn:
-        for warning in caught:
-            print(f"neurop-diff: warning: {str(warning.message).replace(f'`{path}`', str(path))}", file=sys.stderr)
-    return array, image.mode in HIGH_BIT_DEPTH_MODES
-
-
-def _probe_geo(path: Path) -> bool:
-    """Whether a TIFF takes the GeoTIFF path; ``False`` when rasterio cannot open it (PIL then reports why)."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return False
-    from .geo import is_georeferenced
-
-    try:
-        return is_georeferenced(path)
-    except Exception:  # rasterio / GDAL errors: not a raster rasterio can read; PIL gives the message
-        return False
-
-
-def _prepare(src: Path, args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None, dst: Path):
-    """Decode and validate one input before the model loads; its job ``(src, dst, geo, out_size)``."""
-    from .image_processing import resolve_output_size
-
-    geo = _probe_geo(src)
-    if geo and dst.suffix.lower() not in (".tif", ".tiff"):
-        raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
-    if geo:
-        from .geo import check_raster
-
-        try:
-            count, height, width = check_raster(src)
-        except ValueError as err:
-            raise InputFailed(f"{src}: {_one_line(err)}") from err
-        if count == 2:
-            raise InputFailed(f"{src}: has 2 bands; the model needs 1 (grey) or at least 3 (RGB)")
-    else:
-        array, _ = _image_array(src, warn=True)
-        height, width = array.shape[:2]
-        del array
-    if size is not None and (size[0] < height or size[1] < width):
-        raise InputFailed(
-            f"{src}: --size {size[0]}x{size[1]} is smaller than the input {height}x{width} (height x width); "
-            "neurop-diff only upscales"
-        )
-    out_size = resolve_output_size((height, width), scale, size)
-    if out_size[0] * out_size[1] > args.max_pixels:
-        raise InputFailed(
-            f"{src}: the output {out_size[0]}x{out_size[1]} (height x width) exceeds --max-pixels {args.max_pixels}; "
-            "raise it"
-        )
-    return src, dst, geo, out_size
-
-
-def _load_model(spec: str | None, device: str) -> Any:
-    from .loading import load_pipeline
-
-    try:
-        pipe = load_pipeline(spec, device=device)
-    except (FileNotFoundError, OSError, ValueError) as err:
-        raise CLIError(_one_line(err)) from err
-    pipe.set_progress_bar_config(disable=False, leave=False)
-    return pipe
-
-
 def _check_device(device: str) -> str:
     from .utils import check_device
 
     try:
         check_device(device, name="--device")
     except ValueError as err:
-        raise CLIError(_one_line(err)) from err
+        raise CLIError(one_line(err)) from err
     return device
 
 
@@ -345,29 +115,6 @@ def _pipe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def _report(message: str) -> None:
     print(f"neurop-diff: error: {message}", file=sys.stderr)
-
-
-def _run_job(pipe: Any, job: tuple, args: argparse.Namespace, common: dict[str, Any]) -> None:
-    """Upscale one input and commit its output (atomically; never over a file that appeared meanwhile)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    src, dst, geo, out_size = job
-    generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    if geo:
-        from .geo import upscale_geotiff
-
-        upscale_geotiff(pipe, src, dst, output_size=out_size, overwrite=args.overwrite, generator=generator, **common)
-        return
-    array, high_bit_grey = _image_array(src, warn=False)
-    sixteen_bit_out = high_bit_grey and dst.suffix.lower() in (".png", ".tif", ".tiff")
-    output_type = "np" if sixteen_bit_out else "pil"
-    result = pipe(array, output_size=out_size, generator=generator, output_type=output_type, **common).images[0]
-    del array
-    if sixteen_bit_out:  # 16-bit grey in, 16-bit grey out (the mean of the model's three channels)
-        result = Image.fromarray(np.rint(result.mean(axis=-1) * 65535.0).astype(np.uint16))
-    save_image_atomic(result, dst, overwrite=args.overwrite)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -412,7 +159,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     jobs = []
     for src, dst in planned:
         try:
-            jobs.append(_prepare(src, args, scale, size, dst))
+            jobs.append(prepare_job(src, dst, scale, size, args.max_pixels))
         except InputFailed as err:
             _report(str(err))
             failed += 1
@@ -420,22 +167,22 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 2
 
     # 3. The model, once; then each input.
-    pipe = _load_model(args.model, device)
+    pipe = load_job_pipeline(args.model, device)
     _check_model_flags(pipe, args)
     _optimize(pipe, args)
     common = _pipe_kwargs(args)
     for job in jobs:
         src, dst, _, out_size = job
         try:
-            _run_job(pipe, job, args, common)
+            run_job(pipe, job, args.seed, args.overwrite, common)
         except InputFailed as err:
             _report(str(err))
         except FileExistsError:
             _report(f"{dst} appeared while {src} was being upscaled; it was not replaced (pass --overwrite)")
         except OSError as err:
-            _report(f"{src} -> {dst}: {_os_reason(err) if err.errno else _one_line(err)}")
+            _report(f"{src} -> {dst}: {os_reason(err) if err.errno else one_line(err)}")
         except ValueError as err:
-            _report(f"{src}: {_one_line(err)}")
+            _report(f"{src}: {one_line(err)}")
         else:
             print(f"{src} -> {dst} ({out_size[0]}x{out_size[1]}, height x width)")
             continue
@@ -530,7 +277,8 @@ def _upscale_dir(
     input_dir, out_dir = Path(args.input_dir), args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / MANIFEST_NAME
-    pipe = _load_model(args.model, device)  # in every process, before any file: a bad --model stops them all alike
+    # in every process, before any file: a bad --model stops them all alike
+    pipe = load_job_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=True)
     _check_model_flags(pipe, args)
     _optimize(pipe, args)
@@ -542,17 +290,16 @@ def _upscale_dir(
         start = time.perf_counter()
         try:
             check_input_file(src)
-            job = _prepare(src, args, scale, size, dst)
+            job = prepare_job(src, dst, scale, size, args.max_pixels)
             record["size"] = list(job[3])
             if not args.overwrite and _output_complete(dst, job[3], job[2]):
                 return {**record, "status": "ok", "resumed": True}
             for temporary in stale_temporaries(dst):  # left by a run killed while writing
                 temporary.unlink(missing_ok=True)
             check_output_location(dst, overwrite=True)
-            rerun = argparse.Namespace(**{**vars(args), "overwrite": args.overwrite or os.path.lexists(dst)})
-            _run_job(pipe, job, rerun, common)
+            run_job(pipe, job, args.seed, args.overwrite or os.path.lexists(dst), common)
         except (InputFailed, ValueError, OSError, RuntimeError, MemoryError) as err:
-            message = str(err) if isinstance(err, InputFailed) else f"{src}: {_one_line(err)}"
+            message = str(err) if isinstance(err, InputFailed) else f"{src}: {one_line(err)}"
             _report(message)
             record.update(status="error", message=message)
         else:
@@ -593,7 +340,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             channels_last=args.channels_last,
         )
     except ValueError as err:
-        raise CLIError(_one_line(err)) from err
+        raise CLIError(one_line(err)) from err
     demo = build_app(config)
     try:
         demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES)
@@ -649,12 +396,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         check_output_location(out / "model_index.json", overwrite=True)
     except InputFailed as err:
         raise CLIError(str(err)) from err
-    pipe = _load_model(args.model, "cpu")
+    pipe = load_job_pipeline(args.model, "cpu")
     try:
         pipe.save_pretrained(out, hub_ready=not args.plain)
         remove_local_paths(out)
     except OSError as err:
-        raise CLIError(f"{out}: cannot write the pipeline folder ({_os_reason(err)})") from err
+        raise CLIError(f"{out}: cannot write the pipeline folder ({os_reason(err)})") from err
     print(f"wrote {'plain' if args.plain else 'hub-ready'} pipeline folder {out}")
     return 0
 
@@ -764,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (CLIError, ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
-        _report(_one_line(err))
+        _report(one_line(err))
         return 2
     except KeyboardInterrupt:
         print("neurop-diff: interrupted", file=sys.stderr)
