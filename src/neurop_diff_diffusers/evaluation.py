@@ -134,6 +134,55 @@ def _check_methods(methods: Any, pipeline: Any, sr3_pipeline: Any) -> list[str]:
     return [m for m in METHODS if m in methods]
 
 
+def check_settings(
+    scales: Any,
+    *,
+    num_inference_steps: Any = 50,
+    seed: Any = 0,
+    resolution: Any = 256,
+    protocol: Any = "rgb",
+    max_images: Any = None,
+    chunk_size: Any = None,
+    figure_image: Any = 0,
+) -> dict[str, Any]:
+    """The settings of [`evaluate`] that need neither a pipeline nor images, checked and normalised; the command line
+    calls it before loading anything, [`evaluate`] again.
+
+    Args:
+        scales (`Any`): a non-empty list of distinct finite numbers > 1.
+        num_inference_steps (`Any`, defaults to 50): an int >= 1.
+        seed (`Any`, defaults to 0): an int >= 0.
+        resolution (`Any`, defaults to 256): the HR side, large enough for the SSIM window after the protocol's shave.
+        protocol (`Any`, defaults to `"rgb"`): a key of [`~neurop_diff_diffusers.metrics.PROTOCOLS`].
+        max_images (`Any`, *optional*): `None` or an int >= 1.
+        chunk_size (`Any`, *optional*): `None` or an int >= 1.
+        figure_image (`Any`, *optional*, defaults to 0): `None` or an int >= 0.
+
+    Returns:
+        `dict[str, Any]`: the same names, with `scales` as a list of floats and the ints as `int`.
+
+    Raises:
+        ValueError: naming the first argument that is wrong and what it must be.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation import check_settings
+        >>> check_settings((4, 2.5))["scales"]
+        [4.0, 2.5]
+    """
+    scales = _check_scales(list(scales) if isinstance(scales, (tuple, list)) else scales)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
+    optional = {"max_images": (max_images, 1), "chunk_size": (chunk_size, 1), "figure_image": (figure_image, 0)}
+    return {
+        "scales": scales,
+        "num_inference_steps": _check_int(num_inference_steps, "num_inference_steps", 1),
+        "seed": _check_int(seed, "seed", 0),
+        "resolution": _check_resolution(resolution, scales, protocol),
+        "protocol": protocol,
+        **{name: None if v is None else _check_int(v, name, low) for name, (v, low) in optional.items()},
+    }
+
+
 def _check_resolution(resolution: Any, scales: list[float], protocol: str) -> int:
     resolution = _check_int(resolution, "resolution", _MIN_RESOLUTION)
     shave = math.ceil(max(scales)) if protocol == "y" else 0
@@ -198,7 +247,7 @@ def _image_items(images: Any) -> list[tuple[str | int, Any]]:
 
         names = unique_file_names(images)
         keys = names if names is not None else list(range(len(images)))
-        return [(key, _LazyRow(images, i)) for i, key in enumerate(keys)]
+        return [(key, LazyRow(images, i)) for i, key in enumerate(keys)]
     if isinstance(images, (str, bytes, PIL.Image.Image)) or not isinstance(images, Sequence) or len(images) == 0:
         raise ValueError(
             "`images` must be a datasets.Dataset or a non-empty list of PIL images, image paths or (key, image) pairs."
@@ -219,8 +268,14 @@ def _image_items(images: Any) -> list[tuple[str | int, Any]]:
     return items
 
 
-class _LazyRow:
-    """A dataset row decoded only when needed."""
+class LazyRow:
+    """A row of a `datasets.Dataset` whose image is decoded only when [`evaluate`] reaches it: pass
+    ``(key, LazyRow(dataset, index))`` pairs as `images` to evaluate a large dataset without decoding it up front.
+
+    Args:
+        dataset (`Any`): a dataset with an `image` column.
+        index (`int`): the row.
+    """
 
     def __init__(self, dataset: Any, index: int):
         self.dataset, self.index = dataset, index
@@ -230,7 +285,7 @@ class _LazyRow:
 
 
 def _load_image(source: Any) -> PIL.Image.Image:
-    if isinstance(source, _LazyRow):
+    if isinstance(source, LazyRow):
         return source.load()
     if isinstance(source, (str, os.PathLike)):
         with PIL.Image.open(source) as image:
@@ -269,27 +324,29 @@ def _check_arguments(
         raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
     if sr3_pipeline is not None and not isinstance(sr3_pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`sr3_pipeline` must be a NeurOpDiffPipeline, got {type(sr3_pipeline).__name__}.")
-    scales = _check_scales(list(scales) if isinstance(scales, (tuple, list)) else scales)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
+    settings = check_settings(
+        scales,
+        num_inference_steps=num_inference_steps,
+        seed=seed,
+        resolution=resolution,
+        protocol=protocol,
+        max_images=max_images,
+        chunk_size=chunk_size,
+        figure_image=figure_image,
+    )
+    scales, num_inference_steps, seed = settings["scales"], settings["num_inference_steps"], settings["seed"]
+    resolution, max_images, chunk_size = settings["resolution"], settings["max_images"], settings["chunk_size"]
+    figure_image = settings["figure_image"]
     methods = _check_methods(methods, pipeline, sr3_pipeline)
     num_train = pipeline.scheduler.config.num_train_timesteps
-    num_inference_steps = _check_int(num_inference_steps, "num_inference_steps", 1)
     if num_inference_steps > num_train:
         raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
     strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
     eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
-    seed = _check_int(seed, "seed", 0)
-    resolution = _check_resolution(resolution, scales, protocol)
-    if max_images is not None:
-        max_images = _check_int(max_images, "max_images", 1)
-    if chunk_size is not None:
-        chunk_size = _check_int(chunk_size, "chunk_size", 1)
     items = _image_items(images)
     if max_images is not None:
         items = items[:max_images]
     if figure_image is not None:
-        figure_image = _check_int(figure_image, "figure_image", 0)
         if figure_image >= len(items):
             raise ValueError(f"`figure_image` must be below the number of images ({len(items)}), got {figure_image}.")
     return EvaluationRun(

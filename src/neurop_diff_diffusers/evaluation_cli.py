@@ -18,14 +18,7 @@ from typing import Any
 
 import torch
 
-from .evaluation import (
-    DEFAULT_SCALES,
-    _check_int,
-    _check_resolution,
-    _check_scales,
-    _LazyRow,
-    evaluate,
-)
+from .evaluation import DEFAULT_SCALES, LazyRow, check_settings, evaluate
 from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
 from .loading import load_pipeline
@@ -166,26 +159,27 @@ def _select_images(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     names = unique_file_names(full)
     # Keys that replay the selection: file names when the dataset has distinct ones, else indices into the whole
     # dataset (not positions in the selection).
-    items = [(names[i] if names is not None else i, _LazyRow(full, i)) for i in indices]
+    items = [(names[i] if names is not None else i, LazyRow(full, i)) for i in indices]
     description["data"]["indices"] = indices
     return items, description
 
 
 def _check_args(args: argparse.Namespace) -> None:
     """Validation of the command line before any work (one ValueError naming the argument)."""
-    _check_scales(args.scales)
-    _check_int(args.num_inference_steps, "num_inference_steps", 1)
+    check_settings(
+        args.scales,
+        num_inference_steps=args.num_inference_steps,
+        seed=args.seed,
+        resolution=args.resolution,
+        protocol=args.protocol,
+        max_images=args.max_images,
+        chunk_size=args.chunk_size,
+        figure_image=args.figure_image,
+    )
     if args.strength is not None:
         check_strength(args.strength)
     if args.eta is not None:
         check_eta(args.eta, "--eta")
-    _check_int(args.seed, "seed", 0)
-    _check_resolution(args.resolution, args.scales, args.protocol)
-    if args.max_images is not None:
-        _check_int(args.max_images, "max_images", 1)
-    if args.chunk_size is not None:
-        _check_int(args.chunk_size, "chunk_size", 1)
-    _check_int(args.figure_image, "figure_image", 0)
     if args.max_images is not None and args.figure_image >= args.max_images and not args.no_figures:
         raise ValueError(f"`figure_image`={args.figure_image} must be below `max_images`={args.max_images}.")
     if not 0.0 < args.test_fraction < 1.0:
