@@ -34,8 +34,14 @@ def check_prediction_type(prediction_type: Any, name: str = "prediction_type") -
     """Validate a parameterisation: one of [`PREDICTION_TYPES`].
 
     Args:
-        prediction_type: the value to check.
-        name: the argument's name, for the error message.
+        prediction_type (`Any`): the value to check.
+        name (`str`, defaults to ``"prediction_type"``): the argument's name, for the error message.
+
+    Returns:
+        `str`: ``prediction_type`` itself.
+
+    Raises:
+        ValueError: if ``prediction_type`` is not one of [`PREDICTION_TYPES`].
 
     Example:
         >>> check_prediction_type("v_prediction")
@@ -52,11 +58,19 @@ def default_scheduler(
     """The authors' scheduler: DDIM (leading spacing, ``set_alpha_to_one``) or DDPM ancestral sampling.
 
     Args:
-        kind: ``"ddim"`` (default) or ``"ddpm"``.
-        prediction_type: what the UNet predicts: ``"epsilon"`` (the paper), ``"v_prediction"`` or ``"sample"``
-            (not in the paper; see the training script's ``--prediction_type``). Saved in the scheduler's config,
-            so that a saved pipeline samples the way it was trained.
-        schedule: other noise-schedule fields (``num_train_timesteps``, ``beta_start``, ...) replacing the authors'.
+        kind (`str`, defaults to ``"ddim"``): ``"ddim"`` (default) or ``"ddpm"``.
+        prediction_type (`str`, defaults to ``"epsilon"``): what the UNet predicts: ``"epsilon"`` (the paper),
+            ``"v_prediction"`` or ``"sample"`` (not in the paper; see the training script's ``--prediction_type``).
+            Saved in the scheduler's config, so that a saved pipeline samples the way it was trained.
+        schedule (`Any`, *optional*): other noise-schedule fields (``num_train_timesteps``, ``beta_start``, ...)
+            replacing the authors'.
+
+    Returns:
+        `DDIMScheduler` or `DDPMScheduler`: a new scheduler, by ``kind``.
+
+    Raises:
+        ValueError: if ``kind`` is neither ``"ddim"`` nor ``"ddpm"``, or ``prediction_type`` is not one of
+            [`PREDICTION_TYPES`].
 
     Example:
         >>> default_scheduler().config.num_train_timesteps
@@ -94,6 +108,9 @@ def make_scheduler(name: str, like: SchedulerMixin | None = None) -> SchedulerMi
     Returns:
         `SchedulerMixin`: a new scheduler (``like`` is not modified).
 
+    Raises:
+        ValueError: if ``name`` is not one of [`SCHEDULERS`].
+
     Example:
         >>> from neurop_diff_diffusers.scheduling import default_scheduler, make_scheduler
         >>> fast = make_scheduler("dpm++2m", default_scheduler(prediction_type="v_prediction"))
@@ -122,6 +139,9 @@ def scheduler_name(scheduler: SchedulerMixin) -> str:
     Args:
         scheduler (`SchedulerMixin`): a scheduler.
 
+    Returns:
+        `str`: a name of [`SCHEDULERS`], or the scheduler's class name when it is none of them.
+
     Example:
         >>> from neurop_diff_diffusers.scheduling import default_scheduler, scheduler_name
         >>> scheduler_name(default_scheduler())
@@ -137,8 +157,11 @@ def check_strength(strength: Any, name: str = "strength") -> float:
     """Validate a sampling strength: a real number in ``(0, 1]``.
 
     Args:
-        strength: the value to check.
-        name: the argument's name, for the error message.
+        strength (`Any`): the value to check.
+        name (`str`, defaults to ``"strength"``): the argument's name, for the error message.
+
+    Returns:
+        `float`: ``strength`` as a float.
 
     Raises:
         ValueError: naming the argument and the allowed range.
@@ -156,8 +179,11 @@ def check_eta(eta: Any, name: str = "eta") -> float:
     """Validate DDIM's `eta`: a real number in ``[0, 1]`` (0: deterministic DDIM; 1: DDPM-like steps).
 
     Args:
-        eta: the value to check.
-        name: the argument's name, for the error message.
+        eta (`Any`): the value to check.
+        name (`str`, defaults to ``"eta"``): the argument's name, for the error message.
+
+    Returns:
+        `float`: ``eta`` as a float.
 
     Raises:
         ValueError: naming the argument and the allowed range.
@@ -176,8 +202,11 @@ def strength_steps(strength: float, num_inference_steps: int) -> int:
     ``round(strength * num_inference_steps)`` (half up), at least one.
 
     Args:
-        strength: a number in ``(0, 1]`` (see [`check_strength`]).
-        num_inference_steps: the scheduler's number of timesteps.
+        strength (`float`): a number in ``(0, 1]`` (see [`check_strength`]).
+        num_inference_steps (`int`): the scheduler's number of timesteps.
+
+    Returns:
+        `int`: the number of steps, between 1 and ``num_inference_steps``.
 
     Example:
         >>> strength_steps(0.04, 50), strength_steps(0.001, 50), strength_steps(1.0, 50)
@@ -190,8 +219,11 @@ def noise_level(alphas_cumprod: torch.Tensor, timestep: torch.Tensor | float | i
     """``sqrt(alphas_cumprod[t])``, the SR3 noise level of discrete step ``t`` (linearly interpolated for float t).
 
     Args:
-        alphas_cumprod: the scheduler's cumulative alphas, shape ``(T,)``.
-        timestep: a (possibly fractional) timestep in ``[0, T - 1]``.
+        alphas_cumprod (`torch.Tensor`): the scheduler's cumulative alphas, shape ``(T,)``.
+        timestep (`torch.Tensor`, `float` or `int`): a (possibly fractional) timestep in ``[0, T - 1]``.
+
+    Returns:
+        `torch.Tensor`: the noise level, a float32 scalar tensor.
     """
     t = torch.as_tensor(timestep, dtype=torch.float64).reshape(())
     t = t.clamp(0, alphas_cumprod.shape[0] - 1)
@@ -213,11 +245,18 @@ def sample_continuous_noise_level(
     ``gamma_0 = 1``, ``gamma_t = alphas_cumprod[t - 1]``. Returns a float32 tensor of shape ``(batch_size,)``.
 
     Args:
-        alphas_cumprod: the scheduler's cumulative alphas, shape ``(T,)``.
-        batch_size: number of samples.
-        generator: optional torch generator (CPU) for reproducibility.
-        max_timestep: draw ``t ~ U{1..max_timestep}`` instead (``None``: ``T``, the method). Not in the paper: for
-            fine-tuning a model on the low noise levels that a pipeline `strength` below 1 runs through.
+        alphas_cumprod (`torch.Tensor`): the scheduler's cumulative alphas, shape ``(T,)``.
+        batch_size (`int`): number of samples.
+        generator (`torch.Generator`, *optional*): optional torch generator (CPU) for reproducibility.
+        max_timestep (`int`, *optional*): draw ``t ~ U{1..max_timestep}`` instead (``None``: ``T``, the method). Not
+            in the paper: for fine-tuning a model on the low noise levels that a pipeline `strength` below 1 runs
+            through.
+
+    Returns:
+        `torch.Tensor`: the noise levels ``sqrt_gamma``, float32, shape ``(batch_size,)``.
+
+    Raises:
+        ValueError: if ``max_timestep`` is not an integer in ``[1, T]``.
 
     Example:
         >>> from neurop_diff_diffusers import default_scheduler, sample_continuous_noise_level
