@@ -100,8 +100,11 @@ def build_neural_operator(preset: str = "paper", seed: int | None = 0) -> Galerk
     returns models; a training loop calls ``.train()`` itself).
 
     Args:
-        preset: ``"paper"`` or ``"tiny"``.
-        seed: seed of the initialisation (``None``: the global torch RNG).
+        preset (`str`, defaults to ``"paper"``): ``"paper"`` or ``"tiny"``.
+        seed (`int` or `None`, defaults to `0`): seed of the initialisation (``None``: the global torch RNG).
+
+    Raises:
+        ValueError: if ``preset`` is not a key of [`PRESETS`].
     """
     config = _preset(preset)["neural_operator"]
     with torch.random.fork_rng(enabled=seed is not None):
@@ -115,8 +118,11 @@ def build_unet(preset: str = "paper", seed: int | None = 0) -> UNet2DModel:
     dropout at inference, as `from_pretrained` returns it; a training loop calls ``.train()`` itself).
 
     Args:
-        preset: ``"paper"`` or ``"tiny"``.
-        seed: seed of the initialisation (``None``: the global torch RNG).
+        preset (`str`, defaults to ``"paper"``): ``"paper"`` or ``"tiny"``.
+        seed (`int` or `None`, defaults to `0`): seed of the initialisation (``None``: the global torch RNG).
+
+    Raises:
+        ValueError: if ``preset`` is not a key of [`PRESETS`].
     """
     config = _preset(preset)["unet"]
     with torch.random.fork_rng(enabled=seed is not None):
@@ -130,8 +136,12 @@ def build_pipeline(preset: str = "tiny", seed: int = 0) -> NeurOpDiffPipeline:
     (it behaves as a saved and reloaded one does).
 
     Args:
-        preset: ``"paper"`` (about 2 M operator + 40+ M UNet parameters) or ``"tiny"`` (a few hundred thousand).
-        seed: seed of the initialisation: the same seed gives the same weights.
+        preset (`str`, defaults to ``"tiny"``): ``"paper"`` (about 2 M operator + 40+ M UNet parameters) or
+            ``"tiny"`` (a few hundred thousand).
+        seed (`int`, defaults to `0`): seed of the initialisation: the same seed gives the same weights.
+
+    Raises:
+        ValueError: if ``preset`` is not a key of [`PRESETS`].
 
     Example:
         >>> from neurop_diff_diffusers.presets import build_pipeline
