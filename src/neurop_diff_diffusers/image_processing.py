@@ -37,8 +37,11 @@ def pil_to_array(image: PIL.Image.Image, name: str = "image") -> np.ndarray:
       of transparent pixels is kept as it is.
 
     Args:
-        image: the PIL image.
-        name: the argument (or file) name used in messages.
+        image (`PIL.Image.Image`): the PIL image.
+        name (`str`, defaults to ``"image"``): the argument (or file) name used in messages.
+
+    Returns:
+        `np.ndarray`: the ``(H, W, 3)`` array, ``uint8`` or ``float32`` as above.
 
     Raises:
         ValueError: for mode ``I``, a mode ``F`` image outside ``[0, 1]``, or an image without pixels.
@@ -142,8 +145,16 @@ def preprocess_images(image: ImageInput, name: str = "image") -> torch.Tensor:
     one size.
 
     Args:
-        image: the input image(s).
-        name: the argument name used in error messages.
+        image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them): the input image(s).
+        name (`str`, defaults to ``"image"``): the argument name used in error messages.
+
+    Returns:
+        `torch.Tensor`: the batch, float32, shape ``(B, 3, H, W)``, values in ``[0, 1]``.
+
+    Raises:
+        ValueError: for an empty list, images of a batch with different sizes, a wrong shape or number of channels,
+            values outside ``[0, 1]`` (floats), NaN or infinite values, or an image without pixels.
+        TypeError: for an input of another type, or a numpy array or torch tensor of another dtype.
 
     Example:
         >>> import PIL.Image
@@ -173,8 +184,15 @@ def postprocess_images(
     Values are clamped to ``[0, 1]`` after denormalising.
 
     Args:
-        sample: the model output in ``[-1, 1]``.
-        output_type: one of ``"pil"``, ``"np"``, ``"pt"``.
+        sample (`torch.Tensor`): the model output in ``[-1, 1]``.
+        output_type (`str`, defaults to ``"pil"``): one of ``"pil"``, ``"np"``, ``"pt"``.
+
+    Returns:
+        `list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`: the images, by ``output_type`` (``"np"`` and
+        ``"pt"``: values in ``[0, 1]``).
+
+    Raises:
+        ValueError: if ``output_type`` is not one of [`OUTPUT_TYPES`].
     """
     check_output_type(output_type)
     processor = VaeImageProcessor(do_resize=False, do_normalize=True)
@@ -182,7 +200,14 @@ def postprocess_images(
 
 
 def check_output_type(output_type: str) -> None:
-    """Raise ``ValueError`` unless ``output_type`` is one of ``OUTPUT_TYPES``."""
+    """Raise ``ValueError`` unless ``output_type`` is one of ``OUTPUT_TYPES``.
+
+    Args:
+        output_type (`str`): the value to check.
+
+    Raises:
+        ValueError: if ``output_type`` is not one of [`OUTPUT_TYPES`].
+    """
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
 
@@ -191,11 +216,11 @@ def check_scale(scale: float, name: str = "scale") -> float:
     """Validate a scale factor (up or down): a finite real number ``>= 1``.
 
     Args:
-        scale: the factor to check.
-        name: the argument name used in the error message.
+        scale (`float`): the factor to check.
+        name (`str`, defaults to ``"scale"``): the argument name used in the error message.
 
     Returns:
-        `scale` as a Python float.
+        `float`: `scale` as a Python float.
 
     Raises:
         TypeError: if `scale` is not a real number.
@@ -216,6 +241,12 @@ def check_scale(scale: float, name: str = "scale") -> float:
 def round_half_up(x: float) -> int:
     """``floor(x + 0.5)``: the rounding of every size in this package (not Python's half-to-even ``round``).
 
+    Args:
+        x (`float`): the number to round.
+
+    Returns:
+        `int`: ``floor(x + 0.5)``.
+
     Example:
         >>> round_half_up(2.5), round(2.5)
         (3, 2)
@@ -231,9 +262,17 @@ def resolve_output_size(
     Exactly one of the two must be given.
 
     Args:
-        input_size: ``(h, w)`` of the LR input.
-        scale: a finite real number >= 1.
-        output_size: two positive ints ``(height, width)``.
+        input_size (`tuple[int, int]`): ``(h, w)`` of the LR input.
+        scale (`float`, *optional*): a finite real number >= 1.
+        output_size (`tuple[int, int]`, *optional*): two positive ints ``(height, width)``.
+
+    Returns:
+        `tuple[int, int]`: the output ``(height, width)``.
+
+    Raises:
+        ValueError: if both or neither of ``scale`` and ``output_size`` are given, ``scale`` is not finite or
+            smaller than 1, or ``output_size`` is not two positive ints.
+        TypeError: if ``scale`` is not a real number.
 
     Example:
         >>> resolve_output_size((100, 60), scale=3.7)
