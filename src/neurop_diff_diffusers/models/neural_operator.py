@@ -132,14 +132,19 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
     that fit in one chunk are computed in one pass, as the authors do.
 
     Args:
-        in_channels: channels of the input image.
-        out_channels: channels of the output image (equal to ``in_channels`` for the bilinear residual).
-        encoder_channels: features of the EDSR encoder (paper: 64).
-        encoder_num_blocks: residual blocks of the EDSR encoder (paper: 16).
-        width: channels of the lifted representation (paper: 256).
-        num_heads: heads of each Galerkin block (paper: 16).
-        num_galerkin_blocks: Galerkin blocks (paper: 2).
-        head_channels: hidden channels of the output head (paper: 256).
+        in_channels (`int`, defaults to `3`): channels of the input image.
+        out_channels (`int`, defaults to `3`): channels of the output image (equal to ``in_channels`` for the
+            bilinear residual).
+        encoder_channels (`int`, defaults to `64`): features of the EDSR encoder (paper: 64).
+        encoder_num_blocks (`int`, defaults to `16`): residual blocks of the EDSR encoder (paper: 16).
+        width (`int`, defaults to `256`): channels of the lifted representation (paper: 256).
+        num_heads (`int`, defaults to `16`): heads of each Galerkin block (paper: 16).
+        num_galerkin_blocks (`int`, defaults to `2`): Galerkin blocks (paper: 2).
+        head_channels (`int`, defaults to `256`): hidden channels of the output head (paper: 256).
+
+    Raises:
+        ValueError: if ``out_channels`` differs from ``in_channels``, or ``width`` is not divisible by
+            ``num_heads``.
 
     Example:
         >>> import torch
@@ -242,14 +247,17 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         The Galerkin sums run over the given query points (a Monte-Carlo estimate of the kernel integral).
 
         Args:
-            image: LR image ``(B, C, h, w)`` in ``[-1, 1]``.
-            coord: query coordinates ``(B, *spatial, 2)`` in ``[-1, 1]`` (row, column), see
+            image (`torch.Tensor`): LR image ``(B, C, h, w)`` in ``[-1, 1]``.
+            coord (`torch.Tensor`): query coordinates ``(B, *spatial, 2)`` in ``[-1, 1]`` (row, column), see
                 [`~neurop_diff_diffusers.coordinates.make_coord`].
-            cell: the output cell ``(B, 2)`` = ``(2 / H_out, 2 / W_out)``.
-            chunk_size: query points per chunk (``None``: ``DEFAULT_CHUNK_SIZE``).
+            cell (`torch.Tensor`): the output cell ``(B, 2)`` = ``(2 / H_out, 2 / W_out)``.
+            chunk_size (`int`, *optional*): query points per chunk (``None``: ``DEFAULT_CHUNK_SIZE``).
 
         Returns:
-            ``(B, out_channels, *spatial)``.
+            `torch.Tensor`: ``(B, out_channels, *spatial)``.
+
+        Raises:
+            ValueError: if ``chunk_size`` is neither ``None`` nor a positive int.
         """
         chunk_size = _check_chunk_size(chunk_size)
         b = image.shape[0]
@@ -290,14 +298,19 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         """Map an LR image to an image of ``output_size`` (any size: non-square, non-integer scales, any factor).
 
         Args:
-            image: ``(B, C, h, w)`` in ``[-1, 1]``.
-            output_size: ``(height, width)`` of the output.
-            chunk_size: output pixels per chunk; ``None`` uses ``DEFAULT_CHUNK_SIZE`` (65536). The result does not
-                depend on it (up to float summation order); peak memory grows with it.
-            return_dict: return a [`GalerkinNeuralOperatorOutput`] rather than a tuple.
+            image (`torch.Tensor`): ``(B, C, h, w)`` in ``[-1, 1]``.
+            output_size (`tuple[int, int]`): ``(height, width)`` of the output.
+            chunk_size (`int`, *optional*): output pixels per chunk; ``None`` uses ``DEFAULT_CHUNK_SIZE`` (65536). The
+                result does not depend on it (up to float summation order); peak memory grows with it.
+            return_dict (`bool`, defaults to `True`): return a [`GalerkinNeuralOperatorOutput`] rather than a tuple.
 
         Returns:
-            [`GalerkinNeuralOperatorOutput`] with ``.sample`` of shape ``(B, out_channels, height, width)``.
+            [`GalerkinNeuralOperatorOutput`] or `tuple`: [`GalerkinNeuralOperatorOutput`] with ``.sample`` of shape
+            ``(B, out_channels, height, width)``; with ``return_dict=False``, the tuple ``(sample,)``.
+
+        Raises:
+            ValueError: if ``image`` is not ``(B, in_channels, h, w)``, ``output_size`` is not two positive ints, or
+                ``chunk_size`` is neither ``None`` nor a positive int.
         """
         if image.ndim != 4 or image.shape[1] != self.config.in_channels:
             raise ValueError(
@@ -324,7 +337,16 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         prefixes is accepted.
 
         Args:
-            state_dict: the authors' state dict, or their checkpoint dict holding it under ``"model"``.
+            state_dict (`Mapping[str, Any]`): the authors' state dict, or their checkpoint dict holding it under
+                ``"model"``.
+
+        Returns:
+            [`GalerkinNeuralOperator`]: the operator with the authors' weights.
+
+        Raises:
+            TypeError: if ``state_dict`` is not a mapping.
+            ValueError: if the state dict has keys that do not map to the operator, lacks some, or its shapes do not
+                match.
 
         Example:
             >>> import torch
