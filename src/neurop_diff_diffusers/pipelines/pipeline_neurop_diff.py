@@ -46,11 +46,11 @@ def own_aligned_weights(module: torch.nn.Module | None, alignment: int = WEIGHT_
     aligned memory: every pipeline then computes bit-identical outputs for a seed, built or loaded, on any CPU.
 
     Args:
-        module: the module (``None``: nothing to do).
-        alignment: the byte alignment to guarantee.
+        module (`torch.nn.Module`, *optional*): the module (``None``: nothing to do).
+        alignment (`int`, defaults to `WEIGHT_ALIGNMENT`): the byte alignment to guarantee.
 
     Returns:
-        How many tensors were copied.
+        `int`: How many tensors were copied.
 
     Example:
         >>> layer = torch.nn.Linear(3, 3)
@@ -70,7 +70,15 @@ def own_aligned_weights(module: torch.nn.Module | None, alignment: int = WEIGHT_
 
 
 def bicubic_prior(image: torch.Tensor, output_size: tuple[int, int]) -> torch.Tensor:
-    """The SR3 conditioner: bicubic upsampling of ``image`` (in ``[-1, 1]``) to ``output_size``, clamped."""
+    """The SR3 conditioner: bicubic upsampling of ``image`` (in ``[-1, 1]``) to ``output_size``, clamped.
+
+    Args:
+        image (`torch.Tensor`): the images ``(B, C, h, w)`` in ``[-1, 1]``.
+        output_size (`tuple[int, int]`): ``(height, width)`` of the output.
+
+    Returns:
+        `torch.Tensor`: the upsampled images ``(B, C, height, width)``, clamped to ``[-1, 1]``.
+    """
     return F.interpolate(image, size=output_size, mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
@@ -81,6 +89,9 @@ def unet_downsampling_factor(unet: Any) -> int:
 
     Args:
         unet (`UNet2DModel`): the denoiser (only its ``config.block_out_channels`` is read).
+
+    Returns:
+        `int`: the downsampling factor.
 
     Example:
         >>> from neurop_diff_diffusers.presets import build_unet
@@ -117,7 +128,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         neural_operator ([`GalerkinNeuralOperator`], *optional*): the prior (any model with its ``forward(image,
             output_size, chunk_size)``); ``None`` for a bicubic prior.
         scheduler ([`SchedulerMixin`]): DDIM by default; DDPM and other diffusers schedulers with ``step`` work too.
-        default_strength (`float`, defaults to 1.0): the `strength` used when a call gives none; saved in
+        default_strength (`float`, defaults to `1.0`): the `strength` used when a call gives none; saved in
             ``model_index.json``. 1.0 is the paper's sampler (from pure noise); a model whose denoiser is only
             reliable at low noise levels ships a lower value.
         residual (`bool`, defaults to `False`): residual diffusion, not in the paper: the diffused variable is
@@ -125,8 +136,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             diffused variable is the HR image). Saved in ``model_index.json``; it must match how the UNet was trained
             (``--residual_diffusion``). What the UNet predicts (epsilon, v or x0) is the scheduler's
             ``prediction_type``.
-        default_eta (`float`, defaults to 0.0): DDIM's `eta` used when a call gives none (0: deterministic DDIM, the
-            paper's; 1: DDPM-like stochastic steps); saved in ``model_index.json``.
+        default_eta (`float`, defaults to `0.0`): DDIM's `eta` used when a call gives none (0: deterministic DDIM,
+            the paper's; 1: DDPM-like stochastic steps); saved in ``model_index.json``.
+
+    Raises:
+        TypeError: if ``default_strength`` is not a number or ``residual`` is not a bool.
+        ValueError: if ``default_strength`` is not in ``(0, 1]`` or ``default_eta`` is not a number in ``[0, 1]``.
 
     Example:
         >>> import PIL.Image
@@ -167,11 +182,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
 
         Args:
-            save_directory: the folder to write.
-            hub_ready: also write the pipeline and operator code into the folder, so that
-                ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it where this package is
-                not installed.
-            kwargs: passed to [`DiffusionPipeline.save_pretrained`] (``safe_serialization`` is always ``True``).
+            save_directory (`str` or `os.PathLike`): the folder to write.
+            hub_ready (`bool`, defaults to `False`): also write the pipeline and operator code into the folder, so
+                that ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`` loads it where this
+                package is not installed.
+            kwargs (`Any`, *optional*): passed to [`DiffusionPipeline.save_pretrained`] (``safe_serialization`` is
+                always ``True``).
         """
         kwargs["safe_serialization"] = True
         super().save_pretrained(save_directory, **kwargs)
@@ -191,16 +207,19 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         """Upload the pipeline to the Hub, in the hub-ready layout by default.
 
         Args:
-            repo_id: the Hub repository (created if missing).
-            commit_message: message of the upload commit.
-            private: create the repository as private.
-            token: a Hub token; by default the one of the environment / ``huggingface-cli login`` (never logged).
-            create_pr: open a pull request instead of committing to main.
-            hub_ready: upload the self-contained remote-code layout (see [`save_pretrained`]).
-            model_card: a README.md to upload with it (e.g. the one training wrote).
+            repo_id (`str`): the Hub repository (created if missing).
+            commit_message (`str`, *optional*): message of the upload commit.
+            private (`bool`, *optional*): create the repository as private.
+            token (`str`, *optional*): a Hub token; by default the one of the environment / ``huggingface-cli
+                login`` (never logged).
+            create_pr (`bool`, defaults to `False`): open a pull request instead of committing to main.
+            hub_ready (`bool`, defaults to `True`): upload the self-contained remote-code layout (see
+                [`save_pretrained`]).
+            model_card (`str` or `os.PathLike`, *optional*): a README.md to upload with it (e.g. the one training
+                wrote).
 
         Returns:
-            The URL of the commit.
+            `str`: The URL of the commit.
         """
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, hub_ready=hub_ready)
@@ -282,9 +301,13 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         """The conditioning prior at ``output_size`` for ``image`` (``(B, 3, h, w)`` in ``[-1, 1]``).
 
         Args:
-            image: LR images in ``[-1, 1]``.
-            output_size: ``(height, width)`` of the HR output.
-            chunk_size: output pixels per chunk of the streamed operator (``None``: its default).
+            image (`torch.Tensor`): LR images in ``[-1, 1]``.
+            output_size (`tuple[int, int]`): ``(height, width)`` of the HR output.
+            chunk_size (`int`, *optional*): output pixels per chunk of the streamed operator (``None``: its default).
+
+        Returns:
+            `torch.Tensor`: the prior ``(B, 3, height, width)``, in the ``[-1, 1]`` space of ``image`` (the bicubic
+            prior without a neural operator).
         """
         if self.neural_operator is None:
             return bicubic_prior(image, output_size)
@@ -345,7 +368,27 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         tile_overlap: int = 0,
         downsampling_factor: int = 1,
     ) -> None:
-        """Validate the arguments that do not concern the image."""
+        """Validate the arguments that do not concern the image.
+
+        Args:
+            num_inference_steps (`int`): denoising steps, in ``[1, num_train_timesteps]``.
+            eta (`float`): DDIM's eta, in ``[0, 1]``.
+            max_output_pixels (`int`): pixel budget of one output image.
+            output_size (`tuple[int, int]`): ``(height, width)`` of the output.
+            num_train_timesteps (`int`): the scheduler's number of training timesteps.
+            callback_on_step_end_tensor_inputs (`list[str]`): the tensors asked for by the step callback.
+            allowed_tensor_inputs (`list[str]`): the tensors the step callback may ask for.
+            tile_size (`int`, *optional*): side of the denoising tiles (``None``: no tiling).
+            tile_overlap (`int`, defaults to `0`): minimum overlap of neighbouring tiles, at most ``tile_size // 2``.
+            downsampling_factor (`int`, defaults to `1`): the UNet's downsampling factor; ``tile_size`` must be a
+                multiple of it.
+
+        Raises:
+            TypeError: if ``num_inference_steps`` is not an int.
+            ValueError: if ``tile_size``, ``tile_overlap``, ``num_inference_steps`` or ``eta`` is out of range, the
+                output exceeds ``max_output_pixels``, or ``callback_on_step_end_tensor_inputs`` names a tensor not in
+                ``allowed_tensor_inputs``.
+        """
         if tile_size is not None:
             if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < downsampling_factor:
                 raise ValueError(f"`tile_size` must be an int >= {downsampling_factor} or None, got {tile_size!r}.")
@@ -401,41 +444,62 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
         Args:
-            image: a PIL image (any 8-bit mode; converted to RGB), a numpy array (HWC / NHWC, uint8 or float in
-                ``[0, 1]``), a torch tensor (CHW / NCHW in ``[0, 1]``), or a list of them (a batch of one size).
-            scale: the upscaling factor, a finite real >= 1 (e.g. 3.7); the output is ``round(h*s) x round(w*s)``.
-            output_size: ``(height, width)`` of the output instead of ``scale`` (non-square scales allowed).
-            num_inference_steps: denoising steps (paper: 30, 50 or 100).
-            eta: DDIM's eta in ``[0, 1]`` (0 = deterministic DDIM; ignored by schedulers without it); ``None``: the
-                pipeline's ``config.default_eta`` (0.0 unless the model's trainer chose another value).
-            generator: torch generator(s) for the initial noise (and DDPM's noise): same seed, same output.
-            output_type: ``"pil"`` (list of PIL images), ``"np"`` (NHWC float in ``[0, 1]``) or ``"pt"`` (NCHW).
-            return_dict: return an [`ImagePipelineOutput`] rather than a tuple.
-            callback_on_step_end: called as ``fn(pipe, step_index, timestep, callback_kwargs)`` after each step; it
-                may return a dict replacing tensors named in ``callback_on_step_end_tensor_inputs``.
-            callback_on_step_end_tensor_inputs: tensors passed to the callback (``"latents"``, ``"prior"``).
-            chunk_size: output pixels per chunk of the streamed neural operator (``None``: its default).
-            max_output_pixels: pixel budget of one output image; larger requests are refused before any work.
-            recompute_prior_every_step: recompute the prior at every step, as the authors' code does (slower, same
-                result).
-            tile_size: outputs larger than this on a side are denoised in overlapping tiles of this size whose
-                noise predictions are blended smoothly at every step (no seams; the prior stays global and exact).
-                A multiple of the UNet's downsampling factor; ``None`` never tiles. An output that fits one tile is
-                computed exactly as without tiling.
-            tile_overlap: minimum overlap of neighbouring tiles, in pixels (at most ``tile_size // 2``); ``None``:
-                ``min(64, tile_size // 4)``.
-            prior_only: return the neural-operator prior itself (clamped to the image range), without diffusion:
-                the continuous-scale regression output (SRNO), fast and deterministic.
-            strength: the fraction of the ``num_inference_steps`` timesteps that is run, in ``(0, 1]``; ``None``: the
-                pipeline's ``config.default_strength`` (saved with it; 1.0 unless the model's trainer chose another
-                value). ``1.0`` (the paper) starts from pure noise. Below 1 -- not in the paper -- sampling starts
-                from the *prior* diffused to the first kept timestep (``sqrt(gamma) * prior + sqrt(1 - gamma) *
-                noise``; for a residual pipeline the residual estimate zero diffused) and runs only the last
-                ``round(strength * num_inference_steps)`` steps: the "come closer, diffuse faster" start of Chung et
-                al. (CVPR 2022), faster, and forgiving to a denoiser that is weak at high noise levels.
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them): a PIL image (any 8-bit mode;
+                converted to RGB), a numpy array (HWC / NHWC, uint8 or float in ``[0, 1]``), a torch tensor (CHW /
+                NCHW in ``[0, 1]``), or a list of them (a batch of one size).
+            scale (`float`, *optional*): the upscaling factor, a finite real >= 1 (e.g. 3.7); the output is
+                ``round(h*s) x round(w*s)``.
+            output_size (`tuple[int, int]`, *optional*): ``(height, width)`` of the output instead of ``scale``
+                (non-square scales allowed).
+            num_inference_steps (`int`, defaults to `50`): denoising steps (paper: 30, 50 or 100).
+            eta (`float`, *optional*): DDIM's eta in ``[0, 1]`` (0 = deterministic DDIM; ignored by schedulers
+                without it); ``None``: the pipeline's ``config.default_eta`` (0.0 unless the model's trainer chose
+                another value).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): torch generator(s) for the initial
+                noise (and DDPM's noise): same seed, same output.
+            output_type (`str`, defaults to ``"pil"``): ``"pil"`` (list of PIL images), ``"np"`` (NHWC float in
+                ``[0, 1]``) or ``"pt"`` (NCHW).
+            return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] rather than a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as ``fn(pipe, step_index, timestep,
+                callback_kwargs)`` after each step; it may return a dict replacing tensors named in
+                ``callback_on_step_end_tensor_inputs``.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors passed to the callback
+                (``"latents"``, ``"prior"``); ``None``: ``["latents"]``.
+            chunk_size (`int`, *optional*): output pixels per chunk of the streamed neural operator (``None``: its
+                default).
+            max_output_pixels (`int`, defaults to `DEFAULT_MAX_OUTPUT_PIXELS`): pixel budget of one output image;
+                larger requests are refused before any work.
+            recompute_prior_every_step (`bool`, defaults to `False`): recompute the prior at every step, as the
+                authors' code does (slower, same result).
+            tile_size (`int` or `None`, defaults to `DEFAULT_TILE_SIZE`): outputs larger than this on a side are
+                denoised in overlapping tiles of this size whose noise predictions are blended smoothly at every step
+                (no seams; the prior stays global and exact). A multiple of the UNet's downsampling factor; ``None``
+                never tiles. An output that fits one tile is computed exactly as without tiling.
+            tile_overlap (`int`, *optional*): minimum overlap of neighbouring tiles, in pixels (at most
+                ``tile_size // 2``); ``None``: ``min(64, tile_size // 4)``.
+            prior_only (`bool`, defaults to `False`): return the neural-operator prior itself (clamped to the image
+                range), without diffusion: the continuous-scale regression output (SRNO), fast and deterministic.
+            strength (`float`, *optional*): the fraction of the ``num_inference_steps`` timesteps that is run, in
+                ``(0, 1]``; ``None``: the pipeline's ``config.default_strength`` (saved with it; 1.0 unless the
+                model's trainer chose another value). ``1.0`` (the paper) starts from pure noise. Below 1 -- not in
+                the paper -- sampling starts from the *prior* diffused to the first kept timestep (``sqrt(gamma) *
+                prior + sqrt(1 - gamma) * noise``; for a residual pipeline the residual estimate zero diffused) and
+                runs only the last ``round(strength * num_inference_steps)`` steps: the "come closer, diffuse
+                faster" start of Chung et al. (CVPR 2022), faster, and forgiving to a denoiser that is weak at high
+                noise levels.
 
         Returns:
-            [`ImagePipelineOutput`] with ``.images`` in the requested ``output_type``.
+            [`ImagePipelineOutput`] or `tuple`: [`ImagePipelineOutput`] with ``.images`` in the requested
+            ``output_type``; with ``return_dict=False``, the tuple ``(images,)``.
+
+        Raises:
+            ValueError: before any work, for an invalid ``image`` (see [`~image_processing.preprocess_images`]), both
+                or neither of ``scale`` and ``output_size``, an unknown ``output_type``, ``num_inference_steps``,
+                ``eta``, ``strength``, ``tile_size`` or ``tile_overlap`` out of range, an output larger than
+                ``max_output_pixels``, an unknown name in ``callback_on_step_end_tensor_inputs``, or a list of
+                ``generator`` whose length is not the batch size.
+            TypeError: for an ``image`` of an unsupported type or dtype, a ``scale`` that is not a real number, or a
+                ``num_inference_steps`` that is not an int.
 
         Example:
             >>> from neurop_diff_diffusers.presets import build_pipeline
