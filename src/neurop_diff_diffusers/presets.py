@@ -100,7 +100,7 @@ def build_neural_operator(preset: str = "paper", seed: int | None = 0) -> Galerk
     returns models; a training loop calls ``.train()`` itself).
 
     Args:
-        preset (`str`, defaults to ``"paper"``): ``"paper"`` or ``"tiny"``.
+        preset (`str`, defaults to ``"paper"``): ``"paper"``, ``"small"`` (CPU training) or ``"tiny"``.
         seed (`int` or `None`, defaults to `0`): seed of the initialisation (``None``: the global torch RNG).
 
     Raises:
@@ -118,7 +118,7 @@ def build_unet(preset: str = "paper", seed: int | None = 0) -> UNet2DModel:
     dropout at inference, as `from_pretrained` returns it; a training loop calls ``.train()`` itself).
 
     Args:
-        preset (`str`, defaults to ``"paper"``): ``"paper"`` or ``"tiny"``.
+        preset (`str`, defaults to ``"paper"``): ``"paper"``, ``"small"`` (CPU training) or ``"tiny"``.
         seed (`int` or `None`, defaults to `0`): seed of the initialisation (``None``: the global torch RNG).
 
     Raises:
@@ -136,8 +136,8 @@ def build_pipeline(preset: str = "tiny", seed: int = 0) -> NeurOpDiffPipeline:
     (it behaves as a saved and reloaded one does).
 
     Args:
-        preset (`str`, defaults to ``"tiny"``): ``"paper"`` (about 2 M operator + 40+ M UNet parameters) or
-            ``"tiny"`` (a few hundred thousand).
+        preset (`str`, defaults to ``"tiny"``): ``"paper"`` (about 2 M operator + 40+ M UNet parameters),
+            ``"small"`` (the embedded model's sizes, for CPU training) or ``"tiny"`` (a few hundred thousand).
         seed (`int`, defaults to `0`): seed of the initialisation: the same seed gives the same weights.
 
     Raises:
