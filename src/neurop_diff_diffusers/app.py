@@ -109,11 +109,10 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
     try:
         check_input_file(path)
         if probe_geo(path):
-            import rasterio  # installed: probe_geo is False without it
-
             from .geo import check_raster
+            from .raster_io import open_raster
 
-            with rasterio.open(path) as src:
+            with open_raster(path) as src:
                 height, width = src.height, src.width
             _check_pixels(height, width, max_input_pixels)
             check_raster(path)

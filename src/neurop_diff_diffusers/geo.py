@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .image_processing import resolve_output_size
+from .raster_io import open_raster
 from .utils import atomic_write
 
 STRETCH_TAG = "NEUROP_DIFF_STRETCH"
@@ -69,15 +70,12 @@ def is_georeferenced(path: str | os.PathLike) -> bool:
     if Path(path).suffix.lower() not in (".tif", ".tiff"):
         return False
     try:
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning
+        import rasterio  # noqa: F401
     except ImportError:
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            identity = src.transform.is_identity
-            return src.crs is not None or not identity or any(d != "uint8" for d in src.dtypes)
+    with open_raster(path) as src:
+        identity = src.transform.is_identity
+        return src.crs is not None or not identity or any(d != "uint8" for d in src.dtypes)
 
 
 @dataclass(frozen=True)
@@ -156,7 +154,7 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         ``band_valid``: the ``(bands, H, W)`` per-band masks, ``metadata``: see [`copy_band_metadata`]).
     """
     rasterio = _rasterio()
-    with rasterio.open(path) as src:
+    with open_raster(path) as src:
         if len({*src.dtypes}) != 1:
             raise ValueError(f"`{path}` mixes band dtypes {src.dtypes}; convert it to one dtype first.")
         bands, height, width = src.count, src.height, src.width
@@ -284,14 +282,11 @@ def check_raster(path: str | os.PathLike) -> tuple[int, int, int]:
     Raises:
         ValueError: with a one-line reason, if rasterio cannot open or read the file.
     """
-    rasterio = _rasterio()
-    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    _rasterio()
+    from rasterio.errors import RasterioError
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path)
-        with src:
+        with open_raster(path) as src:
             shape = (src.count, src.height, src.width)
             for window in _row_windows(src.height, src.width):
                 src.read(window=window)
@@ -357,7 +352,7 @@ def _upscale_geotiff(
         raise FileExistsError(f"`{dst_path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     if dst_path.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst_path}`.")
-    with rasterio.open(src_path) as src:
+    with open_raster(src_path) as src:
         count, height, width = src.count, src.height, src.width
     out_h, out_w = resolve_output_size((height, width), scale, output_size)
     if count == 1:
