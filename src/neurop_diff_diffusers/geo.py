@@ -43,7 +43,16 @@ import torch
 import torch.nn.functional as F
 
 from .image_processing import resolve_output_size
-from .raster_io import open_raster
+from .raster_io import (
+    WIDE_DTYPES,
+    build_output_overviews,
+    check_header,
+    inspect_raster,
+    needs_raster_path,
+    open_raster,
+    output_georeferencing,
+    output_overviews,
+)
 from .utils import atomic_write
 
 STRETCH_TAG = "NEUROP_DIFF_STRETCH"
@@ -59,10 +68,11 @@ def _rasterio():
 
 
 def is_georeferenced(path: str | os.PathLike) -> bool:
-    """True for a TIFF that rasterio reads with a CRS or a non-identity transform, or with non-8-bit bands.
+    """True for a TIFF that must take the GeoTIFF path ([`~neurop_diff_diffusers.raster_io.needs_raster_path`]).
 
-    Such files take the GeoTIFF path of the CLI; plain 8-bit RGB TIFFs are ordinary images. ``False`` when rasterio
-    is not installed.
+    A CRS, a non-identity transform, GCPs, RPCs, nodata, non-8-bit or palette bands, or a band layout other than
+    grey / RGB / RGBA: such files take the GeoTIFF path of the CLI; plain 8-bit grey / RGB / RGBA TIFFs are ordinary
+    images. ``False`` when rasterio is not installed.
 
     Args:
         path (`str | os.PathLike`): the file to inspect.
@@ -73,9 +83,7 @@ def is_georeferenced(path: str | os.PathLike) -> bool:
         import rasterio  # noqa: F401
     except ImportError:
         return False
-    with open_raster(path) as src:
-        identity = src.transform.is_identity
-        return src.crs is not None or not identity or any(d != "uint8" for d in src.dtypes)
+    return needs_raster_path(inspect_raster(path))
 
 
 @dataclass(frozen=True)
@@ -166,18 +174,30 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
             rasterio.enums.MaskFlags.per_dataset in flags or rasterio.enums.MaskFlags.nodata in flags
             for flags in src.mask_flag_enums
         )
+        # 32 / 64-bit types: read natively, range and stretch in float64, then float32 (a second read)
+        wide = src.dtypes[0] in WIDE_DTYPES
+        lows, highs = np.full(bands, np.inf), np.full(bands, -np.inf)
         for window in _row_windows(height, width):
             rows = slice(window.row_off, window.row_off + window.height)
-            unit[:, rows] = src.read(window=window, out_dtype="float32")  # one window at a time
-            band_valid[:, rows] = src.read_masks(window=window) > 0
+            values = src.read(window=window) if wide else src.read(window=window, out_dtype="float32")
+            ok = band_valid[:, rows] = src.read_masks(window=window) > 0
+            for b in np.flatnonzero(ok.reshape(bands, -1).any(axis=1)):
+                lows[b] = min(lows[b], float(values[b][ok[b]].min()))
+                highs[b] = max(highs[b], float(values[b][ok[b]].max()))
+            if not wide:
+                unit[:, rows] = values  # one window at a time
         valid = band_valid.all(axis=0)
         if not band_valid.any():
             raise ValueError(f"`{path}` has no valid pixels (everything is nodata).")
-        lows = np.array([unit[b][band_valid[b]].min() if band_valid[b].any() else 0.0 for b in range(bands)])
-        highs = np.array([unit[b][band_valid[b]].max() if band_valid[b].any() else 1.0 for b in range(bands)])
+        lows[np.isinf(lows)], highs[np.isinf(highs)] = 0.0, 1.0  # bands without a valid pixel
         stretch = band_stretch(lows, highs, src.dtypes[0])
+        for window in _row_windows(height, width) if wide else ():
+            rows = slice(window.row_off, window.row_off + window.height)
+            values = src.read(window=window)
+            unit[:, rows] = np.stack([stretch.forward(values[b], b) for b in range(bands)])
         for b in range(bands):
-            unit[b] = stretch.forward(unit[b], b)
+            if not wide:
+                unit[b] = stretch.forward(unit[b], b)
             unit[b][~band_valid[b]] = unit[b][band_valid[b]].mean() if band_valid[b].any() else 0.0
         info = {
             "profile": src.profile.copy(),
@@ -345,15 +365,15 @@ def _upscale_geotiff(
     **pipe_kwargs: Any,
 ) -> Path:
     rasterio = _rasterio()
-    from rasterio.transform import Affine
 
     dst_path = Path(dst_path)
     if dst_path.exists() and not overwrite:
         raise FileExistsError(f"`{dst_path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     if dst_path.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst_path}`.")
-    with open_raster(src_path) as src:
-        count, height, width = src.count, src.height, src.width
+    header = inspect_raster(src_path)
+    check_header(header)
+    count, height, width = header.bands, header.height, header.width
     out_h, out_w = resolve_output_size((height, width), scale, output_size)
     if count == 1:
         model_bands = [0, 0, 0]
@@ -368,10 +388,13 @@ def _upscale_geotiff(
     rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0).clamp(0, 1)
     output = pipe(rgb, output_size=(out_h, out_w), output_type="pt", **pipe_kwargs).images[0]  # (3, H, W)
     others = [b for b in range(count) if b not in model_bands]
-    extra = {}
-    if others:
-        up = F.interpolate(torch.from_numpy(unit[others]).unsqueeze(0), size=(out_h, out_w), mode="bicubic")
-        extra = dict(zip(others, up[0].clamp(0, 1).numpy()))
+    extra: dict[int, np.ndarray] = {}
+    interpolated = [b for b in others if b not in header.alpha_bands]
+    masks = [b for b in others if b in header.alpha_bands]  # an alpha band is a mask: nearest, never interpolated
+    for mode, bands in (("bicubic", interpolated), ("nearest", masks)):
+        if bands:
+            up = F.interpolate(torch.from_numpy(unit[bands]).unsqueeze(0), size=(out_h, out_w), mode=mode)
+            extra.update(zip(bands, up[0].clamp(0, 1).numpy()))
     del unit
     band_valid = info["band_valid"]
     out_band_valid = F.interpolate(torch.from_numpy(band_valid)[None].float(), size=(out_h, out_w), mode="nearest")
@@ -379,12 +402,11 @@ def _upscale_geotiff(
     del band_valid
 
     profile = info["profile"]
-    profile.update(
-        driver="GTiff",
-        width=out_w,
-        height=out_h,
-        transform=profile["transform"] @ Affine.scale(width / out_w, height / out_h),
-    )
+    profile.pop("transform", None), profile.pop("crs", None)
+    # interleave: pixel-interleaved (PlanarConfiguration=1), which every TIFF reader (Pillow too) opens
+    profile.update(driver="GTiff", width=out_w, height=out_h, interleave="pixel")
+    profile.update(output_georeferencing(header, (out_h, out_w)))  # transform, or GCPs; RPCs: on the output grid
+    overviews = output_overviews(header, (out_h, out_w))
     if out_w >= 256 and out_h >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     else:
@@ -416,5 +438,6 @@ def _upscale_geotiff(
                 if info["has_mask"] and not info["has_nodata_value"]:
                     ok = out_band_valid[:, rows].all(axis=0)
                     dst.write_mask(np.where(ok, 255, 0).astype("uint8"), window=window)
+            build_output_overviews(dst, overviews, header)  # the input's internal overviews (a COG's), rebuilt
 
     return atomic_write(dst_path, write, overwrite=overwrite)
