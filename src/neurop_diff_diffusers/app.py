@@ -110,11 +110,13 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
         check_input_file(path)
         if probe_geo(path):
             from .geo import check_raster
-            from .raster_io import open_raster
+            from .raster_io import check_budget, check_header, inspect_raster
 
-            with open_raster(path) as src:
-                height, width = src.height, src.width
+            header = inspect_raster(path)  # the header only: refusals come before any pixel is read
+            check_header(header)
+            height, width = header.height, header.width
             _check_pixels(height, width, max_input_pixels)
+            check_budget(header, None, max_input_pixels, "this server's input limit", advice="")
             check_raster(path)
             return height, width
         from PIL import Image, UnidentifiedImageError

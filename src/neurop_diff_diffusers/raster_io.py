@@ -357,6 +357,7 @@ def check_budget(
     out_size: tuple[int, int] | None,
     max_pixels: int,
     limit_name: str = "--max-pixels",
+    advice: str = "raise it",
 ) -> None:
     """Refuse, from the header and before any pixel is read, a raster whose stages need more memory than allowed.
 
@@ -369,6 +370,7 @@ def check_budget(
         out_size (`tuple[int, int] | None`): the output ``(height, width)``; ``None``: check the input stage only.
         max_pixels (`int`): the pixel limit the budget derives from.
         limit_name (`str`, defaults to ``"--max-pixels"``): how the message names the limit.
+        advice (`str`, defaults to ``"raise it"``): what the message ends with (empty: nothing).
 
     Raises:
         ValueError: one line naming the stage, its size, the limit and how to raise it.
@@ -380,7 +382,7 @@ def check_budget(
             raise ValueError(
                 f"the {stage} needs {header.bands} bands x {rows}x{cols} pixels x {BYTES_PER_SAMPLE} bytes = "
                 f"{_size(need)}, over {limit_name} {max_pixels} (which allows {max_pixels} pixels x {BUDGET_BANDS} "
-                f"bands x {BYTES_PER_SAMPLE} bytes = {_size(budget)}); raise it"
+                f"bands x {BYTES_PER_SAMPLE} bytes = {_size(budget)})" + (f"; {advice}" if advice else "")
             )
 
 
@@ -506,7 +508,7 @@ def output_georeferencing(header: RasterHeader, out_size: tuple[int, int]) -> di
         ]
         result["crs"] = gcp_crs
     else:
-        result["transform"] = transform * Affine.scale(1 / sx, 1 / sy)
+        result["transform"] = transform @ Affine.scale(1 / sx, 1 / sy)
         result["crs"] = crs
     if rpcs is not None:
         data = rpcs.to_dict()

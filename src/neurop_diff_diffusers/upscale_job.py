@@ -254,21 +254,27 @@ def read_image_array(path: Path, warn: bool) -> tuple[Any, bool]:
 
 
 def probe_geo(path: Path) -> bool:
-    """Whether a file takes the GeoTIFF path: a georeferenced TIFF that rasterio opens.
+    """Whether a file takes the GeoTIFF path ([`~neurop_diff_diffusers.raster_io.route_tiff`]).
 
-    ``False`` for other files and when rasterio cannot open it (PIL then reports why).
+    A TIFF (by name or content) whose header shows anything the plain-image path would lose: georeferencing (CRS,
+    transform, GCPs, RPCs), nodata, non-8-bit or palette bands, a band layout other than grey / RGB / RGBA.
+    ``False`` for other files and when GDAL cannot open a TIFF (PIL then reports why).
 
     Args:
         path: the input file.
+
+    Raises:
+        InputFailed: a ``.tif`` / ``.tiff`` whose content is not a TIFF (e.g. a VRT), or a georeferenced TIFF while
+            rasterio is missing; one line naming ``path``.
     """
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return False
-    from .geo import is_georeferenced
+    from .raster_io import route_tiff
 
     try:
-        return is_georeferenced(path)
-    except Exception:  # rasterio / GDAL errors: not a raster rasterio can read; PIL gives the message
-        return False
+        return route_tiff(path)
+    except ValueError as err:
+        raise InputFailed(f"{path}: {one_line(err)}") from None
+    except OSError as err:
+        raise InputFailed(f"{path}: cannot read it ({os_reason(err)})") from err
 
 
 def prepare_job(
@@ -294,15 +300,17 @@ def prepare_job(
     geo = probe_geo(src)
     if geo and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
-    if geo:
-        from .geo import check_raster
+    if geo:  # the header only, here: the budget is checked before any pixel is read
+        from .raster_io import check_header, inspect_raster
 
         try:
-            count, height, width = check_raster(src)
+            header = inspect_raster(src)
+            notes = check_header(header)
         except ValueError as err:
             raise InputFailed(f"{src}: {one_line(err)}") from err
-        if count == 2:
-            raise InputFailed(f"{src}: has 2 bands; the model needs 1 (grey) or at least 3 (RGB)")
+        for note in notes:
+            print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
+        height, width = header.height, header.width
     else:
         array, _ = read_image_array(src, warn=True)
         height, width = array.shape[:2]
@@ -318,6 +326,15 @@ def prepare_job(
             f"{src}: the output {out_size[0]}x{out_size[1]} (height x width) exceeds --max-pixels {max_pixels}; "
             "raise it"
         )
+    if geo:
+        from .geo import check_raster
+        from .raster_io import check_budget
+
+        try:
+            check_budget(header, out_size, max_pixels)  # bands x pixels x bytes, from the header
+            check_raster(src)  # then every block read: a damaged file fails now
+        except ValueError as err:
+            raise InputFailed(f"{src}: {one_line(err)}") from err
     return UpscaleJob(src, dst, geo, out_size)
 
 
