@@ -479,7 +479,8 @@ def route_tiff(path: str | os.PathLike) -> bool:
 def output_georeferencing(header: RasterHeader, out_size: tuple[int, int]) -> dict[str, Any]:
     """The georeferencing of the output grid, as ``rasterio.open(..., "w")`` keyword arguments.
 
-    - transform: the same origin, the pixel size divided by the actual scale of each axis;
+    - transform: the same origin, the pixel size divided by the actual scale of each axis (none when the input has
+      none: an identity transform is not scaled into a meaningless one);
     - GCPs: pixel / line (corner convention) multiplied by the scale of their axis, ground coordinates unchanged;
     - RPCs: ``LINE_OFF`` / ``SAMP_OFF`` and ``LINE_SCALE`` / ``SAMP_SCALE`` mapped to the output grid. RPC image
       coordinates put 0 at the *centre* of the first pixel, so ``off' = (off + 0.5) * s - 0.5`` and
@@ -491,7 +492,8 @@ def output_georeferencing(header: RasterHeader, out_size: tuple[int, int]) -> di
         out_size (`tuple[int, int]`): the output ``(height, width)``.
 
     Returns:
-        `dict[str, Any]`: ``transform`` and ``crs``, or ``gcps`` and ``crs``, plus ``rpcs`` when the input has them.
+        `dict[str, Any]`: ``transform`` and ``crs``, or ``gcps`` and ``crs`` (each only when the input has it), plus
+        ``rpcs`` when the input has them.
     """
     from rasterio.control import GroundControlPoint
     from rasterio.transform import Affine
@@ -506,9 +508,12 @@ def output_georeferencing(header: RasterHeader, out_size: tuple[int, int]) -> di
         result["gcps"] = [
             GroundControlPoint(row=g.row * sy, col=g.col * sx, x=g.x, y=g.y, z=g.z, id=g.id, info=g.info) for g in gcps
         ]
-        result["crs"] = gcp_crs
-    else:
+        if gcp_crs is not None:  # GCPs without a CRS are kept as they are
+            result["crs"] = gcp_crs
+    elif not transform.is_identity:  # an identity transform is "none": scaling it would invent georeferencing
         result["transform"] = transform @ Affine.scale(1 / sx, 1 / sy)
+        result["crs"] = crs
+    elif crs is not None:
         result["crs"] = crs
     if rpcs is not None:
         data = rpcs.to_dict()
