@@ -100,6 +100,34 @@ def test_validate_upload_reads_the_header_before_decoding(crop, bad_uploads, tmp
         validate_upload(tmp_path / "a.gif", 100)
 
 
+def test_validate_upload_refuses_many_bands_and_disguised_files_from_the_header(tmp_path, monkeypatch):
+    """Issue 21 items 1 and 2: a sparse 2,000-band file is refused from its header (no pixel read), a VRT named
+    .tif in one line without GDAL opening it."""
+    rasterio = pytest.importorskip("rasterio")
+    from neurop_diff_diffusers import geo
+
+    path = tmp_path / "bands.tif"
+    profile = dict(driver="GTiff", width=1024, height=1024, count=2000, dtype="uint8", compress="deflate",
+                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
+    with rasterio.open(path, "w", **profile):
+        pass
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("pixels were read")
+
+    monkeypatch.setattr(geo, "check_raster", no_reading)
+    with pytest.raises(InputFailed) as caught:
+        validate_upload(path, 1024 * 1024)
+    assert str(caught.value) == (
+        "bands.tif: the input needs 2000 bands x 1024x1024 pixels x 5 bytes = 10.5 GB, over this server's input "
+        "limit 1048576 (which allows 1048576 pixels x 4 bands x 5 bytes = 21.0 MB)"
+    )
+    evil = tmp_path / "evil.tif"
+    evil.write_text('<VRTDataset rasterXSize="8" rasterYSize="8"></VRTDataset>')
+    with pytest.raises(InputFailed, match=r"^evil.tif: not a TIFF file \(a .tif / .tiff input must be a TIFF"):
+        validate_upload(evil, 1024 * 1024)
+
+
 @pytest.mark.parametrize("field, value", [("concurrency", 0), ("max_input_pixels", 0), ("max_queue", True)])
 def test_app_config_refuses_bad_limits(field, value):
     with pytest.raises(ValueError, match=f"`{field}` must be an integer >= 1"):

@@ -3,7 +3,9 @@
 What happens to a scene:
 
 - **Georeferencing.** The output has the input's CRS and a transform with the same origin whose pixel size is
-  divided by the actual scale of each axis (``W_in / W_out`` and ``H_in / H_out``).
+  divided by the actual scale of each axis (``W_in / W_out`` and ``H_in / H_out``); GCPs and RPCs are mapped to the
+  output grid ([`~neurop_diff_diffusers.raster_io.output_georeferencing`]). Inputs are opened and checked from their
+  header by [`~neurop_diff_diffusers.raster_io`] (complex and palette rasters refused).
 - **Values.** The model works on ``[0, 1]``. ``uint8`` bands are divided by 255. Other dtypes (``uint16``,
   ``int16``, ``float32``, ...) get a linear min-max stretch per band over the valid pixels,
   ``(x - low) / (high - low)``; ``low`` / ``high`` are written into the output's tags (``NEUROP_DIFF_STRETCH``). The
@@ -21,8 +23,8 @@ What happens to a scene:
   undefined), never alpha.
 - **Bands.** Bands ``rgb_bands`` (default 1, 2, 3) go through the model. Every other band (e.g. NIR of an RGB+NIR
   scene) is upscaled with bicubic interpolation of its stretched values, *without* the model, and written at its
-  place: no band is dropped. A single-band scene is run through the model as grey RGB and the mean of the three
-  output channels written.
+  place: no band is dropped. An alpha band is upscaled with nearest neighbour (a mask). A single-band scene is run
+  through the model as grey RGB and the mean of the three output channels written.
 - **Memory.** The scene is read window by window straight into one float32 buffer, and written back window by
   window from the model's output, so neither is held twice.
 - **Files.** The output is written under a temporary name beside the target and renamed at the end: never a partial
