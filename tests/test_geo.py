@@ -359,13 +359,28 @@ def test_wide_types_keep_their_precision_through_the_stretch(tmp_path, dtype, ba
         np.testing.assert_allclose(got, data, rtol=0, atol=1e-4)
 
 
-def test_complex_and_palette_geotiffs_are_refused_before_writing(tmp_path):
+def test_complex_geotiff_is_refused_before_writing(tmp_path):
     path = _write(tmp_path / "c.tif", np.ones((1, 4, 4), np.complex64), nodata=None)
     with pytest.raises(ValueError, match="complex bands"):
         upscale_geotiff(_bicubic_model, path, tmp_path / "c_up.tif", scale=2)
-    pal = _write(tmp_path / "p.tif", np.ones((1, 4, 4), np.uint8), nodata=None, photometric="palette")
-    with rasterio.open(pal, "r+") as dst:
-        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
-    with pytest.raises(ValueError, match="palette"):
-        upscale_geotiff(_bicubic_model, pal, tmp_path / "p_up.tif", scale=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif", "p.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif"]
+
+
+def test_palette_geotiff_is_expanded_to_rgb_through_its_colour_table(tmp_path):
+    indices = np.zeros((1, 4, 6), np.uint8)
+    indices[0, :, 3:] = 1
+    indices[0, 0, 0] = 9  # nodata
+    path = _write(tmp_path / "p.tif", indices, nodata=9, photometric="palette")
+    colours = {0: (10, 200, 30, 255), 1: (250, 40, 120, 255), 9: (0, 0, 0, 0)}
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, colours)
+    out = upscale_geotiff(_bicubic_model, path, tmp_path / "rgb.tif", scale=1)  # identity at scale 1
+    with rasterio.open(out) as dst, rasterio.open(path) as src:
+        assert dst.count == 3 and dst.dtypes == ("uint8",) * 3 and dst.crs == src.crs
+        assert dst.colorinterp == (rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
+                                   rasterio.enums.ColorInterp.blue)  # fmt: skip
+        rgb, masks = dst.read(), dst.read_masks()
+    expected = np.stack([np.vectorize(lambda i, c=c: colours[i][c])(indices[0]) for c in range(3)])
+    valid = indices[0] != 9
+    np.testing.assert_array_equal(rgb[:, valid], expected[:, valid])
+    assert (masks[:, ~valid] == 0).all() and (masks[:, valid] == 255).all()

@@ -163,7 +163,6 @@ def test_an_rgb_nir_scene_fits_the_pixel_limit(tmp_path):
     [
         ("complex64", {}, r"^complex bands \(complex64\) are refused"),
         ("uint8", {"count": 2}, r"^has 2 bands; the model needs 1 \(grey\) or at least 3"),
-        ("uint8", {"palette": True}, r"^is a palette \(colour-table\) raster.*gdal_translate -expand rgb"),
     ],
 )
 def test_check_header_refusals(tmp_path, dtype, extra, match):
@@ -248,3 +247,18 @@ def test_rpcs_map_each_output_pixel_to_the_ground_point_it_covers(tmp_path):
         np.testing.assert_allclose(
             after.xy(row * 2.5, col * 1.5, offset="ul"), before.xy(row, col, offset="ul"), rtol=0, atol=1e-9
         )
+
+
+def test_palette_is_accepted_with_a_warning_and_counted_as_rgb(tmp_path):
+    path = _plain(tmp_path / "p.tif", np.ones((1, 6, 6), np.uint8), photometric="palette")
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+    header = inspect_raster(path)
+    assert header.has_palette and header.working_bands == 3
+    assert check_header(header) == [
+        "palette (colour-table) raster: expanded to RGB through its colour table; the output is an RGB GeoTIFF "
+        "(3 uint8 bands, no colour table)"
+    ]
+    with pytest.raises(ValueError, match=r"^the output needs 3 bands x 12x12 pixels"):
+        check_budget(header, (12, 12), 107)  # 3 x 144 > 4 x 107
+    assert not needs_raster_path(header)  # without georeferencing: a plain image (PIL expands it, as for a PNG)

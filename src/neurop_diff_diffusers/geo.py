@@ -49,11 +49,13 @@ from .raster_io import (
     WIDE_DTYPES,
     build_output_overviews,
     check_header,
+    expand_palette,
     inspect_raster,
     needs_raster_path,
     open_raster,
     output_georeferencing,
     output_overviews,
+    palette_table,
 )
 from .utils import atomic_write
 
@@ -170,6 +172,8 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         bands, height, width = src.count, src.height, src.width
         if height == 0 or width == 0:
             raise ValueError(f"`{path}` has no pixels.")
+        table = palette_table(src)  # a palette raster is expanded to RGB through its colour table
+        bands, dtype = (bands, src.dtypes[0]) if table is None else (3, "uint8")
         unit = np.empty((bands, height, width), dtype=np.float32)
         band_valid = np.empty((bands, height, width), dtype=bool)
         has_mask = any(
@@ -181,8 +185,12 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         lows, highs = np.full(bands, np.inf), np.full(bands, -np.inf)
         for window in _row_windows(height, width):
             rows = slice(window.row_off, window.row_off + window.height)
-            values = src.read(window=window) if wide else src.read(window=window, out_dtype="float32")
-            ok = band_valid[:, rows] = src.read_masks(window=window) > 0
+            if table is not None:
+                values = expand_palette(src.read(1, window=window), table).astype(np.float32)
+                ok = band_valid[:, rows] = np.repeat(src.read_masks(1, window=window)[None] > 0, 3, axis=0)
+            else:
+                values = src.read(window=window) if wide else src.read(window=window, out_dtype="float32")
+                ok = band_valid[:, rows] = src.read_masks(window=window) > 0
             for b in np.flatnonzero(ok.reshape(bands, -1).any(axis=1)):
                 lows[b] = min(lows[b], float(values[b][ok[b]].min()))
                 highs[b] = max(highs[b], float(values[b][ok[b]].max()))
@@ -192,7 +200,7 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         if not band_valid.any():
             raise ValueError(f"`{path}` has no valid pixels (everything is nodata).")
         lows[np.isinf(lows)], highs[np.isinf(highs)] = 0.0, 1.0  # bands without a valid pixel
-        stretch = band_stretch(lows, highs, src.dtypes[0])
+        stretch = band_stretch(lows, highs, dtype)
         for window in _row_windows(height, width) if wide else ():
             rows = slice(window.row_off, window.row_off + window.height)
             values = src.read(window=window)
@@ -208,7 +216,29 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
             "band_valid": band_valid,
             "metadata": _band_metadata(src),
         }
+        if table is not None:
+            _as_rgb(info)
     return unit, valid, stretch, info
+
+
+def _as_rgb(info: dict[str, Any]) -> None:
+    """Make the ``info`` of a palette raster describe the RGB scene it was expanded to (in place)."""
+    from rasterio.enums import ColorInterp
+
+    profile = info["profile"]
+    profile.update(count=3, dtype="uint8", photometric="RGB")
+    nodata = profile.get("nodata")
+    if nodata is not None and not 0 <= nodata <= 255:  # a uint16 index: the mask says where, not a value
+        profile["nodata"], info["has_nodata_value"], info["has_mask"] = None, False, True
+    metadata = info["metadata"]
+    metadata.update(
+        colorinterp=(ColorInterp.red, ColorInterp.green, ColorInterp.blue),
+        descriptions=(None,) * 3,
+        scales=(1.0,) * 3,
+        offsets=(0.0,) * 3,
+        units=(None,) * 3,
+        band_tags=[{}] * 3,
+    )
 
 
 def _band_metadata(src: Any) -> dict[str, Any]:
@@ -375,7 +405,7 @@ def _upscale_geotiff(
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst_path}`.")
     header = inspect_raster(src_path)
     check_header(header)
-    count, height, width = header.bands, header.height, header.width
+    count, height, width = header.working_bands, header.height, header.width  # a palette is read as RGB
     out_h, out_w = resolve_output_size((height, width), scale, output_size)
     if count == 1:
         model_bands = [0, 0, 0]

@@ -226,6 +226,11 @@ class RasterHeader:
         return self.crs is not None or not identity or self.gcp_count > 0 or self.has_rpcs
 
     @property
+    def working_bands(self) -> int:
+        """The bands the GeoTIFF path holds: 3 for a palette raster (expanded to RGB), else ``bands``."""
+        return 3 if self.has_palette else self.bands
+
+    @property
     def alpha_bands(self) -> tuple[int, ...]:
         """The 0-based bands whose colour interpretation is alpha (a mask: upscaled with nearest neighbour)."""
         return tuple(b for b, c in enumerate(self.colorinterp) if c == "alpha")
@@ -282,14 +287,16 @@ def check_header(header: RasterHeader) -> list[str]:
     """Refuse what the GeoTIFF path cannot handle faithfully, from the header; return the warnings to show.
 
     Refused (one ``ValueError`` each): no pixels; 2 bands (the model needs 1 grey or at least 3 RGB); bands of
-    different data types; complex data types (the imaginary part has no meaning for the model); palette
-    (colour-table) rasters (their values are class indices, not intensities).
+    different data types; complex data types (the imaginary part has no meaning for the model); a colour table on
+    anything but one uint8 / uint16 band. A palette raster is accepted and expanded to RGB ([`palette_table`]), with
+    a warning.
 
     Args:
         header (`RasterHeader`): from [`inspect_raster`].
 
     Returns:
-        `list[str]`: warnings, one line each (e.g. a 32 / 64-bit data type seen by the model in float32).
+        `list[str]`: warnings, one line each (a palette expanded to RGB, a 32 / 64-bit data type seen by the model
+        in float32).
 
     Raises:
         ValueError: with a one-line reason.
@@ -307,14 +314,19 @@ def check_header(header: RasterHeader) -> list[str]:
         raise ValueError(f"band data type {', '.join(other)} is not supported (allowed: {', '.join(ALLOWED_DTYPES)})")
     if len(set(header.dtypes)) != 1:
         raise ValueError(f"mixes band data types {', '.join(header.dtypes)}; convert it to one data type first")
-    if header.has_palette:
+    if header.has_palette and (header.bands != 1 or header.dtypes[0] not in ("uint8", "uint16")):
         raise ValueError(
-            "is a palette (colour-table) raster: its values are class indices, not intensities; expand it to RGB "
-            "first (gdal_translate -expand rgb in.tif out.tif) if an RGB upscale is what you want"
+            f"is a palette raster of {header.bands} {header.dtypes[0]} bands; a colour table needs one uint8 or "
+            "uint16 band (expand it first: gdal_translate -expand rgb in.tif out.tif)"
         )
     if header.bands == 2:
         raise ValueError("has 2 bands; the model needs 1 (grey) or at least 3 (RGB)")
     warnings_: list[str] = []
+    if header.has_palette:
+        warnings_.append(
+            "palette (colour-table) raster: expanded to RGB through its colour table; the output is an RGB "
+            "GeoTIFF (3 uint8 bands, no colour table)"
+        )
     if header.dtypes[0] in WIDE_DTYPES:
         warnings_.append(
             f"{header.dtypes[0]} bands: each band is stretched to [0, 1] in float64 but the model works in float32, "
@@ -324,7 +336,8 @@ def check_header(header: RasterHeader) -> list[str]:
 
 
 def stage_bytes(header: RasterHeader, out_size: tuple[int, int] | None) -> dict[str, int]:
-    """The memory each stage of the GeoTIFF path needs: bands x pixels x [`BYTES_PER_SAMPLE`].
+    """The memory each stage of the GeoTIFF path needs: bands x pixels x [`BYTES_PER_SAMPLE`] (a palette raster
+    counts 3 bands: it is expanded to RGB).
 
     Stages: ``input`` (every band read as float32, with its validity mask) and, when ``out_size`` is given,
     ``output`` (every band at the output size, float32, with its mask; the file is then written window by window).
@@ -339,9 +352,10 @@ def stage_bytes(header: RasterHeader, out_size: tuple[int, int] | None) -> dict[
         >>> stage_bytes(h, (2048, 2048))["output"]
         41943040000
     """
-    stages = {"input": header.bands * header.pixels * BYTES_PER_SAMPLE}
+    bands = header.working_bands
+    stages = {"input": bands * header.pixels * BYTES_PER_SAMPLE}
     if out_size is not None:
-        stages["output"] = header.bands * out_size[0] * out_size[1] * BYTES_PER_SAMPLE
+        stages["output"] = bands * out_size[0] * out_size[1] * BYTES_PER_SAMPLE
     return stages
 
 
@@ -380,7 +394,7 @@ def check_budget(
         if need > budget:
             rows, cols = (header.height, header.width) if stage == "input" else out_size
             raise ValueError(
-                f"the {stage} needs {header.bands} bands x {rows}x{cols} pixels x {BYTES_PER_SAMPLE} bytes = "
+                f"the {stage} needs {header.working_bands} bands x {rows}x{cols} pixels x {BYTES_PER_SAMPLE} bytes = "
                 f"{_size(need)}, over {limit_name} {max_pixels} (which allows {max_pixels} pixels x {BUDGET_BANDS} "
                 f"bands x {BYTES_PER_SAMPLE} bytes = {_size(budget)})" + (f"; {advice}" if advice else "")
             )
@@ -414,10 +428,10 @@ def tiff_geo_tags(path: str | os.PathLike) -> list[str]:
 def needs_raster_path(header: RasterHeader) -> bool:
     """Whether a TIFF must take the GeoTIFF path (rasterio) rather than the plain-image path (PIL).
 
-    The plain-image path keeps only 8-bit grey / RGB / RGBA pixels; anything else it would lose or misread goes
-    through rasterio: georeferencing (CRS, transform, GCPs, RPCs), a nodata value or mask, other data types than
-    uint8, palettes, and band layouts other than 1 (grey), 3 (RGB) or 4 with an alpha fourth band (e.g. RGB + NIR,
-    which PIL would call alpha).
+    The plain-image path keeps only 8-bit grey / RGB / RGBA pixels (and expands an 8-bit palette to RGB, as for a
+    PNG); anything else it would lose or misread goes through rasterio: georeferencing (CRS, transform, GCPs,
+    RPCs), a nodata value, other data types than uint8, and band layouts other than 1 (grey), 3 (RGB) or 4 with an
+    alpha fourth band (e.g. RGB + NIR, which PIL would call alpha).
 
     Args:
         header (`RasterHeader`): from [`inspect_raster`].
@@ -427,7 +441,6 @@ def needs_raster_path(header: RasterHeader) -> bool:
         header.is_georeferenced
         or header.nodata is not None
         or any(d != "uint8" for d in header.dtypes)
-        or header.has_palette
         or not plain_layout
     )
 
@@ -471,6 +484,42 @@ def route_tiff(path: str | os.PathLike) -> bool:
     except ValueError:
         return False
     return needs_raster_path(header)
+
+
+# ---- palettes ----
+
+
+def palette_table(src: Any) -> Any:
+    """The RGB lookup table of a palette raster's colour table, or ``None`` for other rasters.
+
+    Args:
+        src (`Any`): an open rasterio dataset (from [`open_raster`]).
+
+    Returns:
+        ``np.ndarray`` of shape ``(256, 3)`` (``uint8`` band) or ``(65536, 3)`` (``uint16`` band), ``uint8``: entry
+        ``i`` is the colour of index ``i`` (black where the table has no entry; the entries' alpha is not used), or
+        ``None``.
+    """
+    import numpy as np
+
+    if src.count != 1 or src.colorinterp[0].name != "palette":
+        return None
+    table = np.zeros((256 if src.dtypes[0] == "uint8" else 65536, 3), dtype=np.uint8)
+    for index, colour in src.colormap(1).items():
+        table[index] = colour[:3]
+    return table
+
+
+def expand_palette(indices: Any, table: Any) -> Any:
+    """Colour-table indices ``(H, W)`` to RGB ``(3, H, W)`` ``uint8`` through [`palette_table`]'s ``table``.
+
+    Example:
+        >>> import numpy as np
+        >>> table = np.zeros((256, 3), np.uint8); table[1] = (255, 128, 0)
+        >>> expand_palette(np.array([[0, 1]], np.uint8), table)[:, 0, 1].tolist()
+        [255, 128, 0]
+    """
+    return table[indices].transpose(2, 0, 1)
 
 
 # ---- the output's georeferencing and layout ----
