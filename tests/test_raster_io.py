@@ -262,3 +262,22 @@ def test_palette_is_accepted_with_a_warning_and_counted_as_rgb(tmp_path):
     with pytest.raises(ValueError, match=r"^the output needs 3 bands x 12x12 pixels"):
         check_budget(header, (12, 12), 107)  # 3 x 144 > 4 x 107
     assert not needs_raster_path(header)  # without georeferencing: a plain image (PIL expands it, as for a PNG)
+
+
+def test_a_geotiff_gdal_cannot_open_is_not_handed_to_pil(tmp_path, monkeypatch):
+    from neurop_diff_diffusers import raster_io
+
+    path = _plain(
+        tmp_path / "g.tif", np.ones((3, 4, 4), np.uint8), crs="EPSG:32633", transform=from_origin(0, 0, 1, 1)
+    )
+
+    def gdal_fails(name):
+        raise ValueError(f"`{name}`: not a raster of an allowed format (GTiff): TIFFReadDirectory failed")
+
+    monkeypatch.setattr(raster_io, "inspect_raster", gdal_fails)
+    with pytest.raises(
+        ValueError, match=r"^a GeoTIFF \(ModelPixelScale, .*\) that GDAL cannot open: TIFFReadDirectory"
+    ):
+        route_tiff(path)
+    plain = _plain(tmp_path / "p.tif", np.ones((3, 4, 4), np.uint8))
+    assert route_tiff(plain) is False  # no georeferencing to lose: PIL may read it

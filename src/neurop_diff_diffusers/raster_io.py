@@ -460,8 +460,8 @@ def route_tiff(path: str | os.PathLike) -> bool:
 
     Raises:
         ValueError: a ``.tif`` / ``.tiff`` name whose content is not a TIFF (e.g. a GDAL VRT: refused, never opened
-            by GDAL or PIL); a TIFF with georeferencing tags while rasterio is not installed. One line, without the
-            file's name (the caller names it).
+            by GDAL or PIL); a TIFF with georeferencing tags while rasterio is not installed or that GDAL cannot
+            open. One line, without the file's name (the caller names it).
     """
     named_tiff = Path(path).suffix.lower() in (".tif", ".tiff")
     tiff = is_tiff_content(path)
@@ -481,8 +481,12 @@ def route_tiff(path: str | os.PathLike) -> bool:
         return False
     try:
         header = inspect_raster(path)
-    except ValueError:
-        return False
+    except ValueError as err:
+        tags = tiff_geo_tags(path)
+        if tags:  # never hand a GeoTIFF to PIL, which would drop its georeferencing
+            reason = str(err).split(": ", 2)[-1]
+            raise ValueError(f"a GeoTIFF ({', '.join(tags)}) that GDAL cannot open: {reason}") from None
+        return False  # PIL says why it cannot read it, or reads a plain TIFF GDAL does not
     return needs_raster_path(header)
 
 
