@@ -11,6 +11,13 @@ raster read by the CLI, batch mode, the web app and the scene engine goes throug
 - switches off GDAL's sidecar look-ups (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``) and its ``.aux.xml``
   persistence (``GDAL_PAM_ENABLED=NO``) for as long as the file is open.
 
+It also reads a raster's header without its pixels ([`inspect_raster`] -> [`RasterHeader`]) so that everything
+is decided before any pixel is read: which path a TIFF takes ([`route_tiff`], [`needs_raster_path`]), what is
+refused ([`check_header`]: complex types, 2 bands, mixed types), the memory budget counted as bands x pixels x bytes
+for every stage ([`check_budget`]), and the output's georeferencing (transform, GCPs, RPCs mapped to the output grid:
+[`output_georeferencing`]) and overviews ([`output_overviews`]). Palette rasters are expanded to RGB
+([`palette_table`], [`expand_palette`]).
+
 Example:
     >>> with open_raster("scene.tif") as src:  # doctest: +SKIP
     ...     print(src.driver, src.count, src.height, src.width)
