@@ -384,3 +384,27 @@ def test_palette_geotiff_is_expanded_to_rgb_through_its_colour_table(tmp_path):
     valid = indices[0] != 9
     np.testing.assert_array_equal(rgb[:, valid], expected[:, valid])
     assert (masks[:, ~valid] == 0).all() and (masks[:, valid] == 255).all()
+
+
+def test_uint8_gcp_tiff_keeps_its_gcps_in_the_cli_and_a_palette_says_it_is_expanded(tmp_path, capsys):
+    """Issue 21 items 7 and 8 end to end: a uint8 GCP TIFF once took the plain-image path and lost its GCPs."""
+    from rasterio.control import GroundControlPoint
+
+    from neurop_diff_diffusers import cli
+
+    gcps = [GroundControlPoint(row=0, col=0, x=10.0, y=50.0), GroundControlPoint(row=8, col=10, x=11.0, y=49.0)]
+    data = np.random.default_rng(9).integers(0, 255, (3, 8, 10), dtype=np.uint8)
+    path = _write(tmp_path / "gcp.tif", data, nodata=None, crs="EPSG:4326", gcps=gcps)
+    assert cli.main(["upscale", str(path), "--scale", "2", "--model", "preset:tiny", "--steps", "1"]) == 0
+    with rasterio.open(tmp_path / "gcp_x2.tif") as dst:
+        assert [(g.row, g.col, g.x, g.y) for g in dst.gcps[0]] == [(0, 0, 10, 50), (16, 20, 11, 49)]
+    pal = _write(tmp_path / "pal.tif", np.zeros((1, 6, 6), np.uint8), nodata=None, photometric="palette")
+    with rasterio.open(pal, "r+") as dst:
+        dst.write_colormap(1, {0: (10, 200, 30, 255)})
+    capsys.readouterr()
+    assert cli.main(["upscale", str(pal), "--scale", "2", "--model", "preset:tiny", "--steps", "1"]) == 0
+    warnings_ = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings_ == [f"neurop-diff: warning: {pal}: palette (colour-table) raster: expanded to RGB through its "
+                         "colour table; the output is an RGB GeoTIFF (3 uint8 bands, no colour table)"]  # fmt: skip
+    with rasterio.open(tmp_path / "pal_x2.tif") as dst:
+        assert dst.count == 3 and dst.crs.to_epsg() == 32633 and dst.shape == (12, 12)
