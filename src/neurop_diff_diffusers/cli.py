@@ -144,7 +144,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         dst = output_path(src, scale, size, args.output, args.out_dir)
         try:
             check_input_file(src)
-            check_not_an_input(dst, inputs)
+            check_not_an_input(src, dst, inputs)
             check_output_location(dst, args.overwrite)
             if dst.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputFailed(f"unsupported output {dst}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
@@ -296,7 +296,7 @@ def _upscale_dir(
         start = time.perf_counter()
         try:
             check_input_file(src)
-            check_not_an_input(dst, inputs)
+            check_not_an_input(src, dst, inputs)
             job = prepare_job(src, dst, scale, size, args.max_pixels)
             record["size"] = list(job[3])
             if not args.overwrite and _output_complete(dst, job[3], job[2]):

@@ -285,24 +285,28 @@ def file_identities(paths: Iterable[Path]) -> dict[tuple[int, int], Path]:
     return identities
 
 
-def check_not_an_input(dst: Path, inputs: dict[tuple[int, int], Path]) -> None:
+def check_not_an_input(src: Path, dst: Path, inputs: dict[tuple[int, int], Path]) -> None:
     """Refuse an output that is one of the inputs: the same name, another path to it (``./a.png``, a symbolic link, a
     hard link), or the file an input links to. Checked before any work: ``--overwrite`` would replace the input.
 
     Args:
+        src: the input whose output ``dst`` is.
         dst: the output file.
-        inputs: the inputs' [`file_identities`].
+        inputs: every input's [`file_identities`].
 
     Raises:
-        InputFailed: naming both.
+        InputFailed: naming the input.
     """
     try:
         info = os.stat(dst)
     except (OSError, ValueError):
         return
-    src = inputs.get((info.st_dev, info.st_ino))
-    if src is not None:
+    other = inputs.get((info.st_dev, info.st_ino))
+    if other is None:
+        return
+    if (info.st_dev, info.st_ino) in file_identities([src]):
         raise InputFailed(f"{src}: the output {dst} is this input itself (the same file); choose another output")
+    raise InputFailed(f"{src}: the output {dst} is the input {other} (the same file); choose another output")
 
 
 def probe_geo(path: Path) -> bool:
@@ -343,7 +347,7 @@ def prepare_job(
     """
     from .image_processing import resolve_output_size
 
-    check_not_an_input(dst, file_identities([src]))
+    check_not_an_input(src, dst, file_identities([src]))
     geo = probe_geo(src)
     if geo and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
