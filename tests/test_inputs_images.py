@@ -142,25 +142,36 @@ def test_tiff_with_a_reduced_resolution_page_is_one_image(tmp_path):
 # ---- EXIF orientation ----
 
 
-def _rotated_jpeg(path: Path, orientation: int) -> Path:
+def _rotated(path: Path, orientation: int) -> Path:
     exif = Image.Exif()
     exif[274] = orientation
-    Image.fromarray(RGB).save(path, exif=exif.tobytes(), quality=95)
+    Image.fromarray(RGB).save(path, exif=exif.tobytes(), **({"quality": 95} if path.suffix == ".jpg" else {}))
     return path
 
 
-def test_exif_orientation_is_applied_in_the_reader(tmp_path):
-    path = _rotated_jpeg(tmp_path / "photo.jpg", 6)  # stored 12 x 16 (h x w), shown turned 90 degrees clockwise
-    with Image.open(path) as raw:
-        stored = np.asarray(raw.convert("RGB"))
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
+@pytest.mark.parametrize(
+    "orientation, turn",
+    [
+        (3, lambda a: np.rot90(a, 2)),
+        (6, lambda a: np.rot90(a, -1)),
+        (8, lambda a: np.rot90(a, 1)),
+        (2, lambda a: a[:, ::-1]),
+    ],
+)
+def test_exif_orientation_is_applied_in_the_reader(tmp_path, suffix, orientation, turn):
+    path = _rotated(tmp_path / f"photo{suffix}", orientation)  # stored 12 x 16 (h x w)
+    stored = RGB
+    if suffix == ".jpg":  # lossy: the stored pixels as decoded (PIL's JPEG decoder does not turn them)
+        with Image.open(path) as raw:
+            stored = np.asarray(raw.convert("RGB"))
     decoded = upscale_job.read_image_array(path, warn=False)
-    assert decoded.rgb.shape == (16, 12, 3)
-    np.testing.assert_array_equal(decoded.rgb, np.rot90(stored, k=-1))  # 6: rotate 90 degrees clockwise to show
-    assert upscale_job.read_image_file(path).size == (12, 16)
+    np.testing.assert_array_equal(decoded.rgb, turn(stored))
+    assert upscale_job.read_image_file(path).size == turn(stored).shape[1::-1]
 
 
 def test_size_and_output_use_the_shown_orientation(tmp_path, capsys):
-    path = _rotated_jpeg(tmp_path / "photo.jpg", 6)
+    path = _rotated(tmp_path / "photo.jpg", 6)
     assert _run("upscale", path, "--size", "14x24", *FAST) == 2  # not smaller than the stored 12 x 16
     assert _one_error_line(capsys) == (
         f"{path}: --size 14x24 is smaller than the input 16x12 (height x width); neurop-diff only upscales"
@@ -384,6 +395,18 @@ def test_grey_input_gives_grey_output_the_mean_of_the_model_channels(tmp_path):
             assert out.mode == "L", suffix
             if suffix != ".jpg":
                 np.testing.assert_array_equal(np.asarray(out), np.rint(result.mean(axis=-1) * 255).astype(np.uint8))
+
+
+def test_float_grey_tiff_gives_a_float_tiff(tmp_path):
+    source = read_plain_image(_save(Image.fromarray(np.full((12, 16), 0.25, np.float32)), tmp_path / "f.tif"))
+    assert source.grey and source.bits == 32
+    result = np.full((24, 32, 3), 0.3, np.float32)
+    write_plain_image(result, source, tmp_path / "o.tif", overwrite=False)
+    write_plain_image(result, source, tmp_path / "o.png", overwrite=False)
+    with Image.open(tmp_path / "o.tif") as tif, Image.open(tmp_path / "o.png") as png:
+        assert tif.mode == "F" and png.mode == "I;16"
+        np.testing.assert_allclose(np.asarray(tif), 0.3, rtol=1e-6)
+        assert (np.asarray(png) == round(0.3 * 65535)).all()
 
 
 def test_grey_input_through_the_cli_is_grey(tmp_path):
