@@ -139,6 +139,15 @@ def test_tiff_with_a_reduced_resolution_page_is_one_image(tmp_path):
     np.testing.assert_array_equal(read_plain_image(path).rgb, RGB)
 
 
+def test_mpo_camera_jpeg_is_read_as_its_main_image(tmp_path):
+    path = tmp_path / "camera.jpg"
+    Image.fromarray(RGB).save(path, format="MPO", save_all=True, append_images=[Image.fromarray(RGB[::2, ::2])])
+    with Image.open(path) as image:
+        assert image.format == "MPO" and image.n_frames == 2
+        main = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(read_plain_image(path).rgb, main)
+
+
 # ---- EXIF orientation ----
 
 
