@@ -318,6 +318,15 @@ def test_16_bit_outputs_round_trip_exactly(tmp_path, suffix, channels, colour_ty
         assert image.info.get("icc_profile") == source.icc_profile
 
 
+def test_16_bit_tiff_of_several_strips_round_trips(tmp_path):
+    samples = RNG.integers(0, 65536, (300, 200, 3)).astype(np.uint16)  # 54 rows a strip: 6 strips
+    source = PlainImage(samples.astype(np.float32) / 65535.0, False, 16, None, None)
+    write_plain_image(source.rgb, source, tmp_path / "o.tif", overwrite=False)
+    with Image.open(tmp_path / "o.tif") as image:
+        assert image.tag_v2[258] == (16, 16, 16) and len(image.tag_v2[273]) == 6
+    np.testing.assert_array_equal(_tiff_samples(tmp_path / "o.tif"), samples)
+
+
 def _tiff_samples(path: Path) -> np.ndarray:
     """A 16-bit TIFF's samples, read by GDAL (PIL has no 16-bit colour mode)."""
     rasterio = pytest.importorskip("rasterio", reason="reads the 16-bit colour TIFF back")

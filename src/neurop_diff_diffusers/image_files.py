@@ -375,67 +375,47 @@ def _write_png_16(f: BinaryIO, samples: np.ndarray, icc: bytes | None) -> None:
 
 
 def _write_tiff_16(f: BinaryIO, samples: np.ndarray, icc: bytes | None) -> None:
-    """A 16-bit TIFF (grey + alpha, RGB or RGBA, interleaved, Deflate strips) from ``(H, W, C)`` ``uint16``."""
+    """A 16-bit TIFF (grey + alpha, RGB or RGBA; interleaved, Deflate strips) from ``(H, W, C)`` ``uint16``.
+
+    Laid out as the header, the strips, the values too long for an IFD entry, then the IFD, whose offset is written
+    into the header last.
+    """
     height, width, channels = samples.shape
-    row_bytes = width * channels * 2
-    rows_per_strip = max(1, (1 << 16) // row_bytes)
-    strips = [
-        zlib.compress(samples[top : top + rows_per_strip].astype("<u2").tobytes(), 6)
-        for top in range(0, height, rows_per_strip)
-    ]
-    if sum(len(s) for s in strips) + len(icc or b"") > 2**32 - 2**20:
+    rows_per_strip = max(1, (1 << 16) // (width * channels * 2))
+    f.write(b"II*\x00\x00\x00\x00\x00")
+    offsets, counts = [], []
+    for top in range(0, height, rows_per_strip):
+        strip = zlib.compress(samples[top : top + rows_per_strip].astype("<u2").tobytes(), 6)
+        offsets.append(f.tell())
+        counts.append(len(strip))
+        f.write(strip + b"\x00" * (len(strip) % 2))
+    if f.tell() + len(icc or b"") > 2**32 - 2**16:
         raise ValueError(f"the 16-bit output of {height}x{width} is too large for a classic TIFF; write a PNG")
-    colour = channels - 1 if channels in (2, 4) else channels
+    alpha = channels in (2, 4)
     entries: list[tuple[int, int, list[int] | bytes]] = [  # (tag, type: 3 SHORT, 4 LONG, 7 UNDEFINED, values)
         (256, 4, [width]),
         (257, 4, [height]),
         (258, 3, [16] * channels),
         (259, 3, [8]),  # Adobe Deflate
-        (262, 3, [1 if colour == 1 else 2]),  # min-is-black / RGB
-        (273, 4, [0] * len(strips)),  # strip offsets, filled in below
+        (262, 3, [1 if channels <= 2 else 2]),  # min-is-black / RGB
+        (273, 4, offsets),
         (277, 3, [channels]),
         (278, 4, [rows_per_strip]),
-        (279, 4, [len(s) for s in strips]),
+        (279, 4, counts),
         (284, 3, [1]),  # interleaved
+        *([(338, 3, [2])] if alpha else []),  # unassociated alpha
+        (339, 3, [1] * channels),  # unsigned integers
+        *([(34675, 7, icc)] if icc else []),
     ]
-    if channels in (2, 4):
-        entries.append((338, 3, [2]))  # unassociated alpha
-    entries.append((339, 3, [1] * channels))  # unsigned integers
-    if icc:
-        entries.append((34675, 7, icc))
-    ifd_size = 2 + 12 * len(entries) + 4
-    extra_at = 8 + ifd_size
-    blobs: list[bytes] = []
-    # the values that do not fit in the 4 bytes of an entry go after the IFD, then the strips
-    sizes = {3: 2, 4: 4, 7: 1}
-
-    def encoded(kind: int, values: list[int] | bytes) -> bytes:
-        if kind == 7:
-            return bytes(values)
-        return struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
-
-    offset = extra_at + sum(
-        len(encoded(k, v)) + len(encoded(k, v)) % 2 for _, k, v in entries if len(v) * sizes[k] > 4
-    )
-    strip_offsets = []
-    for strip in strips:
-        strip_offsets.append(offset)
-        offset += len(strip)
-    entries[5] = (273, 4, strip_offsets)
     ifd = struct.pack("<H", len(entries))
-    cursor = extra_at
     for tag, kind, values in entries:
-        data = encoded(kind, values)
-        count = len(values)
+        data = bytes(values) if kind == 7 else struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
         if len(data) <= 4:
-            ifd += struct.pack("<HHI", tag, kind, count) + data.ljust(4, b"\0")
+            ifd += struct.pack("<HHI", tag, kind, len(values)) + data.ljust(4, b"\x00")
         else:
-            ifd += struct.pack("<HHII", tag, kind, count, cursor)
-            padded = data + b"\0" * (len(data) % 2)
-            blobs.append(padded)
-            cursor += len(padded)
-    f.write(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0))
-    for blob in blobs:
-        f.write(blob)
-    for strip in strips:
-        f.write(strip)
+            ifd += struct.pack("<HHII", tag, kind, len(values), f.tell())
+            f.write(data + b"\x00" * (len(data) % 2))
+    ifd_offset = f.tell()
+    f.write(ifd + b"\x00\x00\x00\x00")
+    f.seek(4)
+    f.write(struct.pack("<I", ifd_offset))
