@@ -536,6 +536,30 @@ def test_app_reports_a_nan_model_in_one_line(tmp_path, monkeypatch, nan_pipe):
     assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]
 
 
+@pytest.mark.parametrize("kind", ["RGBA", "I;16", "RGB48"])
+def test_app_download_keeps_alpha_and_16_bits_and_previews_rgb(tmp_path, kind):
+    pytest.importorskip("gradio", reason="the web app is the optional extra [app]")
+    from neurop_diff_diffusers import app
+
+    upload = tmp_path / "up.png"
+    if kind == "RGBA":
+        Image.fromarray(np.dstack([RGB, np.full(RGB.shape[:2], 7, np.uint8)])).save(upload)
+    elif kind == "I;16":
+        Image.fromarray(RGB[..., 0].astype(np.uint16) * 257).save(upload)
+    else:
+        _png(upload, RGB.astype(np.uint16) * 257, 16, 2)
+    (tmp_path / "work").mkdir()
+    upscaler = app.Upscaler(app.AppConfig(model="preset:tiny"), tmp_path / "work")
+    result = upscaler.run(upload, scale=2, steps=1, prior_only=True)
+    assert result["output"].mode == "RGB" and result["output"].size == (32, 24)
+    with Image.open(result["png"]) as download:
+        assert download.mode == {"RGBA": "RGBA", "I;16": "I;16", "RGB48": "RGB"}[kind]
+        if kind == "RGBA":
+            assert (np.asarray(download)[..., 3] == 7).all()
+    if kind == "RGB48":
+        assert png_header(result["png"]) == (16, 2)
+
+
 # ---- the output is never the input ----
 
 
