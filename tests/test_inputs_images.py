@@ -20,6 +20,7 @@ from PIL import Image
 from neurop_diff_diffusers import NonFiniteOutputError, build_pipeline, cli, upscale_job
 from neurop_diff_diffusers.image_files import (
     PlainImage,
+    UnsupportedImageError,
     nearest_resize,
     png_header,
     read_plain_image,
@@ -354,6 +355,44 @@ def test_48_bit_png_gives_a_48_bit_png_through_the_cli(tmp_path, capsys):
     assert _messages(capsys.readouterr().err) == [
         f"neurop-diff: warning: {path}: its 16-bit samples are written as 8-bit (JPEG) in {tmp_path / 'deep.jpg'}"
     ]
+
+
+def _tiff_12_bit(path: Path, values: np.ndarray) -> Path:
+    """An uncompressed 12-bit grey TIFF written by hand (two samples in three bytes, most significant bits first)."""
+    height, width = values.shape
+    assert width % 2 == 0
+    pairs = values.reshape(height, width // 2, 2).astype(np.uint32)
+    packed = np.stack([pairs[..., 0] >> 4, ((pairs[..., 0] & 15) << 4) | (pairs[..., 1] >> 8), pairs[..., 1] & 255])
+    data = packed.transpose(1, 2, 0).astype(np.uint8).tobytes()
+    entries = [(256, 3, width), (257, 3, height), (258, 3, 12), (259, 3, 1), (262, 3, 1), (273, 4, 8)]
+    entries += [(277, 3, 1), (278, 3, height), (279, 4, len(data))]  # the data right after the header, then the IFD
+    ifd_at = 8 + len(data) + len(data) % 2
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", tag, kind, 1) + struct.pack("<H" if kind == 3 else "<I", value).ljust(4, b"\0")
+        for tag, kind, value in entries
+    )
+    path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + data + b"\0" * (len(data) % 2) + ifd + b"\0" * 4)
+    return path
+
+
+def test_12_bit_grey_tiff_is_scaled_by_its_bit_depth(tmp_path):
+    values = np.linspace(0, 4095, 12 * 16).astype(np.uint16).reshape(12, 16)
+    path = _tiff_12_bit(tmp_path / "g12.tif", values)
+    with Image.open(path) as image:
+        assert image.mode == "I;16" and np.asarray(image).max() == 4095  # PIL leaves the 12-bit values
+    decoded = read_plain_image(path)
+    assert decoded.grey and decoded.bits == 16
+    np.testing.assert_allclose(decoded.rgb[..., 0], values / 4095.0, rtol=1e-6)
+
+
+def test_16_bit_colour_tiff_is_not_read_as_8_bits(tmp_path):
+    source = PlainImage(RNG.random((12, 16, 3)).astype(np.float32), False, 16, None, None)
+    path = tmp_path / "rgb16.tif"
+    write_plain_image(source.rgb, source, path, overwrite=False)
+    with Image.open(path) as image:
+        assert image.mode == "RGB"  # PIL's 8-bit view
+    with pytest.raises(UnsupportedImageError, match=r"a TIFF of 16-bit RGB samples, which PIL reads as 8 bits"):
+        read_plain_image(path)
 
 
 # ---- alpha, grey, ICC ----

@@ -150,6 +150,14 @@ def _png_16_bit_colour(path: str | os.PathLike, image: PIL.Image.Image, colour_t
     return (np.asarray(image, dtype=np.uint16) << 8) | low
 
 
+def _tiff_bits(image: PIL.Image.Image) -> int:
+    """The largest ``BitsPerSample`` of a TIFF, 0 for other images."""
+    if image.format != "TIFF":
+        return 0
+    bits = image.tag_v2.get(258, (1,))
+    return max(bits) if isinstance(bits, tuple) else int(bits)
+
+
 def _icc_for(image: PIL.Image.Image, grey: bool, name: str) -> bytes | None:
     """The ICC profile if it describes the output's colours (a grey or an RGB profile), else ``None`` (warned)."""
     profile = image.info.get("icc_profile")
@@ -182,7 +190,9 @@ def read_plain_image(path: str | os.PathLike, name: str | None = None) -> PlainI
 
     - 8-bit and palette images: RGB (palette through its colours), grey for ``L`` / ``1`` and 1, 2, 4-bit grey PNGs
       (scaled to 0..255 from the bit depth in the PNG header).
-    - 16-bit PNGs (grey, grey + alpha, RGB, RGBA) and 16-bit grey TIFFs: all 16 bits, divided by 65535.
+    - 16-bit PNGs (grey, grey + alpha, RGB, RGBA) and 16-bit grey TIFFs: all 16 bits, divided by 65535; 12-bit grey
+      TIFFs divided by 4095. A colour TIFF of more than 8 bits a sample (which PIL reads as 8) is refused: it is
+      the raster path's.
     - Float grey (mode ``F``) in ``[0, 1]``; 32-bit integer grey (mode ``I``) is refused (no known range).
     - Alpha (``RGBA``, ``LA``, ``PA``, palette or colour-key transparency) is kept, unchanged, for the output.
 
@@ -191,7 +201,7 @@ def read_plain_image(path: str | os.PathLike, name: str | None = None) -> PlainI
         name: the file's name in messages (default: ``path``).
 
     Raises:
-        UnsupportedImageError: several frames or pages.
+        UnsupportedImageError: several frames or pages, a colour TIFF of more than 8 bits a sample.
         ValueError: mode ``I``, a float image outside ``[0, 1]``, no pixels.
         PIL.UnidentifiedImageError, OSError, SyntaxError, EOFError: not a PNG / JPEG / TIFF, or damaged.
     """
@@ -202,6 +212,12 @@ def read_plain_image(path: str | os.PathLike, name: str | None = None) -> PlainI
     header = png_header(path) if image.format == "PNG" else None
     mode = image.mode
     alpha = None
+    tiff_bits = _tiff_bits(image)
+    if tiff_bits > 8 and mode not in ("I;16", "I;16L", "I;16B", "I;16N", "F", "I"):
+        raise UnsupportedImageError(
+            f"{name}: a TIFF of {tiff_bits}-bit {mode} samples, which PIL reads as 8 bits; such TIFFs are read by the "
+            "raster path: install the extra [geo] (rasterio)"
+        )
     if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
         samples = _png_16_bit_colour(path, image, header[1])
         grey = header[1] == 4
@@ -217,7 +233,8 @@ def read_plain_image(path: str | os.PathLike, name: str | None = None) -> PlainI
         samples = np.asarray(image).astype(np.uint16)
         if "transparency" in image.info:
             alpha = _key_alpha(samples, image.info["transparency"], 65535)
-        grey = samples.astype(np.float32) / 65535.0
+        top = 2**tiff_bits - 1 if 8 < tiff_bits < 16 else 65535  # a 12-bit TIFF holds 0..4095
+        grey = samples.astype(np.float32) / np.float32(top)
         return PlainImage(np.repeat(grey[..., None], 3, axis=-1), True, 16, alpha, _icc_for(image, True, name))
     if mode in ("F", "I", "I;32", "I;32B", "I;32L"):
         from .image_processing import pil_to_array  # the API's checks and messages for these modes
