@@ -34,6 +34,7 @@ _EXPORTS = {
     "load_default_pipeline": "loading",
     "load_pipeline": "loading",
     "make_hub_ready": "hub",
+    "NonFiniteOutputError": "image_processing",
     "check_scale": "image_processing",
     "postprocess_images": "image_processing",
     "preprocess_images": "image_processing",

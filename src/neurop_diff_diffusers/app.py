@@ -121,8 +121,10 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
             return height, width
         from PIL import Image, UnidentifiedImageError
 
+        from .image_files import PIL_FORMATS
+
         try:
-            with Image.open(path) as image:  # the header only
+            with Image.open(path, formats=list(PIL_FORMATS)) as image:  # the header only, PNG / JPEG / TIFF decoders
                 width, height = image.size
         except Image.DecompressionBombError as err:
             raise InputFailed(f"{path}: refused as a possible decompression bomb ({one_line(err)})") from err

@@ -26,7 +26,9 @@ from .upscale_job import (
     CLIError,
     InputFailed,
     check_input_file,
+    check_not_an_input,
     check_output_location,
+    file_identities,
     load_job_pipeline,
     one_line,
     os_reason,
@@ -136,11 +138,13 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     failed = 0
     planned: list[tuple[Path, Path]] = []
     targets: dict[Path, Path] = {}
+    inputs = file_identities(Path(raw) for raw in args.inputs)
     for raw in args.inputs:
         src = Path(raw)
         dst = output_path(src, scale, size, args.output, args.out_dir)
         try:
             check_input_file(src)
+            check_not_an_input(src, dst, inputs)
             check_output_location(dst, args.overwrite)
             if dst.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputFailed(f"unsupported output {dst}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
@@ -284,12 +288,15 @@ def _upscale_dir(
     _optimize(pipe, args)
     common = _pipe_kwargs(args)
 
+    inputs = file_identities(sources)
+
     def one(src: Path) -> dict[str, Any]:
         dst = output_path(src, scale, size, None, out_dir / src.parent.relative_to(input_dir))
         record: dict[str, Any] = {"input": str(src), "output": str(dst), "size": None, "scale": scale, "seconds": 0.0}
         start = time.perf_counter()
         try:
             check_input_file(src)
+            check_not_an_input(src, dst, inputs)
             job = prepare_job(src, dst, scale, size, args.max_pixels)
             record["size"] = list(job[3])
             if not args.overwrite and _output_complete(dst, job[3], job[2]):

@@ -176,6 +176,42 @@ def preprocess_images(image: ImageInput, name: str = "image") -> torch.Tensor:
     return _one_to_tensor(image, name).contiguous()
 
 
+class NonFiniteOutputError(ValueError):
+    """The model's output holds NaN or infinite values: nothing is returned (and nothing written)."""
+
+
+def check_finite_output(sample: torch.Tensor) -> torch.Tensor:
+    """Raise [`NonFiniteOutputError`] if ``sample`` holds NaN or infinite values, else return it.
+
+    Postprocessing would clamp them into a black (NaN) or saturated (inf) image without a word; the pipeline calls
+    this on its output before postprocessing, so every path (the API, the CLI, batch mode, the web app, GeoTIFFs)
+    refuses such an output.
+
+    Args:
+        sample (`torch.Tensor`): the model's output.
+
+    Returns:
+        `torch.Tensor`: ``sample`` unchanged.
+
+    Raises:
+        NonFiniteOutputError: with the count of bad values.
+
+    Example:
+        >>> check_finite_output(torch.tensor([float("nan"), 0.0]))
+        Traceback (most recent call last):
+            ...
+        neurop_diff_diffusers.image_processing.NonFiniteOutputError: the model's output holds NaN or infinite values \
+(1 of 2); no image is produced. Its weights may be damaged, or float16 overflowed (use float32 or bfloat16).
+    """
+    bad = ~torch.isfinite(sample)
+    if bool(bad.any()):
+        raise NonFiniteOutputError(
+            f"the model's output holds NaN or infinite values ({int(bad.sum())} of {sample.numel()}); no image is "
+            "produced. Its weights may be damaged, or float16 overflowed (use float32 or bfloat16)."
+        )
+    return sample
+
+
 def postprocess_images(
     sample: torch.Tensor, output_type: str = "pil"
 ) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:

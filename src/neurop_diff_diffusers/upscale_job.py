@@ -15,11 +15,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -195,62 +197,116 @@ def save_image_atomic(image: Any, path: Path, overwrite: bool = True) -> None:
     save(image, path, overwrite=overwrite)
 
 
-def read_image_file(path: Path) -> Any:
-    """Open and fully decode an image file with PIL; every failure is one line naming ``path``.
-
-    Args:
-        path: a PNG, JPEG or TIFF file.
-
-    Returns:
-        The decoded PIL image (any mode; [`pil_to_array`] validates it).
-
-    Raises:
-        InputFailed: not an image, truncated / damaged, a decompression bomb, unreadable.
-    """
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator[None]:
+    """Every failure to decode ``path`` as one line naming it ([`InputFailed`])."""
     from PIL import Image, UnidentifiedImageError
 
+    from .image_files import UnsupportedImageError
+
     try:
-        with Image.open(path) as image:
-            image.load()
+        yield
     except Image.DecompressionBombError as err:
         raise InputFailed(f"{path}: refused as a possible decompression bomb ({one_line(err)})") from err
     except UnidentifiedImageError as err:
         raise InputFailed(f"{path}: not an image PIL can read (PNG, JPEG or TIFF expected)") from err
+    except UnsupportedImageError as err:
+        raise InputFailed(one_line(err)) from err
     except OSError as err:
         if err.errno is not None:
             raise InputFailed(f"{path}: cannot read it ({os_reason(err)})") from err
         raise InputFailed(f"{path}: damaged image ({one_line(err)})") from err
     except (SyntaxError, ValueError, EOFError, struct.error, IndexError, MemoryError) as err:
+        own = f"`{path}`"
+        if isinstance(err, ValueError) and own in str(err):  # a check of ours (mode, range, pixels) naming the file
+            raise InputFailed(one_line(err).replace(own, str(path))) from err
         raise InputFailed(f"{path}: damaged image ({one_line(err)})") from err
-    return image
 
 
-def read_image_array(path: Path, warn: bool) -> tuple[Any, bool]:
-    """Decode ``path`` to an ``(H, W, 3)`` array through the API's validation ([`pil_to_array`]).
+def read_image_file(path: Path) -> Any:
+    """Open and fully decode an image file with PIL ([`~neurop_diff_diffusers.image_files.open_image`]: PNG, JPEG
+    and TIFF decoders only, one frame, EXIF orientation applied); every failure is one line naming ``path``.
 
     Args:
         path: a PNG, JPEG or TIFF file.
-        warn: print the conversion's warnings (e.g. an alpha channel dropped) on stderr, one line each.
 
     Returns:
-        ``(array, high_bit_grey)``: the array and whether the file was 16-bit greyscale.
+        The decoded PIL image, upright (any mode; a 16-bit colour PNG shows its high bytes).
+
+    Raises:
+        InputFailed: not a PNG / JPEG / TIFF, several frames or pages, truncated / damaged, a decompression bomb,
+            unreadable.
+    """
+    from .image_files import open_image
+
+    with _decoding(path):
+        return open_image(path)
+
+
+def read_image_array(path: Path, warn: bool) -> Any:
+    """Decode ``path`` to the model's input and what its output keeps
+    ([`~neurop_diff_diffusers.image_files.read_plain_image`]).
+
+    Args:
+        path: a PNG, JPEG or TIFF file.
+        warn: print the decoding's warnings (e.g. an ICC profile that cannot be kept) on stderr, one line each.
+
+    Returns:
+        The [`~neurop_diff_diffusers.image_files.PlainImage`]: ``.rgb`` is the ``(H, W, 3)`` array the pipeline
+        takes (its first field), with ``.grey``, ``.bits``, ``.alpha`` and ``.icc_profile`` for the output.
 
     Raises:
         InputFailed: the file cannot be decoded or is not a usable image.
     """
-    from .image_processing import HIGH_BIT_DEPTH_MODES, pil_to_array
+    from .image_files import read_plain_image
 
-    image = read_image_file(path)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, _decoding(path):
         warnings.simplefilter("always")
-        try:
-            array = pil_to_array(image, name=str(path))
-        except (ValueError, TypeError) as err:
-            raise InputFailed(one_line(err).replace(f"`{path}`", str(path))) from err
+        image = read_plain_image(path)
     if warn:
         for warning in caught:
             print(f"neurop-diff: warning: {str(warning.message).replace(f'`{path}`', str(path))}", file=sys.stderr)
-    return array, image.mode in HIGH_BIT_DEPTH_MODES
+    return image
+
+
+def file_identities(paths: Iterable[Path]) -> dict[tuple[int, int], Path]:
+    """``(device, inode) -> path`` of the files among ``paths`` that exist (symbolic links followed).
+
+    Args:
+        paths: the files.
+    """
+    identities = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        identities.setdefault((info.st_dev, info.st_ino), path)
+    return identities
+
+
+def check_not_an_input(src: Path, dst: Path, inputs: dict[tuple[int, int], Path]) -> None:
+    """Refuse an output that is one of the inputs: the same name, another path to it (``./a.png``, a symbolic link, a
+    hard link), or the file an input links to. Checked before any work: ``--overwrite`` would replace the input.
+
+    Args:
+        src: the input whose output ``dst`` is.
+        dst: the output file.
+        inputs: every input's [`file_identities`].
+
+    Raises:
+        InputFailed: naming the input.
+    """
+    try:
+        info = os.stat(dst)
+    except (OSError, ValueError):
+        return
+    other = inputs.get((info.st_dev, info.st_ino))
+    if other is None:
+        return
+    if (info.st_dev, info.st_ino) in file_identities([src]):
+        raise InputFailed(f"{src}: the output {dst} is this input itself (the same file); choose another output")
+    raise InputFailed(f"{src}: the output {dst} is the input {other} (the same file); choose another output")
 
 
 def probe_geo(path: Path) -> bool:
@@ -297,6 +353,7 @@ def prepare_job(
     """
     from .image_processing import resolve_output_size
 
+    check_not_an_input(src, dst, file_identities([src]))
     geo = probe_geo(src)
     if geo and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
@@ -312,9 +369,13 @@ def prepare_job(
             print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
         height, width = header.height, header.width
     else:
-        array, _ = read_image_array(src, warn=True)
-        height, width = array.shape[:2]
-        del array
+        from .image_files import output_losses
+
+        image = read_image_array(src, warn=True)
+        height, width = image.rgb.shape[:2]
+        for loss in output_losses(image, dst.suffix):
+            print(f"neurop-diff: warning: {src}: {loss} in {dst}", file=sys.stderr)
+        del image
     if size is not None and (size[0] < height or size[1] < width):
         raise InputFailed(
             f"{src}: --size {size[0]}x{size[1]} is smaller than the input {height}x{width} (height x width); "
@@ -362,8 +423,9 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
 def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs: dict[str, Any]) -> None:
     """Upscale one input and commit its output (atomically; never over a file that appeared meanwhile).
 
-    A georeferenced input is written by [`~neurop_diff_diffusers.geo.upscale_geotiff`]; a 16-bit greyscale input
-    written as PNG or TIFF gives a 16-bit greyscale output.
+    A georeferenced input is written by [`~neurop_diff_diffusers.geo.upscale_geotiff`]; a plain image by
+    [`~neurop_diff_diffusers.image_files.write_plain_image`] (grey stays grey, alpha upscaled with nearest, 16 bits
+    kept in PNG / TIFF, ICC profile copied).
 
     Args:
         pipe: the loaded pipeline ([`load_job_pipeline`]).
@@ -376,11 +438,12 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
         InputFailed: the input cannot be decoded any more.
         FileExistsError: the output exists and ``overwrite`` is off.
         OSError: the output cannot be written.
-        ValueError: the pipeline refuses the job.
+        ValueError: the pipeline refuses the job, or its output holds NaN / infinite values
+            ([`~neurop_diff_diffusers.image_processing.NonFiniteOutputError`]; nothing is written).
     """
-    import numpy as np
     import torch
-    from PIL import Image
+
+    from .image_files import write_plain_image
 
     src, dst, geo, out_size = job
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -389,11 +452,6 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
 
         upscale_geotiff(pipe, src, dst, output_size=out_size, overwrite=overwrite, generator=generator, **pipe_kwargs)
         return
-    array, high_bit_grey = read_image_array(src, warn=False)
-    sixteen_bit_out = high_bit_grey and dst.suffix.lower() in (".png", ".tif", ".tiff")
-    output_type = "np" if sixteen_bit_out else "pil"
-    result = pipe(array, output_size=out_size, generator=generator, output_type=output_type, **pipe_kwargs).images[0]
-    del array
-    if sixteen_bit_out:  # 16-bit grey in, 16-bit grey out (the mean of the model's three channels)
-        result = Image.fromarray(np.rint(result.mean(axis=-1) * 65535.0).astype(np.uint16))
-    save_image_atomic(result, dst, overwrite=overwrite)
+    image = read_image_array(src, warn=False)
+    result = pipe(image.rgb, output_size=out_size, generator=generator, output_type="np", **pipe_kwargs).images[0]
+    write_plain_image(result, image, dst, overwrite=overwrite)

@@ -21,6 +21,7 @@ from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
 from ..hub import make_hub_ready, push_folder_to_hub
 from ..image_processing import (
     ImageInput,
+    check_finite_output,
     check_output_type,
     postprocess_images,
     preprocess_images,
@@ -588,8 +589,11 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         return self._finish(sample[:, :, :out_h, :out_w], output_type, return_dict)
 
     def _finish(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
-        images = postprocess_images(sample, output_type)
-        self.maybe_free_model_hooks()
+        try:
+            check_finite_output(sample)  # NaN / inf would become a black or white image without a word
+            images = postprocess_images(sample, output_type)
+        finally:
+            self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
