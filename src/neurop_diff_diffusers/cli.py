@@ -204,6 +204,116 @@ def _check_batch_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--input-dir {args.input_dir} is not a folder")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise CLIError(f"--out-dir {args.out_dir} exists and is not a folder")
+    inputs, outputs = Path(args.input_dir).resolve(), args.out_dir.resolve()
+    if inputs == outputs:
+        raise CLIError(
+            f"--out-dir {args.out_dir} is --input-dir itself: its outputs would be read as inputs by the next run; "
+            "choose another --out-dir (a sub-folder works)"
+        )
+    if inputs.is_relative_to(outputs):
+        raise CLIError(
+            f"--input-dir {args.input_dir} lies inside --out-dir {args.out_dir}, whose files are never inputs; "
+            "choose another --out-dir"
+        )
+    from .batch import MANIFEST_NAME, check_glob, check_manifest
+
+    try:
+        check_glob(args.glob)
+        check_manifest(args.out_dir / MANIFEST_NAME)
+    except ValueError as err:
+        raise CLIError(one_line(err)) from err
+
+
+#: The ``upscale`` flags that change what a batch writes: the ``settings`` of each manifest record, flag names.
+_SETTING_FLAGS = {
+    "model": "--model",
+    "scale": "--scale",
+    "size": "--size",
+    "prior_only": "--prior-only",
+    "steps": "--steps",
+    "seed": "--seed",
+    "strength": "--strength",
+    "scheduler": "--scheduler",
+    "dtype": "--dtype",
+    "tile_size": "--tile-size",
+    "tile_overlap": "--tile-overlap",
+}
+
+
+def _batch_settings(args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> dict[str, Any]:
+    """What a batch's outputs depend on, recorded in each manifest line: a re-run with other settings must not keep
+    them as complete. A local ``--model`` is recorded as its absolute path; with ``--prior-only`` the sampler's
+    settings do not matter and are not recorded."""
+    model = args.model
+    if model is None:
+        model = "embedded"
+    elif os.path.exists(model):
+        model = str(Path(model).resolve())
+    settings = {"model": model, "scale": scale, "size": list(size) if size else None, "prior_only": args.prior_only}
+    if not args.prior_only:
+        settings.update(
+            steps=args.steps,
+            seed=args.seed,
+            strength=args.strength,
+            scheduler=args.scheduler,
+            dtype=args.dtype,
+            tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap,
+        )
+    return settings
+
+
+def _claim_out_dir(out_dir: Path, names: list[str], settings: dict[str, Any], overwrite: bool) -> int | None:
+    """Create and lock ``--out-dir`` for this run, and refuse outputs of earlier runs made with other settings.
+
+    Returns:
+        The lock's file descriptor (kept open for the run).
+
+    Raises:
+        CLIError: another run holds the folder, the manifest is not a regular file, or outputs of other settings
+            are there and ``overwrite`` is off.
+    """
+    from .batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts
+
+    manifest = out_dir / MANIFEST_NAME
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"--out-dir {out_dir}: cannot create it ({os_reason(err)})") from err
+    try:
+        check_manifest(manifest)
+        lock = lock_folder(out_dir)
+    except ValueError as err:
+        raise CLIError(one_line(err)) from err
+    if not overwrite:
+        count, key = settings_conflicts(manifest, names, settings)
+        if count:
+            if lock is not None:
+                os.close(lock)
+            what = f"another {_SETTING_FLAGS[key]}" if key in _SETTING_FLAGS else "settings that were not recorded"
+            raise CLIError(
+                f"--out-dir {out_dir} holds {count} output(s) of an earlier run with {what}; pass --overwrite to "
+                "redo them with these settings, or choose another --out-dir"
+            )
+    return lock
+
+
+def _on_main_process_first(work: Any) -> str | None:
+    """Run ``work()`` on the main process; every process gets its ``CLIError`` message (``None``: it succeeded)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    problem = [None]
+    if state.is_main_process:
+        try:
+            work()
+        except CLIError as err:
+            problem = [str(err)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(problem)
+    return problem[0]
 
 
 def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool) -> bool:
@@ -267,7 +377,37 @@ def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[i
 def _upscale_dir(
     args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None, sources: list[Path], device: str
 ) -> int:
-    """[`cmd_upscale_dir`] once the inputs and the device are known: the model in every process, then the files."""
+    """[`cmd_upscale_dir`] once the inputs and the device are known: the output folder claimed by the main process
+    (locked against a second run, its manifest and earlier settings checked), then the model in every process, then
+    the files."""
+    from accelerate import PartialState
+
+    out_dir = args.out_dir
+    settings = _batch_settings(args, scale, size)
+    names = [str(s) for s in sources]
+    held: list[int | None] = []  # the main process's lock, held until this run ends
+    problem = _on_main_process_first(lambda: held.append(_claim_out_dir(out_dir, names, settings, args.overwrite)))
+    if problem is not None:
+        if PartialState().is_main_process:
+            raise CLIError(problem)
+        return 2
+    try:
+        return _upscale_dir_locked(args, scale, size, sources, device, settings)
+    finally:
+        for handle in held:
+            if handle is not None:
+                os.close(handle)
+
+
+def _upscale_dir_locked(
+    args: argparse.Namespace,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    sources: list[Path],
+    device: str,
+    settings: dict[str, Any],
+) -> int:
+    """[`_upscale_dir`] once the output folder is locked and checked."""
     import time
 
     from accelerate import PartialState
@@ -275,7 +415,6 @@ def _upscale_dir(
     from .batch import MANIFEST_NAME, run_batch, stale_temporaries
 
     input_dir, out_dir = Path(args.input_dir), args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     manifest = out_dir / MANIFEST_NAME
     # in every process, before any file: a bad --model stops them all alike
     pipe = load_job_pipeline(args.model, device)
@@ -286,7 +425,14 @@ def _upscale_dir(
 
     def one(src: Path) -> dict[str, Any]:
         dst = output_path(src, scale, size, None, out_dir / src.parent.relative_to(input_dir))
-        record: dict[str, Any] = {"input": str(src), "output": str(dst), "size": None, "scale": scale, "seconds": 0.0}
+        record: dict[str, Any] = {
+            "input": str(src),
+            "output": str(dst),
+            "size": None,
+            "scale": scale,
+            "seconds": 0.0,
+            "settings": settings,
+        }
         start = time.perf_counter()
         try:
             check_input_file(src)
