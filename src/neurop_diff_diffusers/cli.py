@@ -40,6 +40,8 @@ from .upscale_job import (
 #: so that parsing the command line imports no torch; a test keeps them equal).
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 SCHEDULER_CHOICES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc")
+#: The largest ``--seed``: ``torch.Generator.manual_seed`` takes 64-bit unsigned seeds.
+_MAX_SEED = 2**64 - 1
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -51,8 +53,17 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def _check_flags(args: argparse.Namespace) -> None:
     """The numeric flags of ``upscale`` (torch-free, so that bad flags answer at once)."""
+    if args.max_pixels < 1:
+        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.scale is not None and not (math.isfinite(args.scale) and args.scale >= 1.0):
-        raise CLIError(f"--scale must be a finite number >= 1 (neurop-diff only upscales), got {args.scale}")
+        raise CLIError(f"--scale must be a finite number >= 1 (neurop-diff only upscales), got {args.scale:g}")
+    if args.scale is not None and args.scale > math.sqrt(args.max_pixels):
+        raise CLIError(
+            f"--scale must be in [1, {math.sqrt(args.max_pixels):.6g}]: a larger scale exceeds --max-pixels "
+            f"{args.max_pixels} even for a 1x1 input; got {args.scale:.6g}"
+        )
+    if not 0 <= args.seed <= _MAX_SEED:
+        raise CLIError(f"--seed must be an integer in [0, 2**64 - 1 = {_MAX_SEED}], got {args.seed}")
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
     if args.strength is not None and not (math.isfinite(args.strength) and 0.0 < args.strength <= 1.0):
@@ -65,8 +76,6 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError(
             f"--tile-overlap must be in [0, --tile-size / 2 = {args.tile_size // 2}], got {args.tile_overlap}"
         )
-    if args.max_pixels < 1:
-        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.output is not None and len(args.inputs) > 1:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
 
