@@ -84,7 +84,8 @@ def check_manifest(manifest: str | os.PathLike) -> None:
 
 def lock_folder(folder: str | os.PathLike) -> int | None:
     """Take the exclusive lock of an output folder (``LOCK_NAME`` in it), without waiting; keep the returned file
-    descriptor open for the whole run (the lock goes with it, also when the process is killed).
+    descriptor open for the whole run (the lock goes with it, also when the process is killed), then give it to
+    [`unlock_folder`].
 
     Args:
         folder: the output folder (it exists).
@@ -100,24 +101,49 @@ def lock_folder(folder: str | os.PathLike) -> int | None:
     except ImportError:  # pragma: no cover - Windows
         return None
     path = Path(folder) / LOCK_NAME
-    try:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    except OSError as err:
-        raise ValueError(f"{path}: cannot open the lock file of --out-dir ({err.strerror or err})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
-            raise ValueError(f"{path} is not a regular file: remove it")
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    for _ in range(5):  # the file may be removed by the run that held it between our open and our lock: retry
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as err:
+            raise ValueError(f"{path}: cannot open the lock file of --out-dir ({err.strerror or err})") from None
+        try:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise ValueError(f"{path} is not a regular file: remove it")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            raise ValueError(
+                f"another neurop-diff run is writing in --out-dir {folder} (it holds {path}); wait for it to end or "
+                "choose another --out-dir"
+            ) from None
+        except BaseException:
+            os.close(handle)
+            raise
+        try:
+            current = os.lstat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(handle)
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return handle
         os.close(handle)
-        raise ValueError(
-            f"another neurop-diff run is writing in --out-dir {folder} (it holds {path}); wait for it to end or "
-            "choose another --out-dir"
-        ) from None
-    except BaseException:
+    raise ValueError(f"{path}: the lock file keeps changing; is another run starting? Try again")
+
+
+def unlock_folder(folder: str | os.PathLike, handle: int | None) -> None:
+    """Release the lock taken by [`lock_folder`] and remove the lock file (while still holding it, so that a run
+    waiting on the old file notices and takes a new one).
+
+    Args:
+        folder: the output folder.
+        handle: what [`lock_folder`] returned.
+    """
+    if handle is None:
+        return
+    try:
+        Path(folder, LOCK_NAME).unlink(missing_ok=True)
+    finally:
         os.close(handle)
-        raise
-    return handle
 
 
 def settings_conflicts(

@@ -282,7 +282,7 @@ def _claim_out_dir(out_dir: Path, names: list[str], settings: dict[str, Any], ov
         CLIError: another run holds the folder, the manifest is not a regular file, or outputs of other settings
             are there and ``overwrite`` is off.
     """
-    from .batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts
+    from .batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts, unlock_folder
 
     manifest = out_dir / MANIFEST_NAME
     try:
@@ -297,8 +297,7 @@ def _claim_out_dir(out_dir: Path, names: list[str], settings: dict[str, Any], ov
     if not overwrite:
         count, key = settings_conflicts(manifest, names, settings)
         if count:
-            if lock is not None:
-                os.close(lock)
+            unlock_folder(out_dir, lock)
             what = f"another {_SETTING_FLAGS[key]}" if key in _SETTING_FLAGS else "settings that were not recorded"
             raise CLIError(
                 f"--out-dir {out_dir} holds {count} output(s) of an earlier run with {what}; pass --overwrite to "
@@ -403,9 +402,10 @@ def _upscale_dir(
     try:
         return _upscale_dir_locked(args, scale, size, sources, device, settings)
     finally:
+        from .batch import unlock_folder
+
         for handle in held:
-            if handle is not None:
-                os.close(handle)
+            unlock_folder(out_dir, handle)
 
 
 def _upscale_dir_locked(

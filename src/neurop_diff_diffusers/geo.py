@@ -143,7 +143,8 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
     """Read a raster window by window into ``[0, 1]`` float32 ``(bands, H, W)``, with its valid mask and profile.
 
     Invalid pixels are filled with their band's mean over the band's valid pixels; the stretch of a band is computed
-    over its valid pixels.
+    over its valid pixels. NaN / infinite values are invalid too (a ``UserWarning`` when no nodata value or mask
+    declares them; the output then masks them).
 
     Args:
         path (`str | os.PathLike`): a raster rasterio can read (GeoTIFF).
@@ -166,10 +167,21 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
             rasterio.enums.MaskFlags.per_dataset in flags or rasterio.enums.MaskFlags.nodata in flags
             for flags in src.mask_flag_enums
         )
+        undeclared = 0  # NaN / infinite pixels that no nodata value or mask marks invalid
         for window in _row_windows(height, width):
             rows = slice(window.row_off, window.row_off + window.height)
             unit[:, rows] = src.read(window=window, out_dtype="float32")  # one window at a time
-            band_valid[:, rows] = src.read_masks(window=window) > 0
+            masked = src.read_masks(window=window) > 0
+            band_valid[:, rows] = masked & np.isfinite(unit[:, rows])
+            undeclared += int(np.count_nonzero(masked & ~band_valid[:, rows]))
+        if undeclared:
+            warnings.warn(
+                f"`{path}` has {undeclared} NaN or infinite band values that no nodata value marks; they are treated "
+                "as nodata (masked in the output).",
+                UserWarning,
+                stacklevel=2,
+            )
+            has_mask = has_mask or src.nodata is None
         valid = band_valid.all(axis=0)
         if not band_valid.any():
             raise ValueError(f"`{path}` has no valid pixels (everything is nodata).")

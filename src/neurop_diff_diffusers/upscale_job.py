@@ -400,7 +400,13 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     if geo:
         from .geo import upscale_geotiff
 
-        upscale_geotiff(pipe, src, dst, output_size=out_size, overwrite=overwrite, generator=generator, **pipe_kwargs)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. undeclared NaN: one line each
+            warnings.simplefilter("always", UserWarning)
+            upscale_geotiff(
+                pipe, src, dst, output_size=out_size, overwrite=overwrite, generator=generator, **pipe_kwargs
+            )
+        for warning in caught:
+            print(f"neurop-diff: warning: {str(warning.message).replace(f'`{src}`', str(src))}", file=sys.stderr)
         return
     array, high_bit_grey = read_image_array(src, warn=False)
     sixteen_bit_out = high_bit_grey and dst.suffix.lower() in (".png", ".tif", ".tiff")
