@@ -253,9 +253,18 @@ def test_a_rerun_with_other_settings_is_refused_unless_overwrite(scenes, tmp_pat
         err = _one_line(capsys)
         assert f"holds 1 output(s) of an earlier run with another {changed[0]}" in err and "--overwrite" in err
         assert _outputs(out) == first
+    # a scale that gives the same file name is another setting; one that gives another name writes beside it
+    argv = [*FAST[:2], "--scale", "2.0000001", *FAST[4:]]
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *argv) == 2
+    assert "with another --scale" in _one_line(capsys)
+    argv = [*FAST[:2], "--scale", "3", *FAST[4:]]
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *argv) == 0
+    assert sorted(_outputs(out)) == ["s0_x2.png", "s0_x3.png"] and _outputs(out)["s0_x2.png"] == first["s0_x2.png"]
+    capsys.readouterr()
     # the same settings resume; --overwrite redoes with the new ones and records them
     assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 0
     assert _manifest(out)[0]["resumed"]
+    first = _outputs(out)
     assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST, "--seed", "1",
                 "--overwrite") == 0  # fmt: skip
     assert _outputs(out) != first and _manifest(out)[0]["settings"]["seed"] == 1

@@ -147,14 +147,14 @@ def unlock_folder(folder: str | os.PathLike, handle: int | None) -> None:
 
 
 def settings_conflicts(
-    manifest: str | os.PathLike, names: Sequence[str], settings: dict[str, Any]
+    manifest: str | os.PathLike, planned: dict[str, str], settings: dict[str, Any]
 ) -> tuple[int, str | None]:
-    """The inputs of ``names`` whose output an earlier run made with other ``settings`` (recorded in the manifest)
-    and which still exists: they must not be kept as complete.
+    """The outputs that this run would write and that an earlier run made with other ``settings`` (recorded in the
+    manifest) and which still exist: they must not be kept as complete.
 
     Args:
         manifest: the manifest file.
-        names: the ``input`` names of this run.
+        planned: this run's ``input`` name -> its output file.
         settings: this run's settings (the ``settings`` of each record).
 
     Returns:
@@ -163,11 +163,11 @@ def settings_conflicts(
     """
     latest = read_manifest(manifest)
     count, key = 0, None
-    for name in names:
+    for name, output in planned.items():
         record = latest.get(name)
         if record is None or record.get("status") != "ok" or record.get("settings") == settings:
             continue
-        if not isinstance(record.get("output"), str) or not os.path.lexists(record["output"]):
+        if record.get("output") != output or not os.path.lexists(output):
             continue
         count += 1
         old = record.get("settings")

@@ -272,8 +272,14 @@ def _batch_settings(args: argparse.Namespace, scale: float | None, size: tuple[i
     return settings
 
 
-def _claim_out_dir(out_dir: Path, names: list[str], settings: dict[str, Any], overwrite: bool) -> int | None:
+def _claim_out_dir(out_dir: Path, planned: dict[str, str], settings: dict[str, Any], overwrite: bool) -> int | None:
     """Create and lock ``--out-dir`` for this run, and refuse outputs of earlier runs made with other settings.
+
+    Args:
+        out_dir: the output folder.
+        planned: each input's manifest name -> its output file.
+        settings: this run's [`_batch_settings`].
+        overwrite: ``--overwrite`` (every output is redone: earlier settings do not matter).
 
     Returns:
         The lock's file descriptor (kept open for the run).
@@ -295,7 +301,7 @@ def _claim_out_dir(out_dir: Path, names: list[str], settings: dict[str, Any], ov
     except ValueError as err:
         raise CLIError(one_line(err)) from err
     if not overwrite:
-        count, key = settings_conflicts(manifest, names, settings)
+        count, key = settings_conflicts(manifest, planned, settings)
         if count:
             unlock_folder(out_dir, lock)
             what = f"another {_SETTING_FLAGS[key]}" if key in _SETTING_FLAGS else "settings that were not recorded"
@@ -304,6 +310,11 @@ def _claim_out_dir(out_dir: Path, names: list[str], settings: dict[str, Any], ov
                 "redo them with these settings, or choose another --out-dir"
             )
     return lock
+
+
+def _batch_output(src: Path, args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> Path:
+    """Where a batch writes the output of ``src``: its single-file name, in the mirrored sub-folder of --out-dir."""
+    return output_path(src, scale, size, None, args.out_dir / src.parent.relative_to(Path(args.input_dir)))
 
 
 def _on_main_process_first(work: Any) -> str | None:
@@ -392,9 +403,9 @@ def _upscale_dir(
 
     out_dir = args.out_dir
     settings = _batch_settings(args, scale, size)
-    names = [str(s) for s in sources]
+    planned = {str(src): str(_batch_output(src, args, scale, size)) for src in sources}
     held: list[int | None] = []  # the main process's lock, held until this run ends
-    problem = _on_main_process_first(lambda: held.append(_claim_out_dir(out_dir, names, settings, args.overwrite)))
+    problem = _on_main_process_first(lambda: held.append(_claim_out_dir(out_dir, planned, settings, args.overwrite)))
     if problem is not None:
         if PartialState().is_main_process:
             raise CLIError(problem)
@@ -423,8 +434,7 @@ def _upscale_dir_locked(
 
     from .batch import MANIFEST_NAME, run_batch, stale_temporaries
 
-    input_dir, out_dir = Path(args.input_dir), args.out_dir
-    manifest = out_dir / MANIFEST_NAME
+    manifest = args.out_dir / MANIFEST_NAME
     # in every process, before any file: a bad --model stops them all alike
     pipe = load_job_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=True)
@@ -433,7 +443,7 @@ def _upscale_dir_locked(
     common = _pipe_kwargs(args)
 
     def one(src: Path) -> dict[str, Any]:
-        dst = output_path(src, scale, size, None, out_dir / src.parent.relative_to(input_dir))
+        dst = _batch_output(src, args, scale, size)
         record: dict[str, Any] = {
             "input": str(src),
             "output": str(dst),
