@@ -33,6 +33,7 @@ _EXPORTS = {
     "has_default_model": "loading",
     "load_default_pipeline": "loading",
     "load_pipeline": "loading",
+    "check_pipeline_folder": "loading",
     "make_hub_ready": "hub",
     "NonFiniteOutputError": "image_processing",
     "check_scale": "image_processing",

@@ -42,6 +42,8 @@ from .upscale_job import (
 #: so that parsing the command line imports no torch; a test keeps them equal).
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 SCHEDULER_CHOICES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc")
+#: The largest ``--seed``: ``torch.Generator.manual_seed`` takes 64-bit unsigned seeds.
+_MAX_SEED = 2**64 - 1
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -53,8 +55,17 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def _check_flags(args: argparse.Namespace) -> None:
     """The numeric flags of ``upscale`` (torch-free, so that bad flags answer at once)."""
+    if args.max_pixels < 1:
+        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.scale is not None and not (math.isfinite(args.scale) and args.scale >= 1.0):
-        raise CLIError(f"--scale must be a finite number >= 1 (neurop-diff only upscales), got {args.scale}")
+        raise CLIError(f"--scale must be a finite number >= 1 (neurop-diff only upscales), got {args.scale:g}")
+    if args.scale is not None and args.scale > math.sqrt(args.max_pixels):
+        raise CLIError(
+            f"--scale must be in [1, {math.sqrt(args.max_pixels):.6g}]: a larger scale exceeds --max-pixels "
+            f"{args.max_pixels} even for a 1x1 input; got {args.scale:.6g}"
+        )
+    if not 0 <= args.seed <= _MAX_SEED:
+        raise CLIError(f"--seed must be an integer in [0, 2**64 - 1 = {_MAX_SEED}], got {args.seed}")
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
     if args.strength is not None and not (math.isfinite(args.strength) and 0.0 < args.strength <= 1.0):
@@ -67,8 +78,6 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError(
             f"--tile-overlap must be in [0, --tile-size / 2 = {args.tile_size // 2}], got {args.tile_overlap}"
         )
-    if args.max_pixels < 1:
-        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.output is not None and len(args.inputs) > 1:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
 
@@ -208,6 +217,126 @@ def _check_batch_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--input-dir {args.input_dir} is not a folder")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise CLIError(f"--out-dir {args.out_dir} exists and is not a folder")
+    inputs, outputs = Path(args.input_dir).resolve(), args.out_dir.resolve()
+    if inputs == outputs:
+        raise CLIError(
+            f"--out-dir {args.out_dir} is --input-dir itself: its outputs would be read as inputs by the next run; "
+            "choose another --out-dir (a sub-folder works)"
+        )
+    if inputs.is_relative_to(outputs):
+        raise CLIError(
+            f"--input-dir {args.input_dir} lies inside --out-dir {args.out_dir}, whose files are never inputs; "
+            "choose another --out-dir"
+        )
+    from .batch import MANIFEST_NAME, check_glob, check_manifest
+
+    try:
+        check_glob(args.glob)
+        check_manifest(args.out_dir / MANIFEST_NAME)
+    except ValueError as err:
+        raise CLIError(one_line(err)) from err
+
+
+#: The ``upscale`` flags that change what a batch writes: the ``settings`` of each manifest record, flag names.
+_SETTING_FLAGS = {
+    "model": "--model",
+    "scale": "--scale",
+    "size": "--size",
+    "prior_only": "--prior-only",
+    "steps": "--steps",
+    "seed": "--seed",
+    "strength": "--strength",
+    "scheduler": "--scheduler",
+    "dtype": "--dtype",
+    "tile_size": "--tile-size",
+    "tile_overlap": "--tile-overlap",
+}
+
+
+def _batch_settings(args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> dict[str, Any]:
+    """What a batch's outputs depend on, recorded in each manifest line: a re-run with other settings must not keep
+    them as complete. A local ``--model`` is recorded as its absolute path; with ``--prior-only`` the sampler's
+    settings do not matter and are not recorded."""
+    model = args.model
+    if model is None:
+        model = "embedded"
+    elif os.path.exists(model):
+        model = str(Path(model).resolve())
+    settings = {"model": model, "scale": scale, "size": list(size) if size else None, "prior_only": args.prior_only}
+    if not args.prior_only:
+        settings.update(
+            steps=args.steps,
+            seed=args.seed,
+            strength=args.strength,
+            scheduler=args.scheduler,
+            dtype=args.dtype,
+            tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap,
+        )
+    return settings
+
+
+def _claim_out_dir(out_dir: Path, planned: dict[str, str], settings: dict[str, Any], overwrite: bool) -> int | None:
+    """Create and lock ``--out-dir`` for this run, and refuse outputs of earlier runs made with other settings.
+
+    Args:
+        out_dir: the output folder.
+        planned: each input's manifest name -> its output file.
+        settings: this run's [`_batch_settings`].
+        overwrite: ``--overwrite`` (every output is redone: earlier settings do not matter).
+
+    Returns:
+        The lock's file descriptor (kept open for the run).
+
+    Raises:
+        CLIError: another run holds the folder, the manifest is not a regular file, or outputs of other settings
+            are there and ``overwrite`` is off.
+    """
+    from .batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts, unlock_folder
+
+    manifest = out_dir / MANIFEST_NAME
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"--out-dir {out_dir}: cannot create it ({os_reason(err)})") from err
+    try:
+        check_manifest(manifest)
+        lock = lock_folder(out_dir)
+    except ValueError as err:
+        raise CLIError(one_line(err)) from err
+    if not overwrite:
+        count, key = settings_conflicts(manifest, planned, settings)
+        if count:
+            unlock_folder(out_dir, lock)
+            what = f"another {_SETTING_FLAGS[key]}" if key in _SETTING_FLAGS else "settings that were not recorded"
+            raise CLIError(
+                f"--out-dir {out_dir} holds {count} output(s) of an earlier run with {what}; pass --overwrite to "
+                "redo them with these settings, or choose another --out-dir"
+            )
+    return lock
+
+
+def _batch_output(src: Path, args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> Path:
+    """Where a batch writes the output of ``src``: its single-file name, in the mirrored sub-folder of --out-dir."""
+    return output_path(src, scale, size, None, args.out_dir / src.parent.relative_to(Path(args.input_dir)))
+
+
+def _on_main_process_first(work: Any) -> str | None:
+    """Run ``work()`` on the main process; every process gets its ``CLIError`` message (``None``: it succeeded)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    problem = [None]
+    if state.is_main_process:
+        try:
+            work()
+        except CLIError as err:
+            problem = [str(err)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(problem)
+    return problem[0]
 
 
 def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool) -> bool:
@@ -271,16 +400,45 @@ def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[i
 def _upscale_dir(
     args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None, sources: list[Path], device: str
 ) -> int:
-    """[`cmd_upscale_dir`] once the inputs and the device are known: the model in every process, then the files."""
+    """[`cmd_upscale_dir`] once the inputs and the device are known: the output folder claimed by the main process
+    (locked against a second run, its manifest and earlier settings checked), then the model in every process, then
+    the files."""
+    from accelerate import PartialState
+
+    out_dir = args.out_dir
+    settings = _batch_settings(args, scale, size)
+    planned = {str(src): str(_batch_output(src, args, scale, size)) for src in sources}
+    held: list[int | None] = []  # the main process's lock, held until this run ends
+    problem = _on_main_process_first(lambda: held.append(_claim_out_dir(out_dir, planned, settings, args.overwrite)))
+    if problem is not None:
+        if PartialState().is_main_process:
+            raise CLIError(problem)
+        return 2
+    try:
+        return _upscale_dir_locked(args, scale, size, sources, device, settings)
+    finally:
+        from .batch import unlock_folder
+
+        for handle in held:
+            unlock_folder(out_dir, handle)
+
+
+def _upscale_dir_locked(
+    args: argparse.Namespace,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    sources: list[Path],
+    device: str,
+    settings: dict[str, Any],
+) -> int:
+    """[`_upscale_dir`] once the output folder is locked and checked."""
     import time
 
     from accelerate import PartialState
 
     from .batch import MANIFEST_NAME, run_batch, stale_temporaries
 
-    input_dir, out_dir = Path(args.input_dir), args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST_NAME
+    manifest = args.out_dir / MANIFEST_NAME
     # in every process, before any file: a bad --model stops them all alike
     pipe = load_job_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=True)
@@ -291,8 +449,15 @@ def _upscale_dir(
     inputs = file_identities(sources)
 
     def one(src: Path) -> dict[str, Any]:
-        dst = output_path(src, scale, size, None, out_dir / src.parent.relative_to(input_dir))
-        record: dict[str, Any] = {"input": str(src), "output": str(dst), "size": None, "scale": scale, "seconds": 0.0}
+        dst = _batch_output(src, args, scale, size)
+        record: dict[str, Any] = {
+            "input": str(src),
+            "output": str(dst),
+            "size": None,
+            "scale": scale,
+            "seconds": 0.0,
+            "settings": settings,
+        }
         start = time.perf_counter()
         try:
             check_input_file(src)

@@ -86,6 +86,8 @@ DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0)
 #: Largest scale of the training distribution (docs/method.md section 1: `s ~ U(1, 8]`).
 MAX_IN_DISTRIBUTION_SCALE = 8.0
 _MIN_RESOLUTION = 16
+#: Smallest LR side of the protocol (the antialiased bicubic degradation needs 2 px).
+_MIN_LR_SIDE = 2
 _BICUBIC_DESCRIPTION = (
     "bicubic_prior: torch.nn.functional.interpolate(mode='bicubic', align_corners=False, a=-0.75) of the LR to the "
     "HR size, clamped; the same upsampling that conditions the SR3 baseline"
@@ -185,6 +187,13 @@ def check_settings(
 
 def _check_resolution(resolution: Any, scales: list[float], protocol: str) -> int:
     resolution = _check_int(resolution, "resolution", _MIN_RESOLUTION)
+    lr_side = math.floor(resolution / max(scales) + 0.5)  # data.degraded_size, before its floor of 1 px
+    if lr_side < _MIN_LR_SIDE:
+        raise ValueError(
+            f"`scales` up to {max(scales):g} degrade the {resolution} px HR to an LR of {lr_side} px; the LR needs at "
+            f"least {_MIN_LR_SIDE} px a side: at `resolution`={resolution} use scales of at most "
+            f"{resolution / (_MIN_LR_SIDE - 0.5):g}, or a larger resolution."
+        )
     shave = math.ceil(max(scales)) if protocol == "y" else 0
     if resolution - 2 * shave <= 11:
         raise ValueError(

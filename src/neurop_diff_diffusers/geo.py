@@ -155,7 +155,8 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
     """Read a raster window by window into ``[0, 1]`` float32 ``(bands, H, W)``, with its valid mask and profile.
 
     Invalid pixels are filled with their band's mean over the band's valid pixels; the stretch of a band is computed
-    over its valid pixels.
+    over its valid pixels. NaN / infinite values are invalid too (a ``UserWarning`` when no nodata value or mask
+    declares them; the output then masks them).
 
     Args:
         path (`str | os.PathLike`): a raster rasterio can read (GeoTIFF).
@@ -183,6 +184,7 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         # 32 / 64-bit types: read natively, range and stretch in float64, then float32 (a second read)
         wide = src.dtypes[0] in WIDE_DTYPES
         lows, highs = np.full(bands, np.inf), np.full(bands, -np.inf)
+        undeclared = 0  # NaN / infinite pixels that no nodata value or mask marks invalid
         for window in _row_windows(height, width):
             rows = slice(window.row_off, window.row_off + window.height)
             if table is not None:
@@ -190,12 +192,26 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
                 ok = band_valid[:, rows] = np.repeat(src.read_masks(1, window=window)[None] > 0, 3, axis=0)
             else:
                 values = src.read(window=window) if wide else src.read(window=window, out_dtype="float32")
-                ok = band_valid[:, rows] = src.read_masks(window=window) > 0
+                masked = src.read_masks(window=window) > 0
+                if np.issubdtype(values.dtype, np.floating):
+                    ok = masked & np.isfinite(values)
+                    undeclared += int(np.count_nonzero(masked & ~ok))
+                else:
+                    ok = masked
+                band_valid[:, rows] = ok
             for b in np.flatnonzero(ok.reshape(bands, -1).any(axis=1)):
                 lows[b] = min(lows[b], float(values[b][ok[b]].min()))
                 highs[b] = max(highs[b], float(values[b][ok[b]].max()))
             if not wide:
                 unit[:, rows] = values  # one window at a time
+        if undeclared:
+            warnings.warn(
+                f"`{path}` has {undeclared} NaN or infinite band values that no nodata value marks; they are treated "
+                "as nodata (masked in the output).",
+                UserWarning,
+                stacklevel=2,
+            )
+            has_mask = has_mask or src.nodata is None
         valid = band_valid.all(axis=0)
         if not band_valid.any():
             raise ValueError(f"`{path}` has no valid pixels (everything is nodata).")

@@ -151,13 +151,42 @@ def check_input_file(path: Path) -> None:
         raise InputFailed(f"{path}: empty file")
 
 
+#: Characters that the temporary file of an atomic write adds to the output's name (``.<stem>.XXXXXXXX<suffix>``).
+_TEMPORARY_NAME_EXTRA = 10
+
+
+def check_output_name(path: Path) -> None:
+    """Refuse an output whose name (or its temporary name) is longer than the file system allows (255 bytes on most).
+
+    Args:
+        path: the output file.
+
+    Raises:
+        InputFailed: naming the length and the limit.
+    """
+    folder = path.absolute().parent
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):
+        limit = 255
+    limit -= _TEMPORARY_NAME_EXTRA
+    length = len(os.fsencode(path.name))
+    if length > limit:
+        raise InputFailed(
+            f"{path.name[:40]}...{path.suffix}: the output name is {length} bytes long; this file system allows "
+            f"{limit} (with the temporary name of the write): rename the input (or give a shorter -o)"
+        )
+
+
 def check_output_location(path: Path, overwrite: bool) -> None:
     """Refuse, with one line naming ``path``, an output that could not be written; nothing is created.
 
     The output must not be a folder, must not exist unless ``overwrite``, and its folder must exist as a writable
     folder or be creatable (the nearest existing folder above it is writable, no file stands where a folder is
-    needed). Writability is probed by creating and removing a temporary file, which also catches read-only and
-    special file systems (``/sys``, ``/proc``).
+    needed), and its name must fit the file system ([`check_output_name`]). Writability is probed by creating and
+    removing a temporary file, which also catches read-only and special file systems (``/sys``, ``/proc``).
 
     Args:
         path: the output file.
@@ -166,6 +195,7 @@ def check_output_location(path: Path, overwrite: bool) -> None:
     Raises:
         InputFailed: with the reason.
     """
+    check_output_name(path)
     if path.is_dir():
         raise InputFailed(f"{path}: the output is a directory; give a file name or use --out-dir")
     if os.path.lexists(path) and not overwrite:
@@ -414,8 +444,8 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
 
     try:
         pipe = load_pipeline(spec, device=device)
-    except (FileNotFoundError, OSError, ValueError) as err:
-        raise CLIError(one_line(err)) from err
+    except (FileNotFoundError, OSError, ValueError, TypeError) as err:
+        raise CLIError(one_line(err).replace("`pipeline`", "--model")) from err
     pipe.set_progress_bar_config(disable=False, leave=False)
     return pipe
 
@@ -450,7 +480,13 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     if geo:
         from .geo import upscale_geotiff
 
-        upscale_geotiff(pipe, src, dst, output_size=out_size, overwrite=overwrite, generator=generator, **pipe_kwargs)
+        with warnings.catch_warnings(record=True) as caught:  # e.g. undeclared NaN: one line each
+            warnings.simplefilter("always", UserWarning)
+            upscale_geotiff(
+                pipe, src, dst, output_size=out_size, overwrite=overwrite, generator=generator, **pipe_kwargs
+            )
+        for warning in caught:
+            print(f"neurop-diff: warning: {str(warning.message).replace(f'`{src}`', str(src))}", file=sys.stderr)
         return
     image = read_image_array(src, warn=False)
     result = pipe(image.rgb, output_size=out_size, generator=generator, output_type="np", **pipe_kwargs).images[0]

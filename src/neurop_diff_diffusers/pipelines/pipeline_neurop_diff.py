@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import numbers
 import os
 import shutil
 import tempfile
@@ -102,6 +103,49 @@ def unet_downsampling_factor(unet: Any) -> int:
     return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
+def check_generator(generator: Any, batch_size: int) -> None:
+    """Validate a pipeline call's ``generator``: ``None``, a ``torch.Generator`` or a list of one per image.
+
+    Args:
+        generator (`Any`): the value to check.
+        batch_size (`int`): the number of images.
+
+    Raises:
+        TypeError: for anything else (e.g. an int seed: pass ``torch.Generator().manual_seed(seed)``).
+        ValueError: for a list whose length is not ``batch_size``.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(f"`generator` is a list of {len(generator)}; it must have one per image ({batch_size}).")
+        return
+    raise TypeError(
+        "`generator` must be a torch.Generator, a list of them (one per image) or None, got "
+        f"{type(generator).__name__}; for a seed pass torch.Generator().manual_seed(seed)."
+    )
+
+
+def _callback_tensor(outputs: Any, name: str, current: torch.Tensor) -> torch.Tensor:
+    """The tensor ``name`` that a step callback returned (``current`` if it returned none), checked: a dict of
+    tensors of the shape, dtype and device of the ones it replaces."""
+    if outputs is None:
+        return current
+    if not isinstance(outputs, dict):
+        raise TypeError(f"`callback_on_step_end` must return a dict of tensors or None, got {type(outputs).__name__}.")
+    if name not in outputs:
+        return current
+    value = outputs[name]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`callback_on_step_end` returned {name!r} as a {type(value).__name__}, not a tensor.")
+    if value.shape != current.shape or value.device != current.device or not value.is_floating_point():
+        raise ValueError(
+            f"`callback_on_step_end` returned {name!r} of shape {tuple(value.shape)} on {value.device}; it must "
+            f"keep shape {tuple(current.shape)} on {current.device}, floating point."
+        )
+    return value.to(current.dtype)
+
+
 class NeurOpDiffPipeline(DiffusionPipeline):
     r"""Continuous-scale super-resolution with NeurOp-Diff.
 
@@ -167,10 +211,16 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         default_eta: float = 0.0,
     ):
         super().__init__()
+        in_channels, out_channels = unet.config.get("in_channels"), unet.config.get("out_channels")
+        if out_channels != 3 or in_channels != 6:
+            raise ValueError(
+                f"`unet` takes {in_channels} input and {out_channels} output channels; a NeurOp-Diff UNet takes the "
+                "noisy image and the prior (6 channels) and predicts RGB (3): this is not a NeurOp-Diff UNet."
+            )
         own_aligned_weights(unet)
         own_aligned_weights(neural_operator)
         self.register_modules(unet=unet, neural_operator=neural_operator, scheduler=scheduler)
-        if isinstance(default_strength, bool) or not isinstance(default_strength, (int, float)):
+        if isinstance(default_strength, bool) or not isinstance(default_strength, numbers.Real):
             raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool, got {residual!r}.")
@@ -360,7 +410,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
     def check_inputs(
         num_inference_steps: int,
         eta: float,
-        max_output_pixels: int,
+        max_output_pixels: int | None,
         output_size: tuple[int, int],
         num_train_timesteps: int,
         callback_on_step_end_tensor_inputs: list[str],
@@ -374,7 +424,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         Args:
             num_inference_steps (`int`): denoising steps, in ``[1, num_train_timesteps]``.
             eta (`float`): DDIM's eta, in ``[0, 1]``.
-            max_output_pixels (`int`): pixel budget of one output image.
+            max_output_pixels (`int` or `None`): pixel budget of one output image (``None``: no limit).
             output_size (`tuple[int, int]`): ``(height, width)`` of the output.
             num_train_timesteps (`int`): the scheduler's number of training timesteps.
             callback_on_step_end_tensor_inputs (`list[str]`): the tensors asked for by the step callback.
@@ -385,13 +435,18 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 multiple of it.
 
         Raises:
-            TypeError: if ``num_inference_steps`` is not an int.
+            TypeError: if ``num_inference_steps`` is not an integer, or ``max_output_pixels`` neither an integer nor
+                ``None``.
             ValueError: if ``tile_size``, ``tile_overlap``, ``num_inference_steps`` or ``eta`` is out of range, the
                 output exceeds ``max_output_pixels``, or ``callback_on_step_end_tensor_inputs`` names a tensor not in
                 ``allowed_tensor_inputs``.
         """
         if tile_size is not None:
-            if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < downsampling_factor:
+            if (
+                isinstance(tile_size, bool)
+                or not isinstance(tile_size, numbers.Integral)
+                or tile_size < downsampling_factor
+            ):
                 raise ValueError(f"`tile_size` must be an int >= {downsampling_factor} or None, got {tile_size!r}.")
             if tile_size % downsampling_factor:
                 raise ValueError(
@@ -400,19 +455,28 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 )
             if (
                 isinstance(tile_overlap, bool)
-                or not isinstance(tile_overlap, int)
+                or not isinstance(tile_overlap, numbers.Integral)
                 or not 0 <= tile_overlap <= tile_size // 2
             ):
                 raise ValueError(f"`tile_overlap` must be an int in [0, {tile_size // 2}], got {tile_overlap!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral):
             raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
         if not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
                 f"`num_inference_steps` must be in [1, {num_train_timesteps}], got {num_inference_steps}."
             )
         check_eta(eta)
+        if max_output_pixels is not None and (
+            isinstance(max_output_pixels, bool) or not isinstance(max_output_pixels, numbers.Integral)
+        ):
+            raise TypeError(
+                "`max_output_pixels` must be a positive int or None (no limit), got "
+                f"{type(max_output_pixels).__name__}."
+            )
+        if max_output_pixels is not None and max_output_pixels < 1:
+            raise ValueError(f"`max_output_pixels` must be >= 1 or None (no limit), got {max_output_pixels}.")
         h, w = output_size
-        if h * w > max_output_pixels:
+        if max_output_pixels is not None and h * w > max_output_pixels:
             raise ValueError(
                 f"The output of {h}x{w} = {h * w} pixels exceeds the pixel budget `max_output_pixels` = "
                 f"{max_output_pixels}; pass a larger `max_output_pixels=` to the pipeline call to allow it."
@@ -435,7 +499,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[["NeurOpDiffPipeline", int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         chunk_size: int | None = None,
-        max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+        max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS,
         recompute_prior_every_step: bool = False,
         tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int | None = None,
@@ -468,8 +532,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 (``"latents"``, ``"prior"``); ``None``: ``["latents"]``.
             chunk_size (`int`, *optional*): output pixels per chunk of the streamed neural operator (``None``: its
                 default).
-            max_output_pixels (`int`, defaults to `DEFAULT_MAX_OUTPUT_PIXELS`): pixel budget of one output image;
-                larger requests are refused before any work.
+            max_output_pixels (`int` or `None`, defaults to `DEFAULT_MAX_OUTPUT_PIXELS`): pixel budget of one output
+                image; larger requests are refused before any work. ``None``: no limit (the sides are still at most
+                [`~image_processing.MAX_OUTPUT_SIDE`]).
             recompute_prior_every_step (`bool`, defaults to `False`): recompute the prior at every step, as the
                 authors' code does (slower, same result).
             tile_size (`int` or `None`, defaults to `DEFAULT_TILE_SIZE`): outputs larger than this on a side are
@@ -515,7 +580,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         )
         # 1. Validate everything before any work.
         if tile_overlap is None:
-            tile_overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 4) if isinstance(tile_size, int) else 0
+            tile_overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 4) if isinstance(tile_size, numbers.Integral) else 0
         if eta is None:
             eta = self.config.get("default_eta", 0.0)
         lr = preprocess_images(image)
@@ -536,8 +601,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         device = self._execution_device
         batch_size = lr.shape[0]
         strength = check_strength(self.config.get("default_strength", 1.0) if strength is None else strength)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` is a list of {len(generator)}; it must have one per image ({batch_size}).")
+        check_generator(generator, batch_size)
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
+        num_inference_steps = int(num_inference_steps)
+        if tile_size is not None:
+            tile_size, tile_overlap = int(tile_size), int(tile_overlap)
 
         # 2. The prior, once, at the HR size.
         lr = (lr * 2.0 - 1.0).to(device)
@@ -580,9 +649,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 if callback_on_step_end is not None:
                     local_tensors = {"latents": latents, "prior": prior}
                     callback_kwargs = {k: local_tensors[k] for k in tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                    latents = callback_outputs.pop("latents", latents)
-                    prior = callback_outputs.pop("prior", prior)
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = _callback_tensor(callback_outputs, "latents", latents)
+                    prior = _callback_tensor(callback_outputs, "prior", prior)
 
         # 6. Add the prior back (residual diffusion), crop and convert.
         sample = latents + prior if self.residual else latents
