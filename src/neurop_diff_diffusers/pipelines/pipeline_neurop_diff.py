@@ -503,7 +503,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 images whose antialiased-bicubic downsampling is the input
                 ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off.
                 About 10 bring the output's downsampling to within a hundredth of a level of the input (see the
-                README, "Can I trust the detail?").
+                README, "Can I trust the detail?"). Ignored with ``prior_only``.
 
         Returns:
             [`~pipelines.uncertainty.NeurOpDiffPipelineOutput`] or `tuple`: the output with ``.images`` in the
