@@ -7,6 +7,8 @@ output back-projected onto the LR for each `--back_projection` count (`data_cons
 output: what `pipe(..., data_consistency_steps=K)` does, up to the clamping of the unrounded sample). Each is scored
 on 8-bit levels: LR agreement (`lr_l1_255`: mean |downsampled output - LR| on 0..255, the training degradation),
 PSNR / SSIM, HF ratio, NIQE (when scikit-video is installed) and the trust metrics (`trust_metrics.trust_metrics`).
+With `--uncertainty N`: also `pipe(..., num_samples=N)` (same seed) and the Spearman correlation between its
+uncertainty map and its per-pixel error `mean_c |mean - HR|` (how well the map predicts the real error).
 
     python benchmarks/lr_agreement.py --data_dir ../shared/data/UCMerced_LandUse \\
         --images_from model_cards/ucmerced_val_21.txt --output lr_agreement.json     # ~15 min on 2 CPU cores
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--back_projection", type=int, nargs="+", default=[10], help="iteration counts to compare")
+    parser.add_argument("--uncertainty", type=int, default=None, help="samples of the uncertainty map (2-64)")
     parser.add_argument("--output", required=True, help="the JSON file written")
     return parser
 
@@ -62,6 +65,17 @@ def _score(x: torch.Tensor, lr: torch.Tensor, hr_unit: torch.Tensor, scale: floa
         "niqe": niqe(unit[0]) if with_niqe else None,
         **{k: trust[k] for k in ("spectral_angle", "synthesis", "improvement", "omission", "hallucination")},
     }
+
+
+def _uncertainty(pipe: Any, lr: torch.Tensor, hr: torch.Tensor, args: argparse.Namespace, name: str) -> dict:
+    from scipy.stats import spearmanr
+
+    generator = torch.Generator().manual_seed(image_seed(args.seed, name, args.scale))
+    out = pipe(to_uint8_levels(lr), output_size=tuple(hr.shape[-2:]), num_inference_steps=args.steps,
+               num_samples=args.uncertainty, generator=generator, output_type="pt")  # fmt: skip
+    error = (out.images[0] - (hr[0] + 1) / 2).abs().mean(0).flatten().numpy()
+    spread = out.uncertainty[0].flatten().numpy()
+    return {"spearman": float(spearmanr(spread, error).statistic), "mean": float(spread.mean())}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -92,9 +106,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         variants.update({f"pipeline+bp{k}": back_project(out, lr, k) for k in args.back_projection})
         row = {"image": file.name, "seconds": time.perf_counter() - start}
         row.update({name: _score(x, lr, hr_unit, args.scale, with_niqe) for name, x in variants.items()})
+        if args.uncertainty is not None:
+            row["uncertainty"] = _uncertainty(pipe, lr, hr, args, file.name)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    methods = [k for k in rows[0] if k not in ("image", "seconds")]
+    methods = [k for k in rows[0] if k not in ("image", "seconds", "uncertainty")]
     summary = {}
     for method in methods:
         summary[method] = {}
@@ -105,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for method, values in summary.items():
         cells = ["n/a" if v is None else f"{v:.4f}" for v in values.values()]
         print(f"| {method} | " + " | ".join(cells) + " |")
+    if args.uncertainty is not None:
+        rhos = [r["uncertainty"]["spearman"] for r in rows]
+        summary["uncertainty"] = {"spearman_mean": sum(rhos) / len(rhos), "spearman_min": min(rhos)}
+        print(f"uncertainty (N = {args.uncertainty}): Spearman with |mean - HR|: {summary['uncertainty']}")
     report = {"config": vars(args), "summary": summary, "per_image": rows}
     atomic_write_json(args.output, report)
     return report
