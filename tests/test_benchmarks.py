@@ -178,3 +178,25 @@ def test_training_speed_smoke(tmp_path):
     assert (tmp_path / "training_speed_stage1_tiny.json").is_file()
     with pytest.raises(ValueError, match="`steps` must exceed"):
         training_speed.main(["--steps", "3", "--skip", "5", "--output_dir", str(tmp_path / "x")])
+
+
+def test_lr_agreement_smoke(tmp_path, samples_dir):
+    lr_agreement = _load("lr_agreement")
+    images = tmp_path / "images.txt"
+    images.write_text("airplane30.png\nfreeway29.png\n")
+    out = tmp_path / "lr.json"
+    report = lr_agreement.main(
+        ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--images_from", str(images)]
+        + ["--resolution", "32", "--steps", "1", "--back_projection", "10", "--uncertainty", "2", "--output", str(out)]
+    )
+    data = json.loads(out.read_text())
+    assert [r["image"] for r in data["per_image"]] == ["airplane30.png", "freeway29.png"]
+    assert set(data["summary"]) == {"operator", "pipeline", "pipeline+bp10", "uncertainty"}
+    assert -1 <= data["summary"]["uncertainty"]["spearman_min"] <= data["summary"]["uncertainty"]["spearman_mean"] <= 1
+    assert all(r["uncertainty"]["mean"] > 0 for r in data["per_image"])
+    # back-projection brings the (random) tiny model's output to its LR
+    assert data["summary"]["pipeline+bp10"]["lr_l1_255"] < data["summary"]["pipeline"]["lr_l1_255"] / 5
+    assert report["summary"] == data["summary"]
+    with pytest.raises(ValueError, match="do not exist"):
+        images.write_text("missing.png\n")
+        lr_agreement.main(["--data_dir", str(samples_dir), "--images_from", str(images), "--output", str(out)])

@@ -50,6 +50,7 @@ _EXPORTS = {
     "parse_setting": "optimization",
     "DEFAULT_MAX_OUTPUT_PIXELS": "pipelines",
     "NeurOpDiffPipeline": "pipelines",
+    "NeurOpDiffPipelineOutput": "pipelines",
     "bicubic_prior": "pipelines",
     "DEFAULT_TILE_OVERLAP": "pipelines.tiling",
     "DEFAULT_TILE_SIZE": "pipelines.tiling",

@@ -80,6 +80,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         )
     if args.output is not None and len(args.inputs) > 1:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
+    if args.uncertainty is not None and not 2 <= args.uncertainty <= 64:
+        raise CLIError(f"--uncertainty must be a number of samples in [2, 64], got {args.uncertainty}")
+    if args.uncertainty is not None and args.prior_only:
+        raise CLIError("--uncertainty needs diffusion samples; it cannot go with --prior-only")
 
 
 def _check_device(device: str) -> str:
@@ -121,6 +125,7 @@ def _pipe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tile_size": args.tile_size,
         "tile_overlap": args.tile_overlap,
         "max_output_pixels": args.max_pixels,
+        **({"num_samples": args.uncertainty} if args.uncertainty is not None else {}),
     }
 
 
@@ -625,6 +630,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sampler (default: the model's own, DDIM for the embedded model)",
     )
     up.add_argument("--prior-only", action="store_true", help="the neural-operator prior alone (no diffusion)")
+    up.add_argument(
+        "--uncertainty",
+        type=int,
+        default=None,
+        metavar="N",
+        help="draw N seeded samples (2-64): write their mean as the output and their per-pixel spread as "
+        "<output without suffix>.uncertainty.tif (float32, one band, 0..1 scale); not for GeoTIFF inputs yet",
+    )
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     up.add_argument(
         "--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="denoise outputs larger than this in tiles"

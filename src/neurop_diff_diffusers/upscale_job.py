@@ -450,6 +450,20 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
     return pipe
 
 
+def uncertainty_path(dst: Path) -> Path:
+    """Where ``upscale --uncertainty N`` writes the map of the output ``dst``: ``<dst stem>.uncertainty.tif``.
+
+    Args:
+        dst: the output file.
+
+    Example:
+        >>> from pathlib import Path
+        >>> uncertainty_path(Path("out/scene_x4.png")).as_posix()
+        'out/scene_x4.uncertainty.tif'
+    """
+    return dst.with_name(f"{dst.stem}.uncertainty.tif")
+
+
 def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs: dict[str, Any]) -> None:
     """Upscale one input and commit its output (atomically; never over a file that appeared meanwhile).
 
@@ -462,7 +476,9 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
         job: the job from [`prepare_job`].
         seed: the seed of the noise (a CPU generator: the same output on any device).
         overwrite: whether an existing output may be replaced.
-        pipe_kwargs: the pipeline call's other keyword arguments (``num_inference_steps``, ``strength``, ...).
+        pipe_kwargs: the pipeline call's other keyword arguments (``num_inference_steps``, ``strength``, ...);
+            with ``num_samples`` the output is the samples' mean and their spread is written to
+            [`uncertainty_path`] as a float32 one-band TIFF (not for georeferenced inputs yet).
 
     Raises:
         InputFailed: the input cannot be decoded any more.
@@ -471,12 +487,19 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
         ValueError: the pipeline refuses the job, or its output holds NaN / infinite values
             ([`~neurop_diff_diffusers.image_processing.NonFiniteOutputError`]; nothing is written).
     """
+    import numpy as np
     import torch
+    from PIL import Image
 
     from .image_files import write_plain_image
 
     src, dst, geo, out_size = job
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    map_path = uncertainty_path(dst) if pipe_kwargs.get("num_samples") else None
+    if map_path is not None:
+        if geo:
+            raise InputFailed(f"{src}: --uncertainty is not supported for georeferenced inputs yet")
+        check_output_location(map_path, overwrite)
     if geo:
         from .geo import upscale_geotiff
 
@@ -489,5 +512,9 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
             print(f"neurop-diff: warning: {str(warning.message).replace(f'`{src}`', str(src))}", file=sys.stderr)
         return
     image = read_image_array(src, warn=False)
-    result = pipe(image.rgb, output_size=out_size, generator=generator, output_type="np", **pipe_kwargs).images[0]
-    write_plain_image(result, image, dst, overwrite=overwrite)
+    output = pipe(image.rgb, output_size=out_size, generator=generator, output_type="np", **pipe_kwargs)
+    if map_path is not None:  # the map first: an output is never left without the map it was asked with
+        save_image_atomic(
+            Image.fromarray(np.asarray(output.uncertainty[0], dtype=np.float32), mode="F"), map_path, overwrite
+        )
+    write_plain_image(output.images[0], image, dst, overwrite=overwrite)

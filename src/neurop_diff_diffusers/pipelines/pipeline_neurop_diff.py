@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..data_consistency import back_project, check_back_projection_steps
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
 from ..hub import make_hub_ready, push_folder_to_hub
 from ..image_processing import (
@@ -34,6 +35,7 @@ from ..image_processing import (
 from ..models import neural_operator as _neural_operator  # noqa: F401
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
+from .uncertainty import NeurOpDiffPipelineOutput, check_num_samples, reduce_samples, sample_generators
 
 #: Byte alignment of CPU weights that the pipeline guarantees (PyTorch's own CPU allocations are aligned to it).
 WEIGHT_ALIGNMENT = 64
@@ -505,7 +507,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         prior_only: bool = False,
         strength: float | None = None,
-    ) -> ImagePipelineOutput | tuple:
+        num_samples: int | None = None,
+        data_consistency_steps: int = 0,
+    ) -> NeurOpDiffPipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
         Args:
@@ -524,7 +528,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 noise (and DDPM's noise): same seed, same output.
             output_type (`str`, defaults to ``"pil"``): ``"pil"`` (list of PIL images), ``"np"`` (NHWC float in
                 ``[0, 1]``) or ``"pt"`` (NCHW).
-            return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] rather than a tuple.
+            return_dict (`bool`, defaults to `True`): return a [`NeurOpDiffPipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, *optional*): called as ``fn(pipe, step_index, timestep,
                 callback_kwargs)`` after each step; it may return a dict replacing tensors named in
                 ``callback_on_step_end_tensor_inputs``.
@@ -553,10 +557,24 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 runs only the last ``round(strength * num_inference_steps)`` steps: the "come closer, diffuse
                 faster" start of Chung et al. (CVPR 2022), faster, and forgiving to a denoiser that is weak at high
                 noise levels.
+            num_samples (`int`, *optional*): draw this many samples of each image (2 to 64; not in the paper) and
+                return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the standard deviation
+                over the samples on the ``[0, 1]`` scale, averaged over the channels, ``(B, H, W)``). Sample ``k`` of
+                image ``b`` is what a separate call with ``generator=torch.Generator().manual_seed(seeds[b * N +
+                k])`` returns, the seeds drawn from ``generator`` by [`~pipelines.uncertainty.sample_seeds`]; the
+                prior is computed once and the samples are denoised as one batch (memory grows with ``N``).
+                ``None`` (default): one sample, no map; 1 is refused (one sample has no spread). Ignored with
+                ``prior_only``.
+            data_consistency_steps (`int`, defaults to `0`): iterations of back-projection of the output onto the
+                images whose antialiased-bicubic downsampling is the input
+                ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off.
+                About 10 bring the output's downsampling to within a hundredth of a level of the input (see the
+                README, "Can I trust the detail?"). Ignored with ``prior_only``.
 
         Returns:
-            [`ImagePipelineOutput`] or `tuple`: [`ImagePipelineOutput`] with ``.images`` in the requested
-            ``output_type``; with ``return_dict=False``, the tuple ``(images,)``.
+            [`~pipelines.uncertainty.NeurOpDiffPipelineOutput`] or `tuple`: the output with ``.images`` in the
+            requested ``output_type`` (and ``.uncertainty`` with ``num_samples``); with ``return_dict=False``, the
+            tuple ``(images,)`` (``(images, uncertainty)`` with ``num_samples``).
 
         Raises:
             ValueError: before any work, for an invalid ``image`` (see [`~image_processing.preprocess_images`]), both
@@ -607,12 +625,19 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         num_inference_steps = int(num_inference_steps)
         if tile_size is not None:
             tile_size, tile_overlap = int(tile_size), int(tile_overlap)
+        num_samples = check_num_samples(num_samples)
+        data_consistency_steps = check_back_projection_steps(data_consistency_steps)
 
         # 2. The prior, once, at the HR size.
         lr = (lr * 2.0 - 1.0).to(device)
         prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
         if prior_only:
             return self._finish(prior, output_type, return_dict)
+        samples = num_samples or 1
+        if samples > 1:  # N samples per image: one batch, the prior computed once, one generator per sample
+            generator = sample_generators(generator, batch_size, samples)
+            prior = prior.repeat_interleave(samples, dim=0)
+            batch_size *= samples
 
         # 3. Pad to the UNet's downsampling factor.
         factor = self.downsampling_factor
@@ -639,6 +664,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if recompute_prior_every_step and i > 0:
                     prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
+                    prior = prior.repeat_interleave(samples, dim=0)
                     if pad_h or pad_w:
                         prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
                 model_input = self.scheduler.scale_model_input(latents, t)
@@ -654,15 +680,25 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                     prior = _callback_tensor(callback_outputs, "prior", prior)
 
         # 6. Add the prior back (residual diffusion), crop and convert.
-        sample = latents + prior if self.residual else latents
-        return self._finish(sample[:, :, :out_h, :out_w], output_type, return_dict)
+        sample = (latents + prior if self.residual else latents)[:, :, :out_h, :out_w]
+        # 7. Optional data consistency, and the samples reduced to their mean and spread.
+        if data_consistency_steps:
+            sample = back_project(sample, lr.float().repeat_interleave(samples, dim=0), data_consistency_steps)
+        uncertainty = None
+        if samples > 1:
+            sample, uncertainty = reduce_samples(sample, samples)
+        return self._finish(sample, output_type, return_dict, uncertainty)
 
-    def _finish(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
+    def _finish(
+        self, sample: torch.Tensor, output_type: str, return_dict: bool, uncertainty: torch.Tensor | None = None
+    ) -> NeurOpDiffPipelineOutput | tuple:
         try:
             check_finite_output(sample)  # NaN / inf would become a black or white image without a word
             images = postprocess_images(sample, output_type)
         finally:
             self.maybe_free_model_hooks()
+        if uncertainty is not None and output_type != "pt":
+            uncertainty = uncertainty.cpu().numpy()
         if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+            return (images,) if uncertainty is None else (images, uncertainty)
+        return NeurOpDiffPipelineOutput(images=images, uncertainty=uncertainty)
