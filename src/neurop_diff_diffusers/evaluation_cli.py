@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data_consistency import check_back_projection_steps
@@ -349,10 +350,11 @@ def _read_input(path: str) -> torch.Tensor:
             unit, _, _, _ = read_scene(file)
             bands = torch.from_numpy(unit[:3] if count >= 3 else unit[:1].repeat(3, axis=0))
             return bands.unsqueeze(0).float()
-        array, _ = read_image_array(file, warn=True)
+        rgb = read_image_array(file, warn=True).rgb  # uint8, or float32 in [0, 1] for 16-bit / float sources
     except InputFailed as err:
         raise ValueError(f"`input`: {err}") from None
-    return torch.tensor(array).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+    unit = torch.tensor(rgb).float() / (255.0 if rgb.dtype == np.uint8 else 1.0)
+    return unit.permute(2, 0, 1).unsqueeze(0)
 
 
 def _main_no_reference(
