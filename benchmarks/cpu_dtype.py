@@ -8,7 +8,10 @@ process, as a user runs it:
 
 timed from the start of the process to its end (so the seconds per image include starting Python, loading the model
 and writing the output); the seconds per denoising step are read from the command's own progress bar (its final
-rate), as a user sees them. Two kinds of CPU can be measured on one machine (`--kinds`):
+rate), as a user sees them. Because a 4-step command is short and a shared machine noisy, the UNet's step is also
+timed in one process per kind (`--unet_rounds` interleaved rounds over the settings after a warm-up call of each, at
+the output size; the median is reported): the precision's own cost, with no start-up in it. Two kinds of CPU can be
+measured on one machine (`--kinds`):
 
 - `native`: this CPU as it is;
 - `emulated`: this CPU with its bfloat16 units out of reach of torch (`ONEDNN_MAX_CPU_ISA=AVX2` and
@@ -30,6 +33,7 @@ Example (the README's table, the embedded model on a 128 px crop of a UCMerced h
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -73,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--kinds", nargs="+", default=["native"], choices=tuple(KINDS), help="kinds of CPU")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (the median of each is reported)")
+    parser.add_argument(
+        "--unet_rounds", type=int, default=5, help="in-process rounds of one UNet step per setting (0: none)"
+    )
     parser.add_argument("--output", default="cpu_dtype.json", help="JSON file to write")
     return parser
 
@@ -88,6 +95,8 @@ def parse_setting(text: str) -> tuple[str, bool]:
 def _check(args: argparse.Namespace) -> None:
     if args.steps < 1:
         raise ValueError(f"`steps` must be >= 1, got {args.steps}.")
+    if args.unet_rounds < 0:
+        raise ValueError(f"`unet_rounds` must be >= 0, got {args.unet_rounds}.")
     if args.repeats < 1:
         raise ValueError(f"`repeats` must be >= 1, got {args.repeats}.")
     if args.size < 0:
@@ -151,6 +160,53 @@ def _run_once(command: list[str], env: dict[str, str]) -> tuple[float, float | N
     return seconds, step_seconds(done.stderr)
 
 
+def unet_steps(model: str | None, side: int, settings: list[str], rounds: int) -> dict[str, list[float]]:
+    """Seconds of one UNet call (one denoising step) on a ``side`` x ``side`` input per setting, in this process:
+    each setting's UNet prepared as [`optimize_pipeline`] does, a warm-up call each, then ``rounds`` interleaved
+    rounds."""
+    import copy
+
+    import torch
+
+    from neurop_diff_diffusers.loading import load_pipeline
+    from neurop_diff_diffusers.optimization import resolve_dtype
+
+    unet = load_pipeline(model).unet.eval()
+    noisy = torch.randn(1, unet.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))
+    models = {}
+    for setting in settings:
+        dtype, channels_last = parse_setting(setting)
+        model_copy = copy.deepcopy(unet).to(dtype=resolve_dtype(dtype, "cpu"))
+        if channels_last:
+            model_copy.to(memory_format=torch.channels_last)
+        models[setting] = model_copy
+    times: dict[str, list[float]] = {setting: [] for setting in settings}
+    with torch.inference_mode():
+        for model_copy in models.values():
+            model_copy(noisy.to(model_copy.dtype), 0.5)
+        for _ in range(rounds):
+            for setting, model_copy in models.items():
+                start = time.perf_counter()
+                model_copy(noisy.to(model_copy.dtype), 0.5)
+                times[setting].append(time.perf_counter() - start)
+    return times
+
+
+def _unet_steps_in(kind: str, args: argparse.Namespace, side: int) -> dict[str, list[float]]:
+    """[`unet_steps`] in a fresh process with the environment of ``kind``."""
+    job = {"model": args.model, "side": side, "settings": args.settings, "rounds": args.unet_rounds}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--unet_worker", json.dumps(job)],
+        env=_env(kind),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the UNet timing under {kind} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every (kind, setting, steps) ``--repeats`` times, interleaved; the medians, the per-step times and ratios."""
     from PIL import Image
@@ -178,13 +234,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"{'-' if step is None else f'{step:.2f}'} s / step",
                         flush=True,
                     )
+    side = round(max(input_size) * args.scale)
+    unet = {kind: _unet_steps_in(kind, args, side) for kind in args.kinds} if args.unet_rounds else {}
+    for kind, measured in unet.items():
+        print(kind, {setting: round(statistics.median(t), 3) for setting, t in measured.items()}, flush=True)
     rows = []
     for kind in args.kinds:
         reference = None
         for setting in args.settings:
             per_image = statistics.median(times[(kind, setting)])
             per_step = statistics.median(steps[(kind, setting)]) if steps[(kind, setting)] else None
-            reference = reference or (per_image, per_step)
+            unet_step = statistics.median(unet[kind][setting]) if kind in unet else None
+            reference = reference or (per_image, per_step, unet_step)
             rows.append(
                 {
                     "kind": kind,
@@ -197,6 +258,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "over_reference_per_step": per_step / reference[1] if per_step and reference[1] else None,
                     "all_seconds": times[(kind, setting)],
                     "all_seconds_per_step": steps[(kind, setting)],
+                    "unet_seconds_per_step": unet_step,
+                    "unet_over_reference": unet_step / reference[2] if unet_step and reference[2] else None,
+                    "all_unet_seconds": unet[kind][setting] if kind in unet else [],
                 }
             )
     name, flags = read_cpuinfo()
@@ -227,6 +291,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.2f}{unit}"
+
+
 def format_table(report: dict[str, Any]) -> str:
     """A markdown table per kind: seconds per image and per step (medians), and the ratio to the first setting."""
     height, width = report["input_size"]
@@ -239,17 +307,21 @@ def format_table(report: dict[str, Any]) -> str:
         env = " ".join(f"{k}={v}" for k, v in info["env"].items()) or "as it is"
         lines += ["", f"**{kind}** ({env}): `--dtype auto` picks {info['auto_picks']}", ""]
         lines += [
-            "| setting | s / image | s / step | vs first (image) | vs first (step) |",
-            "| --- | --- | --- | --- | --- |",
+            "| setting | s / image | s / step | vs first (image) | vs first (step) | UNet step alone | vs first |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in report["results"]:
             if row["kind"] != kind:
                 continue
-            step_ratio, step = row["over_reference_per_step"], row["seconds_per_step"]
-            lines.append(
-                f"| {row['setting']} | {row['seconds_per_image']:.2f} | {'-' if step is None else f'{step:.2f}'} | "
-                f"{row['over_reference_per_image']:.2f}x | {'-' if step_ratio is None else f'{step_ratio:.2f}x'} |"
-            )
+            cells = [
+                f"{row['seconds_per_image']:.2f}",
+                _fmt(row["seconds_per_step"]),
+                f"{row['over_reference_per_image']:.2f}x",
+                _fmt(row["over_reference_per_step"], "x"),
+                _fmt(row["unet_seconds_per_step"]),
+                _fmt(row["unet_over_reference"], "x"),
+            ]
+            lines.append(f"| {row['setting']} | " + " | ".join(cells) + " |")
         verdict = report["auto_cl_versus_float32"].get(kind)
         if verdict:
             lines.append(
@@ -261,6 +333,10 @@ def format_table(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse, validate (ValueError before any work), measure, print the table and write the JSON."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--unet_worker"]:  # the in-process UNet timing, run by [`_unet_steps_in`]
+        print(json.dumps(unet_steps(**json.loads(argv[1]))))
+        return {}
     args = build_parser().parse_args(argv)
     _check(args)
     report = run(args)

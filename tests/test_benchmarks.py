@@ -185,7 +185,7 @@ def test_cpu_dtype_smoke(tmp_path, capsys):
     out = tmp_path / "cpu_dtype.json"
     cpu_dtype.main(
         ["--model", "preset:tiny", "--size", "16", "--steps", "2", "--repeats", "1", "--kinds", "native"]
-        + ["--settings", "float32", "auto:cl", "--output", str(out)]
+        + ["--settings", "float32", "auto:cl", "--unet_rounds", "1", "--output", str(out)]
     )
     data = json.loads(out.read_text())
     assert [(r["kind"], r["setting"], r["dtype"], r["channels_last"]) for r in data["results"]] == [
@@ -194,6 +194,7 @@ def test_cpu_dtype_smoke(tmp_path, capsys):
     ]
     for row in data["results"]:
         assert row["seconds_per_image"] > 0 and row["seconds_per_step"] > 0 and len(row["all_seconds"]) == 1
+        assert row["unet_seconds_per_step"] > 0 and len(row["all_unet_seconds"]) == 1
     assert data["results"][0]["over_reference_per_image"] == 1.0
     assert data["kinds"]["native"]["auto_picks"].split(";")[0] in ("float32", "bfloat16")
     assert set(data["auto_cl_versus_float32"]["native"]) == {"auto_cl_over_float32", "no_slower"}
@@ -212,6 +213,7 @@ def test_cpu_dtype_parsing_and_bad_arguments(tmp_path):
         (["--settings", "float16"], "`settings`"),
         (["--settings", "float32:nhwc"], "`settings`"),
         (["--steps", "0"], "`steps`"),
+        (["--unet_rounds", "-1"], "`unet_rounds`"),
         (["--kinds", "native", "native"], "must not repeat"),
         (["--input", str(tmp_path / "missing.png")], "`input`"),
     ]:
