@@ -354,3 +354,18 @@ def test_info_says_what_auto_picks_and_why(cpu_kind, capsys, monkeypatch):
         "--dtype auto on cpu: float32; this CPU has avx512_bf16 but torch's CPU kernels run at AVX2, set by "
         "ATEN_CPU_CAPABILITY=avx2"
     ) in capsys.readouterr().out.splitlines()
+
+
+def test_evaluation_dtype_auto_records_the_resolved_precision(tmp_path, monkeypatch):
+    from neurop_diff_diffusers.evaluation_cli import main
+
+    monkeypatch.setattr(hardware, "probe_device", lambda device="cpu": CPU_KINDS["emulated"])
+    data = tmp_path / "data" / "class"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / "class00.png")
+    args = ["--pipeline", "preset:tiny", "--data_dir", str(tmp_path / "data"), "--split", "all", "--resolution", "32"]
+    args += ["--scales", "4", "--methods", "neurop_diff", "--num_inference_steps", "1", "--no_lpips", "--no_figures"]
+    args += ["--no_progress", "--no_niqe", "--device", "cpu", "--dtype", "auto", "--output_dir", str(tmp_path / "e")]
+    main(args)
+    assert json.loads((tmp_path / "e" / "results.json").read_text())["config"]["dtype"] == "float32"
