@@ -200,3 +200,45 @@ def test_lr_agreement_smoke(tmp_path, samples_dir):
     with pytest.raises(ValueError, match="do not exist"):
         images.write_text("missing.png\n")
         lr_agreement.main(["--data_dir", str(samples_dir), "--images_from", str(images), "--output", str(out)])
+
+
+def test_cpu_dtype_smoke(tmp_path, capsys):
+    cpu_dtype = _load("cpu_dtype")
+    out = tmp_path / "cpu_dtype.json"
+    cpu_dtype.main(
+        ["--model", "preset:tiny", "--size", "16", "--steps", "2", "--repeats", "1", "--kinds", "native"]
+        + ["--settings", "float32", "auto:cl", "--unet_rounds", "1", "--output", str(out)]
+    )
+    data = json.loads(out.read_text())
+    assert [(r["kind"], r["setting"], r["dtype"], r["channels_last"]) for r in data["results"]] == [
+        ("native", "float32", "float32", False),
+        ("native", "auto:cl", "auto", True),
+    ]
+    for row in data["results"]:
+        assert row["seconds_per_image"] > 0 and row["seconds_per_step"] > 0 and len(row["all_seconds"]) == 1
+        assert row["unet_seconds_per_step"] > 0 and len(row["all_unet_seconds"]) == 1
+    assert data["results"][0]["over_reference_per_image"] == 1.0
+    assert data["kinds"]["native"]["auto_picks"].split(";")[0] in ("float32", "bfloat16")
+    assert set(data["auto_cl_versus_float32"]["native"]) == {"auto_cl_over_float32", "no_slower"}
+    assert data["input_size"] == [16, 16] and data["steps"] == 2
+    assert "`--dtype auto` picks" in capsys.readouterr().out
+
+
+def test_cpu_dtype_parsing_and_bad_arguments(tmp_path):
+    cpu_dtype = _load("cpu_dtype")
+    assert cpu_dtype.step_seconds("50%|5| 1/2 [00:01<00:01, 1.50s/it]\r100%|#| 2/2 [00:02<00:00, 1.25s/it]") == 1.25
+    assert cpu_dtype.step_seconds("100%|#| 4/4 [00:01<00:00, 4.00it/s]") == 0.25
+    assert cpu_dtype.step_seconds("no progress bar") is None
+    assert cpu_dtype.parse_setting("auto:cl") == ("auto", True)
+    assert cpu_dtype.parse_setting("float32") == ("float32", False)
+    for argv, message in [
+        (["--settings", "float16"], "`settings`"),
+        (["--settings", "float32:nhwc"], "`settings`"),
+        (["--steps", "0"], "`steps`"),
+        (["--unet_rounds", "-1"], "`unet_rounds`"),
+        (["--kinds", "native", "native"], "must not repeat"),
+        (["--input", str(tmp_path / "missing.png")], "`input`"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cpu_dtype.main([*argv, "--output", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()

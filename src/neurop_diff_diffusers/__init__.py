@@ -48,6 +48,8 @@ _EXPORTS = {
     "optimize_pipeline": "optimization",
     "parse_dtype": "optimization",
     "parse_setting": "optimization",
+    "resolve_dtype": "optimization",
+    "auto_dtype": "hardware",
     "DEFAULT_MAX_OUTPUT_PIXELS": "pipelines",
     "NeurOpDiffPipeline": "pipelines",
     "NeurOpDiffPipelineOutput": "pipelines",

@@ -15,11 +15,15 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +68,9 @@ class AppConfig:
         concurrency: requests computed at the same time; the others wait in the queue.
         max_queue: requests waiting at most (more are refused with a message).
         default_steps: the steps the page starts with.
-        dtype: the UNet's precision, ``float32`` (default), ``bfloat16`` (CPUs with bfloat16 units, GPUs) or
-            ``float16`` (GPUs); see [`~neurop_diff_diffusers.optimization.optimize_pipeline`].
+        dtype: the UNet's precision, ``float32`` (default), ``auto`` (the fastest on the device), ``bfloat16``
+            (CPUs with bfloat16 units, GPUs) or ``float16`` (GPUs); see
+            [`~neurop_diff_diffusers.optimization.optimize_pipeline`].
         channels_last: the UNet's weights in channels-last memory (faster convolutions).
     """
 
@@ -321,6 +326,35 @@ def _bicubic(lr: Any, out_size: tuple[int, int]) -> Any:
 
     image = preprocess_images(lr) * 2.0 - 1.0
     return postprocess_images(bicubic_prior(image, out_size), "pil")[0]
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While inside: Ctrl-C (SIGINT) and SIGTERM stop the server the same way, its temporary folder removed.
+
+    SIGINT gets Python's own handler back (``KeyboardInterrupt``) whatever the process inherited: a background job of
+    a non-interactive shell, ``nohup`` or a service manager may start it with SIGINT ignored, and Ctrl-C or
+    ``kill -INT`` would then never stop it. SIGTERM (``kill``, systemd, docker) raises ``SystemExit(143)``, so that
+    the server closes and the exit handlers remove the temporary folder (by default SIGTERM kills the process with
+    no cleanup); a second SIGTERM during that shutdown is ignored. Outside the main thread nothing is changed. The
+    previous handlers come back on leaving.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the shutdown runs once
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 _GRADIO_TEMP_DIR: str | None = None

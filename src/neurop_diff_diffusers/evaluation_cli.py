@@ -25,7 +25,7 @@ from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
 from .loading import load_pipeline
 from .metrics import PROTOCOLS
-from .optimization import DTYPES, optimize_pipeline, parse_dtype
+from .optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
 from .scheduling import SCHEDULERS, check_eta, check_strength
 
 
@@ -128,7 +128,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     run.add_argument("--fp16", action="store_true", help="run the models in float16 (GPU); same as --dtype float16")
     run.add_argument(
-        "--dtype", default=None, choices=tuple(DTYPES), help="the UNet's precision (default: the pipeline's)"
+        "--dtype",
+        default=None,
+        choices=(AUTO_DTYPE, *DTYPES),
+        help="the UNet's precision (default: the pipeline's; auto: the fastest on the device)",
     )
     run.add_argument("--channels_last", action="store_true", help="channels-last UNet weights (faster kernels)")
     run.add_argument("--scheduler", default=None, choices=SCHEDULERS, help="the sampler (default: the pipeline's own)")
@@ -280,7 +283,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     args = parser.parse_args(argv)
     _check_args(args)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = parse_dtype("float16" if args.fp16 else args.dtype, "dtype")
+    dtype = resolve_dtype("float16" if args.fp16 else args.dtype, device, "dtype")
 
     if args.input is not None:
         return _main_no_reference(args, argv, prog, device, dtype)
