@@ -113,6 +113,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def _env(kind: str) -> dict[str, str]:
     env = {**os.environ, **KINDS[kind]}
+    env["TQDM_MININTERVAL"] = "0"  # every step refreshes the progress bar, so its last rate is always printed
     src = str(REPO / "src")
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

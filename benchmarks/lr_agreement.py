@@ -27,11 +27,11 @@ import PIL.Image
 import torch
 
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
-from neurop_diff_diffusers.data_consistency import back_project, check_back_projection_steps, lr_agreement
+from neurop_diff_diffusers.data_consistency import back_project, check_back_projection_steps
 from neurop_diff_diffusers.evaluation_methods import image_seed
 from neurop_diff_diffusers.loading import load_pipeline
 from neurop_diff_diffusers.metrics import hf_energy_ratio, niqe, niqe_available, psnr, ssim, to_unit_levels
-from neurop_diff_diffusers.trust_metrics import trust_metrics
+from neurop_diff_diffusers.trust_metrics import lr_agreement, trust_metrics
 from neurop_diff_diffusers.utils import atomic_write_json
 
 COLUMNS = ("lr_l1_255", "psnr", "ssim", "hf_ratio", "niqe", "spectral_angle", "synthesis", "improvement",

@@ -73,7 +73,14 @@ class OracleUNet(ModelMixin, ConfigMixin):
     prediction depends on the context a tile gives it. Hard stitching would show the offsets as seams."""
 
     @register_to_config
-    def __init__(self, block_out_channels: tuple[int, ...] = (8, 8, 8), offset: float = 0.03, tiles: int = 1):
+    def __init__(
+        self,
+        block_out_channels: tuple[int, ...] = (8, 8, 8),
+        offset: float = 0.03,
+        tiles: int = 1,
+        in_channels: int = 6,  # what the pipeline checks a NeurOp-Diff UNet by: noisy image + prior in, RGB out
+        out_channels: int = 3,
+    ):
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(()))
         self.calls = 0

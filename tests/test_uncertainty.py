@@ -8,8 +8,9 @@ import torch
 
 from neurop_diff_diffusers import NeurOpDiffPipelineOutput, build_pipeline
 from neurop_diff_diffusers.data import bicubic_degrade
-from neurop_diff_diffusers.data_consistency import back_project, lr_agreement
+from neurop_diff_diffusers.data_consistency import back_project
 from neurop_diff_diffusers.pipelines.uncertainty import reduce_samples, sample_generators, sample_seeds
+from neurop_diff_diffusers.trust_metrics import lr_agreement
 
 
 @pytest.fixture(scope="module")

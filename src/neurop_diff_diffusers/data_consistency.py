@@ -7,7 +7,8 @@ the LR Nyquist frequency towards the LR's and leaves the detail above it (what t
 
 Example:
     >>> import torch
-    >>> from neurop_diff_diffusers.data_consistency import back_project, lr_agreement
+    >>> from neurop_diff_diffusers.data_consistency import back_project
+    >>> from neurop_diff_diffusers.trust_metrics import lr_agreement
     >>> from neurop_diff_diffusers.data import bicubic_degrade
     >>> g = torch.Generator().manual_seed(0)
     >>> hr = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1
@@ -96,27 +97,4 @@ def back_project(x: torch.Tensor, lr: torch.Tensor, steps: int = 10, clamp: bool
     return out.to(x.dtype)
 
 
-def lr_agreement(x: torch.Tensor, lr: torch.Tensor) -> float:
-    """Mean absolute difference, on the 0..255 scale, between `lr` and `x` downsampled to its size with the
-    project's degradation ([`~neurop_diff_diffusers.data.bicubic_degrade`], 8-bit levels, as the training LRs).
-
-    Args:
-        x (`torch.Tensor`): ``(B, C, H, W)`` in ``[-1, 1]``.
-        lr (`torch.Tensor`): ``(B, C, h, w)`` in ``[-1, 1]``.
-
-    Returns:
-        `float`: levels (0 = the output's downsampling is the LR).
-
-    Example:
-        >>> import torch
-        >>> from neurop_diff_diffusers.data_consistency import lr_agreement
-        >>> lr_agreement(-torch.ones(1, 3, 8, 8), -torch.ones(1, 3, 4, 4))
-        0.0
-    """
-    from .data import bicubic_degrade
-
-    down = bicubic_degrade(x.float(), size=tuple(lr.shape[-2:]))
-    return float((down - lr.float().to(down.device)).abs().mean() * 127.5)
-
-
-__all__ = ["MAX_BACK_PROJECTION_STEPS", "back_project", "check_back_projection_steps", "lr_agreement"]
+__all__ = ["MAX_BACK_PROJECTION_STEPS", "back_project", "check_back_projection_steps"]

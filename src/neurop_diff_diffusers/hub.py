@@ -35,6 +35,8 @@ _SOURCES = {
         "image_processing.py",
         "scheduling.py",
         "pipelines/tiling.py",
+        "data_consistency.py",
+        "pipelines/uncertainty.py",
         "pipelines/pipeline_neurop_diff.py",
     ],
 }

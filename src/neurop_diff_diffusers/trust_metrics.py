@@ -477,6 +477,29 @@ def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, floa
     return row
 
 
+def lr_agreement(x: torch.Tensor, lr: torch.Tensor) -> float:
+    """Mean absolute difference, on the 0..255 scale, between `lr` and `x` downsampled to its size with the
+    project's degradation ([`~neurop_diff_diffusers.data.bicubic_degrade`], 8-bit levels, as the training LRs).
+
+    Args:
+        x (`torch.Tensor`): ``(B, C, H, W)`` in ``[-1, 1]``.
+        lr (`torch.Tensor`): ``(B, C, h, w)`` in ``[-1, 1]``.
+
+    Returns:
+        `float`: levels (0 = the output's downsampling is the LR).
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.trust_metrics import lr_agreement
+        >>> lr_agreement(-torch.ones(1, 3, 8, 8), -torch.ones(1, 3, 4, 4))
+        0.0
+    """
+    from .data import bicubic_degrade
+
+    down = bicubic_degrade(x.float(), size=tuple(lr.shape[-2:]))
+    return float((down - lr.float().to(down.device)).abs().mean() * 127.5)
+
+
 __all__ = [
     "CORRECTNESS_CLASSES",
     "CORRECTNESS_COLOURS",
@@ -486,6 +509,7 @@ __all__ = [
     "CorrectnessResult",
     "consistency",
     "correctness",
+    "lr_agreement",
     "correctness_map_image",
     "correctness_scores",
     "downsample_to",
