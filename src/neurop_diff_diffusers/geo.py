@@ -23,8 +23,9 @@ What happens to a scene:
   scene) is upscaled with bicubic interpolation of its stretched values, *without* the model, and written at its
   place: no band is dropped. A single-band scene is run through the model as grey RGB and the mean of the three
   output channels written.
-- **Memory.** The scene is read window by window straight into one float32 buffer, and written back window by
-  window from the model's output, so neither is held twice.
+- **Memory.** [`upscale_geotiff`] runs the scene engine ([`~neurop_diff_diffusers.scene`]): LR windows with a halo,
+  blended, streamed from disk to disk; peak memory depends on the window size and the output width, not on the
+  scene's area. The output is a Cloud-Optimized GeoTIFF. ([`read_scene`] still reads a whole scene into memory.)
 - **Files.** The output is written under a temporary name beside the target and renamed at the end: never a partial
   file. Without ``overwrite`` an output file that appears meanwhile is never replaced (``FileExistsError``).
 """
@@ -39,12 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .image_processing import resolve_output_size
 from .raster_io import open_raster
-from .utils import atomic_write
 
 STRETCH_TAG = "NEUROP_DIFF_STRETCH"
 _ROWS_PER_WINDOW = 512
@@ -319,8 +316,9 @@ def upscale_geotiff(
             (others are upscaled bicubically).
         overwrite (`bool`, defaults to `False`): replace an existing ``dst_path`` (atomically); without it an existing
             file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
-        pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
-            ``prior_only``...).
+        pipe_kwargs (`Any`): the scene engine's options (``window``, ``halo``, ``value_range``, ``seed``,
+            ``restart``, ``workers``, ``progress``: see [`~neurop_diff_diffusers.scene.upscale_scene`]) and the
+            pipeline's (``num_inference_steps``, ``generator``, ``tile_size``, ``prior_only``...).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline
@@ -344,77 +342,6 @@ def _upscale_geotiff(
     overwrite: bool,
     **pipe_kwargs: Any,
 ) -> Path:
-    rasterio = _rasterio()
-    from rasterio.transform import Affine
+    from .scene import upscale_scene  # the scene engine: window by window, resumable, COG out
 
-    dst_path = Path(dst_path)
-    if dst_path.exists() and not overwrite:
-        raise FileExistsError(f"`{dst_path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
-    if dst_path.suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst_path}`.")
-    with open_raster(src_path) as src:
-        count, height, width = src.count, src.height, src.width
-    out_h, out_w = resolve_output_size((height, width), scale, output_size)
-    if count == 1:
-        model_bands = [0, 0, 0]
-    elif count >= 3:
-        if len(rgb_bands) != 3 or not all(isinstance(b, int) and 1 <= b <= count for b in rgb_bands):
-            raise ValueError(f"`rgb_bands` must be three band numbers in [1, {count}], got {rgb_bands!r}.")
-        model_bands = [b - 1 for b in rgb_bands]
-    else:
-        raise ValueError(f"`{src_path}` has {count} bands: the model needs 1 (grey) or at least 3 (RGB).")
-
-    unit, valid, stretch, info = read_scene(src_path)
-    rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0).clamp(0, 1)
-    output = pipe(rgb, output_size=(out_h, out_w), output_type="pt", **pipe_kwargs).images[0]  # (3, H, W)
-    others = [b for b in range(count) if b not in model_bands]
-    extra = {}
-    if others:
-        up = F.interpolate(torch.from_numpy(unit[others]).unsqueeze(0), size=(out_h, out_w), mode="bicubic")
-        extra = dict(zip(others, up[0].clamp(0, 1).numpy()))
-    del unit
-    band_valid = info["band_valid"]
-    out_band_valid = F.interpolate(torch.from_numpy(band_valid)[None].float(), size=(out_h, out_w), mode="nearest")
-    out_band_valid = out_band_valid[0].numpy() > 0.5  # (bands, H, W): exactly the nearest-upscaled input masks
-    del band_valid
-
-    profile = info["profile"]
-    profile.update(
-        driver="GTiff",
-        width=out_w,
-        height=out_h,
-        transform=profile["transform"] @ Affine.scale(width / out_w, height / out_h),
-    )
-    if out_w >= 256 and out_h >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    else:
-        profile.pop("blockxsize", None), profile.pop("blockysize", None)
-        profile.update(tiled=False)
-    nodata = profile.get("nodata")
-
-    def write(tmp: str) -> None:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            copy_band_metadata(dst, info["metadata"])
-            dst.update_tags(**{STRETCH_TAG: stretch.to_json()})
-            for window in _row_windows(out_h, out_w):
-                rows = slice(window.row_off, window.row_off + window.height)
-                block = np.empty((count, window.height, out_w), dtype=profile["dtype"])
-                for b in range(count):
-                    if count == 1:
-                        band_unit = output[:, rows].mean(dim=0).numpy()
-                    elif b in extra:
-                        band_unit = extra[b][rows]
-                    else:
-                        band_unit = output[model_bands.index(b), rows].numpy()
-                    block[b] = stretch.inverse(band_unit, b)
-                    if info["has_nodata_value"]:
-                        band_ok = out_band_valid[b, rows]
-                        reference = band_unit * (stretch.high[b] - stretch.low[b]) + stretch.low[b]
-                        avoid_nodata(block[b], band_ok, nodata, reference)
-                        block[b][~band_ok] = nodata
-                dst.write(block, window=window)
-                if info["has_mask"] and not info["has_nodata_value"]:
-                    ok = out_band_valid[:, rows].all(axis=0)
-                    dst.write_mask(np.where(ok, 255, 0).astype("uint8"), window=window)
-
-    return atomic_write(dst_path, write, overwrite=overwrite)
+    return upscale_scene(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)

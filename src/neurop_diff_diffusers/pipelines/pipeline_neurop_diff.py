@@ -440,6 +440,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         prior_only: bool = False,
         strength: float | None = None,
+        prior: torch.Tensor | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -487,6 +488,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 runs only the last ``round(strength * num_inference_steps)`` steps: the "come closer, diffuse
                 faster" start of Chung et al. (CVPR 2022), faster, and forgiving to a denoiser that is weak at high
                 noise levels.
+            prior (`torch.Tensor`, *optional*): a precomputed prior ``(B, 3, height, width)`` in ``[-1, 1]`` at the
+                output size, used instead of the neural operator's (the scene engine passes each window's prior,
+                computed at the window's coordinates in the whole scene); ``None``: computed from ``image``.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: [`ImagePipelineOutput`] with ``.images`` in the requested
@@ -537,10 +541,16 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         strength = check_strength(self.config.get("default_strength", 1.0) if strength is None else strength)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"`generator` is a list of {len(generator)}; it must have one per image ({batch_size}).")
+        if prior is not None and tuple(prior.shape) != (batch_size, 3, out_h, out_w):
+            raise ValueError(f"`prior` must have shape {(batch_size, 3, out_h, out_w)}, got {tuple(prior.shape)}.")
 
         # 2. The prior, once, at the HR size.
         lr = (lr * 2.0 - 1.0).to(device)
-        prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
+        given_prior = prior is not None
+        if given_prior:
+            prior = prior.to(device=device, dtype=torch.float32)
+        else:
+            prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
         if prior_only:
             return self._finish(prior, output_type, return_dict)
 
@@ -567,7 +577,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         tiles = num_tiles(tuple(prior.shape[-2:]), tile, tile_overlap)
         with self.progress_bar(total=len(timesteps) * tiles) as progress_bar:
             for i, t in enumerate(timesteps):
-                if recompute_prior_every_step and i > 0:
+                if recompute_prior_every_step and i > 0 and not given_prior:
                     prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
                     if pad_h or pad_w:
                         prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
