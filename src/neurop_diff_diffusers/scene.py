@@ -913,14 +913,21 @@ def _open_journal(job: SceneJob, settings: dict[str, Any], restart: bool, is_mai
     barrier()
 
 
-def _process_state() -> Any:
+def _process_state(cpu: bool) -> Any:
     """Accelerate's process state when several processes run (``None`` for one process, without Accelerate)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
 
-    state = PartialState(cpu=os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
+    state = PartialState(cpu=cpu)
     return state if state.num_processes > 1 else None
+
+
+def tqdm_progress(total: int, done: int) -> Any:
+    """A tqdm progress bar over windows with ETA (the CLI's): pass as ``progress`` to [`upscale_scene`]."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="windows", unit="window", dynamic_ncols=True)
 
 
 def run_scene(
@@ -930,6 +937,7 @@ def run_scene(
     restart: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], Any] | None = None,
+    distributed: bool = False,
 ) -> Path:
     """Compute the windows of ``job`` (this process's share), then (main process) assemble and commit the COG.
 
@@ -940,13 +948,15 @@ def run_scene(
         restart (`bool`, defaults to `False`): discard a journal of other settings instead of refusing.
         workers (`int | None`, *optional*): see [`compute_windows`].
         progress (`Callable[[int, int], Any] | None`, *optional*): ``progress(total, done)`` is called once on the
-            main process and returns a callable taking the number of windows just finished (e.g. a tqdm's
-            ``update``).
+            main process and returns an object with ``update(n)`` (windows just finished) and ``close()``, e.g.
+            [`tqdm_progress`].
+        distributed (`bool`, defaults to `False`): under ``accelerate launch``, split the windows between the
+            processes (every process must make the same call); ``False``: this process does every window.
 
     Returns:
         `Path`: the output.
     """
-    state = _process_state()
+    state = _process_state(_on_cpu(pipe)) if distributed else None
     is_main = state is None or state.is_main_process
     barrier = state.wait_for_everyone if state is not None else (lambda: None)
     dst = job.dst_path
@@ -963,15 +973,19 @@ def run_scene(
             mine = list(share)
     else:
         mine = pending
-    update = progress(len(windows), len(windows) - len(pending)) if (progress is not None and is_main) else None
+    bar = progress(len(windows), len(windows) - len(pending)) if (progress is not None and is_main) else None
+    update = None if bar is None else bar.update
     if update is not None and state is not None:  # the main process counts its share times the processes
-        share_update, update = update, (lambda n: share_update(n * state.num_processes))
+        update = lambda n: bar.update(min(n * state.num_processes, bar.total - bar.n))  # noqa: E731
     try:
         compute_windows(pipe, job, mine, workers=workers, progress=update)
     except BaseException:
         if is_main and not done_windows(job.folder, windows):  # nothing to resume from: leave nothing behind
             shutil.rmtree(job.folder, ignore_errors=True)
         raise
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
     barrier()
     if is_main:
         missing = sorted(set(range(len(windows))) - done_windows(job.folder, windows))
@@ -1024,6 +1038,7 @@ def upscale_scene(
     restart: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], Any] | None = None,
+    distributed: bool = False,
     **pipe_kwargs: Any,
 ) -> Path:
     """Upscale a GeoTIFF window by window (see the module docstring): out of core, resumable, parallel, COG out.
@@ -1044,6 +1059,7 @@ def upscale_scene(
         restart (`bool`, defaults to `False`): discard a journal of other settings instead of refusing.
         workers (`int | None`, *optional*): windows computed at once in threads (CPU).
         progress (`Callable[[int, int], Any] | None`, *optional*): see [`run_scene`].
+        distributed (`bool`, defaults to `False`): split the windows between ``accelerate launch`` processes.
         pipe_kwargs (`Any`): the pipeline call's other keyword arguments.
 
     Example:
@@ -1060,7 +1076,9 @@ def upscale_scene(
     job = prepare_scene(
         src_path, dst_path, scale, output_size, rgb_bands, window, halo, value_range, seed, **pipe_kwargs
     )
-    return run_scene(pipe, job, overwrite=overwrite, restart=restart, workers=workers, progress=progress)
+    return run_scene(
+        pipe, job, overwrite=overwrite, restart=restart, workers=workers, progress=progress, distributed=distributed
+    )
 
 
 def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, Any]:
@@ -1131,5 +1149,6 @@ __all__ = [
     "run_scene",
     "scene_statistics",
     "upscale_scene",
+    "tqdm_progress",
     "work_folder",
 ]

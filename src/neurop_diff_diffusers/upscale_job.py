@@ -313,7 +313,7 @@ def prepare_job(
             "neurop-diff only upscales"
         )
     out_size = resolve_output_size((height, width), scale, size)
-    if out_size[0] * out_size[1] > max_pixels:
+    if not geo and out_size[0] * out_size[1] > max_pixels:  # a GeoTIFF goes window by window (scene.py)
         raise InputFailed(
             f"{src}: the output {out_size[0]}x{out_size[1]} (height x width) exceeds --max-pixels {max_pixels}; "
             "raise it"
