@@ -487,6 +487,12 @@ def work_folder(dst_path: str | os.PathLike) -> Path:
     return dst.parent / f".{dst.name}.neurop-diff-scene"
 
 
+def _public_config(config: Any) -> str:
+    """A config as canonical JSON without diffusers' private entries (e.g. ``_use_default_values``, whose order
+    changes from one process to the next)."""
+    return json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True, default=str)
+
+
 def model_fingerprint(pipe: Any) -> str:
     """A SHA-256 of the pipeline's weights and configuration (what makes two runs' windows interchangeable)."""
     digest = hashlib.sha256()
@@ -498,12 +504,12 @@ def model_fingerprint(pipe: Any) -> str:
         if module is None:
             digest.update(f"{name}:none".encode())
             continue
-        digest.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+        digest.update(_public_config(module.config).encode())
         for key, tensor in sorted(module.state_dict().items()):
             digest.update(key.encode())
             digest.update(str(tensor.dtype).encode())
             digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(dict(pipe.config), sort_keys=True, default=str).encode())
+    digest.update(_public_config(pipe.config).encode())
     return digest.hexdigest()
 
 
@@ -528,7 +534,7 @@ def scene_settings(
         if scheduler is None
         else {
             "class": type(scheduler).__name__,
-            "config": json.loads(json.dumps(dict(scheduler.config), default=str)),
+            "config": json.loads(_public_config(scheduler.config)),
         },
         "dtype": str(getattr(unet, "dtype", None)),
         "size": list(plan.size),
