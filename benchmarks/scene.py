@@ -112,6 +112,7 @@ def cmd_memory(args: argparse.Namespace) -> None:
         row = {"side": side, "seconds": round(seconds, 1), "peak_rss_mb": round(peak), "command": " ".join(command)}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        (out / "memory.json").write_text(json.dumps(rows, indent=2) + "\n")
         target.unlink(missing_ok=True)
         if not args.keep:
             scene.unlink(missing_ok=True)

@@ -13,8 +13,8 @@ The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neu
   overlap (never 0), so there are no seams.
 - **Streaming.** Windows are done row of windows by row of windows; output rows that no later window touches are
   final and written at once. Peak memory is the model, the windows in flight and a strip accumulator of
-  ``bands x (window + 2 halo) * scale_y rows x output width`` float64 values: it depends on the window size and the
-  output *width*, never on the scene's area.
+  ``(bands + 1) x (window + 2 halo) * scale_y rows x output width`` float32 values: it depends on the window size
+  and the output *width*, never on the scene's area.
 - **Deterministic.** Window ``k`` draws its noise from ``derive_seed(seed, "scene-window", k)`` and every window is
   computed with one intra-op thread on the CPU (several windows run at once in worker threads), so the output does
   not depend on the number of processes or workers, their order, or a restart.
@@ -74,7 +74,7 @@ JOURNAL_VERSION = 1
 #: Tags written into the output: the stretch (``geo.STRETCH_TAG``) and the value range asked for.
 VALUE_RANGE_TAG = "NEUROP_DIFF_VALUE_RANGE"
 _COG_OPTIONS = {"COMPRESS": "DEFLATE", "BLOCKSIZE": "512", "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO"}
-_GDAL_CACHE_MB = 256  # bounds GDAL's block cache while the output is assembled and copied to a COG
+_GDAL_CACHE_MB = 64  # bounds GDAL's block cache while the output is assembled and copied to a COG
 _STATS_PIXELS = 4_000_000  # input pixels per block of the statistics passes
 
 
@@ -636,37 +636,37 @@ def _write_rows(
 def assemble_scene(src: Any, plan: ScenePlan, stats: SceneStatistics, folder: Path, dst: Any, mask_only: bool) -> None:
     """Blend the saved windows row of windows by row of windows and write each output row once it is final.
 
-    Memory: one strip accumulator (``bands x strip_rows x out_width`` float64 and its weights) and one row of window
-    outputs.
+    Memory: one strip accumulator of ``bands x strip_rows x out_width`` float32 values and its weights, allocated
+    once and shifted in place, and one window's output at a time.
     """
     count = src.count
     windows = plan.windows()
     n_rows, n_cols = plan.grid
     wy, wx = plan.weights(0), plan.weights(1)
     out_w = plan.out_size[1]
-    top = 0  # first output row not yet written
-    acc = np.zeros((count, 0, out_w))
-    norm = np.zeros((0, out_w))
+    strip = plan.strip_rows()
+    acc = np.zeros((count, strip, out_w), dtype=np.float32)
+    norm = np.zeros((strip, out_w), dtype=np.float32)
+    top = 0  # first output row not yet written; row r of the output is row r - top of the strip
     for i in range(n_rows):
-        row = windows[i * n_cols : (i + 1) * n_cols]
-        a, b = row[0].out_rows
-        new_acc = np.zeros((count, b - top, out_w))
-        new_norm = np.zeros((b - top, out_w))
-        new_acc[:, : acc.shape[1]] = acc
-        new_norm[: norm.shape[0]] = norm
-        acc, norm = new_acc, new_norm
-        for window in row:
-            values = _load_window(folder, window, count)
-            weight = wy[i][:, None] * wx[window.col][None, :]
-            rows = slice(a - top, b - top)
-            cols = slice(*window.out_cols)
-            acc[:, rows, cols] += values * weight
+        a, b = windows[i * n_cols].out_rows
+        for window in windows[i * n_cols : (i + 1) * n_cols]:
+            weight = (wy[i][:, None] * wx[window.col][None, :]).astype(np.float32)
+            rows, cols = slice(a - top, b - top), slice(*window.out_cols)
+            acc[:, rows, cols] += _load_window(folder, window, count) * weight
             norm[rows, cols] += weight
         done = plan.finished_rows(i)
         if done > top:
-            unit = (acc[:, : done - top] / norm[None, : done - top]).astype(np.float32)
+            n = done - top
+            unit = acc[:, :n]
+            unit /= norm[None, :n]
             _write_rows(dst, src, plan, stats, unit, top, mask_only)
-            acc, norm = acc[:, done - top :].copy(), norm[done - top :].copy()
+            carry = b - done  # rows already blended that the next window row also touches
+            if carry > 0:
+                acc[:, :carry] = acc[:, n : n + carry].copy()
+                norm[:carry] = norm[n : n + carry].copy()
+            acc[:, max(carry, 0) :] = 0.0
+            norm[max(carry, 0) :] = 0.0
             top = done
 
 
@@ -708,7 +708,7 @@ class SceneJob:
             f"scene {plan.size[0]}x{plan.size[1]} px ({bands} bands) -> {plan.out_size[0]}x{plan.out_size[1]} px "
             "(height x width)",
             f"windows: {rows} x {cols} = {rows * cols} (core <= {plan.window} px + halo {plan.halo} px, LR)",
-            f"strip accumulator: {bands} x {strip} x {plan.out_size[1]} float64 = "
+            f"strip accumulator: ({bands} + 1) x {strip} x {plan.out_size[1]} float32 = "
             f"{_mb(strip_bytes(plan, bands)):.0f} MB",
             f"value range: {self.value_range} "
             f"(low {_fmt(self.stats.stretch.low)}, high {_fmt(self.stats.stretch.high)})",
@@ -726,7 +726,7 @@ def _mb(n: float) -> float:
 
 def strip_bytes(plan: ScenePlan, bands: int) -> int:
     """Bytes of the strip accumulator and its weights (the part of the memory bound that grows with the width)."""
-    return (bands + 1) * plan.strip_rows() * plan.out_size[1] * 8
+    return (bands + 1) * plan.strip_rows() * plan.out_size[1] * 4
 
 
 def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[int]:
@@ -1111,7 +1111,7 @@ def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, A
     bands = len(job.stats.stretch.low)
     window_bytes = bands * (largest.out_rows[1] - largest.out_rows[0]) * (largest.out_cols[1] - largest.out_cols[0])
     per_window = max(after - before, 0) + window_bytes * 4
-    peak = after + (n - 1) * per_window + strip_bytes(job.plan, bands) + job.plan.grid[1] * window_bytes * 4
+    peak = after + (n - 1) * per_window + strip_bytes(job.plan, bands) + window_bytes * 4
     estimate = seconds * len(windows) / n
     text = "\n".join(
         [
