@@ -323,3 +323,20 @@ def test_percentile_stretch_over_valid_pixels(tmp_path):
         ok = data[b] > 0
         np.testing.assert_array_equal(got[b][ok], np.clip(data[b][ok], low[b], high[b]))
         assert (got[b][~ok] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--value-range", "10,0"), "--value-range must be 'minmax', 'LOW,HIGH'"),
+        (("--window", "4"), "--window must be >= 8"),
+        (("--halo", "300"), "--halo must be in [0, --window = 256]"),
+        (("--workers", "0"), "--workers must be >= 1"),
+    ],
+)
+def test_bad_scene_flags_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 20))
+    assert cli.main(["upscale", str(path), "-o", str(tmp_path / "o.tif"), "--scale", "2", *flags, *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
