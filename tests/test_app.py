@@ -4,6 +4,7 @@ headless Chromium (Playwright, Debian's /usr/bin/chromium; skipped with the reas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -98,6 +99,34 @@ def test_validate_upload_reads_the_header_before_decoding(crop, bad_uploads, tmp
     (tmp_path / "a.gif").write_bytes(b"GIF89a")
     with pytest.raises(InputFailed, match="unsupported input"):
         validate_upload(tmp_path / "a.gif", 100)
+
+
+def test_validate_upload_refuses_many_bands_and_disguised_files_from_the_header(tmp_path, monkeypatch):
+    """Issue 21 items 1 and 2: a sparse 2,000-band file is refused from its header (no pixel read), a VRT named
+    .tif in one line without GDAL opening it."""
+    rasterio = pytest.importorskip("rasterio")
+    from neurop_diff_diffusers import geo
+
+    path = tmp_path / "bands.tif"
+    profile = dict(driver="GTiff", width=1024, height=1024, count=2000, dtype="uint8", compress="deflate",
+                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
+    with rasterio.open(path, "w", **profile):
+        pass
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("pixels were read")
+
+    monkeypatch.setattr(geo, "check_raster", no_reading)
+    with pytest.raises(InputFailed) as caught:
+        validate_upload(path, 1024 * 1024)
+    assert str(caught.value) == (
+        "bands.tif: the input needs 2000 bands x 1024x1024 pixels x 5 bytes = 10.5 GB, over this server's input "
+        "limit 1048576 (which allows 1048576 pixels x 4 bands x 5 bytes = 21.0 MB)"
+    )
+    evil = tmp_path / "evil.tif"
+    evil.write_text('<VRTDataset rasterXSize="8" rasterYSize="8"></VRTDataset>')
+    with pytest.raises(InputFailed, match=r"^evil.tif: not a TIFF file \(a .tif / .tiff input must be a TIFF"):
+        validate_upload(evil, 1024 * 1024)
 
 
 @pytest.mark.parametrize("field, value", [("concurrency", 0), ("max_input_pixels", 0), ("max_queue", True)])
@@ -271,15 +300,31 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
 # ---- `neurop-diff serve` ----
 
 
-def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
+def _ignore_sigint() -> None:
+    """In the server's process before it starts: SIGINT ignored, as a background job of a non-interactive shell (or
+    ``nohup``) starts it; the server must restore Ctrl-C itself (issue 24)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def _serving(tmp_path: Path, *options: str):
+    """``neurop-diff serve OPTIONS`` in a fresh process (its own process group, SIGINT ignored as inherited from a
+    background job, ``TMPDIR`` in ``tmp_path``) until its page answers; yields ``(server, port, temp)``. Whatever
+    happens, the process group is killed on leaving if the server still runs: a test never leaves a server behind."""
     port = _free_port()
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TMPDIR": str(temp)}
     env.pop("GRADIO_TEMP_DIR", None)
-    command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "serve"]  # the embedded model, in a fresh process
-    command += ["--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "serve", "--port", str(port), *options]
+    server = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_ignore_sigint,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -291,10 +336,25 @@ def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()[-2000:]
                 time.sleep(0.5)
         assert any(temp.iterdir())  # the app's temporary folder
+        yield server, port, temp
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=60)
+        server.stdout.close()
+
+
+def _left_files(temp: Path) -> list[Path]:
+    """What the server left in its ``TMPDIR`` (torch itself makes an empty torchinductor_<user> folder)."""
+    return [p for p in temp.iterdir() if not (p.name.startswith("torchinductor_") and not any(p.iterdir()))]
+
+
+def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
+    with _serving(tmp_path) as (server, port, temp):  # the embedded model
         with pytest.raises(OSError):  # not on the machine's other addresses
             socket.create_connection((_other_address(), port), timeout=2).close()
-    finally:
-        # Ctrl-C, as a user stops it; a busy machine may catch Gradio mid-shutdown, so a user's second Ctrl-C too.
+        # Ctrl-C, as a user stops it (SIGINT was ignored when it started); a busy machine may catch Gradio
+        # mid-shutdown, so a user's second Ctrl-C too.
         for _ in range(3):
             server.send_signal(signal.SIGINT)
             try:
@@ -303,5 +363,32 @@ def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
             except subprocess.TimeoutExpired:
                 continue
         assert server.poll() is not None, "neurop-diff serve did not stop on Ctrl-C"
-    left = [p for p in temp.iterdir() if not (p.name.startswith("torchinductor_") and not any(p.iterdir()))]
-    assert left == []  # removed at exit (torch itself makes an empty torchinductor_<user> folder when imported)
+    assert _left_files(temp) == []  # removed at exit
+
+
+def test_serve_stopped_by_sigterm_removes_its_temporary_folder(tmp_path):
+    # systemd, docker and `kill` stop a service with SIGTERM: the temporary folder (uploads, outputs) must go too
+    # (issue 21 item 5), and the exit status says SIGTERM (128 + 15).
+    with _serving(tmp_path, "--model", "preset:tiny") as (server, _, temp):
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        assert server.returncode == 128 + signal.SIGTERM, server.stdout.read().decode()[-2000:]
+    assert _left_files(temp) == []
+
+
+def test_stop_signals_restores_the_handlers():
+    from neurop_diff_diffusers.app import stop_signals
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        term = signal.getsignal(signal.SIGTERM)
+        with stop_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            with pytest.raises(SystemExit) as stopped:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs at the next bytecode; never reached
+            assert stopped.value.code == 128 + signal.SIGTERM
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # a second SIGTERM cannot cut the shutdown
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == term
+    finally:
+        signal.signal(signal.SIGINT, before)

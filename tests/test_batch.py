@@ -15,7 +15,16 @@ import pytest
 from PIL import Image
 
 from neurop_diff_diffusers import cli
-from neurop_diff_diffusers.batch import MANIFEST_NAME, compact_manifest, find_inputs, stale_temporaries
+from neurop_diff_diffusers.batch import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    append_record,
+    compact_manifest,
+    find_inputs,
+    lock_folder,
+    stale_temporaries,
+    unlock_folder,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FAST = ("--model", "preset:tiny", "--scale", "2", "--steps", "2", "--seed", "0")
@@ -179,3 +188,110 @@ def test_bad_batch_flags_are_one_line(scenes, tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("neurop-diff: error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("neurop-diff: error:") and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_a_manifest_that_is_not_a_regular_file_is_refused_before_any_work(scenes, tmp_path, capsys, kind):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    if kind == "symlink":
+        (out / MANIFEST_NAME).symlink_to(victim)
+    else:
+        (out / MANIFEST_NAME).mkdir()
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 2
+    err = _one_line(capsys)
+    assert f"{out / MANIFEST_NAME} is a {'symbolic link' if kind == 'symlink' else 'directory'}" in err
+    assert victim.read_text() == "precious\n"  # never appended through the link
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME]  # no output written
+
+
+def test_append_record_never_follows_a_symlink(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / MANIFEST_NAME).symlink_to(victim)
+    with pytest.raises(ValueError, match="symbolic link"):
+        append_record(tmp_path / MANIFEST_NAME, {"input": "a"})
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_second_run_on_a_locked_out_dir_is_refused(scenes, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 0
+    before = (_outputs(out), (out / MANIFEST_NAME).read_bytes())
+    capsys.readouterr()
+    held = lock_folder(out)  # another run holds the folder
+    try:
+        assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s*.png", *FAST) == 2
+        assert "another neurop-diff run is writing in --out-dir" in _one_line(capsys)
+        assert (out / LOCK_NAME).is_file()  # the other run's
+        outputs = {k: v for k, v in _outputs(out).items() if k != LOCK_NAME}
+        assert (outputs, (out / MANIFEST_NAME).read_bytes()) == before  # nothing marked, nothing written
+    finally:
+        unlock_folder(out, held)
+    assert not (out / LOCK_NAME).exists()
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 0  # released
+
+
+def test_a_rerun_with_other_settings_is_refused_unless_overwrite(scenes, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 0
+    settings = _manifest(out)[0]["settings"]
+    assert settings["steps"] == 2 and settings["seed"] == 0 and settings["model"] == "preset:tiny"
+    first = _outputs(out)
+    capsys.readouterr()
+    for changed in (("--steps", "3"), ("--seed", "1"), ("--prior-only",), ("--strength", "0.5")):
+        argv = [*FAST, *changed] if changed[0] != "--steps" else [*FAST[:-4], "--steps", "3", "--seed", "0"]
+        assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *argv) == 2
+        err = _one_line(capsys)
+        assert f"holds 1 output(s) of an earlier run with another {changed[0]}" in err and "--overwrite" in err
+        assert _outputs(out) == first
+    # a scale that gives the same file name is another setting; one that gives another name writes beside it
+    argv = [*FAST[:2], "--scale", "2.0000001", *FAST[4:]]
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *argv) == 2
+    assert "with another --scale" in _one_line(capsys)
+    argv = [*FAST[:2], "--scale", "3", *FAST[4:]]
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *argv) == 0
+    assert sorted(_outputs(out)) == ["s0_x2.png", "s0_x3.png"] and _outputs(out)["s0_x2.png"] == first["s0_x2.png"]
+    capsys.readouterr()
+    # the same settings resume; --overwrite redoes with the new ones and records them
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 0
+    assert _manifest(out)[0]["resumed"]
+    first = _outputs(out)
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST, "--seed", "1",
+                "--overwrite") == 0  # fmt: skip
+    assert _outputs(out) != first and _manifest(out)[0]["settings"]["seed"] == 1
+    # a manifest line without settings (an older version): not kept as complete either
+    record = {k: v for k, v in _manifest(out)[0].items() if k != "settings"}
+    (out / MANIFEST_NAME).write_text(json.dumps(record) + "\n")
+    capsys.readouterr()
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST, "--seed", "1") == 2
+    assert "settings that were not recorded" in _one_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [("IN", "is --input-dir itself"), ("PARENT", "lies inside --out-dir")],
+)
+def test_out_dir_equal_to_or_above_the_input_dir_is_a_clear_refusal(scenes, capsys, where, message):
+    out = scenes if where == "IN" else scenes.parent
+    before = sorted(p.name for p in out.iterdir())
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, *FAST) == 2
+    assert message in _one_line(capsys)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+@pytest.mark.parametrize("pattern", ["/etc/*", "../*", "sub/../../*.png", "\\\\server\\*"])
+def test_globs_leaving_the_input_dir_are_refused(scenes, tmp_path, capsys, pattern):
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", tmp_path / "o", "--glob", pattern, *FAST) == 2
+    assert "--glob must be a pattern relative to --input-dir" in _one_line(capsys)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="--glob"):
+        find_inputs(scenes, pattern=pattern)

@@ -178,3 +178,67 @@ def test_training_speed_smoke(tmp_path):
     assert (tmp_path / "training_speed_stage1_tiny.json").is_file()
     with pytest.raises(ValueError, match="`steps` must exceed"):
         training_speed.main(["--steps", "3", "--skip", "5", "--output_dir", str(tmp_path / "x")])
+
+
+def test_lr_agreement_smoke(tmp_path, samples_dir):
+    lr_agreement = _load("lr_agreement")
+    images = tmp_path / "images.txt"
+    images.write_text("airplane30.png\nfreeway29.png\n")
+    out = tmp_path / "lr.json"
+    report = lr_agreement.main(
+        ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--images_from", str(images)]
+        + ["--resolution", "32", "--steps", "1", "--back_projection", "10", "--uncertainty", "2", "--output", str(out)]
+    )
+    data = json.loads(out.read_text())
+    assert [r["image"] for r in data["per_image"]] == ["airplane30.png", "freeway29.png"]
+    assert set(data["summary"]) == {"operator", "pipeline", "pipeline+bp10", "uncertainty"}
+    assert -1 <= data["summary"]["uncertainty"]["spearman_min"] <= data["summary"]["uncertainty"]["spearman_mean"] <= 1
+    assert all(r["uncertainty"]["mean"] > 0 for r in data["per_image"])
+    # back-projection brings the (random) tiny model's output to its LR
+    assert data["summary"]["pipeline+bp10"]["lr_l1_255"] < data["summary"]["pipeline"]["lr_l1_255"] / 5
+    assert report["summary"] == data["summary"]
+    with pytest.raises(ValueError, match="do not exist"):
+        images.write_text("missing.png\n")
+        lr_agreement.main(["--data_dir", str(samples_dir), "--images_from", str(images), "--output", str(out)])
+
+
+def test_cpu_dtype_smoke(tmp_path, capsys):
+    cpu_dtype = _load("cpu_dtype")
+    out = tmp_path / "cpu_dtype.json"
+    cpu_dtype.main(
+        ["--model", "preset:tiny", "--size", "16", "--steps", "2", "--repeats", "1", "--kinds", "native"]
+        + ["--settings", "float32", "auto:cl", "--unet_rounds", "1", "--output", str(out)]
+    )
+    data = json.loads(out.read_text())
+    assert [(r["kind"], r["setting"], r["dtype"], r["channels_last"]) for r in data["results"]] == [
+        ("native", "float32", "float32", False),
+        ("native", "auto:cl", "auto", True),
+    ]
+    for row in data["results"]:
+        assert row["seconds_per_image"] > 0 and row["seconds_per_step"] > 0 and len(row["all_seconds"]) == 1
+        assert row["unet_seconds_per_step"] > 0 and len(row["all_unet_seconds"]) == 1
+    assert data["results"][0]["over_reference_per_image"] == 1.0
+    assert data["kinds"]["native"]["auto_picks"].split(";")[0] in ("float32", "bfloat16")
+    assert set(data["auto_cl_versus_float32"]["native"]) == {"auto_cl_over_float32", "no_slower"}
+    assert data["input_size"] == [16, 16] and data["steps"] == 2
+    assert "`--dtype auto` picks" in capsys.readouterr().out
+
+
+def test_cpu_dtype_parsing_and_bad_arguments(tmp_path):
+    cpu_dtype = _load("cpu_dtype")
+    assert cpu_dtype.step_seconds("50%|5| 1/2 [00:01<00:01, 1.50s/it]\r100%|#| 2/2 [00:02<00:00, 1.25s/it]") == 1.25
+    assert cpu_dtype.step_seconds("100%|#| 4/4 [00:01<00:00, 4.00it/s]") == 0.25
+    assert cpu_dtype.step_seconds("no progress bar") is None
+    assert cpu_dtype.parse_setting("auto:cl") == ("auto", True)
+    assert cpu_dtype.parse_setting("float32") == ("float32", False)
+    for argv, message in [
+        (["--settings", "float16"], "`settings`"),
+        (["--settings", "float32:nhwc"], "`settings`"),
+        (["--steps", "0"], "`steps`"),
+        (["--unet_rounds", "-1"], "`unet_rounds`"),
+        (["--kinds", "native", "native"], "must not repeat"),
+        (["--input", str(tmp_path / "missing.png")], "`input`"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            cpu_dtype.main([*argv, "--output", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()

@@ -84,7 +84,11 @@ def test_truncated_image_is_one_line_before_the_model(tmp_path, capsys, no_model
     "name, content, reason",
     [
         ("empty.tif", b"", "empty file"),
-        ("text.tif", b"this is not a TIFF\n", "not an image PIL can read (PNG, JPEG or TIFF expected)"),
+        (
+            "text.tif",
+            b"this is not a TIFF\n",
+            "not a TIFF file (a .tif / .tiff input must be a TIFF or GeoTIFF; " + "other formats are refused)",
+        ),
         ("text.png", b"hello", "not an image PIL can read (PNG, JPEG or TIFF expected)"),
     ],
 )
@@ -289,14 +293,14 @@ def test_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path, capsys):
     assert abs(values.mean() - grey.mean()) < 0.1 * 65535
 
 
-def test_rgba_warns_once_that_alpha_is_dropped(tmp_path, capsys):
+def test_rgba_keeps_its_alpha_without_a_warning(tmp_path, capsys):
     path = tmp_path / "a.png"
     Image.fromarray(np.dstack([RGB, np.full(RGB.shape[:2], 100, np.uint8)])).save(path)
     assert _run("upscale", path, "--scale", "2", "--model", "preset:tiny", "--prior-only") == 0
-    assert _messages(capsys.readouterr().err) == [
-        f"neurop-diff: warning: {path} has an alpha channel (mode 'RGBA'); it is dropped and the result is RGB."
-    ]
-    assert Image.open(tmp_path / "a_x2.png").mode == "RGB"
+    assert "warning" not in capsys.readouterr().err
+    with Image.open(tmp_path / "a_x2.png") as out:
+        assert out.mode == "RGBA"
+        assert (np.asarray(out)[..., 3] == 100).all()  # see tests/test_inputs_images.py for alpha, grey, 16 bits
 
 
 # ---- device, start-up, export ----
@@ -363,3 +367,87 @@ def test_export_into_a_file_is_one_line(tmp_path, capsys, no_model):
     target.write_text("x")
     assert _run("export", target, "--model", "preset:tiny") == 2
     assert _one_error_line(capsys) == f"{target}: exists and is not a folder"
+
+
+# ---- rasters (issue 21 items 1, 2, 11, 13) ----
+
+
+def _vrt_reading(secret: Path) -> str:
+    return (
+        '<VRTDataset rasterXSize="8" rasterYSize="8"><VRTRasterBand dataType="Byte" band="1" '
+        f'subClass="VRTRawRasterBand"><SourceFilename relativetoVRT="0">{secret}</SourceFilename>'
+        "<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>8</LineOffset></VRTRasterBand>"
+        "</VRTDataset>"
+    )
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["upscale", "batch"])
+def test_vrt_named_tif_is_refused_in_one_line_and_the_secret_never_leaks(tmp_path, capsys, request, batch):
+    pytest.importorskip("rasterio")
+    if not batch:
+        request.getfixturevalue("no_model")  # a single file is refused before the model loads
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"TOPSECRET" * 16)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    evil = inputs / "evil.tif"
+    evil.write_text(_vrt_reading(secret))
+    if batch:
+        code = _run("upscale", "--input-dir", inputs, "--out-dir", tmp_path / "out", "--scale", "2", *FAST)
+    else:
+        code = _run("upscale", evil, "--scale", "2", *FAST)
+    err = capsys.readouterr().err
+    assert code == 2 and "TOPSECRET" not in err
+    assert "Traceback" not in err and err.count(str(evil)) == 1  # one line about it (batch: after a progress bar)
+    assert f"neurop-diff: error: {evil}: not a TIFF file (a .tif / .tiff input must be a TIFF or GeoTIFF;" in err
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p not in (secret, evil)]
+    assert all(b"TOPSECRET" not in p.read_bytes() for p in written)
+    assert not any(p.suffix == ".tif" for p in written)
+
+
+def test_many_bands_refused_from_the_header_before_any_pixel_is_read(tmp_path, capsys, no_model, monkeypatch):
+    rasterio = pytest.importorskip("rasterio")
+    from neurop_diff_diffusers import geo
+
+    path = tmp_path / "bands.tif"
+    profile = dict(driver="GTiff", width=1024, height=1024, count=2000, dtype="uint8", compress="deflate",
+                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
+    with rasterio.open(path, "w", **profile):
+        pass
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("pixels were read")
+
+    monkeypatch.setattr(geo, "check_raster", no_reading)
+    monkeypatch.setattr(geo, "read_scene", no_reading)
+    assert _run("upscale", path, "--scale", "2", *FAST) == 2
+    assert _one_error_line(capsys) == (
+        f"{path}: the input needs 2000 bands x 1024x1024 pixels x 5 bytes = 10.5 GB, over --max-pixels 16777216 "
+        "(which allows 16777216 pixels x 4 bands x 5 bytes = 335.5 MB); raise it"
+    )
+    assert _files(tmp_path) == ["bands.tif"]
+
+
+def test_complex_geotiff_is_one_line(tmp_path, capsys, no_model):
+    rasterio = pytest.importorskip("rasterio")
+    path = tmp_path / "slc.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1, dtype="complex64") as dst:
+        dst.write(np.ones((1, 4, 4), np.complex64))
+    assert _run("upscale", path, "--scale", "2", *FAST) == 2
+    assert _one_error_line(capsys).startswith(f"{path}: complex bands (complex64) are refused")
+
+
+def test_geotiff_without_rasterio_is_refused_naming_the_extra(tmp_path, capsys, no_model, monkeypatch):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "scene.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=4, dtype="uint8", crs="EPSG:32633",
+                       transform=from_origin(5e5, 4e6, 10, 10), nodata=0) as dst:  # fmt: skip
+        dst.write(np.ones((4, 4, 4), np.uint8))
+    monkeypatch.setitem(__import__("sys").modules, "rasterio", None)  # as if the package were not installed
+    assert _run("upscale", path, "--scale", "2", *FAST) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"{path}: has georeferencing (ModelPixelScale, ModelTiepoint, GeoKeyDirectory")
+    assert line.endswith("and rasterio is not installed: pip install 'neurop-diff-diffusers[geo]'")
+    assert _files(tmp_path) == ["scene.tif"]

@@ -25,7 +25,9 @@ from neurop_diff_diffusers.evaluation import (
 )
 from neurop_diff_diffusers.metrics import niqe, niqe_available
 
+TRUST_KEYS = {"lr_l1_255", "spectral_angle", "synthesis", "improvement", "omission", "hallucination"}
 RESULT_KEYS = {"method", "scale", "psnr", "ssim", "lpips", "niqe", "hf_ratio", "n_images", "seconds_per_image"}
+RESULT_KEYS |= TRUST_KEYS
 TOP_KEYS = {"protocol", "command", "versions", "seed", "images", "results"}
 FAST = ["--num_inference_steps", "2", "--resolution", "64", "--no_progress", "--no_niqe"]
 
@@ -56,16 +58,23 @@ def _check_outputs(output_dir: Path, scales: list[float], methods: list[str], n_
         assert row["niqe"] is None or (math.isfinite(row["niqe"]) and row["niqe"] >= 0)
         assert math.isfinite(row["hf_ratio"]) and row["hf_ratio"] > 0
         assert row["seconds_per_image"] >= 0
+        assert row["lr_l1_255"] >= 0 and 0 <= row["spectral_angle"] <= 90 and row["synthesis"] >= 0
+        fractions = [row[k] for k in ("improvement", "omission", "hallucination")]
+        assert all(0 <= f <= 1 for f in fractions) and sum(fractions) == pytest.approx(1.0)
+        if row["method"] == "bicubic":  # the upsampled LR itself (on 8-bit levels): no synthesis, all omission
+            assert row["synthesis"] < 0.003 and row["omission"] > 0.9
     assert isinstance(data["protocol"], dict) and data["protocol"]["name"] in ("rgb", "y")
     assert data["lpips"]["available"] or data["lpips"]["reason"]
     markdown = (output_dir / "results.md").read_text()
     header = next(line for line in markdown.splitlines() if line.startswith("| method |"))
     assert header == "| method | " + " | ".join(f"x{s:g}" for s in scales) + " |"
     for method in methods:
-        # PSNR / SSIM / LPIPS, NIQE / HF ratio, seconds
-        assert sum(line.startswith(f"| {METHOD_LABELS[method]} |") for line in markdown.splitlines()) == 3
+        # PSNR / SSIM / LPIPS, NIQE / HF ratio, LR agreement, improvement / omission / hallucination, seconds
+        assert sum(line.startswith(f"| {METHOD_LABELS[method]} |") for line in markdown.splitlines()) == 5
     for scale in scales:
         with PIL.Image.open(output_dir / figure_file_name(scale)) as figure:
+            figure.verify()
+        with PIL.Image.open(output_dir / figure_file_name(scale).replace("figure_", "trust_")) as figure:
             figure.verify()
     with PIL.Image.open(output_dir / figure_file_name(scales[0])) as figure:
         # one column per method + LR + HR; two rows of panels of the HR size
@@ -229,6 +238,7 @@ def test_niqe_and_hf_ratio_columns(tiny, sample_images, monkeypatch):
         (["--test_fraction", "1.5"], "`test_fraction`"),
         (["--seed", "-1"], "`seed`"),
         (["--max_images", "2", "--figure_image", "2"], "`figure_image`"),
+        (["--data_consistency_steps", "-1"], "`data_consistency_steps`"),
     ],
 )
 def test_bad_arguments_fail_before_any_output(tmp_path, samples_dir, extra, match):
@@ -253,3 +263,77 @@ def test_bad_data_dir_and_pipeline(tmp_path, samples_dir, tiny, sample_images):
     file.write_text("")
     with pytest.raises(ValueError, match="`output_dir`"):
         main(["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--output_dir", str(file)])
+
+
+def test_figures_show_a_few_images_chosen_to_differ(tmp_path, samples_dir):
+    out = tmp_path / "eval"
+    argv = ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--split", "all", "--scales", "2"]
+    main(argv + FAST + ["--methods", "bicubic", "--output_dir", str(out)])
+    with PIL.Image.open(out / "figure_x2.png") as figure:
+        # three images (spread over the selection), each a row of two panel rows of 64 px
+        assert figure.height > 3 * 2 * 64
+    assert evaluation.spread_positions(147) == [0, 73, 146]
+    assert evaluation.spread_positions(5, 3) == [0, 2, 4] and evaluation.spread_positions(1) == [0]
+    with pytest.raises(ValueError, match="duplicates"):
+        evaluation.check_settings([2], figure_image=[1, 1])
+
+
+def test_pipeline_defaults_to_the_embedded_model():
+    from neurop_diff_diffusers.evaluation_cli import build_parser
+
+    args = build_parser().parse_args(["--data_dir", "img", "--output_dir", "out"])
+    assert args.pipeline is None  # load_pipeline(None): the embedded model, as `neurop-diff upscale`
+
+
+def test_ucmerced_convention_on_a_folder_it_does_not_fit_says_why(tmp_path, samples_dir):
+    folder = tmp_path / "my_ucmerced_copy"
+    (folder / "a").mkdir(parents=True)
+    for i in range(3):
+        PIL.Image.open(samples_dir / "airplane30.png").save(folder / "a" / f"a{i:02d}.png")
+    with pytest.raises(ValueError, match=r"UCMerced convention .* 28-34 test.*--split_method fraction"):
+        main(["--pipeline", "preset:tiny", "--data_dir", str(folder), "--output_dir", str(tmp_path / "o")] + FAST)
+    assert not (tmp_path / "o").exists()
+
+
+def test_no_reference_mode_on_an_image(tmp_path, samples_dir):
+    out = tmp_path / "noref"
+    argv = ["--pipeline", "preset:tiny", "--input", str(samples_dir / "freeway29.png"), "--scales", "2"]
+    report = main(argv + ["--num_inference_steps", "1", "--output_dir", str(out)])
+    data = json.loads((out / "results.json").read_text())
+    assert data["no_reference"] and data["image"] == "freeway29.png"
+    assert [r["method"] for r in data["results"]] == ["bicubic", "neural_operator", "neurop_diff"]
+    rows = {r["method"]: r for r in data["results"]}
+    assert rows["bicubic"]["synthesis"] < 0.003 and rows["bicubic"]["lr_l1_255"] < 5.0
+    assert all(r["shift"] >= 0 and r["spectral_angle"] >= 0 for r in data["results"])
+    assert "| Bicubic |" in (out / "results.md").read_text()
+    assert report["paths"]["json"] == str(out / "results.json")
+    with pytest.raises(ValueError, match="`input` must be an existing image file"):
+        main(["--input", str(tmp_path / "missing.png"), "--output_dir", str(tmp_path / "never")])
+    assert not (tmp_path / "never").exists()
+
+
+def test_no_reference_mode_on_a_geotiff(tmp_path):
+    rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+    from rasterio.transform import from_origin
+
+    data = (np.random.default_rng(0).random((4, 16, 16)) * 4000).astype(np.uint16)
+    path = tmp_path / "scene.tif"
+    profile = {"driver": "GTiff", "width": 16, "height": 16, "count": 4, "dtype": "uint16", "crs": "EPSG:32633"}
+    with rasterio.open(path, "w", transform=from_origin(5e5, 4.1e6, 10.0, 10.0), **profile) as dst:
+        dst.write(data)
+    out = tmp_path / "noref"
+    main(["--pipeline", "preset:tiny", "--input", str(path), "--scales", "2", "--methods", "bicubic"]
+         + ["--output_dir", str(out)])  # fmt: skip
+    (row,) = json.loads((out / "results.json").read_text())["results"]
+    assert row["method"] == "bicubic" and row["synthesis"] < 0.003
+
+
+def test_data_consistency_option_makes_the_diffusion_output_agree_with_its_lr(tiny, sample_images):
+    kwargs = dict(
+        methods=["neurop_diff"], num_inference_steps=1, resolution=32, progress=False, compute_lpips=False,
+        compute_niqe=False, figure_image=None,
+    )  # fmt: skip
+    plain = evaluate(tiny, sample_images[:1], [2], **kwargs)["results"][0]
+    projected = evaluate(tiny, sample_images[:1], [2], data_consistency_steps=10, **kwargs)
+    assert projected["config"]["data_consistency_steps"] == 10
+    assert projected["results"][0]["lr_l1_255"] < plain["lr_l1_255"] / 5

@@ -263,3 +263,148 @@ def test_damaged_geotiff_is_one_line_in_the_cli(scene, tmp_path, capsys):
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert err.startswith(f"neurop-diff: error: {cut}: ")
     assert not (tmp_path / "cut_x2.tif").exists()
+
+
+# ---- issue 21: GCPs / RPCs, alpha, overviews, 16-bit grey for Pillow, wide types, refusals ----
+
+
+def _bicubic_model(image, output_size, output_type, **kwargs):
+    """A 'model' that returns the bicubic upscale of its input (deterministic, fast)."""
+    return type("Out", (), {"images": F.interpolate(image, size=output_size, mode="bicubic").clamp(0, 1)})
+
+
+def test_gcps_and_rpcs_are_kept_on_the_output_grid(tmp_path):
+    from rasterio.control import GroundControlPoint
+    from rasterio.transform import RPCTransformer
+
+    from test_raster_io import _rpc
+
+    gcps = [GroundControlPoint(row=0, col=0, x=10.0, y=50.0), GroundControlPoint(row=8, col=10, x=11.0, y=49.0)]
+    data = np.random.default_rng(5).integers(1, 255, (3, 8, 10), dtype=np.uint8)
+    path = _write(tmp_path / "gcp.tif", data, nodata=None, crs="EPSG:4326", gcps=gcps)
+    out = upscale_geotiff(_bicubic_model, path, tmp_path / "gcp_up.tif", scale=2)
+    with rasterio.open(out) as dst:
+        out_gcps, crs = dst.gcps
+        assert crs == rasterio.crs.CRS.from_epsg(4326) and dst.shape == (16, 20)
+        assert [(g.row, g.col, g.x, g.y) for g in out_gcps] == [(0, 0, 10, 50), (16, 20, 11, 49)]
+
+    identity = rasterio.Affine.identity()
+    rpc_path = _write(
+        tmp_path / "rpc.tif", data.astype(np.uint16) * 100, nodata=None, crs=None, transform=identity, rpcs=_rpc()
+    )
+    out = upscale_geotiff(_bicubic_model, rpc_path, tmp_path / "rpc_up.tif", output_size=(20, 15))
+    with rasterio.open(out) as dst:
+        assert dst.rpcs is not None and dst.transform.is_identity and dst.crs is None
+        after = RPCTransformer(dst.rpcs)
+    np.testing.assert_allclose(after.xy(5.0, 6.0, offset="ul"), RPCTransformer(_rpc()).xy(2.0, 4.0, offset="ul"))
+
+
+def test_alpha_band_is_upscaled_with_nearest_neighbour(tmp_path):
+    data = np.random.default_rng(6).integers(0, 255, (4, 6, 8), dtype=np.uint8)
+    data[3] = 0
+    data[3, 1:4, 2:7] = 255  # an alpha mask
+    path = _write(tmp_path / "rgba.tif", data, nodata=None, photometric="rgb", alpha="YES")
+    with rasterio.open(path) as src:
+        assert src.colorinterp[3] == rasterio.enums.ColorInterp.alpha
+    out = upscale_geotiff(_bicubic_model, path, tmp_path / "up.tif", scale=3)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(4), _nearest(data[3], 3))
+        assert dst.colorinterp[3] == rasterio.enums.ColorInterp.alpha
+
+
+def test_internal_overviews_are_built_in_the_output(tmp_path):
+    data = np.random.default_rng(7).integers(0, 4000, (3, 32, 32), dtype=np.uint16)
+    path = _write(tmp_path / "cog.tif", data, nodata=None, tiled=True, blockxsize=16, blockysize=16)
+    with rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2, 4])
+    out = upscale_geotiff(_bicubic_model, path, tmp_path / "up.tif", scale=2)
+    with rasterio.open(out) as dst:
+        assert dst.overviews(1) == [2, 4] and dst.shape == (64, 64)
+        assert dst.read(1, out_shape=(16, 16)).shape == (16, 16)
+    plain = _write(tmp_path / "plain.tif", data, nodata=None)
+    with rasterio.open(upscale_geotiff(_bicubic_model, plain, tmp_path / "plain_up.tif", scale=2)) as dst:
+        assert dst.overviews(1) == []
+
+
+def test_16_bit_grey_output_opens_in_pillow(tmp_path):
+    from PIL import Image
+
+    data = np.random.default_rng(8).integers(0, 65535, (1, 150, 150), dtype=np.uint16)
+    path = _write(tmp_path / "g16.tif", data, nodata=None, crs=None, transform=rasterio.Affine.identity())
+    out = upscale_geotiff(_bicubic_model, path, tmp_path / "up.tif", scale=2)  # 300 x 300: tiled, band-interleaved
+    with Image.open(out) as image:
+        assert image.tag_v2[284] == 1  # PlanarConfiguration: contiguous (2 is what Pillow cannot decode)
+        image.load()
+        assert image.mode == "I;16" and image.size == (300, 300)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(np.asarray(image), dst.read(1))
+
+
+@pytest.mark.parametrize("dtype, base", [("int32", 1_000_000_000), ("float64", 1e9 + 0.25)])
+def test_wide_types_keep_their_precision_through_the_stretch(tmp_path, dtype, base):
+    """float32 rounds 1e9 + k to a multiple of 64: the stretch is computed in float64, so an identity 'model' gives
+    back the input exactly (at scale 1)."""
+    data = (base + np.arange(3 * 6 * 7).reshape(3, 6, 7)).astype(dtype)
+    path = _write(tmp_path / "w.tif", data, nodata=None)
+
+    def identity(image, output_size, output_type, **kw):
+        return type("Out", (), {"images": image.clone()})
+
+    out = upscale_geotiff(identity, path, tmp_path / "same.tif", scale=1)
+    with rasterio.open(out) as dst:
+        got = dst.read()
+    if dtype == "int32":
+        np.testing.assert_array_equal(got, data)
+    else:
+        np.testing.assert_allclose(got, data, rtol=0, atol=1e-4)
+
+
+def test_complex_geotiff_is_refused_before_writing(tmp_path):
+    path = _write(tmp_path / "c.tif", np.ones((1, 4, 4), np.complex64), nodata=None)
+    with pytest.raises(ValueError, match="complex bands"):
+        upscale_geotiff(_bicubic_model, path, tmp_path / "c_up.tif", scale=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif"]
+
+
+def test_palette_geotiff_is_expanded_to_rgb_through_its_colour_table(tmp_path):
+    indices = np.zeros((1, 4, 6), np.uint8)
+    indices[0, :, 3:] = 1
+    indices[0, 0, 0] = 9  # nodata
+    path = _write(tmp_path / "p.tif", indices, nodata=9, photometric="palette")
+    colours = {0: (10, 200, 30, 255), 1: (250, 40, 120, 255), 9: (0, 0, 0, 0)}
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, colours)
+    out = upscale_geotiff(_bicubic_model, path, tmp_path / "rgb.tif", scale=1)  # identity at scale 1
+    with rasterio.open(out) as dst, rasterio.open(path) as src:
+        assert dst.count == 3 and dst.dtypes == ("uint8",) * 3 and dst.crs == src.crs
+        assert dst.colorinterp == (rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
+                                   rasterio.enums.ColorInterp.blue)  # fmt: skip
+        rgb, masks = dst.read(), dst.read_masks()
+    expected = np.stack([np.vectorize(lambda i, c=c: colours[i][c])(indices[0]) for c in range(3)])
+    valid = indices[0] != 9
+    np.testing.assert_array_equal(rgb[:, valid], expected[:, valid])
+    assert (masks[:, ~valid] == 0).all() and (masks[:, valid] == 255).all()
+
+
+def test_uint8_gcp_tiff_keeps_its_gcps_in_the_cli_and_a_palette_says_it_is_expanded(tmp_path, capsys):
+    """Issue 21 items 7 and 8 end to end: a uint8 GCP TIFF once took the plain-image path and lost its GCPs."""
+    from rasterio.control import GroundControlPoint
+
+    from neurop_diff_diffusers import cli
+
+    gcps = [GroundControlPoint(row=0, col=0, x=10.0, y=50.0), GroundControlPoint(row=8, col=10, x=11.0, y=49.0)]
+    data = np.random.default_rng(9).integers(0, 255, (3, 8, 10), dtype=np.uint8)
+    path = _write(tmp_path / "gcp.tif", data, nodata=None, crs="EPSG:4326", gcps=gcps)
+    assert cli.main(["upscale", str(path), "--scale", "2", "--model", "preset:tiny", "--steps", "1"]) == 0
+    with rasterio.open(tmp_path / "gcp_x2.tif") as dst:
+        assert [(g.row, g.col, g.x, g.y) for g in dst.gcps[0]] == [(0, 0, 10, 50), (16, 20, 11, 49)]
+    pal = _write(tmp_path / "pal.tif", np.zeros((1, 6, 6), np.uint8), nodata=None, photometric="palette")
+    with rasterio.open(pal, "r+") as dst:
+        dst.write_colormap(1, {0: (10, 200, 30, 255)})
+    capsys.readouterr()
+    assert cli.main(["upscale", str(pal), "--scale", "2", "--model", "preset:tiny", "--steps", "1"]) == 0
+    warnings_ = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings_ == [f"neurop-diff: warning: {pal}: palette (colour-table) raster: expanded to RGB through its "
+                         "colour table; the output is an RGB GeoTIFF (3 uint8 bands, no colour table)"]  # fmt: skip
+    with rasterio.open(tmp_path / "pal_x2.tif") as dst:
+        assert dst.count == 3 and dst.crs.to_epsg() == 32633 and dst.shape == (12, 12)

@@ -65,3 +65,219 @@ def test_sidecar_metadata_is_not_read(tmp_path):
         assert src.tags().get("INJECTED") == "yes"
     with open_raster(tmp_path / "a.tif") as src:
         assert "INJECTED" not in src.tags()
+
+
+# ---- headers, budgets, routing (issue 21 items 2, 7, 8, 11, 13) ----
+
+from rasterio.control import GroundControlPoint  # noqa: E402
+from rasterio.rpc import RPC  # noqa: E402
+from rasterio.transform import RPCTransformer  # noqa: E402
+
+from neurop_diff_diffusers.raster_io import (  # noqa: E402
+    check_budget,
+    check_header,
+    inspect_raster,
+    needs_raster_path,
+    output_georeferencing,
+    route_tiff,
+    tiff_geo_tags,
+)
+
+
+def _plain(path, data, **extra):
+    bands, h, w = data.shape
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, **extra) as d:
+        d.write(data)
+    return path
+
+
+def _rpc(line_off=4.0, samp_off=5.0):
+    """An affine-like RPC: longitude follows the sample, latitude the line (enough to check the grid mapping)."""
+    unit = [1.0] + [0.0] * 19
+    return RPC(
+        height_off=0, height_scale=100, lat_off=50, lat_scale=0.1, long_off=10, long_scale=0.1,
+        line_off=line_off, line_scale=4, samp_off=samp_off, samp_scale=5,
+        line_num_coeff=[0.0, 0.0, -1.0] + [0.0] * 17, line_den_coeff=unit,
+        samp_num_coeff=[0.0, 1.0] + [0.0] * 18, samp_den_coeff=unit, err_bias=-1, err_rand=-1,
+    )  # fmt: skip
+
+
+GCPS = [
+    GroundControlPoint(row=0, col=0, x=10.0, y=50.0, z=0.0),
+    GroundControlPoint(row=0, col=10, x=11.0, y=50.0, z=0.0),
+    GroundControlPoint(row=8, col=0, x=10.0, y=49.0, z=0.0),
+]
+
+
+def test_inspect_reads_the_header(tmp_path):
+    path = tmp_path / "cog.tif"
+    data = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
+    _plain(path, data, crs="EPSG:32633", transform=from_origin(5e5, 4e6, 10, 10), nodata=0, compress="deflate",
+           tiled=True, blockxsize=32, blockysize=32)  # fmt: skip
+    with rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2, 4])
+    header = inspect_raster(path)
+    assert (header.driver, header.bands, header.height, header.width) == ("GTiff", 4, 64, 64)
+    assert header.dtypes == ("uint16",) * 4 and header.nodata == 0 and header.has_mask
+    assert header.compression == "deflate" and header.block_shapes == ((32, 32),) * 4
+    assert header.overviews == (2, 4) and header.transform == (10.0, 0.0, 5e5, 0.0, -10.0, 4e6)
+    assert "32633" in header.crs and header.gcp_count == 0 and not header.has_rpcs
+    assert header.is_georeferenced and header.colorinterp[:3] == ("gray", "undefined", "undefined")
+
+
+def _many_bands(path, bands=2000, size=1024):
+    """A tiny sparse file whose header declares ``bands`` bands of ``size`` x ``size`` (no block written)."""
+    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint8", compress="deflate",
+                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
+    with rasterio.open(path, "w", **profile):
+        pass
+    return path
+
+
+def test_budget_counts_bands_from_the_header(tmp_path):
+    path = _many_bands(tmp_path / "bands.tif")
+    assert path.stat().st_size < 2_000_000
+    header = inspect_raster(path)
+    assert header.bands == 2000
+    with pytest.raises(ValueError) as err:
+        check_budget(header, (2048, 2048), 4096 * 4096)
+    assert str(err.value) == (
+        "the input needs 2000 bands x 1024x1024 pixels x 5 bytes = 10.5 GB, over --max-pixels 16777216 (which "
+        "allows 16777216 pixels x 4 bands x 5 bytes = 335.5 MB); raise it"
+    )
+    check_budget(header, None, 2000 * 1024 * 1024 // 4)  # the input stage alone fits exactly
+    check_budget(header, (2048, 2048), 2000 * 2048 * 2048 // 4)  # both stages fit exactly
+    with pytest.raises(ValueError, match=r"^the output needs 2000 bands x 2048x2048 pixels x 5 bytes = 41.9 GB"):
+        check_budget(header, (2048, 2048), 2000 * 2048 * 2048 // 4 - 1)
+
+
+def test_an_rgb_nir_scene_fits_the_pixel_limit(tmp_path):
+    header = inspect_raster(_plain(tmp_path / "a.tif", np.zeros((4, 8, 8), np.uint16)))
+    check_budget(header, (16, 16), 256)  # 4 bands at exactly the limit
+    with pytest.raises(ValueError, match="over --max-pixels 255"):
+        check_budget(header, (16, 16), 255)
+
+
+@pytest.mark.parametrize(
+    "dtype, extra, match",
+    [
+        ("complex64", {}, r"^complex bands \(complex64\) are refused"),
+        ("uint8", {"count": 2}, r"^has 2 bands; the model needs 1 \(grey\) or at least 3"),
+    ],
+)
+def test_check_header_refusals(tmp_path, dtype, extra, match):
+    data = np.ones((extra.get("count", 1), 6, 6), dtype=dtype)
+    path = _plain(tmp_path / "x.tif", data, photometric="palette" if extra.get("palette") else "minisblack")
+    if extra.get("palette"):
+        with rasterio.open(path, "r+") as dst:
+            dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+    with pytest.raises(ValueError, match=match):
+        check_header(inspect_raster(path))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "float64"])
+def test_wide_types_are_accepted_with_a_warning(tmp_path, dtype):
+    notes = check_header(inspect_raster(_plain(tmp_path / "w.tif", np.ones((3, 6, 6), dtype))))
+    assert len(notes) == 1 and notes[0].startswith(f"{dtype} bands: each band is stretched to [0, 1] in float64")
+    assert check_header(inspect_raster(_plain(tmp_path / "n.tif", np.ones((3, 6, 6), "uint16")))) == []
+
+
+def test_routing_by_header(tmp_path):
+    rgb = np.ones((3, 8, 10), np.uint8)
+    cases = {
+        "plain_rgb": (_plain(tmp_path / "rgb.tif", rgb), False),
+        "rgba": (_plain(tmp_path / "rgba.tif", np.ones((4, 8, 10), np.uint8), photometric="rgb", alpha="YES"), False),
+        "rgb_nir": (_plain(tmp_path / "rgbn.tif", np.ones((4, 8, 10), np.uint8), photometric="minisblack"), True),
+        "gcps": (_plain(tmp_path / "gcp.tif", rgb, gcps=GCPS, crs="EPSG:4326"), True),
+        "rpcs": (_plain(tmp_path / "rpc.tif", rgb, rpcs=_rpc()), True),
+        "uint16": (_plain(tmp_path / "u16.tif", rgb.astype(np.uint16)), True),
+        "nodata": (_plain(tmp_path / "nd.tif", rgb, nodata=0), True),
+        "crs": (_plain(tmp_path / "crs.tif", rgb, crs="EPSG:32633", transform=from_origin(0, 0, 1, 1)), True),
+    }
+    got = {name: (route_tiff(path), needs_raster_path(inspect_raster(path))) for name, (path, _) in cases.items()}
+    assert got == {name: (want, want) for name, (_, want) in cases.items()}
+
+
+def test_a_tif_that_is_no_tiff_is_refused_before_gdal_or_pil(tmp_path):
+    evil = tmp_path / "evil.tif"
+    evil.write_text('<VRTDataset rasterXSize="8" rasterYSize="8"></VRTDataset>')
+    with pytest.raises(ValueError, match=r"^not a TIFF file \(a \.tif / \.tiff input must be a TIFF or GeoTIFF"):
+        route_tiff(evil)
+    png = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(png)
+    assert route_tiff(png) is False  # not a TIFF: the plain-image path
+
+
+def test_a_geotiff_named_png_is_routed_by_its_content(tmp_path):
+    path = _plain(tmp_path / "scene.tif", np.ones((3, 4, 4), np.uint8), crs="EPSG:32633",
+                  transform=from_origin(0, 0, 1, 1))  # fmt: skip
+    renamed = path.rename(tmp_path / "scene.png")
+    assert route_tiff(renamed) is True
+
+
+def test_without_rasterio_a_georeferenced_tiff_is_refused_naming_the_extra(tmp_path, monkeypatch):
+    geo = _plain(tmp_path / "g.tif", np.ones((3, 4, 4), np.uint8), crs="EPSG:32633", transform=from_origin(0, 0, 1, 1))
+    rpc = _plain(tmp_path / "r.tif", np.ones((3, 4, 4), np.uint8), rpcs=_rpc())
+    gcp = _plain(tmp_path / "c.tif", np.ones((3, 4, 4), np.uint8), gcps=GCPS, crs="EPSG:4326")
+    plain = _plain(tmp_path / "p.tif", np.ones((3, 4, 4), np.uint8))
+    assert set(tiff_geo_tags(geo)) >= {"ModelPixelScale", "ModelTiepoint", "GeoKeyDirectory"}
+    assert "RPCCoefficient" in tiff_geo_tags(rpc) and "ModelTiepoint" in tiff_geo_tags(gcp)
+    assert tiff_geo_tags(plain) == []
+    monkeypatch.setitem(__import__("sys").modules, "rasterio", None)  # as if the package were not installed
+    for path in (geo, rpc, gcp):
+        with pytest.raises(ValueError, match=r"rasterio is not installed: pip install 'neurop-diff-diffusers\[geo\]'"):
+            route_tiff(path)
+    assert route_tiff(plain) is False
+
+
+def test_gcps_are_scaled_to_the_output_grid(tmp_path):
+    path = _plain(tmp_path / "gcp.tif", np.ones((3, 8, 10), np.uint8), gcps=GCPS, crs="EPSG:4326")
+    geo = output_georeferencing(inspect_raster(path), (20, 15))  # x2.5 rows, x1.5 columns
+    assert "transform" not in geo and geo["crs"] == rasterio.crs.CRS.from_epsg(4326)
+    assert [(g.row, g.col, g.x, g.y) for g in geo["gcps"]] == [(0, 0, 10, 50), (0, 15, 11, 50), (20, 0, 10, 49)]
+
+
+def test_rpcs_map_each_output_pixel_to_the_ground_point_it_covers(tmp_path):
+    path = _plain(tmp_path / "rpc.tif", np.ones((1, 8, 10), np.uint16), rpcs=_rpc())
+    geo = output_georeferencing(inspect_raster(path), (20, 15))
+    before, after = RPCTransformer(_rpc()), RPCTransformer(geo["rpcs"])
+    for row, col in [(0, 0), (3.25, 7.5), (8, 10)]:  # corner coordinates of the input grid
+        np.testing.assert_allclose(
+            after.xy(row * 2.5, col * 1.5, offset="ul"), before.xy(row, col, offset="ul"), rtol=0, atol=1e-9
+        )
+
+
+def test_palette_is_accepted_with_a_warning_and_counted_as_rgb(tmp_path):
+    path = _plain(tmp_path / "p.tif", np.ones((1, 6, 6), np.uint8), photometric="palette")
+    with rasterio.open(path, "r+") as dst:
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255)})
+    header = inspect_raster(path)
+    assert header.has_palette and header.working_bands == 3
+    assert check_header(header) == [
+        "palette (colour-table) raster: expanded to RGB through its colour table; the output is an RGB GeoTIFF "
+        "(3 uint8 bands, no colour table)"
+    ]
+    with pytest.raises(ValueError, match=r"^the output needs 3 bands x 12x12 pixels"):
+        check_budget(header, (12, 12), 107)  # 3 x 144 > 4 x 107
+    assert not needs_raster_path(header)  # without georeferencing: a plain image (PIL expands it, as for a PNG)
+
+
+def test_a_geotiff_gdal_cannot_open_is_not_handed_to_pil(tmp_path, monkeypatch):
+    from neurop_diff_diffusers import raster_io
+
+    path = _plain(
+        tmp_path / "g.tif", np.ones((3, 4, 4), np.uint8), crs="EPSG:32633", transform=from_origin(0, 0, 1, 1)
+    )
+
+    def gdal_fails(name):
+        raise ValueError(f"`{name}`: not a raster of an allowed format (GTiff): TIFFReadDirectory failed")
+
+    monkeypatch.setattr(raster_io, "inspect_raster", gdal_fails)
+    with pytest.raises(
+        ValueError, match=r"^a GeoTIFF \(ModelPixelScale, .*\) that GDAL cannot open: TIFFReadDirectory"
+    ):
+        route_tiff(path)
+    plain = _plain(tmp_path / "p.tif", np.ones((3, 4, 4), np.uint8))
+    assert route_tiff(plain) is False  # no georeferencing to lose: PIL may read it

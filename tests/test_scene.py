@@ -340,3 +340,74 @@ def test_bad_scene_flags_are_one_line_before_any_work(tmp_path, capsys, flags, m
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The raster behaviours of geo.py / raster_io.py, window by window (merge of issue 21's reader)
+# --------------------------------------------------------------------------------------------------------------------
+def _bicubic(image, output_size, output_type, **kwargs):
+    """A 'model' that returns the bicubic upscale of its window (deterministic, fast)."""
+    up = torch.nn.functional.interpolate(image, size=output_size, mode="bicubic").clamp(0, 1)
+    return type("Out", (), {"images": up})
+
+
+def test_alpha_band_is_nearest_across_windows(tmp_path):
+    """Several blended windows: the alpha band is still exactly the nearest-upscaled mask (no blending seams)."""
+    data = _smooth_scene(40, 36, bands=4, seed=4)
+    data[3] = 0
+    data[3, 5:31, 7:29] = 255
+    src = _write(tmp_path / "rgba.tif", data, photometric="rgb", alpha="YES")
+    out = upscale_scene(_bicubic, src, tmp_path / "up.tif", scale=3, window=12, halo=4)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(4), data[3].repeat(3, axis=0).repeat(3, axis=1))
+        assert dst.colorinterp[3] == rasterio.enums.ColorInterp.alpha
+
+
+def test_palette_and_undeclared_nan_across_windows(tmp_path):
+    indices = np.zeros((1, 24, 20), np.uint8)
+    indices[0, :, 10:] = 1
+    pal = _write(tmp_path / "p.tif", indices, photometric="palette")
+    with rasterio.open(pal, "r+") as dst:
+        dst.write_colormap(1, {0: (10, 200, 30, 255), 1: (250, 40, 120, 255)})
+    out = upscale_scene(_bicubic, pal, tmp_path / "rgb.tif", scale=1, window=8, halo=2)
+    with rasterio.open(out) as dst:
+        assert dst.count == 3 and dst.dtypes == ("uint8",) * 3
+        np.testing.assert_array_equal(dst.read()[:, 0, :2].T, [[10, 200, 30]] * 2)
+        np.testing.assert_array_equal(dst.read()[:, -1, -2:].T, [[250, 40, 120]] * 2)
+
+    values = np.linspace(0, 1, 3 * 24 * 20, dtype=np.float32).reshape(3, 24, 20)
+    values[:, 3, 17] = np.nan
+    values[1, 20, 2] = np.inf
+    src = _write(tmp_path / "f.tif", values)
+    with pytest.warns(UserWarning, match="has 4 NaN or infinite band values that no nodata value marks"):
+        out = upscale_scene(_bicubic, src, tmp_path / "f_up.tif", scale=2, window=8, halo=2)
+    with rasterio.open(out) as dst:
+        masks, got = dst.read_masks(1), dst.read()
+    assert (masks[6:8, 34:36] == 0).all() and (masks[40:42, 4:6] == 0).all() and masks.sum() == 255 * (48 * 40 - 8)
+    assert np.isfinite(got).all()  # the other pixels were not poisoned by the NaN
+
+
+def test_a_nan_model_writes_nothing_even_prior_only(tmp_path):
+    pipe = build_pipeline("tiny", seed=0)
+    with torch.no_grad():
+        for parameter in pipe.neural_operator.parameters():
+            parameter.fill_(float("nan"))
+    pipe.set_progress_bar_config(disable=True)
+    src = _write(tmp_path / "scene.tif", _smooth_scene(20, 20))
+    from neurop_diff_diffusers import NonFiniteOutputError
+
+    with pytest.raises(NonFiniteOutputError):
+        upscale_scene(pipe, src, tmp_path / "out.tif", scale=2, prior_only=True, window=8, halo=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]  # no output, no work folder
+
+
+def test_cli_geotiff_output_goes_by_windows_but_the_app_keeps_its_cap(tmp_path):
+    from neurop_diff_diffusers.upscale_job import InputFailed, prepare_job
+
+    src = _write(tmp_path / "scene.tif", _smooth_scene(20, 20))
+    job = prepare_job(src, tmp_path / "up.tif", 4.0, None, 1000)  # 80 x 80 = 6400 output pixels > 1000
+    assert job[3] == (80, 80)
+    with pytest.raises(InputFailed, match="the output 80x80 .* exceeds --max-pixels 1000"):
+        prepare_job(src, tmp_path / "up.tif", 4.0, None, 1000, cap_geo_output=True)
+    with pytest.raises(InputFailed, match="the input needs 3 bands x 20x20 pixels"):  # the input stage still counts
+        prepare_job(src, tmp_path / "up.tif", 4.0, None, 50)

@@ -227,17 +227,18 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path, ima
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 240
-    while not sentinel.exists():
-        if process.poll() is not None:
-            pytest.fail(f"the run ended before checkpoint-6: {process.stderr.read().decode()[-3000:]}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail("the run did not reach checkpoint-6 in time")
-        time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    process.stderr.close()
+    try:
+        deadline = time.monotonic() + 240
+        while not sentinel.exists():
+            if process.poll() is not None:
+                pytest.fail(f"the run ended before checkpoint-6: {process.stderr.read().decode()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("the run did not reach checkpoint-6 in time")
+            time.sleep(0.1)
+    finally:  # whatever happened, the run does not outlive the test
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        process.stderr.close()
     assert process.returncode == -signal.SIGKILL
     assert [p.name for p in sorted(run.glob("checkpoint-*"))] == ["checkpoint-2", "checkpoint-4"]
     assert (run / ".tmp-checkpoint-6").is_dir()  # the partial write is there, and ignored by "latest"

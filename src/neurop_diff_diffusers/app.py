@@ -15,11 +15,15 @@ Example:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,8 +68,9 @@ class AppConfig:
         concurrency: requests computed at the same time; the others wait in the queue.
         max_queue: requests waiting at most (more are refused with a message).
         default_steps: the steps the page starts with.
-        dtype: the UNet's precision, ``float32`` (default), ``bfloat16`` (CPUs with bfloat16 units, GPUs) or
-            ``float16`` (GPUs); see [`~neurop_diff_diffusers.optimization.optimize_pipeline`].
+        dtype: the UNet's precision, ``float32`` (default), ``auto`` (the fastest on the device), ``bfloat16``
+            (CPUs with bfloat16 units, GPUs) or ``float16`` (GPUs); see
+            [`~neurop_diff_diffusers.optimization.optimize_pipeline`].
         channels_last: the UNet's weights in channels-last memory (faster convolutions).
     """
 
@@ -110,17 +115,21 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
         check_input_file(path)
         if probe_geo(path):
             from .geo import check_raster
-            from .raster_io import open_raster
+            from .raster_io import check_budget, check_header, inspect_raster
 
-            with open_raster(path) as src:
-                height, width = src.height, src.width
+            header = inspect_raster(path)  # the header only: refusals come before any pixel is read
+            check_header(header)
+            height, width = header.height, header.width
             _check_pixels(height, width, max_input_pixels)
+            check_budget(header, None, max_input_pixels, "this server's input limit", advice="")
             check_raster(path)
             return height, width
         from PIL import Image, UnidentifiedImageError
 
+        from .image_files import PIL_FORMATS
+
         try:
-            with Image.open(path) as image:  # the header only
+            with Image.open(path, formats=list(PIL_FORMATS)) as image:  # the header only, PNG / JPEG / TIFF decoders
                 width, height = image.size
         except Image.DecompressionBombError as err:
             raise InputFailed(f"{path}: refused as a possible decompression bomb ({one_line(err)})") from err
@@ -251,7 +260,7 @@ class Upscaler:
         tag = f"x{scale:g}" if size is None else f"{size[0]}x{size[1]}"
         dst = folder / f"{stem}_{tag}{'.tif' if geo else '.png'}"
         try:
-            job = prepare_job(src, dst, scale, size, self.config.max_output_pixels)
+            job = prepare_job(src, dst, scale, size, self.config.max_output_pixels, cap_geo_output=True)
         except InputFailed as err:
             shutil.rmtree(folder, ignore_errors=True)
             message = str(err).replace(str(src), upload.name).replace("--size", "the output size")
@@ -317,6 +326,35 @@ def _bicubic(lr: Any, out_size: tuple[int, int]) -> Any:
 
     image = preprocess_images(lr) * 2.0 - 1.0
     return postprocess_images(bicubic_prior(image, out_size), "pil")[0]
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """While inside: Ctrl-C (SIGINT) and SIGTERM stop the server the same way, its temporary folder removed.
+
+    SIGINT gets Python's own handler back (``KeyboardInterrupt``) whatever the process inherited: a background job of
+    a non-interactive shell, ``nohup`` or a service manager may start it with SIGINT ignored, and Ctrl-C or
+    ``kill -INT`` would then never stop it. SIGTERM (``kill``, systemd, docker) raises ``SystemExit(143)``, so that
+    the server closes and the exit handlers remove the temporary folder (by default SIGTERM kills the process with
+    no cleanup); a second SIGTERM during that shutdown is ignored. Outside the main thread nothing is changed. The
+    previous handlers come back on leaving.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the shutdown runs once
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 _GRADIO_TEMP_DIR: str | None = None

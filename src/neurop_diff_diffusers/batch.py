@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,150 @@ from .utils import atomic_write_text
 
 #: Name of the per-input record file written in the output folder.
 MANIFEST_NAME = "manifest.jsonl"
+#: Name of the lock file that keeps a second run out of an output folder while one runs (hidden: never an input).
+LOCK_NAME = ".neurop-diff.lock"
+
+
+def check_glob(pattern: str | None) -> str | None:
+    """Refuse a ``--glob`` that leaves the input folder: an absolute pattern or one with a ``..`` part.
+
+    Args:
+        pattern: the pattern (``None``: every image file).
+
+    Returns:
+        The pattern itself.
+
+    Raises:
+        ValueError: naming ``--glob``.
+
+    Example:
+        >>> check_glob("sub/*.tif")
+        'sub/*.tif'
+    """
+    if pattern is None:
+        return None
+    parts = re.split(r"[\\/]+", pattern)
+    if not pattern or os.path.isabs(pattern) or pattern.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+        raise ValueError(
+            f"--glob must be a pattern relative to --input-dir (no leading '/', no drive, no '..'), got {pattern!r}"
+        )
+    return pattern
+
+
+def check_manifest(manifest: str | os.PathLike) -> None:
+    """Refuse a ``manifest.jsonl`` that is not a regular file (a symbolic link, a folder, a FIFO, ...): the run
+    would append to whatever it points at.
+
+    Args:
+        manifest: the manifest file (it need not exist).
+
+    Raises:
+        ValueError: naming the file and what it is.
+    """
+    try:
+        mode = os.lstat(manifest).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else "not a file"
+        raise ValueError(
+            f"{manifest} is {kind}, not a regular file: remove it or choose another --out-dir (the manifest is "
+            "never written through a link)"
+        )
+
+
+def lock_folder(folder: str | os.PathLike) -> int | None:
+    """Take the exclusive lock of an output folder (``LOCK_NAME`` in it), without waiting; keep the returned file
+    descriptor open for the whole run (the lock goes with it, also when the process is killed), then give it to
+    [`unlock_folder`].
+
+    Args:
+        folder: the output folder (it exists).
+
+    Returns:
+        The lock file's descriptor (``None`` where the platform has no ``fcntl``: no lock).
+
+    Raises:
+        ValueError: another run holds the lock, or the lock file is not a regular file.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    path = Path(folder) / LOCK_NAME
+    for _ in range(5):  # the file may be removed by the run that held it between our open and our lock: retry
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as err:
+            raise ValueError(f"{path}: cannot open the lock file of --out-dir ({err.strerror or err})") from None
+        try:
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
+                raise ValueError(f"{path} is not a regular file: remove it")
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            raise ValueError(
+                f"another neurop-diff run is writing in --out-dir {folder} (it holds {path}); wait for it to end or "
+                "choose another --out-dir"
+            ) from None
+        except BaseException:
+            os.close(handle)
+            raise
+        try:
+            current = os.lstat(path)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(handle)
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return handle
+        os.close(handle)
+    raise ValueError(f"{path}: the lock file keeps changing; is another run starting? Try again")
+
+
+def unlock_folder(folder: str | os.PathLike, handle: int | None) -> None:
+    """Release the lock taken by [`lock_folder`] and remove the lock file (while still holding it, so that a run
+    waiting on the old file notices and takes a new one).
+
+    Args:
+        folder: the output folder.
+        handle: what [`lock_folder`] returned.
+    """
+    if handle is None:
+        return
+    try:
+        Path(folder, LOCK_NAME).unlink(missing_ok=True)
+    finally:
+        os.close(handle)
+
+
+def settings_conflicts(
+    manifest: str | os.PathLike, planned: dict[str, str], settings: dict[str, Any]
+) -> tuple[int, str | None]:
+    """The outputs that this run would write and that an earlier run made with other ``settings`` (recorded in the
+    manifest) and which still exist: they must not be kept as complete.
+
+    Args:
+        manifest: the manifest file.
+        planned: this run's ``input`` name -> its output file.
+        settings: this run's settings (the ``settings`` of each record).
+
+    Returns:
+        ``(count, key)``: how many such outputs, and the first setting that differs (``None`` if the records hold no
+        settings, e.g. written by an older version).
+    """
+    latest = read_manifest(manifest)
+    count, key = 0, None
+    for name, output in planned.items():
+        record = latest.get(name)
+        if record is None or record.get("status") != "ok" or record.get("settings") == settings:
+            continue
+        if record.get("output") != output or not os.path.lexists(output):
+            continue
+        count += 1
+        old = record.get("settings")
+        if key is None and isinstance(old, dict):
+            key = next((k for k in settings if old.get(k) != settings[k]), None) or next(iter(old), None)
+    return count, key
 
 
 def find_inputs(
@@ -49,8 +194,9 @@ def find_inputs(
         exclude: a folder whose files are never inputs.
 
     Raises:
-        ValueError: if ``input_dir`` is not a folder.
+        ValueError: if ``input_dir`` is not a folder, or ``pattern`` is absolute or has a ``..`` part.
     """
+    check_glob(pattern)
     folder = Path(input_dir)
     if not folder.is_dir():
         raise ValueError(f"--input-dir {folder} is not a folder")
@@ -83,10 +229,20 @@ def stale_temporaries(output: str | os.PathLike) -> list[Path]:
 
 
 def append_record(manifest: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one JSON line to ``manifest`` in a single ``O_APPEND`` write (lines of several processes never mix)."""
+    """Append one JSON line to ``manifest`` in a single ``O_APPEND`` write (lines of several processes never mix).
+
+    The manifest is never written through a symbolic link (``O_NOFOLLOW``) nor appended to unless it is a regular
+    file: ``ValueError`` otherwise.
+    """
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
-    handle = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     try:
+        handle = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as err:
+        check_manifest(manifest)
+        raise ValueError(f"{manifest}: cannot append to it ({err.strerror or err})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise ValueError(f"{manifest} is not a regular file: remove it or choose another --out-dir")
         os.write(handle, line)
     finally:
         os.close(handle)
@@ -96,7 +252,7 @@ def read_manifest(manifest: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """The latest record of each input in ``manifest`` (keyed by ``input``; a damaged line is ignored)."""
     records: dict[str, dict[str, Any]] = {}
     path = Path(manifest)
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():  # never read through a link
         return records
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:

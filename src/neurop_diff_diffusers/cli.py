@@ -26,7 +26,9 @@ from .upscale_job import (
     CLIError,
     InputFailed,
     check_input_file,
+    check_not_an_input,
     check_output_location,
+    file_identities,
     load_job_pipeline,
     one_line,
     os_reason,
@@ -36,10 +38,12 @@ from .upscale_job import (
     run_job,
 )
 
-#: ``--dtype`` and ``--scheduler`` choices: the keys of `optimization.DTYPES` and `scheduling.SCHEDULERS` (written out
-#: so that parsing the command line imports no torch; a test keeps them equal).
-DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+#: ``--dtype`` and ``--scheduler`` choices: ``auto`` and the keys of `optimization.DTYPES`, and `scheduling.SCHEDULERS`
+#: (written out so that parsing the command line imports no torch; a test keeps them equal).
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULER_CHOICES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc")
+#: The largest ``--seed``: ``torch.Generator.manual_seed`` takes 64-bit unsigned seeds.
+_MAX_SEED = 2**64 - 1
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -51,8 +55,17 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def _check_flags(args: argparse.Namespace) -> None:
     """The numeric flags of ``upscale`` (torch-free, so that bad flags answer at once)."""
+    if args.max_pixels < 1:
+        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.scale is not None and not (math.isfinite(args.scale) and args.scale >= 1.0):
-        raise CLIError(f"--scale must be a finite number >= 1 (neurop-diff only upscales), got {args.scale}")
+        raise CLIError(f"--scale must be a finite number >= 1 (neurop-diff only upscales), got {args.scale:g}")
+    if args.scale is not None and args.scale > math.sqrt(args.max_pixels):
+        raise CLIError(
+            f"--scale must be in [1, {math.sqrt(args.max_pixels):.6g}]: a larger scale exceeds --max-pixels "
+            f"{args.max_pixels} even for a 1x1 input; got {args.scale:.6g}"
+        )
+    if not 0 <= args.seed <= _MAX_SEED:
+        raise CLIError(f"--seed must be an integer in [0, 2**64 - 1 = {_MAX_SEED}], got {args.seed}")
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}")
     if args.strength is not None and not (math.isfinite(args.strength) and 0.0 < args.strength <= 1.0):
@@ -65,8 +78,6 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError(
             f"--tile-overlap must be in [0, --tile-size / 2 = {args.tile_size // 2}], got {args.tile_overlap}"
         )
-    if args.max_pixels < 1:
-        raise CLIError(f"--max-pixels must be >= 1, got {args.max_pixels}")
     if args.output is not None and len(args.inputs) > 1:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
     if args.window < 8:
@@ -75,6 +86,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--halo must be in [0, --window = {args.window}], got {args.halo}")
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be >= 1, got {args.workers}")
+    if args.uncertainty is not None and not 2 <= args.uncertainty <= 64:
+        raise CLIError(f"--uncertainty must be a number of samples in [2, 64], got {args.uncertainty}")
+    if args.uncertainty is not None and args.prior_only:
+        raise CLIError("--uncertainty needs diffusion samples; it cannot go with --prior-only")
 
 
 def _check_device(device: str) -> str:
@@ -87,11 +102,23 @@ def _check_device(device: str) -> str:
     return device
 
 
+def _warn_dtype(dtype: str, device: str) -> None:
+    """One line on stderr, before any work, when ``--dtype bfloat16`` is emulated on this CPU (4.5x-72x slower)."""
+    from .hardware import slow_precision_warning
+
+    message = slow_precision_warning(dtype, device)
+    if message is not None:
+        print(f"neurop-diff: warning: --dtype {message.replace('use dtype', 'use --dtype')}", file=sys.stderr)
+
+
 def _optimize(pipe: Any, args: argparse.Namespace) -> None:
     """``--dtype``, ``--channels-last`` and ``--scheduler`` applied to the loaded model."""
+    from .hardware import SlowPrecisionWarning
     from .optimization import optimize_pipeline
 
-    optimize_pipeline(pipe, dtype=args.dtype, channels_last=args.channels_last, scheduler=args.scheduler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPrecisionWarning)  # said once already, before any work
+        optimize_pipeline(pipe, dtype=args.dtype, channels_last=args.channels_last, scheduler=args.scheduler)
 
 
 def _check_model_flags(pipe: Any, args: argparse.Namespace) -> None:
@@ -116,6 +143,7 @@ def _pipe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tile_size": args.tile_size,
         "tile_overlap": args.tile_overlap,
         "max_output_pixels": args.max_pixels,
+        **({"num_samples": args.uncertainty} if args.uncertainty is not None else {}),
     }
 
 
@@ -133,6 +161,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     size = _parse_size(args.size) if args.size is not None else None
     scale = args.scale
     _check_flags(args)
+    _warn_dtype(args.dtype, args.device)
     if args.input_dir is not None:
         return cmd_upscale_dir(args, scale, size)
     if not args.inputs:
@@ -142,11 +171,13 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     failed = 0
     planned: list[tuple[Path, Path]] = []
     targets: dict[Path, Path] = {}
+    inputs = file_identities(Path(raw) for raw in args.inputs)
     for raw in args.inputs:
         src = Path(raw)
         dst = output_path(src, scale, size, args.output, args.out_dir)
         try:
             check_input_file(src)
+            check_not_an_input(src, dst, inputs)
             check_output_location(dst, args.overwrite)
             if dst.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputFailed(f"unsupported output {dst}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
@@ -270,6 +301,126 @@ def _check_batch_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--input-dir {args.input_dir} is not a folder")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise CLIError(f"--out-dir {args.out_dir} exists and is not a folder")
+    inputs, outputs = Path(args.input_dir).resolve(), args.out_dir.resolve()
+    if inputs == outputs:
+        raise CLIError(
+            f"--out-dir {args.out_dir} is --input-dir itself: its outputs would be read as inputs by the next run; "
+            "choose another --out-dir (a sub-folder works)"
+        )
+    if inputs.is_relative_to(outputs):
+        raise CLIError(
+            f"--input-dir {args.input_dir} lies inside --out-dir {args.out_dir}, whose files are never inputs; "
+            "choose another --out-dir"
+        )
+    from .batch import MANIFEST_NAME, check_glob, check_manifest
+
+    try:
+        check_glob(args.glob)
+        check_manifest(args.out_dir / MANIFEST_NAME)
+    except ValueError as err:
+        raise CLIError(one_line(err)) from err
+
+
+#: The ``upscale`` flags that change what a batch writes: the ``settings`` of each manifest record, flag names.
+_SETTING_FLAGS = {
+    "model": "--model",
+    "scale": "--scale",
+    "size": "--size",
+    "prior_only": "--prior-only",
+    "steps": "--steps",
+    "seed": "--seed",
+    "strength": "--strength",
+    "scheduler": "--scheduler",
+    "dtype": "--dtype",
+    "tile_size": "--tile-size",
+    "tile_overlap": "--tile-overlap",
+}
+
+
+def _batch_settings(args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> dict[str, Any]:
+    """What a batch's outputs depend on, recorded in each manifest line: a re-run with other settings must not keep
+    them as complete. A local ``--model`` is recorded as its absolute path; with ``--prior-only`` the sampler's
+    settings do not matter and are not recorded."""
+    model = args.model
+    if model is None:
+        model = "embedded"
+    elif os.path.exists(model):
+        model = str(Path(model).resolve())
+    settings = {"model": model, "scale": scale, "size": list(size) if size else None, "prior_only": args.prior_only}
+    if not args.prior_only:
+        settings.update(
+            steps=args.steps,
+            seed=args.seed,
+            strength=args.strength,
+            scheduler=args.scheduler,
+            dtype=args.dtype,
+            tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap,
+        )
+    return settings
+
+
+def _claim_out_dir(out_dir: Path, planned: dict[str, str], settings: dict[str, Any], overwrite: bool) -> int | None:
+    """Create and lock ``--out-dir`` for this run, and refuse outputs of earlier runs made with other settings.
+
+    Args:
+        out_dir: the output folder.
+        planned: each input's manifest name -> its output file.
+        settings: this run's [`_batch_settings`].
+        overwrite: ``--overwrite`` (every output is redone: earlier settings do not matter).
+
+    Returns:
+        The lock's file descriptor (kept open for the run).
+
+    Raises:
+        CLIError: another run holds the folder, the manifest is not a regular file, or outputs of other settings
+            are there and ``overwrite`` is off.
+    """
+    from .batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts, unlock_folder
+
+    manifest = out_dir / MANIFEST_NAME
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"--out-dir {out_dir}: cannot create it ({os_reason(err)})") from err
+    try:
+        check_manifest(manifest)
+        lock = lock_folder(out_dir)
+    except ValueError as err:
+        raise CLIError(one_line(err)) from err
+    if not overwrite:
+        count, key = settings_conflicts(manifest, planned, settings)
+        if count:
+            unlock_folder(out_dir, lock)
+            what = f"another {_SETTING_FLAGS[key]}" if key in _SETTING_FLAGS else "settings that were not recorded"
+            raise CLIError(
+                f"--out-dir {out_dir} holds {count} output(s) of an earlier run with {what}; pass --overwrite to "
+                "redo them with these settings, or choose another --out-dir"
+            )
+    return lock
+
+
+def _batch_output(src: Path, args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> Path:
+    """Where a batch writes the output of ``src``: its single-file name, in the mirrored sub-folder of --out-dir."""
+    return output_path(src, scale, size, None, args.out_dir / src.parent.relative_to(Path(args.input_dir)))
+
+
+def _on_main_process_first(work: Any) -> str | None:
+    """Run ``work()`` on the main process; every process gets its ``CLIError`` message (``None``: it succeeded)."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    problem = [None]
+    if state.is_main_process:
+        try:
+            work()
+        except CLIError as err:
+            problem = [str(err)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(problem)
+    return problem[0]
 
 
 def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool) -> bool:
@@ -333,16 +484,45 @@ def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[i
 def _upscale_dir(
     args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None, sources: list[Path], device: str
 ) -> int:
-    """[`cmd_upscale_dir`] once the inputs and the device are known: the model in every process, then the files."""
+    """[`cmd_upscale_dir`] once the inputs and the device are known: the output folder claimed by the main process
+    (locked against a second run, its manifest and earlier settings checked), then the model in every process, then
+    the files."""
+    from accelerate import PartialState
+
+    out_dir = args.out_dir
+    settings = _batch_settings(args, scale, size)
+    planned = {str(src): str(_batch_output(src, args, scale, size)) for src in sources}
+    held: list[int | None] = []  # the main process's lock, held until this run ends
+    problem = _on_main_process_first(lambda: held.append(_claim_out_dir(out_dir, planned, settings, args.overwrite)))
+    if problem is not None:
+        if PartialState().is_main_process:
+            raise CLIError(problem)
+        return 2
+    try:
+        return _upscale_dir_locked(args, scale, size, sources, device, settings)
+    finally:
+        from .batch import unlock_folder
+
+        for handle in held:
+            unlock_folder(out_dir, handle)
+
+
+def _upscale_dir_locked(
+    args: argparse.Namespace,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    sources: list[Path],
+    device: str,
+    settings: dict[str, Any],
+) -> int:
+    """[`_upscale_dir`] once the output folder is locked and checked."""
     import time
 
     from accelerate import PartialState
 
     from .batch import MANIFEST_NAME, run_batch, stale_temporaries
 
-    input_dir, out_dir = Path(args.input_dir), args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST_NAME
+    manifest = args.out_dir / MANIFEST_NAME
     # in every process, before any file: a bad --model stops them all alike
     pipe = load_job_pipeline(args.model, device)
     pipe.set_progress_bar_config(disable=True)
@@ -350,12 +530,22 @@ def _upscale_dir(
     _optimize(pipe, args)
     common = _pipe_kwargs(args)
 
+    inputs = file_identities(sources)
+
     def one(src: Path) -> dict[str, Any]:
-        dst = output_path(src, scale, size, None, out_dir / src.parent.relative_to(input_dir))
-        record: dict[str, Any] = {"input": str(src), "output": str(dst), "size": None, "scale": scale, "seconds": 0.0}
+        dst = _batch_output(src, args, scale, size)
+        record: dict[str, Any] = {
+            "input": str(src),
+            "output": str(dst),
+            "size": None,
+            "scale": scale,
+            "seconds": 0.0,
+            "settings": settings,
+        }
         start = time.perf_counter()
         try:
             check_input_file(src)
+            check_not_an_input(src, dst, inputs)
             job = prepare_job(src, dst, scale, size, args.max_pixels)
             record["size"] = list(job[3])
             if not args.overwrite and _output_complete(dst, job[3], job[2]):
@@ -391,7 +581,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:  # not imported here: the app first points its cache elsewhere
         raise CLIError("the web app needs Gradio: pip install 'neurop-diff-diffusers[app]'")
-    from .app import MAX_UPLOAD_BYTES, AppConfig, build_app
+    from .app import MAX_UPLOAD_BYTES, AppConfig, build_app, stop_signals
 
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be in [0, 65535], got {args.port}")
@@ -407,11 +597,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     except ValueError as err:
         raise CLIError(one_line(err)) from err
-    demo = build_app(config)
-    try:
-        demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES)
-    finally:
-        demo.close()
+    _warn_dtype(args.dtype, config.device)
+    from .hardware import SlowPrecisionWarning
+
+    with stop_signals():  # Ctrl-C and SIGTERM stop it and remove its temporary folder, whatever was inherited
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SlowPrecisionWarning)  # said once already, before any work
+            demo = build_app(config)
+        try:
+            demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES)
+        finally:
+            demo.close()
     return 0
 
 
@@ -429,6 +625,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}")
     cuda = torch.cuda.is_available()
     print(f"device: {'cuda (' + torch.cuda.get_device_name(0) + ')' if cuda else 'cpu only'}")
+    print(_auto_line("cpu"))
+    if cuda:
+        print(_auto_line("cuda"))
     try:
         import rasterio
 
@@ -444,6 +643,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         print(f"default model: none shipped in this version ({DEFAULT_MODEL_PATH} is absent); use --model")
     return 0
+
+
+def _auto_line(device: str) -> str:
+    """``info``'s line: what ``--dtype auto`` picks on ``device`` here, and why."""
+    from .hardware import auto_dtype
+
+    choice = auto_dtype(device)
+    return f"--dtype auto on {device}: {choice.dtype}; {choice.reason}"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -509,7 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         default="float32",
         choices=DTYPE_CHOICES,
-        help="the UNet's precision (default float32; bfloat16: CPUs with bf16 units and GPUs; float16: GPUs)",
+        help="the UNet's precision (default float32; auto: the fastest here, see `neurop-diff info`; bfloat16: CPUs "
+        "with bf16 units (avx512_bf16 / amx_bf16) and GPUs; float16: GPUs)",
     )
     up.add_argument("--channels-last", action="store_true", help="channels-last UNet weights (faster kernels)")
     up.add_argument(
@@ -519,6 +727,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sampler (default: the model's own, DDIM for the embedded model)",
     )
     up.add_argument("--prior-only", action="store_true", help="the neural-operator prior alone (no diffusion)")
+    up.add_argument(
+        "--uncertainty",
+        type=int,
+        default=None,
+        metavar="N",
+        help="draw N seeded samples (2-64): write their mean as the output and their per-pixel spread as "
+        "<output without suffix>.uncertainty.tif (float32, one band, 0..1 scale); not for GeoTIFF inputs yet",
+    )
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     up.add_argument(
         "--tile-size", type=int, default=DEFAULT_TILE_SIZE, help="denoise outputs larger than this in tiles"
@@ -557,7 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-output-pixels", type=int, default=2048 * 2048, help="refuse larger outputs (default 2048^2)"
     )
-    serve.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES, help="the UNet's precision (float32)")
+    serve.add_argument(
+        "--dtype", default="float32", choices=DTYPE_CHOICES, help="the UNet's precision (float32; auto: the fastest)"
+    )
     serve.add_argument("--channels-last", action="store_true", help="channels-last UNet weights (faster kernels)")
     serve.set_defaults(func=cmd_serve)
 

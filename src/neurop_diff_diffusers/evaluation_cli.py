@@ -16,14 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from .data_consistency import check_back_projection_steps
 from .evaluation import DEFAULT_SCALES, LazyRow, check_settings, evaluate
 from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
 from .loading import load_pipeline
 from .metrics import PROTOCOLS
-from .optimization import DTYPES, optimize_pipeline, parse_dtype
+from .optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
 from .scheduling import SCHEDULERS, check_eta, check_strength
 
 
@@ -50,7 +52,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "under the paper's protocol; writes results.json, results.md and one figure per scale.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--pipeline", required=True, help="a folder, a hub id, or preset:tiny / preset:paper")
+    parser.add_argument(
+        "--pipeline",
+        default=None,
+        help="a folder, a hub id, or preset:tiny / preset:paper (default: the embedded model, as `upscale`)",
+    )
     parser.add_argument(
         "--sr3_pipeline", default=None, help="an SR3 pipeline (UNet trained on the bicubic prior): adds the sr3 method"
     )
@@ -58,6 +64,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset_name", default=None, help="ucmerced / aid / rsscn7 or a hub dataset id")
     source.add_argument("--data_dir", default=None, help="a local folder of images, one sub-folder per class")
+    source.add_argument(
+        "--input",
+        default=None,
+        help="no-reference mode: one image or GeoTIFF (no HR) taken as the LR; each method upscales it and is "
+        "scored by the trust metrics that need no HR (LR agreement, spectral angle, shift, synthesis)",
+    )
     data.add_argument("--split", default="test", choices=("train", "test", "all"), help="which part to evaluate")
     add_split_arguments(data, "--data_dir")
     data.add_argument(
@@ -97,12 +109,29 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="skip NIQE (otherwise computed when scikit-video is installed and --resolution is at least 192)",
     )
     run.add_argument("--chunk_size", type=int, default=None, help="output pixels per chunk of the neural operator")
-    run.add_argument("--figure_image", type=int, default=0, help="which evaluated image the figures show")
+    run.add_argument(
+        "--data_consistency_steps",
+        type=int,
+        default=0,
+        help="back-projection iterations of the diffusion outputs onto their LR (0: off; see the README, 'Can I "
+        "trust the detail?')",
+    )
+    run.add_argument(
+        "--figure_image",
+        type=int,
+        nargs="+",
+        default=None,
+        help="which evaluated images (positions) the figures show, one row each (default: 3 spread over the "
+        "selection, i.e. of different classes)",
+    )
     run.add_argument("--no_figures", action="store_true", help="write no figures")
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     run.add_argument("--fp16", action="store_true", help="run the models in float16 (GPU); same as --dtype float16")
     run.add_argument(
-        "--dtype", default=None, choices=tuple(DTYPES), help="the UNet's precision (default: the pipeline's)"
+        "--dtype",
+        default=None,
+        choices=(AUTO_DTYPE, *DTYPES),
+        help="the UNet's precision (default: the pipeline's; auto: the fastest on the device)",
     )
     run.add_argument("--channels_last", action="store_true", help="channels-last UNet weights (faster kernels)")
     run.add_argument("--scheduler", default=None, choices=SCHEDULERS, help="the sampler (default: the pipeline's own)")
@@ -153,7 +182,7 @@ def _select_images(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         indices = parts[args.split]
         description["data"]["split"] = {"split": args.split, **chosen}
     if not indices:
-        raise ValueError(f"The selection (`split`={args.split!r}) is empty.")
+        raise ValueError(_empty_selection_message(args, description["data"].get("split", {})))
     if args.max_images is not None:
         indices = indices[: args.max_images]
     names = unique_file_names(full)
@@ -162,6 +191,22 @@ def _select_images(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     items = [(names[i] if names is not None else i, LazyRow(full, i)) for i in indices]
     description["data"]["indices"] = indices
     return items, description
+
+
+def _empty_selection_message(args: argparse.Namespace, chosen: dict[str, Any]) -> str:
+    """Why the selection is empty and how to choose one (one line)."""
+    message = f"The selection (`split`={args.split!r}) is empty"
+    if args.images_from is not None:
+        return message + f": no entry of `images_from` {args.images_from!r} names an image of the dataset."
+    if "ucmerced" in str(chosen.get("method", "")):
+        source = args.data_dir or args.dataset_name
+        return (
+            message + f": `split_method` {args.split_method!r} applied the UCMerced convention (files <class>00-27 "
+            f"train, 28-34 test) to {source!r}, whose file numbers do not fall in that part. Choose another split: "
+            "`--split_method fraction` (a stratified random split, `--test_fraction`), `--split all`, "
+            "`--split_file` or `--images_from`."
+        )
+    return message + ": choose another `--split`, `--split_method`, `--split_file` or `--images_from`."
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -178,14 +223,20 @@ def _check_args(args: argparse.Namespace) -> None:
     )
     if args.strength is not None:
         check_strength(args.strength)
+    check_back_projection_steps(args.data_consistency_steps)
     if args.eta is not None:
         check_eta(args.eta, "--eta")
-    if args.max_images is not None and args.figure_image >= args.max_images and not args.no_figures:
-        raise ValueError(f"`figure_image`={args.figure_image} must be below `max_images`={args.max_images}.")
+    if args.figure_image is not None and args.max_images is not None and not args.no_figures:
+        if max(args.figure_image) >= args.max_images:
+            raise ValueError(f"`figure_image`={args.figure_image} must be below `max_images`={args.max_images}.")
     if not 0.0 < args.test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1), got {args.test_fraction}.")
     if args.methods is not None and "sr3" in args.methods and args.sr3_pipeline is None:
         raise ValueError("`methods` includes sr3 but no `sr3_pipeline` is given.")
+    if args.input is not None and not Path(args.input).is_file():
+        raise ValueError(f"`input` must be an existing image file, got {args.input!r}.")
+    if args.input is not None and args.methods is not None and "sr3" in args.methods:
+        raise ValueError("`methods` sr3 is not available with `input` (no-reference mode).")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise ValueError(f"`data_dir` must be an existing folder, got {args.data_dir!r}.")
     for flag in ("images_from", "split_file"):
@@ -232,17 +283,22 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     args = parser.parse_args(argv)
     _check_args(args)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = parse_dtype("float16" if args.fp16 else args.dtype, "dtype")
+    dtype = resolve_dtype("float16" if args.fp16 else args.dtype, device, "dtype")
 
+    if args.input is not None:
+        return _main_no_reference(args, argv, prog, device, dtype)
     images, selection = _select_images(args)
+    figure_image = None if args.no_figures else args.figure_image
+    if figure_image is None and not args.no_figures:
+        from .evaluation import spread_positions
+
+        figure_image = spread_positions(len(images))
     speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}
     pipeline = optimize_pipeline(load_pipeline(args.pipeline, device=device, torch_dtype=dtype), **speed)
     sr3 = None
     if args.sr3_pipeline:
         sr3 = optimize_pipeline(load_pipeline(args.sr3_pipeline, device=device, torch_dtype=dtype), **speed)
-    program = prog or (sys.argv[0] if sys.argv and sys.argv[0] else "evaluate")
-    program = f"python {shlex.quote(program)}" if program.endswith(".py") else program
-    command = " ".join([program, *(shlex.quote(a) for a in argv)])
+    command = _command(argv, prog)
     selection["cwd"] = os.getcwd()
     selection["pipeline"] = args.pipeline
     selection["sr3_pipeline"] = args.sr3_pipeline
@@ -261,13 +317,79 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
         chunk_size=args.chunk_size,
         compute_lpips=not args.no_lpips,
         compute_niqe=not args.no_niqe,
-        figure_image=None if args.no_figures else args.figure_image,
+        figure_image=figure_image,
+        data_consistency_steps=args.data_consistency_steps,
         progress=not args.no_progress,
         command=command,
         extra=selection,
     )
     paths = save_results(report, args.output_dir)
     print(results_to_markdown(report))
+    print("Wrote " + ", ".join(str(p) for p in paths.values()))
+    report["paths"] = {k: str(v) for k, v in paths.items()}
+    return report
+
+
+def _command(argv: list[str], prog: str | None) -> str:
+    program = prog or (sys.argv[0] if sys.argv and sys.argv[0] else "evaluate")
+    program = f"python {shlex.quote(program)}" if program.endswith(".py") else program
+    return " ".join([program, *(shlex.quote(a) for a in argv)])
+
+
+def _read_input(path: str) -> torch.Tensor:
+    """The `--input` image as ``(1, 3, h, w)`` in ``[0, 1]``: a GeoTIFF by [`~neurop_diff_diffusers.geo.read_scene`]
+    (its first three bands, or its one band repeated), other images through the API's validation."""
+    from .upscale_job import InputFailed, check_input_file, probe_geo, read_image_array
+
+    file = Path(path)
+    try:
+        check_input_file(file)
+        if probe_geo(file):
+            from .geo import check_raster, read_scene
+
+            count, _, _ = check_raster(file)
+            if count == 2:
+                raise ValueError(f"`input` {path!r} has 2 bands; 1 (grey) or at least 3 (RGB) are needed.")
+            unit, _, _, _ = read_scene(file)
+            bands = torch.from_numpy(unit[:3] if count >= 3 else unit[:1].repeat(3, axis=0))
+            return bands.unsqueeze(0).float()
+        rgb = read_image_array(file, warn=True).rgb  # uint8, or float32 in [0, 1] for 16-bit / float sources
+    except InputFailed as err:
+        raise ValueError(f"`input`: {err}") from None
+    unit = torch.tensor(rgb).float() / (255.0 if rgb.dtype == np.uint8 else 1.0)
+    return unit.permute(2, 0, 1).unsqueeze(0)
+
+
+def _main_no_reference(
+    args: argparse.Namespace, argv: list[str], prog: str | None, device: torch.device, dtype: Any
+) -> dict[str, Any]:
+    """`--input`: each method upscales one image (no HR); consistency and synthesis per method and scale."""
+    from .evaluation import evaluate_no_reference
+    from .evaluation_report import no_reference_to_markdown
+    from .utils import atomic_write_text
+
+    lr = _read_input(args.input)
+    speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}
+    pipeline = optimize_pipeline(load_pipeline(args.pipeline, device=device, torch_dtype=dtype), **speed)
+    report = evaluate_no_reference(
+        pipeline,
+        lr,
+        args.scales,
+        key=Path(args.input).name,
+        methods=args.methods,
+        num_inference_steps=args.num_inference_steps,
+        strength=args.strength,
+        eta=args.eta,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        command=_command(argv, prog),
+    )
+    output = Path(args.output_dir)
+    paths = {"json": output / "results.json", "markdown": output / "results.md"}
+    text = no_reference_to_markdown(report)
+    atomic_write_text(paths["markdown"], text)
+    atomic_write_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")
+    print(text)
     print("Wrote " + ", ".join(str(p) for p in paths.values()))
     report["paths"] = {k: str(v) for k, v in paths.items()}
     return report

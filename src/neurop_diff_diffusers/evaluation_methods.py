@@ -7,7 +7,7 @@ every image and scale (its step 2) and scores each output with every metric of [
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,7 +33,8 @@ class EvaluationRun:
     resolution: int
     protocol: str
     chunk_size: int | None
-    figure_image: int | None
+    figure_image: list[int] | None
+    data_consistency_steps: int = 0
 
 
 @dataclass
@@ -45,6 +46,7 @@ class EvaluationScoring:
     lpips_reason: str
     niqe_enabled: bool
     niqe_reason: str
+    trust_cache: dict[str, Any] = field(default_factory=dict)
 
 
 def image_seed(seed: int, key: str | int, scale: float) -> int:
@@ -120,6 +122,7 @@ def _diffusion(pipe: Callable[[EvaluationRun], NeurOpDiffPipeline]) -> Callable[
             generator=torch.Generator().manual_seed(image_seed(run.seed, key, scale)),
             output_type="pt",
             chunk_size=run.chunk_size,
+            data_consistency_steps=run.data_consistency_steps,
         ).images
         return out * 2.0 - 1.0
 
@@ -164,6 +167,47 @@ class EvaluationMetric:
     skip_undefined: bool = False
 
 
+def trust_row(scoring: EvaluationScoring, output: torch.Tensor, hr: torch.Tensor, scale: float) -> dict[str, Any]:
+    """The [`~neurop_diff_diffusers.trust_metrics.trust_metrics`] of one output (``(1, 3, H, W)`` in ``[0, 1]``)
+    against the LR the evaluation made from `hr` at `scale`, computed once per output (the metrics share it).
+
+    Args:
+        scoring ([`EvaluationScoring`]): holds the cache: the last output, its HR and scale (held, so that another
+            tensor cannot take their place at the same address) and its row.
+        output (`torch.Tensor`): the method's output on 8-bit levels in ``[0, 1]``.
+        hr (`torch.Tensor`): the HR, same form.
+        scale (`float`): the scale.
+
+    Returns:
+        `dict[str, Any]`: ``lr_l1_255``, ``spectral_angle``, ``shift``, ``synthesis``, ``improvement``, ``omission``,
+        ``hallucination``.
+    """
+    from .data import bicubic_degrade
+    from .trust_metrics import trust_metrics
+
+    cache = scoring.trust_cache
+    if not (cache.get("output") is output and cache.get("hr") is hr and cache.get("scale") == float(scale)):
+        lr = (bicubic_degrade(hr * 2.0 - 1.0, scale) + 1.0) / 2.0
+        row = trust_metrics(output[0], lr[0], hr[0])
+        cache.update(output=output, hr=hr, scale=float(scale), row=row)
+    return cache["row"]
+
+
+def _trust_metric(name: str, skip_undefined: bool = False) -> EvaluationMetric:
+    return EvaluationMetric(lambda sc, out, hr, s: trust_row(sc, out, hr, s)[name], skip_undefined)
+
+
+#: The trust metrics (see [`~neurop_diff_diffusers.trust_metrics`]): LR agreement in levels, spectral angle in degrees,
+#: synthesis, and the fractions of the classified pixels that are improvement / omission / hallucination.
+TRUST_METRICS: tuple[str, ...] = (
+    "lr_l1_255",
+    "spectral_angle",
+    "synthesis",
+    "improvement",
+    "omission",
+    "hallucination",
+)
+
 #: The metrics, in column order; results rows hold one value of each (``None`` where undefined).
 EVALUATION_METRICS: dict[str, EvaluationMetric] = {
     "psnr": EvaluationMetric(lambda sc, out, hr, s: float(psnr(out, hr, **protocol_kwargs(sc.protocol, s))[0])),
@@ -173,6 +217,7 @@ EVALUATION_METRICS: dict[str, EvaluationMetric] = {
     ),
     "niqe": EvaluationMetric(lambda sc, out, hr, s: niqe(out[0]) if sc.niqe_enabled else None, True),
     "hf_ratio": EvaluationMetric(lambda sc, out, hr, s: hf_energy_ratio(out[0], hr[0], s), True),
+    **{name: _trust_metric(name, name in ("improvement", "omission", "hallucination")) for name in TRUST_METRICS},
 }
 
 
@@ -181,9 +226,11 @@ __all__ = [
     "EVALUATION_METRICS",
     "METHODS",
     "METHOD_LABELS",
+    "TRUST_METRICS",
     "EvaluationMethod",
     "EvaluationMetric",
     "EvaluationRun",
     "EvaluationScoring",
     "image_seed",
+    "trust_row",
 ]

@@ -98,6 +98,33 @@ def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PI
     return figure
 
 
+def stack_figures(figures: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
+    """Figures one above the other (left-aligned, on white): one row per image shown.
+
+    Args:
+        figures (`Sequence[PIL.Image.Image]`): RGB figures, e.g. from [`make_figure`].
+
+    Returns:
+        `PIL.Image.Image`: the stacked figure (the figure itself when there is one).
+
+    Example:
+        >>> import PIL.Image
+        >>> from neurop_diff_diffusers.evaluation_report import stack_figures
+        >>> stack_figures([PIL.Image.new("RGB", (10, 4)), PIL.Image.new("RGB", (8, 6))]).size
+        (10, 10)
+    """
+    if not figures:
+        raise ValueError("`figures` must not be empty.")
+    if len(figures) == 1:
+        return figures[0]
+    stacked = PIL.Image.new("RGB", (max(f.width for f in figures), sum(f.height for f in figures)), "white")
+    top = 0
+    for figure in figures:
+        stacked.paste(figure, (0, top))
+        top += figure.height
+    return stacked
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Writers
 
@@ -116,7 +143,8 @@ def results_to_json(report: dict[str, Any]) -> str:
         >>> results_to_json({"seed": 0, "figures": {}})
         '{\\n  "seed": 0\\n}'
     """
-    return json.dumps({k: v for k, v in report.items() if k != "figures"}, indent=2, allow_nan=False)
+    images = ("figures", "trust_figures")
+    return json.dumps({k: v for k, v in report.items() if k not in images}, indent=2, allow_nan=False)
 
 
 def _scale_header(scale: float) -> str:
@@ -125,6 +153,10 @@ def _scale_header(scale: float) -> str:
 
 def _cell(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def results_to_markdown(report: dict[str, Any]) -> str:
@@ -173,6 +205,9 @@ def results_to_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"- NIQE: model `{niqe_info.get('model', 'live')}`"
                 + (f"; the HR images themselves: {hr:.2f}" if hr is not None else "")
+                + ". NIQE is not a measure of detail here: on 10 held-out UCMerced images the real HR images "
+                "score worse (16.17) than the outputs (NeurOp-Diff 10.80); judge detail by the HF ratio and the trust "
+                "metrics"
             )
         else:
             lines.append(f"- NIQE: n/a ({niqe_info.get('reason', 'unavailable')})")
@@ -199,9 +234,85 @@ def results_to_markdown(report: dict[str, Any]) -> str:
         lines += _method_table(
             methods, scales, table, lambda row: f"{_cell(row.get('niqe'), 2)} / {_cell(row.get('hf_ratio'), 3)}"
         )
+    if any("lr_l1_255" in r for r in results):
+        lines += [
+            "",
+            "Trust (weight-free, see `neurop_diff_diffusers.trust_metrics`): LR agreement (mean |downsampled output - "
+            "LR| on 0..255, the training degradation) / spectral angle (degrees) / synthesis (mean L1 to the "
+            "upsampled LR):",
+            "",
+        ]
+        lines += _method_table(
+            methods,
+            scales,
+            table,
+            lambda row: (
+                f"{_cell(row.get('lr_l1_255'), 2)} / {_cell(row.get('spectral_angle'), 2)} / "
+                f"{_cell(row.get('synthesis'), 4)}"
+            ),
+        )
+        lines += [
+            "",
+            "Improvement / omission / hallucination (% of the pixels where the HR differs most from the upsampled LR, "
+            "its top quarter):",
+            "",
+        ]
+        lines += _method_table(
+            methods,
+            scales,
+            table,
+            lambda row: " / ".join(_percent(row.get(k)) for k in ("improvement", "omission", "hallucination")),
+        )
     lines += ["", "Seconds per image:", ""]
     lines += _method_table(
         methods, scales, table, lambda row: f"{row['seconds_per_image']:.3f}", header=lambda s: f"x{s:g}"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def no_reference_to_markdown(report: dict[str, Any]) -> str:
+    """The Markdown summary of [`~neurop_diff_diffusers.evaluation.evaluate_no_reference`].
+
+    Args:
+        report (`dict`): its output.
+
+    Returns:
+        `str`: the Markdown text.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation_report import no_reference_to_markdown
+        >>> report = {"image": "a.png", "config": {"num_inference_steps": 5, "lr_size": [8, 8]}, "results": [
+        ...     {"method": "bicubic", "scale": 4.0, "lr_l1_255": 0.2, "spectral_angle": 0.1, "shift": 0.0,
+        ...      "synthesis": 0.0, "seconds": 0.01}]}
+        >>> print(no_reference_to_markdown(report).splitlines()[-1])
+        | Bicubic | 0.20 / 0.10 / 0.00 / 0.0000 |
+    """
+    results = report["results"]
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    scales = sorted({r["scale"] for r in results})
+    table = {(r["method"], r["scale"]): r for r in results}
+    config = report.get("config", {})
+    lines = [
+        "# NeurOp-Diff no-reference evaluation",
+        "",
+        f"- Image: `{report.get('image')}` ({config.get('lr_size')} px, taken as the LR); no HR, so no PSNR / SSIM / "
+        f"correctness; T = {config.get('num_inference_steps')} denoising steps.",
+    ]
+    if report.get("command"):
+        lines.append(f"- Command: `{report['command']}`")
+    lines += [
+        "",
+        "LR agreement (mean |downsampled output - LR| on 0..255, the training degradation) / spectral angle "
+        "(degrees) / shift (LR pixels, phase correlation) / synthesis (mean L1 to the upsampled LR):",
+        "",
+    ]
+    lines += _method_table(
+        methods,
+        scales,
+        table,
+        lambda row: (
+            f"{row['lr_l1_255']:.2f} / {row['spectral_angle']:.2f} / {row['shift']:.2f} / {row['synthesis']:.4f}"
+        ),
     )
     return "\n".join(lines) + "\n"
 
@@ -236,14 +347,15 @@ def figure_file_name(scale: float) -> str:
 
 
 def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write `results.json`, `results.md` and one `figure_x<scale>.png` per scale, each atomically.
+    """Write `results.json`, `results.md`, one `figure_x<scale>.png` and one `trust_x<scale>.png` (the per-pixel
+    classification maps) per scale, each atomically.
 
     Args:
         report (`dict`): the output of [`evaluate`].
         output_dir (`str` or `os.PathLike`): the folder (created if needed).
 
     Returns:
-        `dict[str, Path]`: `"json"`, `"markdown"` and `"figure_x<scale>"` -> path.
+        `dict[str, Path]`: `"json"`, `"markdown"`, `"figure_x<scale>"` and `"trust_x<scale>"` -> path.
 
     Example:
         >>> from neurop_diff_diffusers.evaluation_report import save_results  # doctest: +SKIP
@@ -259,9 +371,21 @@ def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
         path = output_dir / figure_file_name(scale)
         atomic_write(path, lambda temp, figure=figure: figure.save(temp, format="PNG"))
         paths[path.stem] = path
+    for scale, figure in report.get("trust_figures", {}).items():
+        path = output_dir / figure_file_name(scale).replace("figure_", "trust_", 1)
+        atomic_write(path, lambda temp, figure=figure: figure.save(temp, format="PNG"))
+        paths[path.stem] = path
     atomic_write_text(paths["markdown"], text_md)
     atomic_write_text(paths["json"], text_json + "\n")
     return paths
 
 
-__all__ = ["figure_file_name", "make_figure", "results_to_json", "results_to_markdown", "save_results"]
+__all__ = [
+    "figure_file_name",
+    "make_figure",
+    "no_reference_to_markdown",
+    "results_to_json",
+    "results_to_markdown",
+    "save_results",
+    "stack_figures",
+]

@@ -3,7 +3,9 @@
 What happens to a scene:
 
 - **Georeferencing.** The output has the input's CRS and a transform with the same origin whose pixel size is
-  divided by the actual scale of each axis (``W_in / W_out`` and ``H_in / H_out``).
+  divided by the actual scale of each axis (``W_in / W_out`` and ``H_in / H_out``); GCPs and RPCs are mapped to the
+  output grid ([`~neurop_diff_diffusers.raster_io.output_georeferencing`]). Inputs are opened and checked from their
+  header by [`~neurop_diff_diffusers.raster_io`] (complex rasters refused, palette rasters expanded to RGB).
 - **Values.** The model works on ``[0, 1]``. ``uint8`` bands are divided by 255. Other dtypes (``uint16``,
   ``int16``, ``float32``, ...) get a linear min-max stretch per band over the valid pixels,
   ``(x - low) / (high - low)``; ``low`` / ``high`` are written into the output's tags (``NEUROP_DIFF_STRETCH``). The
@@ -21,11 +23,12 @@ What happens to a scene:
   undefined), never alpha.
 - **Bands.** Bands ``rgb_bands`` (default 1, 2, 3) go through the model. Every other band (e.g. NIR of an RGB+NIR
   scene) is upscaled with bicubic interpolation of its stretched values, *without* the model, and written at its
-  place: no band is dropped. A single-band scene is run through the model as grey RGB and the mean of the three
-  output channels written.
+  place: no band is dropped. An alpha band is upscaled with nearest neighbour (a mask). A single-band scene is run
+  through the model as grey RGB and the mean of the three output channels written.
 - **Memory.** [`upscale_geotiff`] runs the scene engine ([`~neurop_diff_diffusers.scene`]): LR windows with a halo,
   blended, streamed from disk to disk; peak memory depends on the window size and the output width, not on the
-  scene's area. The output is a Cloud-Optimized GeoTIFF. ([`read_scene`] still reads a whole scene into memory.)
+  scene's area. The output is a pixel-interleaved Cloud-Optimized GeoTIFF (with the input's internal overview
+  factors when it has some). ([`read_scene`] still reads a whole scene into memory.)
 - **Files.** The output is written under a temporary name beside the target and renamed at the end: never a partial
   file. Without ``overwrite`` an output file that appears meanwhile is never replaced (``FileExistsError``).
 """
@@ -41,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from .raster_io import open_raster
+from .raster_io import (
+    WIDE_DTYPES,
+    expand_palette,
+    inspect_raster,
+    needs_raster_path,
+    open_raster,
+    palette_table,
+)
 
 STRETCH_TAG = "NEUROP_DIFF_STRETCH"
 _ROWS_PER_WINDOW = 512
@@ -56,10 +66,11 @@ def _rasterio():
 
 
 def is_georeferenced(path: str | os.PathLike) -> bool:
-    """True for a TIFF that rasterio reads with a CRS or a non-identity transform, or with non-8-bit bands.
+    """True for a TIFF that must take the GeoTIFF path ([`~neurop_diff_diffusers.raster_io.needs_raster_path`]).
 
-    Such files take the GeoTIFF path of the CLI; plain 8-bit RGB TIFFs are ordinary images. ``False`` when rasterio
-    is not installed.
+    A CRS, a non-identity transform, GCPs, RPCs, nodata, non-8-bit or palette bands, or a band layout other than
+    grey / RGB / RGBA: such files take the GeoTIFF path of the CLI; plain 8-bit grey / RGB / RGBA TIFFs are ordinary
+    images. ``False`` when rasterio is not installed.
 
     Args:
         path (`str | os.PathLike`): the file to inspect.
@@ -70,9 +81,7 @@ def is_georeferenced(path: str | os.PathLike) -> bool:
         import rasterio  # noqa: F401
     except ImportError:
         return False
-    with open_raster(path) as src:
-        identity = src.transform.is_identity
-        return src.crs is not None or not identity or any(d != "uint8" for d in src.dtypes)
+    return needs_raster_path(inspect_raster(path))
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,8 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
     """Read a raster window by window into ``[0, 1]`` float32 ``(bands, H, W)``, with its valid mask and profile.
 
     Invalid pixels are filled with their band's mean over the band's valid pixels; the stretch of a band is computed
-    over its valid pixels.
+    over its valid pixels. NaN / infinite values are invalid too (a ``UserWarning`` when no nodata value or mask
+    declares them; the output then masks them).
 
     Args:
         path (`str | os.PathLike`): a raster rasterio can read (GeoTIFF).
@@ -157,24 +167,57 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         bands, height, width = src.count, src.height, src.width
         if height == 0 or width == 0:
             raise ValueError(f"`{path}` has no pixels.")
+        table = palette_table(src)  # a palette raster is expanded to RGB through its colour table
+        bands, dtype = (bands, src.dtypes[0]) if table is None else (3, "uint8")
         unit = np.empty((bands, height, width), dtype=np.float32)
         band_valid = np.empty((bands, height, width), dtype=bool)
         has_mask = any(
             rasterio.enums.MaskFlags.per_dataset in flags or rasterio.enums.MaskFlags.nodata in flags
             for flags in src.mask_flag_enums
         )
+        # 32 / 64-bit types: read natively, range and stretch in float64, then float32 (a second read)
+        wide = src.dtypes[0] in WIDE_DTYPES
+        lows, highs = np.full(bands, np.inf), np.full(bands, -np.inf)
+        undeclared = 0  # NaN / infinite pixels that no nodata value or mask marks invalid
         for window in _row_windows(height, width):
             rows = slice(window.row_off, window.row_off + window.height)
-            unit[:, rows] = src.read(window=window, out_dtype="float32")  # one window at a time
-            band_valid[:, rows] = src.read_masks(window=window) > 0
+            if table is not None:
+                values = expand_palette(src.read(1, window=window), table).astype(np.float32)
+                ok = band_valid[:, rows] = np.repeat(src.read_masks(1, window=window)[None] > 0, 3, axis=0)
+            else:
+                values = src.read(window=window) if wide else src.read(window=window, out_dtype="float32")
+                masked = src.read_masks(window=window) > 0
+                if np.issubdtype(values.dtype, np.floating):
+                    ok = masked & np.isfinite(values)
+                    undeclared += int(np.count_nonzero(masked & ~ok))
+                else:
+                    ok = masked
+                band_valid[:, rows] = ok
+            for b in np.flatnonzero(ok.reshape(bands, -1).any(axis=1)):
+                lows[b] = min(lows[b], float(values[b][ok[b]].min()))
+                highs[b] = max(highs[b], float(values[b][ok[b]].max()))
+            if not wide:
+                unit[:, rows] = values  # one window at a time
+        if undeclared:
+            warnings.warn(
+                f"`{path}` has {undeclared} NaN or infinite band values that no nodata value marks; they are treated "
+                "as nodata (masked in the output).",
+                UserWarning,
+                stacklevel=2,
+            )
+            has_mask = has_mask or src.nodata is None
         valid = band_valid.all(axis=0)
         if not band_valid.any():
             raise ValueError(f"`{path}` has no valid pixels (everything is nodata).")
-        lows = np.array([unit[b][band_valid[b]].min() if band_valid[b].any() else 0.0 for b in range(bands)])
-        highs = np.array([unit[b][band_valid[b]].max() if band_valid[b].any() else 1.0 for b in range(bands)])
-        stretch = band_stretch(lows, highs, src.dtypes[0])
+        lows[np.isinf(lows)], highs[np.isinf(highs)] = 0.0, 1.0  # bands without a valid pixel
+        stretch = band_stretch(lows, highs, dtype)
+        for window in _row_windows(height, width) if wide else ():
+            rows = slice(window.row_off, window.row_off + window.height)
+            values = src.read(window=window)
+            unit[:, rows] = np.stack([stretch.forward(values[b], b) for b in range(bands)])
         for b in range(bands):
-            unit[b] = stretch.forward(unit[b], b)
+            if not wide:
+                unit[b] = stretch.forward(unit[b], b)
             unit[b][~band_valid[b]] = unit[b][band_valid[b]].mean() if band_valid[b].any() else 0.0
         info = {
             "profile": src.profile.copy(),
@@ -183,7 +226,29 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
             "band_valid": band_valid,
             "metadata": _band_metadata(src),
         }
+        if table is not None:
+            _as_rgb(info)
     return unit, valid, stretch, info
+
+
+def _as_rgb(info: dict[str, Any]) -> None:
+    """Make the ``info`` of a palette raster describe the RGB scene it was expanded to (in place)."""
+    from rasterio.enums import ColorInterp
+
+    profile = info["profile"]
+    profile.update(count=3, dtype="uint8", photometric="RGB")
+    nodata = profile.get("nodata")
+    if nodata is not None and not 0 <= nodata <= 255:  # a uint16 index: the mask says where, not a value
+        profile["nodata"], info["has_nodata_value"], info["has_mask"] = None, False, True
+    metadata = info["metadata"]
+    metadata.update(
+        colorinterp=(ColorInterp.red, ColorInterp.green, ColorInterp.blue),
+        descriptions=(None,) * 3,
+        scales=(1.0,) * 3,
+        offsets=(0.0,) * 3,
+        units=(None,) * 3,
+        band_tags=[{}] * 3,
+    )
 
 
 def _band_metadata(src: Any) -> dict[str, Any]:
@@ -316,9 +381,8 @@ def upscale_geotiff(
             (others are upscaled bicubically).
         overwrite (`bool`, defaults to `False`): replace an existing ``dst_path`` (atomically); without it an existing
             file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
-        pipe_kwargs (`Any`): the scene engine's options (``window``, ``halo``, ``value_range``, ``seed``,
-            ``restart``, ``workers``, ``progress``: see [`~neurop_diff_diffusers.scene.upscale_scene`]) and the
-            pipeline's (``num_inference_steps``, ``generator``, ``tile_size``, ``prior_only``...).
+        pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
+            ``prior_only``...).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline

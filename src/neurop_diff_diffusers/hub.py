@@ -76,13 +76,46 @@ def push_folder_to_hub(folder, repo_id, **kwargs):
 '''
 
 
+def pipeline_json_files(save_directory: str | os.PathLike) -> list[Path]:
+    """The JSON files that ``save_pretrained`` writes in a pipeline folder: ``model_index.json`` and the
+    ``config.json`` / ``scheduler_config.json`` of each component it names (nothing else of the folder).
+
+    Args:
+        save_directory (`str | os.PathLike`): a folder written by ``save_pretrained``.
+
+    Returns:
+        The files that exist, ``model_index.json`` first.
+    """
+    folder = Path(save_directory)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        return []
+    files = [index_path]
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return files
+    if not isinstance(index, dict):
+        return files
+    for name, value in sorted(index.items()):
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[0] is None:
+            continue
+        if "/" in name or "\\" in name or name in (".", ".."):
+            continue
+        for config in ("config.json", "scheduler_config.json"):
+            path = folder / name / config
+            if path.is_file() and not path.is_symlink():
+                files.append(path)
+    return files
+
+
 def remove_local_paths(save_directory: str | os.PathLike) -> list[Path]:
     """Remove the saving machine's paths from a saved pipeline folder (in place), before it is shared.
 
     diffusers records where a model was loaded from as ``"_name_or_path"`` in ``model_index.json`` and in each
     component's ``config.json`` (e.g. ``/home/me/.../weights/unet``). That key is informational only
-    (``from_pretrained`` sets it again from where the folder is loaded), so it is dropped from every JSON file of the
-    folder.
+    (``from_pretrained`` sets it again from where the folder is loaded), so it is dropped from the pipeline's own
+    JSON files ([`pipeline_json_files`]); other files of the folder (e.g. another model's configs) are not touched.
 
     Args:
         save_directory (`str | os.PathLike`): a folder written by ``save_pretrained``.
@@ -91,7 +124,7 @@ def remove_local_paths(save_directory: str | os.PathLike) -> list[Path]:
         The files that were changed.
     """
     changed = []
-    for path in sorted(Path(save_directory).rglob("*.json")):
+    for path in pipeline_json_files(save_directory):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):

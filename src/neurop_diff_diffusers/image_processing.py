@@ -18,6 +18,11 @@ ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[PIL.Image.Im
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
+#: Largest output side, in pixels, whatever the pixel budget: a larger `scale` is refused before any size is computed.
+MAX_OUTPUT_SIDE = 1 << 20
+#: Float inputs may exceed ``[0, 1]`` by this much (rounding of a float32 conversion, e.g. ``1.0000001``): clipped.
+RANGE_TOLERANCE = 1e-6
+
 
 #: PIL modes of 16-bit unsigned greyscale images (16-bit PNG / TIFF), scaled by 1 / 65535.
 HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -101,6 +106,8 @@ def _one_to_tensor(image: Any, name: str) -> torch.Tensor:
             )
         return _check_range(tensor.permute(0, 3, 1, 2), name)
     if isinstance(image, torch.Tensor):
+        if image.device.type == "meta":
+            raise ValueError(f"`{name}` is a tensor on the meta device, which holds no values; pass a real tensor.")
         if image.ndim == 3:
             image = image.unsqueeze(0)
         if image.ndim != 4:
@@ -128,10 +135,12 @@ def _check_range(tensor: torch.Tensor, name: str) -> torch.Tensor:
     lo, hi = float(tensor.min()), float(tensor.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"`{name}` contains NaN or infinite values.")
-    if lo < 0.0 or hi > 1.0:
+    if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
         raise ValueError(
-            f"`{name}` values must be in [0, 1] (floats) or 0..255 (uint8); got range [{lo:.4g}, {hi:.4g}]."
+            f"`{name}` values must be in [0, 1] (floats) or 0..255 (uint8); got range [{lo:.9g}, {hi:.9g}]."
         )
+    if lo < 0.0 or hi > 1.0:  # float rounding, within RANGE_TOLERANCE
+        tensor = tensor.clamp(0.0, 1.0)
     return tensor
 
 
@@ -174,6 +183,42 @@ def preprocess_images(image: ImageInput, name: str = "image") -> torch.Tensor:
         return torch.cat(tensors, dim=0).contiguous()
     # Contiguous NCHW whatever the source layout, so that every input kind takes the same kernels (same numbers).
     return _one_to_tensor(image, name).contiguous()
+
+
+class NonFiniteOutputError(ValueError):
+    """The model's output holds NaN or infinite values: nothing is returned (and nothing written)."""
+
+
+def check_finite_output(sample: torch.Tensor) -> torch.Tensor:
+    """Raise [`NonFiniteOutputError`] if ``sample`` holds NaN or infinite values, else return it.
+
+    Postprocessing would clamp them into a black (NaN) or saturated (inf) image without a word; the pipeline calls
+    this on its output before postprocessing, so every path (the API, the CLI, batch mode, the web app, GeoTIFFs)
+    refuses such an output.
+
+    Args:
+        sample (`torch.Tensor`): the model's output.
+
+    Returns:
+        `torch.Tensor`: ``sample`` unchanged.
+
+    Raises:
+        NonFiniteOutputError: with the count of bad values.
+
+    Example:
+        >>> check_finite_output(torch.tensor([float("nan"), 0.0]))
+        Traceback (most recent call last):
+            ...
+        neurop_diff_diffusers.image_processing.NonFiniteOutputError: the model's output holds NaN or infinite values \
+(1 of 2); no image is produced. Its weights may be damaged, or float16 overflowed (use float32 or bfloat16).
+    """
+    bad = ~torch.isfinite(sample)
+    if bool(bad.any()):
+        raise NonFiniteOutputError(
+            f"the model's output holds NaN or infinite values ({int(bad.sum())} of {sample.numel()}); no image is "
+            "produced. Its weights may be damaged, or float16 overflowed (use float32 or bfloat16)."
+        )
+    return sample
 
 
 def postprocess_images(
@@ -271,7 +316,8 @@ def resolve_output_size(
 
     Raises:
         ValueError: if both or neither of ``scale`` and ``output_size`` are given, ``scale`` is not finite or
-            smaller than 1, or ``output_size`` is not two positive ints.
+            smaller than 1, ``output_size`` is not two positive ints, or an output side would exceed
+            [`MAX_OUTPUT_SIDE`].
         TypeError: if ``scale`` is not a real number.
 
     Example:
@@ -283,6 +329,11 @@ def resolve_output_size(
     if scale is not None:
         scale = check_scale(scale)
         h, w = input_size
+        if max(h, w) * scale > MAX_OUTPUT_SIDE:
+            raise ValueError(
+                f"`scale` {scale:.6g} is too large for an input of {h}x{w}: output sides are at most "
+                f"{MAX_OUTPUT_SIDE} pixels, so `scale` must be in [1, {MAX_OUTPUT_SIDE / max(h, w):.6g}]."
+            )
         return round_half_up(h * scale), round_half_up(w * scale)
     ok = (
         isinstance(output_size, (tuple, list))
@@ -291,4 +342,6 @@ def resolve_output_size(
     )
     if not ok:
         raise ValueError(f"`output_size` must be two positive ints (height, width), got {output_size!r}.")
+    if max(output_size) > MAX_OUTPUT_SIDE:
+        raise ValueError(f"`output_size` sides must be at most {MAX_OUTPUT_SIDE} pixels, got {tuple(output_size)}.")
     return int(output_size[0]), int(output_size[1])

@@ -14,7 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import json
+import math
 import os
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,217 @@ PRESET_PREFIX = "preset:"
 
 #: Folder of the embedded pipeline (``save_pretrained`` layout) inside the installed package.
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "neurop-diff-ucmerced"
+
+
+#: ``model_index.json``'s ``_class_name`` of a NeurOp-Diff pipeline folder: plain, and hub-ready (remote-code layout).
+PIPELINE_CLASS_NAMES = ("NeurOpDiffPipeline", ["pipeline_neurop_diff", "NeurOpDiffPipeline"])
+
+#: Sane ranges of the integer fields of the component configs, checked from the JSON before any weight is allocated
+#: (a hostile or damaged folder could ask for channels of 1e9 or 1e12 timesteps). ``None`` is allowed where listed.
+_INT_RANGES: dict[str, dict[str, tuple[int, int, bool]]] = {
+    "unet": {
+        "in_channels": (1, 64, False),
+        "out_channels": (1, 32, False),
+        "layers_per_block": (1, 16, False),
+        "norm_num_groups": (1, 1024, False),
+        "attn_norm_num_groups": (1, 1024, True),
+        "attention_head_dim": (1, 8192, True),
+        "time_embedding_dim": (1, 65536, True),
+        "num_class_embeds": (1, 100_000, True),
+        "num_train_timesteps": (1, 100_000, True),
+        "downsample_padding": (0, 8, False),
+        "freq_shift": (0, 100_000, False),
+    },
+    "neural_operator": {
+        "in_channels": (1, 32, False),
+        "out_channels": (1, 32, False),
+        "encoder_channels": (1, 4096, False),
+        "encoder_num_blocks": (0, 256, False),
+        "width": (1, 8192, False),
+        "num_heads": (1, 1024, False),
+        "num_galerkin_blocks": (0, 64, False),
+        "head_channels": (1, 8192, False),
+    },
+    "scheduler": {
+        "num_train_timesteps": (1, 100_000, False),
+        "steps_offset": (0, 100_000, False),
+        "solver_order": (1, 3, False),
+    },
+}
+#: Largest number of levels (``block_out_channels`` entries) and channels per level of a UNet.
+_MAX_UNET_LEVELS, _MAX_UNET_CHANNELS = 8, 8192
+
+
+def _bad_config(where: str, key: str, wanted: str, value: Any) -> ValueError:
+    return ValueError(f"`pipeline` {where}: `{key}` must be {wanted}, got {value!r}; the model folder is damaged.")
+
+
+def _check_int(config: dict, where: str, key: str, low: int, high: int, optional: bool) -> None:
+    if key not in config or (optional and config[key] is None):
+        return
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad_config(where, key, f"an integer in [{low}, {high}]" + (" or null" if optional else ""), value)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"`pipeline` {path}: not a readable JSON file ({type(err).__name__}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"`pipeline` {path}: must hold a JSON object, got a {type(data).__name__}.")
+    return data
+
+
+def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
+    """Check a NeurOp-Diff pipeline folder from its JSON files alone, before any weight is read or allocated.
+
+    ``model_index.json`` must be a NeurOp-Diff pipeline's (not e.g. a ``DDPMPipeline``'s), with a diffusers
+    ``UNet2DModel``, a diffusers scheduler and a ``GalerkinNeuralOperator`` (or none); every size of the component
+    configs must be an integer in a sane range (see ``_INT_RANGES``; no string where a number belongs), the UNet must
+    take the noisy image and the prior (``in_channels = 2 * out_channels = 6``) and its ``norm_num_groups`` must
+    divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``.
+
+    Args:
+        folder (`str` or `os.PathLike`): the pipeline folder.
+
+    Returns:
+        `dict`: the parsed ``model_index.json``.
+
+    Raises:
+        ValueError: naming the file, the field and the allowed values.
+    """
+    folder = Path(folder)
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ValueError(
+            f"`pipeline` {folder} holds no model_index.json: give a folder written by save_pretrained or "
+            "`neurop-diff export`, a hub id 'owner/name' or 'preset:NAME'."
+        )
+    index = _read_json_object(index_path)
+    class_name = index.get("_class_name")
+    if class_name not in PIPELINE_CLASS_NAMES:
+        raise ValueError(
+            f"`pipeline` {folder} is a {class_name!r} folder, not a NeurOp-Diff pipeline (model_index.json "
+            "`_class_name` must be 'NeurOpDiffPipeline')."
+        )
+    expected = {"unet": ["diffusers", "UNet2DModel"]}
+    if index.get("unet") != expected["unet"]:
+        raise _bad_config(index_path, "unet", '["diffusers", "UNet2DModel"]', index.get("unet"))
+    scheduler = index.get("scheduler")
+    if not (isinstance(scheduler, list) and len(scheduler) == 2 and scheduler[0] == "diffusers"):
+        raise _bad_config(index_path, "scheduler", '["diffusers", <a diffusers scheduler>]', scheduler)
+    import diffusers
+
+    scheduler_cls = getattr(diffusers, str(scheduler[1]), None)
+    if not (isinstance(scheduler_cls, type) and issubclass(scheduler_cls, diffusers.SchedulerMixin)):
+        raise _bad_config(index_path, "scheduler", "a diffusers scheduler class", scheduler)
+    operator = index.get("neural_operator")
+    has_operator = operator not in (None, [None, None])
+    if has_operator and not (
+        isinstance(operator, list) and len(operator) == 2 and operator[1] == "GalerkinNeuralOperator"
+    ):
+        raise _bad_config(index_path, "neural_operator", '[..., "GalerkinNeuralOperator"] or null', operator)
+    files = {"unet": folder / "unet" / "config.json", "scheduler": folder / "scheduler" / "scheduler_config.json"}
+    if has_operator:
+        files["neural_operator"] = folder / "neural_operator" / "config.json"
+    configs = {}
+    for component, path in files.items():
+        if not path.is_file():
+            raise ValueError(f"`pipeline` {folder}: {path.relative_to(folder)} is missing; the folder is incomplete.")
+        configs[component] = config = _read_json_object(path)
+        for key, (low, high, optional) in _INT_RANGES[component].items():
+            _check_int(config, path, key, low, high, optional)
+    unet, unet_path = configs["unet"], files["unet"]
+    channels = unet.get("block_out_channels")
+    if not (
+        isinstance(channels, list)
+        and 1 <= len(channels) <= _MAX_UNET_LEVELS
+        and all(not isinstance(c, bool) and isinstance(c, int) and 1 <= c <= _MAX_UNET_CHANNELS for c in channels)
+    ):
+        raise _bad_config(
+            unet_path, "block_out_channels", f"1 to {_MAX_UNET_LEVELS} integers in [1, {_MAX_UNET_CHANNELS}]", channels
+        )
+    groups = unet.get("norm_num_groups", 32)
+    if any(c % groups for c in channels):
+        raise _bad_config(unet_path, "norm_num_groups", f"a divisor of every block_out_channels {channels}", groups)
+    for key in ("down_block_types", "up_block_types"):
+        types = unet.get(key)
+        if not (isinstance(types, list) and len(types) == len(channels) and all(isinstance(t, str) for t in types)):
+            raise _bad_config(unet_path, key, f"{len(channels)} block names (one per block_out_channels)", types)
+    if unet.get("out_channels") != 3 or unet.get("in_channels") != 6:
+        raise ValueError(
+            f"`pipeline` {folder}: its UNet takes {unet.get('in_channels')} input and {unet.get('out_channels')} "
+            "output channels; a NeurOp-Diff UNet takes the noisy image and the prior (6) and predicts RGB (3): "
+            "this is not a NeurOp-Diff model."
+        )
+    sched, sched_path = configs["scheduler"], files["scheduler"]
+    for key in ("beta_start", "beta_end"):
+        value = sched.get(key, 0.5)
+        if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and 0 < value < 1):
+            raise _bad_config(sched_path, key, "a number in (0, 1)", value)
+    trained = sched.get("trained_betas")
+    if trained is not None and not (
+        isinstance(trained, list) and len(trained) == sched.get("num_train_timesteps", len(trained))
+    ):
+        raise _bad_config(sched_path, "trained_betas", "null or one beta per training timestep", "a list")
+    if has_operator:
+        op, op_path = configs["neural_operator"], files["neural_operator"]
+        if op.get("in_channels", 3) != 3 or op.get("out_channels", 3) != 3:
+            raise _bad_config(
+                op_path, "in_channels / out_channels", "3 (RGB)", [op.get("in_channels"), op.get("out_channels")]
+            )
+        if op.get("width", 256) % op.get("num_heads", 16):
+            raise _bad_config(op_path, "num_heads", f"a divisor of width {op.get('width', 256)}", op.get("num_heads"))
+    return index
+
+
+def _load_hub_ready_folder(folder: Path, index: dict[str, Any], torch_dtype: torch.dtype | None) -> NeurOpDiffPipeline:
+    """A hub-ready (remote-code layout) folder loaded with this package's own classes: its ``.py`` files are not run
+    (``trust_remote_code`` is not needed, the weights and configs are the same)."""
+    import diffusers
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(folder / "unet")
+    operator = None
+    if index.get("neural_operator") not in (None, [None, None]):
+        operator = GalerkinNeuralOperator.from_pretrained(folder / "neural_operator")
+    scheduler = getattr(diffusers, index["scheduler"][1]).from_pretrained(folder / "scheduler")
+    options = {k: index[k] for k in ("default_strength", "residual", "default_eta") if k in index}
+    pipeline = NeurOpDiffPipeline(unet=unet, neural_operator=operator, scheduler=scheduler, **options)
+    return pipeline if torch_dtype is None else pipeline.to(dtype=torch_dtype)
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~")) and "\\" not in spec
+
+
+def _local_pipeline_folder(spec: str) -> Path:
+    """The local folder of ``spec``: the folder itself, or the hub id's snapshot (downloaded, or from the cache
+    offline) holding only a pipeline's JSON files and safetensors weights."""
+    local = Path(spec).expanduser()
+    if os.path.lexists(local):
+        if not local.is_dir():
+            raise ValueError(
+                f"`pipeline` {spec!r} is a file, not a pipeline folder: give a folder written by save_pretrained or "
+                "`neurop-diff export` (with model_index.json), a hub id 'owner/name' or 'preset:NAME'."
+            )
+        return local
+    if not _looks_like_hub_id(spec):
+        raise ValueError(f"`pipeline` {spec!r}: no such folder (and not a hub id 'owner/name' or 'preset:NAME').")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors"]
+    try:
+        return Path(snapshot_download(spec, allow_patterns=patterns))
+    except Exception as err:  # offline, not cached, no such repository, gated, network errors: one line
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"`pipeline` {spec!r}: no such folder, and the hub id could not be loaded (not in the local cache and "
+            f"the Hub not reachable, or no such model): {type(err).__name__}: {reason[:200]}"
+        ) from None
 
 
 def has_default_model() -> bool:
@@ -113,8 +327,13 @@ def load_pipeline(
         if torch_dtype is not None:
             pipeline = pipeline.to(dtype=torch_dtype)
     else:
-        kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-        pipeline = NeurOpDiffPipeline.from_pretrained(spec, **kwargs)
+        folder = _local_pipeline_folder(spec)
+        index = check_pipeline_folder(folder)
+        if isinstance(index["_class_name"], list):  # hub-ready: loaded with this package's classes
+            pipeline = _load_hub_ready_folder(folder, index, torch_dtype)
+        else:
+            kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+            pipeline = NeurOpDiffPipeline.from_pretrained(folder, **kwargs)
     if device is not None:
         pipeline = pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
@@ -216,6 +435,7 @@ def load_frozen_operator(
 __all__ = [
     "DEFAULT_MODEL_PATH",
     "PRESET_PREFIX",
+    "check_pipeline_folder",
     "has_default_model",
     "load_default_pipeline",
     "load_frozen_operator",

@@ -7,15 +7,21 @@ command line (``--dtype``, ``--channels-last``, ``--scheduler``), the evaluation
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 
+from .hardware import SlowPrecisionWarning, auto_dtype, slow_precision_warning
 from .scheduling import SCHEDULERS, make_scheduler
 
-#: Names accepted for a pipeline's precision. ``bfloat16`` pays off on CPUs with bfloat16 units (AVX512-BF16 / AMX:
-#: recent Xeon and EPYC) and on GPUs; ``float16`` on GPUs only (CPU float16 kernels are slow).
+#: Names accepted for a pipeline's precision. ``bfloat16`` pays off only on CPUs with bfloat16 units (the
+#: ``avx512_bf16`` / ``amx_bf16`` flags: Intel Xeon from Cooper Lake, AMD from Zen 4; elsewhere it is emulated,
+#: 4.5x-72x slower than float32) and on GPUs; ``float16`` on GPUs only (CPU float16 kernels are slow). ``"auto"``
+#: (see [`resolve_dtype`]) picks the fastest of them for the pipeline's device.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: The name that lets the hardware choose (see [`~neurop_diff_diffusers.hardware.choose_dtype`]).
+AUTO_DTYPE = "auto"
 
 
 def parse_dtype(value: Any, name: str = "dtype") -> torch.dtype | None:
@@ -39,6 +45,32 @@ def parse_dtype(value: Any, name: str = "dtype") -> torch.dtype | None:
     raise ValueError(f"`{name}` must be one of {list(DTYPES)}, got {value!r}.")
 
 
+def resolve_dtype(value: Any, device: str | torch.device = "cpu", name: str = "dtype") -> torch.dtype | None:
+    """[`parse_dtype`], with ``"auto"``: the fastest precision of ``device`` on this machine.
+
+    ``auto`` is bfloat16 on a CPU whose bfloat16 units torch uses (``avx512_bf16`` / ``amx_bf16``, not capped by
+    ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``) and on CUDA GPUs with bfloat16, float16 on other CUDA GPUs,
+    float32 elsewhere (see [`~neurop_diff_diffusers.hardware.auto_dtype`], and ``neurop-diff info`` for its reason).
+
+    Args:
+        value (`str`, `torch.dtype` or `None`): a name of [`DTYPES`], ``"auto"``, a `torch.dtype` of those or ``None``.
+        device (`str` or `torch.device`, defaults to ``"cpu"``): where the pipeline runs.
+        name (`str`, defaults to ``"dtype"``): the argument's name, for the error message.
+
+    Returns:
+        `torch.dtype` or `None`.
+
+    Raises:
+        ValueError: naming the argument and the allowed values.
+    """
+    if isinstance(value, str) and value == AUTO_DTYPE:
+        return DTYPES[auto_dtype(str(torch.device(device))).dtype]
+    try:
+        return parse_dtype(value, name)
+    except ValueError:
+        raise ValueError(f"`{name}` must be one of {[AUTO_DTYPE, *DTYPES]}, got {value!r}.") from None
+
+
 def optimize_pipeline(
     pipeline: Any,
     dtype: str | torch.dtype | None = None,
@@ -50,8 +82,10 @@ def optimize_pipeline(
 
     Args:
         pipeline ([`NeurOpDiffPipeline`]): the pipeline.
-        dtype (`str` or `torch.dtype`, *optional*): the UNet's precision (see [`DTYPES`]); the neural operator, the
-            noise and the sampler stay in float32 (see [`NeurOpDiffPipeline`]). ``None``: unchanged.
+        dtype (`str` or `torch.dtype`, *optional*): the UNet's precision (see [`DTYPES`]), or ``"auto"``: the fastest
+            on the pipeline's device (see [`resolve_dtype`]); the neural operator, the noise and the sampler stay in
+            float32 (see [`NeurOpDiffPipeline`]). ``None``: unchanged. An explicit ``bfloat16`` on a CPU without
+            bfloat16 units warns ([`~neurop_diff_diffusers.hardware.SlowPrecisionWarning`]).
         channels_last (`bool`, defaults to `False`): the UNet's weights in channels-last memory format (faster
             convolution kernels on CPUs and GPUs; float outputs change in the last bits).
         scheduler (`str`, *optional*): a sampler of [`~scheduling.SCHEDULERS`] with the pipeline's noise schedule and
@@ -68,12 +102,18 @@ def optimize_pipeline(
         >>> pipe.unet.dtype, type(pipe.scheduler).__name__
         (torch.bfloat16, 'UniPCMultistepScheduler')
     """
-    dtype = parse_dtype(dtype)
+    device = getattr(pipeline, "device", None) or torch.device("cpu")
+    explicit = dtype
+    dtype = resolve_dtype(dtype, device)
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"`scheduler` must be one of {list(SCHEDULERS)}, got {scheduler!r}.")
     for flag, value in (("channels_last", channels_last), ("compile", compile)):
         if not isinstance(value, bool):
             raise TypeError(f"`{flag}` must be a bool, got {value!r}.")
+    if explicit in ("bfloat16", torch.bfloat16):
+        message = slow_precision_warning("bfloat16", str(device))
+        if message is not None:
+            warnings.warn(message, SlowPrecisionWarning, stacklevel=2)
     if dtype is not None:
         pipeline.to(dtype=dtype)
     if channels_last:

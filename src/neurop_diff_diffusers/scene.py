@@ -60,9 +60,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geo import STRETCH_TAG, BandStretch, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
-from .image_processing import resolve_output_size
-from .raster_io import gdal_safe_env, open_raster
+from .geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
+from .image_processing import check_finite_output, resolve_output_size
+from .raster_io import (
+    RasterHeader,
+    build_output_overviews,
+    check_header,
+    expand_palette,
+    gdal_safe_env,
+    inspect_raster,
+    open_raster,
+    output_georeferencing,
+    output_overviews,
+    palette_table,
+)
 from .utils import atomic_write, atomic_write_json, derive_seed
 
 #: LR pixels of a window's core, a side (measured: README "Whole scenes").
@@ -279,6 +290,35 @@ class SceneStatistics:
     fill: tuple[float, ...]
     clipped: tuple[int, ...]
     valid: tuple[int, ...]
+    nonfinite: int = 0
+
+
+def read_block(src: Any, window: Any, table: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """One window of an open raster as the engine sees it: the bands' values, their validity, undeclared NaN / inf.
+
+    A palette raster (``table`` from [`~neurop_diff_diffusers.raster_io.palette_table`]) is expanded to RGB through
+    its colour table. Values keep their dtype (32 / 64-bit types are stretched in float64 by
+    [`~neurop_diff_diffusers.geo.BandStretch`]). NaN / infinite values are invalid whether or not a nodata value or
+    mask declares them.
+
+    Args:
+        src (`Any`): an open rasterio dataset.
+        window (`Any`): a rasterio ``Window``.
+        table (`Any`, *optional*): the palette's lookup table, or ``None``.
+
+    Returns:
+        ``(values, valid, nonfinite)``: ``(bands, h, w)`` values, their ``(bands, h, w)`` bool validity, and the
+        number of NaN / infinite values that the file's masks called valid.
+    """
+    if table is not None:
+        values = expand_palette(src.read(1, window=window), table)
+        return values, np.repeat(src.read_masks(1, window=window)[None] > 0, 3, axis=0), 0
+    values = src.read(window=window)
+    valid = src.read_masks(window=window) > 0
+    if not np.issubdtype(values.dtype, np.floating):
+        return values, valid, 0
+    finite = valid & np.isfinite(values)
+    return values, finite, int(np.count_nonzero(valid & ~finite))
 
 
 def _row_blocks(height: int, width: int) -> Iterator[tuple[int, int]]:
@@ -309,8 +349,10 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     Raises:
         ValueError: a scene without valid pixels.
     """
-    bands, height, width = src.count, src.height, src.width
-    dtype = np.dtype(src.dtypes[0])
+    table = palette_table(src)  # a palette raster is expanded to RGB through its colour table
+    bands, height, width = (src.count if table is None else 3), src.height, src.width
+    dtype = np.dtype(src.dtypes[0] if table is None else "uint8")
+    nonfinite = 0
     exact = _exact_histogram_dtype(dtype)
     offset = int(np.iinfo(dtype).min) if exact else 0
     lows = np.full(bands, np.inf)
@@ -322,8 +364,8 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
 
     for top, rows in _row_blocks(height, width):
         window = Window(0, top, width, rows)
-        data = src.read(window=window)
-        masks = src.read_masks(window=window) > 0
+        data, masks, bad = read_block(src, window, table)
+        nonfinite += bad
         for b in range(bands):
             values = data[b][masks[b]]
             if values.size == 0:
@@ -347,7 +389,7 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
             hist = [np.zeros(65536, np.int64) for _ in range(bands)]
             for top, rows in _row_blocks(height, width):
                 window = Window(0, top, width, rows)
-                data, masks = src.read(window=window), src.read_masks(window=window) > 0
+                data, masks, _ = read_block(src, window, table)
                 for b in range(bands):
                     hist[b] += np.histogram(data[b][masks[b]], bins=edges[b])[0]
         low, high = [], []
@@ -367,7 +409,7 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
         else:
             for top, rows in _row_blocks(height, width):
                 window = Window(0, top, width, rows)
-                data, masks = src.read(window=window), src.read_masks(window=window) > 0
+                data, masks, _ = read_block(src, window, table)
                 for b in range(bands):
                     values = data[b][masks[b]]
                     clipped[b] += int(((values < stretch.low[b]) | (values > stretch.high[b])).sum())
@@ -376,7 +418,7 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
         float(np.clip(stretch.forward(np.array([means[b]]), b)[0], 0.0, 1.0)) if counts[b] else 0.0
         for b in range(bands)
     )
-    return SceneStatistics(stretch, fill, tuple(clipped), tuple(int(c) for c in counts))
+    return SceneStatistics(stretch, fill, tuple(clipped), tuple(int(c) for c in counts), nonfinite)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -429,16 +471,20 @@ def _run_window(
     model_bands: list[int],
     seed: int,
     pipe_kwargs: dict[str, Any],
+    alpha_bands: tuple[int, ...] = (),
 ) -> np.ndarray:
-    """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32."""
+    """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32.
+
+    Bands outside ``model_bands`` are bicubic, except the 0-based ``alpha_bands`` (masks): nearest neighbour, the
+    LR pixel under each output pixel's centre, the same in every window that covers it.
+    """
     from rasterio.windows import Window
 
     (r0, r1), (c0, c1) = window.lr_rows, window.lr_cols
     crop = Window(c0, r0, c1 - c0, r1 - r0)
-    data = src.read(window=crop, out_dtype="float32")
-    valid = src.read_masks(window=crop) > 0
+    data, valid, _ = read_block(src, crop, palette_table(src))
     count = data.shape[0]
-    unit = np.empty_like(data)
+    unit = np.empty(data.shape, dtype=np.float32)
     for b in range(count):
         unit[b] = stats.stretch.forward(data[b], b)
         unit[b][~valid[b]] = stats.fill[b]
@@ -451,8 +497,8 @@ def _run_window(
     if _is_neurop_pipeline(pipe):
         device = pipe._execution_device
         prior = window_prior(pipe, (rgb * 2.0 - 1.0).to(device), coord.to(device), cell, kwargs.get("chunk_size"))
-        if kwargs.pop("prior_only", False):
-            output = ((prior[0].float().cpu() + 1.0) / 2.0).clamp(0, 1)
+        if kwargs.pop("prior_only", False):  # NaN / inf refused as the pipeline's own prior-only output is
+            output = ((check_finite_output(prior[0].float().cpu()) + 1.0) / 2.0).clamp(0, 1)
         else:
             generator = torch.Generator(device="cpu").manual_seed(window_seed(seed, window.index))
             output = pipe(
@@ -460,8 +506,9 @@ def _run_window(
             ).images[0]
     else:  # any callable with the pipeline's signature (e.g. a test double): the window at its own output size
         output = pipe(rgb, output_size=(out_h, out_w), output_type="pt", **kwargs).images[0]
-    output = output.float().cpu()
-    others = [b for b in range(count) if b not in model_bands]
+    output = check_finite_output(output.float().cpu())  # never blended into a scene, never written
+    others = [b for b in range(count) if b not in model_bands and b not in alpha_bands]
+    masks = [b for b in range(count) if b not in model_bands and b in alpha_bands]
     result = np.empty((count, out_h, out_w), dtype=np.float32)
     if count == 1:
         result[0] = output.mean(dim=0).numpy()
@@ -475,6 +522,11 @@ def _run_window(
         else:
             up = F.grid_sample(extra, coord.flip(-1), mode="bicubic", padding_mode="border", align_corners=False)
         result[others] = up[0].clamp(0, 1).numpy()
+    if masks:  # alpha: nearest, at the output pixel centre (exact integer arithmetic in the scene's frame)
+        (height, width), (scene_h, scene_w) = plan.size, plan.out_size
+        rows = (2 * np.arange(*window.out_rows, dtype=np.int64) + 1) * height // (2 * scene_h) - r0
+        cols = (2 * np.arange(*window.out_cols, dtype=np.int64) + 1) * width // (2 * scene_w) - c0
+        result[masks] = unit[masks][:, rows][:, :, cols]
     return result
 
 
@@ -583,21 +635,38 @@ def done_windows(folder: Path, windows: list[SceneWindow]) -> set[int]:
 # ------------------------------------------------------------------------------------------------------------------
 # Assembly
 # ------------------------------------------------------------------------------------------------------------------
-def _output_profile(src: Any, out_size: tuple[int, int]) -> dict[str, Any]:
-    from rasterio.transform import Affine
+def output_layout(
+    src: Any, header: RasterHeader, out_size: tuple[int, int], nonfinite: int = 0
+) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """The output's creation profile, band metadata and whether it carries a dataset mask instead of a nodata value.
 
+    As ``geo.py`` describes: the input's dtype and bands (a palette raster: 3 ``uint8`` RGB bands), nodata, band
+    meaning, georeferencing mapped to the output grid ([`~neurop_diff_diffusers.raster_io.output_georeferencing`]:
+    transform, GCPs, RPCs; no transform invented for a raster without one), pixel-interleaved.
+
+    Args:
+        src (`Any`): the input, open.
+        header (`RasterHeader`): its header ([`~neurop_diff_diffusers.raster_io.inspect_raster`]).
+        out_size (`tuple[int, int]`): the output ``(height, width)``.
+        nonfinite (`int`, defaults to `0`): undeclared NaN / infinite input values (they are masked in the output).
+
+    Returns:
+        ``(profile, metadata, mask_only)``.
+    """
     out_h, out_w = out_size
-    return {
-        "driver": "GTiff",
-        "width": out_w,
-        "height": out_h,
-        "count": src.count,
-        "dtype": src.dtypes[0],
-        "crs": src.crs,
-        "transform": src.transform @ Affine.scale(src.width / out_w, src.height / out_h),
-        "nodata": src.nodata,
-        "BIGTIFF": "IF_SAFER",
+    info = {
+        "profile": {"count": src.count, "dtype": src.dtypes[0], "nodata": src.nodata},
+        "has_nodata_value": src.nodata is not None,
+        "has_mask": _has_mask(src) or (nonfinite > 0 and src.nodata is None),
+        "metadata": _band_metadata(src),
     }
+    if header.has_palette:
+        _as_rgb(info)
+    profile = info["profile"]
+    # interleave: pixel-interleaved (PlanarConfiguration=1), which every TIFF reader (Pillow too) opens
+    profile.update(driver="GTiff", width=out_w, height=out_h, BIGTIFF="IF_SAFER", interleave="pixel")
+    profile.update(output_georeferencing(header, out_size))  # transform, or GCPs; RPCs: on the output grid
+    return profile, info["metadata"], info["has_mask"] and not info["has_nodata_value"]
 
 
 def _has_mask(src: Any) -> bool:
@@ -607,7 +676,15 @@ def _has_mask(src: Any) -> bool:
 
 
 def _write_rows(
-    dst: Any, src: Any, plan: ScenePlan, stats: SceneStatistics, unit: np.ndarray, top: int, mask_only: bool
+    dst: Any,
+    src: Any,
+    plan: ScenePlan,
+    stats: SceneStatistics,
+    unit: np.ndarray,
+    top: int,
+    mask_only: bool,
+    nodata: float | None,
+    table: Any = None,
 ) -> None:
     """Write output rows ``[top, top + len)`` from their blended ``[0, 1]`` values, with nodata / mask as geo.py."""
     from rasterio.windows import Window
@@ -617,10 +694,9 @@ def _write_rows(
     src_rows = (np.arange(top, top + rows, dtype=np.int64) * height) // out_h  # nearest, as F.interpolate
     src_cols = (np.arange(out_w, dtype=np.int64) * width) // out_w
     first = int(src_rows[0])
-    masks = src.read_masks(window=Window(0, first, width, int(src_rows[-1]) - first + 1)) > 0
+    _, masks, _ = read_block(src, Window(0, first, width, int(src_rows[-1]) - first + 1), table)
     out_valid = masks[:, src_rows - first][:, :, src_cols]  # (bands, rows, out_w)
-    nodata = src.nodata
-    block = np.empty((count, rows, out_w), dtype=src.dtypes[0])
+    block = np.empty((count, rows, out_w), dtype=stats.stretch.dtype)
     for b in range(count):
         block[b] = stats.stretch.inverse(unit[b], b)
         if nodata is not None:
@@ -633,13 +709,22 @@ def _write_rows(
         dst.write_mask(np.where(out_valid.all(axis=0), 255, 0).astype("uint8"), window=window)
 
 
-def assemble_scene(src: Any, plan: ScenePlan, stats: SceneStatistics, folder: Path, dst: Any, mask_only: bool) -> None:
+def assemble_scene(
+    src: Any,
+    plan: ScenePlan,
+    stats: SceneStatistics,
+    folder: Path,
+    dst: Any,
+    mask_only: bool,
+    nodata: float | None = None,
+) -> None:
     """Blend the saved windows row of windows by row of windows and write each output row once it is final.
 
     Memory: one strip accumulator of ``bands x strip_rows x out_width`` float32 values and its weights, allocated
     once and shifted in place, and one window's output at a time.
     """
-    count = src.count
+    table = palette_table(src)
+    count = len(stats.stretch.low)
     windows = plan.windows()
     n_rows, n_cols = plan.grid
     wy, wx = plan.weights(0), plan.weights(1)
@@ -660,7 +745,7 @@ def assemble_scene(src: Any, plan: ScenePlan, stats: SceneStatistics, folder: Pa
             n = done - top
             unit = acc[:, :n]
             unit /= norm[None, :n]
-            _write_rows(dst, src, plan, stats, unit, top, mask_only)
+            _write_rows(dst, src, plan, stats, unit, top, mask_only, nodata, table)
             carry = b - done  # rows already blended that the next window row also touches
             if carry > 0:
                 acc[:, :carry] = acc[:, n : n + carry].copy()
@@ -670,15 +755,20 @@ def assemble_scene(src: Any, plan: ScenePlan, stats: SceneStatistics, folder: Pa
             top = done
 
 
-def _write_cog(assembled: str, target: str) -> None:
-    """Copy the assembled GeoTIFF to a Cloud-Optimized GeoTIFF (tiled, DEFLATE, overviews, BigTIFF if needed)."""
+def _write_cog(assembled: str, target: str, nearest: bool = False) -> None:
+    """Copy the assembled GeoTIFF to a Cloud-Optimized GeoTIFF (tiled, DEFLATE, overviews, BigTIFF if needed).
+
+    The assembled file's overviews (the input's factors) are kept; without any, GDAL makes them down to one block.
+    ``nearest``: overviews made with nearest neighbour (an alpha band is a mask).
+    """
     import rasterio
     import rasterio.shutil
 
     with gdal_safe_env(), rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_NUM_THREADS="1"):
         with rasterio.open(assembled) as tmp:
             predictor = "2" if np.issubdtype(np.dtype(tmp.dtypes[0]), np.integer) else "3"
-            rasterio.shutil.copy(tmp, target, driver="COG", PREDICTOR=predictor, **_COG_OPTIONS)
+            options = dict(_COG_OPTIONS, RESAMPLING="NEAREST") if nearest else _COG_OPTIONS
+            rasterio.shutil.copy(tmp, target, driver="COG", PREDICTOR=predictor, **options)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -697,6 +787,7 @@ class SceneJob:
     value_range: ValueRange
     pipe_kwargs: dict[str, Any]
     folder: Path
+    header: RasterHeader | None = None
 
     def describe(self) -> str:
         """The window plan, in a few lines."""
@@ -741,6 +832,10 @@ def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[
     raise ValueError(f"`{src_path}` has {count} bands: the model needs 1 (grey) or at least 3 (RGB).")
 
 
+def _alpha_bands(job: SceneJob) -> tuple[int, ...]:
+    return job.header.alpha_bands if job.header is not None else ()
+
+
 def prepare_scene(
     src_path: str | os.PathLike,
     dst_path: str | os.PathLike,
@@ -776,17 +871,26 @@ def prepare_scene(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` must be an int, got {seed!r}.")
     vr = parse_value_range(value_range)
+    header = inspect_raster(src_path)
+    check_header(header)  # complex, 2 bands, mixed dtypes, odd colour tables: one line, from the header
+    if len({*header.dtypes}) != 1:
+        raise ValueError(f"`{src_path}` mixes band dtypes {header.dtypes}; convert it to one dtype first.")
+    if header.height == 0 or header.width == 0:
+        raise ValueError(f"`{src_path}` has no pixels.")
+    model_bands = _model_bands(header.working_bands, rgb_bands, src_path)  # a palette is read as RGB
+    out_size = resolve_output_size((header.height, header.width), scale, output_size)
+    plan = ScenePlan.create((header.height, header.width), out_size, window, halo)
     with open_raster(src_path) as src:
-        if len({*src.dtypes}) != 1:
-            raise ValueError(f"`{src_path}` mixes band dtypes {src.dtypes}; convert it to one dtype first.")
-        if src.height == 0 or src.width == 0:
-            raise ValueError(f"`{src_path}` has no pixels.")
-        model_bands = _model_bands(src.count, rgb_bands, src_path)
-        out_size = resolve_output_size((src.height, src.width), scale, output_size)
-        plan = ScenePlan.create((src.height, src.width), out_size, window, halo)
         stats = scene_statistics(src, vr)
+    if stats.nonfinite:
+        warnings.warn(
+            f"`{src_path}` has {stats.nonfinite} NaN or infinite band values that no nodata value marks; they are "
+            "treated as nodata (masked in the output).",
+            UserWarning,
+            stacklevel=2,
+        )
     pipe_kwargs = {k: v for k, v in pipe_kwargs.items() if v is not None or k in ("strength",)}
-    return SceneJob(Path(src_path), dst, plan, stats, model_bands, seed, vr, pipe_kwargs, work_folder(dst))
+    return SceneJob(Path(src_path), dst, plan, stats, model_bands, seed, vr, pipe_kwargs, work_folder(dst), header)
 
 
 def _clip_warning(job: SceneJob) -> None:
@@ -872,8 +976,9 @@ def compute_windows(
             window = todo[k]
             with open_raster(job.src_path) as src:
                 values = _run_window(
-                    worker_pipe, src, job.plan, window, job.stats, job.model_bands, job.seed, job.pipe_kwargs
-                )
+                    worker_pipe, src, job.plan, window, job.stats, job.model_bands, job.seed, job.pipe_kwargs,
+                    _alpha_bands(job),
+                )  # fmt: skip
             _save_window(job.folder, window.index, values)
             if progress is not None:
                 progress(1)
@@ -1014,17 +1119,20 @@ def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
 
     assembled = job.folder / "assembled.tif"
     assembled.unlink(missing_ok=True)
+    header = job.header if job.header is not None else inspect_raster(job.src_path)
+    out_size = job.plan.out_size
     with open_raster(job.src_path) as src:
-        profile = _output_profile(src, job.plan.out_size)
-        metadata = _band_metadata(src)
-        mask_only = _has_mask(src) and src.nodata is None
+        profile, metadata, mask_only = output_layout(src, header, out_size, job.stats.nonfinite)
         with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK="YES"):
             with rasterio.open(assembled, "w", **profile) as dst:
                 copy_band_metadata(dst, metadata)
                 dst.update_tags(**{STRETCH_TAG: job.stats.stretch.to_json(), VALUE_RANGE_TAG: str(job.value_range)})
-                assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only)
+                assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only, profile.get("nodata"))
+                # the input's internal overviews (a COG's), rebuilt; the COG copy keeps them
+                build_output_overviews(dst, output_overviews(header, out_size), header)
+    nearest = bool(header.alpha_bands)
     try:
-        return atomic_write(job.dst_path, lambda temp: _write_cog(str(assembled), temp), overwrite=overwrite)
+        return atomic_write(job.dst_path, lambda temp: _write_cog(str(assembled), temp, nearest), overwrite=overwrite)
     finally:
         assembled.unlink(missing_ok=True)
 
@@ -1105,7 +1213,7 @@ def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, A
         start = time.perf_counter()
         with open_raster(job.src_path) as src:
             _run_window(_worker_pipes(pipe, 1)[0], src, job.plan, largest, job.stats, job.model_bands, job.seed,
-                        job.pipe_kwargs)  # fmt: skip
+                        job.pipe_kwargs, _alpha_bands(job))  # fmt: skip
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     bands = len(job.stats.stretch.low)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Any
 
 import torch
@@ -170,7 +172,7 @@ def check_strength(strength: Any, name: str = "strength") -> float:
         >>> check_strength(0.5)
         0.5
     """
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+    if isinstance(strength, bool) or not isinstance(strength, Real) or not 0.0 < float(strength) <= 1.0:
         raise ValueError(f"`{name}` must be a number in (0, 1], got {strength!r}.")
     return float(strength)
 
@@ -192,7 +194,7 @@ def check_eta(eta: Any, name: str = "eta") -> float:
         >>> check_eta(1)
         1.0
     """
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+    if isinstance(eta, bool) or not isinstance(eta, Real) or not (math.isfinite(eta) and 0.0 <= float(eta) <= 1.0):
         raise ValueError(f"`{name}` must be a number in [0, 1], got {eta!r}.")
     return float(eta)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import numbers
 import os
 import shutil
 import tempfile
@@ -14,13 +15,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DModel
+from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..data_consistency import back_project, check_back_projection_steps
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
 from ..hub import make_hub_ready, push_folder_to_hub
 from ..image_processing import (
     ImageInput,
+    check_finite_output,
     check_output_type,
     postprocess_images,
     preprocess_images,
@@ -32,6 +35,7 @@ from ..image_processing import (
 from ..models import neural_operator as _neural_operator  # noqa: F401
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
+from .uncertainty import NeurOpDiffPipelineOutput, check_num_samples, reduce_samples, sample_generators
 
 #: Byte alignment of CPU weights that the pipeline guarantees (PyTorch's own CPU allocations are aligned to it).
 WEIGHT_ALIGNMENT = 64
@@ -101,6 +105,49 @@ def unet_downsampling_factor(unet: Any) -> int:
     return 2 ** (len(unet.config.block_out_channels) - 1)
 
 
+def check_generator(generator: Any, batch_size: int) -> None:
+    """Validate a pipeline call's ``generator``: ``None``, a ``torch.Generator`` or a list of one per image.
+
+    Args:
+        generator (`Any`): the value to check.
+        batch_size (`int`): the number of images.
+
+    Raises:
+        TypeError: for anything else (e.g. an int seed: pass ``torch.Generator().manual_seed(seed)``).
+        ValueError: for a list whose length is not ``batch_size``.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(f"`generator` is a list of {len(generator)}; it must have one per image ({batch_size}).")
+        return
+    raise TypeError(
+        "`generator` must be a torch.Generator, a list of them (one per image) or None, got "
+        f"{type(generator).__name__}; for a seed pass torch.Generator().manual_seed(seed)."
+    )
+
+
+def _callback_tensor(outputs: Any, name: str, current: torch.Tensor) -> torch.Tensor:
+    """The tensor ``name`` that a step callback returned (``current`` if it returned none), checked: a dict of
+    tensors of the shape, dtype and device of the ones it replaces."""
+    if outputs is None:
+        return current
+    if not isinstance(outputs, dict):
+        raise TypeError(f"`callback_on_step_end` must return a dict of tensors or None, got {type(outputs).__name__}.")
+    if name not in outputs:
+        return current
+    value = outputs[name]
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`callback_on_step_end` returned {name!r} as a {type(value).__name__}, not a tensor.")
+    if value.shape != current.shape or value.device != current.device or not value.is_floating_point():
+        raise ValueError(
+            f"`callback_on_step_end` returned {name!r} of shape {tuple(value.shape)} on {value.device}; it must "
+            f"keep shape {tuple(current.shape)} on {current.device}, floating point."
+        )
+    return value.to(current.dtype)
+
+
 class NeurOpDiffPipeline(DiffusionPipeline):
     r"""Continuous-scale super-resolution with NeurOp-Diff.
 
@@ -166,10 +213,16 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         default_eta: float = 0.0,
     ):
         super().__init__()
+        in_channels, out_channels = unet.config.get("in_channels"), unet.config.get("out_channels")
+        if out_channels != 3 or in_channels != 6:
+            raise ValueError(
+                f"`unet` takes {in_channels} input and {out_channels} output channels; a NeurOp-Diff UNet takes the "
+                "noisy image and the prior (6 channels) and predicts RGB (3): this is not a NeurOp-Diff UNet."
+            )
         own_aligned_weights(unet)
         own_aligned_weights(neural_operator)
         self.register_modules(unet=unet, neural_operator=neural_operator, scheduler=scheduler)
-        if isinstance(default_strength, bool) or not isinstance(default_strength, (int, float)):
+        if isinstance(default_strength, bool) or not isinstance(default_strength, numbers.Real):
             raise TypeError(f"`default_strength` must be a number in (0, 1], got {default_strength!r}.")
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool, got {residual!r}.")
@@ -359,7 +412,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
     def check_inputs(
         num_inference_steps: int,
         eta: float,
-        max_output_pixels: int,
+        max_output_pixels: int | None,
         output_size: tuple[int, int],
         num_train_timesteps: int,
         callback_on_step_end_tensor_inputs: list[str],
@@ -373,7 +426,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         Args:
             num_inference_steps (`int`): denoising steps, in ``[1, num_train_timesteps]``.
             eta (`float`): DDIM's eta, in ``[0, 1]``.
-            max_output_pixels (`int`): pixel budget of one output image.
+            max_output_pixels (`int` or `None`): pixel budget of one output image (``None``: no limit).
             output_size (`tuple[int, int]`): ``(height, width)`` of the output.
             num_train_timesteps (`int`): the scheduler's number of training timesteps.
             callback_on_step_end_tensor_inputs (`list[str]`): the tensors asked for by the step callback.
@@ -384,13 +437,18 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 multiple of it.
 
         Raises:
-            TypeError: if ``num_inference_steps`` is not an int.
+            TypeError: if ``num_inference_steps`` is not an integer, or ``max_output_pixels`` neither an integer nor
+                ``None``.
             ValueError: if ``tile_size``, ``tile_overlap``, ``num_inference_steps`` or ``eta`` is out of range, the
                 output exceeds ``max_output_pixels``, or ``callback_on_step_end_tensor_inputs`` names a tensor not in
                 ``allowed_tensor_inputs``.
         """
         if tile_size is not None:
-            if isinstance(tile_size, bool) or not isinstance(tile_size, int) or tile_size < downsampling_factor:
+            if (
+                isinstance(tile_size, bool)
+                or not isinstance(tile_size, numbers.Integral)
+                or tile_size < downsampling_factor
+            ):
                 raise ValueError(f"`tile_size` must be an int >= {downsampling_factor} or None, got {tile_size!r}.")
             if tile_size % downsampling_factor:
                 raise ValueError(
@@ -399,19 +457,28 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 )
             if (
                 isinstance(tile_overlap, bool)
-                or not isinstance(tile_overlap, int)
+                or not isinstance(tile_overlap, numbers.Integral)
                 or not 0 <= tile_overlap <= tile_size // 2
             ):
                 raise ValueError(f"`tile_overlap` must be an int in [0, {tile_size // 2}], got {tile_overlap!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral):
             raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
         if not 1 <= num_inference_steps <= num_train_timesteps:
             raise ValueError(
                 f"`num_inference_steps` must be in [1, {num_train_timesteps}], got {num_inference_steps}."
             )
         check_eta(eta)
+        if max_output_pixels is not None and (
+            isinstance(max_output_pixels, bool) or not isinstance(max_output_pixels, numbers.Integral)
+        ):
+            raise TypeError(
+                "`max_output_pixels` must be a positive int or None (no limit), got "
+                f"{type(max_output_pixels).__name__}."
+            )
+        if max_output_pixels is not None and max_output_pixels < 1:
+            raise ValueError(f"`max_output_pixels` must be >= 1 or None (no limit), got {max_output_pixels}.")
         h, w = output_size
-        if h * w > max_output_pixels:
+        if max_output_pixels is not None and h * w > max_output_pixels:
             raise ValueError(
                 f"The output of {h}x{w} = {h * w} pixels exceeds the pixel budget `max_output_pixels` = "
                 f"{max_output_pixels}; pass a larger `max_output_pixels=` to the pipeline call to allow it."
@@ -434,14 +501,16 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         callback_on_step_end: Callable[["NeurOpDiffPipeline", int, int, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         chunk_size: int | None = None,
-        max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS,
+        max_output_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS,
         recompute_prior_every_step: bool = False,
         tile_size: int | None = DEFAULT_TILE_SIZE,
         tile_overlap: int | None = None,
         prior_only: bool = False,
         strength: float | None = None,
         prior: torch.Tensor | None = None,
-    ) -> ImagePipelineOutput | tuple:
+        num_samples: int | None = None,
+        data_consistency_steps: int = 0,
+    ) -> NeurOpDiffPipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
         Args:
@@ -460,7 +529,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 noise (and DDPM's noise): same seed, same output.
             output_type (`str`, defaults to ``"pil"``): ``"pil"`` (list of PIL images), ``"np"`` (NHWC float in
                 ``[0, 1]``) or ``"pt"`` (NCHW).
-            return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] rather than a tuple.
+            return_dict (`bool`, defaults to `True`): return a [`NeurOpDiffPipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, *optional*): called as ``fn(pipe, step_index, timestep,
                 callback_kwargs)`` after each step; it may return a dict replacing tensors named in
                 ``callback_on_step_end_tensor_inputs``.
@@ -468,8 +537,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 (``"latents"``, ``"prior"``); ``None``: ``["latents"]``.
             chunk_size (`int`, *optional*): output pixels per chunk of the streamed neural operator (``None``: its
                 default).
-            max_output_pixels (`int`, defaults to `DEFAULT_MAX_OUTPUT_PIXELS`): pixel budget of one output image;
-                larger requests are refused before any work.
+            max_output_pixels (`int` or `None`, defaults to `DEFAULT_MAX_OUTPUT_PIXELS`): pixel budget of one output
+                image; larger requests are refused before any work. ``None``: no limit (the sides are still at most
+                [`~image_processing.MAX_OUTPUT_SIDE`]).
             recompute_prior_every_step (`bool`, defaults to `False`): recompute the prior at every step, as the
                 authors' code does (slower, same result).
             tile_size (`int` or `None`, defaults to `DEFAULT_TILE_SIZE`): outputs larger than this on a side are
@@ -491,10 +561,24 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             prior (`torch.Tensor`, *optional*): a precomputed prior ``(B, 3, height, width)`` in ``[-1, 1]`` at the
                 output size, used instead of the neural operator's (the scene engine passes each window's prior,
                 computed at the window's coordinates in the whole scene); ``None``: computed from ``image``.
+            num_samples (`int`, *optional*): draw this many samples of each image (2 to 64; not in the paper) and
+                return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the standard deviation
+                over the samples on the ``[0, 1]`` scale, averaged over the channels, ``(B, H, W)``). Sample ``k`` of
+                image ``b`` is what a separate call with ``generator=torch.Generator().manual_seed(seeds[b * N +
+                k])`` returns, the seeds drawn from ``generator`` by [`~pipelines.uncertainty.sample_seeds`]; the
+                prior is computed once and the samples are denoised as one batch (memory grows with ``N``).
+                ``None`` (default): one sample, no map; 1 is refused (one sample has no spread). Ignored with
+                ``prior_only``.
+            data_consistency_steps (`int`, defaults to `0`): iterations of back-projection of the output onto the
+                images whose antialiased-bicubic downsampling is the input
+                ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off.
+                About 10 bring the output's downsampling to within a hundredth of a level of the input (see the
+                README, "Can I trust the detail?"). Ignored with ``prior_only``.
 
         Returns:
-            [`ImagePipelineOutput`] or `tuple`: [`ImagePipelineOutput`] with ``.images`` in the requested
-            ``output_type``; with ``return_dict=False``, the tuple ``(images,)``.
+            [`~pipelines.uncertainty.NeurOpDiffPipelineOutput`] or `tuple`: the output with ``.images`` in the
+            requested ``output_type`` (and ``.uncertainty`` with ``num_samples``); with ``return_dict=False``, the
+            tuple ``(images,)`` (``(images, uncertainty)`` with ``num_samples``).
 
         Raises:
             ValueError: before any work, for an invalid ``image`` (see [`~image_processing.preprocess_images`]), both
@@ -518,7 +602,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         )
         # 1. Validate everything before any work.
         if tile_overlap is None:
-            tile_overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 4) if isinstance(tile_size, int) else 0
+            tile_overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 4) if isinstance(tile_size, numbers.Integral) else 0
         if eta is None:
             eta = self.config.get("default_eta", 0.0)
         lr = preprocess_images(image)
@@ -539,8 +623,16 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         device = self._execution_device
         batch_size = lr.shape[0]
         strength = check_strength(self.config.get("default_strength", 1.0) if strength is None else strength)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"`generator` is a list of {len(generator)}; it must have one per image ({batch_size}).")
+        check_generator(generator, batch_size)
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
+        num_inference_steps = int(num_inference_steps)
+        if tile_size is not None:
+            tile_size, tile_overlap = int(tile_size), int(tile_overlap)
+        num_samples = check_num_samples(num_samples)
+        data_consistency_steps = check_back_projection_steps(data_consistency_steps)
+        if prior is not None and not isinstance(prior, torch.Tensor):
+            raise TypeError(f"`prior` must be a torch.Tensor or None, got {type(prior).__name__}.")
         if prior is not None and tuple(prior.shape) != (batch_size, 3, out_h, out_w):
             raise ValueError(f"`prior` must have shape {(batch_size, 3, out_h, out_w)}, got {tuple(prior.shape)}.")
 
@@ -553,6 +645,11 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
         if prior_only:
             return self._finish(prior, output_type, return_dict)
+        samples = num_samples or 1
+        if samples > 1:  # N samples per image: one batch, the prior computed once, one generator per sample
+            generator = sample_generators(generator, batch_size, samples)
+            prior = prior.repeat_interleave(samples, dim=0)
+            batch_size *= samples
 
         # 3. Pad to the UNet's downsampling factor.
         factor = self.downsampling_factor
@@ -579,6 +676,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             for i, t in enumerate(timesteps):
                 if recompute_prior_every_step and i > 0 and not given_prior:
                     prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
+                    prior = prior.repeat_interleave(samples, dim=0)
                     if pad_h or pad_w:
                         prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
                 model_input = self.scheduler.scale_model_input(latents, t)
@@ -589,17 +687,30 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 if callback_on_step_end is not None:
                     local_tensors = {"latents": latents, "prior": prior}
                     callback_kwargs = {k: local_tensors[k] for k in tensor_inputs}
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
-                    latents = callback_outputs.pop("latents", latents)
-                    prior = callback_outputs.pop("prior", prior)
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = _callback_tensor(callback_outputs, "latents", latents)
+                    prior = _callback_tensor(callback_outputs, "prior", prior)
 
         # 6. Add the prior back (residual diffusion), crop and convert.
-        sample = latents + prior if self.residual else latents
-        return self._finish(sample[:, :, :out_h, :out_w], output_type, return_dict)
+        sample = (latents + prior if self.residual else latents)[:, :, :out_h, :out_w]
+        # 7. Optional data consistency, and the samples reduced to their mean and spread.
+        if data_consistency_steps:
+            sample = back_project(sample, lr.float().repeat_interleave(samples, dim=0), data_consistency_steps)
+        uncertainty = None
+        if samples > 1:
+            sample, uncertainty = reduce_samples(sample, samples)
+        return self._finish(sample, output_type, return_dict, uncertainty)
 
-    def _finish(self, sample: torch.Tensor, output_type: str, return_dict: bool) -> ImagePipelineOutput | tuple:
-        images = postprocess_images(sample, output_type)
-        self.maybe_free_model_hooks()
+    def _finish(
+        self, sample: torch.Tensor, output_type: str, return_dict: bool, uncertainty: torch.Tensor | None = None
+    ) -> NeurOpDiffPipelineOutput | tuple:
+        try:
+            check_finite_output(sample)  # NaN / inf would become a black or white image without a word
+            images = postprocess_images(sample, output_type)
+        finally:
+            self.maybe_free_model_hooks()
+        if uncertainty is not None and output_type != "pt":
+            uncertainty = uncertainty.cpu().numpy()
         if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+            return (images,) if uncertainty is None else (images, uncertainty)
+        return NeurOpDiffPipelineOutput(images=images, uncertainty=uncertainty)

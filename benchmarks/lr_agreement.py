@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Agreement of the outputs with their LR, with and without back-projection (issue 23 item 1).
+
+For each image: HR = `preprocess_hr(image, 256)`, LR = `bicubic_degrade(HR, scale)` (the evaluation's protocol); the
+operator's prior and the pipeline's output (noise seeded by `image_seed(seed, file name, scale)`), then the pipeline's
+output back-projected onto the LR for each `--back_projection` count (`data_consistency.back_project` of the 8-bit
+output: what `pipe(..., data_consistency_steps=K)` does, up to the clamping of the unrounded sample). Each is scored
+on 8-bit levels: LR agreement (`lr_l1_255`: mean |downsampled output - LR| on 0..255, the training degradation),
+PSNR / SSIM, HF ratio, NIQE (when scikit-video is installed) and the trust metrics (`trust_metrics.trust_metrics`).
+With `--uncertainty N`: also `pipe(..., num_samples=N)` (same seed) and the Spearman correlation between its
+uncertainty map and its per-pixel error `mean_c |mean - HR|` (how well the map predicts the real error).
+
+    python benchmarks/lr_agreement.py --data_dir ../shared/data/UCMerced_LandUse \\
+        --images_from model_cards/ucmerced_val_21.txt --output lr_agreement.json     # ~15 min on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+import torch
+
+from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
+from neurop_diff_diffusers.data_consistency import back_project, check_back_projection_steps, lr_agreement
+from neurop_diff_diffusers.evaluation_methods import image_seed
+from neurop_diff_diffusers.loading import load_pipeline
+from neurop_diff_diffusers.metrics import hf_energy_ratio, niqe, niqe_available, psnr, ssim, to_unit_levels
+from neurop_diff_diffusers.trust_metrics import trust_metrics
+from neurop_diff_diffusers.utils import atomic_write_json
+
+COLUMNS = ("lr_l1_255", "psnr", "ssim", "hf_ratio", "niqe", "spectral_angle", "synthesis", "improvement",
+           "omission", "hallucination")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", default=None, help="folder, hub id or preset:NAME (default: the embedded model)")
+    parser.add_argument("--data_dir", required=True, help="the folder the image list is relative to")
+    parser.add_argument("--images_from", required=True, help="a text file, one image path per line")
+    parser.add_argument("--max_images", type=int, default=None)
+    parser.add_argument("--scale", type=float, default=4.0)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--back_projection", type=int, nargs="+", default=[10], help="iteration counts to compare")
+    parser.add_argument("--uncertainty", type=int, default=None, help="samples of the uncertainty map (2-64)")
+    parser.add_argument("--output", required=True, help="the JSON file written")
+    return parser
+
+
+def _score(x: torch.Tensor, lr: torch.Tensor, hr_unit: torch.Tensor, scale: float, with_niqe: bool) -> dict:
+    unit = to_unit_levels(x)
+    trust = trust_metrics(unit[0], to_unit_levels(lr)[0], hr_unit[0])
+    return {
+        "lr_l1_255": lr_agreement(unit * 2 - 1, lr),
+        "psnr": float(psnr(unit, hr_unit)[0]),
+        "ssim": float(ssim(unit, hr_unit)[0]),
+        "hf_ratio": hf_energy_ratio(unit[0], hr_unit[0], scale),
+        "niqe": niqe(unit[0]) if with_niqe else None,
+        **{k: trust[k] for k in ("spectral_angle", "synthesis", "improvement", "omission", "hallucination")},
+    }
+
+
+def _uncertainty(pipe: Any, lr: torch.Tensor, hr: torch.Tensor, args: argparse.Namespace, name: str) -> dict:
+    from scipy.stats import spearmanr
+
+    generator = torch.Generator().manual_seed(image_seed(args.seed, name, args.scale))
+    out = pipe(to_uint8_levels(lr), output_size=tuple(hr.shape[-2:]), num_inference_steps=args.steps,
+               num_samples=args.uncertainty, generator=generator, output_type="pt")  # fmt: skip
+    error = (out.images[0] - (hr[0] + 1) / 2).abs().mean(0).flatten().numpy()
+    spread = out.uncertainty[0].flatten().numpy()
+    return {"spearman": float(spearmanr(spread, error).statistic), "mean": float(spread.mean())}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    for count in args.back_projection:
+        check_back_projection_steps(count, "back_projection")
+    if args.steps < 1 or args.scale <= 1:
+        raise ValueError(f"`steps` must be >= 1 and `scale` > 1, got {args.steps} and {args.scale}.")
+    names = [line.strip() for line in Path(args.images_from).read_text().splitlines() if line.strip()]
+    files = [Path(args.data_dir) / name for name in names][: args.max_images]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"`images_from` names files that do not exist: {missing[:3]}")
+    pipe = load_pipeline(args.pipeline)
+    pipe.set_progress_bar_config(disable=True)
+    with_niqe = niqe_available() and args.resolution >= 192
+    rows = []
+    for file in files:
+        with PIL.Image.open(file) as image:
+            hr = pil_to_tensor(preprocess_hr(image.convert("RGB"), args.resolution)).unsqueeze(0)
+        lr, hr_unit, size = bicubic_degrade(hr, args.scale), to_unit_levels(hr), tuple(hr.shape[-2:])
+        start = time.perf_counter()
+        prior = pipe.compute_prior(lr, size).clamp(-1, 1)
+        generator = torch.Generator().manual_seed(image_seed(args.seed, file.name, args.scale))
+        out = pipe(to_uint8_levels(lr), output_size=size, num_inference_steps=args.steps, generator=generator,
+                   output_type="pt").images * 2 - 1  # fmt: skip
+        variants = {"operator": prior, "pipeline": out}
+        variants.update({f"pipeline+bp{k}": back_project(out, lr, k) for k in args.back_projection})
+        row = {"image": file.name, "seconds": time.perf_counter() - start}
+        row.update({name: _score(x, lr, hr_unit, args.scale, with_niqe) for name, x in variants.items()})
+        if args.uncertainty is not None:
+            row["uncertainty"] = _uncertainty(pipe, lr, hr, args, file.name)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    methods = [k for k in rows[0] if k not in ("image", "seconds", "uncertainty")]
+    summary = {}
+    for method in methods:
+        summary[method] = {}
+        for column in COLUMNS:
+            values = [r[method][column] for r in rows if r[method][column] is not None]
+            summary[method][column] = sum(values) / len(values) if values else None
+    print(f"| {len(rows)} images, x{args.scale:g}, {args.steps} steps | " + " | ".join(COLUMNS) + " |")
+    for method, values in summary.items():
+        cells = ["n/a" if v is None else f"{v:.4f}" for v in values.values()]
+        print(f"| {method} | " + " | ".join(cells) + " |")
+    if args.uncertainty is not None:
+        rhos = [r["uncertainty"]["spearman"] for r in rows]
+        summary["uncertainty"] = {"spearman_mean": sum(rhos) / len(rhos), "spearman_min": min(rhos)}
+        print(f"uncertainty (N = {args.uncertainty}): Spearman with |mean - HR|: {summary['uncertainty']}")
+    report = {"config": vars(args), "summary": summary, "per_image": rows}
+    atomic_write_json(args.output, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

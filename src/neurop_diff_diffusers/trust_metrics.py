@@ -1,0 +1,498 @@
+"""Weight-free trust metrics: does an output agree with its LR, how much does it add, and is what it adds right?
+
+Three groups, after the definitions of ESA's OpenSR-test benchmark (Aybar et al., "A Comprehensive Benchmark for
+Optical Remote Sensing Image Super-Resolution", IEEE GRSL 2024, and the `opensr-test` documentation), implemented
+here from those definitions. Every image is a float array in ``[0, 1]``, ``(C, H, W)`` (numpy or torch; a leading
+batch dimension of 1 is accepted); per-pixel distances are the L1 distance averaged over the channels.
+
+- **Consistency** ([`consistency`], no HR needed): the output is downsampled with the project's degradation
+  ([`~neurop_diff_diffusers.data.bicubic_degrade`]: antialiased bicubic on 8-bit levels, the one that made the
+  training LRs) to the LR size and compared with the LR: *reflectance* (mean absolute difference; also on the 0..255
+  scale), *spectral* (mean spectral angle between the pixels' band vectors, degrees) and *spatial* (the shift between
+  the two found by phase correlation, in LR pixels; [`phase_correlation_shift`]).
+- **Synthesis** ([`synthesis`], no HR needed): the L1 distance between the output and the bicubic upsampling of the
+  LR, i.e. how much the output adds to (or changes in) what the LR already says; 0 for the upsampled LR itself.
+- **Correctness** ([`correctness`], needs the HR): each pixel is classed as an *improvement* (the output moved from
+  the upsampled LR towards the HR), an *omission* (it stayed at the upsampled LR where the HR differs) or a
+  *hallucination* (it moved away from both). With per-pixel distances ``d(SR, HR)``, ``d(SR, LR_up)`` and the
+  reference ``d(LR_up, HR)``: ``d_im = d(SR, HR) / d(LR_up, HR)``, ``d_om = d(SR, LR_up) / d(LR_up, HR)``,
+  ``H = d_im + d_om - 1`` and the three scores (lower = more likely)
+
+  - improvement ``= d_im + d_om (1 - exp(-lambda H))``,
+  - omission ``= d_om + d_im (1 - exp(-lambda H))``,
+  - hallucination ``= exp(-lambda d_im d_om)``,
+
+  turned into per-pixel class probabilities by a softmin with temperature ``T`` (``softmax(-score / T)``); a pixel's
+  class is the most probable one. Only pixels where the HR holds detail the LR lacks are classed: those whose
+  reference distance ``d(LR_up, HR)`` is at or above its 75th percentile (and non-zero), the others are
+  "unclassified" (where the reference distance is near zero the normalised distances are meaningless). The published
+  defaults are used: 75th percentile, ``lambda = 0.05``, ``T = 0.25``. The fractions are the shares of the classed
+  pixels in each class (the temperature changes only the probability maps, not the classes).
+
+  Known answers: an output equal to the upsampled LR is all *omission* (``d_im = 1, d_om = 0``); an output equal to
+  the HR is all *improvement* (``d_im = 0, d_om = 1``); an output far from both is *hallucination*.
+
+Differences from `opensr-test`, deliberate: no histogram matching or spatial alignment before the metrics (the LR
+here is made from the HR by the same degradation, so both are already aligned; the spatial metric reports any
+shift), the spatial shift by phase correlation (their ``pcc`` option), distances always per pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Percentile of the reference distance ``d(LR_up, HR)`` above which pixels are classed (the published default).
+CORRECTNESS_PERCENTILE = 75.0
+#: ``lambda`` of the improvement / omission / hallucination scores (the published default).
+CORRECTNESS_LAMBDA = 0.05
+#: Temperature of the softmin that turns the three scores into class probabilities (the published default).
+CORRECTNESS_TEMPERATURE = 0.25
+#: The classes of [`correctness`], in the order of its probability maps; unclassified pixels are ``-1``.
+CORRECTNESS_CLASSES: tuple[str, ...] = ("improvement", "omission", "hallucination")
+
+
+def _as_chw(image: Any, name: str) -> np.ndarray:
+    """A float64 ``(C, H, W)`` numpy copy of a numpy array or tensor ``(C, H, W)`` / ``(1, C, H, W)``."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().to("cpu", torch.float64).numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"`{name}` must be a numpy array or a torch tensor, got {type(image).__name__}.")
+    if image.ndim == 4 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise ValueError(f"`{name}` must have shape (C, H, W) or (1, C, H, W), got {tuple(image.shape)}.")
+    if not np.issubdtype(image.dtype, np.floating):
+        raise TypeError(f"`{name}` must hold floats in [0, 1], got dtype {image.dtype}.")
+    image = image.astype(np.float64)
+    if not np.isfinite(image).all():
+        raise ValueError(f"`{name}` has non-finite values.")
+    return image
+
+
+def _check_same_shape(**images: np.ndarray) -> None:
+    shapes = {name: image.shape for name, image in images.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"The images must have the same shape, got {shapes}.")
+
+
+def pixel_l1(a: Any, b: Any) -> np.ndarray:
+    """The per-pixel L1 distance: ``mean_c |a - b|``, an ``(H, W)`` map.
+
+    Args:
+        a (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats.
+        b (`np.ndarray` or `torch.Tensor`): the same shape.
+
+    Returns:
+        `np.ndarray`: ``(H, W)`` float64.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import pixel_l1
+        >>> pixel_l1(np.zeros((3, 1, 2)), np.full((3, 1, 2), 0.5)).tolist()
+        [[0.5, 0.5]]
+    """
+    a, b = _as_chw(a, "a"), _as_chw(b, "b")
+    _check_same_shape(a=a, b=b)
+    return np.abs(a - b).mean(axis=0)
+
+
+def spectral_angle(a: Any, b: Any) -> float:
+    """Mean spectral angle (degrees) between the band vectors of the pixels of `a` and `b`.
+
+    The angle of a pixel is ``arccos(<a, b> / (|a| |b|))``: 0 when the two spectra are proportional (same "colour",
+    any brightness). A pixel where both vectors are zero has angle 0, one where only one is zero 90 degrees.
+
+    Args:
+        a (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats.
+        b (`np.ndarray` or `torch.Tensor`): the same shape.
+
+    Returns:
+        `float`: the mean angle over the pixels, in degrees.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import spectral_angle
+        >>> x = np.random.default_rng(0).random((3, 8, 8))
+        >>> spectral_angle(x, 0.5 * x)
+        0.0
+        >>> round(spectral_angle(np.array([[[1.0]], [[0.0]]]), np.array([[[0.0]], [[1.0]]])), 6)
+        90.0
+    """
+    a, b = _as_chw(a, "a"), _as_chw(b, "b")
+    _check_same_shape(a=a, b=b)
+    dot = (a * b).sum(axis=0)
+    norms = np.sqrt((a * a).sum(axis=0)) * np.sqrt((b * b).sum(axis=0))
+    both_zero = ~a.any(axis=0) & ~b.any(axis=0)
+    cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), 0.0)
+    angle = np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+    angle = np.where(both_zero, 0.0, angle)
+    # Proportional spectra: the cosine may round to 1 - 1e-16, whose arccos is 1e-6 degrees, not 0.
+    angle = np.where(np.isclose(cosine, 1.0, rtol=0.0, atol=1e-12), 0.0, angle)
+    return float(angle.mean())
+
+
+def phase_correlation_shift(reference: Any, moving: Any) -> tuple[float, float]:
+    """The translation ``(dy, dx)`` of `moving` relative to `reference`, by phase correlation.
+
+    Both images are reduced to their channel mean, their means removed and a separable Hann window applied; the
+    normalised cross-power spectrum's inverse transform peaks at the shift. The integer peak is refined to a
+    fraction of a pixel by a parabola through the peak and its two neighbours along each axis. A positive ``dy``
+    means that `moving`'s content lies lower (``moving[y] ~ reference[y - dy]``).
+
+    Args:
+        reference (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats, at least 4x4.
+        moving (`np.ndarray` or `torch.Tensor`): the same shape.
+
+    Returns:
+        `tuple[float, float]`: ``(dy, dx)`` in pixels, each within ``[-size / 2, size / 2)``; ``(0.0, 0.0)`` for an
+        image without structure (constant).
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import phase_correlation_shift
+        >>> x = np.random.default_rng(0).random((3, 64, 64))
+        >>> dy, dx = phase_correlation_shift(x, np.roll(x, (3, -5), axis=(1, 2)))
+        >>> round(dy), round(dx)
+        (3, -5)
+    """
+    reference, moving = _as_chw(reference, "reference"), _as_chw(moving, "moving")
+    _check_same_shape(reference=reference, moving=moving)
+    height, width = reference.shape[-2:]
+    if min(height, width) < 4:
+        raise ValueError(f"`reference` must be at least 4x4 pixels, got {height}x{width}.")
+    window = np.outer(np.hanning(height), np.hanning(width))
+    ref = reference.mean(axis=0)
+    mov = moving.mean(axis=0)
+    spectrum = np.fft.fft2((mov - mov.mean()) * window) * np.conj(np.fft.fft2((ref - ref.mean()) * window))
+    magnitude = np.abs(spectrum)
+    if not (magnitude > 1e-12 * max(1.0, float(magnitude.max()))).any():
+        return 0.0, 0.0
+    correlation = np.real(np.fft.ifft2(spectrum / np.maximum(magnitude, 1e-12 * float(magnitude.max()))))
+    peak_y, peak_x = np.unravel_index(int(np.argmax(correlation)), correlation.shape)
+
+    def refine(values: tuple[float, float, float]) -> float:
+        left, centre, right = values
+        denominator = left - 2.0 * centre + right
+        return 0.0 if denominator >= 0 else float(np.clip(0.5 * (left - right) / denominator, -0.5, 0.5))
+
+    dy = peak_y + refine(tuple(correlation[(peak_y + k) % height, peak_x] for k in (-1, 0, 1)))
+    dx = peak_x + refine(tuple(correlation[peak_y, (peak_x + k) % width] for k in (-1, 0, 1)))
+    dy = dy - height if dy >= height / 2 else dy
+    dx = dx - width if dx >= width / 2 else dx
+    return float(dy), float(dx)
+
+
+def downsample_to(output: Any, lr_size: tuple[int, int], quantize: bool = True) -> np.ndarray:
+    """The output downsampled to the LR size with the project's degradation (antialiased bicubic, as in training).
+
+    Args:
+        output (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats in ``[0, 1]``.
+        lr_size (`tuple[int, int]`): ``(h, w)`` of the LR, each at most the output's side.
+        quantize (`bool`, defaults to `True`): on 8-bit levels, as [`~neurop_diff_diffusers.data.bicubic_degrade`]
+            made the training LRs (PIL-equivalent); `False`: in floating point.
+
+    Returns:
+        `np.ndarray`: ``(C, h, w)`` float64 in ``[0, 1]``.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import downsample_to
+        >>> downsample_to(np.full((3, 32, 32), 0.2), (8, 8)).shape
+        (3, 8, 8)
+    """
+    from .data import bicubic_degrade
+
+    array = _as_chw(output, "output")
+    size = (int(lr_size[0]), int(lr_size[1]))
+    lr = bicubic_degrade(torch.from_numpy(array).float(), size=size, quantize=quantize, value_range=(0.0, 1.0))
+    return lr.to(torch.float64).numpy()
+
+
+def consistency(output: Any, lr: Any, quantize: bool = True) -> dict[str, float]:
+    """How well `output` agrees with its LR: the output downsampled to the LR size ([`downsample_to`]) against the LR.
+
+    Args:
+        output (`np.ndarray` or `torch.Tensor`): the super-resolved image, ``(C, H, W)`` floats in ``[0, 1]``.
+        lr (`np.ndarray` or `torch.Tensor`): the LR it was made from, ``(C, h, w)`` in ``[0, 1]``, ``h <= H``,
+            ``w <= W``.
+        quantize (`bool`, defaults to `True`): downsample on 8-bit levels (see [`downsample_to`]).
+
+    Returns:
+        `dict[str, float]`: ``reflectance_l1`` (mean absolute difference, ``[0, 1]`` scale), ``reflectance_l1_255``
+        (the same on the 0..255 scale), ``spectral_angle`` (degrees, [`spectral_angle`]), ``shift_y``, ``shift_x``
+        and ``shift`` (the phase-correlation shift of the downsampled output against the LR and its length, in LR
+        pixels; 0 when the LR is smaller than 4x4).
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import consistency, downsample_to
+        >>> hr = np.random.default_rng(0).random((3, 64, 64))
+        >>> lr = downsample_to(hr, (16, 16))
+        >>> consistency(hr, lr)["reflectance_l1"]
+        0.0
+    """
+    output, lr = _as_chw(output, "output"), _as_chw(lr, "lr")
+    if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
+        raise ValueError(
+            f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
+            f"{tuple(output.shape)}."
+        )
+    down = downsample_to(output, lr.shape[1:], quantize=quantize)
+    l1 = float(np.abs(down - lr).mean())
+    dy, dx = phase_correlation_shift(lr, down) if min(lr.shape[1:]) >= 4 else (0.0, 0.0)
+    return {
+        "reflectance_l1": l1,
+        "reflectance_l1_255": 255.0 * l1,
+        "spectral_angle": spectral_angle(down, lr),
+        "shift_y": dy,
+        "shift_x": dx,
+        "shift": math.hypot(dy, dx),
+    }
+
+
+def upsample_lr(lr: Any, size: tuple[int, int]) -> np.ndarray:
+    """The bicubic upsampling of the LR to the output size (the evaluation's bicubic baseline, clamped to ``[0, 1]``).
+
+    Args:
+        lr (`np.ndarray` or `torch.Tensor`): ``(C, h, w)`` floats in ``[0, 1]``.
+        size (`tuple[int, int]`): ``(H, W)``.
+
+    Returns:
+        `np.ndarray`: ``(C, H, W)`` float64.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import upsample_lr
+        >>> float(upsample_lr(np.full((3, 4, 4), 0.5), (8, 8)).max())
+        0.5
+    """
+    from .pipelines import bicubic_prior
+
+    array = torch.from_numpy(_as_chw(lr, "lr"))[None] * 2.0 - 1.0
+    up = bicubic_prior(array, (int(size[0]), int(size[1])))[0]
+    return ((up + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
+
+
+def synthesis(output: Any, upsampled_lr: Any) -> float:
+    """How much the output adds to the upsampled LR: the mean L1 distance between the two (``[0, 1]`` scale).
+
+    Args:
+        output (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats in ``[0, 1]``.
+        upsampled_lr (`np.ndarray` or `torch.Tensor`): the LR upsampled to the same size ([`upsample_lr`]).
+
+    Returns:
+        `float`: 0 for the upsampled LR itself; larger means more synthesised detail (right or wrong: see
+        [`correctness`]).
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import synthesis
+        >>> x = np.random.default_rng(0).random((3, 8, 8))
+        >>> synthesis(x, x)
+        0.0
+    """
+    return float(pixel_l1(output, upsampled_lr).mean())
+
+
+@dataclass
+class CorrectnessResult:
+    """The output of [`correctness`].
+
+    Args:
+        classes (`np.ndarray`): ``(H, W)`` int8: 0 improvement, 1 omission, 2 hallucination, -1 unclassified.
+        probabilities (`np.ndarray`): ``(3, H, W)`` float64, the softmin class probabilities (0 where unclassified).
+        fractions (`dict[str, float | None]`): the share of the classified pixels in each class (``None`` when no
+            pixel is classified, e.g. an HR equal to the upsampled LR).
+        classified_fraction (`float`): the share of all pixels that were classified.
+    """
+
+    classes: np.ndarray
+    probabilities: np.ndarray
+    fractions: dict[str, float | None]
+    classified_fraction: float
+
+
+def _check_positive(value: Any, name: str, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+    if upper is not None and value > upper:
+        raise ValueError(f"`{name}` must be at most {upper}, got {value!r}.")
+    return float(value)
+
+
+def correctness_scores(
+    d_im: np.ndarray, d_om: np.ndarray, lam: float = CORRECTNESS_LAMBDA
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The improvement, omission and hallucination scores (lower = more likely) from the normalised distances.
+
+    Args:
+        d_im (`np.ndarray`): ``d(SR, HR) / d(LR_up, HR)`` per pixel.
+        d_om (`np.ndarray`): ``d(SR, LR_up) / d(LR_up, HR)`` per pixel.
+        lam (`float`, defaults to `CORRECTNESS_LAMBDA`): the scores' ``lambda``.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray, np.ndarray]`: ``(improvement, omission, hallucination)``, see this module's
+        docstring.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import correctness_scores
+        >>> [float(s[0]) for s in correctness_scores(np.array([0.0]), np.array([1.0]))]  # the output is the HR
+        [0.0, 1.0, 1.0]
+    """
+    lam = _check_positive(lam, "lam")
+    h = d_im + d_om - 1.0
+    damping = 1.0 - np.exp(-lam * h)
+    return d_im + d_om * damping, d_om + d_im * damping, np.exp(-lam * d_im * d_om)
+
+
+def correctness(
+    output: Any,
+    hr: Any,
+    upsampled_lr: Any,
+    *,
+    percentile: float = CORRECTNESS_PERCENTILE,
+    lam: float = CORRECTNESS_LAMBDA,
+    temperature: float = CORRECTNESS_TEMPERATURE,
+) -> CorrectnessResult:
+    """Per-pixel improvement / omission / hallucination classification (see this module's docstring).
+
+    Args:
+        output (`np.ndarray` or `torch.Tensor`): the super-resolved image, ``(C, H, W)`` floats in ``[0, 1]``.
+        hr (`np.ndarray` or `torch.Tensor`): the HR, same shape.
+        upsampled_lr (`np.ndarray` or `torch.Tensor`): the LR upsampled to the same shape ([`upsample_lr`]).
+        percentile (`float`, defaults to 75): pixels whose reference distance ``d(LR_up, HR)`` is at or above this
+            percentile (and non-zero) are classified; in ``(0, 100]``.
+        lam (`float`, defaults to 0.05): the scores' ``lambda`` ([`correctness_scores`]).
+        temperature (`float`, defaults to 0.25): the softmin temperature of the probability maps.
+
+    Returns:
+        [`CorrectnessResult`].
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import correctness
+        >>> rng = np.random.default_rng(0)
+        >>> hr, up = rng.random((3, 16, 16)), rng.random((3, 16, 16))
+        >>> correctness(hr, hr, up).fractions
+        {'improvement': 1.0, 'omission': 0.0, 'hallucination': 0.0}
+        >>> correctness(up, hr, up).fractions
+        {'improvement': 0.0, 'omission': 1.0, 'hallucination': 0.0}
+    """
+    output, hr, up = _as_chw(output, "output"), _as_chw(hr, "hr"), _as_chw(upsampled_lr, "upsampled_lr")
+    _check_same_shape(output=output, hr=hr, upsampled_lr=up)
+    percentile = _check_positive(percentile, "percentile", 100.0)
+    temperature = _check_positive(temperature, "temperature")
+    reference = np.abs(up - hr).mean(axis=0)
+    mask = (reference >= np.percentile(reference, percentile)) & (reference > 0)
+    classes = np.full(reference.shape, -1, dtype=np.int8)
+    probabilities = np.zeros((len(CORRECTNESS_CLASSES), *reference.shape))
+    count = int(mask.sum())
+    if count == 0:
+        return CorrectnessResult(classes, probabilities, dict.fromkeys(CORRECTNESS_CLASSES), 0.0)
+    d_im = np.abs(output - hr).mean(axis=0)[mask] / reference[mask]
+    d_om = np.abs(output - up).mean(axis=0)[mask] / reference[mask]
+    scores = np.stack(correctness_scores(d_im, d_om, lam))
+    logits = -scores / temperature
+    weights = np.exp(logits - logits.max(axis=0, keepdims=True))
+    probabilities[:, mask] = weights / weights.sum(axis=0, keepdims=True)
+    classes[mask] = np.argmin(scores, axis=0).astype(np.int8)
+    fractions = {name: float((classes[mask] == k).sum()) / count for k, name in enumerate(CORRECTNESS_CLASSES)}
+    return CorrectnessResult(classes, probabilities, fractions, count / reference.size)
+
+
+#: Colours (RGB) of the classes in [`correctness_map_image`]: improvement green, omission blue, hallucination red.
+CORRECTNESS_COLOURS: tuple[tuple[int, int, int], ...] = ((40, 170, 60), (60, 110, 220), (220, 40, 40))
+
+
+def correctness_map_image(result: CorrectnessResult, background: Any | None = None) -> np.ndarray:
+    """An RGB picture of a classification: each classified pixel in its class colour ([`CORRECTNESS_COLOURS`]), its
+    intensity the class probability; unclassified pixels show the dimmed grey `background` (or black).
+
+    Args:
+        result ([`CorrectnessResult`]): from [`correctness`].
+        background (`np.ndarray` or `torch.Tensor`, *optional*): ``(C, H, W)`` in ``[0, 1]`` (e.g. the HR).
+
+    Returns:
+        `np.ndarray`: ``(H, W, 3)`` uint8.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import correctness, correctness_map_image
+        >>> hr = np.random.default_rng(0).random((3, 8, 8))
+        >>> correctness_map_image(correctness(hr, hr, np.zeros_like(hr))).shape
+        (8, 8, 3)
+    """
+    height, width = result.classes.shape
+    picture = np.zeros((height, width, 3))
+    if background is not None:
+        grey = _as_chw(background, "background").mean(axis=0)
+        picture[:] = (0.35 * grey * 255.0)[..., None]
+    colours = np.asarray(CORRECTNESS_COLOURS, dtype=np.float64)
+    for k in range(len(CORRECTNESS_CLASSES)):
+        where = result.classes == k
+        strength = 0.4 + 0.6 * result.probabilities[k][where]
+        picture[where] = colours[k] * strength[:, None]
+    return np.clip(np.round(picture), 0, 255).astype(np.uint8)
+
+
+def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, float | None]:
+    """All the trust metrics of one output as a flat dict: [`consistency`], [`synthesis`] and, with an HR, the
+    [`correctness`] fractions (``None`` without an HR, or when no pixel is classified).
+
+    Args:
+        output (`np.ndarray` or `torch.Tensor`): the super-resolved image, ``(C, H, W)`` floats in ``[0, 1]``.
+        lr (`np.ndarray` or `torch.Tensor`): its LR, ``(C, h, w)``.
+        hr (`np.ndarray` or `torch.Tensor`, *optional*): the HR, same shape as `output`.
+
+    Returns:
+        `dict[str, float | None]`: ``lr_l1_255``, ``spectral_angle``, ``shift``, ``synthesis``, ``improvement``,
+        ``omission``, ``hallucination``.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import trust_metrics, upsample_lr
+        >>> lr = np.random.default_rng(0).random((3, 8, 8))
+        >>> sorted(trust_metrics(upsample_lr(lr, (32, 32)), lr))
+        ['hallucination', 'improvement', 'lr_l1_255', 'omission', 'shift', 'spectral_angle', 'synthesis']
+    """
+    output_array = _as_chw(output, "output")
+    lr_array = _as_chw(lr, "lr")
+    agreement = consistency(output_array, lr_array)
+    up = upsample_lr(lr_array, output_array.shape[1:])
+    row: dict[str, float | None] = {
+        "lr_l1_255": agreement["reflectance_l1_255"],
+        "spectral_angle": agreement["spectral_angle"],
+        "shift": agreement["shift"],
+        "synthesis": synthesis(output_array, up),
+    }
+    fractions = correctness(output_array, hr, up).fractions if hr is not None else {}
+    row.update({name: fractions.get(name) for name in CORRECTNESS_CLASSES})
+    return row
+
+
+__all__ = [
+    "CORRECTNESS_CLASSES",
+    "CORRECTNESS_COLOURS",
+    "CORRECTNESS_LAMBDA",
+    "CORRECTNESS_PERCENTILE",
+    "CORRECTNESS_TEMPERATURE",
+    "CorrectnessResult",
+    "consistency",
+    "correctness",
+    "correctness_map_image",
+    "correctness_scores",
+    "downsample_to",
+    "phase_correlation_shift",
+    "pixel_l1",
+    "spectral_angle",
+    "synthesis",
+    "trust_metrics",
+    "upsample_lr",
+]

@@ -1,0 +1,393 @@
+"""Hostile and unusual inputs (issue 21): model folders, exports, flags and API arguments that used to give a
+traceback, an unclear message or a wrong file. Each case: one clear error (in the CLI one line, exit 2, no output)
+before any work, or the right result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from neurop_diff_diffusers import NeurOpDiffPipeline, cli
+from neurop_diff_diffusers.loading import check_pipeline_folder, load_pipeline
+from neurop_diff_diffusers.presets import build_pipeline, build_unet
+
+FAST = ("--model", "preset:tiny", "--steps", "1")
+
+
+def _run(*args):
+    return cli.main([str(a) for a in args])
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("neurop-diff")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("neurop-diff: error: ")
+    return lines[0].removeprefix("neurop-diff: error: ")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> NeurOpDiffPipeline:
+    return build_pipeline("tiny")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny) -> Path:
+    folder = tmp_path_factory.mktemp("saved") / "pipe"
+    tiny.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    path = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 10, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "load_job_pipeline", refuse)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Exports (items 4 and 16)
+
+
+def test_export_overwrite_touches_only_its_own_json_files(tmp_path):
+    out = tmp_path / "models"
+    other = out / "other_model" / "config.json"
+    other.parent.mkdir(parents=True)
+    other.write_text('{"_name_or_path": "/data/other", "hidden_size": 8}')
+    notes = out / "notes.json"
+    notes.write_text('{"_name_or_path": "keep me"}')
+    assert _run("export", out, "--model", "preset:tiny", "--overwrite") == 0
+    assert other.read_text() == '{"_name_or_path": "/data/other", "hidden_size": 8}'
+    assert notes.read_text() == '{"_name_or_path": "keep me"}'
+    assert "_name_or_path" not in (out / "unet" / "config.json").read_text()
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_the_cli_upscales_with_its_own_export(tmp_path, image, plain):
+    """A hub-ready export (the default) loads with the package's classes: no custom code is run or needed."""
+    export = tmp_path / "exported"
+    assert _run("export", export, "--model", "preset:tiny", *(["--plain"] if plain else [])) == 0
+    index = json.loads((export / "model_index.json").read_text())
+    assert isinstance(index["_class_name"], list) != plain
+    assert _run("upscale", image, "--scale", "2", "--steps", "1", "--model", export, "-o", tmp_path / "a.png") == 0
+    assert _run("upscale", image, "--scale", "2", *FAST, "-o", tmp_path / "b.png") == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # the same model, the same bits
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# --model that is not a pipeline (item 16) and damaged pipeline folders (items 15, 16)
+
+
+def test_model_that_is_a_file_or_a_missing_folder_is_one_line(tmp_path, image, capsys):
+    for spec, message in [
+        (image, f"--model '{image}' is a file, not a pipeline folder"),
+        (tmp_path / "missing", "no such folder (and not a hub id"),
+        (tmp_path, "holds no model_index.json"),
+    ]:
+        assert (
+            _run("upscale", image, "--scale", "2", "--steps", "1", "--model", spec, "--out-dir", tmp_path / "o") == 2
+        )
+        assert message in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_uncached_hub_id_offline_is_one_line(tmp_path, image, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    argv = (
+        "upscale",
+        image,
+        "--scale",
+        "2",
+        "--steps",
+        "1",
+        "--model",
+        "someone/not-cached",
+        "-o",
+        tmp_path / "o.png",
+    )
+    assert _run(*argv) == 2
+    message = _one_error_line(capsys)
+    assert message.startswith("--model 'someone/not-cached': no such folder, and the hub id could not be loaded")
+    assert "stacktrace" not in message and not (tmp_path / "o.png").exists()
+
+
+def _edit(folder: Path, file: str, edit) -> None:
+    path = folder / file
+    data = json.loads(path.read_text())
+    data = edit(data)
+    path.write_text(json.dumps(data))
+
+
+DAMAGED = {
+    "plain UNet (3 input channels)": ("unet/config.json", lambda c: {**c, "in_channels": 3}, "not a NeurOp-Diff"),
+    "DDPMPipeline": ("model_index.json", lambda c: {**c, "_class_name": "DDPMPipeline"}, "'DDPMPipeline' folder"),
+    "channels 1e9": (
+        "unet/config.json",
+        lambda c: {**c, "block_out_channels": [10**9] * len(c["block_out_channels"])},
+        "`block_out_channels` must be 1 to 8 integers in [1, 8192]",
+    ),
+    "operator width 1e9": (
+        "neural_operator/config.json",
+        lambda c: {**c, "width": 10**9},
+        "`width` must be an integer in [1, 8192], got 1000000000",
+    ),
+    "1e12 timesteps": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "num_train_timesteps": 10**12},
+        "`num_train_timesteps` must be an integer in [1, 100000]",
+    ),
+    "0 timesteps": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "num_train_timesteps": 0},
+        "`num_train_timesteps` must be an integer in [1, 100000], got 0",
+    ),
+    "norm_num_groups 0": ("unet/config.json", lambda c: {**c, "norm_num_groups": 0}, "`norm_num_groups` must be"),
+    "norm_num_groups not a divisor": (
+        "unet/config.json",
+        lambda c: {**c, "norm_num_groups": 7},
+        "`norm_num_groups` must be a divisor of every block_out_channels",
+    ),
+    "string for a number": (
+        "unet/config.json",
+        lambda c: {**c, "layers_per_block": "2"},
+        "`layers_per_block` must be an integer in [1, 16], got '2'",
+    ),
+    "beta as a string": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "beta_end": "0.02"},
+        "`beta_end` must be a number in (0, 1)",
+    ),
+    "model_index a list": ("model_index.json", lambda c: [c], "must hold a JSON object, got a list"),
+    "unknown scheduler": (
+        "model_index.json",
+        lambda c: {**c, "scheduler": ["diffusers", "os"]},
+        "`scheduler` must be a diffusers scheduler class",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_pipeline_folders_are_refused_from_their_json(saved, tmp_path, monkeypatch, case):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    file, edit, message = DAMAGED[case]
+    _edit(folder, file, edit)
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(NeurOpDiffPipeline, "from_pretrained", never)  # refused before anything is allocated
+    with pytest.raises(ValueError, match="`pipeline`") as caught:
+        load_pipeline(folder)
+    assert message in str(caught.value)
+
+
+def test_damaged_pipeline_folder_in_the_cli_is_one_line_before_any_output(saved, tmp_path, image, capsys):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    _edit(folder, "scheduler/scheduler_config.json", lambda c: {**c, "num_train_timesteps": 0})
+    assert _run("upscale", image, "--scale", "2", "--steps", "1", "--model", folder, "-o", tmp_path / "o.png") == 2
+    assert "--model" in _one_error_line(capsys) and not (tmp_path / "o.png").exists()
+
+
+def test_the_saved_and_embedded_folders_pass_the_check(saved):
+    from neurop_diff_diffusers.loading import DEFAULT_MODEL_PATH, has_default_model
+
+    assert check_pipeline_folder(saved)["_class_name"] == "NeurOpDiffPipeline"
+    if has_default_model():
+        assert check_pipeline_folder(DEFAULT_MODEL_PATH)["_class_name"] == "NeurOpDiffPipeline"
+
+
+def test_a_plain_unet_is_refused_when_the_pipeline_is_built(tiny):
+    plain = build_unet("tiny").__class__(**{**dict(build_unet("tiny").config), "in_channels": 3})
+    with pytest.raises(ValueError, match="`unet` takes 3 input and 3 output channels"):
+        NeurOpDiffPipeline(unet=plain, neural_operator=tiny.neural_operator, scheduler=tiny.scheduler)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# CLI flags (items 15, 16)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--scale", "1e308"], "--scale must be in [1, 4096]: a larger scale exceeds --max-pixels 16777216"),
+        (["--scale", "1e300"], "got 1e+300"),
+        (["--scale", "2", "--seed", str(2**64)], "--seed must be an integer in [0, 2**64 - 1"),
+        (["--scale", "2", "--seed", "-1"], "--seed must be an integer in [0, 2**64 - 1"),
+    ],
+)
+def test_absurd_scales_and_seeds_are_refused_at_parse_time(image, tmp_path, capsys, no_model, flags, message):
+    assert _run("upscale", image, *flags, *FAST, "--out-dir", tmp_path / "o") == 2
+    line = _one_error_line(capsys)
+    assert message in line and len(line) < 200
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_largest_seed_is_accepted(image, tmp_path):
+    assert _run("upscale", image, "--scale", "1.5", *FAST, "--seed", str(2**64 - 1), "-o", tmp_path / "o.png") == 0
+
+
+def test_an_output_name_longer_than_the_file_system_allows_is_one_line(tmp_path, capsys, no_model):
+    src = tmp_path / ("a" * 246 + ".png")  # the input fits; "<stem>_x2.png" and its temporary name do not
+    Image.new("RGB", (4, 4)).save(src)
+    assert _run("upscale", src, "--scale", "2", *FAST) == 2
+    message = _one_error_line(capsys)
+    assert "the output name is 253 bytes long; this file system allows 245" in message
+    assert [p.name for p in tmp_path.iterdir()] == [src.name]
+
+
+def test_a_long_output_name_in_a_batch_is_recorded_not_a_traceback(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (4, 4)).save(folder / ("a" * 246 + ".png"))
+    Image.new("RGB", (4, 4)).save(folder / "b.png")
+    assert _run("upscale", "--input-dir", folder, "--out-dir", tmp_path / "o", "--scale", "2", *FAST) == 2
+    assert "the output name is 253 bytes long" in capsys.readouterr().err
+    assert (tmp_path / "o" / "b_x2.png").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The Python API (items 15, 16)
+
+LR = np.random.default_rng(1).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+
+
+def _call(pipe, **kwargs):
+    kwargs = {"scale": 2, "num_inference_steps": 2, "output_type": "np", **kwargs}
+    return pipe(kwargs.pop("image", LR), **kwargs).images
+
+
+def test_generator_must_be_a_torch_generator(tiny):
+    for bad in (0, "seed", [0], [torch.Generator(), 1]):
+        with pytest.raises(TypeError, match="`generator` must be a torch.Generator"):
+            _call(tiny, generator=bad)
+    with pytest.raises(ValueError, match="one per image"):
+        _call(tiny, generator=[torch.Generator(), torch.Generator()])
+
+
+def test_callback_results_are_checked(tiny):
+    with pytest.raises(TypeError, match="`callback_on_step_end` must return a dict of tensors or None, got str"):
+        _call(tiny, callback_on_step_end=lambda *a: "latents")
+    with pytest.raises(ValueError, match="returned 'latents' of shape \\(1, 3, 2, 2\\)"):
+        _call(tiny, callback_on_step_end=lambda *a: {"latents": torch.zeros(1, 3, 2, 2)})
+    with pytest.raises(TypeError, match="returned 'latents' as a list"):
+        _call(tiny, callback_on_step_end=lambda *a: {"latents": [0.0]})
+    with pytest.raises(TypeError, match="`callback_on_step_end` must be callable"):
+        _call(tiny, callback_on_step_end="print")
+    # returning the tensors it was given (or None) changes nothing
+    same = _call(tiny, generator=torch.Generator().manual_seed(0), callback_on_step_end=lambda p, i, t, kw: kw)
+    assert np.array_equal(same, _call(tiny, generator=torch.Generator().manual_seed(0)))
+
+
+def test_meta_tensors_are_refused(tiny):
+    with pytest.raises(ValueError, match="`image` is a tensor on the meta device"):
+        _call(tiny, image=torch.empty(1, 3, 8, 8, device="meta"))
+
+
+def test_huge_scales_are_refused_without_overflow(tiny):
+    for scale in (1e308, 1e300, 2e5):
+        with pytest.raises(
+            ValueError, match=r"`scale` .* is too large for an input of 8x8: .* must be in \[1, 131072\]"
+        ):
+            _call(tiny, scale=scale)
+    with pytest.raises(ValueError, match="`output_size` sides must be at most 1048576"):
+        _call(tiny, scale=None, output_size=(10, 2**21))
+
+
+def test_max_output_pixels_none_is_no_limit(tiny):
+    assert _call(tiny, max_output_pixels=None).shape == (1, 16, 16, 3)
+    with pytest.raises(ValueError, match="`max_output_pixels`"):
+        _call(tiny, max_output_pixels=100)
+    with pytest.raises(TypeError, match="`max_output_pixels` must be a positive int or None"):
+        _call(tiny, max_output_pixels="none")
+    with pytest.raises(ValueError, match="`max_output_pixels` must be >= 1"):
+        _call(tiny, max_output_pixels=0)
+
+
+def test_numpy_scalars_are_accepted_like_python_numbers(tiny):
+    def seeded(**kwargs):
+        return _call(tiny, generator=torch.Generator().manual_seed(0), **kwargs)
+
+    reference = seeded(num_inference_steps=4, strength=0.5, eta=0.0, tile_size=64)
+    assert np.array_equal(
+        seeded(num_inference_steps=np.int64(4), strength=np.float32(0.5), eta=np.float32(0.0), tile_size=np.int32(64)),
+        reference,
+    )
+    assert np.array_equal(seeded(num_inference_steps=np.int32(4), strength=np.float64(0.5), eta=0), reference)
+    with pytest.raises(TypeError, match="`num_inference_steps` must be an int"):
+        seeded(num_inference_steps=np.float32(4))
+    with pytest.raises(ValueError, match="`strength` must be a number in \\(0, 1\\]"):
+        seeded(strength=np.float32(1.5))
+
+
+def test_float_images_a_rounding_step_above_one_are_clipped_and_others_named_precisely(tiny):
+    base = np.full((8, 8, 3), 1.0, dtype=np.float32)
+    above = base.copy()
+    above[0, 0, 0] = np.float32(1.0000001)
+    seeded = {"generator": torch.Generator().manual_seed(0)}
+    out = _call(tiny, image=above, **seeded)
+    assert np.array_equal(out, _call(tiny, image=base, generator=torch.Generator().manual_seed(0)))
+    above[0, 0, 0] = 1.001
+    with pytest.raises(ValueError, match=r"got range \[1, 1.00100005\]"):
+        _call(tiny, image=above)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# evaluate --scales (item 15)
+
+
+def test_evaluate_scales_too_large_for_the_resolution(tmp_path, samples_dir, capsys):
+    argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", tmp_path / "o"]
+    assert _run(*argv, "--scales", "300") == 2
+    message = _one_error_line(capsys)
+    assert "`scales` up to 300 degrade the 256 px HR to an LR of 1 px; the LR needs at least 2 px a side" in message
+    assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A float GeoTIFF with NaN and no declared nodata (item 16)
+
+
+def test_float_geotiff_with_undeclared_nan_masks_it_with_one_warning(tmp_path, capsys):
+    rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+    from rasterio.transform import from_origin
+
+    values = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32) * 100
+    values[:, 2, 3] = np.nan
+    src = tmp_path / "scene.tif"
+    profile = {"driver": "GTiff", "width": 8, "height": 8, "count": 3, "dtype": "float32", "crs": "EPSG:32633"}
+    with rasterio.open(src, "w", transform=from_origin(500000, 4000000, 10, 10), **profile) as dst:
+        dst.write(values)
+    out = tmp_path / "out.tif"
+    assert _run("upscale", src, "--scale", "2", *FAST, "-o", out) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("neurop-diff: warning")]
+    assert warnings == [
+        f"neurop-diff: warning: {src} has 3 NaN or infinite band values that no nodata value marks; they are "
+        "treated as nodata (masked in the output)."
+    ]
+    with rasterio.open(out) as result:
+        data, mask = result.read(), result.dataset_mask()
+    assert np.isfinite(data).all()  # the other pixels were not poisoned by the NaN
+    assert (mask == 0).sum() == 4 and (mask[4:6, 6:8] == 0).all()  # the NaN pixel, nearest-upscaled x2

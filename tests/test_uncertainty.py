@@ -1,0 +1,201 @@
+"""Several seeded samples per image (num_samples): the mean, the uncertainty map; and the back-projection option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neurop_diff_diffusers import NeurOpDiffPipelineOutput, build_pipeline
+from neurop_diff_diffusers.data import bicubic_degrade
+from neurop_diff_diffusers.data_consistency import back_project, lr_agreement
+from neurop_diff_diffusers.pipelines.uncertainty import reduce_samples, sample_generators, sample_seeds
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_pipeline("tiny", seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _lr(seed: int = 0, size: int = 12, batch: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_num_samples_shapes_and_output_types(pipe):
+    out = pipe(_lr(batch=2), scale=2, num_inference_steps=2, num_samples=3, output_type="pt")
+    assert isinstance(out, NeurOpDiffPipelineOutput)
+    assert out.images.shape == (2, 3, 24, 24)
+    assert out.uncertainty.shape == (2, 24, 24) and out.uncertainty.dtype == torch.float32
+    assert (out.uncertainty >= 0).all() and (out.uncertainty <= 0.5).all() and out.uncertainty.max() > 0
+    np_out = pipe(_lr(), scale=2, num_inference_steps=2, num_samples=2, output_type="np")
+    assert isinstance(np_out.uncertainty, np.ndarray) and np_out.uncertainty.shape == (1, 24, 24)
+    images, uncertainty = pipe(_lr(), scale=2, num_inference_steps=2, num_samples=2, return_dict=False)
+    assert len(images) == 1 and uncertainty.shape == (1, 24, 24)
+    # Without num_samples: no map, and the tuple is (images,) as before.
+    assert pipe(_lr(), scale=2, num_inference_steps=2).uncertainty is None
+    assert len(pipe(_lr(), scale=2, num_inference_steps=2, return_dict=False)) == 1
+
+
+def test_num_samples_is_reproducible_and_depends_on_the_seed(pipe):
+    def run(seed):
+        return pipe(
+            _lr(), scale=2, num_inference_steps=2, num_samples=3, output_type="pt",
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a.images, b.images) and torch.equal(a.uncertainty, b.uncertainty)
+    assert not torch.equal(a.images, c.images)
+
+
+def test_the_mean_and_spread_equal_those_of_separate_calls(pipe):
+    lr = _lr(1, batch=2)
+    n = 3
+    out = pipe(
+        lr, scale=2, num_inference_steps=3, num_samples=n, generator=torch.Generator().manual_seed(5), output_type="pt"
+    )
+    seeds = sample_seeds(torch.Generator().manual_seed(5), 2, n)
+    for b in range(2):
+        separate = torch.stack([
+            pipe(lr[b : b + 1], scale=2, num_inference_steps=3, output_type="pt",
+                 generator=torch.Generator().manual_seed(seeds[b * n + k])).images[0]
+            for k in range(n)
+        ])  # fmt: skip
+        torch.testing.assert_close(out.images[b], separate.mean(0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.uncertainty[b], separate.std(0, correction=0).mean(0), atol=1e-5, rtol=0)
+
+
+def test_the_prior_is_computed_once_for_all_samples(pipe, monkeypatch):
+    calls = []
+    original = pipe.compute_prior
+    monkeypatch.setattr(pipe, "compute_prior", lambda *a, **k: calls.append(1) or original(*a, **k))
+    pipe(_lr(), scale=2, num_inference_steps=2, num_samples=4)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("bad", [1, 0, -2, 65, 2.0, True, "3"])
+def test_num_samples_out_of_range_is_refused_before_any_work(pipe, bad, monkeypatch):
+    monkeypatch.setattr(pipe, "compute_prior", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=r"`num_samples` must be None .* \[2, 64\]"):
+        pipe(_lr(), scale=2, num_inference_steps=2, num_samples=bad)
+
+
+def test_sample_seeds_from_a_list_and_from_none():
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    seeds = sample_seeds(gens, 2, 2)
+    assert seeds[:2] == sample_seeds(torch.Generator().manual_seed(1), 1, 2)
+    assert seeds[2:] == sample_seeds(torch.Generator().manual_seed(2), 1, 2)
+    torch.manual_seed(0)
+    first = sample_seeds(None, 1, 3)
+    torch.manual_seed(0)
+    assert sample_seeds(None, 1, 3) == first and len(set(first)) == 3
+    assert len(sample_generators(gens, 2, 3)) == 6
+
+
+def test_reduce_samples_is_the_mean_and_population_std_of_the_clamped_samples():
+    x = torch.tensor([-1.5, 0.0, 1.0, 1.0]).view(4, 1, 1, 1).expand(4, 3, 1, 1)
+    mean, spread = reduce_samples(x, 2)
+    assert mean.shape == (2, 3, 1, 1) and spread.shape == (2, 1, 1)
+    # Image 0: samples 0 (clamped from -1.5) and 0.5 on [0, 1]: mean 0.25 -> -0.5, std 0.25. Image 1: both 1.
+    assert mean[0, 0].item() == -0.5 and spread[0].item() == 0.25
+    assert mean[1, 0].item() == 1.0 and spread[1].item() == 0.0
+
+
+def test_back_projection_makes_the_output_agree_with_the_lr(pipe):
+    lr01 = _lr(2, size=16)
+    lr = bicubic_degrade(lr01 * 2 - 1, size=(16, 16))  # on 8-bit levels
+    plain = pipe(
+        (lr + 1) / 2, scale=4, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)
+    )
+    projected = pipe(
+        (lr + 1) / 2, scale=4, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0),
+        data_consistency_steps=10,
+    )  # fmt: skip
+    before = lr_agreement(plain.images * 2 - 1, lr)
+    after = lr_agreement(projected.images * 2 - 1, lr)
+    assert before > 5.0  # a random tiny model does not agree with its LR
+    assert after < before / 5
+    assert projected.images.shape == plain.images.shape
+
+
+def test_back_projection_converges_on_a_smooth_image_and_zero_steps_is_the_identity():
+    y, x = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    hr = torch.stack([torch.sin(3 * x), torch.cos(2 * y), x * y]).unsqueeze(0) * 0.8
+    lr = bicubic_degrade(hr, 4, quantize=False)
+    off = (hr + 0.2 * torch.sin(40 * x)).clamp(-1, 1)
+    assert back_project(off, lr, 0) is off
+    errors = [float((bicubic_degrade(back_project(off, lr, k), size=(16, 16), quantize=False) - lr).abs().mean())
+              for k in (1, 5, 20)]  # fmt: skip
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-3
+
+
+@pytest.mark.parametrize("bad", [-1, 101, 1.5, True])
+def test_data_consistency_steps_out_of_range_is_refused(pipe, bad):
+    with pytest.raises(ValueError, match=r"`data_consistency_steps` must be an int in \[0, 100\]"):
+        pipe(_lr(), scale=2, num_inference_steps=2, data_consistency_steps=bad)
+    with pytest.raises(ValueError, match="no larger"):
+        back_project(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 16, 16))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# neurop-diff upscale --uncertainty N
+
+
+@pytest.fixture
+def small_png(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _upscale(*args):
+    from neurop_diff_diffusers import cli
+
+    return cli.main(["upscale", *(str(a) for a in args)])
+
+
+def test_cli_uncertainty_writes_the_mean_and_a_float32_map(small_png, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "o" / "result.png"
+    rc = _upscale(small_png, "-o", out, "--scale", "2", "--model", "preset:tiny", "--steps", "1", "--uncertainty", "3")
+    assert rc == 0
+    spread_path = tmp_path / "o" / "result.uncertainty.tif"
+    with Image.open(spread_path) as spread:
+        assert spread.mode == "F" and spread.size == (32, 24)
+        values = np.asarray(spread)
+    assert values.dtype == np.float32 and 0 <= values.min() and values.max() <= 0.5 and values.max() > 0
+    # The map is the pipeline's, for the CLI's seed (0 by default): the same call through the API.
+    pipe = build_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    array = np.asarray(Image.open(small_png).convert("RGB"))
+    api = pipe(array, output_size=(24, 32), num_inference_steps=1, num_samples=3, output_type="np",
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    np.testing.assert_allclose(values, api.uncertainty[0], atol=1e-5)
+    with Image.open(out) as mean:
+        np.testing.assert_allclose(np.asarray(mean), np.rint(api.images[0] * 255), atol=1)
+
+
+@pytest.mark.parametrize(
+    "extra, message", [(["--uncertainty", "1"], "in [2, 64]"), (["--uncertainty", "3", "--prior-only"], "prior-only")]
+)
+def test_cli_uncertainty_refusals_write_nothing(small_png, tmp_path, capsys, extra, message):
+    out = tmp_path / "o" / "result.png"
+    rc = _upscale(small_png, "-o", out, "--scale", "2", "--model", "preset:tiny", "--steps", "1", *extra)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_uncertainty_never_overwrites_an_existing_map(small_png, tmp_path, capsys):
+    out = tmp_path / "result.png"
+    (tmp_path / "result.uncertainty.tif").write_bytes(b"keep")
+    rc = _upscale(small_png, "-o", out, "--scale", "2", "--model", "preset:tiny", "--steps", "1", "--uncertainty", "2")
+    assert rc == 2
+    assert "result.uncertainty.tif exists" in capsys.readouterr().err
+    assert (tmp_path / "result.uncertainty.tif").read_bytes() == b"keep" and not out.exists()
