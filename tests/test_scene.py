@@ -411,3 +411,20 @@ def test_cli_geotiff_output_goes_by_windows_but_the_app_keeps_its_cap(tmp_path):
         prepare_job(src, tmp_path / "up.tif", 4.0, None, 1000, cap_geo_output=True)
     with pytest.raises(InputFailed, match="the input needs 3 bands x 20x20 pixels"):  # the input stage still counts
         prepare_job(src, tmp_path / "up.tif", 4.0, None, 50)
+
+
+def test_pipeline_prior_argument_with_samples_and_back_projection(pipe):
+    """The scene branch's ``prior=`` beside main's ``num_samples`` / ``data_consistency_steps``."""
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    prior = pipe(image, scale=2, prior_only=True, output_type="pt").images * 2 - 1
+    common = dict(scale=2, num_inference_steps=2, output_type="pt")
+    own = pipe(image, generator=torch.Generator().manual_seed(1), num_samples=2, **common)
+    given = pipe(image, generator=torch.Generator().manual_seed(1), num_samples=2, prior=prior, **common)
+    torch.testing.assert_close(given.images, own.images, atol=1e-5, rtol=0)
+    assert given.uncertainty.shape == (1, 16, 16)
+    out = pipe(image, prior=prior, data_consistency_steps=3, **common).images
+    assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"`prior` must have shape \(1, 3, 16, 16\), got \(1, 3, 8, 8\)"):
+        pipe(image, prior=prior[..., :8, :8], **common)
+    with pytest.raises(TypeError, match="`prior` must be a torch.Tensor or None, got list"):
+        pipe(image, prior=[0.0], **common)

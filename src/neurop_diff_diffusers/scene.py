@@ -26,8 +26,15 @@ The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neu
   committed.
 - **Parallel.** Under ``accelerate launch`` the windows left to do are split between the processes; the main process
   assembles the output when all are done: one file, bit-identical to one process.
-- **Output.** A tiled (512 px), DEFLATE-compressed Cloud-Optimized GeoTIFF with internal overviews, BigTIFF when the
-  size needs it, with the input's CRS, georeferencing, nodata / mask and band metadata (as ``geo.py`` describes).
+- **Output.** A tiled (512 px), DEFLATE-compressed, pixel-interleaved Cloud-Optimized GeoTIFF with internal
+  overviews (the input's factors when it has some), BigTIFF when the size needs it, with the input's CRS,
+  georeferencing (transform, GCPs, RPCs on the output grid:
+  [`~neurop_diff_diffusers.raster_io.output_georeferencing`]), nodata / mask and band metadata (as ``geo.py``
+  describes).
+- **Inputs.** Checked from the header first ([`~neurop_diff_diffusers.raster_io.check_header`]); read by
+  [`read_block`]: a palette raster expanded to RGB, 32 / 64-bit values kept for a float64 stretch, NaN / infinite
+  values invalid (one warning when undeclared; masked in the output). An alpha band is upscaled with nearest
+  neighbour; a window whose model output holds NaN / inf raises ``NonFiniteOutputError`` (nothing written).
 - **Values.** ``value_range``: ``"minmax"`` (default: ``uint8`` 0..255, other dtypes the per-band min-max over valid
   pixels, today's behaviour), a fixed range ``"0,10000"``, or a per-band percentile stretch ``"p2,p98"`` (from a
   histogram pass over the valid pixels, never loading the scene). The output is mapped back to the input's units;
