@@ -60,6 +60,7 @@ _EXPORTS = {
     "build_neural_operator": "presets",
     "build_pipeline": "presets",
     "build_unet": "presets",
+    "upscale_scene": "scene",
     "SCHEDULERS": "scheduling",
     "default_scheduler": "scheduling",
     "make_scheduler": "scheduling",

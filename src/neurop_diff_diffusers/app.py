@@ -260,7 +260,7 @@ class Upscaler:
         tag = f"x{scale:g}" if size is None else f"{size[0]}x{size[1]}"
         dst = folder / f"{stem}_{tag}{'.tif' if geo else '.png'}"
         try:
-            job = prepare_job(src, dst, scale, size, self.config.max_output_pixels)
+            job = prepare_job(src, dst, scale, size, self.config.max_output_pixels, cap_geo_output=True)
         except InputFailed as err:
             shutil.rmtree(folder, ignore_errors=True)
             message = str(err).replace(str(src), upload.name).replace("--size", "the output size")

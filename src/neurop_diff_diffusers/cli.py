@@ -80,6 +80,12 @@ def _check_flags(args: argparse.Namespace) -> None:
         )
     if args.output is not None and len(args.inputs) > 1:
         raise CLIError("-o/--output takes one input; use --out-dir DIR for several")
+    if args.window < 8:
+        raise CLIError(f"--window must be >= 8 (LR pixels), got {args.window}")
+    if not 0 <= args.halo <= args.window:
+        raise CLIError(f"--halo must be in [0, --window = {args.window}], got {args.halo}")
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
     if args.uncertainty is not None and not 2 <= args.uncertainty <= 64:
         raise CLIError(f"--uncertainty must be a number of samples in [2, 64], got {args.uncertainty}")
     if args.uncertainty is not None and args.prior_only:
@@ -186,7 +192,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         planned.append((src, dst))
 
     # 2. The device, then each input decoded and validated, before the model loads.
-    device = _check_device(args.device) if planned else args.device
+    scene_options = _scene_options(args)
+    device = _scene_device(args.device) if planned else args.device
     jobs = []
     for src, dst in planned:
         try:
@@ -202,10 +209,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     _check_model_flags(pipe, args)
     _optimize(pipe, args)
     common = _pipe_kwargs(args)
+    if args.dry_run:
+        return _dry_run(pipe, jobs, args, common, scene_options) or (2 if failed else 0)
     for job in jobs:
         src, dst, _, out_size = job
         try:
-            run_job(pipe, job, args.seed, args.overwrite, common)
+            run_job(pipe, job, args.seed, args.overwrite, {**common, **scene_options} if job.geo else common)
         except InputFailed as err:
             _report(str(err))
         except FileExistsError:
@@ -215,12 +224,69 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         except ValueError as err:
             _report(f"{src}: {one_line(err)}")
         else:
-            print(f"{src} -> {dst} ({out_size[0]}x{out_size[1]}, height x width)")
+            if _main_process():
+                print(f"{src} -> {dst} ({out_size[0]}x{out_size[1]}, height x width)")
             continue
         failed += 1
     if failed and len(args.inputs) > 1:
         print(f"neurop-diff: {failed} of {len(args.inputs)} inputs failed; the others were written", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _main_process() -> bool:
+    """Whether this is the main process (always, without ``accelerate launch``)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _scene_device(device: str) -> str:
+    """``--device``; under ``accelerate launch`` (several processes) Accelerate's process state is started first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _batch_device(device)
+    return _check_device(device)
+
+
+def _scene_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The scene engine's options of a GeoTIFF input (window, halo, value range, resume, progress bar, processes)."""
+    from .scene import parse_value_range, tqdm_progress
+
+    try:
+        value_range = parse_value_range(args.value_range)
+    except ValueError as err:
+        raise CLIError(one_line(err).replace("`value_range`", "--value-range")) from err
+    return {
+        "window": args.window,
+        "halo": args.halo,
+        "value_range": value_range,
+        "restart": args.restart,
+        "workers": args.workers,
+        "distributed": True,
+        "progress": tqdm_progress,
+    }
+
+
+def _dry_run(
+    pipe: Any, jobs: list[Any], args: argparse.Namespace, common: dict[str, Any], options: dict[str, Any]
+) -> int:
+    """``--dry-run``: the plan of each input (windows, memory, time from one window); nothing is written."""
+    from .scene import dry_run, prepare_scene
+
+    for job in jobs:
+        src, dst, geo, out_size = job
+        if not geo:
+            print(f"{src} -> {dst} ({out_size[0]}x{out_size[1]}, height x width): one image, no windows")
+            continue
+        scene_job = prepare_scene(
+            src,
+            dst,
+            output_size=out_size,
+            window=options["window"],
+            halo=options["halo"],
+            value_range=options["value_range"],
+            seed=args.seed,
+            **common,
+        )
+        print(f"{src} -> {dst}\n{dry_run(pipe, scene_job, workers=options['workers'])['text']}")
+    return 0
 
 
 def _check_batch_flags(args: argparse.Namespace) -> None:
@@ -680,6 +746,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_OUTPUT_PIXELS,
         help=f"refuse larger outputs (default {DEFAULT_MAX_OUTPUT_PIXELS:,})",
     )
+    scene = up.add_argument_group("whole scenes (GeoTIFF; also under `accelerate launch`, windows split)")
+    scene.add_argument("--dry-run", action="store_true", help="print the window plan, memory and time; write nothing")
+    scene.add_argument("--window", type=int, default=256, help="LR pixels of a window's core, a side (default 256)")
+    scene.add_argument("--halo", type=int, default=16, help="LR pixels of context around each window (default 16)")
+    scene.add_argument(
+        "--value-range",
+        default="minmax",
+        help="input values to the model's range: minmax (default), LOW,HIGH (e.g. 0,10000) or pLOW,pHIGH (p2,p98)",
+    )
+    scene.add_argument("--restart", action="store_true", help="discard the windows of a run with other settings")
+    scene.add_argument("--workers", type=int, default=None, help="windows at once on the CPU (default: threads)")
     batch = up.add_argument_group("folders (also under `accelerate launch`, split between the processes)")
     batch.add_argument("--input-dir", type=Path, help="every PNG / JPEG / TIFF in this folder (needs --out-dir)")
     batch.add_argument("--recursive", action="store_true", help="with --input-dir: sub-folders too (mirrored)")

@@ -5,7 +5,7 @@ What happens to a scene:
 - **Georeferencing.** The output has the input's CRS and a transform with the same origin whose pixel size is
   divided by the actual scale of each axis (``W_in / W_out`` and ``H_in / H_out``); GCPs and RPCs are mapped to the
   output grid ([`~neurop_diff_diffusers.raster_io.output_georeferencing`]). Inputs are opened and checked from their
-  header by [`~neurop_diff_diffusers.raster_io`] (complex and palette rasters refused).
+  header by [`~neurop_diff_diffusers.raster_io`] (complex rasters refused, palette rasters expanded to RGB).
 - **Values.** The model works on ``[0, 1]``. ``uint8`` bands are divided by 255. Other dtypes (``uint16``,
   ``int16``, ``float32``, ...) get a linear min-max stretch per band over the valid pixels,
   ``(x - low) / (high - low)``; ``low`` / ``high`` are written into the output's tags (``NEUROP_DIFF_STRETCH``). The
@@ -25,8 +25,10 @@ What happens to a scene:
   scene) is upscaled with bicubic interpolation of its stretched values, *without* the model, and written at its
   place: no band is dropped. An alpha band is upscaled with nearest neighbour (a mask). A single-band scene is run
   through the model as grey RGB and the mean of the three output channels written.
-- **Memory.** The scene is read window by window straight into one float32 buffer, and written back window by
-  window from the model's output, so neither is held twice.
+- **Memory.** [`upscale_geotiff`] runs the scene engine ([`~neurop_diff_diffusers.scene`]): LR windows with a halo,
+  blended, streamed from disk to disk; peak memory depends on the window size and the output width, not on the
+  scene's area. The output is a pixel-interleaved Cloud-Optimized GeoTIFF (with the input's internal overview
+  factors when it has some). ([`read_scene`] still reads a whole scene into memory.)
 - **Files.** The output is written under a temporary name beside the target and renamed at the end: never a partial
   file. Without ``overwrite`` an output file that appears meanwhile is never replaced (``FileExistsError``).
 """
@@ -41,23 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .image_processing import resolve_output_size
 from .raster_io import (
     WIDE_DTYPES,
-    build_output_overviews,
-    check_header,
     expand_palette,
     inspect_raster,
     needs_raster_path,
     open_raster,
-    output_georeferencing,
-    output_overviews,
     palette_table,
 )
-from .utils import atomic_write
 
 STRETCH_TAG = "NEUROP_DIFF_STRETCH"
 _ROWS_PER_WINDOW = 512
@@ -412,80 +406,6 @@ def _upscale_geotiff(
     overwrite: bool,
     **pipe_kwargs: Any,
 ) -> Path:
-    rasterio = _rasterio()
+    from .scene import upscale_scene  # the scene engine: window by window, resumable, COG out
 
-    dst_path = Path(dst_path)
-    if dst_path.exists() and not overwrite:
-        raise FileExistsError(f"`{dst_path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
-    if dst_path.suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst_path}`.")
-    header = inspect_raster(src_path)
-    check_header(header)
-    count, height, width = header.working_bands, header.height, header.width  # a palette is read as RGB
-    out_h, out_w = resolve_output_size((height, width), scale, output_size)
-    if count == 1:
-        model_bands = [0, 0, 0]
-    elif count >= 3:
-        if len(rgb_bands) != 3 or not all(isinstance(b, int) and 1 <= b <= count for b in rgb_bands):
-            raise ValueError(f"`rgb_bands` must be three band numbers in [1, {count}], got {rgb_bands!r}.")
-        model_bands = [b - 1 for b in rgb_bands]
-    else:
-        raise ValueError(f"`{src_path}` has {count} bands: the model needs 1 (grey) or at least 3 (RGB).")
-
-    unit, valid, stretch, info = read_scene(src_path)
-    rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0).clamp(0, 1)
-    output = pipe(rgb, output_size=(out_h, out_w), output_type="pt", **pipe_kwargs).images[0]  # (3, H, W)
-    others = [b for b in range(count) if b not in model_bands]
-    extra: dict[int, np.ndarray] = {}
-    interpolated = [b for b in others if b not in header.alpha_bands]
-    masks = [b for b in others if b in header.alpha_bands]  # an alpha band is a mask: nearest, never interpolated
-    for mode, bands in (("bicubic", interpolated), ("nearest", masks)):
-        if bands:
-            up = F.interpolate(torch.from_numpy(unit[bands]).unsqueeze(0), size=(out_h, out_w), mode=mode)
-            extra.update(zip(bands, up[0].clamp(0, 1).numpy()))
-    del unit
-    band_valid = info["band_valid"]
-    out_band_valid = F.interpolate(torch.from_numpy(band_valid)[None].float(), size=(out_h, out_w), mode="nearest")
-    out_band_valid = out_band_valid[0].numpy() > 0.5  # (bands, H, W): exactly the nearest-upscaled input masks
-    del band_valid
-
-    profile = info["profile"]
-    profile.pop("transform", None), profile.pop("crs", None)
-    # interleave: pixel-interleaved (PlanarConfiguration=1), which every TIFF reader (Pillow too) opens
-    profile.update(driver="GTiff", width=out_w, height=out_h, interleave="pixel")
-    profile.update(output_georeferencing(header, (out_h, out_w)))  # transform, or GCPs; RPCs: on the output grid
-    overviews = output_overviews(header, (out_h, out_w))
-    if out_w >= 256 and out_h >= 256:
-        profile.update(tiled=True, blockxsize=256, blockysize=256)
-    else:
-        profile.pop("blockxsize", None), profile.pop("blockysize", None)
-        profile.update(tiled=False)
-    nodata = profile.get("nodata")
-
-    def write(tmp: str) -> None:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            copy_band_metadata(dst, info["metadata"])
-            dst.update_tags(**{STRETCH_TAG: stretch.to_json()})
-            for window in _row_windows(out_h, out_w):
-                rows = slice(window.row_off, window.row_off + window.height)
-                block = np.empty((count, window.height, out_w), dtype=profile["dtype"])
-                for b in range(count):
-                    if count == 1:
-                        band_unit = output[:, rows].mean(dim=0).numpy()
-                    elif b in extra:
-                        band_unit = extra[b][rows]
-                    else:
-                        band_unit = output[model_bands.index(b), rows].numpy()
-                    block[b] = stretch.inverse(band_unit, b)
-                    if info["has_nodata_value"]:
-                        band_ok = out_band_valid[b, rows]
-                        reference = band_unit * (stretch.high[b] - stretch.low[b]) + stretch.low[b]
-                        avoid_nodata(block[b], band_ok, nodata, reference)
-                        block[b][~band_ok] = nodata
-                dst.write(block, window=window)
-                if info["has_mask"] and not info["has_nodata_value"]:
-                    ok = out_band_valid[:, rows].all(axis=0)
-                    dst.write_mask(np.where(ok, 255, 0).astype("uint8"), window=window)
-            build_output_overviews(dst, overviews, header)  # the input's internal overviews (a COG's), rebuilt
-
-    return atomic_write(dst_path, write, overwrite=overwrite)
+    return upscale_scene(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)

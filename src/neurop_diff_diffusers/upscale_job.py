@@ -364,7 +364,12 @@ def probe_geo(path: Path) -> bool:
 
 
 def prepare_job(
-    src: Path, dst: Path, scale: float | None, size: tuple[int, int] | None, max_pixels: int
+    src: Path,
+    dst: Path,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    max_pixels: int,
+    cap_geo_output: bool = False,
 ) -> UpscaleJob:
     """Decode and validate one input before the model loads, and plan its output.
 
@@ -373,7 +378,10 @@ def prepare_job(
         dst: the output file (a ``.tif`` / ``.tiff`` for a georeferenced input).
         scale: the scale (or ``None`` with ``size``).
         size: the explicit output ``(height, width)`` (or ``None``); not smaller than the input.
-        max_pixels: the largest output, in pixels (``height * width``).
+        max_pixels: the largest output, in pixels (``height * width``); for a georeferenced input, the budget of
+            [`~neurop_diff_diffusers.raster_io.check_budget`] (the input from its header, e.g. 2,000 bands refused).
+        cap_geo_output: also cap a georeferenced input's output (the web app's server limit); ``False`` (the CLI):
+            the scene engine streams it window by window, so only the input stage is counted.
 
     Returns:
         The [`UpscaleJob`] for [`run_job`].
@@ -412,7 +420,7 @@ def prepare_job(
             "neurop-diff only upscales"
         )
     out_size = resolve_output_size((height, width), scale, size)
-    if out_size[0] * out_size[1] > max_pixels:
+    if (cap_geo_output or not geo) and out_size[0] * out_size[1] > max_pixels:  # the CLI's GeoTIFF: by windows
         raise InputFailed(
             f"{src}: the output {out_size[0]}x{out_size[1]} (height x width) exceeds --max-pixels {max_pixels}; "
             "raise it"
@@ -422,7 +430,9 @@ def prepare_job(
         from .raster_io import check_budget
 
         try:
-            check_budget(header, out_size, max_pixels)  # bands x pixels x bytes, from the header
+            # bands x pixels x bytes of the input, from the header (e.g. 2,000 bands are refused before any read);
+            # the output is not held whole: the scene engine streams it window by window (scene.py)
+            check_budget(header, out_size if cap_geo_output else None, max_pixels)
             check_raster(src)  # then every block read: a damaged file fails now
         except ValueError as err:
             raise InputFailed(f"{src}: {one_line(err)}") from err

@@ -507,6 +507,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         tile_overlap: int | None = None,
         prior_only: bool = False,
         strength: float | None = None,
+        prior: torch.Tensor | None = None,
         num_samples: int | None = None,
         data_consistency_steps: int = 0,
     ) -> NeurOpDiffPipelineOutput | tuple:
@@ -557,6 +558,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 runs only the last ``round(strength * num_inference_steps)`` steps: the "come closer, diffuse
                 faster" start of Chung et al. (CVPR 2022), faster, and forgiving to a denoiser that is weak at high
                 noise levels.
+            prior (`torch.Tensor`, *optional*): a precomputed prior ``(B, 3, height, width)`` in ``[-1, 1]`` at the
+                output size, used instead of the neural operator's (the scene engine passes each window's prior,
+                computed at the window's coordinates in the whole scene); ``None``: computed from ``image``.
             num_samples (`int`, *optional*): draw this many samples of each image (2 to 64; not in the paper) and
                 return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the standard deviation
                 over the samples on the ``[0, 1]`` scale, averaged over the channels, ``(B, H, W)``). Sample ``k`` of
@@ -627,10 +631,18 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             tile_size, tile_overlap = int(tile_size), int(tile_overlap)
         num_samples = check_num_samples(num_samples)
         data_consistency_steps = check_back_projection_steps(data_consistency_steps)
+        if prior is not None and not isinstance(prior, torch.Tensor):
+            raise TypeError(f"`prior` must be a torch.Tensor or None, got {type(prior).__name__}.")
+        if prior is not None and tuple(prior.shape) != (batch_size, 3, out_h, out_w):
+            raise ValueError(f"`prior` must have shape {(batch_size, 3, out_h, out_w)}, got {tuple(prior.shape)}.")
 
         # 2. The prior, once, at the HR size.
         lr = (lr * 2.0 - 1.0).to(device)
-        prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
+        given_prior = prior is not None
+        if given_prior:
+            prior = prior.to(device=device, dtype=torch.float32)
+        else:
+            prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
         if prior_only:
             return self._finish(prior, output_type, return_dict)
         samples = num_samples or 1
@@ -662,7 +674,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         tiles = num_tiles(tuple(prior.shape[-2:]), tile, tile_overlap)
         with self.progress_bar(total=len(timesteps) * tiles) as progress_bar:
             for i, t in enumerate(timesteps):
-                if recompute_prior_every_step and i > 0:
+                if recompute_prior_every_step and i > 0 and not given_prior:
                     prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
                     prior = prior.repeat_interleave(samples, dim=0)
                     if pad_h or pad_w:

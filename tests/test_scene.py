@@ -1,0 +1,430 @@
+"""The scene engine: windows at scene coordinates, blending, determinism (order, workers, processes), resume after
+SIGKILL, journal settings, COG output, dry run and value ranges; small rasters and the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+from rasterio.transform import from_origin  # noqa: E402
+
+from neurop_diff_diffusers import build_pipeline, cli  # noqa: E402
+from neurop_diff_diffusers.geo import STRETCH_TAG  # noqa: E402
+from neurop_diff_diffusers.scene import (  # noqa: E402
+    ScenePlan,
+    assemble_and_commit,
+    compute_windows,
+    output_start,
+    parse_value_range,
+    prepare_scene,
+    ramp_weights,
+    upscale_scene,
+    work_folder,
+)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = ("--model", "preset:tiny", "--seed", "3")
+
+
+def _write(path, data, nodata=None, **extra):
+    bands, h, w = data.shape
+    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs="EPSG:32633")
+    profile.update(transform=from_origin(500000.0, 4100000.0, 10.0, 10.0), nodata=nodata, **extra)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def _smooth_scene(h, w, bands=3, seed=0):
+    """A smooth uint8 scene (a random model's windows agree better on smooth content: a fair seam test)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    planes = [100 + 80 * np.sin(xx / (6 + 2 * b) + rng.uniform(0, 3)) * np.cos(yy / (9 + b)) for b in range(bands)]
+    return np.stack(planes).clip(0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_pipeline("tiny", seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plan
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size, out", [(40, 100), (37, 91), (10, 10), (723, 1807)])
+def test_output_start_matches_pixel_centres(size, out):
+    for r in range(size + 1):
+        i = output_start(r, size, out)
+        # the first output pixel whose centre (i + 0.5) * size / out is at or after r
+        assert (i + 0.5) * size / out >= r - 1e-9
+        assert i == 0 or (i - 0.5) * size / out < r
+    assert output_start(size, size, out) == out
+
+
+def test_plan_covers_the_output_and_weights_never_vanish():
+    plan = ScenePlan.create((50, 70), (125, 175), window=16, halo=4)
+    assert plan.grid == (4, 5) and len(plan.windows()) == 20
+    covered = np.zeros(plan.out_size, int)
+    for w in plan.windows():
+        covered[slice(*w.out_rows), slice(*w.out_cols)] += 1
+        assert w.lr_rows[0] >= 0 and w.lr_rows[1] <= 50
+    assert covered.min() >= 1 and covered.max() == 4  # overlaps at the corners of four windows
+    assert all(w.min() > 0 for w in plan.weights(0) + plan.weights(1))
+    assert np.allclose(ramp_weights(8, 4, 0)[:4] + ramp_weights(8, 0, 4)[4:], 1.0)  # a partition of unity
+    with pytest.raises(ValueError, match="`halo` must be an int in \\[0, window = 16\\]"):
+        ScenePlan.create((50, 70), (125, 175), window=16, halo=17)
+    with pytest.raises(ValueError, match="`window` must be an int >= 8"):
+        ScenePlan.create((50, 70), (125, 175), window=4, halo=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fidelity to the whole-scene pass
+# --------------------------------------------------------------------------------------------------------------------
+def test_one_window_is_the_whole_scene_pass(pipe, tmp_path):
+    data = _smooth_scene(30, 38)
+    path = _write(tmp_path / "s.tif", data)
+    out = upscale_scene(pipe, path, tmp_path / "o.tif", scale=2.5, prior_only=True)
+    whole = pipe(torch.from_numpy(data / 255.0).float()[None], scale=2.5, prior_only=True, output_type="np").images[0]
+    expected = np.rint(whole.transpose(2, 0, 1) * 255.0)
+    with rasterio.open(out) as dst:
+        got = dst.read().astype(float)
+    assert got.shape == (3, 75, 95)
+    assert np.abs(got - expected).max() <= 1.0  # float summation order only
+
+
+def test_windows_agree_with_the_whole_scene_and_show_no_seams(pipe, tmp_path):
+    data = _smooth_scene(64, 64, seed=2)
+    path = _write(tmp_path / "s.tif", data)
+    whole = upscale_scene(pipe, path, tmp_path / "whole.tif", scale=2, prior_only=True, window=64, halo=0)
+    tiled = upscale_scene(pipe, path, tmp_path / "tiled.tif", scale=2, prior_only=True, window=16, halo=8)
+    with rasterio.open(whole) as a, rasterio.open(tiled) as b:
+        a, b = a.read().astype(float), b.read().astype(float)
+    psnr = 10 * np.log10(255.0**2 / np.mean((a - b) ** 2))
+    assert psnr > 30.0
+    # seams: the mean step across window borders (output rows / columns 32, 64, 96) against the mean step elsewhere
+    dy, dx = np.abs(np.diff(b, axis=1)).mean(axis=(0, 2)), np.abs(np.diff(b, axis=2)).mean(axis=(0, 1))
+    borders = [31, 63, 95]
+    ratio = np.mean(np.r_[dy[borders], dx[borders]]) / np.mean(np.r_[np.delete(dy, borders), np.delete(dx, borders)])
+    assert ratio < 1.1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Determinism: order, workers, processes
+# --------------------------------------------------------------------------------------------------------------------
+def test_window_order_and_workers_do_not_change_a_bit(pipe, tmp_path):
+    data = _smooth_scene(40, 44)
+    path = _write(tmp_path / "s.tif", data, nodata=None)
+    kwargs = dict(scale=2, window=16, halo=4, num_inference_steps=2, generator=torch.Generator().manual_seed(5))
+    one = upscale_scene(pipe, path, tmp_path / "one.tif", workers=1, **kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(5)
+    two = upscale_scene(pipe, path, tmp_path / "two.tif", workers=2, **kwargs)
+    job = prepare_scene(path, tmp_path / "rev.tif", scale=2, window=16, halo=4, seed=5, num_inference_steps=2)
+    job.folder.mkdir()
+    compute_windows(pipe, job, list(range(len(job.plan.windows())))[::-1], workers=1)  # the other way round
+    rev = assemble_and_commit(job, overwrite=False)
+    assert one.read_bytes() == two.read_bytes() == rev.read_bytes()
+    assert not work_folder(one).exists() and not work_folder(two).exists()
+
+
+def _launch(n, *args):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n)]
+    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    command += ["-m", "neurop_diff_diffusers.cli", "upscale", *map(str, args), "--device", "cpu"]
+    return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_write_the_file_of_one_process_bit_for_bit(tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(40, 48), nodata=0)
+    flags = ("--scale", "2", "--steps", "2", "--window", "16", "--halo", "4", *TINY)
+    assert cli.main(["upscale", str(path), "-o", str(tmp_path / "one.tif"), *flags]) == 0
+    done = _launch(2, path, "-o", tmp_path / "two.tif", *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "one.tif").read_bytes() == (tmp_path / "two.tif").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.tif", "s.tif", "two.tif"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Resume and the journal
+# --------------------------------------------------------------------------------------------------------------------
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(64, 64))
+    flags = [str(path), "--scale", "2", "--steps", "6", "--window", "16", "--halo", "4", "--workers", "1", *TINY]
+    command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "upscale", *flags, "-o", str(tmp_path / "k.tif")]
+    folder = work_folder(tmp_path / "k.tif")
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(folder.glob("w*.npy"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    done_before = len(list(folder.glob("w*.npy")))
+    assert 3 <= done_before < 16 and not (tmp_path / "k.tif").exists()
+    journal = json.loads((folder / "journal.json").read_text())
+    assert journal["windows"] == 16 and journal["settings"]["window"] == 16
+    resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{done_before}/16" in resumed.stderr  # the progress bar starts at the windows already done
+    assert cli.main(["upscale", *flags, "-o", str(tmp_path / "u.tif")]) == 0
+    assert (tmp_path / "k.tif").read_bytes() == (tmp_path / "u.tif").read_bytes()
+    assert not folder.exists()
+
+
+def test_a_journal_of_other_settings_is_refused_then_restarted(pipe, tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(32, 32))
+    target = tmp_path / "o.tif"
+    calls = []
+
+    def stop_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        _partial_run(pipe, path, target, stop_after_two)
+    folder = work_folder(target)
+    assert len(list(folder.glob("w*.npy"))) == 2
+    with pytest.raises(ValueError, match=r"other settings \(pipeline\).*--restart"):
+        upscale_scene(pipe, path, target, scale=2, window=16, halo=4, num_inference_steps=3, seed=1)
+    assert len(list(folder.glob("w*.npy"))) == 2  # untouched
+    upscale_scene(pipe, path, target, scale=2, window=16, halo=4, num_inference_steps=3, seed=1, restart=True)
+    assert target.exists() and not folder.exists()
+
+
+def _partial_run(pipe, path, target, hook):
+    """Run the engine with a progress hook that fails after two windows (a crash midway)."""
+
+    class Bar:
+        total, n = 4, 0
+
+        def update(self, n):
+            hook()
+
+    upscale_scene(
+        pipe, path, target, scale=2, window=16, halo=4, num_inference_steps=2, seed=1, workers=1,
+        progress=lambda total, done: Bar(),
+    )  # fmt: skip
+
+
+def test_cli_says_which_flag_discards_a_stale_journal(tmp_path, capsys):
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 20))
+    folder = work_folder(tmp_path / "o.tif")
+    folder.mkdir()
+    (folder / "journal.json").write_text(json.dumps({"settings": {"seed": 99}, "windows": 1}))
+    assert cli.main(["upscale", str(path), "-o", str(tmp_path / "o.tif"), "--scale", "2", "--prior-only", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "--restart" in err and len(err.strip().splitlines()) == 1
+    assert (
+        cli.main(
+            ["upscale", str(path), "-o", str(tmp_path / "o.tif"), "--scale", "2", "--prior-only", "--restart", *TINY]
+        )
+        == 0
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output: a COG, BigTIFF when needed, georeferencing and nodata as the whole-scene path
+# --------------------------------------------------------------------------------------------------------------------
+def test_output_is_a_valid_cog_with_overviews(tmp_path):
+    cogeo = pytest.importorskip("rio_cogeo.cogeo", reason="rio-cogeo validates COGs (extra [test])")
+    data = np.random.default_rng(0).integers(1, 4000, (4, 300, 280), dtype=np.uint16)
+    data[:, :20, :30] = 0
+    path = _write(tmp_path / "s.tif", data, nodata=0)
+    out = tmp_path / "o.tif"
+    assert (
+        cli.main(["upscale", str(path), "-o", str(out), "--scale", "2", "--prior-only", "--window", "128", *TINY]) == 0
+    )
+    valid, errors, _ = cogeo.cog_validate(str(out))
+    assert valid, errors
+    with rasterio.open(path) as src, rasterio.open(out) as dst:
+        assert dst.profile["tiled"] and dst.block_shapes[0] == (512, 512) and dst.compression.value == "DEFLATE"
+        assert dst.overviews(1) == [2] and dst.crs == src.crs and dst.nodata == 0
+        assert (dst.width, dst.height) == (560, 600) and dst.transform.a == 5.0
+        assert (dst.read(1, window=((0, 40), (0, 60))) == 0).all() and json.loads(dst.tags()[STRETCH_TAG])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dry run and value ranges
+# --------------------------------------------------------------------------------------------------------------------
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    path = _write(tmp_path / "s.tif", _smooth_scene(40, 60))
+    out = tmp_path / "o.tif"
+    assert (
+        cli.main(
+            ["upscale", str(path), "-o", str(out), "--scale", "2", "--dry-run", "--window", "16", "--halo", "4", *TINY]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "40x60 px (3 bands) -> 80x120 px" in text and "windows: 3 x 4 = 12" in text
+    assert "estimated time:" in text and "estimated peak memory:" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+def test_value_range_forms_and_errors():
+    assert str(parse_value_range("0,10000")) == "0,10000" and str(parse_value_range(" p2 , p98 ")) == "p2,p98"
+    assert parse_value_range(None).kind == "minmax"
+    for bad in ("10,0", "p5,p101", "x", "1,2,3"):
+        with pytest.raises(ValueError, match="`value_range` must be"):
+            parse_value_range(bad)
+
+
+def _identity(image, output_size, output_type, **kwargs):
+    assert tuple(image.shape[-2:]) == tuple(output_size)
+    return type("Out", (), {"images": image.clone()})
+
+
+def test_fixed_range_clips_counts_and_maps_back_to_input_units(tmp_path):
+    data = np.random.default_rng(1).integers(0, 12000, (3, 20, 24), dtype=np.uint16)
+    path = _write(tmp_path / "s.tif", data)
+    outside = int((data > 10000).sum())
+    with pytest.warns(UserWarning, match=f"{outside} of 1440 valid input values"):
+        out = upscale_scene(_identity, path, tmp_path / "o.tif", scale=1, value_range="0,10000")
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(), np.minimum(data, 10000))  # input units; clipped above 10000
+        assert dst.tags()["NEUROP_DIFF_VALUE_RANGE"] == "0,10000"
+
+
+def test_percentile_stretch_over_valid_pixels(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.integers(1, 4096, (3, 30, 40), dtype=np.uint16)
+    data[:, :5] = 0  # nodata rows, excluded from the percentiles
+    path = _write(tmp_path / "s.tif", data, nodata=0)
+    job = prepare_scene(path, tmp_path / "o.tif", scale=2, value_range="p2,p98")
+    for b in range(3):
+        valid = np.sort(data[b][data[b] > 0])
+        assert job.stats.stretch.low[b] == valid[int(np.ceil(0.02 * valid.size)) - 1]
+        assert job.stats.stretch.high[b] == valid[int(np.ceil(0.98 * valid.size)) - 1]
+        expected = int((valid < job.stats.stretch.low[b]).sum() + (valid > job.stats.stretch.high[b]).sum())
+        assert job.stats.clipped[b] == expected
+    with pytest.warns(UserWarning, match="lie outside the stretch"):
+        out = upscale_scene(_identity, path, tmp_path / "o.tif", scale=1, value_range="p2,p98")
+    with rasterio.open(out) as dst:
+        got = dst.read()
+    low, high = job.stats.stretch.low, job.stats.stretch.high
+    for b in range(3):
+        ok = data[b] > 0
+        np.testing.assert_array_equal(got[b][ok], np.clip(data[b][ok], low[b], high[b]))
+        assert (got[b][~ok] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--value-range", "10,0"), "--value-range must be 'minmax', 'LOW,HIGH'"),
+        (("--window", "4"), "--window must be >= 8"),
+        (("--halo", "300"), "--halo must be in [0, --window = 256]"),
+        (("--workers", "0"), "--workers must be >= 1"),
+    ],
+)
+def test_bad_scene_flags_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 20))
+    assert cli.main(["upscale", str(path), "-o", str(tmp_path / "o.tif"), "--scale", "2", *flags, *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The raster behaviours of geo.py / raster_io.py, window by window (merge of issue 21's reader)
+# --------------------------------------------------------------------------------------------------------------------
+def _bicubic(image, output_size, output_type, **kwargs):
+    """A 'model' that returns the bicubic upscale of its window (deterministic, fast)."""
+    up = torch.nn.functional.interpolate(image, size=output_size, mode="bicubic").clamp(0, 1)
+    return type("Out", (), {"images": up})
+
+
+def test_alpha_band_is_nearest_across_windows(tmp_path):
+    """Several blended windows: the alpha band is still exactly the nearest-upscaled mask (no blending seams)."""
+    data = _smooth_scene(40, 36, bands=4, seed=4)
+    data[3] = 0
+    data[3, 5:31, 7:29] = 255
+    src = _write(tmp_path / "rgba.tif", data, photometric="rgb", alpha="YES")
+    out = upscale_scene(_bicubic, src, tmp_path / "up.tif", scale=3, window=12, halo=4)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(4), data[3].repeat(3, axis=0).repeat(3, axis=1))
+        assert dst.colorinterp[3] == rasterio.enums.ColorInterp.alpha
+
+
+def test_palette_and_undeclared_nan_across_windows(tmp_path):
+    indices = np.zeros((1, 24, 20), np.uint8)
+    indices[0, :, 10:] = 1
+    pal = _write(tmp_path / "p.tif", indices, photometric="palette")
+    with rasterio.open(pal, "r+") as dst:
+        dst.write_colormap(1, {0: (10, 200, 30, 255), 1: (250, 40, 120, 255)})
+    out = upscale_scene(_bicubic, pal, tmp_path / "rgb.tif", scale=1, window=8, halo=2)
+    with rasterio.open(out) as dst:
+        assert dst.count == 3 and dst.dtypes == ("uint8",) * 3
+        np.testing.assert_array_equal(dst.read()[:, 0, :2].T, [[10, 200, 30]] * 2)
+        np.testing.assert_array_equal(dst.read()[:, -1, -2:].T, [[250, 40, 120]] * 2)
+
+    values = np.linspace(0, 1, 3 * 24 * 20, dtype=np.float32).reshape(3, 24, 20)
+    values[:, 3, 17] = np.nan
+    values[1, 20, 2] = np.inf
+    src = _write(tmp_path / "f.tif", values)
+    with pytest.warns(UserWarning, match="has 4 NaN or infinite band values that no nodata value marks"):
+        out = upscale_scene(_bicubic, src, tmp_path / "f_up.tif", scale=2, window=8, halo=2)
+    with rasterio.open(out) as dst:
+        masks, got = dst.read_masks(1), dst.read()
+    assert (masks[6:8, 34:36] == 0).all() and (masks[40:42, 4:6] == 0).all() and masks.sum() == 255 * (48 * 40 - 8)
+    assert np.isfinite(got).all()  # the other pixels were not poisoned by the NaN
+
+
+def test_a_nan_model_writes_nothing_even_prior_only(tmp_path):
+    pipe = build_pipeline("tiny", seed=0)
+    with torch.no_grad():
+        for parameter in pipe.neural_operator.parameters():
+            parameter.fill_(float("nan"))
+    pipe.set_progress_bar_config(disable=True)
+    src = _write(tmp_path / "scene.tif", _smooth_scene(20, 20))
+    from neurop_diff_diffusers import NonFiniteOutputError
+
+    with pytest.raises(NonFiniteOutputError):
+        upscale_scene(pipe, src, tmp_path / "out.tif", scale=2, prior_only=True, window=8, halo=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]  # no output, no work folder
+
+
+def test_cli_geotiff_output_goes_by_windows_but_the_app_keeps_its_cap(tmp_path):
+    from neurop_diff_diffusers.upscale_job import InputFailed, prepare_job
+
+    src = _write(tmp_path / "scene.tif", _smooth_scene(20, 20))
+    job = prepare_job(src, tmp_path / "up.tif", 4.0, None, 1000)  # 80 x 80 = 6400 output pixels > 1000
+    assert job[3] == (80, 80)
+    with pytest.raises(InputFailed, match="the output 80x80 .* exceeds --max-pixels 1000"):
+        prepare_job(src, tmp_path / "up.tif", 4.0, None, 1000, cap_geo_output=True)
+    with pytest.raises(InputFailed, match="the input needs 3 bands x 20x20 pixels"):  # the input stage still counts
+        prepare_job(src, tmp_path / "up.tif", 4.0, None, 50)
+
+
+def test_pipeline_prior_argument_with_samples_and_back_projection(pipe):
+    """The scene branch's ``prior=`` beside main's ``num_samples`` / ``data_consistency_steps``."""
+    image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    prior = pipe(image, scale=2, prior_only=True, output_type="pt").images * 2 - 1
+    common = dict(scale=2, num_inference_steps=2, output_type="pt")
+    own = pipe(image, generator=torch.Generator().manual_seed(1), num_samples=2, **common)
+    given = pipe(image, generator=torch.Generator().manual_seed(1), num_samples=2, prior=prior, **common)
+    torch.testing.assert_close(given.images, own.images, atol=1e-5, rtol=0)
+    assert given.uncertainty.shape == (1, 16, 16)
+    out = pipe(image, prior=prior, data_consistency_steps=3, **common).images
+    assert out.shape == (1, 3, 16, 16) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"`prior` must have shape \(1, 3, 16, 16\), got \(1, 3, 8, 8\)"):
+        pipe(image, prior=prior[..., :8, :8], **common)
+    with pytest.raises(TypeError, match="`prior` must be a torch.Tensor or None, got list"):
+        pipe(image, prior=[0.0], **common)
