@@ -160,6 +160,11 @@ class SceneWindow:
     out_rows: tuple[int, int]
     out_cols: tuple[int, int]
 
+    @property
+    def out_shape(self) -> tuple[int, int]:
+        """The output region's ``(height, width)``."""
+        return self.out_rows[1] - self.out_rows[0], self.out_cols[1] - self.out_cols[0]
+
 
 @dataclass(frozen=True)
 class ScenePlan:
@@ -497,7 +502,7 @@ def _run_window(
         unit[b][~valid[b]] = stats.fill[b]
     np.clip(unit, 0.0, 1.0, out=unit)
     del data
-    out_h, out_w = window.out_rows[1] - window.out_rows[0], window.out_cols[1] - window.out_cols[0]
+    out_h, out_w = window.out_shape
     rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0)
     coord, cell = window_coordinates(plan, window)
     kwargs = dict(pipe_kwargs)
@@ -628,7 +633,7 @@ def _save_window(folder: Path, index: int, array: np.ndarray) -> None:
 
 def _load_window(folder: Path, window: SceneWindow, bands: int) -> np.ndarray:
     array = np.load(_window_file(folder, window.index), allow_pickle=False)
-    shape = (bands, window.out_rows[1] - window.out_rows[0], window.out_cols[1] - window.out_cols[0])
+    shape = (bands, *window.out_shape)
     if array.shape != shape or array.dtype != np.float32:
         raise ValueError(f"window file {_window_file(folder, window.index)} is damaged; rerun with --restart")
     return array
@@ -1212,7 +1217,8 @@ def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, A
     import resource
 
     windows = job.plan.windows()
-    largest = max(windows, key=lambda w: (w.out_rows[1] - w.out_rows[0]) * (w.out_cols[1] - w.out_cols[0]))
+    largest = max(windows, key=lambda w: w.out_shape[0] * w.out_shape[1])
+    largest_h, largest_w = largest.out_shape
     cpu = _on_cpu(pipe)
     with _Threads(cpu) as threads:
         n = max(1, min(workers or threads, len(windows))) if cpu else 1
@@ -1224,15 +1230,14 @@ def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, A
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     bands = len(job.stats.stretch.low)
-    window_bytes = bands * (largest.out_rows[1] - largest.out_rows[0]) * (largest.out_cols[1] - largest.out_cols[0])
+    window_bytes = bands * largest_h * largest_w
     per_window = max(after - before, 0) + window_bytes * 4
     peak = after + (n - 1) * per_window + strip_bytes(job.plan, bands) + window_bytes * 4
     estimate = seconds * len(windows) / n
     text = "\n".join(
         [
             job.describe(),
-            f"one window ({largest.out_rows[1] - largest.out_rows[0]}x{largest.out_cols[1] - largest.out_cols[0]} "
-            f"output px): {seconds:.2f} s; {n} window(s) at once",
+            f"one window ({largest_h}x{largest_w} output px): {seconds:.2f} s; {n} window(s) at once",
             f"estimated time: {_duration(estimate)} for {len(windows)} windows (plus assembly)",
             f"estimated peak memory: {_mb(peak):.0f} MB",
             f"work folder (journal, finished windows): {job.folder}",
