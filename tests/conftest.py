@@ -25,3 +25,36 @@ def shared_data() -> Path:
 @pytest.fixture
 def samples_dir() -> Path:
     return SAMPLES_DIR
+
+
+def run_cli(*args) -> int:
+    """``neurop-diff ARGS`` in this process (paths and numbers as strings); its exit code."""
+    from neurop_diff_diffusers import cli
+
+    return cli.main([str(a) for a in args])
+
+
+def cli_messages(err: str) -> list[str]:
+    """stderr without the progress bars (tqdm lines, which hold ``|``): the messages the user reads."""
+    assert "Traceback" not in err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    return [line for line in lines if line.startswith("neurop-diff") or "|" not in line]
+
+
+def one_error_line(capsys) -> str:
+    """The one message the CLI printed, which must be an error: its text after ``neurop-diff: error: ``."""
+    lines = cli_messages(capsys.readouterr().err)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("neurop-diff: error: ")
+    return lines[0].removeprefix("neurop-diff: error: ")
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the model is loaded: the refusals must come before it."""
+    from neurop_diff_diffusers import cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "load_job_pipeline", refuse)

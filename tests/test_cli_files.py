@@ -13,28 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import cli_messages, one_error_line, run_cli
 from neurop_diff_diffusers import NeurOpDiffPipeline, cli, upscale_job
 
 FAST = ("--model", "preset:tiny", "--steps", "1")
 RGB = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
-
-
-def _run(*args):
-    return cli.main([str(a) for a in args])
-
-
-def _messages(err: str) -> list[str]:
-    """stderr without the progress bars (tqdm lines, which hold ``|``): the messages the user reads."""
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    return [line for line in lines if line.startswith("neurop-diff") or "|" not in line]
-
-
-def _one_error_line(capsys) -> str:
-    lines = _messages(capsys.readouterr().err)
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("neurop-diff: error: ")
-    return lines[0].removeprefix("neurop-diff: error: ")
 
 
 def _files(folder: Path) -> list[str]:
@@ -46,16 +29,6 @@ def good(tmp_path) -> Path:
     path = tmp_path / "good.png"
     Image.fromarray(RGB).save(path)
     return path
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if the model is loaded: the refusals must come before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(cli, "load_job_pipeline", refuse)
 
 
 def _truncated(tmp_path: Path, suffix: str) -> Path:
@@ -74,8 +47,8 @@ def _truncated(tmp_path: Path, suffix: str) -> Path:
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
 def test_truncated_image_is_one_line_before_the_model(tmp_path, capsys, no_model, suffix):
     path = _truncated(tmp_path, suffix)
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    line = _one_error_line(capsys)
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    line = one_error_line(capsys)
     assert line.startswith(f"{path}: damaged image (") and "truncated" in line.lower()
     assert _files(tmp_path) == [path.name]
 
@@ -95,8 +68,8 @@ def test_truncated_image_is_one_line_before_the_model(tmp_path, capsys, no_model
 def test_not_an_image_is_one_line(tmp_path, capsys, no_model, name, content, reason):
     path = tmp_path / name
     path.write_bytes(content)
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys) == f"{path}: {reason}"
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys) == f"{path}: {reason}"
 
 
 def test_decompression_bomb_is_refused(tmp_path, capsys, no_model):
@@ -108,25 +81,25 @@ def test_decompression_bomb_is_refused(tmp_path, capsys, no_model):
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
     )
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys).startswith(f"{path}: refused as a possible decompression bomb (")
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys).startswith(f"{path}: refused as a possible decompression bomb (")
 
 
 def test_directory_as_input_says_so(tmp_path, capsys, no_model):
     folder = tmp_path / "photos.png"
     folder.mkdir()
-    assert _run("upscale", folder, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys) == f"{folder}: is a directory, not an image file"
+    assert run_cli("upscale", folder, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys) == f"{folder}: is a directory, not an image file"
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_input(good, capsys, no_model):
     good.chmod(0)
     try:
-        assert _run("upscale", good, "--scale", "2", *FAST) == 2
+        assert run_cli("upscale", good, "--scale", "2", *FAST) == 2
     finally:
         good.chmod(0o644)
-    assert _one_error_line(capsys) == f"{good}: cannot read it (Permission denied)"
+    assert one_error_line(capsys) == f"{good}: cannot read it (Permission denied)"
 
 
 def test_high_bit_depth_modes_in_the_api():
@@ -144,8 +117,8 @@ def test_high_bit_depth_modes_in_the_api():
 
 
 def test_size_smaller_than_the_input_is_refused(good, capsys, no_model):
-    assert _run("upscale", good, "--size", "10x10", *FAST) == 2
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", good, "--size", "10x10", *FAST) == 2
+    assert one_error_line(capsys) == (
         f"{good}: --size 10x10 is smaller than the input 12x16 (height x width); neurop-diff only upscales"
     )
 
@@ -155,8 +128,8 @@ def test_bad_file_in_a_batch_is_skipped_and_the_others_written(good, tmp_path, c
     other = tmp_path / "other.jpg"
     Image.fromarray(RGB).save(other)
     out = tmp_path / "o"
-    assert _run("upscale", good, bad, other, "--scale", "2", "--out-dir", out, *FAST) == 2
-    assert _messages(capsys.readouterr().err) == [
+    assert run_cli("upscale", good, bad, other, "--scale", "2", "--out-dir", out, *FAST) == 2
+    assert cli_messages(capsys.readouterr().err) == [
         f"neurop-diff: error: {bad}: damaged image (image file is truncated)",
         "neurop-diff: 1 of 3 inputs failed; the others were written",
     ]
@@ -169,8 +142,8 @@ def test_bad_file_in_a_batch_is_skipped_and_the_others_written(good, tmp_path, c
 def test_output_that_is_a_directory(good, tmp_path, capsys, no_model):
     folder = tmp_path / "out.png"
     folder.mkdir()
-    assert _run("upscale", good, "--scale", "2", "-o", folder, "--overwrite", *FAST) == 2
-    assert _one_error_line(capsys) == f"{folder}: the output is a directory; give a file name or use --out-dir"
+    assert run_cli("upscale", good, "--scale", "2", "-o", folder, "--overwrite", *FAST) == 2
+    assert one_error_line(capsys) == f"{folder}: the output is a directory; give a file name or use --out-dir"
     assert _files(folder) == []
 
 
@@ -178,19 +151,19 @@ def test_file_where_a_folder_is_needed(good, tmp_path, capsys, no_model):
     blocker = tmp_path / "results"
     blocker.write_text("a file")
     target = blocker / "sub" / "x.png"
-    assert _run("upscale", good, "--scale", "2", "-o", target, *FAST) == 2
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", good, "--scale", "2", "-o", target, *FAST) == 2
+    assert one_error_line(capsys) == (
         f"{target}: cannot create the folder {blocker / 'sub'}: {blocker} is a file, not a folder"
     )
 
 
 @pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux sysfs at /sys")
 def test_output_on_a_file_system_that_refuses_files(good, capsys, no_model):
-    code = _run("upscale", good, "--scale", "2", "-o", "/sys/x.png", *FAST)
+    code = run_cli("upscale", good, "--scale", "2", "-o", "/sys/x.png", *FAST)
     if Path("/sys/x.png").exists():  # pragma: no cover - a /sys that takes files
         pytest.skip("/sys accepts files here")
     assert code == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert line.startswith("/sys/x.png: cannot write in /sys (")
 
 
@@ -200,10 +173,10 @@ def test_unwritable_output_folder(good, tmp_path, capsys, no_model):
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        assert _run("upscale", good, "--scale", "2", "--out-dir", locked / "new", *FAST) == 2
+        assert run_cli("upscale", good, "--scale", "2", "--out-dir", locked / "new", *FAST) == 2
     finally:
         locked.chmod(0o755)
-    assert _one_error_line(capsys) == f"{locked / 'new' / 'good_x2.png'}: cannot write in {locked} (Permission denied)"
+    assert one_error_line(capsys) == f"{locked / 'new' / 'good_x2.png'}: cannot write in {locked} (Permission denied)"
     assert _files(locked) == []
 
 
@@ -215,9 +188,9 @@ def test_unwritable_folder_found_by_probe(good, tmp_path, capsys, monkeypatch, n
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", refused)
-    assert _run("upscale", good, "--scale", "2", "--out-dir", tmp_path / "o", *FAST) == 2
+    assert run_cli("upscale", good, "--scale", "2", "--out-dir", tmp_path / "o", *FAST) == 2
     assert (
-        _one_error_line(capsys) == f"{tmp_path / 'o' / 'good_x2.png'}: cannot write in {tmp_path} (Permission denied)"
+        one_error_line(capsys) == f"{tmp_path / 'o' / 'good_x2.png'}: cannot write in {tmp_path} (Permission denied)"
     )
 
 
@@ -230,8 +203,8 @@ def test_output_appearing_meanwhile_is_not_replaced(good, tmp_path, capsys, monk
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(NeurOpDiffPipeline, "__call__", racing)
-    assert _run("upscale", good, "--scale", "2", "-o", out, *FAST) == 2
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", good, "--scale", "2", "-o", out, *FAST) == 2
+    assert one_error_line(capsys) == (
         f"{out} appeared while {good} was being upscaled; it was not replaced (pass --overwrite)"
     )
     assert out.read_bytes() == b"the other run's result"
@@ -247,7 +220,7 @@ def test_overwrite_replaces_a_file_appearing_meanwhile(good, tmp_path, monkeypat
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(NeurOpDiffPipeline, "__call__", racing)
-    assert _run("upscale", good, "--scale", "2", "-o", out, "--overwrite", *FAST) == 0
+    assert run_cli("upscale", good, "--scale", "2", "-o", out, "--overwrite", *FAST) == 0
     assert Image.open(out).size == (32, 24)
     assert _files(tmp_path) == ["c.png", "good.png"]
 
@@ -284,7 +257,7 @@ def test_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path, capsys):
     grey = np.linspace(0, 40000, 12 * 16).reshape(12, 16).astype(np.uint16)  # at most 61 % of full scale
     path = tmp_path / "g.png"
     Image.fromarray(grey).save(path)
-    assert _run("upscale", path, "--scale", "2", "--model", "preset:tiny", "--prior-only") == 0
+    assert run_cli("upscale", path, "--scale", "2", "--model", "preset:tiny", "--prior-only") == 0
     assert "warning" not in capsys.readouterr().err
     with Image.open(tmp_path / "g_x2.png") as out:
         assert out.mode == "I;16" and out.size == (32, 24)
@@ -296,7 +269,7 @@ def test_16_bit_png_is_scaled_by_its_range_not_clipped(tmp_path, capsys):
 def test_rgba_keeps_its_alpha_without_a_warning(tmp_path, capsys):
     path = tmp_path / "a.png"
     Image.fromarray(np.dstack([RGB, np.full(RGB.shape[:2], 100, np.uint8)])).save(path)
-    assert _run("upscale", path, "--scale", "2", "--model", "preset:tiny", "--prior-only") == 0
+    assert run_cli("upscale", path, "--scale", "2", "--model", "preset:tiny", "--prior-only") == 0
     assert "warning" not in capsys.readouterr().err
     with Image.open(tmp_path / "a_x2.png") as out:
         assert out.mode == "RGBA"
@@ -312,8 +285,8 @@ def test_unavailable_device_is_one_line(good, capsys, no_model, device):
 
     if device in available_devices():
         pytest.skip(f"{device} exists here")
-    assert _run("upscale", good, "--scale", "2", "--device", device, *FAST) == 2
-    line = _one_error_line(capsys)
+    assert run_cli("upscale", good, "--scale", "2", "--device", device, *FAST) == 2
+    line = one_error_line(capsys)
     assert line.startswith(f"--device {device!r} is ") and "available here: cpu" in line
 
 
@@ -336,8 +309,8 @@ def test_help_and_bad_flags_do_not_import_torch_in_the_cli(module):
 
 
 def test_messages_name_the_flags(good, capsys, no_model):
-    assert _run("upscale", good, "--scale", "2", "--tile-size", "64", "--tile-overlap", "40", *FAST) == 2
-    assert _one_error_line(capsys) == "--tile-overlap must be in [0, --tile-size / 2 = 32], got 40"
+    assert run_cli("upscale", good, "--scale", "2", "--tile-size", "64", "--tile-overlap", "40", *FAST) == 2
+    assert one_error_line(capsys) == "--tile-overlap must be in [0, --tile-size / 2 = 32], got 40"
 
 
 def test_interrupt_before_the_model_is_one_line(good, capsys, monkeypatch):
@@ -345,14 +318,14 @@ def test_interrupt_before_the_model_is_one_line(good, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "check_output_location", interrupted)
-    assert _run("upscale", good, "--scale", "2", *FAST) == 130
+    assert run_cli("upscale", good, "--scale", "2", *FAST) == 130
     assert capsys.readouterr().err == "neurop-diff: interrupted\n"
 
 
 @pytest.mark.parametrize("plain", [False, True])
 def test_export_writes_no_local_path(tmp_path, plain):
     out = tmp_path / "exported"
-    assert _run("export", out, "--model", "preset:tiny", *(["--plain"] if plain else [])) == 0
+    assert run_cli("export", out, "--model", "preset:tiny", *(["--plain"] if plain else [])) == 0
     assert json.loads((out / "model_index.json").read_text()).get("_name_or_path") is None
     machine_paths = [str(tmp_path), str(Path(cli.__file__).resolve().parent), str(Path.home())]
     for path in out.rglob("*"):
@@ -365,8 +338,8 @@ def test_export_writes_no_local_path(tmp_path, plain):
 def test_export_into_a_file_is_one_line(tmp_path, capsys, no_model):
     target = tmp_path / "file"
     target.write_text("x")
-    assert _run("export", target, "--model", "preset:tiny") == 2
-    assert _one_error_line(capsys) == f"{target}: exists and is not a folder"
+    assert run_cli("export", target, "--model", "preset:tiny") == 2
+    assert one_error_line(capsys) == f"{target}: exists and is not a folder"
 
 
 # ---- rasters (issue 21 items 1, 2, 11, 13) ----
@@ -393,9 +366,9 @@ def test_vrt_named_tif_is_refused_in_one_line_and_the_secret_never_leaks(tmp_pat
     evil = inputs / "evil.tif"
     evil.write_text(_vrt_reading(secret))
     if batch:
-        code = _run("upscale", "--input-dir", inputs, "--out-dir", tmp_path / "out", "--scale", "2", *FAST)
+        code = run_cli("upscale", "--input-dir", inputs, "--out-dir", tmp_path / "out", "--scale", "2", *FAST)
     else:
-        code = _run("upscale", evil, "--scale", "2", *FAST)
+        code = run_cli("upscale", evil, "--scale", "2", *FAST)
     err = capsys.readouterr().err
     assert code == 2 and "TOPSECRET" not in err
     assert "Traceback" not in err and err.count(str(evil)) == 1  # one line about it (batch: after a progress bar)
@@ -420,8 +393,8 @@ def test_many_bands_refused_from_the_header_before_any_pixel_is_read(tmp_path, c
 
     monkeypatch.setattr(geo, "check_raster", no_reading)
     monkeypatch.setattr(geo, "read_scene", no_reading)
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys) == (
         f"{path}: the input needs 2000 bands x 1024x1024 pixels x 5 bytes = 10.5 GB, over --max-pixels 16777216 "
         "(which allows 16777216 pixels x 4 bands x 5 bytes = 335.5 MB); raise it"
     )
@@ -433,8 +406,8 @@ def test_complex_geotiff_is_one_line(tmp_path, capsys, no_model):
     path = tmp_path / "slc.tif"
     with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1, dtype="complex64") as dst:
         dst.write(np.ones((1, 4, 4), np.complex64))
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys).startswith(f"{path}: complex bands (complex64) are refused")
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys).startswith(f"{path}: complex bands (complex64) are refused")
 
 
 def test_geotiff_without_rasterio_is_refused_naming_the_extra(tmp_path, capsys, no_model, monkeypatch):
@@ -446,8 +419,8 @@ def test_geotiff_without_rasterio_is_refused_naming_the_extra(tmp_path, capsys, 
                        transform=from_origin(5e5, 4e6, 10, 10), nodata=0) as dst:  # fmt: skip
         dst.write(np.ones((4, 4, 4), np.uint8))
     monkeypatch.setitem(__import__("sys").modules, "rasterio", None)  # as if the package were not installed
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    line = _one_error_line(capsys)
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    line = one_error_line(capsys)
     assert line.startswith(f"{path}: has georeferencing (ModelPixelScale, ModelTiepoint, GeoKeyDirectory")
     assert line.endswith("and rasterio is not installed: pip install 'neurop-diff-diffusers[geo]'")
     assert _files(tmp_path) == ["scene.tif"]

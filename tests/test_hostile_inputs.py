@@ -12,24 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from neurop_diff_diffusers import NeurOpDiffPipeline, cli
+from conftest import one_error_line, run_cli
+from neurop_diff_diffusers import NeurOpDiffPipeline
 from neurop_diff_diffusers.loading import check_pipeline_folder, load_pipeline
 from neurop_diff_diffusers.presets import build_pipeline, build_unet
 
 FAST = ("--model", "preset:tiny", "--steps", "1")
-
-
-def _run(*args):
-    return cli.main([str(a) for a in args])
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("neurop-diff")]
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("neurop-diff: error: ")
-    return lines[0].removeprefix("neurop-diff: error: ")
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +39,6 @@ def image(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(cli, "load_job_pipeline", refuse)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Exports (items 4 and 16)
 
@@ -70,7 +50,7 @@ def test_export_overwrite_touches_only_its_own_json_files(tmp_path):
     other.write_text('{"_name_or_path": "/data/other", "hidden_size": 8}')
     notes = out / "notes.json"
     notes.write_text('{"_name_or_path": "keep me"}')
-    assert _run("export", out, "--model", "preset:tiny", "--overwrite") == 0
+    assert run_cli("export", out, "--model", "preset:tiny", "--overwrite") == 0
     assert other.read_text() == '{"_name_or_path": "/data/other", "hidden_size": 8}'
     assert notes.read_text() == '{"_name_or_path": "keep me"}'
     assert "_name_or_path" not in (out / "unet" / "config.json").read_text()
@@ -80,11 +60,11 @@ def test_export_overwrite_touches_only_its_own_json_files(tmp_path):
 def test_the_cli_upscales_with_its_own_export(tmp_path, image, plain):
     """A hub-ready export (the default) loads with the package's classes: no custom code is run or needed."""
     export = tmp_path / "exported"
-    assert _run("export", export, "--model", "preset:tiny", *(["--plain"] if plain else [])) == 0
+    assert run_cli("export", export, "--model", "preset:tiny", *(["--plain"] if plain else [])) == 0
     index = json.loads((export / "model_index.json").read_text())
     assert isinstance(index["_class_name"], list) != plain
-    assert _run("upscale", image, "--scale", "2", "--steps", "1", "--model", export, "-o", tmp_path / "a.png") == 0
-    assert _run("upscale", image, "--scale", "2", *FAST, "-o", tmp_path / "b.png") == 0
+    assert run_cli("upscale", image, "--scale", "2", "--steps", "1", "--model", export, "-o", tmp_path / "a.png") == 0
+    assert run_cli("upscale", image, "--scale", "2", *FAST, "-o", tmp_path / "b.png") == 0
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # the same model, the same bits
 
 
@@ -98,10 +78,9 @@ def test_model_that_is_a_file_or_a_missing_folder_is_one_line(tmp_path, image, c
         (tmp_path / "missing", "no such folder (and not a hub id"),
         (tmp_path, "holds no model_index.json"),
     ]:
-        assert (
-            _run("upscale", image, "--scale", "2", "--steps", "1", "--model", spec, "--out-dir", tmp_path / "o") == 2
-        )
-        assert message in _one_error_line(capsys)
+        args = ("upscale", image, "--scale", "2", "--steps", "1", "--model", spec, "--out-dir", tmp_path / "o")
+        assert run_cli(*args) == 2
+        assert message in one_error_line(capsys)
     assert not (tmp_path / "o").exists()
 
 
@@ -122,8 +101,8 @@ def test_an_uncached_hub_id_offline_is_one_line(tmp_path, image, capsys, monkeyp
         "-o",
         tmp_path / "o.png",
     )
-    assert _run(*argv) == 2
-    message = _one_error_line(capsys)
+    assert run_cli(*argv) == 2
+    message = one_error_line(capsys)
     assert message.startswith("--model 'someone/not-cached': no such folder, and the hub id could not be loaded")
     assert "stacktrace" not in message and not (tmp_path / "o.png").exists()
 
@@ -207,8 +186,8 @@ def test_damaged_pipeline_folder_in_the_cli_is_one_line_before_any_output(saved,
     folder = tmp_path / "pipe"
     shutil.copytree(saved, folder)
     _edit(folder, "scheduler/scheduler_config.json", lambda c: {**c, "num_train_timesteps": 0})
-    assert _run("upscale", image, "--scale", "2", "--steps", "1", "--model", folder, "-o", tmp_path / "o.png") == 2
-    assert "--model" in _one_error_line(capsys) and not (tmp_path / "o.png").exists()
+    assert run_cli("upscale", image, "--scale", "2", "--steps", "1", "--model", folder, "-o", tmp_path / "o.png") == 2
+    assert "--model" in one_error_line(capsys) and not (tmp_path / "o.png").exists()
 
 
 def test_the_saved_and_embedded_folders_pass_the_check(saved):
@@ -239,21 +218,21 @@ def test_a_plain_unet_is_refused_when_the_pipeline_is_built(tiny):
     ],
 )
 def test_absurd_scales_and_seeds_are_refused_at_parse_time(image, tmp_path, capsys, no_model, flags, message):
-    assert _run("upscale", image, *flags, *FAST, "--out-dir", tmp_path / "o") == 2
-    line = _one_error_line(capsys)
+    assert run_cli("upscale", image, *flags, *FAST, "--out-dir", tmp_path / "o") == 2
+    line = one_error_line(capsys)
     assert message in line and len(line) < 200
     assert not (tmp_path / "o").exists()
 
 
 def test_the_largest_seed_is_accepted(image, tmp_path):
-    assert _run("upscale", image, "--scale", "1.5", *FAST, "--seed", str(2**64 - 1), "-o", tmp_path / "o.png") == 0
+    assert run_cli("upscale", image, "--scale", "1.5", *FAST, "--seed", str(2**64 - 1), "-o", tmp_path / "o.png") == 0
 
 
 def test_an_output_name_longer_than_the_file_system_allows_is_one_line(tmp_path, capsys, no_model):
     src = tmp_path / ("a" * 246 + ".png")  # the input fits; "<stem>_x2.png" and its temporary name do not
     Image.new("RGB", (4, 4)).save(src)
-    assert _run("upscale", src, "--scale", "2", *FAST) == 2
-    message = _one_error_line(capsys)
+    assert run_cli("upscale", src, "--scale", "2", *FAST) == 2
+    message = one_error_line(capsys)
     assert "the output name is 253 bytes long; this file system allows 245" in message
     assert [p.name for p in tmp_path.iterdir()] == [src.name]
 
@@ -263,7 +242,7 @@ def test_a_long_output_name_in_a_batch_is_recorded_not_a_traceback(tmp_path, cap
     folder.mkdir()
     Image.new("RGB", (4, 4)).save(folder / ("a" * 246 + ".png"))
     Image.new("RGB", (4, 4)).save(folder / "b.png")
-    assert _run("upscale", "--input-dir", folder, "--out-dir", tmp_path / "o", "--scale", "2", *FAST) == 2
+    assert run_cli("upscale", "--input-dir", folder, "--out-dir", tmp_path / "o", "--scale", "2", *FAST) == 2
     assert "the output name is 253 bytes long" in capsys.readouterr().err
     assert (tmp_path / "o" / "b_x2.png").is_file()
 
@@ -360,8 +339,8 @@ def test_float_images_a_rounding_step_above_one_are_clipped_and_others_named_pre
 
 def test_evaluate_scales_too_large_for_the_resolution(tmp_path, samples_dir, capsys):
     argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", tmp_path / "o"]
-    assert _run(*argv, "--scales", "300") == 2
-    message = _one_error_line(capsys)
+    assert run_cli(*argv, "--scales", "300") == 2
+    message = one_error_line(capsys)
     assert "`scales` up to 300 degrade the 256 px HR to an LR of 1 px; the LR needs at least 2 px a side" in message
     assert not (tmp_path / "o").exists()
 
@@ -381,7 +360,7 @@ def test_float_geotiff_with_undeclared_nan_masks_it_with_one_warning(tmp_path, c
     with rasterio.open(src, "w", transform=from_origin(500000, 4000000, 10, 10), **profile) as dst:
         dst.write(values)
     out = tmp_path / "out.tif"
-    assert _run("upscale", src, "--scale", "2", *FAST, "-o", out) == 0
+    assert run_cli("upscale", src, "--scale", "2", *FAST, "-o", out) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("neurop-diff: warning")]
     assert warnings == [
         f"neurop-diff: warning: {src} has 3 NaN or infinite band values that no nodata value marks; they are "

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli_messages, one_error_line, run_cli
 from neurop_diff_diffusers import NonFiniteOutputError, build_pipeline, cli, upscale_job
 from neurop_diff_diffusers.image_files import (
     PlainImage,
@@ -31,33 +32,6 @@ FAST = ("--model", "preset:tiny", "--prior-only")
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)
 SRGB = PIL.ImageCms.ImageCmsProfile(PIL.ImageCms.createProfile("sRGB")).tobytes()
-
-
-def _run(*args) -> int:
-    return cli.main([str(a) for a in args])
-
-
-def _messages(err: str) -> list[str]:
-    assert "Traceback" not in err
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    return [line for line in lines if line.startswith("neurop-diff") or "|" not in line]
-
-
-def _one_error_line(capsys) -> str:
-    lines = _messages(capsys.readouterr().err)
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("neurop-diff: error: ")
-    return lines[0].removeprefix("neurop-diff: error: ")
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if the model is loaded: the refusals must come before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr(cli, "load_job_pipeline", refuse)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -90,8 +64,8 @@ def test_another_format_renamed_png_is_refused_before_the_model(tmp_path, capsys
     Image.fromarray(RGB).save(path, format=kind)
     with Image.open(path) as image:  # PIL itself would decode it
         assert image.format == kind
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys) == f"{path}: not an image PIL can read (PNG, JPEG or TIFF expected)"
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys) == f"{path}: not an image PIL can read (PNG, JPEG or TIFF expected)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.png"]
 
 
@@ -112,8 +86,8 @@ def test_animated_png_is_refused(tmp_path, capsys, no_model):
     path = tmp_path / "anim.png"
     frames = [Image.fromarray(RGB), Image.fromarray(255 - RGB), Image.fromarray(RGB // 2)]
     frames[0].save(path, save_all=True, append_images=frames[1:])
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys) == (
         f"{path}: an animated PNG of 3 frames; neurop-diff upscales one image: extract the frame you want"
     )
 
@@ -121,8 +95,8 @@ def test_animated_png_is_refused(tmp_path, capsys, no_model):
 def test_multi_page_tiff_is_refused(tmp_path, capsys, no_model):
     path = tmp_path / "pages.tif"
     Image.fromarray(RGB).save(path, save_all=True, append_images=[Image.fromarray(255 - RGB)])
-    assert _run("upscale", path, "--scale", "2", *FAST) == 2
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 2
+    assert one_error_line(capsys) == (
         f"{path}: a TIFF of 2 pages (images); neurop-diff upscales one image per file: split the pages first "
         "(e.g. tiffsplit)"
     )
@@ -182,11 +156,11 @@ def test_exif_orientation_is_applied_in_the_reader(tmp_path, suffix, orientation
 
 def test_size_and_output_use_the_shown_orientation(tmp_path, capsys):
     path = _rotated(tmp_path / "photo.jpg", 6)
-    assert _run("upscale", path, "--size", "14x24", *FAST) == 2  # not smaller than the stored 12 x 16
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", path, "--size", "14x24", *FAST) == 2  # not smaller than the stored 12 x 16
+    assert one_error_line(capsys) == (
         f"{path}: --size 14x24 is smaller than the input 16x12 (height x width); neurop-diff only upscales"
     )
-    assert _run("upscale", path, "--scale", "2", *FAST) == 0
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 0
     with Image.open(tmp_path / "photo_x2.jpg") as out:
         assert out.size == (24, 32)  # width x height: upright
         assert out.getexif().get(274) in (None, 1)  # no stale Orientation tag turning it again
@@ -236,7 +210,7 @@ def test_low_bit_grey_colour_key_gives_alpha(tmp_path):
 def test_low_bit_png_through_the_cli_is_not_dark(tmp_path):
     raw = (np.arange(12 * 16).reshape(12, 16) % 16).astype(np.uint8)
     path = _png(tmp_path / "g.png", raw, 4, 0)
-    assert _run("upscale", path, "--scale", "2", *FAST) == 0
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 0
     with Image.open(tmp_path / "g_x2.png") as out:
         assert out.mode == "L"
         assert abs(np.asarray(out, np.float64).mean() - (raw * 17).mean()) < 0.15 * 255
@@ -343,7 +317,7 @@ def _tiff_samples(path: Path) -> np.ndarray:
 def test_48_bit_png_gives_a_48_bit_png_through_the_cli(tmp_path, capsys):
     samples = (np.linspace(0, 65535, 12 * 16 * 3).reshape(12, 16, 3)).astype(np.uint16)
     path = _png(tmp_path / "deep.png", samples, 16, 2)
-    assert _run("upscale", path, "--scale", "2", *FAST) == 0
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 0
     assert "warning" not in capsys.readouterr().err
     out = tmp_path / "deep_x2.png"
     assert png_header(out) == (16, 2)
@@ -351,8 +325,8 @@ def test_48_bit_png_gives_a_48_bit_png_through_the_cli(tmp_path, capsys):
     assert back.rgb.shape == (24, 32, 3) and back.bits == 16
     levels = np.unique(np.rint(back.rgb * 65535))
     assert len(levels) > 256  # more levels than 8 bits hold
-    assert _run("upscale", path, "--scale", "2", "-o", tmp_path / "deep.jpg", *FAST) == 0
-    assert _messages(capsys.readouterr().err) == [
+    assert run_cli("upscale", path, "--scale", "2", "-o", tmp_path / "deep.jpg", *FAST) == 0
+    assert cli_messages(capsys.readouterr().err) == [
         f"neurop-diff: warning: {path}: its 16-bit samples are written as 8-bit (JPEG) in {tmp_path / 'deep.jpg'}"
     ]
 
@@ -403,7 +377,7 @@ def test_rgba_keeps_its_alpha_upscaled_with_nearest(tmp_path, capsys):
     alpha[0, 0] = 128
     path = tmp_path / "a.png"
     Image.fromarray(np.dstack([RGB, alpha])).save(path)
-    assert _run("upscale", path, "--scale", "2.5", *FAST) == 0
+    assert run_cli("upscale", path, "--scale", "2.5", *FAST) == 0
     assert "warning" not in capsys.readouterr().err
     with Image.open(tmp_path / "a_x2.5.png") as out:
         assert out.mode == "RGBA" and out.size == (40, 30)
@@ -416,8 +390,8 @@ def test_alpha_into_a_jpeg_is_dropped_with_one_warning(tmp_path, capsys):
     path = tmp_path / "a.png"
     Image.fromarray(np.dstack([RGB, np.full(RGB.shape[:2], 100, np.uint8)])).save(path)
     out = tmp_path / "a.jpg"
-    assert _run("upscale", path, "--scale", "2", "-o", out, *FAST) == 0
-    assert _messages(capsys.readouterr().err) == [
+    assert run_cli("upscale", path, "--scale", "2", "-o", out, *FAST) == 0
+    assert cli_messages(capsys.readouterr().err) == [
         f"neurop-diff: warning: {path}: its alpha channel is dropped (JPEG has none) in {out}"
     ]
     assert Image.open(out).mode == "RGB"
@@ -468,7 +442,7 @@ def test_float_grey_tiff_gives_a_float_tiff(tmp_path):
 
 def test_grey_input_through_the_cli_is_grey(tmp_path):
     path = _save(Image.fromarray(RGB[..., 0]), tmp_path / "g.png")
-    assert _run("upscale", path, "--scale", "2", *FAST) == 0
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 0
     assert Image.open(tmp_path / "g_x2.png").mode == "L"
 
 
@@ -476,7 +450,7 @@ def test_grey_input_through_the_cli_is_grey(tmp_path):
 def test_icc_profile_is_kept(tmp_path, suffix):
     path = tmp_path / f"c{suffix}"
     Image.fromarray(RGB).save(path, icc_profile=SRGB)
-    assert _run("upscale", path, "--scale", "2", *FAST) == 0
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 0
     with Image.open(tmp_path / f"c_x2{suffix}") as out:
         assert out.info.get("icc_profile") == SRGB
 
@@ -484,8 +458,8 @@ def test_icc_profile_is_kept(tmp_path, suffix):
 def test_icc_profile_of_another_colour_space_is_not_copied(tmp_path, capsys):
     path = tmp_path / "g.png"
     Image.fromarray(RGB[..., 0]).save(path, icc_profile=SRGB)  # an RGB profile on a grey image
-    assert _run("upscale", path, "--scale", "2", *FAST) == 0
-    assert _messages(capsys.readouterr().err) == [
+    assert run_cli("upscale", path, "--scale", "2", *FAST) == 0
+    assert cli_messages(capsys.readouterr().err) == [
         f"neurop-diff: warning: {path} has an ICC profile of colour space 'RGB' that does not describe the grey "
         "output; it is not copied."
     ]
@@ -526,8 +500,8 @@ def test_check_finite_output_counts_inf():
 def test_cli_writes_nothing_for_a_nan_model(tmp_path, capsys, monkeypatch, nan_pipe):
     path = _save(Image.fromarray(RGB), tmp_path / "g.png")
     monkeypatch.setattr(cli, "load_job_pipeline", lambda spec, device: nan_pipe)
-    assert _run("upscale", path, "--scale", "2", "--steps", "1") == 2
-    line = _one_error_line(capsys)
+    assert run_cli("upscale", path, "--scale", "2", "--steps", "1") == 2
+    line = one_error_line(capsys)
     assert line.startswith(f"{path}: the model's output holds NaN or infinite values (2304 of 2304)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]
 
@@ -538,7 +512,7 @@ def test_batch_writes_nothing_for_a_nan_model(tmp_path, capsys, monkeypatch, nan
     _save(Image.fromarray(RGB), inputs / "a.png")
     out = tmp_path / "out"
     monkeypatch.setattr(cli, "load_job_pipeline", lambda spec, device: nan_pipe)
-    assert _run("upscale", "--input-dir", inputs, "--out-dir", out, "--scale", "2", "--steps", "1") == 2
+    assert run_cli("upscale", "--input-dir", inputs, "--out-dir", out, "--scale", "2", "--steps", "1") == 2
     assert "Traceback" not in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]
     (record,) = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
@@ -621,8 +595,8 @@ def test_output_that_is_the_input_is_refused(tmp_path, capsys, no_model, monkeyp
     before = good.read_bytes()
     monkeypatch.chdir(tmp_path)
     target = _alias(kind, good)
-    assert _run("upscale", "in.png", "--scale", "2", "-o", target, "--overwrite", *FAST) == 2
-    assert _one_error_line(capsys) == (
+    assert run_cli("upscale", "in.png", "--scale", "2", "-o", target, "--overwrite", *FAST) == 2
+    assert one_error_line(capsys) == (
         f"in.png: the output {target} is this input itself (the same file); choose another output"
     )
     assert good.read_bytes() == before
@@ -633,8 +607,8 @@ def test_an_output_that_is_another_input_is_refused(tmp_path, capsys, monkeypatc
     for name in ("a.png", "a_x2.png"):
         _save(Image.fromarray(RGB), tmp_path / name)
     before = (tmp_path / "a_x2.png").read_bytes()
-    assert _run("upscale", "a.png", "a_x2.png", "--scale", "2", "--overwrite", *FAST) == 2
-    assert _messages(capsys.readouterr().err) == [
+    assert run_cli("upscale", "a.png", "a_x2.png", "--scale", "2", "--overwrite", *FAST) == 2
+    assert cli_messages(capsys.readouterr().err) == [
         "neurop-diff: error: a.png: the output a_x2.png is the input a_x2.png (the same file); choose another output",
         "neurop-diff: 1 of 2 inputs failed; the others were written",
     ]
@@ -650,7 +624,7 @@ def test_batch_output_that_is_the_input_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     os.link(good, out / "a_x2.png")  # the output name is a hard link to the input
-    assert _run("upscale", "--input-dir", inputs, "--out-dir", out, "--scale", "2", "--overwrite", *FAST) == 2
+    assert run_cli("upscale", "--input-dir", inputs, "--out-dir", out, "--scale", "2", "--overwrite", *FAST) == 2
     assert f"{good}: the output {out / 'a_x2.png'} is this input itself" in capsys.readouterr().err
     assert good.read_bytes() == before
 
