@@ -58,3 +58,15 @@ def no_model(monkeypatch):
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(cli, "load_job_pipeline", refuse)
+
+
+def sparse_many_band_tiff(path: Path, bands: int = 2000, size: int = 1024) -> Path:
+    """A tiny sparse GeoTIFF whose header declares ``bands`` bands of ``size`` x ``size`` (no block written): the
+    band-count budget must refuse it from the header (issue 21 item 2)."""
+    import rasterio
+
+    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint8", compress="deflate",
+                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
+    with rasterio.open(path, "w", **profile):
+        pass
+    return path

@@ -24,7 +24,7 @@ from PIL import Image
 pytest.importorskip("gradio", reason="the web app is the optional extra [app] (gradio)")
 gradio_client = pytest.importorskip("gradio_client", reason="the app tests drive it with gradio_client")
 
-from conftest import REPO_ROOT, SAMPLES_DIR  # noqa: E402
+from conftest import REPO_ROOT, SAMPLES_DIR, sparse_many_band_tiff  # noqa: E402
 from neurop_diff_diffusers import cli  # noqa: E402
 from neurop_diff_diffusers.app import AppConfig, InputFailed, build_app, validate_upload  # noqa: E402
 
@@ -104,14 +104,11 @@ def test_validate_upload_reads_the_header_before_decoding(crop, bad_uploads, tmp
 def test_validate_upload_refuses_many_bands_and_disguised_files_from_the_header(tmp_path, monkeypatch):
     """Issue 21 items 1 and 2: a sparse 2,000-band file is refused from its header (no pixel read), a VRT named
     .tif in one line without GDAL opening it."""
-    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("rasterio")
     from neurop_diff_diffusers import geo
 
     path = tmp_path / "bands.tif"
-    profile = dict(driver="GTiff", width=1024, height=1024, count=2000, dtype="uint8", compress="deflate",
-                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
-    with rasterio.open(path, "w", **profile):
-        pass
+    sparse_many_band_tiff(path)
 
     def no_reading(*args, **kwargs):
         raise AssertionError("pixels were read")

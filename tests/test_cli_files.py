@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli_messages, one_error_line, run_cli
+from conftest import cli_messages, one_error_line, run_cli, sparse_many_band_tiff
 from neurop_diff_diffusers import NeurOpDiffPipeline, cli, upscale_job
 
 FAST = ("--model", "preset:tiny", "--steps", "1")
@@ -379,14 +379,11 @@ def test_vrt_named_tif_is_refused_in_one_line_and_the_secret_never_leaks(tmp_pat
 
 
 def test_many_bands_refused_from_the_header_before_any_pixel_is_read(tmp_path, capsys, no_model, monkeypatch):
-    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("rasterio")
     from neurop_diff_diffusers import geo
 
     path = tmp_path / "bands.tif"
-    profile = dict(driver="GTiff", width=1024, height=1024, count=2000, dtype="uint8", compress="deflate",
-                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
-    with rasterio.open(path, "w", **profile):
-        pass
+    sparse_many_band_tiff(path)
 
     def no_reading(*args, **kwargs):
         raise AssertionError("pixels were read")

@@ -6,6 +6,7 @@ import pytest
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
+from conftest import sparse_many_band_tiff  # noqa: E402
 from neurop_diff_diffusers.raster_io import check_raster_name, open_raster  # noqa: E402
 
 
@@ -125,17 +126,8 @@ def test_inspect_reads_the_header(tmp_path):
     assert header.is_georeferenced and header.colorinterp[:3] == ("gray", "undefined", "undefined")
 
 
-def _many_bands(path, bands=2000, size=1024):
-    """A tiny sparse file whose header declares ``bands`` bands of ``size`` x ``size`` (no block written)."""
-    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint8", compress="deflate",
-                   tiled=True, blockxsize=256, blockysize=256, SPARSE_OK=True)  # fmt: skip
-    with rasterio.open(path, "w", **profile):
-        pass
-    return path
-
-
 def test_budget_counts_bands_from_the_header(tmp_path):
-    path = _many_bands(tmp_path / "bands.tif")
+    path = sparse_many_band_tiff(tmp_path / "bands.tif")
     assert path.stat().st_size < 2_000_000
     header = inspect_raster(path)
     assert header.bands == 2000
