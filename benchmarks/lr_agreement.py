@@ -2,16 +2,19 @@
 """Agreement of the outputs with their LR, with and without back-projection (issue 23 item 1).
 
 For each image: HR = `preprocess_hr(image, 256)`, LR = `bicubic_degrade(HR, scale)` (the evaluation's protocol); the
-operator's prior and the pipeline's output (noise seeded by `image_seed(seed, file name, scale)`), then the pipeline's
-output back-projected onto the LR for each `--back_projection` count (`data_consistency.back_project` of the 8-bit
-output: what `pipe(..., data_consistency_steps=K)` does, up to the clamping of the unrounded sample). Each is scored
-on 8-bit levels: LR agreement (`lr_l1_255`: mean |downsampled output - LR| on 0..255, the training degradation),
-PSNR / SSIM, HF ratio, NIQE (when scikit-video is installed) and the trust metrics (`trust_metrics.trust_metrics`).
-With `--uncertainty N`: also `pipe(..., num_samples=N)` (same seed) and the Spearman correlation between its
-uncertainty map and its per-pixel error `mean_c |mean - HR|` (how well the map predicts the real error).
+bicubic upsampling, the operator's prior and the pipeline's output (noise seeded by `image_seed(seed, file name,
+scale)`), then each of them back-projected onto the LR for each `--back_projection` count
+(`data_consistency.back_project` of the 8-bit output; for the pipeline, what `pipe(..., data_consistency_steps=K)`
+does, up to the clamping of the unrounded sample). Each is scored on 8-bit levels: LR agreement (`lr_l1_255`: mean
+|downsampled output - LR| on 0..255, the training degradation), PSNR / SSIM, HF ratio, NIQE (when scikit-video is
+installed) and the trust metrics (`trust_metrics.trust_metrics`). With `--uncertainty N`: also `pipe(...,
+num_samples=N)` (same seed) and the Spearman correlation between its uncertainty map and its per-pixel error `mean_c
+|mean - HR|` (how well the map predicts the real error).
 
     python benchmarks/lr_agreement.py --data_dir ../shared/data/UCMerced_LandUse \\
         --images_from model_cards/ucmerced_val_21.txt --output lr_agreement.json     # ~15 min on 2 CPU cores
+
+The held-out UCMerced split (`<class>28`-`34`, 147 images) is `--images_from model_cards/ucmerced_val_147.txt`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from neurop_diff_diffusers.data_consistency import back_project, check_back_proj
 from neurop_diff_diffusers.evaluation_methods import image_seed
 from neurop_diff_diffusers.loading import load_pipeline
 from neurop_diff_diffusers.metrics import hf_energy_ratio, niqe, niqe_available, psnr, ssim, to_unit_levels
+from neurop_diff_diffusers.pipelines import bicubic_prior
 from neurop_diff_diffusers.trust_metrics import lr_agreement, trust_metrics
 from neurop_diff_diffusers.utils import atomic_write_json
 
@@ -102,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(image_seed(args.seed, file.name, args.scale))
         out = pipe(to_uint8_levels(lr), output_size=size, num_inference_steps=args.steps, generator=generator,
                    output_type="pt").images * 2 - 1  # fmt: skip
-        variants = {"operator": prior, "pipeline": out}
-        variants.update({f"pipeline+bp{k}": back_project(out, lr, k) for k in args.back_projection})
+        variants = {"bicubic": bicubic_prior(lr, size).clamp(-1, 1), "operator": prior, "pipeline": out}
+        for name in ("bicubic", "operator", "pipeline"):
+            variants.update({f"{name}+bp{k}": back_project(variants[name], lr, k) for k in args.back_projection})
         row = {"image": file.name, "seconds": time.perf_counter() - start}
         row.update({name: _score(x, lr, hr_unit, args.scale, with_niqe) for name, x in variants.items()})
         if args.uncertainty is not None:
