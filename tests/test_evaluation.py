@@ -10,7 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from neurop_diff_diffusers import evaluation
+from neurop_diff_diffusers import NeurOpDiffPipeline, evaluation
 from neurop_diff_diffusers.data import preprocess_hr
 from neurop_diff_diffusers.evaluation import (
     METHOD_LABELS,
@@ -337,3 +337,8 @@ def test_data_consistency_option_makes_the_diffusion_output_agree_with_its_lr(ti
     projected = evaluate(tiny, sample_images[:1], [2], data_consistency_steps=10, **kwargs)
     assert projected["config"]["data_consistency_steps"] == 10
     assert projected["results"][0]["lr_l1_255"] < plain["lr_l1_255"] / 5
+    # None (the default): the pipeline's own default_data_consistency_steps.
+    shipped = NeurOpDiffPipeline(tiny.unet, tiny.neural_operator, tiny.scheduler, default_data_consistency_steps=10)
+    by_default = evaluate(shipped, sample_images[:1], [2], **kwargs)
+    assert by_default["config"]["data_consistency_steps"] == 10
+    assert by_default["results"][0]["lr_l1_255"] == projected["results"][0]["lr_l1_255"]

@@ -483,3 +483,23 @@ def test_default_eta_is_saved_and_used_when_a_call_gives_none(tmp_path):
     assert torch.equal(run(base), run(base, eta=0.0))  # pipelines saved without it: deterministic DDIM
     with pytest.raises(ValueError, match="`default_eta` must be a number in"):
         NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_eta=2)
+
+
+def test_default_data_consistency_steps_is_saved_and_used_when_a_call_gives_none(tmp_path):
+    base = build_pipeline("tiny", seed=4)
+    pipe = NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_data_consistency_steps=7)
+    pipe.save_pretrained(tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["default_data_consistency_steps"] == 7
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "p")
+    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(p, **kwargs):
+        gen = torch.Generator().manual_seed(2)
+        return p(lr, scale=2.0, output_type="pt", num_inference_steps=2, generator=gen, **kwargs).images
+
+    assert torch.equal(run(loaded), run(loaded, data_consistency_steps=7))
+    assert torch.equal(run(loaded, data_consistency_steps=0), run(base))  # 0: the paper, as saved without it
+    assert not torch.equal(run(loaded), run(base))
+    assert torch.equal(run(base), run(base, data_consistency_steps=0))
+    with pytest.raises(ValueError, match=r"`default_data_consistency_steps` must be an int in \[0, 100\]"):
+        NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_data_consistency_steps=-1)

@@ -366,7 +366,7 @@ def _check_arguments(
     max_images: Any,
     chunk_size: Any,
     figure_image: Any,
-    data_consistency_steps: Any = 0,
+    data_consistency_steps: Any = None,
 ) -> EvaluationRun:
     """Step 1 of [`evaluate`]: every argument checked (one ValueError naming it), defaults resolved."""
     if not isinstance(pipeline, NeurOpDiffPipeline):
@@ -411,7 +411,11 @@ def _check_arguments(
         protocol=protocol,
         chunk_size=chunk_size,
         figure_image=figure_image,
-        data_consistency_steps=check_back_projection_steps(data_consistency_steps),
+        data_consistency_steps=check_back_projection_steps(
+            pipeline.config.get("default_data_consistency_steps", 0)
+            if data_consistency_steps is None
+            else data_consistency_steps
+        ),
     )
 
 
@@ -463,7 +467,7 @@ def evaluate(
     compute_lpips: bool = True,
     compute_niqe: bool = True,
     figure_image: int | Sequence[int] | None = 0,
-    data_consistency_steps: int = 0,
+    data_consistency_steps: int | None = None,
     progress: bool = True,
     command: str | None = None,
     extra: dict[str, Any] | None = None,
@@ -496,7 +500,7 @@ def evaluate(
         figure_image (`int` or `Sequence[int]`, *optional*, defaults to 0): position(s) (among the evaluated
             images) of the image(s) shown in the per-scale figures, one row each (see [`spread_positions`] for a few
             that differ); `None` for no figures.
-        data_consistency_steps (`int`, defaults to 0): the diffusion methods' back-projection onto the LR
+        data_consistency_steps (`int`, *optional*): the diffusion methods' back-projection onto the LR
             (see [`NeurOpDiffPipeline.__call__`]); 0: off.
         progress (`bool`, defaults to `True`): show a progress bar over the images.
         command (`str`, *optional*): the command line to record.

@@ -112,9 +112,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     run.add_argument(
         "--data_consistency_steps",
         type=int,
-        default=0,
-        help="back-projection iterations of the diffusion outputs onto their LR (0: off; see the README, 'Can I "
-        "trust the detail?')",
+        default=None,
+        help="back-projection iterations of the diffusion outputs onto their LR (0: off, the paper; default: the "
+        "pipeline's default_data_consistency_steps; see the README, 'Can I trust the detail?')",
     )
     run.add_argument(
         "--figure_image",
@@ -223,7 +223,8 @@ def _check_args(args: argparse.Namespace) -> None:
     )
     if args.strength is not None:
         check_strength(args.strength)
-    check_back_projection_steps(args.data_consistency_steps)
+    if args.data_consistency_steps is not None:
+        check_back_projection_steps(args.data_consistency_steps)
     if args.eta is not None:
         check_eta(args.eta, "--eta")
     if args.figure_image is not None and args.max_images is not None and not args.no_figures:

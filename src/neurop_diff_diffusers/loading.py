@@ -198,6 +198,10 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
     return index
 
 
+#: The pipeline's own ``model_index.json`` settings (its ``register_to_config`` arguments besides the components).
+_PIPELINE_OPTIONS = ("default_strength", "residual", "default_eta", "default_data_consistency_steps")
+
+
 def _load_hub_ready_folder(folder: Path, index: dict[str, Any], torch_dtype: torch.dtype | None) -> NeurOpDiffPipeline:
     """A hub-ready (remote-code layout) folder loaded with this package's own classes: its ``.py`` files are not run
     (``trust_remote_code`` is not needed, the weights and configs are the same)."""
@@ -209,7 +213,7 @@ def _load_hub_ready_folder(folder: Path, index: dict[str, Any], torch_dtype: tor
     if index.get("neural_operator") not in (None, [None, None]):
         operator = GalerkinNeuralOperator.from_pretrained(folder / "neural_operator")
     scheduler = getattr(diffusers, index["scheduler"][1]).from_pretrained(folder / "scheduler")
-    options = {k: index[k] for k in ("default_strength", "residual", "default_eta") if k in index}
+    options = {k: index[k] for k in _PIPELINE_OPTIONS if k in index}
     pipeline = NeurOpDiffPipeline(unet=unet, neural_operator=operator, scheduler=scheduler, **options)
     return pipeline if torch_dtype is None else pipeline.to(dtype=torch_dtype)
 

@@ -185,10 +185,14 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             ``prediction_type``.
         default_eta (`float`, defaults to `0.0`): DDIM's `eta` used when a call gives none (0: deterministic DDIM,
             the paper's; 1: DDPM-like stochastic steps); saved in ``model_index.json``.
+        default_data_consistency_steps (`int`, defaults to `0`): the `data_consistency_steps` used when a call
+            gives none; saved in ``model_index.json``. 0 is the paper (no back-projection); the embedded model ships
+            the value chosen by measurement (README, "Can I trust the detail?").
 
     Raises:
         TypeError: if ``default_strength`` is not a number or ``residual`` is not a bool.
-        ValueError: if ``default_strength`` is not in ``(0, 1]`` or ``default_eta`` is not a number in ``[0, 1]``.
+        ValueError: if ``default_strength`` is not in ``(0, 1]``, ``default_eta`` is not a number in ``[0, 1]`` or
+            ``default_data_consistency_steps`` is not an int in ``[0, 100]``.
 
     Example:
         >>> import PIL.Image
@@ -211,6 +215,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         default_strength: float = 1.0,
         residual: bool = False,
         default_eta: float = 0.0,
+        default_data_consistency_steps: int = 0,
     ):
         super().__init__()
         in_channels, out_channels = unet.config.get("in_channels"), unet.config.get("out_channels")
@@ -227,6 +232,11 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         if not isinstance(residual, bool):
             raise TypeError(f"`residual` must be a bool, got {residual!r}.")
         self.register_to_config(default_eta=check_eta(default_eta, "default_eta"))
+        self.register_to_config(
+            default_data_consistency_steps=check_back_projection_steps(
+                default_data_consistency_steps, "default_data_consistency_steps"
+            )
+        )
         self.register_to_config(
             default_strength=check_strength(default_strength, "default_strength"), residual=residual
         )
@@ -509,7 +519,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         strength: float | None = None,
         prior: torch.Tensor | None = None,
         num_samples: int | None = None,
-        data_consistency_steps: int = 0,
+        data_consistency_steps: int | None = None,
     ) -> NeurOpDiffPipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -569,9 +579,11 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 prior is computed once and the samples are denoised as one batch (memory grows with ``N``).
                 ``None`` (default): one sample, no map; 1 is refused (one sample has no spread). Ignored with
                 ``prior_only``.
-            data_consistency_steps (`int`, defaults to `0`): iterations of back-projection of the output onto the
+            data_consistency_steps (`int`, *optional*): iterations of back-projection of the output onto the
                 images whose antialiased-bicubic downsampling is the input
-                ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off.
+                ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off (the
+                paper). ``None``: the pipeline's ``default_data_consistency_steps`` (0 unless the model ships
+                another value; the embedded model's is in its ``model_index.json``).
                 About 10 bring the output's downsampling to within a hundredth of a level of the input (see the
                 README, "Can I trust the detail?"). Ignored with ``prior_only``.
 
@@ -630,6 +642,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         if tile_size is not None:
             tile_size, tile_overlap = int(tile_size), int(tile_overlap)
         num_samples = check_num_samples(num_samples)
+        if data_consistency_steps is None:
+            data_consistency_steps = self.config.get("default_data_consistency_steps", 0)
         data_consistency_steps = check_back_projection_steps(data_consistency_steps)
         if prior is not None and not isinstance(prior, torch.Tensor):
             raise TypeError(f"`prior` must be a torch.Tensor or None, got {type(prior).__name__}.")
