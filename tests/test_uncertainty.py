@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_error_line
 from neurop_diff_diffusers import NeurOpDiffPipelineOutput, build_pipeline
 from neurop_diff_diffusers.data import bicubic_degrade
 from neurop_diff_diffusers.data_consistency import back_project
@@ -200,3 +201,30 @@ def test_cli_uncertainty_never_overwrites_an_existing_map(small_png, tmp_path, c
     assert rc == 2
     assert "result.uncertainty.tif exists" in capsys.readouterr().err
     assert (tmp_path / "result.uncertainty.tif").read_bytes() == b"keep" and not out.exists()
+
+
+# neurop-diff upscale --data-consistency N
+
+
+def test_cli_data_consistency_is_the_pipeline_option(small_png, tmp_path):
+    from PIL import Image
+
+    outs = {}
+    for steps in ("0", "10"):
+        out = tmp_path / f"dc{steps}.png"
+        rc = _upscale(small_png, "-o", out, "--scale", "4", "--model", "preset:tiny", "--steps", "1",
+                      "--data-consistency", steps)  # fmt: skip
+        assert rc == 0
+        with Image.open(out) as image:
+            outs[steps] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
+    with Image.open(small_png) as image:
+        lr = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+    before, after = (lr_agreement(outs[k] * 2 - 1, lr) for k in ("0", "10"))
+    assert before > 5.0 and after < before / 5  # the random tiny model disagrees with its LR; 10 iterations fix it
+
+
+def test_cli_data_consistency_out_of_range_is_one_error_before_the_model(small_png, tmp_path, capsys, no_model):
+    out = tmp_path / "o" / "result.png"
+    assert _upscale(small_png, "-o", out, "--scale", "2", "--data-consistency", "101") == 2
+    assert one_error_line(capsys) == "--data-consistency must be a number of iterations in [0, 100], got 101"
+    assert not (tmp_path / "o").exists()

@@ -90,6 +90,8 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--uncertainty must be a number of samples in [2, 64], got {args.uncertainty}")
     if args.uncertainty is not None and args.prior_only:
         raise CLIError("--uncertainty needs diffusion samples; it cannot go with --prior-only")
+    if args.data_consistency is not None and not 0 <= args.data_consistency <= 100:
+        raise CLIError(f"--data-consistency must be a number of iterations in [0, 100], got {args.data_consistency}")
 
 
 def _check_device(device: str) -> str:
@@ -144,6 +146,7 @@ def _pipe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "tile_overlap": args.tile_overlap,
         "max_output_pixels": args.max_pixels,
         **({"num_samples": args.uncertainty} if args.uncertainty is not None else {}),
+        **({"data_consistency_steps": args.data_consistency} if args.data_consistency is not None else {}),
     }
 
 
@@ -334,6 +337,7 @@ _SETTING_FLAGS = {
     "dtype": "--dtype",
     "tile_size": "--tile-size",
     "tile_overlap": "--tile-overlap",
+    "data_consistency": "--data-consistency",
 }
 
 
@@ -357,6 +361,8 @@ def _batch_settings(args: argparse.Namespace, scale: float | None, size: tuple[i
             tile_size=args.tile_size,
             tile_overlap=args.tile_overlap,
         )
+        if args.data_consistency is not None:  # recorded only when given: older manifests stay valid
+            settings["data_consistency"] = args.data_consistency
     return settings
 
 
@@ -734,6 +740,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="draw N seeded samples (2-64): write their mean as the output and their per-pixel spread as "
         "<output without suffix>.uncertainty.tif (float32, one band, 0..1 scale); not for GeoTIFF inputs yet",
+    )
+    up.add_argument(
+        "--data-consistency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="back-project the output onto its input N times (0-100; 0: off, the paper; default: the model's "
+        "default_data_consistency_steps, 10 for the embedded model), so that its downsampling agrees with the input",
     )
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     up.add_argument(
