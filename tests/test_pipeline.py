@@ -466,11 +466,19 @@ def test_loaded_weights_own_aligned_memory_so_round_trips_are_exact_on_any_cpu(t
     assert torch.equal(outs[0], outs[1])
 
 
-def test_default_eta_is_saved_and_used_when_a_call_gives_none(tmp_path):
+@pytest.mark.parametrize(
+    ("argument", "value", "paper_value", "bad", "message"),
+    [
+        ("eta", 1.0, 0.0, 2, r"`default_eta` must be a number in"),  # 0: deterministic DDIM
+        ("data_consistency_steps", 7, 0, -1, r"`default_data_consistency_steps` must be an int in \[0, 100\]"),
+    ],
+)
+def test_a_pipeline_default_is_saved_and_used_when_a_call_gives_none(tmp_path, argument, value, paper_value, bad,
+                                                                     message):  # fmt: skip
     base = build_pipeline("tiny", seed=4)
-    pipe = NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_eta=1.0)
+    pipe = NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, **{f"default_{argument}": value})
     pipe.save_pretrained(tmp_path / "p")
-    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["default_eta"] == 1.0
+    assert json.loads((tmp_path / "p" / "model_index.json").read_text())[f"default_{argument}"] == value
     loaded = DiffusionPipeline.from_pretrained(tmp_path / "p")
     lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
@@ -478,28 +486,9 @@ def test_default_eta_is_saved_and_used_when_a_call_gives_none(tmp_path):
         gen = torch.Generator().manual_seed(2)
         return p(lr, scale=2.0, output_type="pt", num_inference_steps=3, generator=gen, **kwargs).images
 
-    assert torch.equal(run(loaded), run(loaded, eta=1.0))
-    assert not torch.equal(run(loaded), run(loaded, eta=0.0))
-    assert torch.equal(run(base), run(base, eta=0.0))  # pipelines saved without it: deterministic DDIM
-    with pytest.raises(ValueError, match="`default_eta` must be a number in"):
-        NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_eta=2)
-
-
-def test_default_data_consistency_steps_is_saved_and_used_when_a_call_gives_none(tmp_path):
-    base = build_pipeline("tiny", seed=4)
-    pipe = NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_data_consistency_steps=7)
-    pipe.save_pretrained(tmp_path / "p")
-    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["default_data_consistency_steps"] == 7
-    loaded = DiffusionPipeline.from_pretrained(tmp_path / "p")
-    lr = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-
-    def run(p, **kwargs):
-        gen = torch.Generator().manual_seed(2)
-        return p(lr, scale=2.0, output_type="pt", num_inference_steps=2, generator=gen, **kwargs).images
-
-    assert torch.equal(run(loaded), run(loaded, data_consistency_steps=7))
-    assert torch.equal(run(loaded, data_consistency_steps=0), run(base))  # 0: the paper, as saved without it
-    assert not torch.equal(run(loaded), run(base))
-    assert torch.equal(run(base), run(base, data_consistency_steps=0))
-    with pytest.raises(ValueError, match=r"`default_data_consistency_steps` must be an int in \[0, 100\]"):
-        NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, default_data_consistency_steps=-1)
+    assert torch.equal(run(loaded), run(loaded, **{argument: value}))
+    assert not torch.equal(run(loaded), run(loaded, **{argument: paper_value}))
+    assert torch.equal(run(loaded, **{argument: paper_value}), run(base))
+    assert torch.equal(run(base), run(base, **{argument: paper_value}))  # saved without it: the paper's value
+    with pytest.raises(ValueError, match=message):
+        NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, **{f"default_{argument}": bad})
