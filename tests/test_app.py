@@ -154,8 +154,10 @@ def server(tmp_path_factory):
 
 def _predict(client, path, scale=3.7, mode="scale", height=64, width=64, prior_only=False, sampler=OWN_SAMPLER):
     upload = gradio_client.handle_file(str(path))
-    args = (upload, mode, scale, height, width, STEPS, 1.0, 0, prior_only, sampler)
-    return client.predict(*args, api_name="/upscale")
+    args = (upload, mode, scale, height, width, STEPS, 1.0, 0, prior_only, sampler, 0, True, 0.6)  # no map
+    *outputs, view = client.predict(*args, api_name="/upscale")
+    assert view is None  # the uncertainty view is empty without samples
+    return tuple(outputs)
 
 
 def test_client_gets_the_cli_output_and_bad_uploads_get_a_message(server, crop, bad_uploads, tmp_path, capsys):
