@@ -154,8 +154,10 @@ def server(tmp_path_factory):
 
 def _predict(client, path, scale=3.7, mode="scale", height=64, width=64, prior_only=False, sampler=OWN_SAMPLER):
     upload = gradio_client.handle_file(str(path))
-    args = (upload, mode, scale, height, width, STEPS, 1.0, 0, prior_only, sampler)
-    return client.predict(*args, api_name="/upscale")
+    args = (upload, mode, scale, height, width, STEPS, 1.0, 0, prior_only, sampler, 0, True, 0.6)  # no map
+    *outputs, view = client.predict(*args, api_name="/upscale")
+    assert view is None  # the uncertainty view is empty without samples
+    return tuple(outputs)
 
 
 def test_client_gets_the_cli_output_and_bad_uploads_get_a_message(server, crop, bad_uploads, tmp_path, capsys):
@@ -238,6 +240,10 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
         page.set_default_timeout(60_000)
         page.goto(url)
         page.locator("#run").wait_for()
+        # The uncertainty map's controls (issue 23): the samples, off by default, and the overlay toggle.
+        page.locator("#uncertainty-samples").get_by_text("Uncertainty map: samples").wait_for()
+        assert page.locator("#uncertainty-samples input[type=number]").input_value() == "0"
+        assert page.locator("#show-overlay input[type=checkbox]").is_checked()
 
         def run(path: Path) -> None:
             # A page still starting, or still busy with the previous file, may miss a click or a file choice: retry.
@@ -268,6 +274,7 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
         page.locator("#compare").get_by_text(re.compile(r"^\d+/12 steps")).first.wait_for()
         page.locator("#info").get_by_text("178 x 148").wait_for()
         # The before / after view zooms both images together with the mouse wheel.
+        page.locator("#compare").scroll_into_view_if_needed()  # the run button may have scrolled the page
         box = page.locator("#compare").bounding_box()
         page.mouse.move(box["x"] + box["width"] / 3, box["y"] + box["height"] / 2)
         page.mouse.wheel(0, -400)
@@ -286,6 +293,27 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
 
         shot = tmp_path / "screenshot.png"
         page.screenshot(path=str(shot), full_page=True)
+
+        # Two uncertainty samples: refused at x3.7 by the pixel budget (2 x 26,344 > 40,000), drawn at x2; the
+        # overlay toggle then switches the view from the kept arrays.
+        samples = page.locator("#uncertainty-samples input[type=number]")
+        samples.fill("2")
+        samples.press("Enter")
+        page.locator("#run").click()
+        page.get_by_text("52688 pixels of work, over the server's limit 40000").first.wait_for()
+        page.locator(".toast-close").first.click()
+        page.locator("#scale input").fill("2")
+        page.locator("#steps input[type=number]").fill(str(STEPS))
+        page.locator("#steps input[type=number]").press("Enter")
+        page.locator("#run").click()
+        page.locator("#info").get_by_text("Uncertainty over").wait_for()
+        view = page.locator("#uncertainty img")
+        view.wait_for()
+        blended = view.get_attribute("src")
+        page.locator("#show-overlay input[type=checkbox]").uncheck()
+        page.wait_for_function(
+            "(src) => document.querySelector('#uncertainty img').getAttribute('src') !== src", arg=blended
+        )
         browser.close()
     with Image.open(shot) as image:
         assert image.width == 1100 and image.height >= 900

@@ -3,8 +3,11 @@
 
 ``neurop-diff serve`` runs it on 127.0.0.1:7860; ``app.py`` at the repository root runs it as a Hugging Face Space.
 An upload is validated (type, size from the header, full decode) before any model work, with the CLI's checks; a
-bad one gives one message in the page and the server goes on. Every request works in its own folder under one
-temporary folder, which the app removes when it closes (and Gradio's cache of the results lives there too).
+bad one gives one message in the page and the server goes on. With 2 to 8 uncertainty samples the output is their
+mean (``upscale --uncertainty N``) and the page overlays the per-pixel uncertainty map as a heat-map
+([`~neurop_diff_diffusers.heatmap`]), switched on and off without running the model again. Every request works in its
+own folder under one temporary folder, which the app removes when it closes (and Gradio's cache of the results lives
+there too).
 
 Example:
     >>> from neurop_diff_diffusers.app import AppConfig, build_app
@@ -42,6 +45,7 @@ from .upscale_job import (
     read_image_array,
     read_image_file,
     run_job,
+    uncertainty_path,
 )
 
 #: Largest input the app decodes, in pixels (height x width), unless configured otherwise.
@@ -54,6 +58,10 @@ MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 REQUEST_LIFETIME = 3600
 #: The scale range offered by the page.
 MIN_SCALE, MAX_SCALE = 1.0, 10.0
+#: Most uncertainty samples a request may ask for (each costs one more denoising of the whole output).
+MAX_APP_SAMPLES = 8
+#: The heat-map's opacity over the output when the page opens.
+DEFAULT_OVERLAY_ALPHA = 0.6
 
 
 @dataclass
@@ -152,6 +160,112 @@ def _check_pixels(height: int, width: int, limit: int) -> None:
         )
 
 
+def check_app_samples(value: Any, prior_only: bool) -> int:
+    """The number of uncertainty samples of a request: 0 (off, also for ``None``) or a whole number in
+    ``[2, MAX_APP_SAMPLES]``, and not with the prior alone.
+
+    Args:
+        value: the page's setting (an int, or a float such as ``2.0`` from a slider).
+        prior_only: whether the request asks for the prior alone.
+
+    Returns:
+        `int`: 0 or the number of samples.
+
+    Raises:
+        InputFailed: with one line naming the allowed values.
+
+    Example:
+        >>> check_app_samples(2.0, False), check_app_samples(None, False)
+        (2, 0)
+    """
+    if value is None or (not isinstance(value, bool) and isinstance(value, (int, float)) and value == 0):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise InputFailed(
+            f"the uncertainty samples must be 0 (off) or a whole number in [2, {MAX_APP_SAMPLES}], got {value!r}"
+        )
+    if not 2 <= value <= MAX_APP_SAMPLES:
+        raise InputFailed(
+            f"the uncertainty samples must be 0 (off) or a whole number in [2, {MAX_APP_SAMPLES}], got {value:g}"
+            + (" (one sample has no spread)" if value == 1 else "")
+        )
+    if prior_only:
+        raise InputFailed(
+            'the uncertainty map needs diffusion samples; it cannot go with "Prior only" (set the samples to 0)'
+        )
+    return int(value)
+
+
+def _check_sample_budget(out_size: tuple[int, int], samples: int, limit: int) -> None:
+    """``samples`` outputs of ``out_size`` are denoised (one batch): their pixels must fit the server's limit."""
+    height, width = out_size
+    if samples > 1 and samples * height * width > limit:
+        raise InputFailed(
+            f"{samples} uncertainty samples of the output {height}x{width} (height x width) are {samples} x "
+            f"{height * width} = {samples * height * width} pixels of work, over the server's limit {limit}; use "
+            "fewer samples or a smaller output"
+        )
+
+
+def uncertainty_legend(uncertainty: Any, samples: int, vmax: float) -> str:
+    """The heat-map's legend (Markdown): what the map is, the colours' scale and the map's range.
+
+    Args:
+        uncertainty: the map, ``(H, W)`` float32.
+        samples: the number of samples it was computed from.
+        vmax: the value of the ramp's top colour ([`~neurop_diff_diffusers.heatmap.uncertainty_scale`]).
+
+    Example:
+        >>> import numpy as np
+        >>> uncertainty_legend(np.zeros((2, 2), np.float32), 2, 0.0)
+        'Uncertainty over **2 samples**: they agree everywhere (the map is 0).'
+    """
+    if vmax == 0.0:
+        return f"Uncertainty over **{samples} samples**: they agree everywhere (the map is 0)."
+    return (
+        f"Uncertainty over **{samples} samples** (their standard deviation per pixel on the 0..1 scale, averaged over "
+        f"the channels; the output is their mean): black = 0, pale yellow = **{vmax:.3g}** or more (the map's 99th "
+        f"percentile); largest {float(uncertainty.max()):.3g}, mean {float(uncertainty.mean()):.3g}."
+    )
+
+
+def uncertainty_view(state: dict[str, Any] | None, show: bool, alpha: float) -> Any:
+    """What the uncertainty view shows for the last result, from the arrays kept in the page's state (no model run).
+
+    Args:
+        state: ``{"output": (H, W, 3) uint8, "heat": (H, W, 3) uint8}`` of the last request, or ``None`` (no map).
+        show: the heat-map blended over the output (``True``) or the plain output.
+        alpha: the heat-map's opacity in ``[0, 1]`` ([`~neurop_diff_diffusers.heatmap.overlay`]).
+
+    Returns:
+        A PIL RGB image, or ``None`` without a map.
+    """
+    from PIL import Image
+
+    from .heatmap import overlay
+
+    if state is None:
+        return None
+    if not show:
+        return Image.fromarray(state["output"])
+    return Image.fromarray(overlay(state["output"], state["heat"], float(alpha)))
+
+
+def _read_map(path: Path, geo: bool) -> Any:
+    """The float32 ``(H, W)`` uncertainty map written by [`run_job`] (a GeoTIFF's with rasterio)."""
+    import numpy as np
+
+    if geo:
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return src.read(1).astype(np.float32)
+    from PIL import Image
+
+    with Image.open(path, formats=["TIFF"]) as image:
+        return np.asarray(image, dtype=np.float32)
+
+
 def _remove_old_requests(workdir: Path, age: float) -> None:
     """Remove the request folders of ``workdir`` older than ``age`` seconds."""
     limit = time.time() - age
@@ -207,6 +321,7 @@ class Upscaler:
         seed: int = 0,
         prior_only: bool = False,
         sampler: str | None = None,
+        uncertainty_samples: int | float | None = 0,
     ) -> dict[str, Any]:
         """Validate and upscale one upload.
 
@@ -223,10 +338,14 @@ class Upscaler:
             sampler: a name of [`~neurop_diff_diffusers.scheduling.SCHEDULERS`] (e.g. ``"dpm++2m-sde"``; the
                 README's "Speed" measures them), or ``None`` for the model's own. Each request samples
                 with its own scheduler object, so that requests running at the same time do not share one.
+            uncertainty_samples: 0 (off) or 2 to [`MAX_APP_SAMPLES`] samples ([`check_app_samples`]): the output is
+                their mean and their spread is written next to it as ``<output stem>.uncertainty.tif``, as
+                ``neurop-diff upscale --uncertainty N`` does; ``N`` outputs' pixels must fit the server's limit.
 
         Returns:
             ``{"output": PIL image, "bicubic": PIL image, "prior": PIL image, "png": path, "geotiff": path or
-            None, "size": (height, width), "seconds": float}``.
+            None, "uncertainty": (H, W) float32 array or None, "uncertainty_tif": path or None, "samples": int,
+            "size": (height, width), "seconds": float}``.
 
         Raises:
             InputFailed: a bad upload or setting, with a one-line message for the page.
@@ -248,6 +367,7 @@ class Upscaler:
             raise InputFailed(f"strength must be in (0, 1], got {strength}")
         if sampler is not None and sampler not in SCHEDULER_CHOICES:
             raise InputFailed(f"the sampler must be one of {', '.join(SCHEDULER_CHOICES)}, got {sampler!r}")
+        samples = check_app_samples(uncertainty_samples, bool(prior_only))
         upload = Path(upload)
         validate_upload(upload, self.config.max_input_pixels)
 
@@ -268,17 +388,27 @@ class Upscaler:
                 message.replace("--max-pixels", "the server's limit").replace("; raise it", "")
             ) from None
         out_size = job[3]
+        try:  # N samples are N outputs' work: refused before any
+            _check_sample_budget(out_size, samples, self.config.max_output_pixels)
+        except InputFailed:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         common = {
             "num_inference_steps": int(steps),
             "strength": strength,
             "prior_only": bool(prior_only),
             "max_output_pixels": self.config.max_output_pixels,
+            **({"num_samples": samples} if samples else {}),
         }
         pipe = copy.copy(self.pipe)  # the same models with a scheduler of this request's own
         own = self.pipe.scheduler
         pipe.scheduler = type(own).from_config(own.config) if sampler is None else make_scheduler(sampler, own)
         try:  # the CLI's own job: a PNG, or a GeoTIFF that keeps its georeferencing
             run_job(pipe, job, int(seed), False, common)
+        except InputFailed as err:  # the CLI's words, and the request folder's path, made the page's
+            shutil.rmtree(folder, ignore_errors=True)
+            message = str(err).replace(str(src), upload.name).replace("--uncertainty", "the uncertainty map")
+            raise InputFailed(message) from None
         except (ValueError, OSError, RuntimeError) as err:
             shutil.rmtree(folder, ignore_errors=True)
             raise InputFailed(f"{upload.name}: {one_line(err)}") from err
@@ -289,12 +419,16 @@ class Upscaler:
         lr = _model_input(src, geo)
         prior = output if prior_only else self.pipe(lr, output_size=out_size, prior_only=True).images[0]
         bicubic = _bicubic(lr, out_size)
+        map_path = uncertainty_path(dst) if samples else None
         return {
             "output": output,
             "bicubic": bicubic,
             "prior": prior,
             "png": png,
             "geotiff": dst if geo else None,
+            "uncertainty": _read_map(map_path, geo) if map_path else None,
+            "uncertainty_tif": map_path,
+            "samples": samples,
             "size": out_size,
             "seconds": time.perf_counter() - start,
         }
@@ -388,7 +522,22 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
 
     own_sampler = f"model's own ({scheduler_name(upscaler.pipe.scheduler)})"
 
-    def upscale(upload, mode, scale, height, width, steps, strength, seed, prior_only, sampler, progress=tracker):
+    def upscale(
+        upload,
+        mode,
+        scale,
+        height,
+        width,
+        steps,
+        strength,
+        seed,
+        prior_only,
+        sampler,
+        samples,
+        show_overlay,
+        alpha,
+        progress=tracker,
+    ):
         try:
             result = upscaler.run(
                 upload,
@@ -401,13 +550,26 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                 seed,
                 prior_only,
                 None if sampler == own_sampler else sampler,
+                samples,
             )
         except InputFailed as err:
             raise gr.Error(str(err), print_exception=False) from None
         height_out, width_out = result["size"]
         info = f"**{height_out} x {width_out}** (height x width) in **{result['seconds']:.1f} s**"
         downloads = [str(result["png"])] + ([str(result["geotiff"])] if result["geotiff"] else [])
-        return (result["bicubic"], result["output"]), result["prior"], info, downloads
+        state = None
+        if result["uncertainty"] is not None:
+            import numpy as np
+
+            from .heatmap import uncertainty_heatmap, uncertainty_scale
+
+            vmax = uncertainty_scale(result["uncertainty"])
+            heat = uncertainty_heatmap(result["uncertainty"], vmax if vmax > 0 else None)
+            state = {"output": np.asarray(result["output"].convert("RGB")), "heat": heat}
+            info += "\n\n" + uncertainty_legend(result["uncertainty"], result["samples"], vmax)
+            downloads.append(str(result["uncertainty_tif"]))
+        view = uncertainty_view(state, show_overlay, alpha)
+        return (result["bicubic"], result["output"]), result["prior"], info, downloads, view, state
 
     with gr.Blocks(title="NeurOp-Diff super-resolution", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
@@ -448,6 +610,17 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                 prior_only = gr.Checkbox(
                     value=False, label="Prior only (the neural operator alone, no diffusion)", elem_id="prior-only"
                 )
+                samples = gr.Slider(
+                    0,
+                    MAX_APP_SAMPLES,
+                    value=0,
+                    step=1,
+                    label=(
+                        f"Uncertainty map: samples (0 = off; 2-{MAX_APP_SAMPLES}, each one more denoising run; the "
+                        "output is their mean; not with the prior only)"
+                    ),
+                    elem_id="uncertainty-samples",
+                )
                 run = gr.Button("Upscale", variant="primary", elem_id="run")
             with gr.Column():
                 compare = gr.ImageSlider(
@@ -457,13 +630,40 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                     label="Prior (neural operator)", type="pil", format="png", elem_id="prior", buttons=["fullscreen"]
                 )
                 info = gr.Markdown(elem_id="info")
+                with gr.Row():
+                    show_overlay = gr.Checkbox(value=True, label="Show uncertainty overlay", elem_id="show-overlay")
+                    alpha = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=DEFAULT_OVERLAY_ALPHA,
+                        step=0.05,
+                        label="Overlay opacity (1 = the heat-map alone)",
+                        elem_id="overlay-alpha",
+                    )
+                uncertainty = gr.Image(
+                    label="Uncertainty heat-map over the output (with uncertainty samples >= 2)",
+                    type="pil",
+                    format="png",
+                    elem_id="uncertainty",
+                    buttons=["fullscreen"],
+                )
                 files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+        last = gr.State(None)  # the last result's output and heat-map: the toggle redraws from them, no model run
         run.click(
             upscale,
-            [upload, mode, scale, height, width, steps, strength, seed, prior_only, sampler],
-            [compare, prior, info, files],
+            [upload, mode, scale, height, width, steps, strength, seed, prior_only, sampler, samples, show_overlay]
+            + [alpha],
+            [compare, prior, info, files, uncertainty, last],
             api_name="upscale",
             concurrency_limit=config.concurrency,
+        )
+        gr.on(
+            [show_overlay.change, alpha.release],
+            uncertainty_view,
+            [last, show_overlay, alpha],
+            uncertainty,
+            api_name="uncertainty_view",
+            queue=False,
         )
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
     demo.neurop_diff_workdir = workdir
