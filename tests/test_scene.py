@@ -16,6 +16,8 @@ import pytest
 import torch
 
 rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+from rasterio.transform import from_origin  # noqa: E402
+
 from conftest import one_error_line  # noqa: E402
 from conftest import smooth_scene as _smooth_scene  # noqa: E402
 from conftest import write_geotiff as _write  # noqa: E402
@@ -553,3 +555,21 @@ def test_cli_uncertainty_refusals_of_a_geotiff_are_one_line_before_the_model(tmp
     assert cli.main(["upscale", str(path), *output, "--scale", "2", *extra, *TINY]) == 2
     assert message in one_error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.uncertainty.tif", "s.tif"]
+
+
+def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
+    """The map's COG overviews are averages: GDAL's default (cubic) rings below 0 around an isolated bright pixel."""
+    from neurop_diff_diffusers.scene import _write_cog
+
+    values = np.zeros((600, 560), np.float32)
+    values[::7, ::5] = 0.5
+    profile = dict(driver="GTiff", width=560, height=600, count=1, dtype="float32", crs="EPSG:32633")
+    with rasterio.open(tmp_path / "a.tif", "w", transform=from_origin(0, 0, 1, 1), **profile) as dst:
+        dst.write(values, 1)
+    lows = []
+    for average in (False, True):
+        _write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), average=average)
+        with rasterio.open(tmp_path / f"{average}.tif") as cog:
+            assert cog.overviews(1) == [2]
+            lows.append(cog.read(1, out_shape=(300, 280)).min())
+    assert lows[0] < 0 and lows[1] == 0.0
