@@ -70,3 +70,26 @@ def sparse_many_band_tiff(path: Path, bands: int = 2000, size: int = 1024) -> Pa
     with rasterio.open(path, "w", **profile):
         pass
     return path
+
+
+def write_geotiff(path: Path, data, nodata=None, **extra) -> Path:
+    """A small GeoTIFF of ``data`` ``(bands, H, W)`` in UTM 33N, 10 m pixels (``extra``: more creation options)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    bands, h, w = data.shape
+    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs="EPSG:32633")
+    profile.update(transform=from_origin(500000.0, 4100000.0, 10.0, 10.0), nodata=nodata, **extra)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def smooth_scene(h: int, w: int, bands: int = 3, seed: int = 0):
+    """A smooth uint8 scene (a random model's windows agree better on smooth content: a fair seam test)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    planes = [100 + 80 * np.sin(xx / (6 + 2 * b) + rng.uniform(0, 3)) * np.cos(yy / (9 + b)) for b in range(bands)]
+    return np.stack(planes).clip(0, 255).astype(np.uint8)

@@ -295,3 +295,55 @@ def test_globs_leaving_the_input_dir_are_refused(scenes, tmp_path, capsys, patte
     assert not (tmp_path / "o").exists()
     with pytest.raises(ValueError, match="--glob"):
         find_inputs(scenes, pattern=pattern)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# --uncertainty N in a batch: one map per output, N in the manifest's settings
+# --------------------------------------------------------------------------------------------------------------------
+def test_uncertainty_writes_a_map_per_output_and_records_n(tmp_path, capsys):
+    rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+    from conftest import smooth_scene, write_geotiff
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    Image.fromarray(smooth_scene(10, 12).transpose(1, 2, 0)).save(folder / "a.png")
+    write_geotiff(folder / "b.tif", smooth_scene(12, 10, seed=1).astype(np.uint16) * 10, nodata=0)
+    assert _run("upscale", "--input-dir", folder, "--out-dir", out, *FAST, "--uncertainty", "2") == 0
+    assert sorted(_outputs(out)) == ["a_x2.png", "a_x2.uncertainty.tif", "b_x2.tif", "b_x2.uncertainty.tif"]
+    with Image.open(out / "a_x2.uncertainty.tif") as spread:
+        assert spread.mode == "F" and spread.size == (24, 20) and np.asarray(spread).max() > 0
+    with rasterio.open(out / "b_x2.tif") as dst, rasterio.open(out / "b_x2.uncertainty.tif") as spread:
+        assert spread.dtypes == ("float32",) and spread.shape == dst.shape == (24, 20)
+        assert spread.transform == dst.transform and spread.crs == dst.crs
+        values = spread.read(1)
+        assert np.isfinite(values).all() and values.min() >= 0 and values.max() > 0
+    records = _manifest(out)
+    assert [r["settings"]["uncertainty"] for r in records] == [2, 2]
+    assert [r["uncertainty"] for r in records] == [str(out / f"{n}_x2.uncertainty.tif") for n in "ab"]
+    first = _outputs(out)
+
+    # a re-run resumes; an output whose map is missing (or cut short) is redone, with the same bits
+    capsys.readouterr()
+    assert _run("upscale", "--input-dir", folder, "--out-dir", out, *FAST, "--uncertainty", "2") == 0
+    assert "2 inputs: 0 written, 2 already complete" in capsys.readouterr().out
+    (out / "a_x2.uncertainty.tif").unlink()
+    (out / "b_x2.uncertainty.tif").write_bytes(first["b_x2.uncertainty.tif"][:200])
+    assert _run("upscale", "--input-dir", folder, "--out-dir", out, *FAST, "--uncertainty", "2") == 0
+    assert "2 inputs: 2 written, 0 already complete" in capsys.readouterr().out
+    assert _outputs(out) == first
+
+    # another N, or none, is another setting: refused before any work
+    for other in (("--uncertainty", "3"), ()):
+        assert _run("upscale", "--input-dir", folder, "--out-dir", out, *FAST, *other) == 2
+        err = _one_line(capsys)
+        assert "holds 2 output(s) of an earlier run with another --uncertainty" in err and "--overwrite" in err
+        assert _outputs(out) == first
+
+
+def test_uncertainty_maps_of_two_inputs_in_one_file_are_refused(scenes, tmp_path, capsys):
+    shutil.copy(scenes / "s0.png", scenes / "s0.jpg")  # s0_x2.png and s0_x2.jpg: one map s0_x2.uncertainty.tif
+    argv = ["--input-dir", scenes, "--out-dir", tmp_path / "o", "--glob", "s0.*", *FAST, "--uncertainty", "2"]
+    assert _run("upscale", *argv) == 2
+    err = _one_line(capsys)
+    assert "would both write the map" in err and "s0_x2.uncertainty.tif" in err
+    assert not (tmp_path / "o").exists()

@@ -18,6 +18,9 @@ import torch
 rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
 from rasterio.transform import from_origin  # noqa: E402
 
+from conftest import one_error_line  # noqa: E402
+from conftest import smooth_scene as _smooth_scene  # noqa: E402
+from conftest import write_geotiff as _write  # noqa: E402
 from neurop_diff_diffusers import build_pipeline, cli  # noqa: E402
 from neurop_diff_diffusers.geo import STRETCH_TAG  # noqa: E402
 from neurop_diff_diffusers.scene import (  # noqa: E402
@@ -28,29 +31,13 @@ from neurop_diff_diffusers.scene import (  # noqa: E402
     parse_value_range,
     prepare_scene,
     ramp_weights,
+    uncertainty_path,
     upscale_scene,
     work_folder,
 )
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ("--model", "preset:tiny", "--seed", "3")
-
-
-def _write(path, data, nodata=None, **extra):
-    bands, h, w = data.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype=data.dtype.name, crs="EPSG:32633")
-    profile.update(transform=from_origin(500000.0, 4100000.0, 10.0, 10.0), nodata=nodata, **extra)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return path
-
-
-def _smooth_scene(h, w, bands=3, seed=0):
-    """A smooth uint8 scene (a random model's windows agree better on smooth content: a fair seam test)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    planes = [100 + 80 * np.sin(xx / (6 + 2 * b) + rng.uniform(0, 3)) * np.cos(yy / (9 + b)) for b in range(bands)]
-    return np.stack(planes).clip(0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -127,19 +114,23 @@ def test_windows_agree_with_the_whole_scene_and_show_no_seams(pipe, tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Determinism: order, workers, processes
 # --------------------------------------------------------------------------------------------------------------------
-def test_window_order_and_workers_do_not_change_a_bit(pipe, tmp_path):
+@pytest.mark.parametrize("samples", [None, 2], ids=["image", "uncertainty"])
+def test_window_order_and_workers_do_not_change_a_bit(pipe, tmp_path, samples):
     data = _smooth_scene(40, 44)
     path = _write(tmp_path / "s.tif", data, nodata=None)
+    extra = {} if samples is None else {"num_samples": samples}  # the uncertainty map: the same bytes too
     kwargs = dict(scale=2, window=16, halo=4, num_inference_steps=2, generator=torch.Generator().manual_seed(5))
-    one = upscale_scene(pipe, path, tmp_path / "one.tif", workers=1, **kwargs)
+    one = upscale_scene(pipe, path, tmp_path / "one.tif", workers=1, **kwargs, **extra)
     kwargs["generator"] = torch.Generator().manual_seed(5)
-    two = upscale_scene(pipe, path, tmp_path / "two.tif", workers=2, **kwargs)
-    job = prepare_scene(path, tmp_path / "rev.tif", scale=2, window=16, halo=4, seed=5, num_inference_steps=2)
+    two = upscale_scene(pipe, path, tmp_path / "two.tif", workers=2, **kwargs, **extra)
+    job = prepare_scene(path, tmp_path / "rev.tif", scale=2, window=16, halo=4, seed=5, num_inference_steps=2, **extra)
     job.folder.mkdir()
     compute_windows(pipe, job, list(range(len(job.plan.windows())))[::-1], workers=1)  # the other way round
     rev = assemble_and_commit(job, overwrite=False)
-    assert one.read_bytes() == two.read_bytes() == rev.read_bytes()
+    outputs = [one, two, rev] if samples is None else [one, two, rev, *map(uncertainty_path, (one, two, rev))]
+    assert len({p.read_bytes() for p in outputs[:3]}) == 1 and len({p.read_bytes() for p in outputs[3:]}) <= 1
     assert not work_folder(one).exists() and not work_folder(two).exists()
+    assert sorted(p.name for p in tmp_path.glob("*.tif")) == sorted(["s.tif", *(p.name for p in outputs)])
 
 
 def _launch(n, *args):
@@ -149,22 +140,30 @@ def _launch(n, *args):
     return subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
 
 
-def test_two_processes_write_the_file_of_one_process_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--uncertainty", "2")], ids=["image", "uncertainty"])
+def test_two_processes_write_the_file_of_one_process_bit_for_bit(tmp_path, extra):
     path = _write(tmp_path / "s.tif", _smooth_scene(40, 48), nodata=0)
-    flags = ("--scale", "2", "--steps", "2", "--window", "16", "--halo", "4", *TINY)
+    flags = ("--scale", "2", "--steps", "2", "--window", "16", "--halo", "4", *TINY, *extra)
     assert cli.main(["upscale", str(path), "-o", str(tmp_path / "one.tif"), *flags]) == 0
     done = _launch(2, path, "-o", tmp_path / "two.tif", *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "one.tif").read_bytes() == (tmp_path / "two.tif").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.tif", "s.tif", "two.tif"]
+    names = ["one.tif", "s.tif", "two.tif"]
+    if extra:  # the map, blended from windows computed by both processes
+        one, two = tmp_path / "one.uncertainty.tif", tmp_path / "two.uncertainty.tif"
+        assert one.read_bytes() == two.read_bytes()
+        names += [one.name, two.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Resume and the journal
 # --------------------------------------------------------------------------------------------------------------------
-def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--uncertainty", "2")], ids=["image", "uncertainty"])
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, extra):
     path = _write(tmp_path / "s.tif", _smooth_scene(64, 64))
     flags = [str(path), "--scale", "2", "--steps", "6", "--window", "16", "--halo", "4", "--workers", "1", *TINY]
+    flags += extra
     command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "upscale", *flags, "-o", str(tmp_path / "k.tif")]
     folder = work_folder(tmp_path / "k.tif")
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -177,17 +176,29 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
         proc.wait()
     done_before = len(list(folder.glob("w*.npy")))
     assert 3 <= done_before < 16 and not (tmp_path / "k.tif").exists()
+    assert not (tmp_path / "k.uncertainty.tif").exists()
     journal = json.loads((folder / "journal.json").read_text())
     assert journal["windows"] == 16 and journal["settings"]["window"] == 16
+    assert journal["settings"].get("num_samples") == (2 if extra else None)
     resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{done_before}/16" in resumed.stderr  # the progress bar starts at the windows already done
     assert cli.main(["upscale", *flags, "-o", str(tmp_path / "u.tif")]) == 0
     assert (tmp_path / "k.tif").read_bytes() == (tmp_path / "u.tif").read_bytes()
+    if extra:  # each window's map was saved with it: the resumed map is the uninterrupted one
+        assert (tmp_path / "k.uncertainty.tif").read_bytes() == (tmp_path / "u.uncertainty.tif").read_bytes()
     assert not folder.exists()
 
 
-def test_a_journal_of_other_settings_is_refused_then_restarted(pipe, tmp_path):
+@pytest.mark.parametrize(
+    "first, then, key",
+    [
+        ({}, {"num_inference_steps": 3}, "pipeline"),
+        ({"num_samples": 2}, {"num_samples": 3}, "num_samples"),  # another number of samples for the map
+        ({"num_samples": 2}, {}, "num_samples"),  # no map now: the saved windows hold one
+    ],
+)
+def test_a_journal_of_other_settings_is_refused_then_restarted(pipe, tmp_path, first, then, key):
     path = _write(tmp_path / "s.tif", _smooth_scene(32, 32))
     target = tmp_path / "o.tif"
     calls = []
@@ -198,17 +209,19 @@ def test_a_journal_of_other_settings_is_refused_then_restarted(pipe, tmp_path):
             raise RuntimeError("killed")
 
     with pytest.raises(RuntimeError, match="killed"):
-        _partial_run(pipe, path, target, stop_after_two)
+        _partial_run(pipe, path, target, stop_after_two, **first)
     folder = work_folder(target)
     assert len(list(folder.glob("w*.npy"))) == 2
-    with pytest.raises(ValueError, match=r"other settings \(pipeline\).*--restart"):
-        upscale_scene(pipe, path, target, scale=2, window=16, halo=4, num_inference_steps=3, seed=1)
+    again = {"num_inference_steps": 2, **then}
+    with pytest.raises(ValueError, match=rf"other settings \({key}\).*--restart"):
+        upscale_scene(pipe, path, target, scale=2, window=16, halo=4, seed=1, **again)
     assert len(list(folder.glob("w*.npy"))) == 2  # untouched
-    upscale_scene(pipe, path, target, scale=2, window=16, halo=4, num_inference_steps=3, seed=1, restart=True)
+    upscale_scene(pipe, path, target, scale=2, window=16, halo=4, seed=1, restart=True, **again)
     assert target.exists() and not folder.exists()
+    assert uncertainty_path(target).exists() == ("num_samples" in then)
 
 
-def _partial_run(pipe, path, target, hook):
+def _partial_run(pipe, path, target, hook, **kwargs):
     """Run the engine with a progress hook that fails after two windows (a crash midway)."""
 
     class Bar:
@@ -219,7 +232,7 @@ def _partial_run(pipe, path, target, hook):
 
     upscale_scene(
         pipe, path, target, scale=2, window=16, halo=4, num_inference_steps=2, seed=1, workers=1,
-        progress=lambda total, done: Bar(),
+        progress=lambda total, done: Bar(), **kwargs,
     )  # fmt: skip
 
 
@@ -263,18 +276,20 @@ def test_output_is_a_valid_cog_with_overviews(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 # Dry run and value ranges
 # --------------------------------------------------------------------------------------------------------------------
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+@pytest.mark.parametrize("extra", [(), ("--uncertainty", "3")], ids=["image", "uncertainty"])
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, extra):
     path = _write(tmp_path / "s.tif", _smooth_scene(40, 60))
     out = tmp_path / "o.tif"
-    assert (
-        cli.main(
-            ["upscale", str(path), "-o", str(out), "--scale", "2", "--dry-run", "--window", "16", "--halo", "4", *TINY]
-        )
-        == 0
-    )
+    flags = ["--scale", "2", "--dry-run", "--window", "16", "--halo", "4", "--steps", "2", *TINY, *extra]
+    assert cli.main(["upscale", str(path), "-o", str(out), *flags]) == 0
     text = capsys.readouterr().out
     assert "40x60 px (3 bands) -> 80x120 px" in text and "windows: 3 x 4 = 12" in text
     assert "estimated time:" in text and "estimated peak memory:" in text
+    if extra:  # the map, its size, and one more plane in the strip accumulator
+        assert f"uncertainty map: {tmp_path / 'o.uncertainty.tif'} (80x120 px, 1 band float32 = 0 MB" in text
+        assert "3 samples per window" in text and "strip accumulator: (3 + 1 map + 1) x" in text
+    else:
+        assert "uncertainty" not in text and "strip accumulator: (3 + 1) x" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
 
 
@@ -428,3 +443,133 @@ def test_pipeline_prior_argument_with_samples_and_back_projection(pipe):
         pipe(image, prior=prior[..., :8, :8], **common)
     with pytest.raises(TypeError, match="`prior` must be a torch.Tensor or None, got list"):
         pipe(image, prior=[0.0], **common)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The uncertainty map of a scene (num_samples / --uncertainty N)
+# --------------------------------------------------------------------------------------------------------------------
+def test_one_window_map_and_mean_are_the_pipelines(pipe, tmp_path):
+    """One window is the whole-scene pass: its output is the samples' mean and its map their spread, as
+    ``pipe(..., num_samples=N)`` returns them for the window's seed."""
+    from neurop_diff_diffusers.scene import window_seed
+
+    data = _smooth_scene(24, 20)
+    path = _write(tmp_path / "s.tif", data)
+    out = upscale_scene(pipe, path, tmp_path / "o.tif", scale=2, num_inference_steps=2, num_samples=3, seed=7)
+    generator = torch.Generator().manual_seed(window_seed(7, 0))
+    lr = torch.from_numpy(data / 255.0).float()[None]
+    api = pipe(lr, output_size=(48, 40), num_inference_steps=2, num_samples=3, output_type="np", generator=generator)
+    with rasterio.open(out) as dst, rasterio.open(uncertainty_path(out)) as spread:
+        image, values = dst.read().astype(float), spread.read(1)
+    np.testing.assert_allclose(image, np.rint(api.images[0].transpose(2, 0, 1) * 255), atol=1)
+    np.testing.assert_allclose(values, api.uncertainty[0], atol=2e-3)  # the prior at scene coordinates: float order
+    assert values.max() > 0.01
+
+
+def test_uncertainty_map_is_a_float32_cog_georeferenced_like_the_output(pipe, tmp_path):
+    from rasterio.control import GroundControlPoint
+    from rasterio.rpc import RPC
+
+    data = np.random.default_rng(3).integers(1, 4000, (4, 30, 26), dtype=np.uint16)
+    corners = ((0, 0), (0, 26), (30, 0))
+    gcps = [GroundControlPoint(row=r, col=c, x=13.0 + c / 1e3, y=52.0 - r / 1e3) for r, c in corners]
+    unit, one = [0] * 20, [1] + [0] * 19  # an RPC model that is the identity on normalised coordinates
+    rpcs = RPC(height_off=10, height_scale=50, lat_off=52, lat_scale=0.1, long_off=13, long_scale=0.1, line_off=15,
+               line_scale=15, samp_off=13, samp_scale=13, line_num_coeff=[0, 0, 1] + unit[3:], line_den_coeff=one,
+               samp_num_coeff=[0, 1] + unit[2:], samp_den_coeff=one)  # fmt: skip
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", width=26, height=30, count=4, dtype="uint16",
+                       gcps=gcps, crs="EPSG:4326", rpcs=rpcs, nodata=0) as dst:  # fmt: skip
+        dst.write(data)
+    out = upscale_scene(pipe, tmp_path / "s.tif", tmp_path / "o.tif", scale=2.5, window=12, halo=3,
+                        num_inference_steps=2, num_samples=2, value_range="0,4000")  # fmt: skip
+    spread_path = tmp_path / "o.uncertainty.tif"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "o.uncertainty.tif", "s.tif"]
+    with rasterio.open(out) as dst, rasterio.open(spread_path) as spread:
+        assert spread.count == 1 and spread.dtypes == ("float32",) and spread.shape == dst.shape == (75, 65)
+        assert [repr(g) for g in spread.gcps[0]] == [repr(g) for g in dst.gcps[0]] and len(dst.gcps[0]) == 3
+        assert spread.gcps[0][1].col == 65.0 and spread.gcps[1] == dst.gcps[1] == rasterio.crs.CRS.from_epsg(4326)
+        assert spread.transform == dst.transform
+        assert spread.rpcs.to_dict() == dst.rpcs.to_dict() and spread.crs == dst.crs
+        assert spread.nodata is None and spread.descriptions == ("uncertainty",)
+        assert spread.tags()["NEUROP_DIFF_VALUE_RANGE"] == "0,4000"  # the 0..1 scale: 0..4000 in input units
+        assert json.loads(spread.tags()["NEUROP_DIFF_UNCERTAINTY"])["samples"] == 2
+        assert spread.profile["tiled"] and spread.compression.value == "DEFLATE"
+        values = spread.read(1)
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() > 0.01 and values.max() <= 0.5
+    cogeo = pytest.importorskip("rio_cogeo.cogeo", reason="rio-cogeo validates COGs (extra [test])")
+    valid, errors, _ = cogeo.cog_validate(str(spread_path))
+    assert valid, errors
+
+
+def test_a_failed_commit_leaves_neither_the_output_nor_the_map(pipe, tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 20))
+    target = tmp_path / "o.tif"
+
+    class Bar:  # the output appears (another process) while the last window is computed
+        total, n = 4, 0
+
+        def update(self, n):
+            self.n += n
+            if self.n == self.total:
+                target.write_bytes(b"theirs")
+
+    with pytest.raises(FileExistsError, match="o.tif` exists; pass overwrite=True"):
+        upscale_scene(pipe, path, target, scale=2, window=10, halo=2, num_inference_steps=1, num_samples=2,
+                      workers=1, progress=lambda total, done: Bar())  # fmt: skip
+    assert target.read_bytes() == b"theirs"  # theirs, kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.tif", "s.tif"]  # no map without its output
+
+
+def test_num_samples_refusals_come_before_any_work(pipe, tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 20))
+    with pytest.raises(ValueError, match="`num_samples` needs diffusion samples; it cannot go with `prior_only"):
+        upscale_scene(pipe, path, tmp_path / "o.tif", scale=2, prior_only=True, num_samples=2)
+    with pytest.raises(ValueError, match=r"`num_samples` must be None .* or an int in \[2, 64\], got 1"):
+        upscale_scene(pipe, path, tmp_path / "o.tif", scale=2, num_samples=1)
+    (tmp_path / "o.uncertainty.tif").write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="o.uncertainty.tif` exists"):
+        upscale_scene(pipe, path, tmp_path / "o.tif", scale=2, num_samples=2)
+    renamed = path.rename(tmp_path / "in.uncertainty.tif")
+    with pytest.raises(ValueError, match="would replace the input"):
+        upscale_scene(pipe, renamed, tmp_path / "in.tif", scale=2, num_samples=2, overwrite=True)
+    with pytest.raises(ValueError, match="needs a pipeline that returns `.uncertainty`"):
+        upscale_scene(_identity, renamed, tmp_path / "x.tif", scale=1, num_samples=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.uncertainty.tif", "o.uncertainty.tif"]
+    assert (tmp_path / "o.uncertainty.tif").read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--uncertainty", "2", "--prior-only"), "--uncertainty needs diffusion samples"),
+        (("--uncertainty", "65"), "--uncertainty must be a number of samples in [2, 64]"),
+        (("--uncertainty", "2", "-o", "OUT/o.tif"), "o.uncertainty.tif exists; pass --overwrite"),
+    ],
+)
+def test_cli_uncertainty_refusals_of_a_geotiff_are_one_line_before_the_model(tmp_path, capsys, no_model, extra,
+                                                                             message):  # fmt: skip
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 20))
+    (tmp_path / "o.uncertainty.tif").write_bytes(b"keep")
+    extra = [e.replace("OUT", str(tmp_path)) for e in extra]
+    output = [] if "-o" in extra else ["-o", str(tmp_path / "new.tif")]
+    assert cli.main(["upscale", str(path), *output, "--scale", "2", *extra, *TINY]) == 2
+    assert message in one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.uncertainty.tif", "s.tif"]
+
+
+def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
+    """The map's COG overviews are averages: GDAL's default (cubic) rings below 0 around an isolated bright pixel."""
+    from neurop_diff_diffusers.scene import _write_cog
+
+    values = np.zeros((600, 560), np.float32)
+    values[::7, ::5] = 0.5
+    profile = dict(driver="GTiff", width=560, height=600, count=1, dtype="float32", crs="EPSG:32633")
+    with rasterio.open(tmp_path / "a.tif", "w", transform=from_origin(0, 0, 1, 1), **profile) as dst:
+        dst.write(values, 1)
+    lows = []
+    for average in (False, True):
+        _write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), average=average)
+        with rasterio.open(tmp_path / f"{average}.tif") as cog:
+            assert cog.overviews(1) == [2]
+            lows.append(cog.read(1, out_shape=(300, 280)).min())
+    assert lows[0] < 0 and lows[1] == 0.0

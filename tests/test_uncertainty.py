@@ -203,6 +203,18 @@ def test_cli_uncertainty_never_overwrites_an_existing_map(small_png, tmp_path, c
     assert (tmp_path / "result.uncertainty.tif").read_bytes() == b"keep" and not out.exists()
 
 
+def test_cli_two_inputs_sharing_one_map_the_second_is_refused(small_png, tmp_path, capsys):
+    from PIL import Image
+
+    Image.open(small_png).save(tmp_path / "in.tif")  # in_x2.png and in_x2.tif: one map in_x2.uncertainty.tif
+    rc = _upscale(small_png, tmp_path / "in.tif", "--scale", "2", "--model", "preset:tiny", "--steps", "1",
+                  "--uncertainty", "2")  # fmt: skip
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"in.tif: its output {tmp_path / 'in_x2.uncertainty.tif'} is also an output of {small_png}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "in.tif", "in_x2.png", "in_x2.uncertainty.tif"]
+
+
 # neurop-diff upscale --data-consistency N
 
 

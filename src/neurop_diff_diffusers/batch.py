@@ -171,8 +171,8 @@ def settings_conflicts(
             continue
         count += 1
         old = record.get("settings")
-        if key is None and isinstance(old, dict):
-            key = next((k for k in settings if old.get(k) != settings[k]), None) or next(iter(old), None)
+        if key is None and isinstance(old, dict):  # a key of either side: one may be recorded only when set
+            key = next((k for k in [*settings, *old] if old.get(k) != settings.get(k)), None) or next(iter(old), None)
     return count, key
 
 

@@ -36,6 +36,7 @@ from .upscale_job import (
     prepare_job,
     read_image_file,
     run_job,
+    uncertainty_path,
 )
 
 #: ``--dtype`` and ``--scheduler`` choices: ``auto`` and the keys of `optimization.DTYPES`, and `scheduling.SCHEDULERS`
@@ -180,14 +181,17 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         dst = output_path(src, scale, size, args.output, args.out_dir)
         try:
             check_input_file(src)
-            check_not_an_input(src, dst, inputs)
-            check_output_location(dst, args.overwrite)
+            written = [dst] if args.uncertainty is None else [dst, uncertainty_path(dst)]  # the map too
+            for path in written:
+                check_not_an_input(src, path, inputs)
+                check_output_location(path, args.overwrite)
             if dst.suffix.lower() not in IMAGE_SUFFIXES:
                 raise InputFailed(f"unsupported output {dst}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
-            key = dst.absolute().resolve()
-            if key in targets:
-                raise InputFailed(f"{src}: its output {dst} is also the output of {targets[key]}")
-            targets[key] = src
+            keys = [path.absolute().resolve() for path in written]
+            for path, key in zip(written, keys):
+                if key in targets:
+                    raise InputFailed(f"{src}: its output {path} is also an output of {targets[key]}")
+            targets.update((key, src) for key in keys)
         except InputFailed as err:
             _report(str(err))
             failed += 1
@@ -276,7 +280,8 @@ def _dry_run(
     for job in jobs:
         src, dst, geo, out_size = job
         if not geo:
-            print(f"{src} -> {dst} ({out_size[0]}x{out_size[1]}, height x width): one image, no windows")
+            spread = "" if args.uncertainty is None else f"; uncertainty map {uncertainty_path(dst)}"
+            print(f"{src} -> {dst} ({out_size[0]}x{out_size[1]}, height x width): one image, no windows{spread}")
             continue
         scene_job = prepare_scene(
             src,
@@ -338,13 +343,15 @@ _SETTING_FLAGS = {
     "tile_size": "--tile-size",
     "tile_overlap": "--tile-overlap",
     "data_consistency": "--data-consistency",
+    "uncertainty": "--uncertainty",
 }
 
 
 def _batch_settings(args: argparse.Namespace, scale: float | None, size: tuple[int, int] | None) -> dict[str, Any]:
     """What a batch's outputs depend on, recorded in each manifest line: a re-run with other settings must not keep
     them as complete. A local ``--model`` is recorded as its absolute path; with ``--prior-only`` the sampler's
-    settings do not matter and are not recorded."""
+    settings do not matter and are not recorded. ``--uncertainty N`` and ``--data-consistency N`` are recorded only
+    when given, so that the manifests of runs without them stay valid."""
     model = args.model
     if model is None:
         model = "embedded"
@@ -363,6 +370,8 @@ def _batch_settings(args: argparse.Namespace, scale: float | None, size: tuple[i
         )
         if args.data_consistency is not None:  # recorded only when given: older manifests stay valid
             settings["data_consistency"] = args.data_consistency
+    if args.uncertainty is not None:
+        settings["uncertainty"] = args.uncertainty
     return settings
 
 
@@ -429,19 +438,23 @@ def _on_main_process_first(work: Any) -> str | None:
     return problem[0]
 
 
-def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool) -> bool:
-    """Whether ``dst`` holds a complete result of the expected size (written by an earlier run): it is decoded."""
-    if not dst.is_file():
+def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool, map_path: Path | None = None) -> bool:
+    """Whether ``dst`` holds a complete result of the expected size (written by an earlier run): it is decoded; with
+    ``map_path`` (``--uncertainty``) the map must be there and complete too."""
+    if not dst.is_file() or (map_path is not None and not map_path.is_file()):
         return False
     try:
         if geo:
             from .geo import check_raster
 
-            return check_raster(dst)[1:] == tuple(out_size)
+            complete = check_raster(dst)[1:] == tuple(out_size)
+            return complete and (map_path is None or check_raster(map_path) == (1, *out_size))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about a truncated TIFF, which is then not complete
             image = read_image_file(dst)
-        return (image.height, image.width) == tuple(out_size)
+            spread = None if map_path is None else read_image_file(map_path)
+        complete = (image.height, image.width) == tuple(out_size)
+        return complete and (spread is None or (spread.mode, spread.height, spread.width) == ("F", *out_size))
     except (InputFailed, ValueError, OSError):
         return False
 
@@ -498,6 +511,16 @@ def _upscale_dir(
     out_dir = args.out_dir
     settings = _batch_settings(args, scale, size)
     planned = {str(src): str(_batch_output(src, args, scale, size)) for src in sources}
+    if args.uncertainty is not None:  # a.png and a.tif: a_x2.png and a_x2.tif, but one map a_x2.uncertainty.tif
+        owners: dict[str, str] = {}
+        for name, output in planned.items():
+            spread = str(uncertainty_path(Path(output)))
+            if spread in owners:
+                raise CLIError(
+                    f"--uncertainty: {owners[spread]} and {name} would both write the map {spread}; rename one of "
+                    "them or leave one out with --glob"
+                )
+            owners[spread] = name
     held: list[int | None] = []  # the main process's lock, held until this run ends
     problem = _on_main_process_first(lambda: held.append(_claim_out_dir(out_dir, planned, settings, args.overwrite)))
     if problem is not None:
@@ -540,6 +563,7 @@ def _upscale_dir_locked(
 
     def one(src: Path) -> dict[str, Any]:
         dst = _batch_output(src, args, scale, size)
+        map_path = None if args.uncertainty is None else uncertainty_path(dst)
         record: dict[str, Any] = {
             "input": str(src),
             "output": str(dst),
@@ -547,19 +571,26 @@ def _upscale_dir_locked(
             "scale": scale,
             "seconds": 0.0,
             "settings": settings,
+            **({} if map_path is None else {"uncertainty": str(map_path)}),
         }
+        written = [dst] if map_path is None else [dst, map_path]
         start = time.perf_counter()
         try:
             check_input_file(src)
-            check_not_an_input(src, dst, inputs)
+            for path in written:
+                check_not_an_input(src, path, inputs)
             job = prepare_job(src, dst, scale, size, args.max_pixels)
             record["size"] = list(job[3])
-            if not args.overwrite and _output_complete(dst, job[3], job[2]):
+            if not args.overwrite and _output_complete(dst, job[3], job[2], map_path):
                 return {**record, "status": "ok", "resumed": True}
-            for temporary in stale_temporaries(dst):  # left by a run killed while writing
-                temporary.unlink(missing_ok=True)
-            check_output_location(dst, overwrite=True)
-            run_job(pipe, job, args.seed, args.overwrite or os.path.lexists(dst), common)
+            for path in written:
+                for temporary in stale_temporaries(path):  # left by a run killed while writing
+                    temporary.unlink(missing_ok=True)
+                check_output_location(path, overwrite=True)
+            # this run owns the folder (locked, settings checked): an incomplete output or a map left without its
+            # output by a killed run is redone
+            redo = args.overwrite or any(os.path.lexists(path) for path in written)
+            run_job(pipe, job, args.seed, redo, common)
         except (InputFailed, ValueError, OSError, RuntimeError, MemoryError) as err:
             message = str(err) if isinstance(err, InputFailed) else f"{src}: {one_line(err)}"
             _report(message)
@@ -739,7 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="draw N seeded samples (2-64): write their mean as the output and their per-pixel spread as "
-        "<output without suffix>.uncertainty.tif (float32, one band, 0..1 scale); not for GeoTIFF inputs yet",
+        "<output without suffix>.uncertainty.tif (float32, one band, the model's 0..1 scale; for a GeoTIFF a COG "
+        "georeferenced like the output, on the --value-range mapped to 0..1); also with --input-dir",
     )
     up.add_argument(
         "--data-consistency",

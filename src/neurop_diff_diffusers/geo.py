@@ -382,7 +382,10 @@ def upscale_geotiff(
         overwrite (`bool`, defaults to `False`): replace an existing ``dst_path`` (atomically); without it an existing
             file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
         pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
-            ``prior_only``...).
+            ``prior_only``...) and the scene engine (``window``, ``halo``, ``value_range``, ...: see
+            [`~neurop_diff_diffusers.scene.upscale_scene`]); ``num_samples=N`` writes the mean of ``N`` samples and
+            their uncertainty map ``<output stem>.uncertainty.tif`` (float32, one band, georeferenced like the
+            output, on the model's ``[0, 1]`` scale: the value range mapped to 0..1).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline

@@ -20,10 +20,10 @@ The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neu
   not depend on the number of processes or workers, their order, or a restart.
 - **Resume.** Each finished window's output is saved (atomically) in a work folder beside the output,
   ``.<name>.neurop-diff-scene/``, with ``journal.json`` recording the settings (model fingerprint, output size,
-  steps, sampler, dtype, seed, strength, prior only, window, halo, value range, input file). The same call after a
-  crash or SIGKILL continues from the windows done; a journal of other settings is never mixed in (``ValueError``
-  naming the differences; ``restart=True`` / ``--restart`` discards it). The folder is removed when the output is
-  committed.
+  steps, sampler, dtype, seed, strength, prior only, samples, window, halo, value range, input file). The same call
+  after a crash or SIGKILL continues from the windows done; a journal of other settings is never mixed in
+  (``ValueError`` naming the differences; ``restart=True`` / ``--restart`` discards it). The folder is removed when
+  the output is committed.
 - **Parallel.** Under ``accelerate launch`` the windows left to do are split between the processes; the main process
   assembles the output when all are done: one file, bit-identical to one process.
 - **Output.** A tiled (512 px), DEFLATE-compressed, pixel-interleaved Cloud-Optimized GeoTIFF with internal
@@ -39,6 +39,15 @@ The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neu
   pixels, today's behaviour), a fixed range ``"0,10000"``, or a per-band percentile stretch ``"p2,p98"`` (from a
   histogram pass over the valid pixels, never loading the scene). The output is mapped back to the input's units;
   input values outside the stretch are clipped and counted in a warning.
+- **Uncertainty.** With ``num_samples=N`` (CLI ``--uncertainty N``) every window is sampled ``N`` times (the seeds
+  drawn from the window's own, [`~neurop_diff_diffusers.pipelines.uncertainty.sample_seeds`]): the window's output
+  is the samples' mean and its uncertainty map the standard deviation over the samples (``ddof=0``) averaged over
+  the model's three channels, as ``pipe(..., num_samples=N)`` returns them. The maps are saved with each window
+  (one more plane in its file, so a resumed run gives the same bytes), blended with the image's weights and written
+  as a second COG, [`uncertainty_path`] (``<output stem>.uncertainty.tif``): float32, one band, georeferenced
+  exactly like the output, committed just before it (a failed run leaves neither). The map is on the model's
+  ``[0, 1]`` scale, i.e. the value range (the ``NEUROP_DIFF_STRETCH`` tag: ``low`` -> 0, ``high`` -> 1, per band)
+  mapped to 0..1: a value ``u`` is ``u * (high - low)`` in the input's units of a band.
 
 Example:
     >>> plan = ScenePlan.create((1000, 700), (2000, 1400), window=256, halo=16)
@@ -48,6 +57,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -69,6 +79,7 @@ import torch.nn.functional as F
 
 from .geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
 from .image_processing import check_finite_output, resolve_output_size
+from .pipelines.uncertainty import check_num_samples
 from .raster_io import (
     RasterHeader,
     build_output_overviews,
@@ -81,6 +92,7 @@ from .raster_io import (
     output_overviews,
     palette_table,
 )
+from .upscale_job import uncertainty_path
 from .utils import atomic_write, atomic_write_json, derive_seed
 
 #: LR pixels of a window's core, a side (measured: README "Whole scenes").
@@ -488,7 +500,9 @@ def _run_window(
     """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32.
 
     Bands outside ``model_bands`` are bicubic, except the 0-based ``alpha_bands`` (masks): nearest neighbour, the
-    LR pixel under each output pixel's centre, the same in every window that covers it.
+    LR pixel under each output pixel's centre, the same in every window that covers it. With ``num_samples`` in
+    ``pipe_kwargs`` the bands are the samples' mean and one more plane follows them: the window's uncertainty map
+    (``(bands + 1, h, w)``).
     """
     from rasterio.windows import Window
 
@@ -506,6 +520,8 @@ def _run_window(
     rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0)
     coord, cell = window_coordinates(plan, window)
     kwargs = dict(pipe_kwargs)
+    sampled = kwargs.get("num_samples") is not None  # prepare_scene refuses it with prior_only
+    called = None
     if _is_neurop_pipeline(pipe):
         device = pipe._execution_device
         prior = window_prior(pipe, (rgb * 2.0 - 1.0).to(device), coord.to(device), cell, kwargs.get("chunk_size"))
@@ -513,15 +529,22 @@ def _run_window(
             output = ((check_finite_output(prior[0].float().cpu()) + 1.0) / 2.0).clamp(0, 1)
         else:
             generator = torch.Generator(device="cpu").manual_seed(window_seed(seed, window.index))
-            output = pipe(
+            called = pipe(
                 rgb, output_size=(out_h, out_w), output_type="pt", generator=generator, prior=prior, **kwargs
-            ).images[0]
+            )
     else:  # any callable with the pipeline's signature (e.g. a test double): the window at its own output size
-        output = pipe(rgb, output_size=(out_h, out_w), output_type="pt", **kwargs).images[0]
+        called = pipe(rgb, output_size=(out_h, out_w), output_type="pt", **kwargs)
+    if called is not None:
+        output = called.images[0]
+    spread = getattr(called, "uncertainty", None) if sampled else None
+    if sampled and spread is None:
+        raise ValueError(f"`num_samples` needs a pipeline that returns `.uncertainty`; {type(pipe).__name__} does not")
     output = check_finite_output(output.float().cpu())  # never blended into a scene, never written
     others = [b for b in range(count) if b not in model_bands and b not in alpha_bands]
     masks = [b for b in range(count) if b not in model_bands and b in alpha_bands]
-    result = np.empty((count, out_h, out_w), dtype=np.float32)
+    result = np.empty((count + int(sampled), out_h, out_w), dtype=np.float32)
+    if sampled:  # the map: the samples' spread on the [0, 1] scale, averaged over the model's channels
+        result[count] = check_finite_output(spread[0].float().cpu()).numpy()
     if count == 1:
         result[0] = output.mean(dim=0).numpy()
     else:
@@ -586,8 +609,15 @@ def scene_settings(
     model_bands: list[int],
     pipe_kwargs: dict[str, Any],
 ) -> dict[str, Any]:
-    """Everything a window's output depends on: two runs mix windows only when these are equal."""
+    """Everything a window's output depends on: two runs mix windows only when these are equal.
+
+    ``num_samples`` (the uncertainty map's samples) is its own entry, present only when set: a run with other
+    samples, or with / without a map, is refused by name, and a journal of a run without a map written before the
+    entry existed still resumes.
+    """
     stat = src_path.stat()
+    pipeline = {k: pipe_kwargs[k] for k in sorted(pipe_kwargs) if k != "num_samples"}
+    samples = {} if pipe_kwargs.get("num_samples") is None else {"num_samples": pipe_kwargs["num_samples"]}
     scheduler = getattr(pipe, "scheduler", None)
     unet = getattr(pipe, "unet", None)
     return {
@@ -608,7 +638,8 @@ def scene_settings(
         "seed": seed,
         "value_range": str(value_range),
         "model_bands": model_bands,
-        "pipeline": {k: pipe_kwargs[k] for k in sorted(pipe_kwargs)},
+        "pipeline": pipeline,
+        **samples,
     }
 
 
@@ -631,9 +662,10 @@ def _save_window(folder: Path, index: int, array: np.ndarray) -> None:
     atomic_write(_window_file(folder, index), write)
 
 
-def _load_window(folder: Path, window: SceneWindow, bands: int) -> np.ndarray:
+def _load_window(folder: Path, window: SceneWindow, planes: int) -> np.ndarray:
+    """A saved window: ``planes`` = the bands, plus one for the uncertainty map when the run draws samples."""
     array = np.load(_window_file(folder, window.index), allow_pickle=False)
-    shape = (bands, *window.out_shape)
+    shape = (planes, *window.out_shape)
     if array.shape != shape or array.dtype != np.float32:
         raise ValueError(f"window file {_window_file(folder, window.index)} is damaged; rerun with --restart")
     return array
@@ -729,20 +761,35 @@ def assemble_scene(
     dst: Any,
     mask_only: bool,
     nodata: float | None = None,
+    uncertainty_dst: Any = None,
 ) -> None:
     """Blend the saved windows row of windows by row of windows and write each output row once it is final.
 
-    Memory: one strip accumulator of ``bands x strip_rows x out_width`` float32 values and its weights, allocated
-    once and shifted in place, and one window's output at a time.
+    Memory: one strip accumulator of ``bands x strip_rows x out_width`` float32 values (one plane more with the
+    uncertainty map) and its weights, allocated once and shifted in place, and one window's output at a time.
+
+    Args:
+        src (`Any`): the input, open.
+        plan (`ScenePlan`): the windows.
+        stats (`SceneStatistics`): the stretch.
+        folder (`Path`): the work folder holding the windows.
+        dst (`Any`): the output, open for writing.
+        mask_only (`bool`): the output carries a dataset mask instead of a nodata value.
+        nodata (`float | None`, *optional*): the output's nodata value.
+        uncertainty_dst (`Any`, *optional*): the uncertainty map (one float32 band), open for writing, when the
+            windows were sampled with ``num_samples``: their maps are blended with the image's weights into it.
     """
+    from rasterio.windows import Window
+
     table = palette_table(src)
     count = len(stats.stretch.low)
+    planes = count + int(uncertainty_dst is not None)
     windows = plan.windows()
     n_rows, n_cols = plan.grid
     wy, wx = plan.weights(0), plan.weights(1)
     out_w = plan.out_size[1]
     strip = plan.strip_rows()
-    acc = np.zeros((count, strip, out_w), dtype=np.float32)
+    acc = np.zeros((planes, strip, out_w), dtype=np.float32)
     norm = np.zeros((strip, out_w), dtype=np.float32)
     top = 0  # first output row not yet written; row r of the output is row r - top of the strip
     for i in range(n_rows):
@@ -750,14 +797,16 @@ def assemble_scene(
         for window in windows[i * n_cols : (i + 1) * n_cols]:
             weight = (wy[i][:, None] * wx[window.col][None, :]).astype(np.float32)
             rows, cols = slice(a - top, b - top), slice(*window.out_cols)
-            acc[:, rows, cols] += _load_window(folder, window, count) * weight
+            acc[:, rows, cols] += _load_window(folder, window, planes) * weight
             norm[rows, cols] += weight
         done = plan.finished_rows(i)
         if done > top:
             n = done - top
             unit = acc[:, :n]
             unit /= norm[None, :n]
-            _write_rows(dst, src, plan, stats, unit, top, mask_only, nodata, table)
+            _write_rows(dst, src, plan, stats, unit[:count], top, mask_only, nodata, table)
+            if uncertainty_dst is not None:
+                uncertainty_dst.write(unit[count:], window=Window(0, top, out_w, n))
             carry = b - done  # rows already blended that the next window row also touches
             if carry > 0:
                 acc[:, :carry] = acc[:, n : n + carry].copy()
@@ -767,11 +816,12 @@ def assemble_scene(
             top = done
 
 
-def _write_cog(assembled: str, target: str, nearest: bool = False) -> None:
+def _write_cog(assembled: str, target: str, nearest: bool = False, average: bool = False) -> None:
     """Copy the assembled GeoTIFF to a Cloud-Optimized GeoTIFF (tiled, DEFLATE, overviews, BigTIFF if needed).
 
     The assembled file's overviews (the input's factors) are kept; without any, GDAL makes them down to one block.
-    ``nearest``: overviews made with nearest neighbour (an alpha band is a mask).
+    ``nearest``: overviews made with nearest neighbour (an alpha band is a mask); ``average``: with the mean (an
+    uncertainty map stays >= 0, which GDAL's default cubic would not keep).
     """
     import rasterio
     import rasterio.shutil
@@ -779,7 +829,9 @@ def _write_cog(assembled: str, target: str, nearest: bool = False) -> None:
     with gdal_safe_env(), rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_NUM_THREADS="1"):
         with rasterio.open(assembled) as tmp:
             predictor = "2" if np.issubdtype(np.dtype(tmp.dtypes[0]), np.integer) else "3"
-            options = dict(_COG_OPTIONS, RESAMPLING="NEAREST") if nearest else _COG_OPTIONS
+            options = _COG_OPTIONS
+            if nearest or average:
+                options = dict(_COG_OPTIONS, RESAMPLING="NEAREST" if nearest else "AVERAGE")
             rasterio.shutil.copy(tmp, target, driver="COG", PREDICTOR=predictor, **options)
 
 
@@ -801,21 +853,44 @@ class SceneJob:
     folder: Path
     header: RasterHeader | None = None
 
+    @property
+    def num_samples(self) -> int | None:
+        """Samples per window (``num_samples``), or ``None``: one sample, no uncertainty map."""
+        return self.pipe_kwargs.get("num_samples")
+
+    @property
+    def uncertainty_path(self) -> Path | None:
+        """Where the uncertainty map goes (``<output stem>.uncertainty.tif``), or ``None`` without samples."""
+        return None if self.num_samples is None else uncertainty_path(self.dst_path)
+
+    @property
+    def planes(self) -> int:
+        """Planes of a window's file and of the strip accumulator: the bands, plus the map with samples."""
+        return len(self.stats.stretch.low) + int(self.num_samples is not None)
+
     def describe(self) -> str:
         """The window plan, in a few lines."""
         plan = self.plan
         rows, cols = plan.grid
         bands = len(self.stats.stretch.low)
         strip = plan.strip_rows()
+        planes = f"{bands} + 1 map" if self.num_samples is not None else f"{bands}"
         lines = [
             f"scene {plan.size[0]}x{plan.size[1]} px ({bands} bands) -> {plan.out_size[0]}x{plan.out_size[1]} px "
             "(height x width)",
             f"windows: {rows} x {cols} = {rows * cols} (core <= {plan.window} px + halo {plan.halo} px, LR)",
-            f"strip accumulator: ({bands} + 1) x {strip} x {plan.out_size[1]} float32 = "
-            f"{_mb(strip_bytes(plan, bands)):.0f} MB",
+            f"strip accumulator: ({planes} + 1) x {strip} x {plan.out_size[1]} float32 = "
+            f"{_mb(strip_bytes(plan, self.planes)):.0f} MB",
             f"value range: {self.value_range} "
             f"(low {_fmt(self.stats.stretch.low)}, high {_fmt(self.stats.stretch.high)})",
         ]
+        if self.num_samples is not None:
+            out_h, out_w = plan.out_size
+            lines.append(
+                f"uncertainty map: {self.uncertainty_path} ({out_h}x{out_w} px, 1 band float32 = "
+                f"{_mb(out_h * out_w * 4):.0f} MB before compression; {self.num_samples} samples per window, on the "
+                "model's 0..1 scale)"
+            )
         return "\n".join(lines)
 
 
@@ -828,7 +903,12 @@ def _mb(n: float) -> float:
 
 
 def strip_bytes(plan: ScenePlan, bands: int) -> int:
-    """Bytes of the strip accumulator and its weights (the part of the memory bound that grows with the width)."""
+    """Bytes of the strip accumulator and its weights (the part of the memory bound that grows with the width).
+
+    Args:
+        plan (`ScenePlan`): the windows.
+        bands (`int`): planes accumulated: the output's bands, plus one for an uncertainty map.
+    """
     return (bands + 1) * plan.strip_rows() * plan.out_size[1] * 4
 
 
@@ -872,7 +952,9 @@ def prepare_scene(
         halo (`int`, defaults to `DEFAULT_HALO`): LR pixels of context on every side of a core.
         value_range (`str | ValueRange | None`, *optional*): see [`parse_value_range`] (default ``minmax``).
         seed (`int`, defaults to `0`): the seed of the windows' noise.
-        pipe_kwargs (`Any`): the pipeline call's other keyword arguments (``num_inference_steps``, ...).
+        pipe_kwargs (`Any`): the pipeline call's other keyword arguments (``num_inference_steps``, ...);
+            ``num_samples=N`` (2 to 64) also writes the uncertainty map ([`uncertainty_path`]; not with
+            ``prior_only``).
 
     Raises:
         ValueError: a bad argument or input, before any work.
@@ -882,6 +964,11 @@ def prepare_scene(
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst}`.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` must be an int, got {seed!r}.")
+    if check_num_samples(pipe_kwargs.get("num_samples")) is not None:
+        if pipe_kwargs.get("prior_only"):
+            raise ValueError("`num_samples` needs diffusion samples; it cannot go with `prior_only=True`.")
+        if _same_file(uncertainty_path(dst), Path(src_path)):
+            raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src_path}`.")
     vr = parse_value_range(value_range)
     header = inspect_raster(src_path)
     check_header(header)  # complex, 2 bands, mixed dtypes, odd colour tables: one line, from the header
@@ -903,6 +990,13 @@ def prepare_scene(
         )
     pipe_kwargs = {k: v for k, v in pipe_kwargs.items() if v is not None or k in ("strength",)}
     return SceneJob(Path(src_path), dst, plan, stats, model_bands, seed, vr, pipe_kwargs, work_folder(dst), header)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _clip_warning(job: SceneJob) -> None:
@@ -1062,7 +1156,8 @@ def run_scene(
     progress: Callable[[int, int], Any] | None = None,
     distributed: bool = False,
 ) -> Path:
-    """Compute the windows of ``job`` (this process's share), then (main process) assemble and commit the COG.
+    """Compute the windows of ``job`` (this process's share), then (main process) assemble and commit the COG (and
+    the uncertainty map's, with ``num_samples``).
 
     Args:
         pipe (`Any`): the pipeline.
@@ -1083,8 +1178,9 @@ def run_scene(
     is_main = state is None or state.is_main_process
     barrier = state.wait_for_everyone if state is not None else (lambda: None)
     dst = job.dst_path
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"`{dst}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    for path in (dst, job.uncertainty_path):
+        if path is not None and os.path.lexists(path) and not overwrite:
+            raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     settings = scene_settings(
         pipe, job.src_path, job.plan, job.seed, job.value_range, job.model_bands, job.pipe_kwargs
     )
@@ -1126,27 +1222,93 @@ def run_scene(
 
 
 def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
-    """Blend the saved windows into the output COG and commit it atomically."""
+    """Blend the saved windows into the output COG (and the uncertainty map's) and commit it atomically.
+
+    With an uncertainty map, the map is committed first and the output right after it; if the output cannot be
+    committed the map just written is removed: a run leaves both files or neither.
+    """
     import rasterio
 
     assembled = job.folder / "assembled.tif"
-    assembled.unlink(missing_ok=True)
+    assembled_map = job.folder / "assembled.uncertainty.tif"
+    map_path = job.uncertainty_path
+    for path in (assembled, assembled_map):
+        path.unlink(missing_ok=True)
     header = job.header if job.header is not None else inspect_raster(job.src_path)
     out_size = job.plan.out_size
-    with open_raster(job.src_path) as src:
-        profile, metadata, mask_only = output_layout(src, header, out_size, job.stats.nonfinite)
-        with rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK="YES"):
-            with rasterio.open(assembled, "w", **profile) as dst:
-                copy_band_metadata(dst, metadata)
-                dst.update_tags(**{STRETCH_TAG: job.stats.stretch.to_json(), VALUE_RANGE_TAG: str(job.value_range)})
-                assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only, profile.get("nodata"))
-                # the input's internal overviews (a COG's), rebuilt; the COG copy keeps them
-                build_output_overviews(dst, output_overviews(header, out_size), header)
-    nearest = bool(header.alpha_bands)
+    factors = output_overviews(header, out_size)
+    tags = {STRETCH_TAG: job.stats.stretch.to_json(), VALUE_RANGE_TAG: str(job.value_range)}
     try:
-        return atomic_write(job.dst_path, lambda temp: _write_cog(str(assembled), temp, nearest), overwrite=overwrite)
+        with open_raster(job.src_path) as src, contextlib.ExitStack() as stack:
+            profile, metadata, mask_only = output_layout(src, header, out_size, job.stats.nonfinite)
+            stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK="YES"))
+            dst = stack.enter_context(rasterio.open(assembled, "w", **profile))
+            copy_band_metadata(dst, metadata)
+            dst.update_tags(**tags)
+            spread = None
+            if map_path is not None:
+                spread = stack.enter_context(rasterio.open(assembled_map, "w", **uncertainty_profile(profile)))
+                spread.set_band_description(1, "uncertainty")
+                spread.update_tags(**tags, **{UNCERTAINTY_TAG: uncertainty_description(job.num_samples)})
+            assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only, profile.get("nodata"), spread)
+            # the input's internal overviews (a COG's), rebuilt; the COG copy keeps them
+            build_output_overviews(dst, factors, header)
+            if spread is not None and factors:
+                from rasterio.enums import Resampling
+
+                spread.build_overviews(factors, Resampling.average)
+        nearest = bool(header.alpha_bands)
+        if map_path is not None:
+            atomic_write(
+                map_path, lambda temp: _write_cog(str(assembled_map), temp, average=True), overwrite=overwrite
+            )
+        try:
+            return atomic_write(
+                job.dst_path, lambda temp: _write_cog(str(assembled), temp, nearest), overwrite=overwrite
+            )
+        except BaseException:
+            if map_path is not None:  # never a map without its output
+                map_path.unlink(missing_ok=True)
+            raise
     finally:
         assembled.unlink(missing_ok=True)
+        assembled_map.unlink(missing_ok=True)
+
+
+#: The tag of an uncertainty map that says what its values are.
+UNCERTAINTY_TAG = "NEUROP_DIFF_UNCERTAINTY"
+
+
+def uncertainty_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """The creation profile of the uncertainty map of an output whose profile is ``profile``: one float32 band, no
+    nodata, the output's size and georeferencing (transform and CRS, GCPs, RPCs) exactly.
+
+    Args:
+        profile (`dict[str, Any]`): the output's profile ([`output_layout`]).
+
+    Example:
+        >>> uncertainty_profile({"driver": "GTiff", "width": 4, "height": 3, "count": 4, "dtype": "uint16",
+        ...                      "nodata": 0, "crs": "EPSG:4326"})["count"]
+        1
+    """
+    keep = ("driver", "width", "height", "BIGTIFF", "transform", "crs", "gcps", "rpcs")
+    return {**{k: profile[k] for k in keep if k in profile}, "count": 1, "dtype": "float32", "nodata": None}
+
+
+def uncertainty_description(num_samples: int | None) -> str:
+    """The ``NEUROP_DIFF_UNCERTAINTY`` tag of a map: the samples and what the values are (JSON).
+
+    Example:
+        >>> json.loads(uncertainty_description(4))["samples"]
+        4
+    """
+    return json.dumps(
+        {
+            "samples": num_samples,
+            "statistic": "standard deviation over the samples (ddof=0), averaged over the model's 3 channels",
+            "scale": "the model's 0..1 scale: per band, NEUROP_DIFF_STRETCH low -> 0 and high -> 1",
+        }
+    )
 
 
 def upscale_scene(
@@ -1186,19 +1348,24 @@ def upscale_scene(
         workers (`int | None`, *optional*): windows computed at once in threads (CPU).
         progress (`Callable[[int, int], Any] | None`, *optional*): see [`run_scene`].
         distributed (`bool`, defaults to `False`): split the windows between ``accelerate launch`` processes.
-        pipe_kwargs (`Any`): the pipeline call's other keyword arguments.
+        pipe_kwargs (`Any`): the pipeline call's other keyword arguments; with ``num_samples=N`` (2 to 64) each
+            window is the mean of ``N`` samples and their spread is written beside the output as
+            [`uncertainty_path`] (``<output stem>.uncertainty.tif``: float32, one band, georeferenced like the
+            output, on the model's ``[0, 1]`` scale, i.e. the value range mapped to 0..1; see the module docstring).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline
         >>> pipe = build_pipeline("tiny")
         >>> upscale_scene(pipe, "scene.tif", "scene_x2.tif", scale=2, prior_only=True)  # doctest: +SKIP
+        >>> upscale_scene(pipe, "scene.tif", "scene_x4.tif", scale=4, num_samples=4)  # doctest: +SKIP
     """
     generator = pipe_kwargs.pop("generator", None)
     if seed is None:
         seed = int(generator.initial_seed()) if isinstance(generator, torch.Generator) else 0
     dst = Path(dst_path)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"`{dst}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
+    for path in (dst, uncertainty_path(dst) if pipe_kwargs.get("num_samples") is not None else None):
+        if path is not None and os.path.lexists(path) and not overwrite:
+            raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     job = prepare_scene(
         src_path, dst_path, scale, output_size, rgb_bands, window, halo, value_range, seed, **pipe_kwargs
     )
@@ -1209,6 +1376,8 @@ def upscale_scene(
 
 def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, Any]:
     """Time one window (the largest) and estimate the whole run's time and peak memory; nothing is written.
+
+    With ``num_samples`` the window is timed with its samples, and the report names the uncertainty map and its size.
 
     Returns:
         `dict[str, Any]`: ``windows``, ``window_seconds``, ``estimated_seconds``, ``estimated_peak_mb``,
@@ -1229,10 +1398,9 @@ def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, A
                         job.pipe_kwargs, _alpha_bands(job))  # fmt: skip
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    bands = len(job.stats.stretch.low)
-    window_bytes = bands * largest_h * largest_w
+    window_bytes = job.planes * largest_h * largest_w
     per_window = max(after - before, 0) + window_bytes * 4
-    peak = after + (n - 1) * per_window + strip_bytes(job.plan, bands) + window_bytes * 4
+    peak = after + (n - 1) * per_window + strip_bytes(job.plan, job.planes) + window_bytes * 4
     estimate = seconds * len(windows) / n
     text = "\n".join(
         [
@@ -1276,5 +1444,6 @@ __all__ = [
     "scene_statistics",
     "upscale_scene",
     "tqdm_progress",
+    "uncertainty_path",
     "work_folder",
 ]

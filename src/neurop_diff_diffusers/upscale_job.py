@@ -463,6 +463,8 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
 def uncertainty_path(dst: Path) -> Path:
     """Where ``upscale --uncertainty N`` writes the map of the output ``dst``: ``<dst stem>.uncertainty.tif``.
 
+    The same for a plain image, a GeoTIFF and every output of a batch.
+
     Args:
         dst: the output file.
 
@@ -488,7 +490,8 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
         overwrite: whether an existing output may be replaced.
         pipe_kwargs: the pipeline call's other keyword arguments (``num_inference_steps``, ``strength``, ...);
             with ``num_samples`` the output is the samples' mean and their spread is written to
-            [`uncertainty_path`] as a float32 one-band TIFF (not for georeferenced inputs yet).
+            [`uncertainty_path`] as a float32 one-band TIFF (for a georeferenced input: a COG georeferenced like the
+            output, from the scene engine's windows, see [`~neurop_diff_diffusers.scene`]).
 
     Raises:
         InputFailed: the input cannot be decoded any more.
@@ -507,10 +510,8 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     generator = torch.Generator(device="cpu").manual_seed(seed)
     map_path = uncertainty_path(dst) if pipe_kwargs.get("num_samples") else None
     if map_path is not None:
-        if geo:
-            raise InputFailed(f"{src}: --uncertainty is not supported for georeferenced inputs yet")
         check_output_location(map_path, overwrite)
-    if geo:
+    if geo:  # with num_samples the scene engine writes the map too (both files, or neither)
         from .geo import upscale_geotiff
 
         with warnings.catch_warnings(record=True) as caught:  # e.g. undeclared NaN: one line each
