@@ -10,7 +10,13 @@ from conftest import one_error_line
 from neurop_diff_diffusers import NeurOpDiffPipelineOutput, build_pipeline
 from neurop_diff_diffusers.data import bicubic_degrade
 from neurop_diff_diffusers.data_consistency import back_project
-from neurop_diff_diffusers.pipelines.uncertainty import reduce_samples, sample_generators, sample_seeds
+from neurop_diff_diffusers.pipelines.uncertainty import (
+    DEFAULT_UNCERTAINTY_SIGMA,
+    pool_uncertainty,
+    reduce_samples,
+    sample_generators,
+    sample_seeds,
+)
 from neurop_diff_diffusers.trust_metrics import lr_agreement
 
 
@@ -55,9 +61,14 @@ def test_num_samples_is_reproducible_and_depends_on_the_seed(pipe):
 def test_the_mean_and_spread_equal_those_of_separate_calls(pipe):
     lr = _lr(1, batch=2)
     n = 3
-    out = pipe(
-        lr, scale=2, num_inference_steps=3, num_samples=n, generator=torch.Generator().manual_seed(5), output_type="pt"
-    )
+
+    def run(**kwargs):
+        gen = torch.Generator().manual_seed(5)
+        return pipe(lr, scale=2, num_inference_steps=3, num_samples=n, generator=gen, output_type="pt", **kwargs)
+
+    out, pooled = run(uncertainty_sigma=0), run()
+    torch.testing.assert_close(pooled.uncertainty, pool_uncertainty(out.uncertainty, DEFAULT_UNCERTAINTY_SIGMA))
+    assert torch.equal(pooled.images, out.images)
     seeds = sample_seeds(torch.Generator().manual_seed(5), 2, n)
     for b in range(2):
         separate = torch.stack([
@@ -82,6 +93,27 @@ def test_num_samples_out_of_range_is_refused_before_any_work(pipe, bad, monkeypa
     monkeypatch.setattr(pipe, "compute_prior", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(ValueError, match=r"`num_samples` must be None .* \[2, 64\]"):
         pipe(_lr(), scale=2, num_inference_steps=2, num_samples=bad)
+
+
+def test_pool_uncertainty_known_answers():
+    flat = torch.full((2, 7, 9), 0.25)
+    torch.testing.assert_close(pool_uncertainty(flat, 2.0), flat)  # a constant map stays constant, borders too
+    spike = torch.zeros(1, 21, 21)
+    spike[0, 10, 10] = 1.0
+    pooled = pool_uncertainty(spike, 1.5)
+    assert abs(float(pooled.square().sum()) - 1.0) < 1e-5  # the variance is spread, its total kept
+    assert pooled[0, 10, 10] == pooled.max() and pooled[0, 10, 10] < 0.5 and pooled[0, 10, 9] > 0
+    torch.testing.assert_close(pooled[0], pooled[0].T)  # isotropic
+    assert pool_uncertainty(spike, 0) is spike
+    tiny = pool_uncertainty(torch.rand(1, 3, 2), 4.0)  # narrower than the Gaussian: replicated borders
+    assert tiny.shape == (1, 3, 2) and torch.isfinite(tiny).all()
+
+
+@pytest.mark.parametrize("bad", [-0.5, 16.5, float("nan"), True, "2"])
+def test_uncertainty_sigma_out_of_range_is_refused_before_any_work(pipe, bad, monkeypatch):
+    monkeypatch.setattr(pipe, "compute_prior", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=r"`uncertainty_sigma` must be a number in \[0, 16\]"):
+        pipe(_lr(), scale=2, num_inference_steps=2, num_samples=2, uncertainty_sigma=bad)
 
 
 def test_sample_seeds_from_a_list_and_from_none():

@@ -35,7 +35,15 @@ from ..image_processing import (
 from ..models import neural_operator as _neural_operator  # noqa: F401
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
-from .uncertainty import NeurOpDiffPipelineOutput, check_num_samples, reduce_samples, sample_generators
+from .uncertainty import (
+    DEFAULT_UNCERTAINTY_SIGMA,
+    NeurOpDiffPipelineOutput,
+    check_num_samples,
+    check_uncertainty_sigma,
+    pool_uncertainty,
+    reduce_samples,
+    sample_generators,
+)
 
 #: Byte alignment of CPU weights that the pipeline guarantees (PyTorch's own CPU allocations are aligned to it).
 WEIGHT_ALIGNMENT = 64
@@ -520,6 +528,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         prior: torch.Tensor | None = None,
         num_samples: int | None = None,
         data_consistency_steps: int | None = None,
+        uncertainty_sigma: float = DEFAULT_UNCERTAINTY_SIGMA,
     ) -> NeurOpDiffPipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -579,6 +588,10 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 prior is computed once and the samples are denoised as one batch (memory grows with ``N``).
                 ``None`` (default): one sample, no map; 1 is refused (one sample has no spread). Ignored with
                 ``prior_only``.
+            uncertainty_sigma (`float`, defaults to `2.0`): with ``num_samples``, the variance of the samples is
+                pooled over a Gaussian of this sigma in output pixels
+                ([`~pipelines.uncertainty.pool_uncertainty`]; not in the paper); ``0``: each pixel's own spread.
+                Pooling makes the map a better predictor of the real error (README, "Can I trust the detail?").
             data_consistency_steps (`int`, *optional*): iterations of back-projection of the output onto the
                 images whose antialiased-bicubic downsampling is the input
                 ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off (the
@@ -642,6 +655,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         if tile_size is not None:
             tile_size, tile_overlap = int(tile_size), int(tile_overlap)
         num_samples = check_num_samples(num_samples)
+        uncertainty_sigma = check_uncertainty_sigma(uncertainty_sigma)
         if data_consistency_steps is None:
             data_consistency_steps = self.config.get("default_data_consistency_steps", 0)
         data_consistency_steps = check_back_projection_steps(data_consistency_steps)
@@ -713,6 +727,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         uncertainty = None
         if samples > 1:
             sample, uncertainty = reduce_samples(sample, samples)
+            uncertainty = pool_uncertainty(uncertainty, uncertainty_sigma)
         return self._finish(sample, output_type, return_dict, uncertainty)
 
     def _finish(

@@ -3,21 +3,29 @@
 The pipeline draws ``N`` samples of each image from ``N`` generators derived from the caller's ([`sample_seeds`]),
 denoises them as one batch with the prior computed once, and returns the mean of the samples (on the output's ``[0,
 1]`` scale, after clamping, so it equals the mean of ``N`` separate calls) and the standard deviation over the samples
-averaged over the channels ([`NeurOpDiffPipelineOutput.uncertainty`]).
+averaged over the channels ([`NeurOpDiffPipelineOutput.uncertainty`]), by default pooled over a small Gaussian
+neighbourhood ([`pool_uncertainty`]): with a few samples the variance of one pixel is a noisy estimate, and the
+pooled one predicts the real error better (README, "Can I trust the detail?").
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import ImagePipelineOutput
 
 #: Most samples one call may draw per image (each costs one full denoising, batched).
 MAX_NUM_SAMPLES = 64
+#: The default Gaussian sigma (output pixels) over which the samples' variance is pooled; 0 keeps each pixel's own.
+DEFAULT_UNCERTAINTY_SIGMA = 2.0
+#: Largest accepted sigma.
+MAX_UNCERTAINTY_SIGMA = 16.0
 _SEED_HIGH = 2**62
 
 
@@ -30,8 +38,9 @@ class NeurOpDiffPipelineOutput(ImagePipelineOutput):
             per-pixel mean of the samples), in the requested ``output_type``.
         uncertainty (`np.ndarray` or `torch.Tensor`, *optional*): ``(B, H, W)`` float32, the standard deviation over
             the samples (population, ``ddof=0``) of each pixel on the output's ``[0, 1]`` scale, averaged over the
-            channels; a `torch.Tensor` for ``output_type="pt"``, else a numpy array. ``None`` without
-            ``num_samples``.
+            channels, its variance pooled over a Gaussian of the call's ``uncertainty_sigma`` ([`pool_uncertainty`];
+            ``0``: each pixel's own); a `torch.Tensor` for ``output_type="pt"``, else a numpy array. ``None``
+            without ``num_samples``.
     """
 
     uncertainty: np.ndarray | torch.Tensor | None = None
@@ -157,10 +166,79 @@ def reduce_samples(sample: torch.Tensor, num_samples: int) -> tuple[torch.Tensor
     return unit.mean(dim=1) * 2 - 1, uncertainty
 
 
+def check_uncertainty_sigma(value: Any) -> float:
+    """A finite real in ``[0, MAX_UNCERTAINTY_SIGMA]`` or a ValueError naming `uncertainty_sigma`.
+
+    Args:
+        value (`Any`): the `uncertainty_sigma` argument.
+
+    Returns:
+        `float`.
+
+    Example:
+        >>> from neurop_diff_diffusers.pipelines.uncertainty import check_uncertainty_sigma
+        >>> check_uncertainty_sigma(2)
+        2.0
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= MAX_UNCERTAINTY_SIGMA:
+        raise ValueError(
+            f"`uncertainty_sigma` must be a number in [0, {MAX_UNCERTAINTY_SIGMA:g}] (output pixels; 0: no pooling), "
+            f"got {value!r}."
+        )
+    return float(value)
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).float()
+
+
+def pool_uncertainty(uncertainty: torch.Tensor, sigma: float = DEFAULT_UNCERTAINTY_SIGMA) -> torch.Tensor:
+    """The standard deviation map with its variance pooled over a Gaussian neighbourhood: ``sqrt(G_sigma * u^2)``.
+
+    The Gaussian is truncated at ``3 sigma`` and the map mirrored at its borders (reflect; replicated where the map
+    is narrower than the Gaussian), so a constant map stays constant. With ``N`` samples a pixel's variance has a
+    relative standard error of about ``sqrt(2 / N)``; pooling it over neighbouring pixels trades resolution for a
+    steadier estimate. ``sigma=0`` returns the map unchanged.
+
+    Args:
+        uncertainty (`torch.Tensor`): ``(B, H, W)`` standard deviations (>= 0).
+        sigma (`float`, defaults to `DEFAULT_UNCERTAINTY_SIGMA`): the Gaussian's sigma in pixels, in ``[0, 16]``.
+
+    Returns:
+        `torch.Tensor`: ``(B, H, W)`` float32.
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.pipelines.uncertainty import pool_uncertainty
+        >>> spike = torch.zeros(1, 9, 9)
+        >>> spike[0, 4, 4] = 1.0
+        >>> pooled = pool_uncertainty(spike, 1.0)
+        >>> round(float((pooled**2).sum()), 4), bool(pooled[0, 4, 4] < 1)  # the variance is spread, not lost
+        (1.0, True)
+    """
+    sigma = check_uncertainty_sigma(sigma)
+    if sigma == 0:
+        return uncertainty
+    variance = uncertainty.float().square().unsqueeze(1)
+    kernel = _gaussian_kernel(sigma).to(variance.device)
+    radius = kernel.numel() // 2
+    for dim, weight, pad in ((-1, kernel.view(1, 1, 1, -1), (radius, radius, 0, 0)),
+                             (-2, kernel.view(1, 1, -1, 1), (0, 0, radius, radius))):  # fmt: skip
+        mode = "reflect" if variance.shape[dim] > radius else "replicate"  # reflect needs more pixels than the pad
+        variance = F.conv2d(F.pad(variance, pad, mode=mode), weight)
+    return variance.clamp_min(0).sqrt().squeeze(1)
+
+
 __all__ = [
+    "DEFAULT_UNCERTAINTY_SIGMA",
     "MAX_NUM_SAMPLES",
     "NeurOpDiffPipelineOutput",
     "check_num_samples",
+    "check_uncertainty_sigma",
+    "pool_uncertainty",
     "reduce_samples",
     "sample_generators",
     "sample_seeds",
