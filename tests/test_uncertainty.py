@@ -12,6 +12,7 @@ from neurop_diff_diffusers.data import bicubic_degrade
 from neurop_diff_diffusers.data_consistency import back_project
 from neurop_diff_diffusers.pipelines.uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
+    flip,
     pool_uncertainty,
     reduce_samples,
     sample_generators,
@@ -80,12 +81,43 @@ def test_the_mean_and_spread_equal_those_of_separate_calls(pipe):
         torch.testing.assert_close(out.uncertainty[b], separate.std(0, correction=0).mean(0), atol=1e-5, rtol=0)
 
 
-def test_the_prior_is_computed_once_for_all_samples(pipe, monkeypatch):
+@pytest.mark.parametrize("n", [3, 5])
+def test_flip_samples_are_separate_calls_on_flipped_inputs(pipe, n):
+    lr = torch.rand(1, 3, 10, 13, generator=torch.Generator().manual_seed(3))  # not square: flips keep the shape
+
+    def run(**kwargs):
+        gen = torch.Generator().manual_seed(7)
+        return pipe(lr, scale=2, num_inference_steps=2, num_samples=n, generator=gen, output_type="pt",
+                    uncertainty_sigma=0, data_consistency_steps=2, **kwargs)  # fmt: skip
+
+    out = run(flip_samples=True)
+    seeds = sample_seeds(torch.Generator().manual_seed(7), 1, n)
+    separate = torch.stack([
+        flip(pipe(flip(lr, k), scale=2, num_inference_steps=2, output_type="pt", data_consistency_steps=2,
+                  generator=torch.Generator().manual_seed(seeds[k])).images[0], k)
+        for k in range(n)
+    ])  # fmt: skip
+    torch.testing.assert_close(out.images[0], separate.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.uncertainty[0], separate.std(0, correction=0).mean(0), atol=1e-5, rtol=0)
+    assert not torch.allclose(out.uncertainty, run().uncertainty)  # without flips: another spread
+
+
+def test_flip_samples_with_a_given_prior_and_bad_values(pipe):
+    lr = _lr(size=8)
+    prior = torch.rand(1, 3, 16, 16) * 2 - 1
+    out = pipe(lr, scale=2, num_inference_steps=1, num_samples=4, flip_samples=True, prior=prior, output_type="pt")
+    assert out.images.shape == (1, 3, 16, 16) and out.uncertainty.shape == (1, 16, 16)
+    with pytest.raises(TypeError, match="`flip_samples` must be a bool"):
+        pipe(lr, scale=2, num_inference_steps=1, num_samples=2, flip_samples="yes")
+
+
+@pytest.mark.parametrize(("flip_samples", "frames"), [(False, 1), (True, 4)])
+def test_the_prior_is_computed_once_for_all_samples(pipe, monkeypatch, flip_samples, frames):
     calls = []
     original = pipe.compute_prior
-    monkeypatch.setattr(pipe, "compute_prior", lambda *a, **k: calls.append(1) or original(*a, **k))
-    pipe(_lr(), scale=2, num_inference_steps=2, num_samples=4)
-    assert len(calls) == 1
+    monkeypatch.setattr(pipe, "compute_prior", lambda lr, *a, **k: calls.append(len(lr)) or original(lr, *a, **k))
+    pipe(_lr(), scale=2, num_inference_steps=2, num_samples=6, flip_samples=flip_samples)
+    assert calls == [frames]  # one call: one prior per image, or per image and flip
 
 
 @pytest.mark.parametrize("bad", [1, 0, -2, 65, 2.0, True, "3"])

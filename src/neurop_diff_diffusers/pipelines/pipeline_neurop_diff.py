@@ -40,6 +40,7 @@ from .uncertainty import (
     NeurOpDiffPipelineOutput,
     check_num_samples,
     check_uncertainty_sigma,
+    flip_each,
     pool_uncertainty,
     reduce_samples,
     sample_generators,
@@ -529,6 +530,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         num_samples: int | None = None,
         data_consistency_steps: int | None = None,
         uncertainty_sigma: float = DEFAULT_UNCERTAINTY_SIGMA,
+        flip_samples: bool = False,
     ) -> NeurOpDiffPipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -592,6 +594,11 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 pooled over a Gaussian of this sigma in output pixels
                 ([`~pipelines.uncertainty.pool_uncertainty`]; not in the paper); ``0``: each pixel's own spread.
                 Pooling makes the map a better predictor of the real error (README, "Can I trust the detail?").
+            flip_samples (`bool`, defaults to `False`): with ``num_samples``, draw sample ``k`` of each image on the
+                input flipped by [`~pipelines.uncertainty.flip`] code ``k % 4`` (none, left-right, up-down, both:
+                the prior and the denoising in that frame) and flip it back, so that the spread also holds how much
+                the model disagrees with itself under flips (test-time augmentation; not in the paper) and the mean
+                is a flip ensemble. Sample ``k`` is then a separate call on the flipped input, flipped back.
             data_consistency_steps (`int`, *optional*): iterations of back-projection of the output onto the
                 images whose antialiased-bicubic downsampling is the input
                 ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off (the
@@ -656,6 +663,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             tile_size, tile_overlap = int(tile_size), int(tile_overlap)
         num_samples = check_num_samples(num_samples)
         uncertainty_sigma = check_uncertainty_sigma(uncertainty_sigma)
+        if not isinstance(flip_samples, bool):
+            raise TypeError(f"`flip_samples` must be a bool, got {flip_samples!r}.")
         if data_consistency_steps is None:
             data_consistency_steps = self.config.get("default_data_consistency_steps", 0)
         data_consistency_steps = check_back_projection_steps(data_consistency_steps)
@@ -664,19 +673,27 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         if prior is not None and tuple(prior.shape) != (batch_size, 3, out_h, out_w):
             raise ValueError(f"`prior` must have shape {(batch_size, 3, out_h, out_w)}, got {tuple(prior.shape)}.")
 
-        # 2. The prior, once, at the HR size.
+        # 2. The prior, once, at the HR size (with flip_samples: once per flip of the input).
         lr = (lr * 2.0 - 1.0).to(device)
         given_prior = prior is not None
+        samples = 1 if prior_only else (num_samples or 1)
+        flips = min(samples, 4) if flip_samples and samples > 1 else 1
+        lr_frames = flip_each(lr.repeat_interleave(flips, dim=0), flips) if flips > 1 else lr
         if given_prior:
             prior = prior.to(device=device, dtype=torch.float32)
+            prior = flip_each(prior.repeat_interleave(flips, dim=0), flips) if flips > 1 else prior
         else:
-            prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
+            prior = self.compute_prior(lr_frames, (out_h, out_w), chunk_size=chunk_size).float()
         if prior_only:
             return self._finish(prior, output_type, return_dict)
-        samples = num_samples or 1
-        if samples > 1:  # N samples per image: one batch, the prior computed once, one generator per sample
+        # N samples per image: one batch, the prior computed once (per flip), one generator per sample; sample k of
+        # image b takes the frame (flip) k % flips of that image.
+        sample_index = torch.arange(batch_size * samples, device=prior.device)
+        frame = (sample_index // samples) * flips + (sample_index % samples) % flips
+        lr_samples = lr_frames[frame.to(lr_frames.device)]
+        if samples > 1:
             generator = sample_generators(generator, batch_size, samples)
-            prior = prior.repeat_interleave(samples, dim=0)
+            prior = prior[frame]
             batch_size *= samples
 
         # 3. Pad to the UNet's downsampling factor.
@@ -703,8 +720,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps) * tiles) as progress_bar:
             for i, t in enumerate(timesteps):
                 if recompute_prior_every_step and i > 0 and not given_prior:
-                    prior = self.compute_prior(lr, (out_h, out_w), chunk_size=chunk_size).float()
-                    prior = prior.repeat_interleave(samples, dim=0)
+                    prior = self.compute_prior(lr_frames, (out_h, out_w), chunk_size=chunk_size).float()[frame]
                     if pad_h or pad_w:
                         prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
                 model_input = self.scheduler.scale_model_input(latents, t)
@@ -723,7 +739,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         sample = (latents + prior if self.residual else latents)[:, :, :out_h, :out_w]
         # 7. Optional data consistency, and the samples reduced to their mean and spread.
         if data_consistency_steps:
-            sample = back_project(sample, lr.float().repeat_interleave(samples, dim=0), data_consistency_steps)
+            sample = back_project(sample, lr_samples.float(), data_consistency_steps)
+        if flips > 1:  # each sample back in the input's orientation
+            sample = flip_each(sample, samples)
         uncertainty = None
         if samples > 1:
             sample, uncertainty = reduce_samples(sample, samples)

@@ -166,6 +166,47 @@ def reduce_samples(sample: torch.Tensor, num_samples: int) -> tuple[torch.Tensor
     return unit.mean(dim=1) * 2 - 1, uncertainty
 
 
+def flip(x: torch.Tensor, code: int) -> torch.Tensor:
+    """``x`` flipped by the flip ``code % 4``: 0 none, 1 left-right, 2 up-down, 3 both (each is its own inverse).
+
+    Args:
+        x (`torch.Tensor`): ``(..., H, W)``.
+        code (`int`): the flip.
+
+    Returns:
+        `torch.Tensor`: the flipped tensor (``x`` itself for 0).
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.pipelines.uncertainty import flip
+        >>> flip(torch.tensor([[1, 2], [3, 4]]), 3).tolist()
+        [[4, 3], [2, 1]]
+    """
+    dims = {0: (), 1: (-1,), 2: (-2,), 3: (-2, -1)}[code % 4]
+    return x.flip(dims) if dims else x
+
+
+def flip_each(x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Each sample of ``(B * N, ...)`` image-major samples flipped by its index among its image's: sample ``k`` by
+    [`flip`] code ``k % 4``. Applied twice it is the identity.
+
+    Args:
+        x (`torch.Tensor`): ``(B * N, C, H, W)``.
+        num_samples (`int`): ``N``.
+
+    Returns:
+        `torch.Tensor`: the flipped samples.
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.pipelines.uncertainty import flip_each
+        >>> x = torch.arange(4.0).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+        >>> flip_each(x, 2)[1, 0].tolist(), torch.equal(flip_each(flip_each(x, 2), 2), x)
+        ([[1.0, 0.0], [3.0, 2.0]], True)
+    """
+    return torch.stack([flip(sample, k % num_samples) for k, sample in enumerate(x)])
+
+
 def check_uncertainty_sigma(value: Any) -> float:
     """A finite real in ``[0, MAX_UNCERTAINTY_SIGMA]`` or a ValueError naming `uncertainty_sigma`.
 
@@ -238,6 +279,8 @@ __all__ = [
     "NeurOpDiffPipelineOutput",
     "check_num_samples",
     "check_uncertainty_sigma",
+    "flip",
+    "flip_each",
     "pool_uncertainty",
     "reduce_samples",
     "sample_generators",
