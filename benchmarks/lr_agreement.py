@@ -8,8 +8,9 @@ scale)`), then each of them back-projected onto the LR for each `--back_projecti
 does, up to the clamping of the unrounded sample). Each is scored on 8-bit levels: LR agreement (`lr_l1_255`: mean
 |downsampled output - LR| on 0..255, the training degradation), PSNR / SSIM, HF ratio, NIQE (when scikit-video is
 installed) and the trust metrics (`trust_metrics.trust_metrics`). With `--uncertainty N`: also `pipe(...,
-num_samples=N)` (same seed) and the Spearman correlation between its uncertainty map and its per-pixel error `mean_c
-|mean - HR|` (how well the map predicts the real error).
+num_samples=N)` (same seed; with `--uncertainty_modes seeds flips` also with `flip_samples=True`) and the Spearman
+correlation between its uncertainty map, pooled at each sigma of `SIGMAS`, and its per-pixel error `mean_c |mean -
+HR|` (how well the map predicts the real error).
 
     python benchmarks/lr_agreement.py --data_dir ../shared/data/UCMerced_LandUse \\
         --images_from model_cards/ucmerced_val_21.txt --output lr_agreement.json     # ~15 min on 2 CPU cores
@@ -35,9 +36,12 @@ from neurop_diff_diffusers.evaluation_methods import image_seed
 from neurop_diff_diffusers.loading import load_pipeline
 from neurop_diff_diffusers.metrics import hf_energy_ratio, niqe, niqe_available, psnr, ssim, to_unit_levels
 from neurop_diff_diffusers.pipelines import bicubic_prior
+from neurop_diff_diffusers.pipelines.uncertainty import pool_uncertainty
 from neurop_diff_diffusers.trust_metrics import lr_agreement, trust_metrics
 from neurop_diff_diffusers.utils import atomic_write_json
 
+#: The pooling sigmas (output pixels) at which the uncertainty map is scored; 2.0 is the pipeline's default.
+SIGMAS = (0.0, 1.0, 2.0, 3.0)
 COLUMNS = ("lr_l1_255", "psnr", "ssim", "hf_ratio", "niqe", "spectral_angle", "synthesis", "improvement",
            "omission", "hallucination")  # fmt: skip
 
@@ -54,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--back_projection", type=int, nargs="+", default=[10], help="iteration counts to compare")
     parser.add_argument("--uncertainty", type=int, default=None, help="samples of the uncertainty map (2-64)")
+    parser.add_argument(
+        "--uncertainty_modes",
+        nargs="+",
+        choices=("seeds", "flips"),
+        default=["seeds"],
+        help="seeds: N seeded samples; flips: also flip_samples=True (sample k on the input flipped by k %% 4)",
+    )
     parser.add_argument("--output", required=True, help="the JSON file written")
     return parser
 
@@ -72,14 +83,25 @@ def _score(x: torch.Tensor, lr: torch.Tensor, hr_unit: torch.Tensor, scale: floa
 
 
 def _uncertainty(pipe: Any, lr: torch.Tensor, hr: torch.Tensor, args: argparse.Namespace, name: str) -> dict:
+    """Per sampling mode: the Spearman correlation of the map (pooled at each of `SIGMAS`) with `mean_c |mean - HR|`,
+    the map's mean and the mean's PSNR."""
     from scipy.stats import spearmanr
 
-    generator = torch.Generator().manual_seed(image_seed(args.seed, name, args.scale))
-    out = pipe(to_uint8_levels(lr), output_size=tuple(hr.shape[-2:]), num_inference_steps=args.steps,
-               num_samples=args.uncertainty, generator=generator, output_type="pt")  # fmt: skip
-    error = (out.images[0] - (hr[0] + 1) / 2).abs().mean(0).flatten().numpy()
-    spread = out.uncertainty[0].flatten().numpy()
-    return {"spearman": float(spearmanr(spread, error).statistic), "mean": float(spread.mean())}
+    rows = {}
+    for mode in args.uncertainty_modes:
+        generator = torch.Generator().manual_seed(image_seed(args.seed, name, args.scale))
+        out = pipe(to_uint8_levels(lr), output_size=tuple(hr.shape[-2:]), num_inference_steps=args.steps,
+                   num_samples=args.uncertainty, flip_samples=mode == "flips", uncertainty_sigma=0,
+                   generator=generator, output_type="pt")  # fmt: skip
+        hr_unit = (hr[0] + 1) / 2
+        error = (out.images[0] - hr_unit).abs().mean(0).flatten().numpy()
+        maps = {sigma: pool_uncertainty(out.uncertainty, sigma)[0].flatten().numpy() for sigma in SIGMAS}
+        rows[mode] = {
+            "spearman": {str(sigma): float(spearmanr(spread, error).statistic) for sigma, spread in maps.items()},
+            "mean": float(maps[0].mean()),
+            "psnr": float(psnr(to_unit_levels(out.images * 2 - 1), hr_unit[None])[0]),
+        }
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -127,9 +149,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cells = ["n/a" if v is None else f"{v:.4f}" for v in values.values()]
         print(f"| {method} | " + " | ".join(cells) + " |")
     if args.uncertainty is not None:
-        rhos = [r["uncertainty"]["spearman"] for r in rows]
-        summary["uncertainty"] = {"spearman_mean": sum(rhos) / len(rhos), "spearman_min": min(rhos)}
-        print(f"uncertainty (N = {args.uncertainty}): Spearman with |mean - HR|: {summary['uncertainty']}")
+        summary["uncertainty"] = {}
+        for mode in args.uncertainty_modes:
+            entry = summary["uncertainty"][mode] = {}
+            for sigma in map(str, SIGMAS):
+                rhos = [r["uncertainty"][mode]["spearman"][sigma] for r in rows]
+                entry[f"sigma_{sigma}"] = {"spearman_mean": sum(rhos) / len(rhos), "spearman_min": min(rhos)}
+            entry["psnr_of_mean"] = sum(r["uncertainty"][mode]["psnr"] for r in rows) / len(rows)
+            print(f"uncertainty ({mode}, N = {args.uncertainty}): Spearman with |mean - HR| by pooling sigma: {entry}")
     report = {"config": vars(args), "summary": summary, "per_image": rows}
     atomic_write_json(args.output, report)
     return report

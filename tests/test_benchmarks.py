@@ -188,12 +188,17 @@ def test_lr_agreement_smoke(tmp_path, samples_dir):
     report = lr_agreement.main(
         ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--images_from", str(images)]
         + ["--resolution", "32", "--steps", "1", "--back_projection", "10", "--uncertainty", "2", "--output", str(out)]
+        + ["--uncertainty_modes", "seeds", "flips"]
     )
     data = json.loads(out.read_text())
     assert [r["image"] for r in data["per_image"]] == ["airplane30.png", "freeway29.png"]
-    assert set(data["summary"]) == {"operator", "pipeline", "pipeline+bp10", "uncertainty"}
-    assert -1 <= data["summary"]["uncertainty"]["spearman_min"] <= data["summary"]["uncertainty"]["spearman_mean"] <= 1
-    assert all(r["uncertainty"]["mean"] > 0 for r in data["per_image"])
+    methods = {f"{m}{bp}" for m in ("bicubic", "operator", "pipeline") for bp in ("", "+bp10")}
+    assert set(data["summary"]) == methods | {"uncertainty"}
+    assert set(data["summary"]["uncertainty"]) == {"seeds", "flips"}
+    for mode in data["summary"]["uncertainty"].values():
+        assert -1 <= mode["sigma_2.0"]["spearman_min"] <= mode["sigma_2.0"]["spearman_mean"] <= 1
+    assert all(r["uncertainty"]["flips"]["mean"] > 0 for r in data["per_image"])
+    assert data["per_image"][0]["bicubic+bp10"]["lr_l1_255"] < data["per_image"][0]["bicubic"]["lr_l1_255"]
     # back-projection brings the (random) tiny model's output to its LR
     assert data["summary"]["pipeline+bp10"]["lr_l1_255"] < data["summary"]["pipeline"]["lr_l1_255"] / 5
     assert report["summary"] == data["summary"]
