@@ -2,15 +2,15 @@
 """Agreement of the outputs with their LR, with and without back-projection (issue 23 item 1).
 
 For each image: HR = `preprocess_hr(image, 256)`, LR = `bicubic_degrade(HR, scale)` (the evaluation's protocol); the
-bicubic upsampling, the operator's prior and the pipeline's output (noise seeded by `image_seed(seed, file name,
-scale)`), then each of them back-projected onto the LR for each `--back_projection` count
+bicubic upsampling, the operator's prior and the pipeline's output without back-projection (the paper; noise seeded by
+`image_seed(seed, file name, scale)`), then each of them back-projected onto the LR for each `--back_projection` count
 (`data_consistency.back_project` of the 8-bit output; for the pipeline, what `pipe(..., data_consistency_steps=K)`
 does, up to the clamping of the unrounded sample). Each is scored on 8-bit levels: LR agreement (`lr_l1_255`: mean
 |downsampled output - LR| on 0..255, the training degradation), PSNR / SSIM, HF ratio, NIQE (when scikit-video is
 installed) and the trust metrics (`trust_metrics.trust_metrics`). With `--uncertainty N`: also `pipe(...,
-num_samples=N)` (same seed; with `--uncertainty_modes seeds flips` also with `flip_samples=True`) and the Spearman
-correlation between its uncertainty map, pooled at each sigma of `SIGMAS`, and its per-pixel error `mean_c |mean -
-HR|` (how well the map predicts the real error).
+num_samples=N)` (same seed, the pipeline's default back-projection; with `--uncertainty_modes seeds flips` also with
+`flip_samples=True`) and the Spearman correlation between its uncertainty map, pooled at each sigma of `SIGMAS`, and
+its per-pixel error `mean_c |mean - HR|` (how well the map predicts the real error).
 
     python benchmarks/lr_agreement.py --data_dir ../shared/data/UCMerced_LandUse \\
         --images_from model_cards/ucmerced_val_21.txt --output lr_agreement.json     # ~15 min on 2 CPU cores
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         prior = pipe.compute_prior(lr, size).clamp(-1, 1)
         generator = torch.Generator().manual_seed(image_seed(args.seed, file.name, args.scale))
         out = pipe(to_uint8_levels(lr), output_size=size, num_inference_steps=args.steps, generator=generator,
-                   output_type="pt").images * 2 - 1  # fmt: skip
+                   data_consistency_steps=0, output_type="pt").images * 2 - 1  # fmt: skip
         variants = {"bicubic": bicubic_prior(lr, size).clamp(-1, 1), "operator": prior, "pipeline": out}
         for name in ("bicubic", "operator", "pipeline"):
             variants.update({f"{name}+bp{k}": back_project(variants[name], lr, k) for k in args.back_projection})

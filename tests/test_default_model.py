@@ -57,10 +57,13 @@ def test_the_embedded_model_ships_complete_small_and_safetensors_only():
         "scheduler",
         "default_strength",
         "default_eta",
+        "default_data_consistency_steps",
         "residual",
     }
     # residual v-prediction (docs/diffusion-parameterisation.md), sampled from pure noise by default
     assert index["residual"] is True and index["default_strength"] == 1.0
+    # back-projection onto the LR by default, chosen by measurement (README, "Can I trust the detail?")
+    assert index["default_data_consistency_steps"] == 10
     scheduler = json.loads((DEFAULT_MODEL_PATH / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction"
     weights = sorted(DEFAULT_MODEL_PATH.rglob("*.safetensors"))
