@@ -1,8 +1,9 @@
 """The README's "Can I trust the detail?" figure: output | uncertainty | error | classification | HR.
 
 The image is degraded by the scale (the paper's bicubic degradation); the embedded model draws `--samples` seeded
-samples (`pipe(..., num_samples=N)`); the panels are their mean, the uncertainty map (std over the samples), the real
-error `mean_c |mean - HR|` (both as heat maps up to their 99th percentile), and the per-pixel improvement (green) /
+samples (`pipe(..., num_samples=N, flip_samples=True)`); the panels are their mean, the uncertainty map (std over the
+samples, pooled as the pipeline does by default), the real error `mean_c |mean - HR|` (both painted by
+`uncertainty_heatmap` up to their 99th percentile), and the per-pixel improvement (green) /
 omission (blue) / hallucination (red) classification of `trust_metrics.correctness`. Prints the Spearman correlation
 between the uncertainty and the error.
 
@@ -20,7 +21,7 @@ import PIL.Image
 import torch
 from scipy.stats import spearmanr
 
-from neurop_diff_diffusers import load_default_pipeline
+from neurop_diff_diffusers import load_default_pipeline, uncertainty_heatmap, uncertainty_scale
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
 from neurop_diff_diffusers.evaluation_methods import image_seed
 from neurop_diff_diffusers.evaluation_report import make_figure
@@ -28,11 +29,6 @@ from neurop_diff_diffusers.trust_metrics import correctness, correctness_map_ima
 from neurop_diff_diffusers.utils import save_image_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _heat(values: np.ndarray, top: float) -> np.ndarray:
-    v = np.clip(values / max(top, 1e-12), 0, 1)
-    return (np.stack([v, v**2, 0.2 * (1 - v)], -1) * 255).round().astype(np.uint8)
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -47,6 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-flip-samples", action="store_true", help="seeded samples only (flip_samples=False)")
     parser.add_argument("--output", type=Path, default=Path("outputs/trust_figure.png"))
     args = parser.parse_args()
 
@@ -57,18 +54,19 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(image_seed(args.seed, args.input.name, args.scale))
     out = pipe(to_uint8_levels(lr), output_size=(256, 256), num_inference_steps=args.steps,
-               num_samples=args.samples, generator=generator, output_type="pt")  # fmt: skip
+               num_samples=args.samples, flip_samples=not args.no_flip_samples, generator=generator,
+               output_type="pt")  # fmt: skip
     mean = (out.images[0] * 255).round() / 255
     hr01 = (hr[0] + 1) / 2
     error = (mean - hr01).abs().mean(0).numpy()
     spread = out.uncertainty[0].numpy()
     result = correctness(mean, hr01, upsample_lr(((lr[0] + 1) / 2).double(), (256, 256)))
-    top_spread, top_error = float(np.percentile(spread, 99)), float(np.percentile(error, 99))
+    top_spread, top_error = uncertainty_scale(spread), uncertainty_scale(error)
     shares = " / ".join(f"{100 * v:.0f}%" for v in result.fractions.values())
     panels = [
         (f"NeurOp-Diff x{args.scale:g}\nmean of {args.samples} samples", _to_uint8(mean)),
-        (f"uncertainty (std)\n0 .. {top_spread:.3f}", _heat(spread, top_spread)),
-        (f"error |mean - HR|\n0 .. {top_error:.3f}", _heat(error, top_error)),
+        (f"uncertainty (std)\n0 .. {top_spread:.3f}", uncertainty_heatmap(spread, top_spread)),
+        (f"error |mean - HR|\n0 .. {top_error:.3f}", uncertainty_heatmap(error, top_error)),
         (f"impr / omis / hall\n{shares}", correctness_map_image(result, hr01)),
         ("HR", _to_uint8(hr01)),
     ]

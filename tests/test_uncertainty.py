@@ -65,7 +65,8 @@ def test_the_mean_and_spread_equal_those_of_separate_calls(pipe):
 
     def run(**kwargs):
         gen = torch.Generator().manual_seed(5)
-        return pipe(lr, scale=2, num_inference_steps=3, num_samples=n, generator=gen, output_type="pt", **kwargs)
+        return pipe(lr, scale=2, num_inference_steps=3, num_samples=n, generator=gen, output_type="pt",
+                    flip_samples=False, **kwargs)  # fmt: skip
 
     out, pooled = run(uncertainty_sigma=0), run()
     torch.testing.assert_close(pooled.uncertainty, pool_uncertainty(out.uncertainty, DEFAULT_UNCERTAINTY_SIGMA))
@@ -90,7 +91,7 @@ def test_flip_samples_are_separate_calls_on_flipped_inputs(pipe, n):
         return pipe(lr, scale=2, num_inference_steps=2, num_samples=n, generator=gen, output_type="pt",
                     uncertainty_sigma=0, data_consistency_steps=2, **kwargs)  # fmt: skip
 
-    out = run(flip_samples=True)
+    out = run()  # flip_samples=True by default
     seeds = sample_seeds(torch.Generator().manual_seed(7), 1, n)
     separate = torch.stack([
         flip(pipe(flip(lr, k), scale=2, num_inference_steps=2, output_type="pt", data_consistency_steps=2,
@@ -99,7 +100,7 @@ def test_flip_samples_are_separate_calls_on_flipped_inputs(pipe, n):
     ])  # fmt: skip
     torch.testing.assert_close(out.images[0], separate.mean(0), atol=1e-5, rtol=0)
     torch.testing.assert_close(out.uncertainty[0], separate.std(0, correction=0).mean(0), atol=1e-5, rtol=0)
-    assert not torch.allclose(out.uncertainty, run().uncertainty)  # without flips: another spread
+    assert not torch.allclose(out.uncertainty, run(flip_samples=False).uncertainty)  # without flips: another spread
 
 
 def test_flip_samples_with_a_given_prior_and_bad_values(pipe):
@@ -111,12 +112,13 @@ def test_flip_samples_with_a_given_prior_and_bad_values(pipe):
         pipe(lr, scale=2, num_inference_steps=1, num_samples=2, flip_samples="yes")
 
 
-@pytest.mark.parametrize(("flip_samples", "frames"), [(False, 1), (True, 4)])
+@pytest.mark.parametrize(("flip_samples", "frames"), [(False, 1), (True, 4), (None, 4)])
 def test_the_prior_is_computed_once_for_all_samples(pipe, monkeypatch, flip_samples, frames):
     calls = []
     original = pipe.compute_prior
     monkeypatch.setattr(pipe, "compute_prior", lambda lr, *a, **k: calls.append(len(lr)) or original(lr, *a, **k))
-    pipe(_lr(), scale=2, num_inference_steps=2, num_samples=6, flip_samples=flip_samples)
+    flips = {} if flip_samples is None else {"flip_samples": flip_samples}  # None: the default, flips
+    pipe(_lr(), scale=2, num_inference_steps=2, num_samples=6, **flips)
     assert calls == [frames]  # one call: one prior per image, or per image and flip
 
 

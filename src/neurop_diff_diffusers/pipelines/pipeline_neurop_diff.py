@@ -530,7 +530,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         num_samples: int | None = None,
         data_consistency_steps: int | None = None,
         uncertainty_sigma: float = DEFAULT_UNCERTAINTY_SIGMA,
-        flip_samples: bool = False,
+        flip_samples: bool = True,
     ) -> NeurOpDiffPipelineOutput | tuple:
         r"""Super-resolve ``image`` by ``scale`` or to ``output_size``.
 
@@ -586,19 +586,22 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the standard deviation
                 over the samples on the ``[0, 1]`` scale, averaged over the channels, ``(B, H, W)``). Sample ``k`` of
                 image ``b`` is what a separate call with ``generator=torch.Generator().manual_seed(seeds[b * N +
-                k])`` returns, the seeds drawn from ``generator`` by [`~pipelines.uncertainty.sample_seeds`]; the
-                prior is computed once and the samples are denoised as one batch (memory grows with ``N``).
+                k])`` returns (on the flipped input with `flip_samples`), the seeds drawn from ``generator`` by
+                [`~pipelines.uncertainty.sample_seeds`]; the prior is computed once (per flip) and the samples are
+                denoised as one batch (memory grows with ``N``).
                 ``None`` (default): one sample, no map; 1 is refused (one sample has no spread). Ignored with
                 ``prior_only``.
             uncertainty_sigma (`float`, defaults to `2.0`): with ``num_samples``, the variance of the samples is
                 pooled over a Gaussian of this sigma in output pixels
                 ([`~pipelines.uncertainty.pool_uncertainty`]; not in the paper); ``0``: each pixel's own spread.
                 Pooling makes the map a better predictor of the real error (README, "Can I trust the detail?").
-            flip_samples (`bool`, defaults to `False`): with ``num_samples``, draw sample ``k`` of each image on the
+            flip_samples (`bool`, defaults to `True`): with ``num_samples``, draw sample ``k`` of each image on the
                 input flipped by [`~pipelines.uncertainty.flip`] code ``k % 4`` (none, left-right, up-down, both:
                 the prior and the denoising in that frame) and flip it back, so that the spread also holds how much
                 the model disagrees with itself under flips (test-time augmentation; not in the paper) and the mean
-                is a flip ensemble. Sample ``k`` is then a separate call on the flipped input, flipped back.
+                is a flip ensemble. Sample ``k`` is then a separate call on the flipped input, flipped back. The
+                default, chosen by measurement (README, "Can I trust the detail?"); ``False``: seeded samples of the
+                input as it is.
             data_consistency_steps (`int`, *optional*): iterations of back-projection of the output onto the
                 images whose antialiased-bicubic downsampling is the input
                 ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off (the

@@ -1,11 +1,12 @@
 """Several seeded samples per image: their mean and a per-pixel uncertainty map (``pipe(..., num_samples=N)``).
 
-The pipeline draws ``N`` samples of each image from ``N`` generators derived from the caller's ([`sample_seeds`]),
-denoises them as one batch with the prior computed once, and returns the mean of the samples (on the output's ``[0,
-1]`` scale, after clamping, so it equals the mean of ``N`` separate calls) and the standard deviation over the samples
+The pipeline draws ``N`` samples of each image from ``N`` generators derived from the caller's ([`sample_seeds`]), by
+default sample ``k`` on the input flipped by [`flip`] code ``k % 4`` and flipped back (``flip_samples``), denoises them
+as one batch with the prior computed once (per flip), and returns the mean of the samples (on the output's ``[0, 1]``
+scale, after clamping, so it equals the mean of ``N`` separate calls) and the standard deviation over the samples
 averaged over the channels ([`NeurOpDiffPipelineOutput.uncertainty`]), by default pooled over a small Gaussian
-neighbourhood ([`pool_uncertainty`]): with a few samples the variance of one pixel is a noisy estimate, and the
-pooled one predicts the real error better (README, "Can I trust the detail?").
+neighbourhood ([`pool_uncertainty`]): with a few samples the variance of one pixel is a noisy estimate, and the pooled
+one predicts the real error better (README, "Can I trust the detail?").
 """
 
 from __future__ import annotations
