@@ -224,8 +224,9 @@ def uncertainty_legend(uncertainty: Any, samples: int, vmax: float) -> str:
         return f"Uncertainty over **{samples} samples**: they agree everywhere (the map is 0)."
     return (
         f"Uncertainty over **{samples} samples** (their standard deviation per pixel on the 0..1 scale, averaged over "
-        f"the channels; the output is their mean): black = 0, pale yellow = **{vmax:.3g}** or more (the map's 99th "
-        f"percentile); largest {float(uncertainty.max()):.3g}, mean {float(uncertainty.mean()):.3g}."
+        f"the channels and pooled over a few pixels; the output is their mean): black = 0, pale yellow = "
+        f"**{vmax:.3g}** or more (the map's 99th percentile); largest {float(uncertainty.max()):.3g}, mean "
+        f"{float(uncertainty.mean()):.3g}."
     )
 
 

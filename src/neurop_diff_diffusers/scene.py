@@ -42,7 +42,8 @@ The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neu
 - **Uncertainty.** With ``num_samples=N`` (CLI ``--uncertainty N``) every window is sampled ``N`` times (the seeds
   drawn from the window's own, [`~neurop_diff_diffusers.pipelines.uncertainty.sample_seeds`]): the window's output
   is the samples' mean and its uncertainty map the standard deviation over the samples (``ddof=0``) averaged over
-  the model's three channels, as ``pipe(..., num_samples=N)`` returns them. The maps are saved with each window
+  the model's three channels (by default over flipped inputs and pooled over a small Gaussian), as ``pipe(...,
+  num_samples=N)`` returns them. The maps are saved with each window
   (one more plane in its file, so a resumed run gives the same bytes), blended with the image's weights and written
   as a second COG, [`uncertainty_path`] (``<output stem>.uncertainty.tif``): float32, one band, georeferenced
   exactly like the output, committed just before it (a failed run leaves neither). The map is on the model's
@@ -1305,7 +1306,9 @@ def uncertainty_description(num_samples: int | None) -> str:
     return json.dumps(
         {
             "samples": num_samples,
-            "statistic": "standard deviation over the samples (ddof=0), averaged over the model's 3 channels",
+            "statistic": "standard deviation over the samples (ddof=0), averaged over the model's 3 channels, its "
+            "variance pooled over a Gaussian of uncertainty_sigma output pixels (default 2); by default sample k is "
+            "drawn on the window flipped by k % 4 (flip_samples)",
             "scale": "the model's 0..1 scale: per band, NEUROP_DIFF_STRETCH low -> 0 and high -> 1",
         }
     )
