@@ -433,8 +433,9 @@ def test_pipeline_prior_argument_with_samples_and_back_projection(pipe):
     image = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     prior = pipe(image, scale=2, prior_only=True, output_type="pt").images * 2 - 1
     common = dict(scale=2, num_inference_steps=2, output_type="pt")
-    own = pipe(image, generator=torch.Generator().manual_seed(1), num_samples=2, **common)
-    given = pipe(image, generator=torch.Generator().manual_seed(1), num_samples=2, prior=prior, **common)
+    seeded = dict(num_samples=2, flip_samples=False)  # with flips a given prior is flipped, not recomputed
+    own = pipe(image, generator=torch.Generator().manual_seed(1), **seeded, **common)
+    given = pipe(image, generator=torch.Generator().manual_seed(1), prior=prior, **seeded, **common)
     torch.testing.assert_close(given.images, own.images, atol=1e-5, rtol=0)
     assert given.uncertainty.shape == (1, 16, 16)
     out = pipe(image, prior=prior, data_consistency_steps=3, **common).images
@@ -450,7 +451,8 @@ def test_pipeline_prior_argument_with_samples_and_back_projection(pipe):
 # --------------------------------------------------------------------------------------------------------------------
 def test_one_window_map_and_mean_are_the_pipelines(pipe, tmp_path):
     """One window is the whole-scene pass: its output is the samples' mean and its map their spread, as
-    ``pipe(..., num_samples=N)`` returns them for the window's seed."""
+    ``pipe(..., num_samples=N, prior=...)`` returns them for the window's seed and prior (over flips, by default, the
+    prior is flipped rather than recomputed on the flipped window)."""
     from neurop_diff_diffusers.scene import window_seed
 
     data = _smooth_scene(24, 20)
@@ -458,7 +460,9 @@ def test_one_window_map_and_mean_are_the_pipelines(pipe, tmp_path):
     out = upscale_scene(pipe, path, tmp_path / "o.tif", scale=2, num_inference_steps=2, num_samples=3, seed=7)
     generator = torch.Generator().manual_seed(window_seed(7, 0))
     lr = torch.from_numpy(data / 255.0).float()[None]
-    api = pipe(lr, output_size=(48, 40), num_inference_steps=2, num_samples=3, output_type="np", generator=generator)
+    prior = pipe(lr, output_size=(48, 40), prior_only=True, output_type="pt").images * 2 - 1
+    api = pipe(lr, output_size=(48, 40), num_inference_steps=2, num_samples=3, output_type="np", generator=generator,
+               prior=prior)  # fmt: skip
     with rasterio.open(out) as dst, rasterio.open(uncertainty_path(out)) as spread:
         image, values = dst.read().astype(float), spread.read(1)
     np.testing.assert_allclose(image, np.rint(api.images[0].transpose(2, 0, 1) * 255), atol=1)

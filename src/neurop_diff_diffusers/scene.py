@@ -40,15 +40,15 @@ The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neu
   histogram pass over the valid pixels, never loading the scene). The output is mapped back to the input's units;
   input values outside the stretch are clipped and counted in a warning.
 - **Uncertainty.** With ``num_samples=N`` (CLI ``--uncertainty N``) every window is sampled ``N`` times (the seeds
-  drawn from the window's own, [`~neurop_diff_diffusers.pipelines.uncertainty.sample_seeds`]): the window's output
-  is the samples' mean and its uncertainty map the standard deviation over the samples (``ddof=0``) averaged over
-  the model's three channels (by default over flipped inputs and pooled over a small Gaussian), as ``pipe(...,
-  num_samples=N)`` returns them. The maps are saved with each window
-  (one more plane in its file, so a resumed run gives the same bytes), blended with the image's weights and written
-  as a second COG, [`uncertainty_path`] (``<output stem>.uncertainty.tif``): float32, one band, georeferenced
-  exactly like the output, committed just before it (a failed run leaves neither). The map is on the model's
-  ``[0, 1]`` scale, i.e. the value range (the ``NEUROP_DIFF_STRETCH`` tag: ``low`` -> 0, ``high`` -> 1, per band)
-  mapped to 0..1: a value ``u`` is ``u * (high - low)`` in the input's units of a band.
+  drawn from the window's own, [`~neurop_diff_diffusers.pipelines.uncertainty.sample_seeds`]): the window's output is
+  the samples' mean and its uncertainty map the standard deviation over the samples (``ddof=0``) averaged over the
+  model's three channels (by default over flipped inputs and pooled over a small Gaussian), as ``pipe(...,
+  num_samples=N, prior=...)`` returns them for the window's prior (flipped with the window, not recomputed). The maps
+  are saved with each window (one more plane in its file, so a resumed run gives the same bytes), blended with the
+  image's weights and written as a second COG, [`uncertainty_path`] (``<output stem>.uncertainty.tif``): float32, one
+  band, georeferenced exactly like the output, committed just before it (a failed run leaves neither). The map is on
+  the model's ``[0, 1]`` scale, i.e. the value range (the ``NEUROP_DIFF_STRETCH`` tag: ``low`` -> 0, ``high`` -> 1, per
+  band) mapped to 0..1: a value ``u`` is ``u * (high - low)`` in the input's units of a band.
 
 Example:
     >>> plan = ScenePlan.create((1000, 700), (2000, 1400), window=256, halo=16)

@@ -599,7 +599,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 input flipped by [`~pipelines.uncertainty.flip`] code ``k % 4`` (none, left-right, up-down, both:
                 the prior and the denoising in that frame) and flip it back, so that the spread also holds how much
                 the model disagrees with itself under flips (test-time augmentation; not in the paper) and the mean
-                is a flip ensemble. Sample ``k`` is then a separate call on the flipped input, flipped back. The
+                is a flip ensemble. Sample ``k`` is then a separate call on the flipped input, flipped back (with
+                a given ``prior``, the flipped prior: the operator is not run again, as in the scene engine). The
                 default, chosen by measurement (README, "Can I trust the detail?"); ``False``: seeded samples of the
                 input as it is.
             data_consistency_steps (`int`, *optional*): iterations of back-projection of the output onto the
