@@ -572,7 +572,7 @@ def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
         dst.write(values, 1)
     lows = []
     for average in (False, True):
-        _write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), average=average)
+        _write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), "AVERAGE" if average else None)
         with rasterio.open(tmp_path / f"{average}.tif") as cog:
             assert cog.overviews(1) == [2]
             lows.append(cog.read(1, out_shape=(300, 280)).min())

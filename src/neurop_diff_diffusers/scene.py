@@ -817,12 +817,12 @@ def assemble_scene(
             top = done
 
 
-def _write_cog(assembled: str, target: str, nearest: bool = False, average: bool = False) -> None:
+def _write_cog(assembled: str, target: str, resampling: str | None = None) -> None:
     """Copy the assembled GeoTIFF to a Cloud-Optimized GeoTIFF (tiled, DEFLATE, overviews, BigTIFF if needed).
 
-    The assembled file's overviews (the input's factors) are kept; without any, GDAL makes them down to one block.
-    ``nearest``: overviews made with nearest neighbour (an alpha band is a mask); ``average``: with the mean (an
-    uncertainty map stays >= 0, which GDAL's default cubic would not keep).
+    The assembled file's overviews (the input's factors) are kept; without any, GDAL makes them down to one block
+    with ``resampling``: ``None`` GDAL's default (cubic), ``"NEAREST"`` (an alpha band is a mask) or ``"AVERAGE"`` (an
+    uncertainty map stays >= 0, which cubic would not keep).
     """
     import rasterio
     import rasterio.shutil
@@ -830,9 +830,7 @@ def _write_cog(assembled: str, target: str, nearest: bool = False, average: bool
     with gdal_safe_env(), rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_NUM_THREADS="1"):
         with rasterio.open(assembled) as tmp:
             predictor = "2" if np.issubdtype(np.dtype(tmp.dtypes[0]), np.integer) else "3"
-            options = _COG_OPTIONS
-            if nearest or average:
-                options = dict(_COG_OPTIONS, RESAMPLING="NEAREST" if nearest else "AVERAGE")
+            options = _COG_OPTIONS if resampling is None else dict(_COG_OPTIONS, RESAMPLING=resampling)
             rasterio.shutil.copy(tmp, target, driver="COG", PREDICTOR=predictor, **options)
 
 
@@ -1258,14 +1256,12 @@ def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
                 from rasterio.enums import Resampling
 
                 spread.build_overviews(factors, Resampling.average)
-        nearest = bool(header.alpha_bands)
+        resampling = "NEAREST" if header.alpha_bands else None
         if map_path is not None:
-            atomic_write(
-                map_path, lambda temp: _write_cog(str(assembled_map), temp, average=True), overwrite=overwrite
-            )
+            atomic_write(map_path, lambda temp: _write_cog(str(assembled_map), temp, "AVERAGE"), overwrite=overwrite)
         try:
             return atomic_write(
-                job.dst_path, lambda temp: _write_cog(str(assembled), temp, nearest), overwrite=overwrite
+                job.dst_path, lambda temp: _write_cog(str(assembled), temp, resampling), overwrite=overwrite
             )
         except BaseException:
             if map_path is not None:  # never a map without its output
