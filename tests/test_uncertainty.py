@@ -287,17 +287,20 @@ def test_cli_two_inputs_sharing_one_map_the_second_is_refused(small_png, tmp_pat
 def test_cli_data_consistency_is_the_pipeline_option(small_png, tmp_path):
     from PIL import Image
 
+    from neurop_diff_diffusers.data import pil_to_tensor
+
+    def read(path):  # (1, 3, H, W) in [-1, 1]
+        with Image.open(path) as image:
+            return pil_to_tensor(image)[None]
+
     outs = {}
     for steps in ("0", "10"):
         out = tmp_path / f"dc{steps}.png"
         rc = _upscale(small_png, "-o", out, "--scale", "4", "--model", "preset:tiny", "--steps", "1",
                       "--data-consistency", steps)  # fmt: skip
         assert rc == 0
-        with Image.open(out) as image:
-            outs[steps] = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
-    with Image.open(small_png) as image:
-        lr = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)[None].float() / 255 * 2 - 1
-    before, after = (lr_agreement(outs[k] * 2 - 1, lr) for k in ("0", "10"))
+        outs[steps] = read(out)
+    before, after = (lr_agreement(outs[k], read(small_png)) for k in ("0", "10"))
     assert before > 5.0 and after < before / 5  # the random tiny model disagrees with its LR; 10 iterations fix it
 
 
