@@ -154,6 +154,11 @@ DAMAGED = {
         "`beta_end` must be a number in (0, 1)",
     ),
     "model_index a list": ("model_index.json", lambda c: [c], "must hold a JSON object, got a list"),
+    "back-projection 1e9": (
+        "model_index.json",
+        lambda c: {**c, "default_data_consistency_steps": 1e9},
+        "`default_data_consistency_steps` must be an integer in [0, 100], got 1000000000.0",
+    ),
     "unknown scheduler": (
         "model_index.json",
         lambda c: {**c, "scheduler": ["diffusers", "os"]},

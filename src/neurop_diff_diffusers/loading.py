@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .data_consistency import MAX_BACK_PROJECTION_STEPS
 from .models.neural_operator import GalerkinNeuralOperator
 from .pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
 from .utils import TrainingSetupError, check_device
@@ -102,7 +103,8 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
     ``UNet2DModel``, a diffusers scheduler and a ``GalerkinNeuralOperator`` (or none); every size of the component
     configs must be an integer in a sane range (see ``_INT_RANGES``; no string where a number belongs), the UNet must
     take the noisy image and the prior (``in_channels = 2 * out_channels = 6``) and its ``norm_num_groups`` must
-    divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``.
+    divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``; the pipeline's
+    ``default_data_consistency_steps``, when present, an integer in ``[0, 100]``.
 
     Args:
         folder (`str` or `os.PathLike`): the pipeline folder.
@@ -127,6 +129,8 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
             f"`pipeline` {folder} is a {class_name!r} folder, not a NeurOp-Diff pipeline (model_index.json "
             "`_class_name` must be 'NeurOpDiffPipeline')."
         )
+    # the pipeline's own settings that the JSON can check (a bad value would otherwise fail after the weights load)
+    _check_int(index, index_path, "default_data_consistency_steps", 0, MAX_BACK_PROJECTION_STEPS, optional=False)
     expected = {"unet": ["diffusers", "UNet2DModel"]}
     if index.get("unet") != expected["unet"]:
         raise _bad_config(index_path, "unet", '["diffusers", "UNet2DModel"]', index.get("unet"))
