@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import DTYPE_CHOICES, SCHEDULER_CHOICES
+from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
 from .optimization import optimize_pipeline
 from .scheduling import make_scheduler, scheduler_name
 from .upscale_job import (

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
 from .upscale_job import (
     IMAGE_SUFFIXES,
     CLIError,
@@ -41,8 +42,6 @@ from .upscale_job import (
 
 #: ``--dtype`` and ``--scheduler`` choices: ``auto`` and the keys of `optimization.DTYPES`, and `scheduling.SCHEDULERS`
 #: (written out so that parsing the command line imports no torch; a test keeps them equal).
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-SCHEDULER_CHOICES = ("ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "unipc")
 #: The largest ``--seed``: ``torch.Generator.manual_seed`` takes 64-bit unsigned seeds.
 _MAX_SEED = 2**64 - 1
 
