@@ -20,6 +20,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -73,6 +74,10 @@ _EXPORTS = {
     "noise_level": "scheduling",
     "sample_continuous_noise_level": "scheduling",
 }
+
+#: Module paths of releases before the package was split into layers -> their home now. Importing an old path
+#: gives the new module itself (so a monkeypatch through either name patches the same object) and warns once.
+_MOVED_MODULES: dict[str, str | tuple[str, ...]] = {}
 
 #: the classes that ``diffusers`` must find by name.
 _DIFFUSERS_CLASSES = ("NeurOpDiffPipeline", "GalerkinNeuralOperator")
@@ -142,7 +147,57 @@ class _RegisterAfterDiffusersImport(importlib.abc.MetaPathFinder, importlib.abc.
         _register_with_diffusers(sys.modules[module.__name__])  # diffusers replaces itself with a lazy module
 
 
+class _MovedModuleAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Import hook: ``neurop_diff_diffusers.<old path>`` imports the module's new home and warns (see
+    `_MOVED_MODULES`).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     from neurop_diff_diffusers.scene import upscale_scene
+        >>> upscale_scene.__module__, caught[0].category.__name__
+        ('neurop_diff_diffusers.jobs.scene', 'DeprecationWarning')
+    """
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: D102
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in _MOVED_MODULES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):  # noqa: D102
+        homes = _MOVED_MODULES[spec.name.rpartition(".")[2]]
+        homes = (homes,) if isinstance(homes, str) else homes
+        new_names = [f"{__name__}.{home}" for home in homes]
+        warnings.warn(
+            f"{spec.name} moved to {' and '.join(new_names)}; the old path is kept for one release",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        modules = [importlib.import_module(name) for name in new_names]
+        if len(modules) == 1:
+            return modules[0]
+        merged = ModuleType(spec.name, f"Deprecated: the names of {' and '.join(new_names)}.")
+
+        def find(name: str) -> Any:
+            for module in modules:
+                if hasattr(module, name):
+                    return getattr(module, name)
+            raise AttributeError(f"module {spec.name!r} has no attribute {name!r}")
+
+        merged.__getattr__ = find
+        return merged
+
+    def exec_module(self, module) -> None:  # noqa: D102
+        # The module is already executed under its new name; importlib registers it under the old name too.
+        return None
+
+
 if "diffusers" in sys.modules:
     _register_with_diffusers(sys.modules["diffusers"])
 elif not any(isinstance(finder, _RegisterAfterDiffusersImport) for finder in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterDiffusersImport())
+
+if not any(isinstance(finder, _MovedModuleAlias) for finder in sys.meta_path):
+    sys.meta_path.append(_MovedModuleAlias())
