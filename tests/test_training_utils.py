@@ -1,4 +1,4 @@
-"""Unit tests of the training building blocks (neurop_diff_diffusers.training_utils, model_card)."""
+"""Unit tests of the training building blocks (neurop_diff_diffusers.training, model_card)."""
 
 from __future__ import annotations
 

@@ -77,7 +77,10 @@ _EXPORTS = {
 
 #: Module paths of releases before the package was split into layers -> their home now. Importing an old path
 #: gives the new module itself (so a monkeypatch through either name patches the same object) and warns once.
-_MOVED_MODULES: dict[str, str | tuple[str, ...]] = {}
+_MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
+    "default_model": "loading",
+    "training_utils": "training",
+}
 
 #: the classes that ``diffusers`` must find by name.
 _DIFFUSERS_CLASSES = ("NeurOpDiffPipeline", "GalerkinNeuralOperator")
