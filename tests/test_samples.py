@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from neurop_diff_diffusers.coordinates import make_cell, make_coord
+from neurop_diff_diffusers.models.coordinates import make_cell, make_coord
 from neurop_diff_diffusers.data import (
     Stage1Dataset,
     Stage2Dataset,

@@ -28,8 +28,8 @@ __version__ = "0.1.0"
 
 #: public name -> the submodule that defines it.
 _EXPORTS = {
-    "make_cell": "coordinates",
-    "make_coord": "coordinates",
+    "make_cell": "models.coordinates",
+    "make_coord": "models.coordinates",
     "DEFAULT_MODEL_PATH": "loading",
     "has_default_model": "loading",
     "load_default_pipeline": "loading",
@@ -78,6 +78,7 @@ _EXPORTS = {
 #: Module paths of releases before the package was split into layers -> their home now. Importing an old path
 #: gives the new module itself (so a monkeypatch through either name patches the same object) and warns once.
 _MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
+    "coordinates": "models.coordinates",
     "default_model": "loading",
     "training_utils": "training",
 }

@@ -29,7 +29,7 @@ OPERATOR_FILE = "neural_operator"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Generated file -> package modules it is made of, in dependency order.
 _SOURCES = {
-    f"{OPERATOR_FILE}/{OPERATOR_FILE}.py": ["coordinates.py", "models/neural_operator.py"],
+    f"{OPERATOR_FILE}/{OPERATOR_FILE}.py": ["models/coordinates.py", "models/neural_operator.py"],
     f"{PIPELINE_FILE}.py": [
         "defaults.py",
         "image_processing.py",
@@ -51,7 +51,7 @@ def self_contained_source(relative_paths: list[str]) -> str:
         relative_paths (`list[str]`): module files relative to the package directory, dependencies first.
 
     Example:
-        >>> src = self_contained_source(["coordinates.py"])
+        >>> src = self_contained_source(["models/coordinates.py"])
         >>> "def make_coord(" in src and "from ." not in src
         True
     """

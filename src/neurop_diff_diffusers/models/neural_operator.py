@@ -14,7 +14,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..coordinates import make_cell, make_coord
+from .coordinates import make_cell, make_coord
 
 #: Output pixels per chunk when ``chunk_size`` is left at ``None``. For the paper-size operator one chunk of this many
 #: pixels needs about 1 GB in float32 inference, so a 2560 x 2560 output stays within a few GB.
@@ -249,7 +249,7 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         Args:
             image (`torch.Tensor`): LR image ``(B, C, h, w)`` in ``[-1, 1]``.
             coord (`torch.Tensor`): query coordinates ``(B, *spatial, 2)`` in ``[-1, 1]`` (row, column), see
-                [`~neurop_diff_diffusers.coordinates.make_coord`].
+                [`~neurop_diff_diffusers.models.coordinates.make_coord`].
             cell (`torch.Tensor`): the output cell ``(B, 2)`` = ``(2 / H_out, 2 / W_out)``.
             chunk_size (`int`, *optional*): query points per chunk (``None``: ``DEFAULT_CHUNK_SIZE``).
 
