@@ -104,7 +104,7 @@ def test_unreadable_input(good, capsys, no_model):
 
 def test_high_bit_depth_modes_in_the_api():
     """The path the CLI reads through: 16-bit scaled by 1/65535, float taken in [0, 1], 32-bit int refused."""
-    from neurop_diff_diffusers.image_processing import pil_to_array
+    from neurop_diff_diffusers.pipelines.image_processing import pil_to_array
 
     sixteen = pil_to_array(Image.fromarray(np.array([[0, 32768, 65535]], np.uint16)))
     np.testing.assert_allclose(sixteen[0, :, 0], [0.0, 32768 / 65535, 1.0])

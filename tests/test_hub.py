@@ -17,7 +17,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from neurop_diff_diffusers import build_pipeline
-from neurop_diff_diffusers.hub import self_contained_source
+from neurop_diff_diffusers.pipelines.hub import self_contained_source
 
 LR = np.random.default_rng(0).integers(0, 256, (10, 12, 3), dtype=np.uint8)
 
@@ -142,7 +142,7 @@ def test_hub_ready_folder_holds_no_local_path(tmp_path):
 
 def test_push_folder_to_hub_uploads_a_pipeline_folder_hub_ready_and_leaves_it_unchanged(tmp_path):
     """Training's --push_to_hub goes through push_folder_to_hub: the hub-ready layout, without training state."""
-    from neurop_diff_diffusers.hub import push_folder_to_hub
+    from neurop_diff_diffusers.pipelines.hub import push_folder_to_hub
 
     folder = tmp_path / "run"
     build_pipeline("tiny").save_pretrained(folder)

@@ -488,7 +488,7 @@ def test_pipeline_refuses_a_nan_output(nan_pipe, prior_only):
 
 
 def test_check_finite_output_counts_inf():
-    from neurop_diff_diffusers.image_processing import check_finite_output
+    from neurop_diff_diffusers.pipelines.image_processing import check_finite_output
 
     sample = torch.zeros(1, 3, 2, 2)
     assert check_finite_output(sample) is sample

@@ -26,7 +26,7 @@ from neurop_diff_diffusers import (
 )
 from neurop_diff_diffusers.hardware import DeviceProbe, SlowPrecisionWarning
 from neurop_diff_diffusers.optimization import resolve_dtype
-from neurop_diff_diffusers.scheduling import scheduler_name
+from neurop_diff_diffusers.pipelines.scheduling import scheduler_name
 
 LR = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 

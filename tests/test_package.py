@@ -31,7 +31,7 @@ def test_cli_import_loads_neither_torch_nor_diffusers():
         "import diffusers\nimport neurop_diff_diffusers",
         # one of our modules pulls diffusers in while it is itself being imported (no circular import)
         "from neurop_diff_diffusers.models import GalerkinNeuralOperator\nimport diffusers",
-        "import neurop_diff_diffusers.scheduling\nimport diffusers",
+        "import neurop_diff_diffusers.pipelines.scheduling\nimport diffusers",
     ],
     ids=["ours-first", "diffusers-first", "operator-first", "scheduling-first"],
 )

@@ -9,7 +9,7 @@ import torch
 from conftest import one_error_line
 from neurop_diff_diffusers import NeurOpDiffPipelineOutput, build_pipeline
 from neurop_diff_diffusers.data import bicubic_degrade
-from neurop_diff_diffusers.data_consistency import back_project
+from neurop_diff_diffusers.pipelines.data_consistency import back_project
 from neurop_diff_diffusers.pipelines.uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
     flip,

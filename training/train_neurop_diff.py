@@ -30,7 +30,7 @@ from neurop_diff_diffusers.loading import load_frozen_operator, load_trained_mod
 from neurop_diff_diffusers.model_card import make_model_card
 from neurop_diff_diffusers.pipelines.pipeline_neurop_diff import unet_downsampling_factor
 from neurop_diff_diffusers.presets import PRESETS
-from neurop_diff_diffusers.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES
+from neurop_diff_diffusers.pipelines.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES
 from neurop_diff_diffusers.training import (
     TrainingSetupError,
     arguments,

@@ -33,7 +33,7 @@ from typing import Any
 
 from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
 from .optimization import optimize_pipeline
-from .scheduling import make_scheduler, scheduler_name
+from .pipelines.scheduling import make_scheduler, scheduler_name
 from .upscale_job import (
     IMAGE_SUFFIXES,
     InputFailed,
@@ -336,7 +336,7 @@ class Upscaler:
             strength: the pipeline's ``strength`` (``None``: the model's default).
             seed: the seed of the noise.
             prior_only: the neural operator's prior alone, no diffusion.
-            sampler: a name of [`~neurop_diff_diffusers.scheduling.SCHEDULERS`] (e.g. ``"dpm++2m-sde"``; the
+            sampler: a name of [`~neurop_diff_diffusers.pipelines.scheduling.SCHEDULERS`] (e.g. ``"dpm++2m-sde"``; the
                 README's "Speed" measures them), or ``None`` for the model's own. Each request samples
                 with its own scheduler object, so that requests running at the same time do not share one.
             uncertainty_samples: 0 (off) or 2 to [`MAX_APP_SAMPLES`] samples ([`check_app_samples`]): the output is
@@ -456,7 +456,7 @@ def _model_bands(path: Path) -> Any:
 
 def _bicubic(lr: Any, out_size: tuple[int, int]) -> Any:
     """The "before" view: bicubic upsampling (the SR3 conditioner [`bicubic_prior`]) as a PIL image."""
-    from .image_processing import postprocess_images, preprocess_images
+    from .pipelines.image_processing import postprocess_images, preprocess_images
     from .pipelines import bicubic_prior
 
     image = preprocess_images(lr) * 2.0 - 1.0

@@ -694,7 +694,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     The folder holds no path of the exporting machine (``_name_or_path`` is dropped from its JSON files).
     """
-    from .hub import remove_local_paths
+    from .pipelines.hub import remove_local_paths
 
     out = Path(args.output_dir)
     if os.path.lexists(out) and not out.is_dir():

@@ -57,7 +57,7 @@ import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
-from .data_consistency import check_back_projection_steps
+from .pipelines.data_consistency import check_back_projection_steps
 from .evaluation_methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exported)
     EVALUATION_METHODS,
     EVALUATION_METRICS,
@@ -79,7 +79,7 @@ from .metrics import (
     to_unit_levels,
 )
 from .pipelines import NeurOpDiffPipeline
-from .scheduling import check_eta, check_strength, scheduler_name
+from .pipelines.scheduling import check_eta, check_strength, scheduler_name
 from .utils import package_versions
 
 #: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
@@ -604,7 +604,7 @@ def evaluate_no_reference(
         [('bicubic', True), ('neural_operator', True), ('neurop_diff', True)]
     """
     from .data import to_uint8_levels
-    from .image_processing import resolve_output_size
+    from .pipelines.image_processing import resolve_output_size
     from .trust_metrics import consistency, synthesis, upsample_lr
 
     if not isinstance(pipeline, NeurOpDiffPipeline):

@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data_consistency import check_back_projection_steps
+from .pipelines.data_consistency import check_back_projection_steps
 from .evaluation import DEFAULT_SCALES, LazyRow, check_settings, evaluate
 from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
 from .loading import load_pipeline
 from .metrics import PROTOCOLS
 from .optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
-from .scheduling import SCHEDULERS, check_eta, check_strength
+from .pipelines.scheduling import SCHEDULERS, check_eta, check_strength
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:

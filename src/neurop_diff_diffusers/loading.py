@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .data_consistency import MAX_BACK_PROJECTION_STEPS
+from .pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
 from .models.neural_operator import GalerkinNeuralOperator
 from .pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
 from .utils import TrainingSetupError, check_device

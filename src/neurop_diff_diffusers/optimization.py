@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .hardware import SlowPrecisionWarning, auto_dtype, slow_precision_warning
-from .scheduling import SCHEDULERS, make_scheduler
+from .pipelines.scheduling import SCHEDULERS, make_scheduler
 
 #: Names accepted for a pipeline's precision. ``bfloat16`` pays off only on CPUs with bfloat16 units (the
 #: ``avx512_bf16`` / ``amx_bf16`` flags: Intel Xeon from Cooper Lake, AMD from Zen 4; elsewhere it is emulated,

@@ -10,7 +10,7 @@ from diffusers import UNet2DModel
 
 from .models.neural_operator import GalerkinNeuralOperator
 from .pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
-from .scheduling import default_scheduler
+from .pipelines.scheduling import default_scheduler
 
 # The SR3 noise-level embedding: sin | cos of sqrt(gamma) * 10000^(-i/half), no flip, no frequency shift.
 _SR3_EMBEDDING = {"time_embedding_type": "positional", "flip_sin_to_cos": False, "freq_shift": 0}

@@ -79,7 +79,7 @@ import torch
 import torch.nn.functional as F
 
 from .geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
-from .image_processing import check_finite_output, resolve_output_size
+from .pipelines.image_processing import check_finite_output, resolve_output_size
 from .pipelines.uncertainty import check_num_samples
 from .raster_io import (
     RasterHeader,

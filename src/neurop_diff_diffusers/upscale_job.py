@@ -389,7 +389,7 @@ def prepare_job(
     Raises:
         InputFailed: with a one-line message naming ``src``.
     """
-    from .image_processing import resolve_output_size
+    from .pipelines.image_processing import resolve_output_size
 
     check_not_an_input(src, dst, file_identities([src]))
     geo = probe_geo(src)
@@ -498,7 +498,7 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
         FileExistsError: the output exists and ``overwrite`` is off.
         OSError: the output cannot be written.
         ValueError: the pipeline refuses the job, or its output holds NaN / infinite values
-            ([`~neurop_diff_diffusers.image_processing.NonFiniteOutputError`]; nothing is written).
+            ([`~neurop_diff_diffusers.pipelines.image_processing.NonFiniteOutputError`]; nothing is written).
     """
     import numpy as np
     import torch

@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..image_processing import check_scale, round_half_up
+from ..pipelines.image_processing import check_scale, round_half_up
 
 DEFAULT_VALUE_RANGE: tuple[float, float] = (-1.0, 1.0)
 

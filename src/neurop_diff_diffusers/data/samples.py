@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from ..models.coordinates import make_cell, make_coord
-from ..image_processing import round_half_up
+from ..pipelines.image_processing import round_half_up
 from ..utils import seeded_generator
 from .degradation import bicubic_degrade, check_scale
 from .preprocessing import pil_to_tensor, preprocess_hr

@@ -29,7 +29,7 @@ from typing import Any
 
 import datasets
 
-from ..image_processing import round_half_up
+from ..pipelines.image_processing import round_half_up
 
 SPLIT_NAMES = ("train", "test", "all")
 

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..data_consistency import back_project, check_back_projection_steps
+from .data_consistency import back_project, check_back_projection_steps
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
-from ..hub import make_hub_ready, push_folder_to_hub
-from ..image_processing import (
+from .hub import make_hub_ready, push_folder_to_hub
+from .image_processing import (
     ImageInput,
     check_finite_output,
     check_output_type,
@@ -33,7 +33,7 @@ from ..image_processing import (
 # model_index.json names this module as the operator's library, and diffusers loads a component only from a module
 # that is already imported: loading a pipeline must import it (the package's own import is lazy).
 from ..models import neural_operator as _neural_operator  # noqa: F401
-from ..scheduling import check_eta, check_strength, noise_level, strength_steps
+from .scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 from .uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
@@ -605,7 +605,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 input as it is.
             data_consistency_steps (`int`, *optional*): iterations of back-projection of the output onto the
                 images whose antialiased-bicubic downsampling is the input
-                ([`~neurop_diff_diffusers.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off (the
+                ([`~neurop_diff_diffusers.pipelines.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off (the
                 paper). ``None``: the pipeline's ``default_data_consistency_steps`` (0 unless the model ships
                 another value; the embedded model's is in its ``model_index.json``).
                 About 10 bring the output's downsampling to within a hundredth of a level of the input (see the

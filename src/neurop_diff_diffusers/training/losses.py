@@ -12,7 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..models.neural_operator import GalerkinNeuralOperator
-from ..scheduling import check_prediction_type, sample_continuous_noise_level
+from ..pipelines.scheduling import check_prediction_type, sample_continuous_noise_level
 
 
 class NeuralOperatorQuery(nn.Module):
@@ -74,7 +74,7 @@ def diffusion_l1_loss(
     """Stage-2 loss, docs/method.md section 2: ``|| unet(cat(y_noisy, prior), sqrt_gamma) - eps ||_1``.
 
     Per sample, ``t ~ U{1..T}`` and ``sqrt_gamma ~ U(sqrt(gamma_{t-1}), sqrt(gamma_t))``
-    ([`~neurop_diff_diffusers.scheduling.sample_continuous_noise_level`]), ``eps ~ N(0, I)`` and
+    ([`~neurop_diff_diffusers.pipelines.scheduling.sample_continuous_noise_level`]), ``eps ~ N(0, I)`` and
     ``y_noisy = sqrt_gamma * y0 + sqrt(1 - sqrt_gamma^2) * eps``; the UNet receives the float ``sqrt_gamma`` as its
     timestep. The L1 is averaged over all elements.
 
@@ -98,7 +98,7 @@ def diffusion_l1_loss(
         generator (`torch.Generator | None`, *optional*): CPU generator of the noise levels and of the noise (for
             reproducible training).
         max_timestep (`int | None`, *optional*): train only on ``t <= max_timestep`` (``None``: all ``T`` steps, the
-            method); see [`~neurop_diff_diffusers.scheduling.sample_continuous_noise_level`].
+            method); see [`~neurop_diff_diffusers.pipelines.scheduling.sample_continuous_noise_level`].
         prediction_type (`str`, defaults to `'epsilon'`): ``"epsilon"`` (the paper), ``"v_prediction"`` or
             ``"sample"``.
         residual (`bool`, defaults to `False`): diffuse ``hr - prior`` instead of ``hr`` (not in the paper).

@@ -114,7 +114,7 @@ def make_scheduler(name: str, like: SchedulerMixin | None = None) -> SchedulerMi
         ValueError: if ``name`` is not one of [`SCHEDULERS`].
 
     Example:
-        >>> from neurop_diff_diffusers.scheduling import default_scheduler, make_scheduler
+        >>> from neurop_diff_diffusers.pipelines.scheduling import default_scheduler, make_scheduler
         >>> fast = make_scheduler("dpm++2m", default_scheduler(prediction_type="v_prediction"))
         >>> type(fast).__name__, fast.config.prediction_type, fast.config.num_train_timesteps
         ('DPMSolverMultistepScheduler', 'v_prediction', 2000)
@@ -145,7 +145,7 @@ def scheduler_name(scheduler: SchedulerMixin) -> str:
         `str`: a name of [`SCHEDULERS`], or the scheduler's class name when it is none of them.
 
     Example:
-        >>> from neurop_diff_diffusers.scheduling import default_scheduler, scheduler_name
+        >>> from neurop_diff_diffusers.pipelines.scheduling import default_scheduler, scheduler_name
         >>> scheduler_name(default_scheduler())
         'ddim'
     """

@@ -209,7 +209,7 @@ def check_finite_output(sample: torch.Tensor) -> torch.Tensor:
         >>> check_finite_output(torch.tensor([float("nan"), 0.0]))
         Traceback (most recent call last):
             ...
-        neurop_diff_diffusers.image_processing.NonFiniteOutputError: the model's output holds NaN or infinite values \
+        neurop_diff_diffusers.pipelines.image_processing.NonFiniteOutputError: the model's output holds NaN or infinite values \
 (1 of 2); no image is produced. Its weights may be damaged, or float16 overflowed (use float32 or bfloat16).
     """
     bad = ~torch.isfinite(sample)

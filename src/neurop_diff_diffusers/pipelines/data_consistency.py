@@ -7,7 +7,7 @@ the LR Nyquist frequency towards the LR's and leaves the detail above it (what t
 
 Example:
     >>> import torch
-    >>> from neurop_diff_diffusers.data_consistency import back_project
+    >>> from neurop_diff_diffusers.pipelines.data_consistency import back_project
     >>> from neurop_diff_diffusers.trust_metrics import lr_agreement
     >>> from neurop_diff_diffusers.data import bicubic_degrade
     >>> g = torch.Generator().manual_seed(0)
@@ -41,7 +41,7 @@ def check_back_projection_steps(value: Any, name: str = "data_consistency_steps"
         `int`: the value.
 
     Example:
-        >>> from neurop_diff_diffusers.data_consistency import check_back_projection_steps
+        >>> from neurop_diff_diffusers.pipelines.data_consistency import check_back_projection_steps
         >>> check_back_projection_steps(5)
         5
     """
@@ -72,7 +72,7 @@ def back_project(x: torch.Tensor, lr: torch.Tensor, steps: int = 10, clamp: bool
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.data_consistency import back_project
+        >>> from neurop_diff_diffusers.pipelines.data_consistency import back_project
         >>> x = torch.zeros(1, 3, 32, 32)
         >>> back_project(x, torch.full((1, 3, 8, 8), 0.5), steps=3).mean().item() > 0.45
         True
