@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neurop_diff_diffusers.hardware import read_cpuinfo
+from neurop_diff_diffusers.runtime.hardware import read_cpuinfo
 from neurop_diff_diffusers.utils import atomic_write_json, package_versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,8 +169,8 @@ def unet_steps(model: str | None, side: int, settings: list[str], rounds: int) -
 
     import torch
 
-    from neurop_diff_diffusers.loading import load_pipeline
-    from neurop_diff_diffusers.optimization import resolve_dtype
+    from neurop_diff_diffusers.runtime.loading import load_pipeline
+    from neurop_diff_diffusers.runtime.optimization import resolve_dtype
 
     unet = load_pipeline(model).unet.eval()
     noisy = torch.randn(1, unet.config.in_channels, side, side, generator=torch.Generator().manual_seed(0))

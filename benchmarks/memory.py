@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neurop_diff_diffusers.presets import PRESETS
+from neurop_diff_diffusers.runtime.presets import PRESETS
 from neurop_diff_diffusers.utils import atomic_write_json
 
 TARGETS = ("operator", "pipeline")
@@ -85,8 +85,8 @@ def _child(config: dict[str, Any]) -> dict[str, Any]:
 
     import torch
 
-    from neurop_diff_diffusers.loading import load_pipeline
-    from neurop_diff_diffusers.presets import build_neural_operator
+    from neurop_diff_diffusers.runtime.loading import load_pipeline
+    from neurop_diff_diffusers.runtime.presets import build_neural_operator
 
     device = torch.device(config["device"])
     dtype = torch.float16 if config["fp16"] else torch.float32

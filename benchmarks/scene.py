@@ -197,7 +197,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     import rasterio
     import torch
 
-    from neurop_diff_diffusers.loading import load_pipeline
+    from neurop_diff_diffusers.runtime.loading import load_pipeline
     from neurop_diff_diffusers.scene import ScenePlan, upscale_scene
 
     torch.set_num_threads(args.threads)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neurop_diff_diffusers.loading import DEFAULT_MODEL_PATH
+from neurop_diff_diffusers.runtime.loading import DEFAULT_MODEL_PATH
 from neurop_diff_diffusers.utils import atomic_write_json, package_versions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -222,7 +222,7 @@ def test_a_built_wheel_carries_the_model_and_the_card_templates(tmp_path):
 
     # The installed copy, imported from outside any checkout, finds both on its own.
     code = (
-        "import neurop_diff_diffusers as n, neurop_diff_diffusers.model_card as m; "
+        "import neurop_diff_diffusers as n, neurop_diff_diffusers.runtime.model_card as m; "
         "print(n.__file__); print(n.DEFAULT_MODEL_PATH); print(m.template_path('pipeline').read_text()[:3])"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from neurop_diff_diffusers.hardware import (
+from neurop_diff_diffusers.runtime.hardware import (
     EMULATED_BF16_SLOWDOWN,
     DeviceProbe,
     DtypeChoice,

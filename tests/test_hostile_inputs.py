@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import one_error_line, run_cli
 from neurop_diff_diffusers import NeurOpDiffPipeline
-from neurop_diff_diffusers.loading import check_pipeline_folder, load_pipeline
-from neurop_diff_diffusers.presets import build_pipeline, build_unet
+from neurop_diff_diffusers.runtime.loading import check_pipeline_folder, load_pipeline
+from neurop_diff_diffusers.runtime.presets import build_pipeline, build_unet
 
 FAST = ("--model", "preset:tiny", "--steps", "1")
 
@@ -196,7 +196,7 @@ def test_damaged_pipeline_folder_in_the_cli_is_one_line_before_any_output(saved,
 
 
 def test_the_saved_and_embedded_folders_pass_the_check(saved):
-    from neurop_diff_diffusers.loading import DEFAULT_MODEL_PATH, has_default_model
+    from neurop_diff_diffusers.runtime.loading import DEFAULT_MODEL_PATH, has_default_model
 
     assert check_pipeline_folder(saved)["_class_name"] == "NeurOpDiffPipeline"
     if has_default_model():

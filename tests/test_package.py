@@ -46,7 +46,7 @@ def test_classes_are_registered_with_diffusers_in_any_import_order(code):
 
 
 def test_lazy_public_names_resolve_and_unknown_names_raise():
-    from neurop_diff_diffusers.presets import build_pipeline
+    from neurop_diff_diffusers.runtime.presets import build_pipeline
 
     assert neurop_diff_diffusers.build_pipeline is build_pipeline
     assert set(neurop_diff_diffusers.__all__) <= set(dir(neurop_diff_diffusers))

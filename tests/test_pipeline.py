@@ -18,7 +18,7 @@ from diffusers import (
 )
 
 from neurop_diff_diffusers import NeurOpDiffPipeline, build_pipeline, default_scheduler, noise_level
-from neurop_diff_diffusers.presets import PRESETS
+from neurop_diff_diffusers.runtime.presets import PRESETS
 
 
 @pytest.fixture(scope="module")

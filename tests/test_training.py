@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO_ROOT, SHARED_DATA_DIR
 from neurop_diff_diffusers import GalerkinNeuralOperator, build_unet, training
-from neurop_diff_diffusers.presets import build_neural_operator
+from neurop_diff_diffusers.runtime.presets import build_neural_operator
 from neurop_diff_diffusers.training import arguments as common
 
 TRAINING_DIR = REPO_ROOT / "training"

@@ -21,8 +21,8 @@ from neurop_diff_diffusers import (
     default_scheduler,
     sample_continuous_noise_level,
 )
-from neurop_diff_diffusers.model_card import args_table, make_model_card, validation_table
-from neurop_diff_diffusers.presets import build_neural_operator
+from neurop_diff_diffusers.runtime.model_card import args_table, make_model_card, validation_table
+from neurop_diff_diffusers.runtime.presets import build_neural_operator
 from neurop_diff_diffusers.training import (
     TRAINING_ARGS_FILE,
     EpochShuffleSampler,

@@ -23,8 +23,8 @@ import torch
 
 from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator
 from neurop_diff_diffusers.data import Stage1Dataset, collate_stage1, stage1_hr_patch_range
-from neurop_diff_diffusers.model_card import make_model_card
-from neurop_diff_diffusers.presets import PRESETS
+from neurop_diff_diffusers.runtime.model_card import make_model_card
+from neurop_diff_diffusers.runtime.presets import PRESETS
 from neurop_diff_diffusers.training import (
     NeuralOperatorQuery,
     TrainingSetupError,

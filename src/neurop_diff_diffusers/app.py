@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
-from .optimization import optimize_pipeline
+from .runtime.optimization import optimize_pipeline
 from .pipelines.scheduling import make_scheduler, scheduler_name
 from .upscale_job import (
     IMAGE_SUFFIXES,
@@ -78,7 +78,7 @@ class AppConfig:
         default_steps: the steps the page starts with.
         dtype: the UNet's precision, ``float32`` (default), ``auto`` (the fastest on the device), ``bfloat16``
             (CPUs with bfloat16 units, GPUs) or ``float16`` (GPUs); see
-            [`~neurop_diff_diffusers.optimization.optimize_pipeline`].
+            [`~neurop_diff_diffusers.runtime.optimization.optimize_pipeline`].
         channels_last: the UNet's weights in channels-last memory (faster convolutions).
     """
 

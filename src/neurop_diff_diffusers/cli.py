@@ -106,7 +106,7 @@ def _check_device(device: str) -> str:
 
 def _warn_dtype(dtype: str, device: str) -> None:
     """One line on stderr, before any work, when ``--dtype bfloat16`` is emulated on this CPU (4.5x-72x slower)."""
-    from .hardware import slow_precision_warning
+    from .runtime.hardware import slow_precision_warning
 
     message = slow_precision_warning(dtype, device)
     if message is not None:
@@ -115,8 +115,8 @@ def _warn_dtype(dtype: str, device: str) -> None:
 
 def _optimize(pipe: Any, args: argparse.Namespace) -> None:
     """``--dtype``, ``--channels-last`` and ``--scheduler`` applied to the loaded model."""
-    from .hardware import SlowPrecisionWarning
-    from .optimization import optimize_pipeline
+    from .runtime.hardware import SlowPrecisionWarning
+    from .runtime.optimization import optimize_pipeline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlowPrecisionWarning)  # said once already, before any work
@@ -634,7 +634,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(one_line(err)) from err
     _warn_dtype(args.dtype, config.device)
-    from .hardware import SlowPrecisionWarning
+    from .runtime.hardware import SlowPrecisionWarning
 
     with stop_signals():  # Ctrl-C and SIGTERM stop it and remove its temporary folder, whatever was inherited
         with warnings.catch_warnings():
@@ -655,7 +655,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .loading import DEFAULT_MODEL_PATH, has_default_model
+    from .runtime.loading import DEFAULT_MODEL_PATH, has_default_model
 
     print(f"neurop-diff-diffusers {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}")
@@ -683,7 +683,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _auto_line(device: str) -> str:
     """``info``'s line: what ``--dtype auto`` picks on ``device`` here, and why."""
-    from .hardware import auto_dtype
+    from .runtime.hardware import auto_dtype
 
     choice = auto_dtype(device)
     return f"--dtype auto on {device}: {choice.dtype}; {choice.reason}"

@@ -67,7 +67,7 @@ from .evaluation_methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_s
     EvaluationScoring,
     image_seed,
 )
-from .loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
+from .runtime.loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
 from .metrics import (
     NIQE_MIN_SIZE,
     NIQE_MODELS,
@@ -260,7 +260,7 @@ def as_sr3_pipeline(pipeline: NeurOpDiffPipeline) -> NeurOpDiffPipeline:
 
     Example:
         >>> from neurop_diff_diffusers.evaluation import as_sr3_pipeline
-        >>> from neurop_diff_diffusers.presets import build_pipeline
+        >>> from neurop_diff_diffusers.runtime.presets import build_pipeline
         >>> import warnings
         >>> with warnings.catch_warnings():
         ...     warnings.simplefilter("ignore")
@@ -518,7 +518,7 @@ def evaluate(
     Example:
         >>> import PIL.Image
         >>> from neurop_diff_diffusers.evaluation import evaluate
-        >>> from neurop_diff_diffusers.loading import load_pipeline
+        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
         >>> images = [PIL.Image.new("RGB", (40, 40), (90, 120, 60))]
         >>> report = evaluate(load_pipeline("preset:tiny"), images, [2], num_inference_steps=1, resolution=32,
         ...                   progress=False, compute_lpips=False, compute_niqe=False)
@@ -597,7 +597,7 @@ def evaluate_no_reference(
     Example:
         >>> import torch
         >>> from neurop_diff_diffusers.evaluation import evaluate_no_reference
-        >>> from neurop_diff_diffusers.loading import load_pipeline
+        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
         >>> report = evaluate_no_reference(load_pipeline("preset:tiny"), torch.rand(1, 3, 16, 16), [2],
         ...                                num_inference_steps=1)
         >>> [(r["method"], r["lr_l1_255"] >= 0) for r in report["results"]]

@@ -1,6 +1,6 @@
 """The evaluation's command line: ``training/evaluate.py`` and ``neurop-diff evaluate``.
 
-It selects the images (a dataset split, a recorded list), loads the pipelines ([`~neurop_diff_diffusers.loading`]),
+It selects the images (a dataset split, a recorded list), loads the pipelines ([`~neurop_diff_diffusers.runtime.loading`]),
 runs [`~neurop_diff_diffusers.evaluation.evaluate`] and writes the report
 ([`~neurop_diff_diffusers.evaluation_report.save_results`]).
 """
@@ -23,9 +23,9 @@ from .pipelines.data_consistency import check_back_projection_steps
 from .evaluation import DEFAULT_SCALES, LazyRow, check_settings, evaluate
 from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
-from .loading import load_pipeline
+from .runtime.loading import load_pipeline
 from .metrics import PROTOCOLS
-from .optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
+from .runtime.optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
 from .pipelines.scheduling import SCHEDULERS, check_eta, check_strength
 
 

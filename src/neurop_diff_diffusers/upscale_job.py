@@ -444,13 +444,13 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
 
     Args:
         spec: a pipeline folder, hub id or ``preset:NAME``; ``None``: the embedded model
-            (see [`~neurop_diff_diffusers.loading.load_pipeline`]).
+            (see [`~neurop_diff_diffusers.runtime.loading.load_pipeline`]).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 
     Raises:
         CLIError: the model cannot be loaded, with a one-line message.
     """
-    from .loading import load_pipeline
+    from .runtime.loading import load_pipeline
 
     try:
         pipe = load_pipeline(spec, device=device)

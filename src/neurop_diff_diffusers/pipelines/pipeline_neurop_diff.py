@@ -107,7 +107,7 @@ def unet_downsampling_factor(unet: Any) -> int:
         `int`: the downsampling factor.
 
     Example:
-        >>> from neurop_diff_diffusers.presets import build_unet
+        >>> from neurop_diff_diffusers.runtime.presets import build_unet
         >>> unet_downsampling_factor(build_unet("tiny"))
         4
     """
@@ -205,7 +205,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
     Example:
         >>> import PIL.Image
-        >>> from neurop_diff_diffusers.presets import build_pipeline
+        >>> from neurop_diff_diffusers.runtime.presets import build_pipeline
         >>> pipe = build_pipeline("tiny")  # randomly initialised: the output is noise-like
         >>> out = pipe(PIL.Image.new("RGB", (24, 16)), scale=2.5, num_inference_steps=2).images[0]
         >>> out.size
@@ -314,7 +314,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
         Example:
             >>> import torch
-            >>> from neurop_diff_diffusers.presets import build_pipeline
+            >>> from neurop_diff_diffusers.runtime.presets import build_pipeline
             >>> pipe = build_pipeline("tiny").to(dtype=torch.bfloat16)
             >>> pipe.unet.dtype, pipe.neural_operator.dtype
             (torch.bfloat16, torch.float32)
@@ -626,7 +626,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 ``num_inference_steps`` that is not an int.
 
         Example:
-            >>> from neurop_diff_diffusers.presets import build_pipeline
+            >>> from neurop_diff_diffusers.runtime.presets import build_pipeline
             >>> import numpy as np
             >>> pipe = build_pipeline("tiny")
             >>> lr = np.zeros((16, 16, 3), np.uint8)

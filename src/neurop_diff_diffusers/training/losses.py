@@ -46,7 +46,7 @@ def operator_l1_loss(operator: nn.Module, batch: dict[str, torch.Tensor]) -> tor
         The mean absolute error, a scalar tensor.
 
     Example:
-        >>> from neurop_diff_diffusers.presets import build_neural_operator
+        >>> from neurop_diff_diffusers.runtime.presets import build_neural_operator
         >>> batch = {"lr": torch.zeros(2, 3, 8, 8), "coord": torch.zeros(2, 5, 2), "cell": torch.full((2, 2), 0.1),
         ...          "gt": torch.zeros(2, 5, 3)}
         >>> operator_l1_loss(build_neural_operator("tiny"), batch).shape
@@ -196,7 +196,7 @@ def compute_priors(
         ``(B, 3, H, W)`` priors, on the operator's device and dtype, in input order.
 
     Example:
-        >>> from neurop_diff_diffusers.presets import build_neural_operator
+        >>> from neurop_diff_diffusers.runtime.presets import build_neural_operator
         >>> op = build_neural_operator("tiny")
         >>> compute_priors(op, [torch.zeros(3, 8, 8), torch.zeros(3, 5, 5)], (16, 16)).shape
         torch.Size([2, 3, 16, 16])

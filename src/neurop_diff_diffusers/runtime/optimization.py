@@ -13,14 +13,14 @@ from typing import Any
 import torch
 
 from .hardware import SlowPrecisionWarning, auto_dtype, slow_precision_warning
-from .pipelines.scheduling import SCHEDULERS, make_scheduler
+from ..pipelines.scheduling import SCHEDULERS, make_scheduler
 
 #: Names accepted for a pipeline's precision. ``bfloat16`` pays off only on CPUs with bfloat16 units (the
 #: ``avx512_bf16`` / ``amx_bf16`` flags: Intel Xeon from Cooper Lake, AMD from Zen 4; elsewhere it is emulated,
 #: 4.5x-72x slower than float32) and on GPUs; ``float16`` on GPUs only (CPU float16 kernels are slow). ``"auto"``
 #: (see [`resolve_dtype`]) picks the fastest of them for the pipeline's device.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: The name that lets the hardware choose (see [`~neurop_diff_diffusers.hardware.choose_dtype`]).
+#: The name that lets the hardware choose (see [`~neurop_diff_diffusers.runtime.hardware.choose_dtype`]).
 AUTO_DTYPE = "auto"
 
 
@@ -50,7 +50,7 @@ def resolve_dtype(value: Any, device: str | torch.device = "cpu", name: str = "d
 
     ``auto`` is bfloat16 on a CPU whose bfloat16 units torch uses (``avx512_bf16`` / ``amx_bf16``, not capped by
     ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``) and on CUDA GPUs with bfloat16, float16 on other CUDA GPUs,
-    float32 elsewhere (see [`~neurop_diff_diffusers.hardware.auto_dtype`], and ``neurop-diff info`` for its reason).
+    float32 elsewhere (see [`~neurop_diff_diffusers.runtime.hardware.auto_dtype`], and ``neurop-diff info`` for its reason).
 
     Args:
         value (`str`, `torch.dtype` or `None`): a name of [`DTYPES`], ``"auto"``, a `torch.dtype` of those or ``None``.
@@ -85,7 +85,7 @@ def optimize_pipeline(
         dtype (`str` or `torch.dtype`, *optional*): the UNet's precision (see [`DTYPES`]), or ``"auto"``: the fastest
             on the pipeline's device (see [`resolve_dtype`]); the neural operator, the noise and the sampler stay in
             float32 (see [`NeurOpDiffPipeline`]). ``None``: unchanged. An explicit ``bfloat16`` on a CPU without
-            bfloat16 units warns ([`~neurop_diff_diffusers.hardware.SlowPrecisionWarning`]).
+            bfloat16 units warns ([`~neurop_diff_diffusers.runtime.hardware.SlowPrecisionWarning`]).
         channels_last (`bool`, defaults to `False`): the UNet's weights in channels-last memory format (faster
             convolution kernels on CPUs and GPUs; float outputs change in the last bits).
         scheduler (`str`, *optional*): a sampler of [`~scheduling.SCHEDULERS`] with the pipeline's noise schedule and
@@ -97,7 +97,7 @@ def optimize_pipeline(
         The same pipeline.
 
     Example:
-        >>> from neurop_diff_diffusers.presets import build_pipeline
+        >>> from neurop_diff_diffusers.runtime.presets import build_pipeline
         >>> pipe = optimize_pipeline(build_pipeline("tiny"), dtype="bfloat16", channels_last=True, scheduler="unipc")
         >>> pipe.unet.dtype, type(pipe.scheduler).__name__
         (torch.bfloat16, 'UniPCMultistepScheduler')

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from diffusers import UNet2DModel
 
-from .models.neural_operator import GalerkinNeuralOperator
-from .pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
-from .pipelines.scheduling import default_scheduler
+from ..models.neural_operator import GalerkinNeuralOperator
+from ..pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
+from ..pipelines.scheduling import default_scheduler
 
 # The SR3 noise-level embedding: sin | cos of sqrt(gamma) * 10000^(-i/half), no flip, no frequency shift.
 _SR3_EMBEDDING = {"time_embedding_type": "positional", "flip_sin_to_cos": False, "freq_shift": 0}
@@ -144,7 +144,7 @@ def build_pipeline(preset: str = "tiny", seed: int = 0) -> NeurOpDiffPipeline:
         ValueError: if ``preset`` is not a key of [`PRESETS`].
 
     Example:
-        >>> from neurop_diff_diffusers.presets import build_pipeline
+        >>> from neurop_diff_diffusers.runtime.presets import build_pipeline
         >>> pipe = build_pipeline("tiny", seed=0)
         >>> pipe.unet.config.in_channels
         6

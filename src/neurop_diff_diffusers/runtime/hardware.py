@@ -15,7 +15,7 @@ The decision is [`choose_dtype`], a pure function of what [`probe_device`] reads
 can be tested on any machine.
 
 Example:
-    >>> from neurop_diff_diffusers.hardware import choose_dtype
+    >>> from neurop_diff_diffusers.runtime.hardware import choose_dtype
     >>> choose_dtype("cpu", cpu_flags=frozenset({"avx2"}), cpu_capability="AVX2", env={}).dtype
     'float32'
 """

@@ -19,7 +19,7 @@ import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 
 #: The package's template folder: links to the repository's ``model_cards/`` templates, their copies once installed.
-TEMPLATES_DIR = Path(__file__).parent / "model_card_templates"
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "model_card_templates"
 TEMPLATES = {"pipeline": "neurop_diff_template.md", "neural_operator": "neural_operator_template.md"}
 CARD_TAGS = ["super-resolution", "remote-sensing", "neurop-diff", "diffusers"]
 CARD_METRICS = ["psnr", "ssim"]

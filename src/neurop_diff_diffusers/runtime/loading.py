@@ -1,13 +1,13 @@
 """Every way to get a pipeline or a trained model: one module.
 
 - [`load_pipeline`]: a pipeline folder written by ``save_pretrained`` (a training output is one), a Hub id,
-  ``"preset:NAME"`` (randomly initialised, see [`~neurop_diff_diffusers.presets`]) or ``None`` for the embedded model.
+  ``"preset:NAME"`` (randomly initialised, see [`~neurop_diff_diffusers.runtime.presets`]) or ``None`` for the embedded model.
 - [`load_default_pipeline`]: the embedded model shipped inside the package (offline).
 - [`load_trained_model`] / [`load_frozen_operator`]: one trained component (UNet, neural operator) named by a
   training argument: a folder holding it, a training output or checkpoint holding it in a subfolder, or a Hub id.
 
 Example:
-    >>> from neurop_diff_diffusers.loading import load_pipeline
+    >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
     >>> load_pipeline("preset:tiny").unet.config.in_channels
     6
 """
@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
-from .pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
-from .models.neural_operator import GalerkinNeuralOperator
-from .pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
-from .utils import TrainingSetupError, check_device
+from ..pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
+from ..models.neural_operator import GalerkinNeuralOperator
+from ..pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
+from ..utils import TrainingSetupError, check_device
 
 #: Prefix of a preset in a pipeline spec: ``"preset:tiny"``.
 PRESET_PREFIX = "preset:"
 
 #: Folder of the embedded pipeline (``save_pretrained`` layout) inside the installed package.
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "weights" / "neurop-diff-ucmerced"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "weights" / "neurop-diff-ucmerced"
 
 
 #: ``model_index.json``'s ``_class_name`` of a NeurOp-Diff pipeline folder: plain, and hub-ready (remote-code layout).
@@ -314,7 +314,7 @@ def load_pipeline(
         ValueError: an empty spec or an unknown preset (the message lists the presets).
 
     Example:
-        >>> from neurop_diff_diffusers.loading import load_pipeline
+        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
         >>> load_pipeline("preset:tiny").unet.config.in_channels
         6
     """
