@@ -13,7 +13,7 @@ rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the option
 from rasterio.transform import from_origin  # noqa: E402
 
 from neurop_diff_diffusers import build_pipeline  # noqa: E402
-from neurop_diff_diffusers.geo import STRETCH_TAG, band_stretch, is_georeferenced, read_scene, upscale_geotiff  # noqa: E402
+from neurop_diff_diffusers.io.geo import STRETCH_TAG, band_stretch, is_georeferenced, read_scene, upscale_geotiff  # noqa: E402
 
 
 def _write(path, data, nodata=0, crs="EPSG:32633", transform=None, **extra):
@@ -198,7 +198,7 @@ def test_output_mask_is_the_nearest_upscaled_input_mask(tmp_path):
     ],
 )
 def test_avoid_nodata_moves_to_the_nearest_valid_value(values, nodata, reference, expected):
-    from neurop_diff_diffusers.geo import avoid_nodata
+    from neurop_diff_diffusers.io.geo import avoid_nodata
 
     avoid_nodata(values, np.array([True, True]), nodata, reference)
     if expected == "next-floats":

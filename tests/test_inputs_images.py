@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import cli_messages, one_error_line, run_cli
 from neurop_diff_diffusers import NonFiniteOutputError, build_pipeline, cli, upscale_job
-from neurop_diff_diffusers.image_files import (
+from neurop_diff_diffusers.io.image_files import (
     PlainImage,
     UnsupportedImageError,
     nearest_resize,
@@ -523,7 +523,7 @@ def test_geotiff_writes_nothing_for_a_nan_model(tmp_path, nan_pipe):
     rasterio = pytest.importorskip("rasterio", reason="the GeoTIFF path is the extra [geo]")
     from rasterio.transform import Affine
 
-    from neurop_diff_diffusers.geo import upscale_geotiff
+    from neurop_diff_diffusers.io.geo import upscale_geotiff
 
     src = tmp_path / "scene.tif"
     profile = dict(driver="GTiff", width=16, height=12, count=3, dtype="uint8", crs="EPSG:32631")

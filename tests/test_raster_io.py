@@ -7,7 +7,7 @@ rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
 from conftest import sparse_many_band_tiff  # noqa: E402
-from neurop_diff_diffusers.raster_io import check_raster_name, open_raster  # noqa: E402
+from neurop_diff_diffusers.io.rasters import check_raster_name, open_raster  # noqa: E402
 
 
 def _geotiff(path, bands=3):
@@ -74,7 +74,7 @@ from rasterio.control import GroundControlPoint  # noqa: E402
 from rasterio.rpc import RPC  # noqa: E402
 from rasterio.transform import RPCTransformer  # noqa: E402
 
-from neurop_diff_diffusers.raster_io import (  # noqa: E402
+from neurop_diff_diffusers.io.rasters import (  # noqa: E402
     check_budget,
     check_header,
     inspect_raster,

@@ -5,7 +5,7 @@
 An upload is validated (type, size from the header, full decode) before any model work, with the CLI's checks; a
 bad one gives one message in the page and the server goes on. With 2 to 8 uncertainty samples the output is their
 mean (``upscale --uncertainty N``) and the page overlays the per-pixel uncertainty map as a heat-map
-([`~neurop_diff_diffusers.heatmap`]), switched on and off without running the model again. Every request works in its
+([`~neurop_diff_diffusers.io.heatmap`]), switched on and off without running the model again. Every request works in its
 own folder under one temporary folder, which the app removes when it closes (and Gradio's cache of the results lives
 there too).
 
@@ -122,8 +122,8 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
     try:
         check_input_file(path)
         if probe_geo(path):
-            from .geo import check_raster
-            from .raster_io import check_budget, check_header, inspect_raster
+            from .io.geo import check_raster
+            from .io.rasters import check_budget, check_header, inspect_raster
 
             header = inspect_raster(path)  # the header only: refusals come before any pixel is read
             check_header(header)
@@ -134,7 +134,7 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
             return height, width
         from PIL import Image, UnidentifiedImageError
 
-        from .image_files import PIL_FORMATS
+        from .io.image_files import PIL_FORMATS
 
         try:
             with Image.open(path, formats=list(PIL_FORMATS)) as image:  # the header only, PNG / JPEG / TIFF decoders
@@ -213,7 +213,7 @@ def uncertainty_legend(uncertainty: Any, samples: int, vmax: float) -> str:
     Args:
         uncertainty: the map, ``(H, W)`` float32.
         samples: the number of samples it was computed from.
-        vmax: the value of the ramp's top colour ([`~neurop_diff_diffusers.heatmap.uncertainty_scale`]).
+        vmax: the value of the ramp's top colour ([`~neurop_diff_diffusers.io.heatmap.uncertainty_scale`]).
 
     Example:
         >>> import numpy as np
@@ -236,14 +236,14 @@ def uncertainty_view(state: dict[str, Any] | None, show: bool, alpha: float) -> 
     Args:
         state: ``{"output": (H, W, 3) uint8, "heat": (H, W, 3) uint8}`` of the last request, or ``None`` (no map).
         show: the heat-map blended over the output (``True``) or the plain output.
-        alpha: the heat-map's opacity in ``[0, 1]`` ([`~neurop_diff_diffusers.heatmap.overlay`]).
+        alpha: the heat-map's opacity in ``[0, 1]`` ([`~neurop_diff_diffusers.io.heatmap.overlay`]).
 
     Returns:
         A PIL RGB image, or ``None`` without a map.
     """
     from PIL import Image
 
-    from .heatmap import overlay
+    from .io.heatmap import overlay
 
     if state is None:
         return None
@@ -448,7 +448,7 @@ def _model_bands(path: Path) -> Any:
     """A raster's bands 1-3 (one band repeated), stretched to ``[0, 1]`` as [`upscale_geotiff`] does: (3, H, W)."""
     import numpy as np
 
-    from .geo import read_scene
+    from .io.geo import read_scene
 
     unit = read_scene(path)[0]
     return np.ascontiguousarray(unit[:3] if unit.shape[0] >= 3 else np.repeat(unit[:1], 3, axis=0))
@@ -562,7 +562,7 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
         if result["uncertainty"] is not None:
             import numpy as np
 
-            from .heatmap import uncertainty_heatmap, uncertainty_scale
+            from .io.heatmap import uncertainty_heatmap, uncertainty_scale
 
             vmax = uncertainty_scale(result["uncertainty"])
             heat = uncertainty_heatmap(result["uncertainty"], vmax if vmax > 0 else None)

@@ -444,7 +444,7 @@ def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool, map_path: 
         return False
     try:
         if geo:
-            from .geo import check_raster
+            from .io.geo import check_raster
 
             complete = check_raster(dst)[1:] == tuple(out_size)
             return complete and (map_path is None or check_raster(map_path) == (1, *out_size))

@@ -338,7 +338,7 @@ def _command(argv: list[str], prog: str | None) -> str:
 
 
 def _read_input(path: str) -> torch.Tensor:
-    """The `--input` image as ``(1, 3, h, w)`` in ``[0, 1]``: a GeoTIFF by [`~neurop_diff_diffusers.geo.read_scene`]
+    """The `--input` image as ``(1, 3, h, w)`` in ``[0, 1]``: a GeoTIFF by [`~neurop_diff_diffusers.io.geo.read_scene`]
     (its first three bands, or its one band repeated), other images through the API's validation."""
     from .upscale_job import InputFailed, check_input_file, probe_geo, read_image_array
 
@@ -346,7 +346,7 @@ def _read_input(path: str) -> torch.Tensor:
     try:
         check_input_file(file)
         if probe_geo(file):
-            from .geo import check_raster, read_scene
+            from .io.geo import check_raster, read_scene
 
             count, _, _ = check_raster(file)
             if count == 2:

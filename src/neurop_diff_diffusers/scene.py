@@ -1,6 +1,6 @@
 """Whole scenes out of core: a GeoTIFF streamed window by window from disk to disk, in parallel, resumable, COG out.
 
-The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neurop-diff upscale scene.tif``:
+The scene engine behind [`~neurop_diff_diffusers.io.geo.upscale_geotiff`] and ``neurop-diff upscale scene.tif``:
 
 - **Windows.** The LR scene is cut into a grid of cores of at most ``window`` px a side; each window is its core
   plus a ``halo`` of LR pixels on every side (clipped at the scene's border), read with a windowed read. The halo is
@@ -29,9 +29,9 @@ The scene engine behind [`~neurop_diff_diffusers.geo.upscale_geotiff`] and ``neu
 - **Output.** A tiled (512 px), DEFLATE-compressed, pixel-interleaved Cloud-Optimized GeoTIFF with internal
   overviews (the input's factors when it has some), BigTIFF when the size needs it, with the input's CRS,
   georeferencing (transform, GCPs, RPCs on the output grid:
-  [`~neurop_diff_diffusers.raster_io.output_georeferencing`]), nodata / mask and band metadata (as ``geo.py``
+  [`~neurop_diff_diffusers.io.rasters.output_georeferencing`]), nodata / mask and band metadata (as ``geo.py``
   describes).
-- **Inputs.** Checked from the header first ([`~neurop_diff_diffusers.raster_io.check_header`]); read by
+- **Inputs.** Checked from the header first ([`~neurop_diff_diffusers.io.rasters.check_header`]); read by
   [`read_block`]: a palette raster expanded to RGB, 32 / 64-bit values kept for a float64 stretch, NaN / infinite
   values invalid (one warning when undeclared; masked in the output). An alpha band is upscaled with nearest
   neighbour; a window whose model output holds NaN / inf raises ``NonFiniteOutputError`` (nothing written).
@@ -78,10 +78,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
+from .io.geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
 from .pipelines.image_processing import check_finite_output, resolve_output_size
 from .pipelines.uncertainty import check_num_samples
-from .raster_io import (
+from .io.rasters import (
     RasterHeader,
     build_output_overviews,
     check_header,
@@ -321,9 +321,9 @@ class SceneStatistics:
 def read_block(src: Any, window: Any, table: Any = None) -> tuple[np.ndarray, np.ndarray, int]:
     """One window of an open raster as the engine sees it: the bands' values, their validity, undeclared NaN / inf.
 
-    A palette raster (``table`` from [`~neurop_diff_diffusers.raster_io.palette_table`]) is expanded to RGB through
+    A palette raster (``table`` from [`~neurop_diff_diffusers.io.rasters.palette_table`]) is expanded to RGB through
     its colour table. Values keep their dtype (32 / 64-bit types are stretched in float64 by
-    [`~neurop_diff_diffusers.geo.BandStretch`]). NaN / infinite values are invalid whether or not a nodata value or
+    [`~neurop_diff_diffusers.io.geo.BandStretch`]). NaN / infinite values are invalid whether or not a nodata value or
     mask declares them.
 
     Args:
@@ -368,7 +368,7 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     """The stretch of an open raster from one streaming pass (two for float percentiles), never the whole scene.
 
     Args:
-        src (`Any`): an open rasterio dataset ([`~neurop_diff_diffusers.raster_io.open_raster`]).
+        src (`Any`): an open rasterio dataset ([`~neurop_diff_diffusers.io.rasters.open_raster`]).
         value_range (`ValueRange`): see [`parse_value_range`].
 
     Raises:
@@ -686,12 +686,12 @@ def output_layout(
     """The output's creation profile, band metadata and whether it carries a dataset mask instead of a nodata value.
 
     As ``geo.py`` describes: the input's dtype and bands (a palette raster: 3 ``uint8`` RGB bands), nodata, band
-    meaning, georeferencing mapped to the output grid ([`~neurop_diff_diffusers.raster_io.output_georeferencing`]:
+    meaning, georeferencing mapped to the output grid ([`~neurop_diff_diffusers.io.rasters.output_georeferencing`]:
     transform, GCPs, RPCs; no transform invented for a raster without one), pixel-interleaved.
 
     Args:
         src (`Any`): the input, open.
-        header (`RasterHeader`): its header ([`~neurop_diff_diffusers.raster_io.inspect_raster`]).
+        header (`RasterHeader`): its header ([`~neurop_diff_diffusers.io.rasters.inspect_raster`]).
         out_size (`tuple[int, int]`): the output ``(height, width)``.
         nonfinite (`int`, defaults to `0`): undeclared NaN / infinite input values (they are masked in the output).
 

@@ -1,7 +1,7 @@
 """One image file in, one upscaled file out: the file-level job of ``neurop-diff upscale`` and the web app.
 
 Read and validate the input, plan the output, run the pipeline and write the result atomically; a georeferenced TIFF
-takes the GeoTIFF path ([`~neurop_diff_diffusers.geo.upscale_geotiff`]) and keeps its georeferencing. Every failure
+takes the GeoTIFF path ([`~neurop_diff_diffusers.io.geo.upscale_geotiff`]) and keeps its georeferencing. Every failure
 is one line naming the file ([`InputFailed`]).
 
 Importing this module loads neither torch, diffusers, numpy nor PIL (the command line answers at once): each function
@@ -232,7 +232,7 @@ def _decoding(path: Path) -> Iterator[None]:
     """Every failure to decode ``path`` as one line naming it ([`InputFailed`])."""
     from PIL import Image, UnidentifiedImageError
 
-    from .image_files import UnsupportedImageError
+    from .io.image_files import UnsupportedImageError
 
     try:
         yield
@@ -254,7 +254,7 @@ def _decoding(path: Path) -> Iterator[None]:
 
 
 def read_image_file(path: Path) -> Any:
-    """Open and fully decode an image file with PIL ([`~neurop_diff_diffusers.image_files.open_image`]: PNG, JPEG
+    """Open and fully decode an image file with PIL ([`~neurop_diff_diffusers.io.image_files.open_image`]: PNG, JPEG
     and TIFF decoders only, one frame, EXIF orientation applied); every failure is one line naming ``path``.
 
     Args:
@@ -267,7 +267,7 @@ def read_image_file(path: Path) -> Any:
         InputFailed: not a PNG / JPEG / TIFF, several frames or pages, truncated / damaged, a decompression bomb,
             unreadable.
     """
-    from .image_files import open_image
+    from .io.image_files import open_image
 
     with _decoding(path):
         return open_image(path)
@@ -275,20 +275,20 @@ def read_image_file(path: Path) -> Any:
 
 def read_image_array(path: Path, warn: bool) -> Any:
     """Decode ``path`` to the model's input and what its output keeps
-    ([`~neurop_diff_diffusers.image_files.read_plain_image`]).
+    ([`~neurop_diff_diffusers.io.image_files.read_plain_image`]).
 
     Args:
         path: a PNG, JPEG or TIFF file.
         warn: print the decoding's warnings (e.g. an ICC profile that cannot be kept) on stderr, one line each.
 
     Returns:
-        The [`~neurop_diff_diffusers.image_files.PlainImage`]: ``.rgb`` is the ``(H, W, 3)`` array the pipeline
+        The [`~neurop_diff_diffusers.io.image_files.PlainImage`]: ``.rgb`` is the ``(H, W, 3)`` array the pipeline
         takes (its first field), with ``.grey``, ``.bits``, ``.alpha`` and ``.icc_profile`` for the output.
 
     Raises:
         InputFailed: the file cannot be decoded or is not a usable image.
     """
-    from .image_files import read_plain_image
+    from .io.image_files import read_plain_image
 
     with warnings.catch_warnings(record=True) as caught, _decoding(path):
         warnings.simplefilter("always")
@@ -340,7 +340,7 @@ def check_not_an_input(src: Path, dst: Path, inputs: dict[tuple[int, int], Path]
 
 
 def probe_geo(path: Path) -> bool:
-    """Whether a file takes the GeoTIFF path ([`~neurop_diff_diffusers.raster_io.route_tiff`]).
+    """Whether a file takes the GeoTIFF path ([`~neurop_diff_diffusers.io.rasters.route_tiff`]).
 
     A TIFF (by name or content) whose header shows anything the plain-image path would lose: georeferencing (CRS,
     transform, GCPs, RPCs), nodata, non-8-bit or palette bands, a band layout other than grey / RGB / RGBA.
@@ -353,7 +353,7 @@ def probe_geo(path: Path) -> bool:
         InputFailed: a ``.tif`` / ``.tiff`` whose content is not a TIFF (e.g. a VRT), or a georeferenced TIFF while
             rasterio is missing; one line naming ``path``.
     """
-    from .raster_io import route_tiff
+    from .io.rasters import route_tiff
 
     try:
         return route_tiff(path)
@@ -379,7 +379,7 @@ def prepare_job(
         scale: the scale (or ``None`` with ``size``).
         size: the explicit output ``(height, width)`` (or ``None``); not smaller than the input.
         max_pixels: the largest output, in pixels (``height * width``); for a georeferenced input, the budget of
-            [`~neurop_diff_diffusers.raster_io.check_budget`] (the input from its header, e.g. 2,000 bands refused).
+            [`~neurop_diff_diffusers.io.rasters.check_budget`] (the input from its header, e.g. 2,000 bands refused).
         cap_geo_output: also cap a georeferenced input's output (the web app's server limit); ``False`` (the CLI):
             the scene engine streams it window by window, so only the input stage is counted.
 
@@ -396,7 +396,7 @@ def prepare_job(
     if geo and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
     if geo:  # the header only, here: the budget is checked before any pixel is read
-        from .raster_io import check_header, inspect_raster
+        from .io.rasters import check_header, inspect_raster
 
         try:
             header = inspect_raster(src)
@@ -407,7 +407,7 @@ def prepare_job(
             print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
         height, width = header.height, header.width
     else:
-        from .image_files import output_losses
+        from .io.image_files import output_losses
 
         image = read_image_array(src, warn=True)
         height, width = image.rgb.shape[:2]
@@ -426,8 +426,8 @@ def prepare_job(
             "raise it"
         )
     if geo:
-        from .geo import check_raster
-        from .raster_io import check_budget
+        from .io.geo import check_raster
+        from .io.rasters import check_budget
 
         try:
             # bands x pixels x bytes of the input, from the header (e.g. 2,000 bands are refused before any read);
@@ -479,8 +479,8 @@ def uncertainty_path(dst: Path) -> Path:
 def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs: dict[str, Any]) -> None:
     """Upscale one input and commit its output (atomically; never over a file that appeared meanwhile).
 
-    A georeferenced input is written by [`~neurop_diff_diffusers.geo.upscale_geotiff`]; a plain image by
-    [`~neurop_diff_diffusers.image_files.write_plain_image`] (grey stays grey, alpha upscaled with nearest, 16 bits
+    A georeferenced input is written by [`~neurop_diff_diffusers.io.geo.upscale_geotiff`]; a plain image by
+    [`~neurop_diff_diffusers.io.image_files.write_plain_image`] (grey stays grey, alpha upscaled with nearest, 16 bits
     kept in PNG / TIFF, ICC profile copied).
 
     Args:
@@ -504,7 +504,7 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     import torch
     from PIL import Image
 
-    from .image_files import write_plain_image
+    from .io.image_files import write_plain_image
 
     src, dst, geo, out_size = job
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -512,7 +512,7 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     if map_path is not None:
         check_output_location(map_path, overwrite)
     if geo:  # with num_samples the scene engine writes the map too (both files, or neither)
-        from .geo import upscale_geotiff
+        from .io.geo import upscale_geotiff
 
         with warnings.catch_warnings(record=True) as caught:  # e.g. undeclared NaN: one line each
             warnings.simplefilter("always", UserWarning)

@@ -237,7 +237,7 @@ def read_plain_image(path: str | os.PathLike, name: str | None = None) -> PlainI
         grey = samples.astype(np.float32) / np.float32(top)
         return PlainImage(np.repeat(grey[..., None], 3, axis=-1), True, 16, alpha, _icc_for(image, True, name))
     if mode in ("F", "I", "I;32", "I;32B", "I;32L"):
-        from .pipelines.image_processing import pil_to_array  # the API's checks and messages for these modes
+        from ..pipelines.image_processing import pil_to_array  # the API's checks and messages for these modes
 
         return PlainImage(pil_to_array(image, name), True, 32, None, _icc_for(image, True, name))
     if mode in ("1", "L", "LA", "La"):
@@ -338,7 +338,7 @@ def write_plain_image(result: np.ndarray, source: PlainImage, path: str | os.Pat
         overwrite: replace an existing file (atomically); without it an existing file is never replaced
             (``FileExistsError``).
     """
-    from .utils import atomic_write
+    from ..utils import atomic_write
 
     path = Path(path)
     suffix = path.suffix.lower()

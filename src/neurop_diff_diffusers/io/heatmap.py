@@ -8,7 +8,7 @@ larger ones take its top colour.
 
 Example:
     >>> import numpy as np
-    >>> from neurop_diff_diffusers.heatmap import overlay, uncertainty_heatmap
+    >>> from neurop_diff_diffusers.io.heatmap import overlay, uncertainty_heatmap
     >>> heat = uncertainty_heatmap(np.array([[0.0, 0.1]], np.float32), vmax=0.1)
     >>> heat.tolist()
     [[[0, 0, 0], [255, 255, 200]]]

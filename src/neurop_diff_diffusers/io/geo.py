@@ -4,8 +4,8 @@ What happens to a scene:
 
 - **Georeferencing.** The output has the input's CRS and a transform with the same origin whose pixel size is
   divided by the actual scale of each axis (``W_in / W_out`` and ``H_in / H_out``); GCPs and RPCs are mapped to the
-  output grid ([`~neurop_diff_diffusers.raster_io.output_georeferencing`]). Inputs are opened and checked from their
-  header by [`~neurop_diff_diffusers.raster_io`] (complex rasters refused, palette rasters expanded to RGB).
+  output grid ([`~neurop_diff_diffusers.io.rasters.output_georeferencing`]). Inputs are opened and checked from their
+  header by [`~neurop_diff_diffusers.io.rasters`] (complex rasters refused, palette rasters expanded to RGB).
 - **Values.** The model works on ``[0, 1]``. ``uint8`` bands are divided by 255. Other dtypes (``uint16``,
   ``int16``, ``float32``, ...) get a linear min-max stretch per band over the valid pixels,
   ``(x - low) / (high - low)``; ``low`` / ``high`` are written into the output's tags (``NEUROP_DIFF_STRETCH``). The
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .raster_io import (
+from .rasters import (
     WIDE_DTYPES,
     expand_palette,
     inspect_raster,
@@ -66,7 +66,7 @@ def _rasterio():
 
 
 def is_georeferenced(path: str | os.PathLike) -> bool:
-    """True for a TIFF that must take the GeoTIFF path ([`~neurop_diff_diffusers.raster_io.needs_raster_path`]).
+    """True for a TIFF that must take the GeoTIFF path ([`~neurop_diff_diffusers.io.rasters.needs_raster_path`]).
 
     A CRS, a non-identity transform, GCPs, RPCs, nodata, non-8-bit or palette bands, or a band layout other than
     grey / RGB / RGBA: such files take the GeoTIFF path of the CLI; plain 8-bit grey / RGB / RGBA TIFFs are ordinary
@@ -409,6 +409,6 @@ def _upscale_geotiff(
     overwrite: bool,
     **pipe_kwargs: Any,
 ) -> Path:
-    from .scene import upscale_scene  # the scene engine: window by window, resumable, COG out
+    from ..scene import upscale_scene  # the scene engine: window by window, resumable, COG out
 
     return upscale_scene(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)
