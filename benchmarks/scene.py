@@ -181,7 +181,7 @@ def seam_ratio(image: np.ndarray, borders_y: list[int], borders_x: list[int], pe
 
 def _borders(plan) -> tuple[list[int], list[int]]:
     """The output positions of the window cores' edges (where neighbouring windows meet)."""
-    from neurop_diff_diffusers.scene import core_bounds, output_start
+    from neurop_diff_diffusers.jobs.scene import core_bounds, output_start
 
     ys = [output_start(b, plan.size[0], plan.out_size[0]) for b in core_bounds(plan.size[0], plan.window)[1:-1]]
     xs = [output_start(b, plan.size[1], plan.out_size[1]) for b in core_bounds(plan.size[1], plan.window)[1:-1]]
@@ -198,7 +198,7 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     import torch
 
     from neurop_diff_diffusers.runtime.loading import load_pipeline
-    from neurop_diff_diffusers.scene import ScenePlan, upscale_scene
+    from neurop_diff_diffusers.jobs.scene import ScenePlan, upscale_scene
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from neurop_diff_diffusers import cli
-from neurop_diff_diffusers.batch import (
+from neurop_diff_diffusers.jobs.batch import (
     LOCK_NAME,
     MANIFEST_NAME,
     append_record,

@@ -23,7 +23,7 @@ from conftest import smooth_scene as _smooth_scene  # noqa: E402
 from conftest import write_geotiff as _write  # noqa: E402
 from neurop_diff_diffusers import build_pipeline, cli  # noqa: E402
 from neurop_diff_diffusers.io.geo import STRETCH_TAG  # noqa: E402
-from neurop_diff_diffusers.scene import (  # noqa: E402
+from neurop_diff_diffusers.jobs.scene import (  # noqa: E402
     ScenePlan,
     assemble_and_commit,
     compute_windows,
@@ -417,7 +417,7 @@ def test_a_nan_model_writes_nothing_even_prior_only(tmp_path):
 
 
 def test_cli_geotiff_output_goes_by_windows_but_the_app_keeps_its_cap(tmp_path):
-    from neurop_diff_diffusers.upscale_job import InputFailed, prepare_job
+    from neurop_diff_diffusers.jobs.upscale_file import InputFailed, prepare_job
 
     src = _write(tmp_path / "scene.tif", _smooth_scene(20, 20))
     job = prepare_job(src, tmp_path / "up.tif", 4.0, None, 1000)  # 80 x 80 = 6400 output pixels > 1000
@@ -453,7 +453,7 @@ def test_one_window_map_and_mean_are_the_pipelines(pipe, tmp_path):
     """One window is the whole-scene pass: its output is the samples' mean and its map their spread, as
     ``pipe(..., num_samples=N, prior=...)`` returns them for the window's seed and prior (over flips, by default, the
     prior is flipped rather than recomputed on the flipped window)."""
-    from neurop_diff_diffusers.scene import window_seed
+    from neurop_diff_diffusers.jobs.scene import window_seed
 
     data = _smooth_scene(24, 20)
     path = _write(tmp_path / "s.tif", data)
@@ -563,7 +563,7 @@ def test_cli_uncertainty_refusals_of_a_geotiff_are_one_line_before_the_model(tmp
 
 def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
     """The map's COG overviews are averages: GDAL's default (cubic) rings below 0 around an isolated bright pixel."""
-    from neurop_diff_diffusers.scene import _write_cog
+    from neurop_diff_diffusers.jobs.scene import _write_cog
 
     values = np.zeros((600, 560), np.float32)
     values[::7, ::5] = 0.5

@@ -60,14 +60,14 @@ _EXPORTS = {
     "bicubic_prior": "pipelines",
     "pool_uncertainty": "pipelines.uncertainty",
     "back_project": "pipelines.data_consistency",
-    "uncertainty_path": "upscale_job",
+    "uncertainty_path": "jobs.upscale_file",
     "DEFAULT_TILE_OVERLAP": "pipelines.tiling",
     "DEFAULT_TILE_SIZE": "pipelines.tiling",
     "PRESETS": "runtime.presets",
     "build_neural_operator": "runtime.presets",
     "build_pipeline": "runtime.presets",
     "build_unet": "runtime.presets",
-    "upscale_scene": "scene",
+    "upscale_scene": "jobs.scene",
     "SCHEDULERS": "pipelines.scheduling",
     "default_scheduler": "pipelines.scheduling",
     "make_scheduler": "pipelines.scheduling",
@@ -78,6 +78,7 @@ _EXPORTS = {
 #: Module paths of releases before the package was split into layers -> their home now. Importing an old path
 #: gives the new module itself (so a monkeypatch through either name patches the same object) and warns once.
 _MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
+    "batch": "jobs.batch",
     "coordinates": "models.coordinates",
     "data_consistency": "pipelines.data_consistency",
     "default_model": "runtime.loading",
@@ -92,8 +93,10 @@ _MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "optimization": "runtime.optimization",
     "presets": "runtime.presets",
     "raster_io": "io.rasters",
+    "scene": "jobs.scene",
     "scheduling": "pipelines.scheduling",
     "training_utils": "training",
+    "upscale_job": "jobs.upscale_file",
 }
 
 #: the classes that ``diffusers`` must find by name.
@@ -172,7 +175,7 @@ class _MovedModuleAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         >>> import warnings
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     from neurop_diff_diffusers.scene import upscale_scene
+        ...     from neurop_diff_diffusers.jobs.scene import upscale_scene
         >>> upscale_scene.__module__, caught[0].category.__name__
         ('neurop_diff_diffusers.jobs.scene', 'DeprecationWarning')
     """

@@ -1,5 +1,5 @@
 """The web app (Gradio, extra ``[app]``): upscale an image in the browser with the CLI's own code
-([`~neurop_diff_diffusers.upscale_job`]).
+([`~neurop_diff_diffusers.jobs.upscale_file`]).
 
 ``neurop-diff serve`` runs it on 127.0.0.1:7860; ``app.py`` at the repository root runs it as a Hugging Face Space.
 An upload is validated (type, size from the header, full decode) before any model work, with the CLI's checks; a
@@ -34,7 +34,7 @@ from typing import Any
 from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
 from .runtime.optimization import optimize_pipeline
 from .pipelines.scheduling import make_scheduler, scheduler_name
-from .upscale_job import (
+from .jobs.upscale_file import (
     IMAGE_SUFFIXES,
     InputFailed,
     check_input_file,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
-from .upscale_job import (
+from .jobs.upscale_file import (
     IMAGE_SUFFIXES,
     CLIError,
     InputFailed,
@@ -253,7 +253,7 @@ def _scene_device(device: str) -> str:
 
 def _scene_options(args: argparse.Namespace) -> dict[str, Any]:
     """The scene engine's options of a GeoTIFF input (window, halo, value range, resume, progress bar, processes)."""
-    from .scene import parse_value_range, tqdm_progress
+    from .jobs.scene import parse_value_range, tqdm_progress
 
     try:
         value_range = parse_value_range(args.value_range)
@@ -274,7 +274,7 @@ def _dry_run(
     pipe: Any, jobs: list[Any], args: argparse.Namespace, common: dict[str, Any], options: dict[str, Any]
 ) -> int:
     """``--dry-run``: the plan of each input (windows, memory, time from one window); nothing is written."""
-    from .scene import dry_run, prepare_scene
+    from .jobs.scene import dry_run, prepare_scene
 
     for job in jobs:
         src, dst, geo, out_size = job
@@ -319,7 +319,7 @@ def _check_batch_flags(args: argparse.Namespace) -> None:
             f"--input-dir {args.input_dir} lies inside --out-dir {args.out_dir}, whose files are never inputs; "
             "choose another --out-dir"
         )
-    from .batch import MANIFEST_NAME, check_glob, check_manifest
+    from .jobs.batch import MANIFEST_NAME, check_glob, check_manifest
 
     try:
         check_glob(args.glob)
@@ -390,7 +390,7 @@ def _claim_out_dir(out_dir: Path, planned: dict[str, str], settings: dict[str, A
         CLIError: another run holds the folder, the manifest is not a regular file, or outputs of other settings
             are there and ``overwrite`` is off.
     """
-    from .batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts, unlock_folder
+    from .jobs.batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts, unlock_folder
 
     manifest = out_dir / MANIFEST_NAME
     try:
@@ -480,7 +480,7 @@ def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[i
     ``--seed``, and on the CPU each process computes with one thread, so the files do not depend on how the inputs
     were split between processes: bit for bit the outputs of one process.
     """
-    from .batch import find_inputs
+    from .jobs.batch import find_inputs
 
     _check_batch_flags(args)
     input_dir, out_dir = Path(args.input_dir), args.out_dir
@@ -529,7 +529,7 @@ def _upscale_dir(
     try:
         return _upscale_dir_locked(args, scale, size, sources, device, settings)
     finally:
-        from .batch import unlock_folder
+        from .jobs.batch import unlock_folder
 
         for handle in held:
             unlock_folder(out_dir, handle)
@@ -548,7 +548,7 @@ def _upscale_dir_locked(
 
     from accelerate import PartialState
 
-    from .batch import MANIFEST_NAME, run_batch, stale_temporaries
+    from .jobs.batch import MANIFEST_NAME, run_batch, stale_temporaries
 
     manifest = args.out_dir / MANIFEST_NAME
     # in every process, before any file: a bad --model stops them all alike

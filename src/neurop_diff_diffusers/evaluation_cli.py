@@ -340,7 +340,7 @@ def _command(argv: list[str], prog: str | None) -> str:
 def _read_input(path: str) -> torch.Tensor:
     """The `--input` image as ``(1, 3, h, w)`` in ``[0, 1]``: a GeoTIFF by [`~neurop_diff_diffusers.io.geo.read_scene`]
     (its first three bands, or its one band repeated), other images through the API's validation."""
-    from .upscale_job import InputFailed, check_input_file, probe_geo, read_image_array
+    from .jobs.upscale_file import InputFailed, check_input_file, probe_geo, read_image_array
 
     file = Path(path)
     try:

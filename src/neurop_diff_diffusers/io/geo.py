@@ -25,7 +25,7 @@ What happens to a scene:
   scene) is upscaled with bicubic interpolation of its stretched values, *without* the model, and written at its
   place: no band is dropped. An alpha band is upscaled with nearest neighbour (a mask). A single-band scene is run
   through the model as grey RGB and the mean of the three output channels written.
-- **Memory.** [`upscale_geotiff`] runs the scene engine ([`~neurop_diff_diffusers.scene`]): LR windows with a halo,
+- **Memory.** [`upscale_geotiff`] runs the scene engine ([`~neurop_diff_diffusers.jobs.scene`]): LR windows with a halo,
   blended, streamed from disk to disk; peak memory depends on the window size and the output width, not on the
   scene's area. The output is a pixel-interleaved Cloud-Optimized GeoTIFF (with the input's internal overview
   factors when it has some). ([`read_scene`] still reads a whole scene into memory.)
@@ -383,7 +383,7 @@ def upscale_geotiff(
             file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
         pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
             ``prior_only``...) and the scene engine (``window``, ``halo``, ``value_range``, ...: see
-            [`~neurop_diff_diffusers.scene.upscale_scene`]); ``num_samples=N`` writes the mean of ``N`` samples and
+            [`~neurop_diff_diffusers.jobs.scene.upscale_scene`]); ``num_samples=N`` writes the mean of ``N`` samples and
             their uncertainty map ``<output stem>.uncertainty.tif`` (float32, one band, georeferenced like the
             output, on the model's ``[0, 1]`` scale: the value range mapped to 0..1).
 
@@ -409,6 +409,6 @@ def _upscale_geotiff(
     overwrite: bool,
     **pipe_kwargs: Any,
 ) -> Path:
-    from ..scene import upscale_scene  # the scene engine: window by window, resumable, COG out
+    from ..jobs.scene import upscale_scene  # the scene engine: window by window, resumable, COG out
 
     return upscale_scene(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)

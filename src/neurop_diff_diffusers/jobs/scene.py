@@ -78,10 +78,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .io.geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
-from .pipelines.image_processing import check_finite_output, resolve_output_size
-from .pipelines.uncertainty import check_num_samples
-from .io.rasters import (
+from ..io.geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
+from ..pipelines.image_processing import check_finite_output, resolve_output_size
+from ..pipelines.uncertainty import check_num_samples
+from ..io.rasters import (
     RasterHeader,
     build_output_overviews,
     check_header,
@@ -93,8 +93,8 @@ from .io.rasters import (
     output_overviews,
     palette_table,
 )
-from .upscale_job import uncertainty_path
-from .utils import atomic_write, atomic_write_json, derive_seed
+from .upscale_file import uncertainty_path
+from ..utils import atomic_write, atomic_write_json, derive_seed
 
 #: LR pixels of a window's core, a side (measured: README "Whole scenes").
 DEFAULT_WINDOW = 256

@@ -222,7 +222,7 @@ def save_image_atomic(image: Any, path: Path, overwrite: bool = True) -> None:
         path: the output file.
         overwrite: whether an existing file may be replaced.
     """
-    from .utils import save_image_atomic as save
+    from ..utils import save_image_atomic as save
 
     save(image, path, overwrite=overwrite)
 
@@ -232,7 +232,7 @@ def _decoding(path: Path) -> Iterator[None]:
     """Every failure to decode ``path`` as one line naming it ([`InputFailed`])."""
     from PIL import Image, UnidentifiedImageError
 
-    from .io.image_files import UnsupportedImageError
+    from ..io.image_files import UnsupportedImageError
 
     try:
         yield
@@ -267,7 +267,7 @@ def read_image_file(path: Path) -> Any:
         InputFailed: not a PNG / JPEG / TIFF, several frames or pages, truncated / damaged, a decompression bomb,
             unreadable.
     """
-    from .io.image_files import open_image
+    from ..io.image_files import open_image
 
     with _decoding(path):
         return open_image(path)
@@ -288,7 +288,7 @@ def read_image_array(path: Path, warn: bool) -> Any:
     Raises:
         InputFailed: the file cannot be decoded or is not a usable image.
     """
-    from .io.image_files import read_plain_image
+    from ..io.image_files import read_plain_image
 
     with warnings.catch_warnings(record=True) as caught, _decoding(path):
         warnings.simplefilter("always")
@@ -353,7 +353,7 @@ def probe_geo(path: Path) -> bool:
         InputFailed: a ``.tif`` / ``.tiff`` whose content is not a TIFF (e.g. a VRT), or a georeferenced TIFF while
             rasterio is missing; one line naming ``path``.
     """
-    from .io.rasters import route_tiff
+    from ..io.rasters import route_tiff
 
     try:
         return route_tiff(path)
@@ -389,14 +389,14 @@ def prepare_job(
     Raises:
         InputFailed: with a one-line message naming ``src``.
     """
-    from .pipelines.image_processing import resolve_output_size
+    from ..pipelines.image_processing import resolve_output_size
 
     check_not_an_input(src, dst, file_identities([src]))
     geo = probe_geo(src)
     if geo and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
     if geo:  # the header only, here: the budget is checked before any pixel is read
-        from .io.rasters import check_header, inspect_raster
+        from ..io.rasters import check_header, inspect_raster
 
         try:
             header = inspect_raster(src)
@@ -407,7 +407,7 @@ def prepare_job(
             print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
         height, width = header.height, header.width
     else:
-        from .io.image_files import output_losses
+        from ..io.image_files import output_losses
 
         image = read_image_array(src, warn=True)
         height, width = image.rgb.shape[:2]
@@ -426,8 +426,8 @@ def prepare_job(
             "raise it"
         )
     if geo:
-        from .io.geo import check_raster
-        from .io.rasters import check_budget
+        from ..io.geo import check_raster
+        from ..io.rasters import check_budget
 
         try:
             # bands x pixels x bytes of the input, from the header (e.g. 2,000 bands are refused before any read);
@@ -450,7 +450,7 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
     Raises:
         CLIError: the model cannot be loaded, with a one-line message.
     """
-    from .runtime.loading import load_pipeline
+    from ..runtime.loading import load_pipeline
 
     try:
         pipe = load_pipeline(spec, device=device)
@@ -491,7 +491,7 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
         pipe_kwargs: the pipeline call's other keyword arguments (``num_inference_steps``, ``strength``, ...);
             with ``num_samples`` the output is the samples' mean and their spread is written to
             [`uncertainty_path`] as a float32 one-band TIFF (for a georeferenced input: a COG georeferenced like the
-            output, from the scene engine's windows, see [`~neurop_diff_diffusers.scene`]).
+            output, from the scene engine's windows, see [`~neurop_diff_diffusers.jobs.scene`]).
 
     Raises:
         InputFailed: the input cannot be decoded any more.
@@ -504,7 +504,7 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     import torch
     from PIL import Image
 
-    from .io.image_files import write_plain_image
+    from ..io.image_files import write_plain_image
 
     src, dst, geo, out_size = job
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -512,7 +512,7 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     if map_path is not None:
         check_output_location(map_path, overwrite)
     if geo:  # with num_samples the scene engine writes the map too (both files, or neither)
-        from .io.geo import upscale_geotiff
+        from ..io.geo import upscale_geotiff
 
         with warnings.catch_warnings(record=True) as caught:  # e.g. undeclared NaN: one line each
             warnings.simplefilter("always", UserWarning)

@@ -1,0 +1,1 @@
+"""File-level jobs: one image file, a batch of files, and a whole scene (GeoTIFF) in windows."""
