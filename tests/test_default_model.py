@@ -30,7 +30,7 @@ from neurop_diff_diffusers import (
     load_default_pipeline,
 )
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor
-from neurop_diff_diffusers.metrics import image_metrics, quantize_8bit
+from neurop_diff_diffusers.metrics.quality import image_metrics, quantize_8bit
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "assets" / "samples").glob("*.png"))
 

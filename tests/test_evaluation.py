@@ -23,7 +23,7 @@ from neurop_diff_diffusers.evaluation import (
     results_to_json,
     results_to_markdown,
 )
-from neurop_diff_diffusers.metrics import niqe, niqe_available
+from neurop_diff_diffusers.metrics.quality import niqe, niqe_available
 
 TRUST_KEYS = {"lr_l1_255", "spectral_angle", "synthesis", "improvement", "omission", "hallucination"}
 RESULT_KEYS = {"method", "scale", "psnr", "ssim", "lpips", "niqe", "hf_ratio", "n_images", "seconds_per_image"}

@@ -12,7 +12,7 @@ import torch
 from scipy.signal import convolve2d
 
 from neurop_diff_diffusers import metrics
-from neurop_diff_diffusers.metrics import image_metrics, load_lpips, lpips_availability, psnr, rgb_to_y, ssim
+from neurop_diff_diffusers.metrics.quality import image_metrics, load_lpips, lpips_availability, psnr, rgb_to_y, ssim
 
 
 def _reference_ssim(x: np.ndarray, y: np.ndarray) -> float:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from neurop_diff_diffusers import detail_metrics as metrics
-from neurop_diff_diffusers.metrics import (
+from neurop_diff_diffusers.metrics.quality import (
     NIQE_MIN_SIZE,
     NIQE_MODELS,
     hf_energy_ratio,

@@ -245,7 +245,7 @@ def test_the_fast_path_keeps_the_embedded_models_quality_on_a_real_image():
 
     from neurop_diff_diffusers import has_default_model, load_default_pipeline
     from neurop_diff_diffusers.data.degradation import bicubic_degrade
-    from neurop_diff_diffusers.metrics import psnr
+    from neurop_diff_diffusers.metrics.quality import psnr
 
     if not has_default_model():
         pytest.skip("this installation ships no embedded model")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neurop_diff_diffusers.trust_metrics import (
+from neurop_diff_diffusers.metrics.trust import (
     CORRECTNESS_CLASSES,
     consistency,
     correctness,

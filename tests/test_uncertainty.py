@@ -18,7 +18,7 @@ from neurop_diff_diffusers.pipelines.uncertainty import (
     sample_generators,
     sample_seeds,
 )
-from neurop_diff_diffusers.trust_metrics import lr_agreement
+from neurop_diff_diffusers.metrics.trust import lr_agreement
 
 
 @pytest.fixture(scope="module")

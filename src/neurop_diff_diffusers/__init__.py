@@ -82,6 +82,7 @@ _MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "coordinates": "models.coordinates",
     "data_consistency": "pipelines.data_consistency",
     "default_model": "runtime.loading",
+    "detail_metrics": "metrics.detail",
     "geo": "io.geo",
     "hardware": "runtime.hardware",
     "heatmap": "io.heatmap",
@@ -96,6 +97,7 @@ _MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "scene": "jobs.scene",
     "scheduling": "pipelines.scheduling",
     "training_utils": "training",
+    "trust_metrics": "metrics.trust",
     "upscale_job": "jobs.upscale_file",
 }
 

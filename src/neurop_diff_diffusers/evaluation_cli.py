@@ -24,7 +24,7 @@ from .evaluation import DEFAULT_SCALES, LazyRow, check_settings, evaluate
 from .evaluation_methods import METHODS
 from .evaluation_report import results_to_markdown, save_results
 from .runtime.loading import load_pipeline
-from .metrics import PROTOCOLS
+from .metrics.quality import PROTOCOLS
 from .runtime.optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
 from .pipelines.scheduling import SCHEDULERS, check_eta, check_strength
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .metrics import hf_energy_ratio, niqe, protocol_kwargs, psnr, ssim
+from .metrics.quality import hf_energy_ratio, niqe, protocol_kwargs, psnr, ssim
 from .pipelines import NeurOpDiffPipeline, bicubic_prior
 from .utils import derive_seed
 
@@ -168,7 +168,7 @@ class EvaluationMetric:
 
 
 def trust_row(scoring: EvaluationScoring, output: torch.Tensor, hr: torch.Tensor, scale: float) -> dict[str, Any]:
-    """The [`~neurop_diff_diffusers.trust_metrics.trust_metrics`] of one output (``(1, 3, H, W)`` in ``[0, 1]``)
+    """The [`~neurop_diff_diffusers.metrics.trust.trust_metrics`] of one output (``(1, 3, H, W)`` in ``[0, 1]``)
     against the LR the evaluation made from `hr` at `scale`, computed once per output (the metrics share it).
 
     Args:
@@ -183,7 +183,7 @@ def trust_row(scoring: EvaluationScoring, output: torch.Tensor, hr: torch.Tensor
         ``hallucination``.
     """
     from .data import bicubic_degrade
-    from .trust_metrics import trust_metrics
+    from .metrics.trust import trust_metrics
 
     cache = scoring.trust_cache
     if not (cache.get("output") is output and cache.get("hr") is hr and cache.get("scale") == float(scale)):
@@ -197,7 +197,7 @@ def _trust_metric(name: str, skip_undefined: bool = False) -> EvaluationMetric:
     return EvaluationMetric(lambda sc, out, hr, s: trust_row(sc, out, hr, s)[name], skip_undefined)
 
 
-#: The trust metrics (see [`~neurop_diff_diffusers.trust_metrics`]): LR agreement in levels, spectral angle in degrees,
+#: The trust metrics (see [`~neurop_diff_diffusers.metrics.trust`]): LR agreement in levels, spectral angle in degrees,
 #: synthesis, and the fractions of the classified pixels that are improvement / omission / hallucination.
 TRUST_METRICS: tuple[str, ...] = (
     "lr_l1_255",

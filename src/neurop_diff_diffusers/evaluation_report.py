@@ -237,7 +237,7 @@ def results_to_markdown(report: dict[str, Any]) -> str:
     if any("lr_l1_255" in r for r in results):
         lines += [
             "",
-            "Trust (weight-free, see `neurop_diff_diffusers.trust_metrics`): LR agreement (mean |downsampled output - "
+            "Trust (weight-free, see `neurop_diff_diffusers.metrics.trust`): LR agreement (mean |downsampled output - "
             "LR| on 0..255, the training degradation) / spectral angle (degrees) / synthesis (mean L1 to the "
             "upsampled LR):",
             "",

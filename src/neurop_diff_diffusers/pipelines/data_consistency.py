@@ -8,7 +8,7 @@ the LR Nyquist frequency towards the LR's and leaves the detail above it (what t
 Example:
     >>> import torch
     >>> from neurop_diff_diffusers.pipelines.data_consistency import back_project
-    >>> from neurop_diff_diffusers.trust_metrics import lr_agreement
+    >>> from neurop_diff_diffusers.metrics.trust import lr_agreement
     >>> from neurop_diff_diffusers.data import bicubic_degrade
     >>> g = torch.Generator().manual_seed(0)
     >>> hr = torch.rand(1, 3, 64, 64, generator=g) * 2 - 1

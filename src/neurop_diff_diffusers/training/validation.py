@@ -1,5 +1,5 @@
 """Validation during training: fixed validation pairs, the operator's and the pipeline's figures (scored with the
-evaluation's code, [`~neurop_diff_diffusers.metrics.image_metrics`] on 8-bit levels) and an image grid."""
+evaluation's code, [`~neurop_diff_diffusers.metrics.quality.image_metrics`] on 8-bit levels) and an image grid."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from diffusers.utils import make_image_grid
 
 from ..data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil, to_uint8_levels
-from ..metrics import to_unit_levels
+from ..metrics.quality import to_unit_levels
 from ..models.neural_operator import GalerkinNeuralOperator
 from ..pipelines.pipeline_neurop_diff import bicubic_prior
 from ..utils import seeded_generator
@@ -81,7 +81,7 @@ class ValidationResult:
 
 def _figures(pred01: torch.Tensor, hr01: torch.Tensor, suffix: str) -> dict[str, float]:
     """Mean PSNR / SSIM with the evaluation's code (``image_metrics``, ``"rgb"`` protocol) on 8-bit-level images."""
-    from ..metrics import image_metrics, psnr  # imported here: torchmetrics (SSIM) is needed only for validation
+    from ..metrics.quality import image_metrics, psnr  # imported here: torchmetrics (SSIM) is needed only for validation
 
     if min(hr01.shape[-2:]) <= 11:  # no room for the 11 x 11 SSIM window: PSNR alone
         return {f"psnr{suffix}": float(psnr(pred01, hr01).mean())}
@@ -110,7 +110,7 @@ def _names(val: ValidationSet) -> list[str]:
 def validate_operator(operator: GalerkinNeuralOperator, val: ValidationSet) -> ValidationResult:
     """PSNR / SSIM of the operator's output (and of bicubic upsampling) against the HR images, and a grid.
 
-    Scored as in the evaluation: images rounded to 8-bit levels, [`~neurop_diff_diffusers.metrics.image_metrics`].
+    Scored as in the evaluation: images rounded to 8-bit levels, [`~neurop_diff_diffusers.metrics.quality.image_metrics`].
     Keys: ``psnr``, ``ssim`` (the operator), ``psnr_bicubic``, ``ssim_bicubic``.
 
     Args:

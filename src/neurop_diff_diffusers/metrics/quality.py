@@ -22,7 +22,7 @@ that torchmetrics clamps the local variances at 0, which only changes values bel
 `tests/test_metrics.py` checks the result against an independent scipy implementation.
 
 Two more measures look at the *detail* of an output rather than its fidelity to the HR (their code is in
-[`~neurop_diff_diffusers.detail_metrics`], re-exported here):
+[`~neurop_diff_diffusers.metrics.detail`], re-exported here):
 
 - **NIQE** ([`niqe`]; Mittal, Soundararajan and Bovik, "Making a completely blind image quality analyzer", IEEE SPL
   2013), no-reference, lower is better: the distance between a multivariate Gaussian fitted to natural-scene
@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .detail_metrics import (  # noqa: F401 (re-exported: part of the metrics API)
+from .detail import (  # noqa: F401 (re-exported: part of the metrics API)
     NIQE_MIN_SIZE,
     NIQE_MODELS,
     NIQE_PATCH_SIZE,
@@ -128,7 +128,7 @@ def quantize_8bit(image: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.metrics import quantize_8bit
+        >>> from neurop_diff_diffusers.metrics.quality import quantize_8bit
         >>> quantize_8bit(torch.tensor([0.0, 0.5, 1.2])).tolist()
         [0.0, 128.0, 255.0]
     """
@@ -149,7 +149,7 @@ def to_unit_levels(image: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.metrics import to_unit_levels
+        >>> from neurop_diff_diffusers.metrics.quality import to_unit_levels
         >>> (to_unit_levels(torch.tensor([-1.0, 0.0, 0.999, 2.0])) * 255).tolist()
         [0.0, 128.0, 255.0, 255.0]
     """
@@ -171,7 +171,7 @@ def rgb_to_y(image: torch.Tensor) -> torch.Tensor:
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.metrics import rgb_to_y
+        >>> from neurop_diff_diffusers.metrics.quality import rgb_to_y
         >>> round(rgb_to_y(torch.ones(1, 3, 2, 2))[0, 0, 0, 0].item() * 255, 3)
         235.0
     """
@@ -208,7 +208,7 @@ def psnr(
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.metrics import psnr
+        >>> from neurop_diff_diffusers.metrics.quality import psnr
         >>> target = torch.full((1, 3, 8, 8), 0.5)
         >>> round(psnr(target + 0.1, target).item(), 4)  # 10 log10(1 / 0.01)
         20.0
@@ -251,7 +251,7 @@ def ssim(
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.metrics import ssim
+        >>> from neurop_diff_diffusers.metrics.quality import ssim
         >>> image = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> ssim(image, image).tolist()
         [1.0, 1.0]
@@ -301,7 +301,7 @@ def protocol_kwargs(protocol: str, scale: float = 1.0) -> dict[str, Any]:
         scale (`float`, defaults to 1.0): the super-resolution factor.
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import protocol_kwargs
+        >>> from neurop_diff_diffusers.metrics.quality import protocol_kwargs
         >>> protocol_kwargs("rgb", 4), protocol_kwargs("y", 2.5)
         ({}, {'y_channel': True, 'crop_border': 3})
     """
@@ -341,7 +341,7 @@ def image_metrics(
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.metrics import image_metrics
+        >>> from neurop_diff_diffusers.metrics.quality import image_metrics
         >>> image = torch.rand(1, 3, 32, 32)
         >>> sorted(image_metrics(image, image, scale=4, protocol="y"))
         ['psnr', 'ssim']
@@ -366,7 +366,7 @@ def lpips_weights_file() -> Path:
         `pathlib.Path`: the expected path (which may not exist).
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import lpips_weights_file
+        >>> from neurop_diff_diffusers.metrics.quality import lpips_weights_file
         >>> lpips_weights_file().name
         'alexnet-owt-7be5be79.pth'
     """
@@ -385,7 +385,7 @@ def lpips_availability() -> tuple[bool, str]:
         `Tuple[bool, str]`: `(available, reason)`; `reason` is `"ok"` when available.
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import lpips_availability
+        >>> from neurop_diff_diffusers.metrics.quality import lpips_availability
         >>> available, reason = lpips_availability()
         >>> isinstance(available, bool) and isinstance(reason, str)
         True
@@ -421,7 +421,7 @@ def load_lpips(
         `Tuple[Optional[Callable], str]`: the function (or `None`) and `"ok"` (or the reason).
 
     Example:
-        >>> from neurop_diff_diffusers.metrics import load_lpips
+        >>> from neurop_diff_diffusers.metrics.quality import load_lpips
         >>> fn, reason = load_lpips()
         >>> fn is None or callable(fn)
         True

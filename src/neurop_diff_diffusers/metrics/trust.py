@@ -93,7 +93,7 @@ def pixel_l1(a: Any, b: Any) -> np.ndarray:
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import pixel_l1
+        >>> from neurop_diff_diffusers.metrics.trust import pixel_l1
         >>> pixel_l1(np.zeros((3, 1, 2)), np.full((3, 1, 2), 0.5)).tolist()
         [[0.5, 0.5]]
     """
@@ -117,7 +117,7 @@ def spectral_angle(a: Any, b: Any) -> float:
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import spectral_angle
+        >>> from neurop_diff_diffusers.metrics.trust import spectral_angle
         >>> x = np.random.default_rng(0).random((3, 8, 8))
         >>> spectral_angle(x, 0.5 * x)
         0.0
@@ -155,7 +155,7 @@ def phase_correlation_shift(reference: Any, moving: Any) -> tuple[float, float]:
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import phase_correlation_shift
+        >>> from neurop_diff_diffusers.metrics.trust import phase_correlation_shift
         >>> x = np.random.default_rng(0).random((3, 64, 64))
         >>> dy, dx = phase_correlation_shift(x, np.roll(x, (3, -5), axis=(1, 2)))
         >>> round(dy), round(dx)
@@ -202,11 +202,11 @@ def downsample_to(output: Any, lr_size: tuple[int, int], quantize: bool = True) 
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import downsample_to
+        >>> from neurop_diff_diffusers.metrics.trust import downsample_to
         >>> downsample_to(np.full((3, 32, 32), 0.2), (8, 8)).shape
         (3, 8, 8)
     """
-    from .data import bicubic_degrade
+    from ..data import bicubic_degrade
 
     array = _as_chw(output, "output")
     size = (int(lr_size[0]), int(lr_size[1]))
@@ -231,7 +231,7 @@ def consistency(output: Any, lr: Any, quantize: bool = True) -> dict[str, float]
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import consistency, downsample_to
+        >>> from neurop_diff_diffusers.metrics.trust import consistency, downsample_to
         >>> hr = np.random.default_rng(0).random((3, 64, 64))
         >>> lr = downsample_to(hr, (16, 16))
         >>> consistency(hr, lr)["reflectance_l1"]
@@ -268,11 +268,11 @@ def upsample_lr(lr: Any, size: tuple[int, int]) -> np.ndarray:
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import upsample_lr
+        >>> from neurop_diff_diffusers.metrics.trust import upsample_lr
         >>> float(upsample_lr(np.full((3, 4, 4), 0.5), (8, 8)).max())
         0.5
     """
-    from .pipelines import bicubic_prior
+    from ..pipelines import bicubic_prior
 
     array = torch.from_numpy(_as_chw(lr, "lr"))[None] * 2.0 - 1.0
     up = bicubic_prior(array, (int(size[0]), int(size[1])))[0]
@@ -292,7 +292,7 @@ def synthesis(output: Any, upsampled_lr: Any) -> float:
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import synthesis
+        >>> from neurop_diff_diffusers.metrics.trust import synthesis
         >>> x = np.random.default_rng(0).random((3, 8, 8))
         >>> synthesis(x, x)
         0.0
@@ -342,7 +342,7 @@ def correctness_scores(
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import correctness_scores
+        >>> from neurop_diff_diffusers.metrics.trust import correctness_scores
         >>> [float(s[0]) for s in correctness_scores(np.array([0.0]), np.array([1.0]))]  # the output is the HR
         [0.0, 1.0, 1.0]
     """
@@ -377,7 +377,7 @@ def correctness(
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import correctness
+        >>> from neurop_diff_diffusers.metrics.trust import correctness
         >>> rng = np.random.default_rng(0)
         >>> hr, up = rng.random((3, 16, 16)), rng.random((3, 16, 16))
         >>> correctness(hr, hr, up).fractions
@@ -424,7 +424,7 @@ def correctness_map_image(result: CorrectnessResult, background: Any | None = No
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import correctness, correctness_map_image
+        >>> from neurop_diff_diffusers.metrics.trust import correctness, correctness_map_image
         >>> hr = np.random.default_rng(0).random((3, 8, 8))
         >>> correctness_map_image(correctness(hr, hr, np.zeros_like(hr))).shape
         (8, 8, 3)
@@ -457,7 +457,7 @@ def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, floa
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.trust_metrics import trust_metrics, upsample_lr
+        >>> from neurop_diff_diffusers.metrics.trust import trust_metrics, upsample_lr
         >>> lr = np.random.default_rng(0).random((3, 8, 8))
         >>> sorted(trust_metrics(upsample_lr(lr, (32, 32)), lr))
         ['hallucination', 'improvement', 'lr_l1_255', 'omission', 'shift', 'spectral_angle', 'synthesis']
@@ -490,11 +490,11 @@ def lr_agreement(x: torch.Tensor, lr: torch.Tensor) -> float:
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.trust_metrics import lr_agreement
+        >>> from neurop_diff_diffusers.metrics.trust import lr_agreement
         >>> lr_agreement(-torch.ones(1, 3, 8, 8), -torch.ones(1, 3, 4, 4))
         0.0
     """
-    from .data import bicubic_degrade
+    from ..data import bicubic_degrade
 
     down = bicubic_degrade(x.float(), size=tuple(lr.shape[-2:]))
     return float((down - lr.float().to(down.device)).abs().mean() * 127.5)
