@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from neurop_diff_diffusers.evaluation import as_sr3_pipeline
+from neurop_diff_diffusers.evaluation.run import as_sr3_pipeline
 from neurop_diff_diffusers.runtime.loading import load_pipeline
 from neurop_diff_diffusers.runtime.optimization import optimize_pipeline, parse_setting
 from neurop_diff_diffusers.pipelines.scheduling import make_scheduler, noise_level

@@ -12,7 +12,7 @@ import pytest
 
 from neurop_diff_diffusers import NeurOpDiffPipeline, evaluation
 from neurop_diff_diffusers.data import preprocess_hr
-from neurop_diff_diffusers.evaluation import (
+from neurop_diff_diffusers.evaluation.run import (
     METHOD_LABELS,
     METHODS,
     evaluate,

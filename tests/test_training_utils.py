@@ -516,7 +516,7 @@ def test_diffusion_loss_rejects_bad_parameterisation_arguments():
 
 def test_validation_scores_like_the_evaluation():
     """Same image, same outputs: the training validation and evaluate() give the same PSNR and SSIM."""
-    from neurop_diff_diffusers.evaluation import evaluate
+    from neurop_diff_diffusers.evaluation.run import evaluate
 
     sample = Path(__file__).resolve().parents[1] / "assets" / "samples" / "airplane30.png"
     image = PIL.Image.open(sample).convert("RGB")

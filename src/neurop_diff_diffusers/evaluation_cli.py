@@ -1,8 +1,8 @@
 """The evaluation's command line: ``training/evaluate.py`` and ``neurop-diff evaluate``.
 
 It selects the images (a dataset split, a recorded list), loads the pipelines ([`~neurop_diff_diffusers.runtime.loading`]),
-runs [`~neurop_diff_diffusers.evaluation.evaluate`] and writes the report
-([`~neurop_diff_diffusers.evaluation_report.save_results`]).
+runs [`~neurop_diff_diffusers.evaluation.run.evaluate`] and writes the report
+([`~neurop_diff_diffusers.evaluation.report.save_results`]).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from .pipelines.data_consistency import check_back_projection_steps
-from .evaluation import DEFAULT_SCALES, LazyRow, check_settings, evaluate
-from .evaluation_methods import METHODS
-from .evaluation_report import results_to_markdown, save_results
+from .evaluation.run import DEFAULT_SCALES, LazyRow, check_settings, evaluate
+from .evaluation.methods import METHODS
+from .evaluation.report import results_to_markdown, save_results
 from .runtime.loading import load_pipeline
 from .metrics.quality import PROTOCOLS
 from .runtime.optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     images, selection = _select_images(args)
     figure_image = None if args.no_figures else args.figure_image
     if figure_image is None and not args.no_figures:
-        from .evaluation import spread_positions
+        from .evaluation.run import spread_positions
 
         figure_image = spread_positions(len(images))
     speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}
@@ -365,8 +365,8 @@ def _main_no_reference(
     args: argparse.Namespace, argv: list[str], prog: str | None, device: torch.device, dtype: Any
 ) -> dict[str, Any]:
     """`--input`: each method upscales one image (no HR); consistency and synthesis per method and scale."""
-    from .evaluation import evaluate_no_reference
-    from .evaluation_report import no_reference_to_markdown
+    from .evaluation.run import evaluate_no_reference
+    from .evaluation.report import no_reference_to_markdown
     from .utils import atomic_write_text
 
     lr = _read_input(args.input)

@@ -134,7 +134,7 @@ def validate_pipeline(
     """Super-resolve the validation LR images with the pipeline (DDIM by default) and measure them.
 
     Keys of the metrics: ``psnr`` / ``ssim`` (the output), ``psnr_prior`` / ``ssim_prior`` (the conditioning prior
-    alone), ``psnr_bicubic`` / ``ssim_bicubic``. As in [`~neurop_diff_diffusers.evaluation.evaluate`], the input is
+    alone), ``psnr_bicubic`` / ``ssim_bicubic``. As in [`~neurop_diff_diffusers.evaluation.run.evaluate`], the input is
     the LR on 8-bit levels, every output is rounded to 8-bit levels before it is scored, and the noise of an image is
     seeded with ``derive_seed(seed, name, scale)``: every validation of a run sees the same noise.
 

@@ -1,6 +1,6 @@
 """The evaluation's report: comparison figures, ``results.json``, ``results.md`` (written atomically).
 
-The report itself is the output of [`~neurop_diff_diffusers.evaluation.evaluate`]; this module turns it into files.
+The report itself is the output of [`~neurop_diff_diffusers.evaluation.run.evaluate`]; this module turns it into files.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
-from .evaluation import MAX_IN_DISTRIBUTION_SCALE
-from .evaluation_methods import METHOD_LABELS, METHODS
-from .utils import atomic_write, atomic_write_text
+from ..utils import atomic_write, atomic_write_text
+from .methods import METHOD_LABELS, METHODS
+from .settings import MAX_IN_DISTRIBUTION_SCALE
 
 # --------------------------------------------------------------------------------------------------------------------
 # Figures
@@ -63,7 +63,7 @@ def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PI
 
     Example:
         >>> import numpy as np
-        >>> from neurop_diff_diffusers.evaluation_report import make_figure
+        >>> from neurop_diff_diffusers.evaluation.report import make_figure
         >>> image = np.zeros((32, 32, 3), np.uint8)
         >>> make_figure([("LR", image), ("HR", image)], title="x2").mode
         'RGB'
@@ -109,7 +109,7 @@ def stack_figures(figures: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
 
     Example:
         >>> import PIL.Image
-        >>> from neurop_diff_diffusers.evaluation_report import stack_figures
+        >>> from neurop_diff_diffusers.evaluation.report import stack_figures
         >>> stack_figures([PIL.Image.new("RGB", (10, 4)), PIL.Image.new("RGB", (8, 6))]).size
         (10, 10)
     """
@@ -139,7 +139,7 @@ def results_to_json(report: dict[str, Any]) -> str:
         `str`: indented JSON.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_report import results_to_json
+        >>> from neurop_diff_diffusers.evaluation.report import results_to_json
         >>> results_to_json({"seed": 0, "figures": {}})
         '{\\n  "seed": 0\\n}'
     """
@@ -170,7 +170,7 @@ def results_to_markdown(report: dict[str, Any]) -> str:
         `str`: the Markdown text.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_report import results_to_markdown
+        >>> from neurop_diff_diffusers.evaluation.report import results_to_markdown
         >>> report = {"protocol": {"name": "rgb", "description": "..."}, "images": [0], "seed": 0,
         ...           "lpips": {"available": False, "reason": "no weights"}, "config": {"num_inference_steps": 5},
         ...           "results": [{"method": "bicubic", "scale": 2.0, "psnr": 30.0, "ssim": 0.9, "lpips": None,
@@ -271,7 +271,7 @@ def results_to_markdown(report: dict[str, Any]) -> str:
 
 
 def no_reference_to_markdown(report: dict[str, Any]) -> str:
-    """The Markdown summary of [`~neurop_diff_diffusers.evaluation.evaluate_no_reference`].
+    """The Markdown summary of [`~neurop_diff_diffusers.evaluation.run.evaluate_no_reference`].
 
     Args:
         report (`dict`): its output.
@@ -280,7 +280,7 @@ def no_reference_to_markdown(report: dict[str, Any]) -> str:
         `str`: the Markdown text.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_report import no_reference_to_markdown
+        >>> from neurop_diff_diffusers.evaluation.report import no_reference_to_markdown
         >>> report = {"image": "a.png", "config": {"num_inference_steps": 5, "lr_size": [8, 8]}, "results": [
         ...     {"method": "bicubic", "scale": 4.0, "lr_l1_255": 0.2, "spectral_angle": 0.1, "shift": 0.0,
         ...      "synthesis": 0.0, "seconds": 0.01}]}
@@ -339,7 +339,7 @@ def figure_file_name(scale: float) -> str:
         scale (`float`): the scale.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_report import figure_file_name
+        >>> from neurop_diff_diffusers.evaluation.report import figure_file_name
         >>> figure_file_name(4.0), figure_file_name(2.5)
         ('figure_x4.png', 'figure_x2.5.png')
     """
@@ -358,7 +358,7 @@ def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
         `dict[str, Path]`: `"json"`, `"markdown"`, `"figure_x<scale>"` and `"trust_x<scale>"` -> path.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_report import save_results  # doctest: +SKIP
+        >>> from neurop_diff_diffusers.evaluation.report import save_results  # doctest: +SKIP
         >>> save_results(report, "eval_out")  # doctest: +SKIP
     """
     output_dir = Path(output_dir)

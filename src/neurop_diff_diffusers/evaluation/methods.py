@@ -1,6 +1,6 @@
 """The methods and metrics of the evaluation, as registries: a new method or metric is one entry.
 
-[`~neurop_diff_diffusers.evaluation.evaluate`] runs every method of [`EVALUATION_METHODS`] that the user asks for on
+[`~neurop_diff_diffusers.evaluation.run.evaluate`] runs every method of [`EVALUATION_METHODS`] that the user asks for on
 every image and scale (its step 2) and scores each output with every metric of [`EVALUATION_METRICS`] (its step 3).
 """
 
@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from .metrics.quality import hf_energy_ratio, niqe, protocol_kwargs, psnr, ssim
-from .pipelines import NeurOpDiffPipeline, bicubic_prior
-from .utils import derive_seed
+from ..metrics.quality import hf_energy_ratio, niqe, protocol_kwargs, psnr, ssim
+from ..pipelines import NeurOpDiffPipeline, bicubic_prior
+from ..utils import derive_seed
 
 
 @dataclass
 class EvaluationRun:
-    """The checked arguments of one [`~neurop_diff_diffusers.evaluation.evaluate`] call (its step 1)."""
+    """The checked arguments of one [`~neurop_diff_diffusers.evaluation.run.evaluate`] call (its step 1)."""
 
     pipeline: NeurOpDiffPipeline
     sr3: NeurOpDiffPipeline | None
@@ -64,7 +64,7 @@ def image_seed(seed: int, key: str | int, scale: float) -> int:
         `int`: a seed for `torch.Generator.manual_seed`.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_methods import image_seed
+        >>> from neurop_diff_diffusers.evaluation.methods import image_seed
         >>> image_seed(0, "forest/forest30.tif", 4.0) == image_seed(0, "forest/forest30.tif", 4)
         True
     """
@@ -107,7 +107,7 @@ def _run_operator(
 
 def _diffusion(pipe: Callable[[EvaluationRun], NeurOpDiffPipeline]) -> Callable[..., torch.Tensor]:
     """A diffusion method: the pipeline given by ``pipe(run)``, its noise seeded by ``(seed, key, scale)``."""
-    from .data import to_uint8_levels
+    from ..data import to_uint8_levels
 
     def run_method(
         run: EvaluationRun, lr: torch.Tensor, hr_size: tuple[int, int], key: Any, scale: float
@@ -182,8 +182,8 @@ def trust_row(scoring: EvaluationScoring, output: torch.Tensor, hr: torch.Tensor
         `dict[str, Any]`: ``lr_l1_255``, ``spectral_angle``, ``shift``, ``synthesis``, ``improvement``, ``omission``,
         ``hallucination``.
     """
-    from .data import bicubic_degrade
-    from .metrics.trust import trust_metrics
+    from ..data import bicubic_degrade
+    from ..metrics.trust import trust_metrics
 
     cache = scoring.trust_cache
     if not (cache.get("output") is output and cache.get("hr") is hr and cache.get("scale") == float(scale)):

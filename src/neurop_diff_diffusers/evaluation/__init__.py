@@ -1,0 +1,33 @@
+"""Evaluation of NeurOp-Diff and its baselines under the paper's protocol (see [`~.run`] for the protocol).
+
+Example:
+    >>> from neurop_diff_diffusers.evaluation import METHODS, spread_positions
+    >>> "neurop_diff" in METHODS, spread_positions(10, 3)
+    (True, [0, 5, 9])
+"""
+
+from .methods import METHOD_LABELS, METHODS, image_seed
+from .report import results_to_markdown, save_results
+from .run import (
+    as_sr3_pipeline,
+    check_settings,
+    evaluate,
+    evaluate_no_reference,
+    spread_positions,
+)
+from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE
+
+__all__ = [
+    "DEFAULT_SCALES",
+    "MAX_IN_DISTRIBUTION_SCALE",
+    "METHODS",
+    "METHOD_LABELS",
+    "as_sr3_pipeline",
+    "check_settings",
+    "evaluate",
+    "evaluate_no_reference",
+    "image_seed",
+    "results_to_markdown",
+    "save_results",
+    "spread_positions",
+]
