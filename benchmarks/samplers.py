@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neurop_diff_diffusers.evaluation_cli import main as evaluate_main
+from neurop_diff_diffusers.cli.evaluate import main as evaluate_main
 from neurop_diff_diffusers.runtime.loading import DEFAULT_MODEL_PATH
 from neurop_diff_diffusers.runtime.optimization import parse_setting
 from neurop_diff_diffusers.utils import atomic_write_json, atomic_write_text

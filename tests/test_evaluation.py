@@ -279,7 +279,7 @@ def test_figures_show_a_few_images_chosen_to_differ(tmp_path, samples_dir):
 
 
 def test_pipeline_defaults_to_the_embedded_model():
-    from neurop_diff_diffusers.evaluation_cli import build_parser
+    from neurop_diff_diffusers.cli.evaluate import build_parser
 
     args = build_parser().parse_args(["--data_dir", "img", "--output_dir", "out"])
     assert args.pipeline is None  # load_pipeline(None): the embedded model, as `neurop-diff upscale`

@@ -202,7 +202,7 @@ def test_cli_refuses_float16_on_the_cpu(image, tmp_path, capsys):
 
 
 def test_evaluation_records_the_sampler_and_precision(tmp_path):
-    from neurop_diff_diffusers.evaluation_cli import main
+    from neurop_diff_diffusers.cli.evaluate import main
 
     data = tmp_path / "data" / "class"
     data.mkdir(parents=True)
@@ -357,7 +357,7 @@ def test_info_says_what_auto_picks_and_why(cpu_kind, capsys, monkeypatch):
 
 
 def test_evaluation_dtype_auto_records_the_resolved_precision(tmp_path, monkeypatch):
-    from neurop_diff_diffusers.evaluation_cli import main
+    from neurop_diff_diffusers.cli.evaluate import main
 
     monkeypatch.setattr(hardware, "probe_device", lambda device="cpu": CPU_KINDS["emulated"])
     data = tmp_path / "data" / "class"

@@ -8,7 +8,7 @@ Example:
         --max_images 3 --scales 2 4 --num_inference_steps 5 --output_dir /tmp/eval_demo
 """
 
-from neurop_diff_diffusers.evaluation_cli import main
+from neurop_diff_diffusers.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

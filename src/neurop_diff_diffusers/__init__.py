@@ -83,6 +83,7 @@ _MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "data_consistency": "pipelines.data_consistency",
     "default_model": "runtime.loading",
     "detail_metrics": "metrics.detail",
+    "evaluation_cli": "cli.evaluate",
     "evaluation_methods": "evaluation.methods",
     "evaluation_report": "evaluation.report",
     "geo": "io.geo",

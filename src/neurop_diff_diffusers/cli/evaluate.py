@@ -1,6 +1,7 @@
 """The evaluation's command line: ``training/evaluate.py`` and ``neurop-diff evaluate``.
 
-It selects the images (a dataset split, a recorded list), loads the pipelines ([`~neurop_diff_diffusers.runtime.loading`]),
+It selects the images (a dataset split, a recorded list), loads the pipelines
+([`~neurop_diff_diffusers.runtime.loading`]),
 runs [`~neurop_diff_diffusers.evaluation.run.evaluate`] and writes the report
 ([`~neurop_diff_diffusers.evaluation.report.save_results`]).
 """
@@ -19,14 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .pipelines.data_consistency import check_back_projection_steps
-from .evaluation.run import DEFAULT_SCALES, LazyRow, check_settings, evaluate
-from .evaluation.methods import METHODS
-from .evaluation.report import results_to_markdown, save_results
-from .runtime.loading import load_pipeline
-from .metrics.quality import PROTOCOLS
-from .runtime.optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
-from .pipelines.scheduling import SCHEDULERS, check_eta, check_strength
+from ..evaluation.methods import METHODS
+from ..evaluation.report import results_to_markdown, save_results
+from ..evaluation.run import LazyRow, check_settings, evaluate
+from ..evaluation.settings import DEFAULT_SCALES
+from ..metrics.quality import PROTOCOLS
+from ..pipelines.data_consistency import check_back_projection_steps
+from ..pipelines.scheduling import SCHEDULERS, check_eta, check_strength
+from ..runtime.loading import load_pipeline
+from ..runtime.optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -39,12 +41,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         `argparse.ArgumentParser`.
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_cli import build_parser
+        >>> from neurop_diff_diffusers.cli.evaluate import build_parser
         >>> args = build_parser().parse_args(["--pipeline", "preset:tiny", "--data_dir", "img", "--output_dir", "out"])
         >>> args.scales, args.split, args.num_inference_steps
         ([2.0, 3.0, 4.0, 6.0, 8.0, 9.0, 10.0], 'test', 50)
     """
-    from .data import add_split_arguments
+    from ..data import add_split_arguments
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -157,7 +159,7 @@ def _read_image_list(path: str) -> list[Any]:
 
 def _select_images(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The evaluated rows of the dataset and a description of the selection (for the report)."""
-    from .data import load_full_dataset, split_parts, split_to_indices, unique_file_names
+    from ..data import load_full_dataset, split_parts, split_to_indices, unique_file_names
 
     source = args.data_dir if args.data_dir is not None else args.dataset_name
     full = load_full_dataset(source, cache_dir=args.cache_dir)
@@ -275,7 +277,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
         `dict`: the report of [`evaluate`] (with `"paths"`: the files written).
 
     Example:
-        >>> from neurop_diff_diffusers.evaluation_cli import main
+        >>> from neurop_diff_diffusers.cli.evaluate import main
         >>> main(["--pipeline", "preset:tiny", "--data_dir", "../shared/data/UCMerced_LandUse",
         ...       "--max_images", "3", "--scales", "2", "4", "--output_dir", "/tmp/eval"])  # doctest: +SKIP
     """
@@ -291,7 +293,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     images, selection = _select_images(args)
     figure_image = None if args.no_figures else args.figure_image
     if figure_image is None and not args.no_figures:
-        from .evaluation.run import spread_positions
+        from ..evaluation.run import spread_positions
 
         figure_image = spread_positions(len(images))
     speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}
@@ -340,13 +342,13 @@ def _command(argv: list[str], prog: str | None) -> str:
 def _read_input(path: str) -> torch.Tensor:
     """The `--input` image as ``(1, 3, h, w)`` in ``[0, 1]``: a GeoTIFF by [`~neurop_diff_diffusers.io.geo.read_scene`]
     (its first three bands, or its one band repeated), other images through the API's validation."""
-    from .jobs.upscale_file import InputFailed, check_input_file, probe_geo, read_image_array
+    from ..jobs.upscale_file import InputFailed, check_input_file, probe_geo, read_image_array
 
     file = Path(path)
     try:
         check_input_file(file)
         if probe_geo(file):
-            from .io.geo import check_raster, read_scene
+            from ..io.geo import check_raster, read_scene
 
             count, _, _ = check_raster(file)
             if count == 2:
@@ -365,9 +367,9 @@ def _main_no_reference(
     args: argparse.Namespace, argv: list[str], prog: str | None, device: torch.device, dtype: Any
 ) -> dict[str, Any]:
     """`--input`: each method upscales one image (no HR); consistency and synthesis per method and scale."""
-    from .evaluation.run import evaluate_no_reference
-    from .evaluation.report import no_reference_to_markdown
-    from .utils import atomic_write_text
+    from ..evaluation.report import no_reference_to_markdown
+    from ..evaluation.run import evaluate_no_reference
+    from ..utils import atomic_write_text
 
     lr = _read_input(args.input)
     speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}

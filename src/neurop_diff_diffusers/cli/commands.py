@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
-from .jobs.upscale_file import (
+from ..defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
+from ..jobs.upscale_file import (
     IMAGE_SUFFIXES,
     CLIError,
     InputFailed,
@@ -95,7 +95,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 
 
 def _check_device(device: str) -> str:
-    from .utils import check_device
+    from ..utils import check_device
 
     try:
         check_device(device, name="--device")
@@ -106,7 +106,7 @@ def _check_device(device: str) -> str:
 
 def _warn_dtype(dtype: str, device: str) -> None:
     """One line on stderr, before any work, when ``--dtype bfloat16`` is emulated on this CPU (4.5x-72x slower)."""
-    from .runtime.hardware import slow_precision_warning
+    from ..runtime.hardware import slow_precision_warning
 
     message = slow_precision_warning(dtype, device)
     if message is not None:
@@ -115,8 +115,8 @@ def _warn_dtype(dtype: str, device: str) -> None:
 
 def _optimize(pipe: Any, args: argparse.Namespace) -> None:
     """``--dtype``, ``--channels-last`` and ``--scheduler`` applied to the loaded model."""
-    from .runtime.hardware import SlowPrecisionWarning
-    from .runtime.optimization import optimize_pipeline
+    from ..runtime.hardware import SlowPrecisionWarning
+    from ..runtime.optimization import optimize_pipeline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SlowPrecisionWarning)  # said once already, before any work
@@ -253,7 +253,7 @@ def _scene_device(device: str) -> str:
 
 def _scene_options(args: argparse.Namespace) -> dict[str, Any]:
     """The scene engine's options of a GeoTIFF input (window, halo, value range, resume, progress bar, processes)."""
-    from .jobs.scene import parse_value_range, tqdm_progress
+    from ..jobs.scene import parse_value_range, tqdm_progress
 
     try:
         value_range = parse_value_range(args.value_range)
@@ -274,7 +274,7 @@ def _dry_run(
     pipe: Any, jobs: list[Any], args: argparse.Namespace, common: dict[str, Any], options: dict[str, Any]
 ) -> int:
     """``--dry-run``: the plan of each input (windows, memory, time from one window); nothing is written."""
-    from .jobs.scene import dry_run, prepare_scene
+    from ..jobs.scene import dry_run, prepare_scene
 
     for job in jobs:
         src, dst, geo, out_size = job
@@ -319,7 +319,7 @@ def _check_batch_flags(args: argparse.Namespace) -> None:
             f"--input-dir {args.input_dir} lies inside --out-dir {args.out_dir}, whose files are never inputs; "
             "choose another --out-dir"
         )
-    from .jobs.batch import MANIFEST_NAME, check_glob, check_manifest
+    from ..jobs.batch import MANIFEST_NAME, check_glob, check_manifest
 
     try:
         check_glob(args.glob)
@@ -390,7 +390,7 @@ def _claim_out_dir(out_dir: Path, planned: dict[str, str], settings: dict[str, A
         CLIError: another run holds the folder, the manifest is not a regular file, or outputs of other settings
             are there and ``overwrite`` is off.
     """
-    from .jobs.batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts, unlock_folder
+    from ..jobs.batch import MANIFEST_NAME, check_manifest, lock_folder, settings_conflicts, unlock_folder
 
     manifest = out_dir / MANIFEST_NAME
     try:
@@ -444,7 +444,7 @@ def _output_complete(dst: Path, out_size: tuple[int, int], geo: bool, map_path: 
         return False
     try:
         if geo:
-            from .io.geo import check_raster
+            from ..io.geo import check_raster
 
             complete = check_raster(dst)[1:] == tuple(out_size)
             return complete and (map_path is None or check_raster(map_path) == (1, *out_size))
@@ -480,7 +480,7 @@ def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[i
     ``--seed``, and on the CPU each process computes with one thread, so the files do not depend on how the inputs
     were split between processes: bit for bit the outputs of one process.
     """
-    from .jobs.batch import find_inputs
+    from ..jobs.batch import find_inputs
 
     _check_batch_flags(args)
     input_dir, out_dir = Path(args.input_dir), args.out_dir
@@ -529,7 +529,7 @@ def _upscale_dir(
     try:
         return _upscale_dir_locked(args, scale, size, sources, device, settings)
     finally:
-        from .jobs.batch import unlock_folder
+        from ..jobs.batch import unlock_folder
 
         for handle in held:
             unlock_folder(out_dir, handle)
@@ -548,7 +548,7 @@ def _upscale_dir_locked(
 
     from accelerate import PartialState
 
-    from .jobs.batch import MANIFEST_NAME, run_batch, stale_temporaries
+    from ..jobs.batch import MANIFEST_NAME, run_batch, stale_temporaries
 
     manifest = args.out_dir / MANIFEST_NAME
     # in every process, before any file: a bad --model stops them all alike
@@ -617,7 +617,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("gradio") is None:  # not imported here: the app first points its cache elsewhere
         raise CLIError("the web app needs Gradio: pip install 'neurop-diff-diffusers[app]'")
-    from .app import MAX_UPLOAD_BYTES, AppConfig, build_app, stop_signals
+    from ..app import MAX_UPLOAD_BYTES, AppConfig, build_app, stop_signals
 
     if not 0 <= args.port <= 65535:
         raise CLIError(f"--port must be in [0, 65535], got {args.port}")
@@ -634,7 +634,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIError(one_line(err)) from err
     _warn_dtype(args.dtype, config.device)
-    from .runtime.hardware import SlowPrecisionWarning
+    from ..runtime.hardware import SlowPrecisionWarning
 
     with stop_signals():  # Ctrl-C and SIGTERM stop it and remove its temporary folder, whatever was inherited
         with warnings.catch_warnings():
@@ -654,8 +654,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     import diffusers
     import torch
 
-    from . import __version__
-    from .runtime.loading import DEFAULT_MODEL_PATH, has_default_model
+    from .. import __version__
+    from ..runtime.loading import DEFAULT_MODEL_PATH, has_default_model
 
     print(f"neurop-diff-diffusers {__version__}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, diffusers {diffusers.__version__}")
@@ -683,7 +683,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _auto_line(device: str) -> str:
     """``info``'s line: what ``--dtype auto`` picks on ``device`` here, and why."""
-    from .runtime.hardware import auto_dtype
+    from ..runtime.hardware import auto_dtype
 
     choice = auto_dtype(device)
     return f"--dtype auto on {device}: {choice.dtype}; {choice.reason}"
@@ -694,7 +694,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     The folder holds no path of the exporting machine (``_name_or_path`` is dropped from its JSON files).
     """
-    from .pipelines.hub import remove_local_paths
+    from ..pipelines.hub import remove_local_paths
 
     out = Path(args.output_dir)
     if os.path.lexists(out) and not out.is_dir():
@@ -717,7 +717,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(argv: Sequence[str]) -> int:
     """``neurop-diff evaluate``: the evaluation command (same options as ``training/evaluate.py``)."""
-    from .evaluation_cli import main as evaluate_main
+    from .evaluate import main as evaluate_main
 
     evaluate_main(list(argv), prog="neurop-diff evaluate")
     return 0
@@ -725,7 +725,7 @@ def cmd_evaluate(argv: Sequence[str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurop-diff`` argument parser (``evaluate`` forwards its arguments to the evaluation parser)."""
-    from .defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
+    from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
 
     parser = argparse.ArgumentParser(prog="neurop-diff", description="NeurOp-Diff continuous super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -856,7 +856,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("neurop-diff: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
