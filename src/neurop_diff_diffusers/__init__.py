@@ -60,7 +60,7 @@ _EXPORTS = {
     "bicubic_prior": "pipelines",
     "pool_uncertainty": "pipelines.uncertainty",
     "back_project": "pipelines.data_consistency",
-    "uncertainty_path": "jobs.upscale_file",
+    "uncertainty_path": "io.paths",
     "DEFAULT_TILE_OVERLAP": "pipelines.tiling",
     "DEFAULT_TILE_SIZE": "pipelines.tiling",
     "PRESETS": "runtime.presets",
@@ -86,7 +86,7 @@ _MOVED_MODULES: dict[str, str | tuple[str, ...]] = {
     "evaluation_cli": "cli.evaluate",
     "evaluation_methods": "evaluation.methods",
     "evaluation_report": "evaluation.report",
-    "geo": "io.geo",
+    "geo": ("io.geo", "jobs.scene"),  # the GeoTIFF entry point upscale_geotiff went to the scene job
     "hardware": "runtime.hardware",
     "heatmap": "io.heatmap",
     "hub": "pipelines.hub",
@@ -180,7 +180,7 @@ class _MovedModuleAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         >>> import warnings
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
-        ...     from neurop_diff_diffusers.jobs.scene import upscale_scene
+        ...     from neurop_diff_diffusers.scene import upscale_scene
         >>> upscale_scene.__module__, caught[0].category.__name__
         ('neurop_diff_diffusers.jobs.scene', 'DeprecationWarning')
     """

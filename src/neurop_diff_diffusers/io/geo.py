@@ -25,7 +25,8 @@ What happens to a scene:
   scene) is upscaled with bicubic interpolation of its stretched values, *without* the model, and written at its
   place: no band is dropped. An alpha band is upscaled with nearest neighbour (a mask). A single-band scene is run
   through the model as grey RGB and the mean of the three output channels written.
-- **Memory.** [`upscale_geotiff`] runs the scene engine ([`~neurop_diff_diffusers.jobs.scene`]): LR windows with a halo,
+- **Memory.** [`upscale_geotiff`] runs the scene engine ([`~neurop_diff_diffusers.jobs.scene`]): LR windows with a
+halo,
   blended, streamed from disk to disk; peak memory depends on the window size and the output width, not on the
   scene's area. The output is a pixel-interleaved Cloud-Optimized GeoTIFF (with the input's internal overview
   factors when it has some). ([`read_scene`] still reads a whole scene into memory.)
@@ -57,7 +58,7 @@ STRETCH_TAG = "NEUROP_DIFF_STRETCH"
 _ROWS_PER_WINDOW = 512
 
 
-def _rasterio():
+def require_rasterio():
     try:
         import rasterio
     except ImportError as err:  # pragma: no cover - exercised only without the extra
@@ -160,7 +161,7 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
         band, the [`BandStretch`] used, and ``info`` (``profile``, ``has_nodata_value``, ``has_mask``,
         ``band_valid``: the ``(bands, H, W)`` per-band masks, ``metadata``: see [`copy_band_metadata`]).
     """
-    rasterio = _rasterio()
+    rasterio = require_rasterio()
     with open_raster(path) as src:
         if len({*src.dtypes}) != 1:
             raise ValueError(f"`{path}` mixes band dtypes {src.dtypes}; convert it to one dtype first.")
@@ -224,14 +225,14 @@ def read_scene(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, BandStr
             "has_nodata_value": src.nodata is not None,
             "has_mask": has_mask,
             "band_valid": band_valid,
-            "metadata": _band_metadata(src),
+            "metadata": band_metadata(src),
         }
         if table is not None:
-            _as_rgb(info)
+            as_rgb(info)
     return unit, valid, stretch, info
 
 
-def _as_rgb(info: dict[str, Any]) -> None:
+def as_rgb(info: dict[str, Any]) -> None:
     """Make the ``info`` of a palette raster describe the RGB scene it was expanded to (in place)."""
     from rasterio.enums import ColorInterp
 
@@ -251,7 +252,7 @@ def _as_rgb(info: dict[str, Any]) -> None:
     )
 
 
-def _band_metadata(src: Any) -> dict[str, Any]:
+def band_metadata(src: Any) -> dict[str, Any]:
     """What [`copy_band_metadata`] copies: colour interpretation, descriptions, scales, offsets, units, tags."""
     return {
         "colorinterp": tuple(src.colorinterp),
@@ -344,7 +345,7 @@ def check_raster(path: str | os.PathLike) -> tuple[int, int, int]:
     Raises:
         ValueError: with a one-line reason, if rasterio cannot open or read the file.
     """
-    _rasterio()
+    require_rasterio()
     from rasterio.errors import RasterioError
 
     try:
@@ -357,58 +358,3 @@ def check_raster(path: str | os.PathLike) -> tuple[int, int, int]:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"not a readable raster ({reason})") from err
     return shape
-
-
-def upscale_geotiff(
-    pipe: Any,
-    src_path: str | os.PathLike,
-    dst_path: str | os.PathLike,
-    scale: float | None = None,
-    output_size: tuple[int, int] | None = None,
-    rgb_bands: tuple[int, int, int] = (1, 2, 3),
-    overwrite: bool = False,
-    **pipe_kwargs: Any,
-) -> Path:
-    """Upscale a GeoTIFF with a NeurOp-Diff pipeline, keeping CRS, origin, nodata, band count and dtype.
-
-    Args:
-        pipe (`Any`): a [`NeurOpDiffPipeline`].
-        src_path (`str | os.PathLike`): the input raster.
-        dst_path (`str | os.PathLike`): the output GeoTIFF (written atomically).
-        scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
-        output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
-        rgb_bands (`tuple[int, int, int]`, defaults to `(1, 2, 3)`): the 1-based bands that go through the model
-            (others are upscaled bicubically).
-        overwrite (`bool`, defaults to `False`): replace an existing ``dst_path`` (atomically); without it an existing
-            file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
-        pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
-            ``prior_only``...) and the scene engine (``window``, ``halo``, ``value_range``, ...: see
-            [`~neurop_diff_diffusers.jobs.scene.upscale_scene`]); ``num_samples=N`` writes the mean of ``N`` samples and
-            their uncertainty map ``<output stem>.uncertainty.tif`` (float32, one band, georeferenced like the
-            output, on the model's ``[0, 1]`` scale: the value range mapped to 0..1).
-
-    Example:
-        >>> from neurop_diff_diffusers import build_pipeline
-        >>> upscale_geotiff(build_pipeline("tiny"), "scene.tif", "scene_x2.5.tif", scale=2.5)  # doctest: +SKIP
-    """
-    _rasterio()
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():  # a plain (non-georeferenced) 16-bit TIFF is fine: no warning about it
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return _upscale_geotiff(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)
-
-
-def _upscale_geotiff(
-    pipe: Any,
-    src_path: str | os.PathLike,
-    dst_path: str | os.PathLike,
-    scale: float | None,
-    output_size: tuple[int, int] | None,
-    rgb_bands: tuple[int, int, int],
-    overwrite: bool,
-    **pipe_kwargs: Any,
-) -> Path:
-    from ..jobs.scene import upscale_scene  # the scene engine: window by window, resumable, COG out
-
-    return upscale_scene(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)

@@ -1,6 +1,6 @@
 """Whole scenes out of core: a GeoTIFF streamed window by window from disk to disk, in parallel, resumable, COG out.
 
-The scene engine behind [`~neurop_diff_diffusers.io.geo.upscale_geotiff`] and ``neurop-diff upscale scene.tif``:
+The scene engine behind [`upscale_geotiff`] and ``neurop-diff upscale scene.tif``:
 
 - **Windows.** The LR scene is cut into a grid of cores of at most ``window`` px a side; each window is its core
   plus a ``halo`` of LR pixels on every side (clipped at the scene's border), read with a windowed read. The halo is
@@ -78,9 +78,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.geo import STRETCH_TAG, BandStretch, _as_rgb, _band_metadata, avoid_nodata, band_stretch, copy_band_metadata
-from ..pipelines.image_processing import check_finite_output, resolve_output_size
-from ..pipelines.uncertainty import check_num_samples
+from ..io.geo import (
+    STRETCH_TAG,
+    BandStretch,
+    as_rgb,
+    avoid_nodata,
+    band_metadata,
+    band_stretch,
+    copy_band_metadata,
+    require_rasterio,
+)
+from ..io.paths import uncertainty_path
 from ..io.rasters import (
     RasterHeader,
     build_output_overviews,
@@ -93,7 +101,8 @@ from ..io.rasters import (
     output_overviews,
     palette_table,
 )
-from .upscale_file import uncertainty_path
+from ..pipelines.image_processing import check_finite_output, resolve_output_size
+from ..pipelines.uncertainty import check_num_samples
 from ..utils import atomic_write, atomic_write_json, derive_seed
 
 #: LR pixels of a window's core, a side (measured: README "Whole scenes").
@@ -703,10 +712,10 @@ def output_layout(
         "profile": {"count": src.count, "dtype": src.dtypes[0], "nodata": src.nodata},
         "has_nodata_value": src.nodata is not None,
         "has_mask": _has_mask(src) or (nonfinite > 0 and src.nodata is None),
-        "metadata": _band_metadata(src),
+        "metadata": band_metadata(src),
     }
     if header.has_palette:
-        _as_rgb(info)
+        as_rgb(info)
     profile = info["profile"]
     # interleave: pixel-interleaved (PlanarConfiguration=1), which every TIFF reader (Pillow too) opens
     profile.update(driver="GTiff", width=out_w, height=out_h, BIGTIFF="IF_SAFER", interleave="pixel")
@@ -1446,3 +1455,56 @@ __all__ = [
     "uncertainty_path",
     "work_folder",
 ]
+
+
+def upscale_geotiff(
+    pipe: Any,
+    src_path: str | os.PathLike,
+    dst_path: str | os.PathLike,
+    scale: float | None = None,
+    output_size: tuple[int, int] | None = None,
+    rgb_bands: tuple[int, int, int] = (1, 2, 3),
+    overwrite: bool = False,
+    **pipe_kwargs: Any,
+) -> Path:
+    """Upscale a GeoTIFF with a NeurOp-Diff pipeline, keeping CRS, origin, nodata, band count and dtype.
+
+    Args:
+        pipe (`Any`): a [`NeurOpDiffPipeline`].
+        src_path (`str | os.PathLike`): the input raster.
+        dst_path (`str | os.PathLike`): the output GeoTIFF (written atomically).
+        scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
+        output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
+        rgb_bands (`tuple[int, int, int]`, defaults to `(1, 2, 3)`): the 1-based bands that go through the model
+            (others are upscaled bicubically).
+        overwrite (`bool`, defaults to `False`): replace an existing ``dst_path`` (atomically); without it an existing
+            file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
+        pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
+            ``prior_only``...) and the scene engine (``window``, ``halo``, ``value_range``, ...: see
+            [`~neurop_diff_diffusers.jobs.scene.upscale_scene`]); ``num_samples=N`` writes the mean of ``N`` samples
+            and their uncertainty map ``<output stem>.uncertainty.tif`` (float32, one band, georeferenced like the
+            output, on the model's ``[0, 1]`` scale: the value range mapped to 0..1).
+
+    Example:
+        >>> from neurop_diff_diffusers import build_pipeline
+        >>> upscale_geotiff(build_pipeline("tiny"), "scene.tif", "scene_x2.5.tif", scale=2.5)  # doctest: +SKIP
+    """
+    require_rasterio()
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():  # a plain (non-georeferenced) 16-bit TIFF is fine: no warning about it
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return _upscale_geotiff(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)
+
+
+def _upscale_geotiff(
+    pipe: Any,
+    src_path: str | os.PathLike,
+    dst_path: str | os.PathLike,
+    scale: float | None,
+    output_size: tuple[int, int] | None,
+    rgb_bands: tuple[int, int, int],
+    overwrite: bool,
+    **pipe_kwargs: Any,
+) -> Path:
+    return upscale_scene(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)

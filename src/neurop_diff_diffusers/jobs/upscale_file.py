@@ -1,8 +1,8 @@
 """One image file in, one upscaled file out: the file-level job of ``neurop-diff upscale`` and the web app.
 
 Read and validate the input, plan the output, run the pipeline and write the result atomically; a georeferenced TIFF
-takes the GeoTIFF path ([`~neurop_diff_diffusers.io.geo.upscale_geotiff`]) and keeps its georeferencing. Every failure
-is one line naming the file ([`InputFailed`]).
+takes the GeoTIFF path ([`~neurop_diff_diffusers.jobs.scene.upscale_geotiff`]) and keeps its georeferencing. Every
+failure is one line naming the file ([`InputFailed`]).
 
 Importing this module loads neither torch, diffusers, numpy nor PIL (the command line answers at once): each function
 imports what it needs when called.
@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from ..io.paths import output_path, uncertainty_path  # noqa: F401 (the job names its outputs with them)
 
 #: The input and output file types (PNG, JPEG, TIFF; a georeferenced TIFF is a GeoTIFF).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -91,34 +93,6 @@ def os_reason(err: OSError) -> str:
         err: the operating-system error.
     """
     return err.strerror or one_line(err)
-
-
-def _scale_tag(scale: float | None, size: tuple[int, int] | None) -> str:
-    if size is not None:
-        return f"{size[0]}x{size[1]}"
-    return "x" + (f"{scale:g}")
-
-
-def output_path(
-    input_path: Path, scale: float | None, size: tuple[int, int] | None, out: Path | None, out_dir: Path | None
-) -> Path:
-    """Where ``upscale`` writes the result of ``input_path``: ``-o``, else ``<dir>/<stem>_x<scale><suffix>``.
-
-    Args:
-        input_path: the input file.
-        scale: the scale (or ``None`` with ``size``).
-        size: the explicit ``(height, width)`` (or ``None``).
-        out: the ``-o`` path, if given.
-        out_dir: the ``--out-dir`` folder, if given (default: the input's folder).
-
-    Example:
-        >>> output_path(Path("a/scene.png"), 3.7, None, None, None).as_posix()
-        'a/scene_x3.7.png'
-    """
-    if out is not None:
-        return out
-    folder = out_dir if out_dir is not None else input_path.parent
-    return folder / f"{input_path.stem}_{_scale_tag(scale, size)}{input_path.suffix}"
 
 
 def check_input_file(path: Path) -> None:
@@ -460,26 +434,10 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
     return pipe
 
 
-def uncertainty_path(dst: Path) -> Path:
-    """Where ``upscale --uncertainty N`` writes the map of the output ``dst``: ``<dst stem>.uncertainty.tif``.
-
-    The same for a plain image, a GeoTIFF and every output of a batch.
-
-    Args:
-        dst: the output file.
-
-    Example:
-        >>> from pathlib import Path
-        >>> uncertainty_path(Path("out/scene_x4.png")).as_posix()
-        'out/scene_x4.uncertainty.tif'
-    """
-    return dst.with_name(f"{dst.stem}.uncertainty.tif")
-
-
 def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs: dict[str, Any]) -> None:
     """Upscale one input and commit its output (atomically; never over a file that appeared meanwhile).
 
-    A georeferenced input is written by [`~neurop_diff_diffusers.io.geo.upscale_geotiff`]; a plain image by
+    A georeferenced input is written by [`~neurop_diff_diffusers.jobs.scene.upscale_geotiff`]; a plain image by
     [`~neurop_diff_diffusers.io.image_files.write_plain_image`] (grey stays grey, alpha upscaled with nearest, 16 bits
     kept in PNG / TIFF, ICC profile copied).
 
@@ -512,7 +470,7 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
     if map_path is not None:
         check_output_location(map_path, overwrite)
     if geo:  # with num_samples the scene engine writes the map too (both files, or neither)
-        from ..io.geo import upscale_geotiff
+        from .scene import upscale_geotiff
 
         with warnings.catch_warnings(record=True) as caught:  # e.g. undeclared NaN: one line each
             warnings.simplefilter("always", UserWarning)
