@@ -31,13 +31,13 @@ import PIL.Image
 import torch
 
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
-from neurop_diff_diffusers.pipelines.data_consistency import back_project, check_back_projection_steps
 from neurop_diff_diffusers.evaluation.methods import image_seed
-from neurop_diff_diffusers.runtime.loading import load_pipeline
 from neurop_diff_diffusers.metrics.quality import hf_energy_ratio, niqe, niqe_available, psnr, ssim, to_unit_levels
-from neurop_diff_diffusers.pipelines import bicubic_prior
-from neurop_diff_diffusers.pipelines.uncertainty import pool_uncertainty
 from neurop_diff_diffusers.metrics.trust import lr_agreement, trust_metrics
+from neurop_diff_diffusers.pipelines import bicubic_prior
+from neurop_diff_diffusers.pipelines.data_consistency import back_project, check_back_projection_steps
+from neurop_diff_diffusers.pipelines.uncertainty import pool_uncertainty
+from neurop_diff_diffusers.runtime.loading import load_pipeline
 from neurop_diff_diffusers.utils import atomic_write_json
 
 #: The pooling sigmas (output pixels) at which the uncertainty map is scored; 2.0 is the pipeline's default.

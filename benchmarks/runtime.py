@@ -44,9 +44,9 @@ from typing import Any
 import torch
 
 from neurop_diff_diffusers.evaluation.run import as_sr3_pipeline
+from neurop_diff_diffusers.pipelines.scheduling import make_scheduler, noise_level
 from neurop_diff_diffusers.runtime.loading import load_pipeline
 from neurop_diff_diffusers.runtime.optimization import optimize_pipeline, parse_setting
-from neurop_diff_diffusers.pipelines.scheduling import make_scheduler, noise_level
 from neurop_diff_diffusers.utils import atomic_write_json, package_versions
 
 MODES = ("prior_once", "authors", "sr3")

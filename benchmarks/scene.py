@@ -197,8 +197,8 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     import rasterio
     import torch
 
-    from neurop_diff_diffusers.runtime.loading import load_pipeline
     from neurop_diff_diffusers.jobs.scene import ScenePlan, upscale_scene
+    from neurop_diff_diffusers.runtime.loading import load_pipeline
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -29,7 +29,7 @@ def samples_dir() -> Path:
 
 def run_cli(*args) -> int:
     """``neurop-diff ARGS`` in this process (paths and numbers as strings); its exit code."""
-    from neurop_diff_diffusers import cli
+    from neurop_diff_diffusers.cli import commands as cli
 
     return cli.main([str(a) for a in args])
 
@@ -52,7 +52,7 @@ def one_error_line(capsys) -> str:
 @pytest.fixture
 def no_model(monkeypatch):
     """Fail the test if the model is loaded: the refusals must come before it."""
-    from neurop_diff_diffusers import cli
+    from neurop_diff_diffusers.cli import commands as cli
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")

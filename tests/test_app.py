@@ -25,8 +25,8 @@ pytest.importorskip("gradio", reason="the web app is the optional extra [app] (g
 gradio_client = pytest.importorskip("gradio_client", reason="the app tests drive it with gradio_client")
 
 from conftest import REPO_ROOT, SAMPLES_DIR, sparse_many_band_tiff  # noqa: E402
-from neurop_diff_diffusers import cli  # noqa: E402
 from neurop_diff_diffusers.app import AppConfig, InputFailed, build_app, validate_upload  # noqa: E402
+from neurop_diff_diffusers.cli import commands as cli  # noqa: E402
 
 SRC = REPO_ROOT / "src"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -105,7 +105,7 @@ def test_validate_upload_refuses_many_bands_and_disguised_files_from_the_header(
     """Issue 21 items 1 and 2: a sparse 2,000-band file is refused from its header (no pixel read), a VRT named
     .tif in one line without GDAL opening it."""
     pytest.importorskip("rasterio")
-    from neurop_diff_diffusers import geo
+    from neurop_diff_diffusers.io import geo
 
     path = tmp_path / "bands.tif"
     sparse_many_band_tiff(path)

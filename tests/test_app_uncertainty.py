@@ -12,7 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import SAMPLES_DIR, run_cli
-from neurop_diff_diffusers.io.heatmap import HEATMAP_RAMP, overlay, ramp_colours, uncertainty_heatmap, uncertainty_scale
+from neurop_diff_diffusers.io.heatmap import (
+    HEATMAP_RAMP,
+    overlay,
+    ramp_colours,
+    uncertainty_heatmap,
+    uncertainty_scale,
+)
 
 LOWEST, HIGHEST = HEATMAP_RAMP[0][1], HEATMAP_RAMP[-1][1]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurop_diff_diffusers import cli
+from neurop_diff_diffusers.cli import commands as cli
 from neurop_diff_diffusers.jobs.batch import (
     LOCK_NAME,
     MANIFEST_NAME,

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurop_diff_diffusers import cli, upscale_job
+from neurop_diff_diffusers.cli import commands as cli
+from neurop_diff_diffusers.jobs import upscale_file as upscale_job
 
 
 @pytest.fixture

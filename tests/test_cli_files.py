@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from conftest import cli_messages, one_error_line, run_cli, sparse_many_band_tiff
-from neurop_diff_diffusers import NeurOpDiffPipeline, cli, upscale_job
+from neurop_diff_diffusers import NeurOpDiffPipeline
+from neurop_diff_diffusers.cli import commands as cli
+from neurop_diff_diffusers.jobs import upscale_file as upscale_job
 
 FAST = ("--model", "preset:tiny", "--steps", "1")
 RGB = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
@@ -380,7 +382,7 @@ def test_vrt_named_tif_is_refused_in_one_line_and_the_secret_never_leaks(tmp_pat
 
 def test_many_bands_refused_from_the_header_before_any_pixel_is_read(tmp_path, capsys, no_model, monkeypatch):
     pytest.importorskip("rasterio")
-    from neurop_diff_diffusers import geo
+    from neurop_diff_diffusers.io import geo
 
     path = tmp_path / "bands.tif"
     sparse_many_band_tiff(path)

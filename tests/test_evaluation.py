@@ -10,8 +10,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from neurop_diff_diffusers import NeurOpDiffPipeline, evaluation
+from neurop_diff_diffusers import NeurOpDiffPipeline
 from neurop_diff_diffusers.data import preprocess_hr
+from neurop_diff_diffusers.evaluation import run as evaluation
 from neurop_diff_diffusers.evaluation.run import (
     METHOD_LABELS,
     METHODS,

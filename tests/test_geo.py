@@ -252,7 +252,7 @@ def test_output_appearing_meanwhile_is_not_replaced(scene, tmp_path):
 
 
 def test_damaged_geotiff_is_one_line_in_the_cli(scene, tmp_path, capsys):
-    from neurop_diff_diffusers import cli
+    from neurop_diff_diffusers.cli import commands as cli
 
     path, _ = scene
     data = path.read_bytes()
@@ -390,7 +390,7 @@ def test_uint8_gcp_tiff_keeps_its_gcps_in_the_cli_and_a_palette_says_it_is_expan
     """Issue 21 items 7 and 8 end to end: a uint8 GCP TIFF once took the plain-image path and lost its GCPs."""
     from rasterio.control import GroundControlPoint
 
-    from neurop_diff_diffusers import cli
+    from neurop_diff_diffusers.cli import commands as cli
 
     gcps = [GroundControlPoint(row=0, col=0, x=10.0, y=50.0), GroundControlPoint(row=8, col=10, x=11.0, y=49.0)]
     data = np.random.default_rng(9).integers(0, 255, (3, 8, 10), dtype=np.uint8)

@@ -95,7 +95,7 @@ def test_slow_precision_warning():
 
 
 def test_auto_dtype_reads_the_probe_and_the_environment(monkeypatch):
-    from neurop_diff_diffusers import hardware
+    from neurop_diff_diffusers.runtime import hardware
 
     monkeypatch.setattr(hardware, "probe_device", lambda device="cpu": DeviceProbe(ZEN4, "AVX512", None, "EPYC"))
     assert auto_dtype("cpu", env={}).dtype == "bfloat16"

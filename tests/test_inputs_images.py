@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from conftest import cli_messages, one_error_line, run_cli
-from neurop_diff_diffusers import NonFiniteOutputError, build_pipeline, cli, upscale_job
+from neurop_diff_diffusers import NonFiniteOutputError, build_pipeline
+from neurop_diff_diffusers.cli import commands as cli
 from neurop_diff_diffusers.io.image_files import (
     PlainImage,
     UnsupportedImageError,
@@ -27,6 +28,7 @@ from neurop_diff_diffusers.io.image_files import (
     read_plain_image,
     write_plain_image,
 )
+from neurop_diff_diffusers.jobs import upscale_file as upscale_job
 
 FAST = ("--model", "preset:tiny", "--prior-only")
 RNG = np.random.default_rng(0)
@@ -191,7 +193,7 @@ def test_low_bit_palette_png_uses_its_colours(tmp_path, bits):
 
 def test_low_bit_values_left_raw_by_a_decoder_are_scaled(tmp_path, monkeypatch):
     """The bit depth comes from the PNG header: a decoder that returned the raw 4-bit values is corrected."""
-    from neurop_diff_diffusers import image_files
+    from neurop_diff_diffusers.io import image_files
 
     raw = (np.arange(12 * 16).reshape(12, 16) % 16).astype(np.uint8)
     path = _png(tmp_path / "g.png", raw, 4, 0)

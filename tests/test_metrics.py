@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.signal import convolve2d
 
-from neurop_diff_diffusers import metrics
+from neurop_diff_diffusers.metrics import quality as metrics
 from neurop_diff_diffusers.metrics.quality import image_metrics, load_lpips, lpips_availability, psnr, rgb_to_y, ssim
 
 

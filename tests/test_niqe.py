@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from neurop_diff_diffusers import detail_metrics as metrics
+from neurop_diff_diffusers.metrics import detail as metrics
 from neurop_diff_diffusers.metrics.quality import (
     NIQE_MIN_SIZE,
     NIQE_MODELS,

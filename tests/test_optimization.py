@@ -24,9 +24,9 @@ from neurop_diff_diffusers import (
     parse_dtype,
     parse_setting,
 )
+from neurop_diff_diffusers.pipelines.scheduling import scheduler_name
 from neurop_diff_diffusers.runtime.hardware import DeviceProbe, SlowPrecisionWarning
 from neurop_diff_diffusers.runtime.optimization import resolve_dtype
-from neurop_diff_diffusers.pipelines.scheduling import scheduler_name
 
 LR = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 

@@ -257,7 +257,7 @@ def test_palette_is_accepted_with_a_warning_and_counted_as_rgb(tmp_path):
 
 
 def test_a_geotiff_gdal_cannot_open_is_not_handed_to_pil(tmp_path, monkeypatch):
-    from neurop_diff_diffusers import raster_io
+    from neurop_diff_diffusers.io import rasters as raster_io
 
     path = _plain(
         tmp_path / "g.tif", np.ones((3, 4, 4), np.uint8), crs="EPSG:32633", transform=from_origin(0, 0, 1, 1)

@@ -11,7 +11,6 @@ import PIL.Image
 import pytest
 import torch
 
-from neurop_diff_diffusers.models.coordinates import make_cell, make_coord
 from neurop_diff_diffusers.data import (
     Stage1Dataset,
     Stage2Dataset,
@@ -25,6 +24,7 @@ from neurop_diff_diffusers.data import (
     random_dihedral,
     sample_scale,
 )
+from neurop_diff_diffusers.models.coordinates import make_cell, make_coord
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -21,7 +21,8 @@ from rasterio.transform import from_origin  # noqa: E402
 from conftest import one_error_line  # noqa: E402
 from conftest import smooth_scene as _smooth_scene  # noqa: E402
 from conftest import write_geotiff as _write  # noqa: E402
-from neurop_diff_diffusers import build_pipeline, cli  # noqa: E402
+from neurop_diff_diffusers import build_pipeline  # noqa: E402
+from neurop_diff_diffusers.cli import commands as cli  # noqa: E402
 from neurop_diff_diffusers.io.geo import STRETCH_TAG  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import (  # noqa: E402
     ScenePlan,

@@ -9,6 +9,7 @@ import torch
 from conftest import one_error_line
 from neurop_diff_diffusers import NeurOpDiffPipelineOutput, build_pipeline
 from neurop_diff_diffusers.data import bicubic_degrade
+from neurop_diff_diffusers.metrics.trust import lr_agreement
 from neurop_diff_diffusers.pipelines.data_consistency import back_project
 from neurop_diff_diffusers.pipelines.uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
@@ -18,7 +19,6 @@ from neurop_diff_diffusers.pipelines.uncertainty import (
     sample_generators,
     sample_seeds,
 )
-from neurop_diff_diffusers.metrics.trust import lr_agreement
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +221,7 @@ def small_png(tmp_path):
 
 
 def _upscale(*args):
-    from neurop_diff_diffusers import cli
+    from neurop_diff_diffusers.cli import commands as cli
 
     return cli.main(["upscale", *(str(a) for a in args)])
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate NeurOp-Diff, its neural-operator prior, bicubic and SR3 under the paper's protocol.
 
-A thin command line over [`neurop_diff_diffusers.evaluation.run`]; `python training/evaluate.py --help` lists the options.
+A thin command line over [`neurop_diff_diffusers.evaluation.run`]; `python training/evaluate.py --help` lists the
+options.
 
 Example:
     python training/evaluate.py --pipeline preset:tiny --data_dir ../shared/data/UCMerced_LandUse \

@@ -26,11 +26,11 @@ from diffusers.training_utils import EMAModel
 
 from neurop_diff_diffusers import NeurOpDiffPipeline, build_unet, default_scheduler
 from neurop_diff_diffusers.data import Stage2Dataset, collate_stage2
+from neurop_diff_diffusers.pipelines.pipeline_neurop_diff import unet_downsampling_factor
+from neurop_diff_diffusers.pipelines.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES
 from neurop_diff_diffusers.runtime.loading import load_frozen_operator, load_trained_model
 from neurop_diff_diffusers.runtime.model_card import make_model_card
-from neurop_diff_diffusers.pipelines.pipeline_neurop_diff import unet_downsampling_factor
 from neurop_diff_diffusers.runtime.presets import PRESETS
-from neurop_diff_diffusers.pipelines.scheduling import PAPER_SCHEDULER_CONFIG, PREDICTION_TYPES
 from neurop_diff_diffusers.training import (
     TrainingSetupError,
     arguments,

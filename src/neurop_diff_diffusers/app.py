@@ -5,7 +5,8 @@
 An upload is validated (type, size from the header, full decode) before any model work, with the CLI's checks; a
 bad one gives one message in the page and the server goes on. With 2 to 8 uncertainty samples the output is their
 mean (``upscale --uncertainty N``) and the page overlays the per-pixel uncertainty map as a heat-map
-([`~neurop_diff_diffusers.io.heatmap`]), switched on and off without running the model again. Every request works in its
+([`~neurop_diff_diffusers.io.heatmap`]), switched on and off without running the model again. Every request works in
+its
 own folder under one temporary folder, which the app removes when it closes (and Gradio's cache of the results lives
 there too).
 
@@ -32,8 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
-from .runtime.optimization import optimize_pipeline
-from .pipelines.scheduling import make_scheduler, scheduler_name
 from .jobs.upscale_file import (
     IMAGE_SUFFIXES,
     InputFailed,
@@ -47,6 +46,8 @@ from .jobs.upscale_file import (
     run_job,
     uncertainty_path,
 )
+from .pipelines.scheduling import make_scheduler, scheduler_name
+from .runtime.optimization import optimize_pipeline
 
 #: Largest input the app decodes, in pixels (height x width), unless configured otherwise.
 DEFAULT_MAX_INPUT_PIXELS = 1024 * 1024
@@ -456,8 +457,8 @@ def _model_bands(path: Path) -> Any:
 
 def _bicubic(lr: Any, out_size: tuple[int, int]) -> Any:
     """The "before" view: bicubic upsampling (the SR3 conditioner [`bicubic_prior`]) as a PIL image."""
-    from .pipelines.image_processing import postprocess_images, preprocess_images
     from .pipelines import bicubic_prior
+    from .pipelines.image_processing import postprocess_images, preprocess_images
 
     image = preprocess_images(lr) * 2.0 - 1.0
     return postprocess_images(bicubic_prior(image, out_size), "pil")[0]

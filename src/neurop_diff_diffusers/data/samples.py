@@ -2,7 +2,8 @@
 
 All tensors are float in ``[-1, 1]``, images channel-first. LR images are made with
 [`~neurop_diff_diffusers.data.bicubic_degrade`] (PIL-equivalent 8-bit bicubic), and query coordinates / cells with
-[`~neurop_diff_diffusers.models.coordinates.make_coord`] / [`~neurop_diff_diffusers.models.coordinates.make_cell`], the helpers the
+[`~neurop_diff_diffusers.models.coordinates.make_coord`] / [`~neurop_diff_diffusers.models.coordinates.make_cell`],
+the helpers the
 operator uses. The random draws come from a ``torch.Generator``: the same generator state gives the same sample, and
 the dataset wrappers seed one generator per ``(seed, epoch, index)``, so a seed reproduces the whole sample stream
 whatever the number of DataLoader workers.

@@ -1,7 +1,7 @@
 """The methods and metrics of the evaluation, as registries: a new method or metric is one entry.
 
-[`~neurop_diff_diffusers.evaluation.run.evaluate`] runs every method of [`EVALUATION_METHODS`] that the user asks for on
-every image and scale (its step 2) and scores each output with every metric of [`EVALUATION_METRICS`] (its step 3).
+[`~neurop_diff_diffusers.evaluation.run.evaluate`] runs every method of [`EVALUATION_METHODS`] that the user asks for
+on every image and scale (its step 2) and scores each output with every metric of [`EVALUATION_METRICS`] (its step 3).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics.qu
 [`evaluate`] runs in five numbered steps: check the arguments, run each method
 ([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METHODS`]), score each output
 ([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METRICS`]), aggregate, report (written to files by
-[`~neurop_diff_diffusers.evaluation.report`]; the command line is [`~neurop_diff_diffusers.cli.commands.evaluate`]).
+[`~neurop_diff_diffusers.evaluation.report`]; the command line is [`~neurop_diff_diffusers.cli.evaluate`]).
 
 Results are averaged over the images (mean of per-image PSNR / SSIM / LPIPS / NIQE / HF ratio) per method and
 scale.

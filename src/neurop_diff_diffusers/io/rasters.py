@@ -348,8 +348,8 @@ def stage_bytes(header: RasterHeader, out_size: tuple[int, int] | None) -> dict[
 
     Stages: ``input`` (every band read as float32, with its validity mask) and, when ``out_size`` is given,
     ``output`` (every band at the output size, float32, with its mask). The scene engine
-    ([`~neurop_diff_diffusers.jobs.scene`]) holds neither whole; the CLI counts the input stage only (a bound on bands x
-    pixels from the header), the web app both (its server limits).
+    ([`~neurop_diff_diffusers.jobs.scene`]) holds neither whole; the CLI counts the input stage only (a bound on bands
+    x pixels from the header), the web app both (its server limits).
 
     Args:
         header (`RasterHeader`): from [`inspect_raster`].

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .upscale_file import IMAGE_SUFFIXES
 from ..utils import atomic_write_text
+from .upscale_file import IMAGE_SUFFIXES
 
 #: Name of the per-input record file written in the output folder.
 MANIFEST_NAME = "manifest.jsonl"

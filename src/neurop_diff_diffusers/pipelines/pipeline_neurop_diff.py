@@ -18,8 +18,12 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ModelMixin, SchedulerMixin, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .data_consistency import back_project, check_back_projection_steps
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
+
+# model_index.json names this module as the operator's library, and diffusers loads a component only from a module
+# that is already imported: loading a pipeline must import it (the package's own import is lazy).
+from ..models import neural_operator as _neural_operator  # noqa: F401
+from .data_consistency import back_project, check_back_projection_steps
 from .hub import make_hub_ready, push_folder_to_hub
 from .image_processing import (
     ImageInput,
@@ -29,10 +33,6 @@ from .image_processing import (
     preprocess_images,
     resolve_output_size,
 )
-
-# model_index.json names this module as the operator's library, and diffusers loads a component only from a module
-# that is already imported: loading a pipeline must import it (the package's own import is lazy).
-from ..models import neural_operator as _neural_operator  # noqa: F401
 from .scheduling import check_eta, check_strength, noise_level, strength_steps
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 from .uncertainty import (
@@ -605,8 +605,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 input as it is.
             data_consistency_steps (`int`, *optional*): iterations of back-projection of the output onto the
                 images whose antialiased-bicubic downsampling is the input
-                ([`~neurop_diff_diffusers.pipelines.data_consistency.back_project`]; not in the paper), 0 to 100; 0: off (the
-                paper). ``None``: the pipeline's ``default_data_consistency_steps`` (0 unless the model ships
+                ([`~neurop_diff_diffusers.pipelines.data_consistency.back_project`]; not in the paper), 0 to 100; 0:
+                off (the paper). ``None``: the pipeline's ``default_data_consistency_steps`` (0 unless the model ships
                 another value; the embedded model's is in its ``model_index.json``).
                 About 10 bring the output's downsampling to within a hundredth of a level of the input (see the
                 README, "Can I trust the detail?"). Ignored with ``prior_only``.

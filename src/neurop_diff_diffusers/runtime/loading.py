@@ -1,7 +1,8 @@
 """Every way to get a pipeline or a trained model: one module.
 
 - [`load_pipeline`]: a pipeline folder written by ``save_pretrained`` (a training output is one), a Hub id,
-  ``"preset:NAME"`` (randomly initialised, see [`~neurop_diff_diffusers.runtime.presets`]) or ``None`` for the embedded model.
+  ``"preset:NAME"`` (randomly initialised, see [`~neurop_diff_diffusers.runtime.presets`]) or ``None`` for the
+  embedded model.
 - [`load_default_pipeline`]: the embedded model shipped inside the package (offline).
 - [`load_trained_model`] / [`load_frozen_operator`]: one trained component (UNet, neural operator) named by a
   training argument: a folder holding it, a training output or checkpoint holding it in a subfolder, or a Hub id.
@@ -23,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
 from ..models.neural_operator import GalerkinNeuralOperator
+from ..pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
 from ..pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
 from ..utils import TrainingSetupError, check_device
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .hardware import SlowPrecisionWarning, auto_dtype, slow_precision_warning
 from ..pipelines.scheduling import SCHEDULERS, make_scheduler
+from .hardware import SlowPrecisionWarning, auto_dtype, slow_precision_warning
 
 #: Names accepted for a pipeline's precision. ``bfloat16`` pays off only on CPUs with bfloat16 units (the
 #: ``avx512_bf16`` / ``amx_bf16`` flags: Intel Xeon from Cooper Lake, AMD from Zen 4; elsewhere it is emulated,
@@ -50,7 +50,8 @@ def resolve_dtype(value: Any, device: str | torch.device = "cpu", name: str = "d
 
     ``auto`` is bfloat16 on a CPU whose bfloat16 units torch uses (``avx512_bf16`` / ``amx_bf16``, not capped by
     ``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY``) and on CUDA GPUs with bfloat16, float16 on other CUDA GPUs,
-    float32 elsewhere (see [`~neurop_diff_diffusers.runtime.hardware.auto_dtype`], and ``neurop-diff info`` for its reason).
+    float32 elsewhere (see [`~neurop_diff_diffusers.runtime.hardware.auto_dtype`], and ``neurop-diff info`` for its
+    reason).
 
     Args:
         value (`str`, `torch.dtype` or `None`): a name of [`DTYPES`], ``"auto"``, a `torch.dtype` of those or ``None``.

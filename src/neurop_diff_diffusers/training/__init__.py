@@ -13,7 +13,8 @@
   here.
 
 Randomness comes from [`~neurop_diff_diffusers.utils.derive_seed`]; trained models load through
-[`~neurop_diff_diffusers.runtime.loading`]; the Hub upload is [`~neurop_diff_diffusers.pipelines.hub.push_folder_to_hub`].
+[`~neurop_diff_diffusers.runtime.loading`]; the Hub upload is
+[`~neurop_diff_diffusers.pipelines.hub.push_folder_to_hub`].
 """
 
 from ..pipelines.hub import HUB_IGNORE_PATTERNS, push_folder_to_hub

@@ -81,7 +81,10 @@ class ValidationResult:
 
 def _figures(pred01: torch.Tensor, hr01: torch.Tensor, suffix: str) -> dict[str, float]:
     """Mean PSNR / SSIM with the evaluation's code (``image_metrics``, ``"rgb"`` protocol) on 8-bit-level images."""
-    from ..metrics.quality import image_metrics, psnr  # imported here: torchmetrics (SSIM) is needed only for validation
+    from ..metrics.quality import (  # imported here: torchmetrics (SSIM) is needed only for validation
+        image_metrics,
+        psnr,
+    )
 
     if min(hr01.shape[-2:]) <= 11:  # no room for the 11 x 11 SSIM window: PSNR alone
         return {f"psnr{suffix}": float(psnr(pred01, hr01).mean())}
@@ -110,7 +113,8 @@ def _names(val: ValidationSet) -> list[str]:
 def validate_operator(operator: GalerkinNeuralOperator, val: ValidationSet) -> ValidationResult:
     """PSNR / SSIM of the operator's output (and of bicubic upsampling) against the HR images, and a grid.
 
-    Scored as in the evaluation: images rounded to 8-bit levels, [`~neurop_diff_diffusers.metrics.quality.image_metrics`].
+    Scored as in the evaluation: images rounded to 8-bit levels,
+    [`~neurop_diff_diffusers.metrics.quality.image_metrics`].
     Keys: ``psnr``, ``ssim`` (the operator), ``psnr_bicubic``, ``ssim_bicubic``.
 
     Args:
