@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurop_diff_diffusers.cli import commands as cli
+from neurop_diff_diffusers.cli import main
 from neurop_diff_diffusers.jobs.batch import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -31,7 +31,7 @@ FAST = ("--model", "preset:tiny", "--scale", "2", "--steps", "2", "--seed", "0")
 
 
 def _run(*args):
-    return cli.main([str(a) for a in args])
+    return main([str(a) for a in args])
 
 
 @pytest.fixture
