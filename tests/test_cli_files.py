@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import cli_messages, one_error_line, run_cli, sparse_many_band_tiff
 from neurop_diff_diffusers import NeurOpDiffPipeline
 from neurop_diff_diffusers.cli import upscale as cli_upscale
+from neurop_diff_diffusers.jobs import upscale_file
 
 FAST = ("--model", "preset:tiny", "--steps", "1")
 RGB = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
@@ -321,7 +322,7 @@ def test_interrupt_before_the_model_is_one_line(good, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_upscale, "check_output_location", interrupted)
+    monkeypatch.setattr(upscale_file, "check_output_location", interrupted)  # plan_file's check
     assert run_cli("upscale", good, "--scale", "2", *FAST) == 130
     assert capsys.readouterr().err == "neurop-diff: interrupted\n"
 

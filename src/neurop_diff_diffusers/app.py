@@ -36,15 +36,15 @@ from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
 from .jobs.upscale_file import (
     IMAGE_SUFFIXES,
     InputFailed,
+    JobOptions,
     check_input_file,
     load_job_pipeline,
     one_line,
-    prepare_job,
+    plan_file,
     probe_geo,
     read_image_array,
     read_image_file,
     run_job,
-    uncertainty_path,
 )
 from .pipelines.scheduling import make_scheduler, scheduler_name
 from .runtime.optimization import optimize_pipeline
@@ -381,32 +381,34 @@ class Upscaler:
         stem = upload.stem or "image"
         tag = f"x{scale:g}" if size is None else f"{size[0]}x{size[1]}"
         dst = folder / f"{stem}_{tag}{'.tif' if geo else '.png'}"
-        try:
-            job = prepare_job(src, dst, scale, size, self.config.max_output_pixels, cap_geo_output=True)
+        options = JobOptions(
+            steps=int(steps),
+            strength=strength,
+            seed=int(seed),
+            prior_only=bool(prior_only),
+            max_pixels=self.config.max_output_pixels,
+            num_samples=samples or None,
+        )
+        try:  # the CLI's own plan of a file; a GeoTIFF's output is capped too (the server's limit)
+            job = plan_file(src, dst, scale, size, options, cap_geo_output=True)
         except InputFailed as err:
             shutil.rmtree(folder, ignore_errors=True)
-            message = str(err).replace(str(src), upload.name).replace("--size", "the output size")
+            message = str(err).replace(str(src), upload.name).replace(f"{folder}{os.sep}", "")
+            message = message.replace("--size", "the output size")
             raise InputFailed(
                 message.replace("--max-pixels", "the server's limit").replace("; raise it", "")
             ) from None
-        out_size = job[3]
+        out_size = job.out_size
         try:  # N samples are N outputs' work: refused before any
             _check_sample_budget(out_size, samples, self.config.max_output_pixels)
         except InputFailed:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        common = {
-            "num_inference_steps": int(steps),
-            "strength": strength,
-            "prior_only": bool(prior_only),
-            "max_output_pixels": self.config.max_output_pixels,
-            **({"num_samples": samples} if samples else {}),
-        }
         pipe = copy.copy(self.pipe)  # the same models with a scheduler of this request's own
         own = self.pipe.scheduler
         pipe.scheduler = type(own).from_config(own.config) if sampler is None else make_scheduler(sampler, own)
         try:  # the CLI's own job: a PNG, or a GeoTIFF that keeps its georeferencing
-            run_job(pipe, job, int(seed), False, common)
+            run_job(pipe, job)
         except InputFailed as err:  # the CLI's words, and the request folder's path, made the page's
             shutil.rmtree(folder, ignore_errors=True)
             message = str(err).replace(str(src), upload.name).replace("--uncertainty", "the uncertainty map")
@@ -421,7 +423,7 @@ class Upscaler:
         lr = _model_input(src, geo)
         prior = output if prior_only else self.pipe(lr, output_size=out_size, prior_only=True).images[0]
         bicubic = _bicubic(lr, out_size)
-        map_path = uncertainty_path(dst) if samples else None
+        map_path = job.uncertainty
         return {
             "output": output,
             "bicubic": bicubic,

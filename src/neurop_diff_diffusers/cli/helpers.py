@@ -1,10 +1,9 @@
 """Helpers shared by the ``neurop-diff`` commands: one-line errors, the device, the loaded model's flags.
 
 Example:
-    >>> import argparse
-    >>> flags = dict(steps=20, strength=None, prior_only=False, tile_size=512, tile_overlap=None, max_pixels=100)
-    >>> pipe_kwargs(argparse.Namespace(**flags, uncertainty=None, data_consistency=None))["num_inference_steps"]
-    20
+    >>> from neurop_diff_diffusers.cli.options import build_parser
+    >>> job_options(build_parser().parse_args(["upscale", "a.tif", "--scale", "2", "--window", "64"])).window
+    64
 """
 
 from __future__ import annotations
@@ -15,14 +14,20 @@ import sys
 import warnings
 from typing import Any
 
-from ..jobs.upscale_file import CLIError, one_line
+from ..jobs.upscale_file import CLIError, JobOptions, one_line
 
 
 def report_error(message: str) -> None:
+    """Print ``neurop-diff: error: MESSAGE`` on stderr (one line)."""
     print(f"neurop-diff: error: {message}", file=sys.stderr)
 
 
 def check_device_flag(device: str) -> str:
+    """``--device``, refused in one line when it is not available here.
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    """
     from ..utils import check_device
 
     try:
@@ -64,18 +69,39 @@ def check_model_flags(pipe: Any, args: argparse.Namespace) -> None:
         raise CLIError(f"--steps must be in [1, {limit}] for this model, got {args.steps}")
 
 
-def pipe_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The pipeline call's keyword arguments set by the ``upscale`` flags."""
-    return {
-        "num_inference_steps": args.steps,
-        "strength": args.strength,
-        "prior_only": args.prior_only,
-        "tile_size": args.tile_size,
-        "tile_overlap": args.tile_overlap,
-        "max_output_pixels": args.max_pixels,
-        **({"num_samples": args.uncertainty} if args.uncertainty is not None else {}),
-        **({"data_consistency_steps": args.data_consistency} if args.data_consistency is not None else {}),
-    }
+def job_options(args: argparse.Namespace) -> JobOptions:
+    """The [`~neurop_diff_diffusers.jobs.upscale_file.JobOptions`] of ``upscale``'s per-file flags: the same for one
+    file and for every file of ``--input-dir``.
+
+    Args:
+        args: the parsed ``upscale`` flags (already checked by
+            [`~neurop_diff_diffusers.cli.options.check_upscale_flags`]).
+
+    Raises:
+        CLIError: a bad ``--value-range``.
+    """
+    from ..jobs.scene import parse_value_range
+
+    try:
+        parse_value_range(args.value_range)
+    except ValueError as err:
+        raise CLIError(one_line(err).replace("`value_range`", "--value-range")) from err
+    return JobOptions(
+        steps=args.steps,
+        strength=args.strength,
+        seed=args.seed,
+        prior_only=args.prior_only,
+        tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap,
+        max_pixels=args.max_pixels,
+        num_samples=args.uncertainty,
+        data_consistency_steps=args.data_consistency,
+        window=args.window,
+        halo=args.halo,
+        value_range=args.value_range,
+        workers=args.workers,
+        restart=args.restart,
+    )
 
 
 def is_main_process() -> bool:
