@@ -29,9 +29,9 @@ def samples_dir() -> Path:
 
 def run_cli(*args) -> int:
     """``neurop-diff ARGS`` in this process (paths and numbers as strings); its exit code."""
-    from neurop_diff_diffusers.cli import commands as cli
+    from neurop_diff_diffusers.cli import main
 
-    return cli.main([str(a) for a in args])
+    return main([str(a) for a in args])
 
 
 def cli_messages(err: str) -> list[str]:
@@ -51,13 +51,15 @@ def one_error_line(capsys) -> str:
 
 @pytest.fixture
 def no_model(monkeypatch):
-    """Fail the test if the model is loaded: the refusals must come before it."""
-    from neurop_diff_diffusers.cli import commands as cli
+    """Fail the test if the model is loaded: the refusals must come before it. The loader that every command and the
+    app call in the end is replaced (``load_job_pipeline`` imports it when called), so the guard holds whichever
+    module loads the model."""
+    from neurop_diff_diffusers.runtime import loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(cli, "load_job_pipeline", refuse)
+    monkeypatch.setattr(loading, "load_pipeline", refuse)
 
 
 def sparse_many_band_tiff(path: Path, bands: int = 2000, size: int = 1024) -> Path:

@@ -26,7 +26,7 @@ gradio_client = pytest.importorskip("gradio_client", reason="the app tests drive
 
 from conftest import REPO_ROOT, SAMPLES_DIR, sparse_many_band_tiff  # noqa: E402
 from neurop_diff_diffusers.app import AppConfig, InputFailed, build_app, validate_upload  # noqa: E402
-from neurop_diff_diffusers.cli import commands as cli  # noqa: E402
+from neurop_diff_diffusers.cli import main  # noqa: E402
 
 SRC = REPO_ROOT / "src"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -170,7 +170,7 @@ def test_client_gets_the_cli_output_and_bad_uploads_get_a_message(server, crop, 
     # The PNG is the CLI's output for the same settings, bit for bit.
     expected = tmp_path / "cli.png"
     argv = ["upscale", str(crop), "--scale", "3.7", "--steps", str(STEPS), "--seed", "0", "--strength", "1", "-o"]
-    assert cli.main([*argv, str(expected)]) == 0
+    assert main([*argv, str(expected)]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(downloads[0])), np.asarray(Image.open(expected)))
 
     for path, message in bad_uploads.values():
@@ -186,7 +186,7 @@ def test_client_gets_the_cli_output_and_bad_uploads_get_a_message(server, crop, 
             _predict(client, crop, **kwargs)
     # Another sampler: the CLI's --scheduler output, bit for bit.
     (_, after), _, _, downloads = _predict(client, crop, sampler="unipc")
-    assert cli.main([*argv, str(tmp_path / "unipc.png"), "--scheduler", "unipc"]) == 0
+    assert main([*argv, str(tmp_path / "unipc.png"), "--scheduler", "unipc"]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(downloads[0])), np.asarray(Image.open(tmp_path / "unipc.png")))
     assert not np.array_equal(np.asarray(Image.open(downloads[0])), np.asarray(Image.open(expected)))
     with pytest.raises(gradio_client.exceptions.AppError):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurop_diff_diffusers.cli import commands as cli
+from neurop_diff_diffusers.cli import main
 from neurop_diff_diffusers.jobs.batch import (
     LOCK_NAME,
     MANIFEST_NAME,
@@ -31,7 +31,7 @@ FAST = ("--model", "preset:tiny", "--scale", "2", "--steps", "2", "--seed", "0")
 
 
 def _run(*args):
-    return cli.main([str(a) for a in args])
+    return main([str(a) for a in args])
 
 
 @pytest.fixture
@@ -347,3 +347,85 @@ def test_uncertainty_maps_of_two_inputs_in_one_file_are_refused(scenes, tmp_path
     err = _one_line(capsys)
     assert "would both write the map" in err and "s0_x2.uncertainty.tif" in err
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# every per-file flag: a batch writes what single files with the same flags write, and records what its outputs
+# depend on
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def plain_and_geotiff(tmp_path_factory) -> Path:
+    """A PNG and a small uint16 GeoTIFF (12 x 20: several windows of 8)."""
+    pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+    from conftest import smooth_scene, write_geotiff
+
+    folder = tmp_path_factory.mktemp("mixed") / "in"
+    folder.mkdir()
+    Image.fromarray(smooth_scene(10, 12).transpose(1, 2, 0)).save(folder / "a.png")
+    write_geotiff(folder / "b.tif", smooth_scene(12, 20, seed=1).astype(np.uint16) * 10)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def default_outputs(plain_and_geotiff, tmp_path_factory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("default")
+    assert main(["upscale", *map(str, sorted(plain_and_geotiff.iterdir())), "--out-dir", str(out), *FAST]) == 0
+    return _outputs(out)
+
+
+@pytest.mark.parametrize(
+    "flags, recorded",
+    [
+        (("--window", "16"), {"window": 16}),
+        (("--window", "16", "--halo", "2"), {"window": 16, "halo": 2}),
+        (("--value-range", "0,4000"), {"value_range": "0,4000"}),
+        (("--workers", "2"), {}),
+        (("--uncertainty", "2"), {"uncertainty": 2}),
+        (("--data-consistency", "3"), {"data_consistency": 3}),
+        (("--steps", "3"), {"steps": 3}),
+        (("--seed", "5"), {"seed": 5}),
+        (("--strength", "0.5"), {"strength": 0.5}),
+        (("--prior-only",), {"prior_only": True}),
+        (("--scheduler", "ddpm"), {"scheduler": "ddpm"}),
+        (("--dtype", "bfloat16"), {"dtype": "bfloat16"}),
+        (("--tile-size", "16", "--tile-overlap", "4"), {"tile_size": 16, "tile_overlap": 4}),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else None,
+)
+def test_a_batch_writes_what_single_files_with_the_same_flags_write(
+    plain_and_geotiff, default_outputs, tmp_path, capsys, flags, recorded
+):
+    import torch
+
+    single, batch = tmp_path / "single", tmp_path / "batch"
+    files = [str(p) for p in sorted(plain_and_geotiff.iterdir())]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a batch computes on the CPU: float reductions split by thread count differ in ulps
+    try:
+        assert main(["upscale", *files, "--out-dir", str(single), *FAST, *flags]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert main(["upscale", "--input-dir", str(plain_and_geotiff), "--out-dir", str(batch), *FAST, *flags]) == 0
+    expected = _outputs(single)
+    assert _outputs(batch) == expected  # byte for byte
+    if flags[0] != "--workers":  # the others change what is written
+        assert expected != default_outputs
+    settings = _manifest(batch)[0]["settings"]
+    assert {key: settings.get(key) for key in recorded} == recorded
+    scene_flags = {"window": "--window", "halo": "--halo", "value_range": "--value-range"}
+    if set(recorded) & set(scene_flags):  # a GeoTIFF's setting: a re-run without it is refused, as for the others
+        capsys.readouterr()
+        assert main(["upscale", "--input-dir", str(plain_and_geotiff), "--out-dir", str(batch), *FAST]) == 2
+        err = _one_line(capsys)
+        assert any(f"of an earlier run with another {scene_flags[key]};" in err for key in recorded), err
+        assert _outputs(batch) == expected
+
+
+def test_a_batch_dry_run_prints_each_plan_and_writes_nothing(plain_and_geotiff, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["upscale", "--input-dir", plain_and_geotiff, "--out-dir", out, *FAST, "--window", "16", "--dry-run"]
+    assert _run(*argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{plain_and_geotiff / 'a.png'} -> {out / 'a_x2.png'} (20x24, height x width): one image" in printed
+    assert f"{plain_and_geotiff / 'b.tif'} -> {out / 'b_x2.tif'}\n" in printed and "windows: 1 x 2 = 2" in printed
+    assert not out.exists()

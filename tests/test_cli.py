@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neurop_diff_diffusers.cli import commands as cli
+from neurop_diff_diffusers.cli import main
 from neurop_diff_diffusers.jobs import upscale_file as upscale_job
 
 
@@ -22,7 +22,7 @@ def image(tmp_path):
 
 
 def _run(*args):
-    return cli.main([str(a) for a in args])
+    return main([str(a) for a in args])
 
 
 def test_upscale_writes_the_scaled_image(image, tmp_path, capsys):
@@ -153,3 +153,19 @@ def test_module_entry_point_runs():
         [sys.executable, "-m", "neurop_diff_diffusers.cli", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "upscale" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["upscale", "batch", "export"])
+def test_the_no_model_guard_stops_every_command_that_loads_the_model(tmp_path, no_model, command):
+    """The ``no_model`` fixture of the refusal tests takes effect in every command (it replaces the loader that they
+    all call in the end), so that a refusal test passing means the refusal came before the model."""
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(image)
+    argv = {
+        "upscale": ["upscale", image, "--scale", "2", "--out-dir", tmp_path / "o"],
+        "batch": ["upscale", "--input-dir", image.parent, "--out-dir", tmp_path / "o", "--scale", "2"],
+        "export": ["export", tmp_path / "exported"],
+    }[command]
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        _run(*argv, "--model", "preset:tiny")

@@ -19,7 +19,8 @@ from PIL import Image
 
 from conftest import cli_messages, one_error_line, run_cli
 from neurop_diff_diffusers import NonFiniteOutputError, build_pipeline
-from neurop_diff_diffusers.cli import commands as cli
+from neurop_diff_diffusers.cli import batch as cli_batch
+from neurop_diff_diffusers.cli import upscale as cli_upscale
 from neurop_diff_diffusers.io.image_files import (
     PlainImage,
     UnsupportedImageError,
@@ -501,7 +502,7 @@ def test_check_finite_output_counts_inf():
 
 def test_cli_writes_nothing_for_a_nan_model(tmp_path, capsys, monkeypatch, nan_pipe):
     path = _save(Image.fromarray(RGB), tmp_path / "g.png")
-    monkeypatch.setattr(cli, "load_job_pipeline", lambda spec, device: nan_pipe)
+    monkeypatch.setattr(cli_upscale, "load_job_pipeline", lambda spec, device: nan_pipe)
     assert run_cli("upscale", path, "--scale", "2", "--steps", "1") == 2
     line = one_error_line(capsys)
     assert line.startswith(f"{path}: the model's output holds NaN or infinite values (2304 of 2304)")
@@ -513,7 +514,7 @@ def test_batch_writes_nothing_for_a_nan_model(tmp_path, capsys, monkeypatch, nan
     inputs.mkdir()
     _save(Image.fromarray(RGB), inputs / "a.png")
     out = tmp_path / "out"
-    monkeypatch.setattr(cli, "load_job_pipeline", lambda spec, device: nan_pipe)
+    monkeypatch.setattr(cli_batch, "load_job_pipeline", lambda spec, device: nan_pipe)
     assert run_cli("upscale", "--input-dir", inputs, "--out-dir", out, "--scale", "2", "--steps", "1") == 2
     assert "Traceback" not in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl"]

@@ -36,15 +36,15 @@ from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
 from .jobs.upscale_file import (
     IMAGE_SUFFIXES,
     InputFailed,
+    JobOptions,
     check_input_file,
     load_job_pipeline,
     one_line,
-    prepare_job,
+    plan_file,
     probe_geo,
     read_image_array,
     read_image_file,
     run_job,
-    uncertainty_path,
 )
 from .pipelines.scheduling import make_scheduler, scheduler_name
 from .runtime.optimization import optimize_pipeline
@@ -381,32 +381,34 @@ class Upscaler:
         stem = upload.stem or "image"
         tag = f"x{scale:g}" if size is None else f"{size[0]}x{size[1]}"
         dst = folder / f"{stem}_{tag}{'.tif' if geo else '.png'}"
-        try:
-            job = prepare_job(src, dst, scale, size, self.config.max_output_pixels, cap_geo_output=True)
+        options = JobOptions(
+            steps=int(steps),
+            strength=strength,
+            seed=int(seed),
+            prior_only=bool(prior_only),
+            max_pixels=self.config.max_output_pixels,
+            num_samples=samples or None,
+        )
+        try:  # the CLI's own plan of a file; a GeoTIFF's output is capped too (the server's limit)
+            job = plan_file(src, dst, scale, size, options, cap_geo_output=True)
         except InputFailed as err:
             shutil.rmtree(folder, ignore_errors=True)
-            message = str(err).replace(str(src), upload.name).replace("--size", "the output size")
+            message = str(err).replace(str(src), upload.name).replace(f"{folder}{os.sep}", "")
+            message = message.replace("--size", "the output size")
             raise InputFailed(
                 message.replace("--max-pixels", "the server's limit").replace("; raise it", "")
             ) from None
-        out_size = job[3]
+        out_size = job.out_size
         try:  # N samples are N outputs' work: refused before any
             _check_sample_budget(out_size, samples, self.config.max_output_pixels)
         except InputFailed:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        common = {
-            "num_inference_steps": int(steps),
-            "strength": strength,
-            "prior_only": bool(prior_only),
-            "max_output_pixels": self.config.max_output_pixels,
-            **({"num_samples": samples} if samples else {}),
-        }
         pipe = copy.copy(self.pipe)  # the same models with a scheduler of this request's own
         own = self.pipe.scheduler
         pipe.scheduler = type(own).from_config(own.config) if sampler is None else make_scheduler(sampler, own)
         try:  # the CLI's own job: a PNG, or a GeoTIFF that keeps its georeferencing
-            run_job(pipe, job, int(seed), False, common)
+            run_job(pipe, job)
         except InputFailed as err:  # the CLI's words, and the request folder's path, made the page's
             shutil.rmtree(folder, ignore_errors=True)
             message = str(err).replace(str(src), upload.name).replace("--uncertainty", "the uncertainty map")
@@ -421,7 +423,7 @@ class Upscaler:
         lr = _model_input(src, geo)
         prior = output if prior_only else self.pipe(lr, output_size=out_size, prior_only=True).images[0]
         bicubic = _bicubic(lr, out_size)
-        map_path = uncertainty_path(dst) if samples else None
+        map_path = job.uncertainty
         return {
             "output": output,
             "bicubic": bicubic,
@@ -493,36 +495,12 @@ def stop_signals() -> Iterator[None]:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
-_GRADIO_TEMP_DIR: str | None = None
-
-
-def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None = None) -> Any:
-    """The Gradio app (a ``gr.Blocks`` with its queue set), ready for ``launch()``.
-
-    Args:
-        config: the [`AppConfig`] (default: the embedded model on the CPU, the default limits).
-        workdir: the folder the requests write in (default: a new temporary folder, removed at exit). Gradio's cache
-            of results and uploads is placed there too unless ``GRADIO_TEMP_DIR`` is set.
-
-    Example:
-        >>> demo = build_app(AppConfig(model="preset:tiny"))  # doctest: +SKIP
-        >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
-    """
-    config = config or AppConfig()
-    if workdir is None:
-        workdir = tempfile.mkdtemp(prefix="neurop-diff-app-")
-        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    workdir = Path(workdir)
-    global _GRADIO_TEMP_DIR
-    if os.environ.get("GRADIO_TEMP_DIR") in (None, _GRADIO_TEMP_DIR):  # Gradio's cache too, unless the user set one
-        _GRADIO_TEMP_DIR = os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
+def _request_handler(upscaler: Upscaler, own_sampler: str) -> Any:
+    """The page's "Upscale" callback: the controls' values in, the results panel's values out (a bad upload or
+    setting becomes one ``gr.Error`` message)."""
     import gradio as gr
 
-    upscaler = Upscaler(config, workdir)
-
     tracker = gr.Progress(track_tqdm=True)  # follows the pipeline's progress bar: denoising steps x tiles
-
-    own_sampler = f"model's own ({scheduler_name(upscaler.pipe.scheduler)})"
 
     def upscale(
         upload,
@@ -573,6 +551,119 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
         view = uncertainty_view(state, show_overlay, alpha)
         return (result["bicubic"], result["output"]), result["prior"], info, downloads, view, state
 
+    return upscale
+
+
+def _settings_panel(config: AppConfig, upscaler: Upscaler, own_sampler: str) -> dict[str, Any]:
+    """The left column: the upload and the request's settings (inside a ``gr.Column``); the components by name."""
+    import gradio as gr
+
+    panel = {
+        "upload": gr.File(
+            label="Image (PNG / JPEG / TIFF / GeoTIFF)", file_types=list(IMAGE_SUFFIXES), elem_id="upload"
+        ),
+        "mode": gr.Radio(["scale", "output size"], value="scale", label="Upscale by", elem_id="mode"),
+        "scale": gr.Number(
+            value=4.0, minimum=MIN_SCALE, maximum=MAX_SCALE, step=0.1, label="Scale (1-10)", elem_id="scale"
+        ),
+    }
+    with gr.Row():
+        panel["height"] = gr.Number(value=512, precision=0, minimum=1, label="Output height", elem_id="height")
+        panel["width"] = gr.Number(value=512, precision=0, minimum=1, label="Output width", elem_id="width")
+    panel["steps"] = gr.Slider(
+        1, min(upscaler.max_steps, 200), value=config.default_steps, step=1, label="Denoising steps", elem_id="steps"
+    )
+    panel["strength"] = gr.Slider(
+        0.05, 1.0, value=upscaler.default_strength, step=0.05, label="Strength", elem_id="strength"
+    )
+    panel["sampler"] = gr.Dropdown(
+        [own_sampler, *SCHEDULER_CHOICES],
+        value=own_sampler,
+        label='Sampler (the README\'s "Speed" compares them; the embedded model is best with its own)',
+        elem_id="sampler",
+    )
+    panel["seed"] = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+    panel["prior_only"] = gr.Checkbox(
+        value=False, label="Prior only (the neural operator alone, no diffusion)", elem_id="prior-only"
+    )
+    panel["samples"] = gr.Slider(
+        0,
+        MAX_APP_SAMPLES,
+        value=0,
+        step=1,
+        label=(
+            f"Uncertainty map: samples (0 = off; 2-{MAX_APP_SAMPLES}, each one more denoising run; the "
+            "output is their mean; not with the prior only)"
+        ),
+        elem_id="uncertainty-samples",
+    )
+    panel["run"] = gr.Button("Upscale", variant="primary", elem_id="run")
+    return panel
+
+
+def _results_panel() -> dict[str, Any]:
+    """The right column: the comparison, the prior, the timing, the uncertainty view and the downloads (inside a
+    ``gr.Column``); the components by name."""
+    import gradio as gr
+
+    panel = {
+        "compare": gr.ImageSlider(
+            label="Bicubic | NeurOp-Diff", type="pil", format="png", elem_id="compare", buttons=["fullscreen"]
+        ),
+        "prior": gr.Image(
+            label="Prior (neural operator)", type="pil", format="png", elem_id="prior", buttons=["fullscreen"]
+        ),
+        "info": gr.Markdown(elem_id="info"),
+    }
+    with gr.Row():
+        panel["show_overlay"] = gr.Checkbox(value=True, label="Show uncertainty overlay", elem_id="show-overlay")
+        panel["alpha"] = gr.Slider(
+            0.0,
+            1.0,
+            value=DEFAULT_OVERLAY_ALPHA,
+            step=0.05,
+            label="Overlay opacity (1 = the heat-map alone)",
+            elem_id="overlay-alpha",
+        )
+    panel["uncertainty"] = gr.Image(
+        label="Uncertainty heat-map over the output (with uncertainty samples >= 2)",
+        type="pil",
+        format="png",
+        elem_id="uncertainty",
+        buttons=["fullscreen"],
+    )
+    panel["files"] = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+    return panel
+
+
+_GRADIO_TEMP_DIR: str | None = None
+
+
+def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None = None) -> Any:
+    """The Gradio app (a ``gr.Blocks`` with its queue set), ready for ``launch()``.
+
+    Args:
+        config: the [`AppConfig`] (default: the embedded model on the CPU, the default limits).
+        workdir: the folder the requests write in (default: a new temporary folder, removed at exit). Gradio's cache
+            of results and uploads is placed there too unless ``GRADIO_TEMP_DIR`` is set.
+
+    Example:
+        >>> demo = build_app(AppConfig(model="preset:tiny"))  # doctest: +SKIP
+        >>> demo.launch(server_name="127.0.0.1", server_port=7860)  # doctest: +SKIP
+    """
+    config = config or AppConfig()
+    if workdir is None:
+        workdir = tempfile.mkdtemp(prefix="neurop-diff-app-")
+        atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    workdir = Path(workdir)
+    global _GRADIO_TEMP_DIR
+    if os.environ.get("GRADIO_TEMP_DIR") in (None, _GRADIO_TEMP_DIR):  # Gradio's cache too, unless the user set one
+        _GRADIO_TEMP_DIR = os.environ["GRADIO_TEMP_DIR"] = str(workdir / "gradio")
+    import gradio as gr
+
+    upscaler = Upscaler(config, workdir)
+    own_sampler = f"model's own ({scheduler_name(upscaler.pipe.scheduler)})"
+
     with gr.Blocks(title="NeurOp-Diff super-resolution", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "# NeurOp-Diff: continuous super-resolution of remote-sensing images\n"
@@ -581,89 +672,23 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
         )
         with gr.Row():
             with gr.Column():
-                upload = gr.File(
-                    label="Image (PNG / JPEG / TIFF / GeoTIFF)", file_types=list(IMAGE_SUFFIXES), elem_id="upload"
-                )
-                mode = gr.Radio(["scale", "output size"], value="scale", label="Upscale by", elem_id="mode")
-                scale = gr.Number(
-                    value=4.0, minimum=MIN_SCALE, maximum=MAX_SCALE, step=0.1, label="Scale (1-10)", elem_id="scale"
-                )
-                with gr.Row():
-                    height = gr.Number(value=512, precision=0, minimum=1, label="Output height", elem_id="height")
-                    width = gr.Number(value=512, precision=0, minimum=1, label="Output width", elem_id="width")
-                steps = gr.Slider(
-                    1,
-                    min(upscaler.max_steps, 200),
-                    value=config.default_steps,
-                    step=1,
-                    label="Denoising steps",
-                    elem_id="steps",
-                )
-                strength = gr.Slider(
-                    0.05, 1.0, value=upscaler.default_strength, step=0.05, label="Strength", elem_id="strength"
-                )
-                sampler = gr.Dropdown(
-                    [own_sampler, *SCHEDULER_CHOICES],
-                    value=own_sampler,
-                    label='Sampler (the README\'s "Speed" compares them; the embedded model is best with its own)',
-                    elem_id="sampler",
-                )
-                seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
-                prior_only = gr.Checkbox(
-                    value=False, label="Prior only (the neural operator alone, no diffusion)", elem_id="prior-only"
-                )
-                samples = gr.Slider(
-                    0,
-                    MAX_APP_SAMPLES,
-                    value=0,
-                    step=1,
-                    label=(
-                        f"Uncertainty map: samples (0 = off; 2-{MAX_APP_SAMPLES}, each one more denoising run; the "
-                        "output is their mean; not with the prior only)"
-                    ),
-                    elem_id="uncertainty-samples",
-                )
-                run = gr.Button("Upscale", variant="primary", elem_id="run")
+                settings = _settings_panel(config, upscaler, own_sampler)
             with gr.Column():
-                compare = gr.ImageSlider(
-                    label="Bicubic | NeurOp-Diff", type="pil", format="png", elem_id="compare", buttons=["fullscreen"]
-                )
-                prior = gr.Image(
-                    label="Prior (neural operator)", type="pil", format="png", elem_id="prior", buttons=["fullscreen"]
-                )
-                info = gr.Markdown(elem_id="info")
-                with gr.Row():
-                    show_overlay = gr.Checkbox(value=True, label="Show uncertainty overlay", elem_id="show-overlay")
-                    alpha = gr.Slider(
-                        0.0,
-                        1.0,
-                        value=DEFAULT_OVERLAY_ALPHA,
-                        step=0.05,
-                        label="Overlay opacity (1 = the heat-map alone)",
-                        elem_id="overlay-alpha",
-                    )
-                uncertainty = gr.Image(
-                    label="Uncertainty heat-map over the output (with uncertainty samples >= 2)",
-                    type="pil",
-                    format="png",
-                    elem_id="uncertainty",
-                    buttons=["fullscreen"],
-                )
-                files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+                results = _results_panel()
         last = gr.State(None)  # the last result's output and heat-map: the toggle redraws from them, no model run
-        run.click(
-            upscale,
-            [upload, mode, scale, height, width, steps, strength, seed, prior_only, sampler, samples, show_overlay]
-            + [alpha],
-            [compare, prior, info, files, uncertainty, last],
+        inputs = ["upload", "mode", "scale", "height", "width", "steps", "strength", "seed", "prior_only", "sampler"]
+        settings["run"].click(
+            _request_handler(upscaler, own_sampler),
+            [*(settings[name] for name in [*inputs, "samples"]), results["show_overlay"], results["alpha"]],
+            [*(results[name] for name in ("compare", "prior", "info", "files", "uncertainty")), last],
             api_name="upscale",
             concurrency_limit=config.concurrency,
         )
         gr.on(
-            [show_overlay.change, alpha.release],
+            [results["show_overlay"].change, results["alpha"].release],
             uncertainty_view,
-            [last, show_overlay, alpha],
-            uncertainty,
+            [last, results["show_overlay"], results["alpha"]],
+            results["uncertainty"],
             api_name="uncertainty_view",
             queue=False,
         )

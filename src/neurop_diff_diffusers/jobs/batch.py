@@ -5,6 +5,9 @@ runs any number (CPU cores, GPUs, machines). Each process takes its own contiguo
 (``PartialState().split_between_processes``), so every output is written by exactly one process, once, atomically.
 Every process appends one JSON line per input to ``OUT/manifest.jsonl`` as it goes (a run killed midway leaves the
 lines of what it did); at the end the main process rewrites the manifest with exactly one line per input, the latest.
+Each file is planned and run as a single file is ([`~neurop_diff_diffusers.jobs.upscale_file.plan_file`], with the
+batch's [`~neurop_diff_diffusers.jobs.upscale_file.JobOptions`]); [`FolderJob`] holds what is the same for every file,
+[`upscale_one`] does one file and returns its manifest record.
 
 Example:
     >>> import tempfile, pathlib
@@ -21,12 +24,28 @@ import json
 import os
 import re
 import stat
+import time
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..utils import atomic_write_text
-from .upscale_file import IMAGE_SUFFIXES
+from .upscale_file import (
+    IMAGE_SUFFIXES,
+    CLIError,
+    InputFailed,
+    JobOptions,
+    file_identities,
+    one_line,
+    os_reason,
+    output_path,
+    plan_file,
+    read_image_file,
+    run_job,
+    uncertainty_path,
+)
 
 #: Name of the per-input record file written in the output folder.
 MANIFEST_NAME = "manifest.jsonl"
@@ -321,3 +340,301 @@ def run_batch(
     state.wait_for_everyone()
     order = {name: i for i, name in enumerate(names)}
     return sorted(everything, key=lambda r: order.get(r["input"], len(order)))
+
+
+#: The settings of a batch (the ``settings`` of each manifest record) -> the ``upscale`` flags that set them.
+SETTING_FLAGS = {
+    "model": "--model",
+    "scale": "--scale",
+    "size": "--size",
+    "prior_only": "--prior-only",
+    "steps": "--steps",
+    "seed": "--seed",
+    "strength": "--strength",
+    "scheduler": "--scheduler",
+    "dtype": "--dtype",
+    "tile_size": "--tile-size",
+    "tile_overlap": "--tile-overlap",
+    "data_consistency": "--data-consistency",
+    "uncertainty": "--uncertainty",
+    "window": "--window",
+    "halo": "--halo",
+    "value_range": "--value-range",
+}
+
+
+def batch_settings(
+    model: str | None,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    options: JobOptions,
+    dtype: str,
+    scheduler: str | None,
+) -> dict[str, Any]:
+    """What a batch's outputs depend on, recorded in each manifest line: a re-run with other settings must not keep
+    them as complete.
+
+    A local ``--model`` is recorded as its absolute path; with ``--prior-only`` the sampler's settings do not matter
+    and are not recorded. ``--uncertainty N`` and ``--data-consistency N`` are recorded only when given, and a
+    GeoTIFF's ``--window``, ``--halo`` and ``--value-range`` only when not the defaults, so that the manifests of
+    earlier runs (made with the defaults) stay valid. ``--workers`` and ``--restart`` change how, not what, a GeoTIFF
+    is computed: not recorded.
+
+    Args:
+        model: ``--model`` (``None``: the embedded model).
+        scale: ``--scale`` (or ``None`` with ``size``).
+        size: ``--size`` (or ``None``).
+        options: the per-file [`JobOptions`].
+        dtype: ``--dtype``.
+        scheduler: ``--scheduler`` (``None``: the model's own).
+
+    Example:
+        >>> settings = batch_settings("preset:tiny", 2.0, None, JobOptions(steps=2, window=64), "float32", None)
+        >>> settings["steps"], settings["window"], "halo" in settings
+        (2, 64, False)
+    """
+    if model is None:
+        model = "embedded"
+    elif os.path.exists(model):
+        model = str(Path(model).resolve())
+    settings = {"model": model, "scale": scale, "size": list(size) if size else None, "prior_only": options.prior_only}
+    if not options.prior_only:
+        settings.update(
+            steps=options.steps,
+            seed=options.seed,
+            strength=options.strength,
+            scheduler=scheduler,
+            dtype=dtype,
+            tile_size=options.tile_size,
+            tile_overlap=options.tile_overlap,
+        )
+        if options.data_consistency_steps is not None:  # recorded only when given: older manifests stay valid
+            settings["data_consistency"] = options.data_consistency_steps
+    if options.num_samples is not None:
+        settings["uncertainty"] = options.num_samples
+    defaults = JobOptions()
+    for name in ("window", "halo", "value_range"):  # a GeoTIFF's: recorded when not the default
+        if getattr(options, name) != getattr(defaults, name):
+            settings[name] = getattr(options, name)
+    return settings
+
+
+@dataclass(frozen=True)
+class FolderJob:
+    """What every file of a batch shares.
+
+    Args:
+        input_dir: ``--input-dir``.
+        out_dir: ``--out-dir`` (the outputs, in the input's sub-folders, and ``manifest.jsonl``).
+        scale: ``--scale`` (or ``None`` with ``size``).
+        size: ``--size`` (or ``None``).
+        options: the per-file [`JobOptions`].
+        overwrite: ``--overwrite``: redo outputs that are complete.
+        settings: the [`batch_settings`] recorded in each manifest line.
+
+    Example:
+        >>> from pathlib import Path
+        >>> folder = FolderJob(Path("in"), Path("out"), 2.0, None, JobOptions())
+        >>> folder.output(Path("in/sub/a.png")).as_posix(), folder.manifest.as_posix()
+        ('out/sub/a_x2.png', 'out/manifest.jsonl')
+    """
+
+    input_dir: Path
+    out_dir: Path
+    scale: float | None
+    size: tuple[int, int] | None
+    options: JobOptions
+    overwrite: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def manifest(self) -> Path:
+        """The ``manifest.jsonl`` file."""
+        return self.out_dir / MANIFEST_NAME
+
+    def output(self, src: Path) -> Path:
+        """Where a batch writes the output of ``src``: its single-file name, in the mirrored sub-folder of
+        ``out_dir``."""
+        return output_path(src, self.scale, self.size, None, self.out_dir / src.parent.relative_to(self.input_dir))
+
+    def planned(self, sources: Sequence[Path]) -> dict[str, str]:
+        """Each input's manifest name -> its output file; two inputs whose uncertainty maps would be one file
+        (``a.png`` and ``a.tif``: ``a_x2.png`` and ``a_x2.tif``, one map ``a_x2.uncertainty.tif``) are refused.
+
+        Raises:
+            CLIError: naming both inputs and the map.
+        """
+        planned = {str(src): str(self.output(src)) for src in sources}
+        if self.options.num_samples is not None:
+            owners: dict[str, str] = {}
+            for name, output in planned.items():
+                spread = str(uncertainty_path(Path(output)))
+                if spread in owners:
+                    raise CLIError(
+                        f"--uncertainty: {owners[spread]} and {name} would both write the map {spread}; rename one "
+                        "of them or leave one out with --glob"
+                    )
+                owners[spread] = name
+        return planned
+
+
+def claim_out_dir(out_dir: Path, planned: dict[str, str], settings: dict[str, Any], overwrite: bool) -> int | None:
+    """Create and lock ``--out-dir`` for this run, and refuse outputs of earlier runs made with other settings.
+
+    Args:
+        out_dir: the output folder.
+        planned: each input's manifest name -> its output file.
+        settings: this run's [`batch_settings`].
+        overwrite: ``--overwrite`` (every output is redone: earlier settings do not matter).
+
+    Returns:
+        The lock's file descriptor (kept open for the run; give it to [`unlock_folder`]).
+
+    Raises:
+        CLIError: another run holds the folder, the manifest is not a regular file, or outputs of other settings
+            are there and ``overwrite`` is off.
+    """
+    manifest = out_dir / MANIFEST_NAME
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"--out-dir {out_dir}: cannot create it ({os_reason(err)})") from err
+    try:
+        check_manifest(manifest)
+        lock = lock_folder(out_dir)
+    except ValueError as err:
+        raise CLIError(one_line(err)) from err
+    if not overwrite:
+        count, key = settings_conflicts(manifest, planned, settings)
+        if count:
+            unlock_folder(out_dir, lock)
+            what = f"another {SETTING_FLAGS[key]}" if key in SETTING_FLAGS else "settings that were not recorded"
+            raise CLIError(
+                f"--out-dir {out_dir} holds {count} output(s) of an earlier run with {what}; pass --overwrite to "
+                "redo them with these settings, or choose another --out-dir"
+            )
+    return lock
+
+
+def on_main_process_first(work: Callable[[], Any]) -> str | None:
+    """Run ``work()`` on the main process; every process gets its ``CLIError`` message (``None``: it succeeded).
+
+    Args:
+        work: what the main process does alone (e.g. claim the output folder).
+    """
+    from accelerate import PartialState
+
+    state = PartialState()
+    problem = [None]
+    if state.is_main_process:
+        try:
+            work()
+        except CLIError as err:
+            problem = [str(err)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(problem)
+    return problem[0]
+
+
+def output_complete(dst: Path, out_size: tuple[int, int], geo: bool, map_path: Path | None = None) -> bool:
+    """Whether ``dst`` holds a complete result of the expected size (written by an earlier run): it is decoded; with
+    ``map_path`` (``--uncertainty``) the map must be there and complete too.
+
+    Args:
+        dst: the output file.
+        out_size: its expected ``(height, width)``.
+        geo: whether it is a GeoTIFF.
+        map_path: the uncertainty map expected beside it, if any.
+    """
+    if not dst.is_file() or (map_path is not None and not map_path.is_file()):
+        return False
+    try:
+        if geo:
+            from ..io.geo import check_raster
+
+            complete = check_raster(dst)[1:] == tuple(out_size)
+            return complete and (map_path is None or check_raster(map_path) == (1, *out_size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about a truncated TIFF, which is then not complete
+            image = read_image_file(dst)
+            spread = None if map_path is None else read_image_file(map_path)
+        complete = (image.height, image.width) == tuple(out_size)
+        return complete and (spread is None or (spread.mode, spread.height, spread.width) == ("F", *out_size))
+    except (InputFailed, ValueError, OSError):
+        return False
+
+
+def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int, int], Path]) -> dict[str, Any]:
+    """One file of a batch, planned as a single file is ([`plan_file`], with the batch's options), kept when a
+    complete output of an earlier run is there (unless ``overwrite``), else run; its manifest record.
+
+    This run owns the folder (locked, settings checked): an incomplete output, or a map left without its output by a
+    killed run, is redone, and the temporary files of a killed write are removed.
+
+    Args:
+        pipe: the loaded pipeline.
+        src: the input file.
+        folder: the [`FolderJob`].
+        inputs: every input's [`file_identities`] (no output may be one of them).
+
+    Returns:
+        The record: ``input``, ``output``, ``size``, ``scale``, ``seconds``, ``settings``, ``status`` (``ok`` or
+        ``error`` with its one-line ``message``), ``uncertainty`` (the map) and ``resumed`` (a kept output).
+    """
+    dst = folder.output(src)
+    options = folder.options
+    record: dict[str, Any] = {
+        "input": str(src),
+        "output": str(dst),
+        "size": None,
+        "scale": folder.scale,
+        "seconds": 0.0,
+        "settings": folder.settings,
+        **({} if options.num_samples is None else {"uncertainty": str(uncertainty_path(dst))}),
+    }
+    start = time.perf_counter()
+    try:
+        job = plan_file(src, dst, folder.scale, folder.size, options, overwrite=True, inputs=inputs)
+        record["size"] = list(job.out_size)
+        if not folder.overwrite and output_complete(dst, job.out_size, job.geo, job.uncertainty):
+            return {**record, "status": "ok", "resumed": True}
+        for path in job.outputs:
+            for temporary in stale_temporaries(path):  # left by a run killed while writing
+                temporary.unlink(missing_ok=True)
+        redo = folder.overwrite or any(os.path.lexists(path) for path in job.outputs)
+        run_job(pipe, job, redo)
+    except (InputFailed, ValueError, OSError, RuntimeError, MemoryError) as err:
+        message = str(err) if isinstance(err, InputFailed) else f"{src}: {one_line(err)}"
+        record.update(status="error", message=message)
+    else:
+        record["status"] = "ok"
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    return record
+
+
+def upscale_folder(
+    pipe: Any, sources: Sequence[Path], folder: FolderJob, report: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every file of a batch ([`upscale_one`]), this process's share under ``accelerate launch`` ([`run_batch`]),
+    each recorded in the manifest as it is done.
+
+    Args:
+        pipe: the loaded pipeline (in every process).
+        sources: every input, sorted ([`find_inputs`]).
+        folder: the [`FolderJob`] (its folder claimed by [`claim_out_dir`]).
+        report: called with the one-line message of each input that failed.
+
+    Returns:
+        The records of every process, in the order of ``sources``.
+    """
+    inputs = file_identities(sources)
+
+    def one(src: Path) -> dict[str, Any]:
+        record = upscale_one(pipe, src, folder, inputs)
+        if report is not None and record["status"] != "ok":
+            report(record["message"])
+        return record
+
+    return run_batch(sources, one, folder.manifest, [str(s) for s in sources])

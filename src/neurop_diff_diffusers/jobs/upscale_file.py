@@ -1,8 +1,9 @@
 """One image file in, one upscaled file out: the file-level job of ``neurop-diff upscale`` and the web app.
 
-Read and validate the input, plan the output, run the pipeline and write the result atomically; a georeferenced TIFF
-takes the GeoTIFF path ([`~neurop_diff_diffusers.jobs.scene.upscale_geotiff`]) and keeps its georeferencing. Every
-failure is one line naming the file ([`InputFailed`]).
+[`plan_file`] checks the input and its outputs and plans the job with its [`JobOptions`] (the command, its batch mode
+and the web app plan every file with it); [`run_job`] runs the pipeline and writes the result atomically; a
+georeferenced TIFF takes the GeoTIFF path ([`~neurop_diff_diffusers.jobs.scene.upscale_geotiff`]) and keeps its
+georeferencing. Every failure is one line naming the file ([`InputFailed`]).
 
 Importing this module loads neither torch, diffusers, numpy nor PIL (the command line answers at once): each function
 imports what it needs when called.
@@ -21,10 +22,12 @@ import struct
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
 from ..io.paths import output_path, uncertainty_path  # noqa: F401 (the job names its outputs with them)
 
 #: The input and output file types (PNG, JPEG, TIFF; a georeferenced TIFF is a GeoTIFF).
@@ -39,8 +42,84 @@ class InputFailed(CLIError):
     """A problem with one input or its output: reported as one line, that input is skipped, the others go on."""
 
 
+@dataclass(frozen=True)
+class JobOptions:
+    """How a file is upscaled: the per-file settings of ``neurop-diff upscale`` (one file or ``--input-dir``) and of
+    the web app, in one object ([`plan_file`] plans with it, [`run_job`] runs with it).
+
+    Args:
+        steps: denoising steps (``--steps``).
+        strength: the fraction of the steps run (``--strength``; ``None``: the model's ``default_strength``).
+        seed: the seed of the noise (``--seed``; a CPU generator: the same output on any device).
+        prior_only: the neural operator's prior alone, no diffusion (``--prior-only``).
+        tile_size: outputs larger than this are denoised in tiles (``--tile-size``).
+        tile_overlap: the tiles' overlap in pixels (``--tile-overlap``; ``None``: the pipeline's default).
+        max_pixels: the largest output in pixels (``--max-pixels``); for a GeoTIFF the input's budget (see
+            [`prepare_job`]).
+        num_samples: ``--uncertainty N``: the output is the mean of ``N`` samples and their spread is written to
+            [`uncertainty_path`] (``None``: off).
+        data_consistency_steps: ``--data-consistency N`` (``None``: the model's default).
+        window: a GeoTIFF's windows, LR pixels of a core's side (``--window``; the scene engine's ``DEFAULT_WINDOW``).
+        halo: LR pixels of context around each window (``--halo``; the scene engine's ``DEFAULT_HALO``).
+        value_range: a GeoTIFF's values to the model's range (``--value-range``: ``minmax``, ``LOW,HIGH`` or
+            ``pLOW,pHIGH``).
+        workers: a GeoTIFF's windows computed at once on the CPU (``--workers``; ``None``: one per thread); the
+            output does not depend on it.
+        restart: discard the saved windows of an interrupted GeoTIFF run with other settings (``--restart``).
+
+    Example:
+        >>> options = JobOptions(steps=20, num_samples=4)
+        >>> options.pipe_kwargs()["num_inference_steps"], options.pipe_kwargs()["num_samples"]
+        (20, 4)
+        >>> options.scene_kwargs()["window"]
+        256
+    """
+
+    steps: int = 50
+    strength: float | None = None
+    seed: int = 0
+    prior_only: bool = False
+    tile_size: int = DEFAULT_TILE_SIZE
+    tile_overlap: int | None = None
+    max_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
+    num_samples: int | None = None
+    data_consistency_steps: int | None = None
+    window: int = 256
+    halo: int = 16
+    value_range: str = "minmax"
+    workers: int | None = None
+    restart: bool = False
+
+    def pipe_kwargs(self) -> dict[str, Any]:
+        """The pipeline call's keyword arguments (``num_samples`` and ``data_consistency_steps`` only when set)."""
+        return {
+            "num_inference_steps": self.steps,
+            "strength": self.strength,
+            "prior_only": self.prior_only,
+            "tile_size": self.tile_size,
+            "tile_overlap": self.tile_overlap,
+            "max_output_pixels": self.max_pixels,
+            **({"num_samples": self.num_samples} if self.num_samples is not None else {}),
+            **(
+                {"data_consistency_steps": self.data_consistency_steps}
+                if self.data_consistency_steps is not None
+                else {}
+            ),
+        }
+
+    def scene_kwargs(self) -> dict[str, Any]:
+        """The scene engine's options of a GeoTIFF ([`~neurop_diff_diffusers.jobs.scene.upscale_scene`])."""
+        return {
+            "window": self.window,
+            "halo": self.halo,
+            "value_range": self.value_range,
+            "restart": self.restart,
+            "workers": self.workers,
+        }
+
+
 class UpscaleJob(NamedTuple):
-    """One input checked and planned by [`prepare_job`], ready for [`run_job`].
+    """One input decoded and validated by [`prepare_job`], its output's size planned.
 
     Args:
         src: the input file.
@@ -345,7 +424,8 @@ def prepare_job(
     max_pixels: int,
     cap_geo_output: bool = False,
 ) -> UpscaleJob:
-    """Decode and validate one input before the model loads, and plan its output.
+    """Decode and validate one input before the model loads, and plan its output's size (the step of [`plan_file`]
+    that reads the input).
 
     Args:
         src: the input file (already accepted by [`check_input_file`]).
@@ -358,27 +438,53 @@ def prepare_job(
             the scene engine streams it window by window, so only the input stage is counted.
 
     Returns:
-        The [`UpscaleJob`] for [`run_job`].
+        The [`UpscaleJob`].
 
     Raises:
         InputFailed: with a one-line message naming ``src``.
     """
+    geo, out_size, _ = _plan_output(src, dst, scale, size, max_pixels, cap_geo_output)
+    return UpscaleJob(src, dst, geo, out_size)
+
+
+def geotiff_header(src: Path) -> Any:
+    """The header of a georeferenced input, read once for its job: the one place where a file job inspects a
+    GeoTIFF (its checks and warnings included), so that a plan of the scene engine can take its place.
+
+    Args:
+        src: the input (a TIFF that takes the GeoTIFF path, see [`probe_geo`]).
+
+    Returns:
+        The [`~neurop_diff_diffusers.io.rasters.RasterHeader`].
+
+    Raises:
+        InputFailed: a header that the reader refuses, one line naming ``src``.
+    """
+    from ..io.rasters import check_header, inspect_raster
+
+    try:
+        header = inspect_raster(src)
+        notes = check_header(header)
+    except ValueError as err:
+        raise InputFailed(f"{src}: {one_line(err)}") from err
+    for note in notes:
+        print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
+    return header
+
+
+def _plan_output(
+    src: Path, dst: Path, scale: float | None, size: tuple[int, int] | None, max_pixels: int, cap_geo_output: bool
+) -> tuple[bool, tuple[int, int], Any]:
+    """[`prepare_job`]'s work: ``(geo, out_size, header)`` (``header``: a GeoTIFF's, else ``None``)."""
     from ..pipelines.image_processing import resolve_output_size
 
     check_not_an_input(src, dst, file_identities([src]))
     geo = probe_geo(src)
     if geo and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
+    header = None
     if geo:  # the header only, here: the budget is checked before any pixel is read
-        from ..io.rasters import check_header, inspect_raster
-
-        try:
-            header = inspect_raster(src)
-            notes = check_header(header)
-        except ValueError as err:
-            raise InputFailed(f"{src}: {one_line(err)}") from err
-        for note in notes:
-            print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
+        header = geotiff_header(src)
         height, width = header.height, header.width
     else:
         from ..io.image_files import output_losses
@@ -410,7 +516,127 @@ def prepare_job(
             check_raster(src)  # then every block read: a damaged file fails now
         except ValueError as err:
             raise InputFailed(f"{src}: {one_line(err)}") from err
-    return UpscaleJob(src, dst, geo, out_size)
+    return geo, out_size, header
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One file planned by [`plan_file`]: its input checked and decoded, its outputs checked, its options; ready for
+    [`run_job`].
+
+    Args:
+        src: the input file.
+        dst: the output file.
+        geo: whether the input takes the GeoTIFF path.
+        out_size: the output's ``(height, width)``.
+        options: the [`JobOptions`].
+        uncertainty: the uncertainty map's file (with ``options.num_samples``), else ``None``.
+        header: a GeoTIFF's header ([`geotiff_header`]), else ``None``.
+    """
+
+    src: Path
+    dst: Path
+    geo: bool
+    out_size: tuple[int, int]
+    options: JobOptions
+    uncertainty: Path | None = None
+    header: Any = None
+
+    @property
+    def outputs(self) -> list[Path]:
+        """The files the job writes: the output, and the uncertainty map when asked for."""
+        return [self.dst] if self.uncertainty is None else [self.dst, self.uncertainty]
+
+
+def plan_file(
+    src: Path,
+    dst: Path,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    options: JobOptions,
+    overwrite: bool = False,
+    inputs: dict[tuple[int, int], Path] | None = None,
+    claimed: dict[Path, Path] | None = None,
+    cap_geo_output: bool = False,
+) -> FileJob:
+    """Check and plan one file before the model loads: the one plan of ``neurop-diff upscale``, its ``--input-dir``
+    mode and the web app.
+
+    In order: the input ([`check_input_file`]); each output (``dst``, and its [`uncertainty_path`] with
+    ``options.num_samples``) is not an input ([`check_not_an_input`]), can be written ([`check_output_location`]),
+    is a PNG / JPEG / TIFF file and is no other input's output (``claimed``); then the input is decoded, or a
+    GeoTIFF's header read once ([`geotiff_header`]), and the output's size planned ([`prepare_job`]).
+
+    Args:
+        src: the input file.
+        dst: its output file.
+        scale: the scale (or ``None`` with ``size``).
+        size: the explicit output ``(height, width)`` (or ``None``).
+        options: the job's [`JobOptions`] (``max_pixels`` bounds the output).
+        overwrite: whether existing outputs may be replaced (a batch that owns its folder passes ``True``).
+        inputs: every input's [`file_identities`] (default: ``src``'s): no output may be one of them.
+        claimed: the outputs planned so far (resolved path -> its input), updated with this job's: two inputs
+            never write one file.
+        cap_geo_output: also cap a GeoTIFF's output at ``options.max_pixels`` (the web app), see [`prepare_job`].
+
+    Returns:
+        The [`FileJob`].
+
+    Raises:
+        InputFailed: one line naming the file; nothing is written.
+
+    Example:
+        >>> from pathlib import Path
+        >>> plan_file(Path("missing.png"), Path("out.png"), 2.0, None, JobOptions())
+        Traceback (most recent call last):
+        ...
+        neurop_diff_diffusers.jobs.upscale_file.InputFailed: input not found: missing.png
+    """
+    check_input_file(src)
+    spread = None if options.num_samples is None else uncertainty_path(dst)
+    written = [dst] if spread is None else [dst, spread]
+    identities = file_identities([src]) if inputs is None else inputs
+    for path in written:
+        check_not_an_input(src, path, identities)
+        check_output_location(path, overwrite)
+    if dst.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputFailed(f"unsupported output {dst}: use PNG, JPEG or TIFF ({', '.join(IMAGE_SUFFIXES)})")
+    if claimed is not None:
+        keys = [path.absolute().resolve() for path in written]
+        for path, key in zip(written, keys):
+            if key in claimed:
+                raise InputFailed(f"{src}: its output {path} is also an output of {claimed[key]}")
+        claimed.update((key, src) for key in keys)
+    geo, out_size, header = _plan_output(src, dst, scale, size, options.max_pixels, cap_geo_output)
+    return FileJob(src, dst, geo, out_size, options, spread, header)
+
+
+def describe_job(pipe: Any, job: FileJob) -> str:
+    """``--dry-run``'s report of one job (nothing is written): a GeoTIFF's window plan, memory and time (one window
+    timed), or one line for a plain image.
+
+    Args:
+        pipe: the loaded pipeline.
+        job: the [`FileJob`].
+    """
+    height, width = job.out_size
+    if not job.geo:
+        spread = "" if job.uncertainty is None else f"; uncertainty map {job.uncertainty}"
+        return f"{job.src} -> {job.dst} ({height}x{width}, height x width): one image, no windows{spread}"
+    from .scene import dry_run, prepare_scene
+
+    options = job.options
+    scene_job = prepare_scene(
+        job.src,
+        job.dst,
+        output_size=job.out_size,
+        window=options.window,
+        halo=options.halo,
+        value_range=options.value_range,
+        seed=options.seed,
+        **options.pipe_kwargs(),
+    )
+    return f"{job.src} -> {job.dst}\n{dry_run(pipe, scene_job, workers=options.workers)['text']}"
 
 
 def load_job_pipeline(spec: str | None, device: str) -> Any:
@@ -434,22 +660,29 @@ def load_job_pipeline(spec: str | None, device: str) -> Any:
     return pipe
 
 
-def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs: dict[str, Any]) -> None:
-    """Upscale one input and commit its output (atomically; never over a file that appeared meanwhile).
+def run_job(
+    pipe: Any,
+    job: FileJob,
+    overwrite: bool = False,
+    progress: Callable[[int, int], Any] | None = None,
+    distributed: bool = False,
+) -> None:
+    """Upscale one planned file and commit its output (atomically; never over a file that appeared meanwhile).
 
-    A georeferenced input is written by [`~neurop_diff_diffusers.jobs.scene.upscale_geotiff`]; a plain image by
+    A georeferenced input is written by [`~neurop_diff_diffusers.jobs.scene.upscale_geotiff`] with the options'
+    windows, halo, value range and workers; a plain image by
     [`~neurop_diff_diffusers.io.image_files.write_plain_image`] (grey stays grey, alpha upscaled with nearest, 16 bits
-    kept in PNG / TIFF, ICC profile copied).
+    kept in PNG / TIFF, ICC profile copied). With ``num_samples`` the output is the samples' mean and their spread is
+    written to the job's uncertainty map, a float32 one-band TIFF (for a georeferenced input: a COG georeferenced like
+    the output, from the scene engine's windows, see [`~neurop_diff_diffusers.jobs.scene`]), before the output.
 
     Args:
         pipe: the loaded pipeline ([`load_job_pipeline`]).
-        job: the job from [`prepare_job`].
-        seed: the seed of the noise (a CPU generator: the same output on any device).
+        job: the [`FileJob`] from [`plan_file`].
         overwrite: whether an existing output may be replaced.
-        pipe_kwargs: the pipeline call's other keyword arguments (``num_inference_steps``, ``strength``, ...);
-            with ``num_samples`` the output is the samples' mean and their spread is written to
-            [`uncertainty_path`] as a float32 one-band TIFF (for a georeferenced input: a COG georeferenced like the
-            output, from the scene engine's windows, see [`~neurop_diff_diffusers.jobs.scene`]).
+        progress: a GeoTIFF's progress bar over windows (see [`~neurop_diff_diffusers.jobs.scene.run_scene`]).
+        distributed: split a GeoTIFF's windows between ``accelerate launch`` processes (every process makes the
+            same call); ``False``: this process does the whole file.
 
     Raises:
         InputFailed: the input cannot be decoded any more.
@@ -464,24 +697,33 @@ def run_job(pipe: Any, job: UpscaleJob, seed: int, overwrite: bool, pipe_kwargs:
 
     from ..io.image_files import write_plain_image
 
-    src, dst, geo, out_size = job
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    map_path = uncertainty_path(dst) if pipe_kwargs.get("num_samples") else None
+    src, dst, map_path = job.src, job.dst, job.uncertainty
+    generator = torch.Generator(device="cpu").manual_seed(job.options.seed)
+    pipe_kwargs = job.options.pipe_kwargs()
     if map_path is not None:
         check_output_location(map_path, overwrite)
-    if geo:  # with num_samples the scene engine writes the map too (both files, or neither)
+    if job.geo:  # with num_samples the scene engine writes the map too (both files, or neither)
         from .scene import upscale_geotiff
 
         with warnings.catch_warnings(record=True) as caught:  # e.g. undeclared NaN: one line each
             warnings.simplefilter("always", UserWarning)
             upscale_geotiff(
-                pipe, src, dst, output_size=out_size, overwrite=overwrite, generator=generator, **pipe_kwargs
+                pipe,
+                src,
+                dst,
+                output_size=job.out_size,
+                overwrite=overwrite,
+                generator=generator,
+                progress=progress,
+                distributed=distributed,
+                **job.options.scene_kwargs(),
+                **pipe_kwargs,
             )
         for warning in caught:
             print(f"neurop-diff: warning: {str(warning.message).replace(f'`{src}`', str(src))}", file=sys.stderr)
         return
     image = read_image_array(src, warn=False)
-    output = pipe(image.rgb, output_size=out_size, generator=generator, output_type="np", **pipe_kwargs)
+    output = pipe(image.rgb, output_size=job.out_size, generator=generator, output_type="np", **pipe_kwargs)
     if map_path is not None:  # the map first: an output is never left without the map it was asked with
         save_image_atomic(
             Image.fromarray(np.asarray(output.uncertainty[0], dtype=np.float32), mode="F"), map_path, overwrite
