@@ -564,7 +564,7 @@ def test_cli_uncertainty_refusals_of_a_geotiff_are_one_line_before_the_model(tmp
 
 def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
     """The map's COG overviews are averages: GDAL's default (cubic) rings below 0 around an isolated bright pixel."""
-    from neurop_diff_diffusers.jobs.scene import _write_cog
+    from neurop_diff_diffusers.jobs.scene.engine import _write_cog
 
     values = np.zeros((600, 560), np.float32)
     values[::7, ::5] = 0.5

@@ -182,7 +182,7 @@ class _MovedModuleAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         ...     warnings.simplefilter("always")
         ...     from neurop_diff_diffusers.scene import upscale_scene
         >>> upscale_scene.__module__, caught[0].category.__name__
-        ('neurop_diff_diffusers.jobs.scene', 'DeprecationWarning')
+        ('neurop_diff_diffusers.jobs.scene.engine', 'DeprecationWarning')
     """
 
     def find_spec(self, fullname, path=None, target=None):  # noqa: D102

@@ -78,7 +78,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..io.geo import (
+from ...io.geo import (
     STRETCH_TAG,
     BandStretch,
     as_rgb,
@@ -88,8 +88,8 @@ from ..io.geo import (
     copy_band_metadata,
     require_rasterio,
 )
-from ..io.paths import uncertainty_path
-from ..io.rasters import (
+from ...io.paths import uncertainty_path
+from ...io.rasters import (
     RasterHeader,
     build_output_overviews,
     check_header,
@@ -101,9 +101,9 @@ from ..io.rasters import (
     output_overviews,
     palette_table,
 )
-from ..pipelines.image_processing import check_finite_output, resolve_output_size
-from ..pipelines.uncertainty import check_num_samples
-from ..utils import atomic_write, atomic_write_json, derive_seed
+from ...pipelines.image_processing import check_finite_output, resolve_output_size
+from ...pipelines.uncertainty import check_num_samples
+from ...utils import atomic_write, atomic_write_json, derive_seed
 
 #: LR pixels of a window's core, a side (measured: README "Whole scenes").
 DEFAULT_WINDOW = 256
