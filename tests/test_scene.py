@@ -564,7 +564,7 @@ def test_cli_uncertainty_refusals_of_a_geotiff_are_one_line_before_the_model(tmp
 
 def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
     """The map's COG overviews are averages: GDAL's default (cubic) rings below 0 around an isolated bright pixel."""
-    from neurop_diff_diffusers.jobs.scene.engine import _write_cog
+    from neurop_diff_diffusers.jobs.scene.cog import write_cog
 
     values = np.zeros((600, 560), np.float32)
     values[::7, ::5] = 0.5
@@ -573,7 +573,7 @@ def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
         dst.write(values, 1)
     lows = []
     for average in (False, True):
-        _write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), "AVERAGE" if average else None)
+        write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), "AVERAGE" if average else None)
         with rasterio.open(tmp_path / f"{average}.tif") as cog:
             assert cog.overviews(1) == [2]
             lows.append(cog.read(1, out_shape=(300, 280)).min())
