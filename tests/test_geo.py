@@ -13,7 +13,8 @@ rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the option
 from rasterio.transform import from_origin  # noqa: E402
 
 from neurop_diff_diffusers import build_pipeline  # noqa: E402
-from neurop_diff_diffusers.io.geo import STRETCH_TAG, band_stretch, is_georeferenced, read_scene, upscale_geotiff  # noqa: E402
+from neurop_diff_diffusers.io.geo import STRETCH_TAG, band_stretch, is_georeferenced, read_scene  # noqa: E402
+from neurop_diff_diffusers.jobs.scene import upscale_geotiff  # noqa: E402
 
 
 def _write(path, data, nodata=0, crs="EPSG:32633", transform=None, **extra):

@@ -525,7 +525,7 @@ def test_geotiff_writes_nothing_for_a_nan_model(tmp_path, nan_pipe):
     rasterio = pytest.importorskip("rasterio", reason="the GeoTIFF path is the extra [geo]")
     from rasterio.transform import Affine
 
-    from neurop_diff_diffusers.io.geo import upscale_geotiff
+    from neurop_diff_diffusers.jobs.scene import upscale_geotiff
 
     src = tmp_path / "scene.tif"
     profile = dict(driver="GTiff", width=16, height=12, count=3, dtype="uint8", crs="EPSG:32631")
