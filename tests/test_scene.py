@@ -25,6 +25,7 @@ from neurop_diff_diffusers import build_pipeline  # noqa: E402
 from neurop_diff_diffusers.cli import commands as cli  # noqa: E402
 from neurop_diff_diffusers.io.geo import STRETCH_TAG  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import (  # noqa: E402
+    SceneOptions,
     ScenePlan,
     assemble_and_commit,
     compute_windows,
@@ -79,6 +80,54 @@ def test_plan_covers_the_output_and_weights_never_vanish():
         ScenePlan.create((50, 70), (125, 175), window=16, halo=17)
     with pytest.raises(ValueError, match="`window` must be an int >= 8"):
         ScenePlan.create((50, 70), (125, 175), window=4, halo=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"window": 4}, ValueError, "`window` must be an int >= 8 (LR pixels), got 4."),
+        ({"halo": 300}, ValueError, "`halo` must be an int in [0, window = 256] (LR pixels), got 300."),
+        ({"workers": 0}, ValueError, "`workers` must be None (one window per intra-op thread) or an int >= 1, got 0."),
+        ({"rgb_bands": (1, 2)}, ValueError, "`rgb_bands` must be three 1-based band numbers (ints >= 1), got (1, 2)."),
+        ({"seed": 1.5}, ValueError, "`seed` must be an int, got 1.5."),
+        ({"value_range": "p2"}, ValueError, "`value_range` must be 'minmax', 'LOW,HIGH' with LOW < HIGH"),
+        ({"restart": "yes"}, TypeError, "`restart` must be a bool, got str."),
+        ({"progress": 3}, TypeError, "`progress` must be None or a callable (total, done), got int."),
+        ({"pipe_kwargs": {"output_type": "np"}}, TypeError, "`pipe_kwargs` must not hold `output_type`: it is set"),
+        ({"pipe_kwargs": {"window": 8}}, TypeError, "`pipe_kwargs` must not hold `window`: it is a SceneOptions"),
+        ({"num_samples": 2, "pipe_kwargs": {"prior_only": True}}, ValueError, "`num_samples` needs diffusion samples"),
+    ],
+)
+def test_scene_options_are_checked_once_naming_the_argument(kwargs, error, message):
+    with pytest.raises(error) as caught:
+        SceneOptions(**kwargs)
+    assert str(caught.value).startswith(message)
+
+
+def test_scene_options_from_keywords_split_fields_seed_and_pipeline_arguments():
+    options = SceneOptions.from_kwargs(
+        window=64, generator=torch.Generator().manual_seed(9), num_inference_steps=3, chunk_size=None, strength=None
+    )
+    assert (options.window, options.halo, options.seed, options.num_samples) == (64, 16, 9, None)
+    assert dict(options.pipe_kwargs) == {"num_inference_steps": 3, "strength": None}  # None dropped, but strength
+    again = options.updated(num_samples=4, halo=0)
+    assert (again.window, again.halo, again.seed, again.call_kwargs["num_samples"]) == (64, 0, 9, 4)
+    assert options.updated(seed=None).seed == 9 and SceneOptions.from_kwargs().seed == 0
+    with pytest.raises(TypeError, match="`generator` must be a torch.Generator or None, got int"):
+        SceneOptions.from_kwargs(generator=3)
+    with pytest.raises(AttributeError):  # frozen
+        options.window = 8
+
+
+def test_options_object_and_keywords_give_the_same_bytes(pipe, tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 24))
+    by_name = upscale_scene(pipe, path, tmp_path / "a.tif", scale=2, window=8, halo=2, prior_only=True)
+    options = SceneOptions(window=8, halo=2, pipe_kwargs={"prior_only": True})
+    by_object = upscale_scene(pipe, path, tmp_path / "b.tif", scale=2, options=options)
+    assert by_name.read_bytes() == by_object.read_bytes()
+    with pytest.raises(ValueError, match="`halo` must be an int in \\[0, window = 8\\]"):  # keywords on top, checked
+        upscale_scene(pipe, path, tmp_path / "c.tif", scale=2, options=options, halo=9)
+    assert not (tmp_path / "c.tif").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -359,7 +408,7 @@ def test_bad_scene_flags_are_one_line_before_any_work(tmp_path, capsys, flags, m
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The raster behaviours of geo.py / raster_io.py, window by window (merge of issue 21's reader)
+# The raster behaviours of io/geo.py / io/rasters.py, window by window
 # --------------------------------------------------------------------------------------------------------------------
 def _bicubic(image, output_size, output_type, **kwargs):
     """A 'model' that returns the bicubic upscale of its window (deterministic, fast)."""

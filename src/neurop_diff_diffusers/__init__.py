@@ -67,6 +67,7 @@ _EXPORTS = {
     "build_neural_operator": "runtime.presets",
     "build_pipeline": "runtime.presets",
     "build_unet": "runtime.presets",
+    "SceneOptions": "jobs.scene",
     "upscale_scene": "jobs.scene",
     "SCHEDULERS": "pipelines.scheduling",
     "default_scheduler": "pipelines.scheduling",

@@ -51,9 +51,10 @@ The scene engine behind [`upscale_geotiff`] and ``neurop-diff upscale scene.tif`
   band) mapped to 0..1: a value ``u`` is ``u * (high - low)`` in the input's units of a band.
 
 The modules, one concept each: ``plan`` (window geometry), ``statistics`` (value ranges, the statistics pass),
-``window`` (one window through the model), ``workers`` (windows in threads), ``journal`` (journal and fingerprint),
-``job`` (a planned scene), ``assemble`` (strip blending, nodata rows), ``cog`` (the COG copy, the commit of two files)
-and ``engine`` (prepare, run, the ``accelerate`` split, the dry run, [`upscale_geotiff`]).
+``options`` (a run's options, checked once), ``window`` (one window through the model), ``workers`` (windows in
+threads), ``journal`` (journal and fingerprint), ``job`` (a planned scene), ``assemble`` (strip blending, nodata
+rows), ``cog`` (the COG copy, the commit of two files) and ``engine`` (prepare, run, the ``accelerate`` split, the dry
+run, [`upscale_geotiff`]).
 
 Example:
     >>> plan = ScenePlan.create((1000, 700), (2000, 1400), window=256, halo=16)
@@ -66,6 +67,7 @@ from .cog import assemble_and_commit
 from .engine import dry_run, prepare_scene, run_scene, tqdm_progress, upscale_geotiff, upscale_scene
 from .job import SceneJob
 from .journal import work_folder
+from .options import SceneOptions
 from .plan import DEFAULT_HALO, DEFAULT_WINDOW, ScenePlan, SceneWindow, core_bounds, output_start, ramp_weights
 from .statistics import SceneStatistics, ValueRange, parse_value_range, scene_statistics
 from .window import window_seed
@@ -75,6 +77,7 @@ __all__ = [
     "DEFAULT_HALO",
     "DEFAULT_WINDOW",
     "SceneJob",
+    "SceneOptions",
     "ScenePlan",
     "SceneStatistics",
     "SceneWindow",

@@ -6,26 +6,24 @@ See the package docstring ([`~neurop_diff_diffusers.jobs.scene`]) for what a run
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from ...io.geo import require_rasterio
 from ...io.paths import uncertainty_path
 from ...io.rasters import check_header, inspect_raster, open_raster
 from ...pipelines.image_processing import resolve_output_size
-from ...pipelines.uncertainty import check_num_samples
 from .cog import assemble_and_commit
 from .job import SceneJob, megabytes, strip_bytes
 from .journal import done_windows, open_journal, scene_settings, work_folder
-from .plan import DEFAULT_HALO, DEFAULT_WINDOW, ScenePlan
-from .statistics import ValueRange, parse_value_range, scene_statistics
+from .options import SceneOptions
+from .plan import ScenePlan
+from .statistics import scene_statistics
 from .window import run_window
 from .workers import WindowThreads, compute_windows, on_cpu, worker_pipes
 
@@ -34,12 +32,14 @@ def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[
     if count == 1:
         return [0, 0, 0]
     if count >= 3:
-        if len(rgb_bands) != 3 or not all(
-            isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= count for b in rgb_bands
-        ):
+        if not all(1 <= b <= count for b in rgb_bands):  # ints >= 1, three of them: SceneOptions
             raise ValueError(f"`rgb_bands` must be three band numbers in [1, {count}], got {rgb_bands!r}.")
         return [b - 1 for b in rgb_bands]
     raise ValueError(f"`{src_path}` has {count} bands: the model needs 1 (grey) or at least 3 (RGB).")
+
+
+#: The fields of [`SceneOptions`] that [`run_scene`] reads.
+_RUN_FIELDS = ("restart", "workers", "progress", "distributed")
 
 
 def prepare_scene(
@@ -47,12 +47,9 @@ def prepare_scene(
     dst_path: str | os.PathLike,
     scale: float | None = None,
     output_size: tuple[int, int] | None = None,
-    rgb_bands: tuple[int, int, int] = (1, 2, 3),
-    window: int = DEFAULT_WINDOW,
-    halo: int = DEFAULT_HALO,
-    value_range: str | ValueRange | None = None,
-    seed: int = 0,
-    **pipe_kwargs: Any,
+    *,
+    options: SceneOptions | None = None,
+    **kwargs: Any,
 ) -> SceneJob:
     """Check a scene and plan its windows (one statistics pass over the input; nothing is written).
 
@@ -61,40 +58,27 @@ def prepare_scene(
         dst_path (`str | os.PathLike`): the output (``.tif`` / ``.tiff``).
         scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
         output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
-        rgb_bands (`tuple[int, int, int]`, defaults to `(1, 2, 3)`): the 1-based bands that go through the model.
-        window (`int`, defaults to `DEFAULT_WINDOW`): LR pixels of a window's core, a side.
-        halo (`int`, defaults to `DEFAULT_HALO`): LR pixels of context on every side of a core.
-        value_range (`str | ValueRange | None`, *optional*): see [`parse_value_range`] (default ``minmax``).
-        seed (`int`, defaults to `0`): the seed of the windows' noise.
-        pipe_kwargs (`Any`): the pipeline call's other keyword arguments (``num_inference_steps``, ...);
-            ``num_samples=N`` (2 to 64) also writes the uncertainty map ([`uncertainty_path`]; not with
-            ``prior_only``).
+        options (`SceneOptions | None`, *optional*): how the scene is run (window, halo, value range, seed, bands,
+            samples, pipeline arguments, ...).
+        kwargs (`Any`): instead of (or on top of) ``options``: its fields and the pipeline call's other keyword
+            arguments ([`SceneOptions.from_kwargs`]), e.g. ``window=128, value_range="p2,p98", num_samples=4``.
 
     Raises:
         ValueError: a bad argument or input, before any work.
     """
+    options = _scene_options(options, kwargs)
     dst = Path(dst_path)
     if dst.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst}`.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an int, got {seed!r}.")
-    if check_num_samples(pipe_kwargs.get("num_samples")) is not None:
-        if pipe_kwargs.get("prior_only"):
-            raise ValueError("`num_samples` needs diffusion samples; it cannot go with `prior_only=True`.")
-        if _same_file(uncertainty_path(dst), Path(src_path)):
-            raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src_path}`.")
-    vr = parse_value_range(value_range)
+    if options.num_samples is not None and _same_file(uncertainty_path(dst), Path(src_path)):
+        raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src_path}`.")
     header = inspect_raster(src_path)
-    check_header(header)  # complex, 2 bands, mixed dtypes, odd colour tables: one line, from the header
-    if len({*header.dtypes}) != 1:
-        raise ValueError(f"`{src_path}` mixes band dtypes {header.dtypes}; convert it to one dtype first.")
-    if header.height == 0 or header.width == 0:
-        raise ValueError(f"`{src_path}` has no pixels.")
-    model_bands = _model_bands(header.working_bands, rgb_bands, src_path)  # a palette is read as RGB
+    check_header(header)  # no pixels, complex, 2 bands, mixed dtypes, odd colour tables: one line, from the header
+    model_bands = _model_bands(header.working_bands, options.rgb_bands, src_path)  # a palette is read as RGB
     out_size = resolve_output_size((header.height, header.width), scale, output_size)
-    plan = ScenePlan.create((header.height, header.width), out_size, window, halo)
+    plan = ScenePlan.create((header.height, header.width), out_size, options.window, options.halo)
     with open_raster(src_path) as src:
-        stats = scene_statistics(src, vr)
+        stats = scene_statistics(src, options.value_range)
     if stats.nonfinite:
         warnings.warn(
             f"`{src_path}` has {stats.nonfinite} NaN or infinite band values that no nodata value marks; they are "
@@ -102,8 +86,16 @@ def prepare_scene(
             UserWarning,
             stacklevel=2,
         )
-    pipe_kwargs = {k: v for k, v in pipe_kwargs.items() if v is not None or k in ("strength",)}
-    return SceneJob(Path(src_path), dst, plan, stats, model_bands, seed, vr, pipe_kwargs, work_folder(dst), header)
+    return SceneJob(Path(src_path), dst, plan, stats, model_bands, options, work_folder(dst), header)
+
+
+def _scene_options(options: SceneOptions | None, kwargs: dict[str, Any]) -> SceneOptions:
+    """``options`` with ``kwargs`` on top, or the options ``kwargs`` describe."""
+    if options is None:
+        return SceneOptions.from_kwargs(**kwargs)
+    if not isinstance(options, SceneOptions):
+        raise TypeError(f"`options` must be a SceneOptions or None, got {type(options).__name__}.")
+    return options.updated(**kwargs) if kwargs else options
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -144,33 +136,27 @@ def tqdm_progress(total: int, done: int) -> Any:
     return tqdm(total=total, initial=done, desc="windows", unit="window", dynamic_ncols=True)
 
 
-def run_scene(
-    pipe: Any,
-    job: SceneJob,
-    overwrite: bool = False,
-    restart: bool = False,
-    workers: int | None = None,
-    progress: Callable[[int, int], Any] | None = None,
-    distributed: bool = False,
-) -> Path:
+def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any) -> Path:
     """Compute the windows of ``job`` (this process's share), then (main process) assemble and commit the COG (and
     the uncertainty map's, with ``num_samples``).
 
     Args:
         pipe (`Any`): the pipeline.
-        job (`SceneJob`): from [`prepare_scene`].
+        job (`SceneJob`): from [`prepare_scene`]; its [`SceneOptions`] say how: ``restart`` (discard a journal of
+            other settings instead of refusing), ``workers`` (see [`compute_windows`]), ``progress``
+            (``progress(total, done)`` is called once on the main process and returns an object with ``update(n)``,
+            windows just finished, and ``close()``, e.g. [`tqdm_progress`]) and ``distributed`` (under ``accelerate
+            launch``, split the windows between the processes, every process making the same call; ``False``: this
+            process does every window).
         overwrite (`bool`, defaults to `False`): replace an existing output (atomically).
-        restart (`bool`, defaults to `False`): discard a journal of other settings instead of refusing.
-        workers (`int | None`, *optional*): see [`compute_windows`].
-        progress (`Callable[[int, int], Any] | None`, *optional*): ``progress(total, done)`` is called once on the
-            main process and returns an object with ``update(n)`` (windows just finished) and ``close()``, e.g.
-            [`tqdm_progress`].
-        distributed (`bool`, defaults to `False`): under ``accelerate launch``, split the windows between the
-            processes (every process must make the same call); ``False``: this process does every window.
+        options (`Any`): fields of the job's options to replace for this run (e.g. ``restart=True``, ``workers=2``).
 
     Returns:
         `Path`: the output.
     """
+    if options:
+        job = dataclasses.replace(job, options=dataclasses.replace(job.options, **options))
+    restart, workers, progress, distributed = (getattr(job.options, k) for k in _RUN_FIELDS)
     state = _process_state(on_cpu(pipe)) if distributed else None
     is_main = state is None or state.is_main_process
     barrier = state.wait_for_everyone if state is not None else (lambda: None)
@@ -224,19 +210,12 @@ def upscale_scene(
     dst_path: str | os.PathLike,
     scale: float | None = None,
     output_size: tuple[int, int] | None = None,
-    rgb_bands: tuple[int, int, int] = (1, 2, 3),
+    *,
     overwrite: bool = False,
-    window: int = DEFAULT_WINDOW,
-    halo: int = DEFAULT_HALO,
-    value_range: str | ValueRange | None = None,
-    seed: int | None = None,
-    restart: bool = False,
-    workers: int | None = None,
-    progress: Callable[[int, int], Any] | None = None,
-    distributed: bool = False,
-    **pipe_kwargs: Any,
+    options: SceneOptions | None = None,
+    **kwargs: Any,
 ) -> Path:
-    """Upscale a GeoTIFF window by window (see the module docstring): out of core, resumable, parallel, COG out.
+    """Upscale a GeoTIFF window by window (see the package docstring): out of core, resumable, parallel, COG out.
 
     Args:
         pipe (`Any`): a [`NeurOpDiffPipeline`] (or any callable with its signature and ``output_type="pt"``).
@@ -244,47 +223,43 @@ def upscale_scene(
         dst_path (`str | os.PathLike`): the output COG (``.tif`` / ``.tiff``; written atomically).
         scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
         output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
-        rgb_bands (`tuple[int, int, int]`, defaults to `(1, 2, 3)`): the 1-based bands through the model.
         overwrite (`bool`, defaults to `False`): replace an existing output.
-        window (`int`, defaults to `DEFAULT_WINDOW`): LR pixels of a window's core, a side.
-        halo (`int`, defaults to `DEFAULT_HALO`): LR pixels of context on every side.
-        value_range (`str | ValueRange | None`, *optional*): ``"minmax"``, ``"0,10000"`` or ``"p2,p98"``.
-        seed (`int | None`, *optional*): the seed of the windows' noise; ``None``: the ``generator``'s initial seed
-            if one is given in ``pipe_kwargs``, else 0.
-        restart (`bool`, defaults to `False`): discard a journal of other settings instead of refusing.
-        workers (`int | None`, *optional*): windows computed at once in threads (CPU).
-        progress (`Callable[[int, int], Any] | None`, *optional*): see [`run_scene`].
-        distributed (`bool`, defaults to `False`): split the windows between ``accelerate launch`` processes.
-        pipe_kwargs (`Any`): the pipeline call's other keyword arguments; with ``num_samples=N`` (2 to 64) each
-            window is the mean of ``N`` samples and their spread is written beside the output as
-            [`uncertainty_path`] (``<output stem>.uncertainty.tif``: float32, one band, georeferenced like the
-            output, on the model's ``[0, 1]`` scale, i.e. the value range mapped to 0..1; see the module docstring).
+        options (`SceneOptions | None`, *optional*): how the scene is run, checked once.
+        kwargs (`Any`): instead of (or on top of) ``options``, its fields by name: ``rgb_bands`` (default
+            ``(1, 2, 3)``), ``window`` (``DEFAULT_WINDOW``), ``halo`` (``DEFAULT_HALO``), ``value_range``
+            (``"minmax"``, ``"0,10000"`` or ``"p2,p98"``), ``seed`` (``None``: the ``generator``'s initial seed if
+            one is given, else 0), ``restart``, ``workers``, ``progress`` (see [`run_scene`]), ``distributed``;
+            and the pipeline call's other keyword arguments. With ``num_samples=N`` (2 to 64) each window is the
+            mean of ``N`` samples and their spread is written beside the output as [`uncertainty_path`]
+            (``<output stem>.uncertainty.tif``: float32, one band, georeferenced like the output, on the model's
+            ``[0, 1]`` scale, i.e. the value range mapped to 0..1; see the package docstring).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline
         >>> pipe = build_pipeline("tiny")
         >>> upscale_scene(pipe, "scene.tif", "scene_x2.tif", scale=2, prior_only=True)  # doctest: +SKIP
         >>> upscale_scene(pipe, "scene.tif", "scene_x4.tif", scale=4, num_samples=4)  # doctest: +SKIP
+        >>> fast = SceneOptions(window=512, workers=4, pipe_kwargs={"num_inference_steps": 10})
+        >>> upscale_scene(pipe, "scene.tif", "scene_x3.tif", scale=3, options=fast)  # doctest: +SKIP
     """
-    generator = pipe_kwargs.pop("generator", None)
-    if seed is None:
-        seed = int(generator.initial_seed()) if isinstance(generator, torch.Generator) else 0
+    options = _scene_options(options, kwargs)
     dst = Path(dst_path)
-    for path in (dst, uncertainty_path(dst) if pipe_kwargs.get("num_samples") is not None else None):
+    for path in (dst, uncertainty_path(dst) if options.num_samples is not None else None):
         if path is not None and os.path.lexists(path) and not overwrite:
             raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
-    job = prepare_scene(
-        src_path, dst_path, scale, output_size, rgb_bands, window, halo, value_range, seed, **pipe_kwargs
-    )
-    return run_scene(
-        pipe, job, overwrite=overwrite, restart=restart, workers=workers, progress=progress, distributed=distributed
-    )
+    job = prepare_scene(src_path, dst, scale, output_size, options=options)
+    return run_scene(pipe, job, overwrite=overwrite)
 
 
 def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, Any]:
     """Time one window (the largest) and estimate the whole run's time and peak memory; nothing is written.
 
     With ``num_samples`` the window is timed with its samples, and the report names the uncertainty map and its size.
+
+    Args:
+        pipe (`Any`): the pipeline.
+        job (`SceneJob`): from [`prepare_scene`], with its [`SceneOptions`].
+        workers (`int | None`, *optional*): windows at once for the estimate; ``None``: the options' ``workers``.
 
     Returns:
         `dict[str, Any]`: ``windows``, ``window_seconds``, ``estimated_seconds``, ``estimated_peak_mb``,
@@ -296,13 +271,13 @@ def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, A
     largest = max(windows, key=lambda w: w.out_shape[0] * w.out_shape[1])
     largest_h, largest_w = largest.out_shape
     cpu = on_cpu(pipe)
+    workers = job.options.workers if workers is None else workers
     with WindowThreads(cpu) as threads:
         n = max(1, min(workers or threads, len(windows))) if cpu else 1
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         start = time.perf_counter()
         with open_raster(job.src_path) as src:
-            run_window(worker_pipes(pipe, 1)[0], src, job.plan, largest, job.stats, job.model_bands, job.seed,
-                        job.pipe_kwargs, job.alpha_bands)  # fmt: skip
+            run_window(worker_pipes(pipe, 1)[0], src, job, largest)
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     window_bytes = job.planes * largest_h * largest_w
@@ -342,9 +317,9 @@ def upscale_geotiff(
     dst_path: str | os.PathLike,
     scale: float | None = None,
     output_size: tuple[int, int] | None = None,
-    rgb_bands: tuple[int, int, int] = (1, 2, 3),
+    rgb_bands: tuple[int, int, int] | None = None,
     overwrite: bool = False,
-    **pipe_kwargs: Any,
+    **kwargs: Any,
 ) -> Path:
     """Upscale a GeoTIFF with a NeurOp-Diff pipeline, keeping CRS, origin, nodata, band count and dtype.
 
@@ -354,12 +329,12 @@ def upscale_geotiff(
         dst_path (`str | os.PathLike`): the output GeoTIFF (written atomically).
         scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
         output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
-        rgb_bands (`tuple[int, int, int]`, defaults to `(1, 2, 3)`): the 1-based bands that go through the model
-            (others are upscaled bicubically).
+        rgb_bands (`tuple[int, int, int] | None`, *optional*): the 1-based bands that go through the model (others
+            are upscaled bicubically); ``None``: ``(1, 2, 3)``, or those of ``options``.
         overwrite (`bool`, defaults to `False`): replace an existing ``dst_path`` (atomically); without it an existing
             file, or one that appears while the scene is being upscaled, is never replaced (``FileExistsError``).
-        pipe_kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
-            ``prior_only``...) and the scene engine (``window``, ``halo``, ``value_range``, ...: see
+        kwargs (`Any`): passed to the pipeline (``num_inference_steps``, ``generator``, ``tile_size``,
+            ``prior_only``...) and the scene engine (``options``, ``window``, ``halo``, ``value_range``, ...: see
             [`~neurop_diff_diffusers.jobs.scene.upscale_scene`]); ``num_samples=N`` writes the mean of ``N`` samples
             and their uncertainty map ``<output stem>.uncertainty.tif`` (float32, one band, georeferenced like the
             output, on the model's ``[0, 1]`` scale: the value range mapped to 0..1).
@@ -371,19 +346,8 @@ def upscale_geotiff(
     require_rasterio()
     from rasterio.errors import NotGeoreferencedWarning
 
+    if rgb_bands is not None:
+        kwargs["rgb_bands"] = rgb_bands
     with warnings.catch_warnings():  # a plain (non-georeferenced) 16-bit TIFF is fine: no warning about it
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return _upscale_geotiff(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)
-
-
-def _upscale_geotiff(
-    pipe: Any,
-    src_path: str | os.PathLike,
-    dst_path: str | os.PathLike,
-    scale: float | None,
-    output_size: tuple[int, int] | None,
-    rgb_bands: tuple[int, int, int],
-    overwrite: bool,
-    **pipe_kwargs: Any,
-) -> Path:
-    return upscale_scene(pipe, src_path, dst_path, scale, output_size, rgb_bands, overwrite, **pipe_kwargs)
+        return upscale_scene(pipe, src_path, dst_path, scale, output_size, overwrite=overwrite, **kwargs)

@@ -8,29 +8,55 @@ from typing import Any
 
 from ...io.paths import uncertainty_path
 from ...io.rasters import RasterHeader
+from .options import SceneOptions
 from .plan import ScenePlan
 from .statistics import SceneStatistics, ValueRange
 
 
 @dataclass
 class SceneJob:
-    """A scene planned by [`prepare_scene`]: what [`run_scene`] and the dry run need."""
+    """A scene planned by [`~neurop_diff_diffusers.jobs.scene.engine.prepare_scene`]: what
+    [`~neurop_diff_diffusers.jobs.scene.engine.run_scene`] and the dry run need.
+
+    Args:
+        src_path (`Path`): the input GeoTIFF.
+        dst_path (`Path`): the output COG.
+        plan (`ScenePlan`): the windows.
+        stats (`SceneStatistics`): the stretch, from the statistics pass.
+        model_bands (`list[int]`): the 0-based bands through the model.
+        options (`SceneOptions`): how the scene is run.
+        folder (`Path`): the work folder (journal and finished windows).
+        header (`RasterHeader | None`, *optional*): the input's header.
+    """
 
     src_path: Path
     dst_path: Path
     plan: ScenePlan
     stats: SceneStatistics
     model_bands: list[int]
-    seed: int
-    value_range: ValueRange
-    pipe_kwargs: dict[str, Any]
+    options: SceneOptions
     folder: Path
     header: RasterHeader | None = None
 
     @property
+    def seed(self) -> int:
+        """The seed of the windows' noise."""
+        return self.options.seed
+
+    @property
+    def value_range(self) -> ValueRange:
+        """How input values map to ``[0, 1]``."""
+        return self.options.value_range
+
+    @property
+    def pipe_kwargs(self) -> dict[str, Any]:
+        """Each window's pipeline call arguments (with ``num_samples`` when set): what the journal records."""
+        return self.options.call_kwargs
+
+    @property
     def num_samples(self) -> int | None:
         """Samples per window (``num_samples``), or ``None``: one sample, no uncertainty map."""
-        return self.pipe_kwargs.get("num_samples")
+        return self.options.num_samples
 
     @property
     def uncertainty_path(self) -> Path | None:

@@ -73,6 +73,24 @@ def ramp_weights(length: int, before: int, after: int) -> np.ndarray:
     return w
 
 
+def check_window(window: int, halo: int) -> None:
+    """Refuse a ``window`` below 8 LR px or a ``halo`` outside ``[0, window]``.
+
+    Raises:
+        ValueError: naming the argument and its allowed range.
+
+    Example:
+        >>> check_window(256, 300)
+        Traceback (most recent call last):
+        ...
+        ValueError: `halo` must be an int in [0, window = 256] (LR pixels), got 300.
+    """
+    if isinstance(window, bool) or not isinstance(window, int) or window < 8:
+        raise ValueError(f"`window` must be an int >= 8 (LR pixels), got {window!r}.")
+    if isinstance(halo, bool) or not isinstance(halo, int) or not 0 <= halo <= window:
+        raise ValueError(f"`halo` must be an int in [0, window = {window}] (LR pixels), got {halo!r}.")
+
+
 @dataclass(frozen=True)
 class SceneWindow:
     """One window of a [`ScenePlan`]: its index, LR crop and output region (``[start, stop)`` pairs)."""
@@ -109,11 +127,8 @@ class ScenePlan:
 
     @classmethod
     def create(cls, size: tuple[int, int], out_size: tuple[int, int], window: int, halo: int) -> "ScenePlan":
-        """A plan, with ``window`` and ``halo`` checked (``ValueError`` naming the argument)."""
-        if isinstance(window, bool) or not isinstance(window, int) or window < 8:
-            raise ValueError(f"`window` must be an int >= 8 (LR pixels), got {window!r}.")
-        if isinstance(halo, bool) or not isinstance(halo, int) or not 0 <= halo <= window:
-            raise ValueError(f"`halo` must be an int in [0, window = {window}] (LR pixels), got {halo!r}.")
+        """A plan, with ``window`` and ``halo`` checked ([`check_window`])."""
+        check_window(window, halo)
         return cls(tuple(size), tuple(out_size), window, halo)
 
     @property

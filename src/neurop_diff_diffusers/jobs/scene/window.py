@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from ...io.rasters import palette_table
 from ...pipelines.image_processing import check_finite_output
 from ...utils import derive_seed
+from .job import SceneJob
 from .plan import ScenePlan, SceneWindow
-from .statistics import SceneStatistics, read_block
+from .statistics import read_block
 
 
 def window_coordinates(plan: ScenePlan, window: SceneWindow) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,22 +61,25 @@ def window_seed(seed: int, index: int) -> int:
 def run_window(
     pipe: Any,
     src: Any,
-    plan: ScenePlan,
+    job: SceneJob,
     window: SceneWindow,
-    stats: SceneStatistics,
-    model_bands: list[int],
-    seed: int,
-    pipe_kwargs: dict[str, Any],
-    alpha_bands: tuple[int, ...] = (),
 ) -> np.ndarray:
     """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32.
 
-    Bands outside ``model_bands`` are bicubic, except the 0-based ``alpha_bands`` (masks): nearest neighbour, the
-    LR pixel under each output pixel's centre, the same in every window that covers it. With ``num_samples`` in
-    ``pipe_kwargs`` the bands are the samples' mean and one more plane follows them: the window's uncertainty map
+    Bands outside the job's ``model_bands`` are bicubic, except its 0-based ``alpha_bands`` (masks): nearest
+    neighbour, the LR pixel under each output pixel's centre, the same in every window that covers it. With
+    ``num_samples`` the bands are the samples' mean and one more plane follows them: the window's uncertainty map
     (``(bands + 1, h, w)``).
+
+    Args:
+        pipe (`Any`): the pipeline (a worker's copy).
+        src (`Any`): the input, open ([`~neurop_diff_diffusers.io.rasters.open_raster`]).
+        job (`SceneJob`): the scene: plan, statistics, bands, seed and pipeline arguments.
+        window (`SceneWindow`): the window.
     """
     from rasterio.windows import Window
+
+    plan, stats, model_bands, alpha_bands = job.plan, job.stats, job.model_bands, job.alpha_bands
 
     (r0, r1), (c0, c1) = window.lr_rows, window.lr_cols
     crop = Window(c0, r0, c1 - c0, r1 - r0)
@@ -90,7 +94,7 @@ def run_window(
     out_h, out_w = window.out_shape
     rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0)
     coord, cell = window_coordinates(plan, window)
-    kwargs = dict(pipe_kwargs)
+    kwargs = job.pipe_kwargs
     sampled = kwargs.get("num_samples") is not None  # prepare_scene refuses it with prior_only
     called = None
     if is_neurop_pipeline(pipe):
@@ -99,7 +103,7 @@ def run_window(
         if kwargs.pop("prior_only", False):  # NaN / inf refused as the pipeline's own prior-only output is
             output = ((check_finite_output(prior[0].float().cpu()) + 1.0) / 2.0).clamp(0, 1)
         else:
-            generator = torch.Generator(device="cpu").manual_seed(window_seed(seed, window.index))
+            generator = torch.Generator(device="cpu").manual_seed(window_seed(job.seed, window.index))
             called = pipe(
                 rgb, output_size=(out_h, out_w), output_type="pt", generator=generator, prior=prior, **kwargs
             )

@@ -85,10 +85,7 @@ def compute_windows(
             worker_pipe = pipes[k % len(pipes)]
             window = todo[k]
             with open_raster(job.src_path) as src:
-                values = run_window(
-                    worker_pipe, src, job.plan, window, job.stats, job.model_bands, job.seed, job.pipe_kwargs,
-                    job.alpha_bands,
-                )  # fmt: skip
+                values = run_window(worker_pipe, src, job, window)
             save_window(job.folder, window.index, values)
             if progress is not None:
                 progress(1)
