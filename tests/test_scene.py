@@ -627,3 +627,81 @@ def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
             assert cog.overviews(1) == [2]
             lows.append(cog.read(1, out_shape=(300, 280)).min())
     assert lows[0] < 0 and lows[1] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The input read once before the model runs: the header checked once, every block read once (the damage scan too)
+# --------------------------------------------------------------------------------------------------------------------
+class _ReadCounter:
+    """Counts, per band and pixel of one input, how often rasterio read its values and its masks."""
+
+    def __init__(self, monkeypatch, path: Path, shape: tuple[int, int, int]):
+        from rasterio.io import DatasetReader
+
+        self.path, self.counts, self.frozen = path.resolve(), {}, None
+        for name in ("read", "read_masks"):
+            self.counts[name] = np.zeros(shape, np.int64)
+            monkeypatch.setattr(DatasetReader, name, self._wrap(name, getattr(DatasetReader, name)))
+
+    def _wrap(self, name, original):
+        def counting(src, *args, **kwargs):
+            if Path(src.name).resolve() == self.path:
+                indexes = args[0] if args else kwargs.get("indexes")
+                bands = slice(None) if indexes is None else [i - 1 for i in np.atleast_1d(indexes)]
+                w = kwargs.get("window")
+                rows = slice(None) if w is None else slice(int(w.row_off), int(w.row_off + w.height))
+                cols = slice(None) if w is None else slice(int(w.col_off), int(w.col_off + w.width))
+                self.counts[name][bands, rows, cols] += 1
+            return original(src, *args, **kwargs)
+
+        return counting
+
+    def freeze(self):
+        """The counts so far (called when the first window starts: before the model runs)."""
+        if self.frozen is None:
+            self.frozen = {name: counts.copy() for name, counts in self.counts.items()}
+
+
+@pytest.mark.parametrize(
+    "dtype, value_range, entry",
+    [("uint16", None, "upscale_geotiff"), ("float32", "0,1000", "upscale_scene"), ("uint16", "p2,p98", "plan_raster")],
+)
+def test_each_pixel_is_read_once_before_the_model_runs(tmp_path, monkeypatch, dtype, value_range, entry):
+    from neurop_diff_diffusers.jobs.scene import plan as scene_plan
+    from neurop_diff_diffusers.jobs.scene import plan_raster, upscale_geotiff
+    from neurop_diff_diffusers.jobs.scene import workers as scene_workers
+
+    data = (_smooth_scene(30, 34, bands=4).astype(np.float64) * 7).astype(dtype)
+    path = _write(tmp_path / "s.tif", data, nodata=0, tiled=True, blockxsize=16, blockysize=16)
+    counter = _ReadCounter(monkeypatch, path, data.shape)
+    inspected = []
+    original_inspect, original_run = scene_plan.inspect_raster, scene_workers.run_window
+    # the names that plan_raster and compute_windows look up (a patch of another module's name would not count)
+    monkeypatch.setattr(scene_plan, "inspect_raster", lambda p: inspected.append(p) or original_inspect(p))
+    monkeypatch.setattr(scene_workers, "run_window", lambda *a: counter.freeze() or original_run(*a))
+    kwargs = dict(scale=2, window=12, halo=3, value_range=value_range, workers=1)
+    if entry == "upscale_geotiff":
+        out = upscale_geotiff(_bicubic, path, tmp_path / "o.tif", **kwargs)
+    elif entry == "upscale_scene":
+        out = upscale_scene(_bicubic, path, tmp_path / "o.tif", **kwargs)
+    else:  # a caller that checked the header and scanned the pixels before loading its model hands the plan on
+        raster = plan_raster(path).scan(parse_value_range(value_range))
+        assert raster.header.bands == 4 and raster.notes == () and raster.stats.valid[0] > 0
+        out = upscale_scene(_bicubic, raster, tmp_path / "o.tif", **kwargs)
+    assert counter.frozen is not None, "the first window never started: the patch missed the engine's run_window"
+    assert np.array_equal(counter.frozen["read"], np.ones(data.shape, np.int64))  # every value read exactly once
+    assert np.array_equal(counter.frozen["read_masks"], np.ones(data.shape, np.int64))
+    assert len(inspected) == 1  # the header: read and checked once
+    with rasterio.open(out) as dst:
+        assert dst.shape == (60, 68) and dst.count == 4
+
+
+def test_the_statistics_pass_is_the_damage_scan(tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(40, 40))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as caught:
+        upscale_scene(_bicubic, cut, tmp_path / "o.tif", scale=2, window=16, halo=2)
+    assert str(caught.value).startswith("not a readable raster (") and "\n" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "s.tif"]  # no output, no work folder

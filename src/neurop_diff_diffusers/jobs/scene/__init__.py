@@ -50,11 +50,11 @@ The scene engine behind [`upscale_geotiff`] and ``neurop-diff upscale scene.tif`
   the model's ``[0, 1]`` scale, i.e. the value range (the ``NEUROP_DIFF_STRETCH`` tag: ``low`` -> 0, ``high`` -> 1, per
   band) mapped to 0..1: a value ``u`` is ``u * (high - low)`` in the input's units of a band.
 
-The modules, one concept each: ``plan`` (window geometry), ``statistics`` (value ranges, the statistics pass),
-``options`` (a run's options, checked once), ``window`` (one window through the model), ``workers`` (windows in
-threads), ``journal`` (journal and fingerprint), ``job`` (a planned scene), ``assemble`` (strip blending, nodata
-rows), ``cog`` (the COG copy, the commit of two files) and ``engine`` (prepare, run, the ``accelerate`` split, the dry
-run, [`upscale_geotiff`]).
+The modules, one concept each: ``plan`` (window geometry; the input's header, checked once: [`plan_raster`]),
+``statistics`` (value ranges, the statistics pass that is also the damage scan), ``options`` (a run's options,
+checked once), ``window`` (one window through the model), ``workers`` (windows in threads), ``journal`` (journal and
+fingerprint), ``job`` (a planned scene), ``assemble`` (strip blending, nodata rows), ``cog`` (the COG copy, the
+commit of two files) and ``engine`` (prepare, run, the ``accelerate`` split, the dry run, [`upscale_geotiff`]).
 
 Example:
     >>> plan = ScenePlan.create((1000, 700), (2000, 1400), window=256, halo=16)
@@ -68,7 +68,17 @@ from .engine import dry_run, prepare_scene, run_scene, tqdm_progress, upscale_ge
 from .job import SceneJob
 from .journal import work_folder
 from .options import SceneOptions
-from .plan import DEFAULT_HALO, DEFAULT_WINDOW, ScenePlan, SceneWindow, core_bounds, output_start, ramp_weights
+from .plan import (
+    DEFAULT_HALO,
+    DEFAULT_WINDOW,
+    RasterPlan,
+    ScenePlan,
+    SceneWindow,
+    core_bounds,
+    output_start,
+    plan_raster,
+    ramp_weights,
+)
 from .statistics import SceneStatistics, ValueRange, parse_value_range, scene_statistics
 from .window import window_seed
 from .workers import compute_windows
@@ -76,6 +86,7 @@ from .workers import compute_windows
 __all__ = [
     "DEFAULT_HALO",
     "DEFAULT_WINDOW",
+    "RasterPlan",
     "SceneJob",
     "SceneOptions",
     "ScenePlan",
@@ -88,6 +99,7 @@ __all__ = [
     "dry_run",
     "output_start",
     "parse_value_range",
+    "plan_raster",
     "prepare_scene",
     "ramp_weights",
     "run_scene",

@@ -16,14 +16,13 @@ from typing import Any
 
 from ...io.geo import require_rasterio
 from ...io.paths import uncertainty_path
-from ...io.rasters import check_header, inspect_raster, open_raster
+from ...io.rasters import open_raster
 from ...pipelines.image_processing import resolve_output_size
 from .cog import assemble_and_commit
 from .job import SceneJob, megabytes, strip_bytes
 from .journal import done_windows, open_journal, scene_settings, work_folder
 from .options import SceneOptions
-from .plan import ScenePlan
-from .statistics import scene_statistics
+from .plan import RasterPlan, ScenePlan, plan_raster
 from .window import run_window
 from .workers import WindowThreads, compute_windows, on_cpu, worker_pipes
 
@@ -43,7 +42,7 @@ _RUN_FIELDS = ("restart", "workers", "progress", "distributed")
 
 
 def prepare_scene(
-    src_path: str | os.PathLike,
+    src_path: str | os.PathLike | RasterPlan,
     dst_path: str | os.PathLike,
     scale: float | None = None,
     output_size: tuple[int, int] | None = None,
@@ -54,7 +53,8 @@ def prepare_scene(
     """Check a scene and plan its windows (one statistics pass over the input; nothing is written).
 
     Args:
-        src_path (`str | os.PathLike`): the input GeoTIFF.
+        src_path (`str | os.PathLike | RasterPlan`): the input GeoTIFF, or its [`plan_raster`] (its header then is
+            not read again, nor its statistics when [`RasterPlan.scan`] did them for the same value range).
         dst_path (`str | os.PathLike`): the output (``.tif`` / ``.tiff``).
         scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
         output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
@@ -67,26 +67,26 @@ def prepare_scene(
         ValueError: a bad argument or input, before any work.
     """
     options = _scene_options(options, kwargs)
+    src = src_path.path if isinstance(src_path, RasterPlan) else Path(src_path)
     dst = Path(dst_path)
     if dst.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst}`.")
-    if options.num_samples is not None and _same_file(uncertainty_path(dst), Path(src_path)):
-        raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src_path}`.")
-    header = inspect_raster(src_path)
-    check_header(header)  # no pixels, complex, 2 bands, mixed dtypes, odd colour tables: one line, from the header
-    model_bands = _model_bands(header.working_bands, options.rgb_bands, src_path)  # a palette is read as RGB
+    if options.num_samples is not None and _same_file(uncertainty_path(dst), src):
+        raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src}`.")
+    raster = plan_raster(src_path)  # read and checked here unless the caller did: one line, from the header
+    header = raster.header
+    model_bands = _model_bands(header.working_bands, options.rgb_bands, src)  # a palette is read as RGB
     out_size = resolve_output_size((header.height, header.width), scale, output_size)
     plan = ScenePlan.create((header.height, header.width), out_size, options.window, options.halo)
-    with open_raster(src_path) as src:
-        stats = scene_statistics(src, options.value_range)
+    stats = raster.statistics(options.value_range)  # every block read once: the damage scan too
     if stats.nonfinite:
         warnings.warn(
-            f"`{src_path}` has {stats.nonfinite} NaN or infinite band values that no nodata value marks; they are "
+            f"`{src}` has {stats.nonfinite} NaN or infinite band values that no nodata value marks; they are "
             "treated as nodata (masked in the output).",
             UserWarning,
             stacklevel=2,
         )
-    return SceneJob(Path(src_path), dst, plan, stats, model_bands, options, work_folder(dst), header)
+    return SceneJob(src, dst, plan, stats, model_bands, options, work_folder(dst), header)
 
 
 def _scene_options(options: SceneOptions | None, kwargs: dict[str, Any]) -> SceneOptions:
@@ -206,7 +206,7 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
 
 def upscale_scene(
     pipe: Any,
-    src_path: str | os.PathLike,
+    src_path: str | os.PathLike | RasterPlan,
     dst_path: str | os.PathLike,
     scale: float | None = None,
     output_size: tuple[int, int] | None = None,
@@ -219,7 +219,8 @@ def upscale_scene(
 
     Args:
         pipe (`Any`): a [`NeurOpDiffPipeline`] (or any callable with its signature and ``output_type="pt"``).
-        src_path (`str | os.PathLike`): the input GeoTIFF.
+        src_path (`str | os.PathLike | RasterPlan`): the input GeoTIFF, or its [`plan_raster`] (header read and
+            checked once, by the caller).
         dst_path (`str | os.PathLike`): the output COG (``.tif`` / ``.tiff``; written atomically).
         scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
         output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.
@@ -313,7 +314,7 @@ def _duration(seconds: float) -> str:
 
 def upscale_geotiff(
     pipe: Any,
-    src_path: str | os.PathLike,
+    src_path: str | os.PathLike | RasterPlan,
     dst_path: str | os.PathLike,
     scale: float | None = None,
     output_size: tuple[int, int] | None = None,
@@ -325,7 +326,7 @@ def upscale_geotiff(
 
     Args:
         pipe (`Any`): a [`NeurOpDiffPipeline`].
-        src_path (`str | os.PathLike`): the input raster.
+        src_path (`str | os.PathLike | RasterPlan`): the input raster, or its [`plan_raster`].
         dst_path (`str | os.PathLike`): the output GeoTIFF (written atomically).
         scale (`float | None`, *optional*): the upscaling factor (exactly one of ``scale`` / ``output_size``).
         output_size (`tuple[int, int] | None`, *optional*): ``(height, width)`` of the output.

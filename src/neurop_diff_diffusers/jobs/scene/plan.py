@@ -13,10 +13,16 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from ...io.rasters import RasterHeader, check_header, inspect_raster, open_raster
+from .statistics import SceneStatistics, ValueRange, scene_statistics
 
 #: LR pixels of a window's core, a side (measured: README "Whole scenes").
 DEFAULT_WINDOW = 256
@@ -172,3 +178,71 @@ class ScenePlan:
     def strip_rows(self) -> int:
         """The tallest output span of a window row (the strip accumulator's height)."""
         return max(b - a for _, (a, b) in self._axis(0))
+
+
+@dataclass(frozen=True)
+class RasterPlan:
+    """An input GeoTIFF whose header was read and checked once ([`plan_raster`]), and optionally its statistics
+    ([`RasterPlan.scan`]): hand it to the scene engine instead of the path and neither is done again.
+
+    Args:
+        path (`Path`): the input.
+        header (`RasterHeader`): its header ([`~neurop_diff_diffusers.io.rasters.inspect_raster`]).
+        notes (`tuple[str, ...]`): the header's warnings, one line each
+            ([`~neurop_diff_diffusers.io.rasters.check_header`]: a palette expanded to RGB, a 32 / 64-bit type).
+        stats (`SceneStatistics | None`, *optional*): the statistics pass of ``value_range``, or ``None``.
+        value_range (`ValueRange | None`, *optional*): the value range of ``stats``.
+    """
+
+    path: Path
+    header: RasterHeader
+    notes: tuple[str, ...] = ()
+    stats: SceneStatistics | None = None
+    value_range: ValueRange | None = None
+
+    def scan(self, value_range: ValueRange) -> RasterPlan:
+        """This plan with the statistics pass of ``value_range`` done: every block of the input read once (the damage
+        scan too: ``ValueError("not a readable raster (...)")``), before any model is loaded.
+
+        Args:
+            value_range (`ValueRange`): from [`~neurop_diff_diffusers.jobs.scene.statistics.parse_value_range`] (the
+                engine reuses the statistics only for the same value range).
+        """
+        with open_raster(self.path) as src:
+            stats = scene_statistics(src, value_range)
+        return dataclasses.replace(self, stats=stats, value_range=value_range)
+
+    def statistics(self, value_range: ValueRange) -> SceneStatistics:
+        """The statistics of ``value_range``: those of [`scan`] when it was done with it, else a statistics pass."""
+        return (
+            self.stats if self.stats is not None and self.value_range == value_range else self.scan(value_range).stats
+        )
+
+
+def plan_raster(path: str | os.PathLike | RasterPlan) -> RasterPlan:
+    """Read an input GeoTIFF's header and check it, once; no pixel is read.
+
+    The header is read through [`~neurop_diff_diffusers.io.rasters.open_raster`] (a local regular file, the GTiff
+    driver only, no sidecar files) and checked by [`~neurop_diff_diffusers.io.rasters.check_header`]: no pixels,
+    complex or unsupported data types, mixed data types, a colour table on anything but one uint8 / uint16 band, and 2
+    bands are refused. A budget check ([`~neurop_diff_diffusers.io.rasters.check_budget`]) can follow on
+    ``plan.header`` before any pixel is read.
+
+    Args:
+        path (`str | os.PathLike | RasterPlan`): the input (a plan is returned as it is).
+
+    Returns:
+        [`RasterPlan`]: the path, the header and its warnings (``notes``).
+
+    Raises:
+        ValueError: one line: a name that is not a local file, a file no allowed driver opens, or a header refused.
+
+    Example:
+        >>> raster = plan_raster("scene.tif")  # doctest: +SKIP
+        >>> upscale_geotiff(pipe, raster, "scene_x2.tif", scale=2)  # doctest: +SKIP
+    """
+    if isinstance(path, RasterPlan):
+        return path
+    header = inspect_raster(path)
+    notes = check_header(header)
+    return RasterPlan(Path(path), header, tuple(notes))

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...io.geo import BandStretch, band_stretch
+from ...io.geo import BandStretch, band_stretch, unreadable_raster
 from ...io.rasters import expand_palette, palette_table
 
 _STATS_PIXELS = 4_000_000  # input pixels per block of the statistics passes
@@ -136,15 +136,29 @@ def _percentile_from_counts(counts: np.ndarray, values: np.ndarray, q: float) ->
 
 
 def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
-    """The stretch of an open raster from one streaming pass (two for float percentiles), never the whole scene.
+    """The stretch of an open raster from one streaming pass, never the whole scene; the pass is also the damage scan.
+
+    Every block of values and masks is read once (a float or 32-bit percentile stretch reads the scene twice more: its
+    histogram needs the bands' range first, and its clipped count the stretch), so a file that cannot be read fails
+    here, before any window runs, as [`~neurop_diff_diffusers.io.geo.check_raster`] fails.
 
     Args:
         src (`Any`): an open rasterio dataset ([`~neurop_diff_diffusers.io.rasters.open_raster`]).
         value_range (`ValueRange`): see [`parse_value_range`].
 
     Raises:
-        ValueError: a scene without valid pixels.
+        ValueError: a scene without valid pixels, or a block that cannot be read (``not a readable raster (...)``,
+            one line).
     """
+    from rasterio.errors import RasterioError
+
+    try:
+        return _statistics(src, value_range)
+    except (RasterioError, OSError) as err:
+        raise unreadable_raster(err) from err
+
+
+def _statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     table = palette_table(src)  # a palette raster is expanded to RGB through its colour table
     bands, height, width = (src.count if table is None else 3), src.height, src.width
     dtype = np.dtype(src.dtypes[0] if table is None else "uint8")
@@ -156,6 +170,8 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     sums = np.zeros(bands)
     counts = np.zeros(bands, dtype=np.int64)
     hist = [np.zeros(1 << (8 * dtype.itemsize), np.int64) for _ in range(bands)] if exact else None
+    fixed = value_range.kind == "fixed"  # the stretch is known: values outside it are counted in this pass
+    clipped = [0] * bands
     from rasterio.windows import Window
 
     for top, rows in _row_blocks(height, width):
@@ -172,6 +188,8 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
             counts[b] += values.size
             if exact:
                 hist[b] += np.bincount((values.astype(np.int64) - offset), minlength=len(hist[b]))
+            if fixed:
+                clipped[b] += int(((values < value_range.low) | (values > value_range.high)).sum())
     if not counts.any():
         raise ValueError(f"`{src.name}` has no valid pixels (everything is nodata).")
     lows[counts == 0], highs[counts == 0] = 0.0, 1.0
@@ -196,8 +214,7 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
             low.append(lo)
             high.append(hi if hi > lo else lo + 1.0)
         stretch = BandStretch(tuple(low), tuple(high), dtype.name)
-    clipped = [0] * bands
-    if value_range.kind != "minmax":
+    if value_range.kind == "percentile":
         if exact:
             for b in range(bands):
                 values = np.arange(len(hist[b])) + offset
