@@ -266,7 +266,7 @@ def test_damaged_geotiff_is_one_line_in_the_cli(scene, tmp_path, capsys):
     assert not (tmp_path / "cut_x2.tif").exists()
 
 
-# ---- issue 21: GCPs / RPCs, alpha, overviews, 16-bit grey for Pillow, wide types, refusals ----
+# ---- GCPs / RPCs, alpha, overviews, 16-bit grey for Pillow, wide types, refusals ----
 
 
 def _bicubic_model(image, output_size, output_type, **kwargs):
@@ -388,7 +388,7 @@ def test_palette_geotiff_is_expanded_to_rgb_through_its_colour_table(tmp_path):
 
 
 def test_uint8_gcp_tiff_keeps_its_gcps_in_the_cli_and_a_palette_says_it_is_expanded(tmp_path, capsys):
-    """Issue 21 items 7 and 8 end to end: a uint8 GCP TIFF once took the plain-image path and lost its GCPs."""
+    """End to end: a uint8 GCP TIFF once took the plain-image path and lost its GCPs."""
     from rasterio.control import GroundControlPoint
 
     from neurop_diff_diffusers.cli import commands as cli

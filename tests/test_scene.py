@@ -25,6 +25,7 @@ from neurop_diff_diffusers import build_pipeline  # noqa: E402
 from neurop_diff_diffusers.cli import commands as cli  # noqa: E402
 from neurop_diff_diffusers.io.geo import STRETCH_TAG  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import (  # noqa: E402
+    SceneOptions,
     ScenePlan,
     assemble_and_commit,
     compute_windows,
@@ -79,6 +80,54 @@ def test_plan_covers_the_output_and_weights_never_vanish():
         ScenePlan.create((50, 70), (125, 175), window=16, halo=17)
     with pytest.raises(ValueError, match="`window` must be an int >= 8"):
         ScenePlan.create((50, 70), (125, 175), window=4, halo=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"window": 4}, ValueError, "`window` must be an int >= 8 (LR pixels), got 4."),
+        ({"halo": 300}, ValueError, "`halo` must be an int in [0, window = 256] (LR pixels), got 300."),
+        ({"workers": 0}, ValueError, "`workers` must be None (one window per intra-op thread) or an int >= 1, got 0."),
+        ({"rgb_bands": (1, 2)}, ValueError, "`rgb_bands` must be three 1-based band numbers (ints >= 1), got (1, 2)."),
+        ({"seed": 1.5}, ValueError, "`seed` must be an int, got 1.5."),
+        ({"value_range": "p2"}, ValueError, "`value_range` must be 'minmax', 'LOW,HIGH' with LOW < HIGH"),
+        ({"restart": "yes"}, TypeError, "`restart` must be a bool, got str."),
+        ({"progress": 3}, TypeError, "`progress` must be None or a callable (total, done), got int."),
+        ({"pipe_kwargs": {"output_type": "np"}}, TypeError, "`pipe_kwargs` must not hold `output_type`: it is set"),
+        ({"pipe_kwargs": {"window": 8}}, TypeError, "`pipe_kwargs` must not hold `window`: it is a SceneOptions"),
+        ({"num_samples": 2, "pipe_kwargs": {"prior_only": True}}, ValueError, "`num_samples` needs diffusion samples"),
+    ],
+)
+def test_scene_options_are_checked_once_naming_the_argument(kwargs, error, message):
+    with pytest.raises(error) as caught:
+        SceneOptions(**kwargs)
+    assert str(caught.value).startswith(message)
+
+
+def test_scene_options_from_keywords_split_fields_seed_and_pipeline_arguments():
+    options = SceneOptions.from_kwargs(
+        window=64, generator=torch.Generator().manual_seed(9), num_inference_steps=3, chunk_size=None, strength=None
+    )
+    assert (options.window, options.halo, options.seed, options.num_samples) == (64, 16, 9, None)
+    assert dict(options.pipe_kwargs) == {"num_inference_steps": 3, "strength": None}  # None dropped, but strength
+    again = options.updated(num_samples=4, halo=0)
+    assert (again.window, again.halo, again.seed, again.call_kwargs["num_samples"]) == (64, 0, 9, 4)
+    assert options.updated(seed=None).seed == 9 and SceneOptions.from_kwargs().seed == 0
+    with pytest.raises(TypeError, match="`generator` must be a torch.Generator or None, got int"):
+        SceneOptions.from_kwargs(generator=3)
+    with pytest.raises(AttributeError):  # frozen
+        options.window = 8
+
+
+def test_options_object_and_keywords_give_the_same_bytes(pipe, tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(20, 24))
+    by_name = upscale_scene(pipe, path, tmp_path / "a.tif", scale=2, window=8, halo=2, prior_only=True)
+    options = SceneOptions(window=8, halo=2, pipe_kwargs={"prior_only": True})
+    by_object = upscale_scene(pipe, path, tmp_path / "b.tif", scale=2, options=options)
+    assert by_name.read_bytes() == by_object.read_bytes()
+    with pytest.raises(ValueError, match="`halo` must be an int in \\[0, window = 8\\]"):  # keywords on top, checked
+        upscale_scene(pipe, path, tmp_path / "c.tif", scale=2, options=options, halo=9)
+    assert not (tmp_path / "c.tif").exists()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -359,7 +408,7 @@ def test_bad_scene_flags_are_one_line_before_any_work(tmp_path, capsys, flags, m
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The raster behaviours of geo.py / raster_io.py, window by window (merge of issue 21's reader)
+# The raster behaviours of io/geo.py / io/rasters.py, window by window
 # --------------------------------------------------------------------------------------------------------------------
 def _bicubic(image, output_size, output_type, **kwargs):
     """A 'model' that returns the bicubic upscale of its window (deterministic, fast)."""
@@ -564,7 +613,7 @@ def test_cli_uncertainty_refusals_of_a_geotiff_are_one_line_before_the_model(tmp
 
 def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
     """The map's COG overviews are averages: GDAL's default (cubic) rings below 0 around an isolated bright pixel."""
-    from neurop_diff_diffusers.jobs.scene import _write_cog
+    from neurop_diff_diffusers.jobs.scene.cog import write_cog
 
     values = np.zeros((600, 560), np.float32)
     values[::7, ::5] = 0.5
@@ -573,8 +622,86 @@ def test_uncertainty_map_overviews_stay_non_negative(tmp_path):
         dst.write(values, 1)
     lows = []
     for average in (False, True):
-        _write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), "AVERAGE" if average else None)
+        write_cog(str(tmp_path / "a.tif"), str(tmp_path / f"{average}.tif"), "AVERAGE" if average else None)
         with rasterio.open(tmp_path / f"{average}.tif") as cog:
             assert cog.overviews(1) == [2]
             lows.append(cog.read(1, out_shape=(300, 280)).min())
     assert lows[0] < 0 and lows[1] == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The input read once before the model runs: the header checked once, every block read once (the damage scan too)
+# --------------------------------------------------------------------------------------------------------------------
+class _ReadCounter:
+    """Counts, per band and pixel of one input, how often rasterio read its values and its masks."""
+
+    def __init__(self, monkeypatch, path: Path, shape: tuple[int, int, int]):
+        from rasterio.io import DatasetReader
+
+        self.path, self.counts, self.frozen = path.resolve(), {}, None
+        for name in ("read", "read_masks"):
+            self.counts[name] = np.zeros(shape, np.int64)
+            monkeypatch.setattr(DatasetReader, name, self._wrap(name, getattr(DatasetReader, name)))
+
+    def _wrap(self, name, original):
+        def counting(src, *args, **kwargs):
+            if Path(src.name).resolve() == self.path:
+                indexes = args[0] if args else kwargs.get("indexes")
+                bands = slice(None) if indexes is None else [i - 1 for i in np.atleast_1d(indexes)]
+                w = kwargs.get("window")
+                rows = slice(None) if w is None else slice(int(w.row_off), int(w.row_off + w.height))
+                cols = slice(None) if w is None else slice(int(w.col_off), int(w.col_off + w.width))
+                self.counts[name][bands, rows, cols] += 1
+            return original(src, *args, **kwargs)
+
+        return counting
+
+    def freeze(self):
+        """The counts so far (called when the first window starts: before the model runs)."""
+        if self.frozen is None:
+            self.frozen = {name: counts.copy() for name, counts in self.counts.items()}
+
+
+@pytest.mark.parametrize(
+    "dtype, value_range, entry",
+    [("uint16", None, "upscale_geotiff"), ("float32", "0,1000", "upscale_scene"), ("uint16", "p2,p98", "plan_raster")],
+)
+def test_each_pixel_is_read_once_before_the_model_runs(tmp_path, monkeypatch, dtype, value_range, entry):
+    from neurop_diff_diffusers.jobs.scene import plan as scene_plan
+    from neurop_diff_diffusers.jobs.scene import plan_raster, upscale_geotiff
+    from neurop_diff_diffusers.jobs.scene import workers as scene_workers
+
+    data = (_smooth_scene(30, 34, bands=4).astype(np.float64) * 7).astype(dtype)
+    path = _write(tmp_path / "s.tif", data, nodata=0, tiled=True, blockxsize=16, blockysize=16)
+    counter = _ReadCounter(monkeypatch, path, data.shape)
+    inspected = []
+    original_inspect, original_run = scene_plan.inspect_raster, scene_workers.run_window
+    # the names that plan_raster and compute_windows look up (a patch of another module's name would not count)
+    monkeypatch.setattr(scene_plan, "inspect_raster", lambda p: inspected.append(p) or original_inspect(p))
+    monkeypatch.setattr(scene_workers, "run_window", lambda *a: counter.freeze() or original_run(*a))
+    kwargs = dict(scale=2, window=12, halo=3, value_range=value_range, workers=1)
+    if entry == "upscale_geotiff":
+        out = upscale_geotiff(_bicubic, path, tmp_path / "o.tif", **kwargs)
+    elif entry == "upscale_scene":
+        out = upscale_scene(_bicubic, path, tmp_path / "o.tif", **kwargs)
+    else:  # a caller that checked the header and scanned the pixels before loading its model hands the plan on
+        raster = plan_raster(path).scan(parse_value_range(value_range))
+        assert raster.header.bands == 4 and raster.notes == () and raster.stats.valid[0] > 0
+        out = upscale_scene(_bicubic, raster, tmp_path / "o.tif", **kwargs)
+    assert counter.frozen is not None, "the first window never started: the patch missed the engine's run_window"
+    assert np.array_equal(counter.frozen["read"], np.ones(data.shape, np.int64))  # every value read exactly once
+    assert np.array_equal(counter.frozen["read_masks"], np.ones(data.shape, np.int64))
+    assert len(inspected) == 1  # the header: read and checked once
+    with rasterio.open(out) as dst:
+        assert dst.shape == (60, 68) and dst.count == 4
+
+
+def test_the_statistics_pass_is_the_damage_scan(tmp_path):
+    path = _write(tmp_path / "s.tif", _smooth_scene(40, 40))
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError) as caught:
+        upscale_scene(_bicubic, cut, tmp_path / "o.tif", scale=2, window=16, halo=2)
+    assert str(caught.value).startswith("not a readable raster (") and "\n" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "s.tif"]  # no output, no work folder

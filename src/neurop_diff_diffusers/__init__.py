@@ -67,6 +67,7 @@ _EXPORTS = {
     "build_neural_operator": "runtime.presets",
     "build_pipeline": "runtime.presets",
     "build_unet": "runtime.presets",
+    "SceneOptions": "jobs.scene",
     "upscale_scene": "jobs.scene",
     "SCHEDULERS": "pipelines.scheduling",
     "default_scheduler": "pipelines.scheduling",
@@ -182,7 +183,7 @@ class _MovedModuleAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         ...     warnings.simplefilter("always")
         ...     from neurop_diff_diffusers.scene import upscale_scene
         >>> upscale_scene.__module__, caught[0].category.__name__
-        ('neurop_diff_diffusers.jobs.scene', 'DeprecationWarning')
+        ('neurop_diff_diffusers.jobs.scene.engine', 'DeprecationWarning')
     """
 
     def find_spec(self, fullname, path=None, target=None):  # noqa: D102

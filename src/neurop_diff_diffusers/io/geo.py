@@ -355,6 +355,16 @@ def check_raster(path: str | os.PathLike) -> tuple[int, int, int]:
                 src.read(window=window)
                 src.read_masks(window=window)
     except (RasterioError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"not a readable raster ({reason})") from err
+        raise unreadable_raster(err) from err
     return shape
+
+
+def unreadable_raster(err: BaseException) -> ValueError:
+    """The one-line error of a raster whose blocks cannot be read: ``not a readable raster (<first line>)``.
+
+    Example:
+        >>> unreadable_raster(OSError("TIFFReadEncodedTile() failed"))
+        ValueError('not a readable raster (TIFFReadEncodedTile() failed)')
+    """
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ValueError(f"not a readable raster ({reason})")
