@@ -664,7 +664,12 @@ class _ReadCounter:
 
 @pytest.mark.parametrize(
     "dtype, value_range, entry",
-    [("uint16", None, "upscale_geotiff"), ("float32", "0,1000", "upscale_scene"), ("uint16", "p2,p98", "plan_raster")],
+    [
+        ("uint16", None, "upscale_geotiff"),
+        ("float32", "0,1000", "upscale_scene"),
+        ("uint16", "p2,p98", "plan_raster"),
+        ("uint16", "p2,p98", "cli"),
+    ],
 )
 def test_each_pixel_is_read_once_before_the_model_runs(tmp_path, monkeypatch, dtype, value_range, entry):
     from neurop_diff_diffusers.jobs.scene import plan as scene_plan
@@ -684,6 +689,10 @@ def test_each_pixel_is_read_once_before_the_model_runs(tmp_path, monkeypatch, dt
         out = upscale_geotiff(_bicubic, path, tmp_path / "o.tif", **kwargs)
     elif entry == "upscale_scene":
         out = upscale_scene(_bicubic, path, tmp_path / "o.tif", **kwargs)
+    elif entry == "cli":  # the command plans the file (header, budget, statistics) before it loads its model
+        flags = ["--scale", "2", "--window", "12", "--halo", "3", "--value-range", value_range, "--workers", "1"]
+        assert cli.main(["upscale", str(path), *flags, *TINY, "-o", str(tmp_path / "o.tif")]) == 0
+        out = tmp_path / "o.tif"
     else:  # a caller that checked the header and scanned the pixels before loading its model hands the plan on
         raster = plan_raster(path).scan(parse_value_range(value_range))
         assert raster.header.bands == 4 and raster.notes == () and raster.stats.valid[0] > 0

@@ -106,7 +106,8 @@ class AppConfig:
 
 def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int, int]:
     """Check an uploaded file before any work: a PNG / JPEG / TIFF / GeoTIFF, not empty, at most ``max_input_pixels``
-    (read from the header, before decoding), and decodable to the end.
+    (read from the header, before decoding), and a plain image decodable to the end (a GeoTIFF's pixels are read
+    once, by the job's plan, before the model runs).
 
     Args:
         path: the uploaded file.
@@ -123,7 +124,6 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
     try:
         check_input_file(path)
         if probe_geo(path):
-            from .io.geo import check_raster
             from .io.rasters import check_budget, check_header, inspect_raster
 
             header = inspect_raster(path)  # the header only: refusals come before any pixel is read
@@ -131,7 +131,8 @@ def validate_upload(path: str | os.PathLike, max_input_pixels: int) -> tuple[int
             height, width = header.height, header.width
             _check_pixels(height, width, max_input_pixels)
             check_budget(header, None, max_input_pixels, "this server's input limit", advice="")
-            check_raster(path)
+            # no pixel read here: the job's plan (plan_file) reads every block once, its statistics pass being the
+            # damage scan, before the model runs, and the scene engine reuses that plan
             return height, width
         from PIL import Image, UnidentifiedImageError
 

@@ -448,44 +448,50 @@ def prepare_job(
 
 
 def geotiff_header(src: Path) -> Any:
-    """The header of a georeferenced input, read once for its job: the one place where a file job inspects a
-    GeoTIFF (its checks and warnings included), so that a plan of the scene engine can take its place.
+    """The scene engine's plan of a georeferenced input, its header read and checked once: the one place where a
+    file job inspects a GeoTIFF (its checks and warnings included).
 
     Args:
         src: the input (a TIFF that takes the GeoTIFF path, see [`probe_geo`]).
 
     Returns:
-        The [`~neurop_diff_diffusers.io.rasters.RasterHeader`].
+        The [`~neurop_diff_diffusers.jobs.scene.RasterPlan`] (its ``header``; no pixel read yet).
 
     Raises:
         InputFailed: a header that the reader refuses, one line naming ``src``.
     """
-    from ..io.rasters import check_header, inspect_raster
+    from .scene import plan_raster
 
     try:
-        header = inspect_raster(src)
-        notes = check_header(header)
+        raster = plan_raster(src)
     except ValueError as err:
         raise InputFailed(f"{src}: {one_line(err)}") from err
-    for note in notes:
+    for note in raster.notes:
         print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
-    return header
+    return raster
 
 
 def _plan_output(
-    src: Path, dst: Path, scale: float | None, size: tuple[int, int] | None, max_pixels: int, cap_geo_output: bool
+    src: Path,
+    dst: Path,
+    scale: float | None,
+    size: tuple[int, int] | None,
+    max_pixels: int,
+    cap_geo_output: bool,
+    value_range: str = "minmax",
 ) -> tuple[bool, tuple[int, int], Any]:
-    """[`prepare_job`]'s work: ``(geo, out_size, header)`` (``header``: a GeoTIFF's, else ``None``)."""
+    """[`prepare_job`]'s work: ``(geo, out_size, raster)`` (``raster``: a GeoTIFF's scanned
+    [`~neurop_diff_diffusers.jobs.scene.RasterPlan`], else ``None``)."""
     from ..pipelines.image_processing import resolve_output_size
 
     check_not_an_input(src, dst, file_identities([src]))
     geo = probe_geo(src)
     if geo and dst.suffix.lower() not in (".tif", ".tiff"):
         raise InputFailed(f"{src} is georeferenced: its output must be a .tif/.tiff, not {dst.name}")
-    header = None
+    raster = None
     if geo:  # the header only, here: the budget is checked before any pixel is read
-        header = geotiff_header(src)
-        height, width = header.height, header.width
+        raster = geotiff_header(src)
+        height, width = raster.header.height, raster.header.width
     else:
         from ..io.image_files import output_losses
 
@@ -506,17 +512,19 @@ def _plan_output(
             "raise it"
         )
     if geo:
-        from ..io.geo import check_raster
         from ..io.rasters import check_budget
+        from .scene import parse_value_range
 
         try:
             # bands x pixels x bytes of the input, from the header (e.g. 2,000 bands are refused before any read);
-            # the output is not held whole: the scene engine streams it window by window (scene.py)
-            check_budget(header, out_size if cap_geo_output else None, max_pixels)
-            check_raster(src)  # then every block read: a damaged file fails now
+            # the output is not held whole: the scene engine streams it window by window
+            check_budget(raster.header, out_size if cap_geo_output else None, max_pixels)
+            # then the statistics pass, which is also the damage scan: every block read once, now (a damaged file
+            # fails before the model loads), and the engine reuses the statistics instead of reading it again
+            raster = raster.scan(parse_value_range(value_range))
         except ValueError as err:
             raise InputFailed(f"{src}: {one_line(err)}") from err
-    return geo, out_size, header
+    return geo, out_size, raster
 
 
 @dataclass(frozen=True)
@@ -531,7 +539,8 @@ class FileJob:
         out_size: the output's ``(height, width)``.
         options: the [`JobOptions`].
         uncertainty: the uncertainty map's file (with ``options.num_samples``), else ``None``.
-        header: a GeoTIFF's header ([`geotiff_header`]), else ``None``.
+        raster: a GeoTIFF's plan ([`geotiff_header`]: its header checked and its statistics scanned once, which
+            the scene engine reuses), else ``None``.
     """
 
     src: Path
@@ -540,7 +549,7 @@ class FileJob:
     out_size: tuple[int, int]
     options: JobOptions
     uncertainty: Path | None = None
-    header: Any = None
+    raster: Any = None
 
     @property
     def outputs(self) -> list[Path]:
@@ -607,8 +616,10 @@ def plan_file(
             if key in claimed:
                 raise InputFailed(f"{src}: its output {path} is also an output of {claimed[key]}")
         claimed.update((key, src) for key in keys)
-    geo, out_size, header = _plan_output(src, dst, scale, size, options.max_pixels, cap_geo_output)
-    return FileJob(src, dst, geo, out_size, options, spread, header)
+    geo, out_size, raster = _plan_output(
+        src, dst, scale, size, options.max_pixels, cap_geo_output, options.value_range
+    )
+    return FileJob(src, dst, geo, out_size, options, spread, raster)
 
 
 def describe_job(pipe: Any, job: FileJob) -> str:
@@ -627,7 +638,7 @@ def describe_job(pipe: Any, job: FileJob) -> str:
 
     options = job.options
     scene_job = prepare_scene(
-        job.src,
+        job.raster if job.raster is not None else job.src,
         job.dst,
         output_size=job.out_size,
         window=options.window,
@@ -709,7 +720,7 @@ def run_job(
             warnings.simplefilter("always", UserWarning)
             upscale_geotiff(
                 pipe,
-                src,
+                job.raster if job.raster is not None else src,
                 dst,
                 output_size=job.out_size,
                 overwrite=overwrite,
