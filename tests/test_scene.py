@@ -714,3 +714,20 @@ def test_the_statistics_pass_is_the_damage_scan(tmp_path):
         upscale_scene(_bicubic, cut, tmp_path / "o.tif", scale=2, window=16, halo=2)
     assert str(caught.value).startswith("not a readable raster (") and "\n" not in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "s.tif"]  # no output, no work folder
+
+
+def test_channels_last_weights_have_the_fingerprint_of_contiguous_ones_and_a_geotiff_runs(tmp_path):
+    from neurop_diff_diffusers.jobs.scene.journal import model_fingerprint
+    from neurop_diff_diffusers.runtime.optimization import optimize_pipeline
+
+    pipe = build_pipeline("tiny")
+    before = model_fingerprint(pipe)
+    optimize_pipeline(pipe, channels_last=True)  # (N, C, 1, 1) weights then have a last-axis stride of C
+    assert model_fingerprint(pipe) == before
+    path = _write(tmp_path / "s.tif", _smooth_scene(24, 24))
+    out = tmp_path / "o.tif"
+    assert (
+        cli.main(["upscale", str(path), "--scale", "2", "--steps", "2", "--channels-last", *TINY, "-o", str(out)]) == 0
+    )
+    with rasterio.open(out) as dst:
+        assert dst.shape == (48, 48)

@@ -59,7 +59,9 @@ def model_fingerprint(pipe: Any) -> str:
         for key, tensor in sorted(module.state_dict().items()):
             digest.update(key.encode())
             digest.update(str(tensor.dtype).encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            # flattened first: a channels-last (N, C, 1, 1) weight counts as contiguous with a stride of C on its
+            # last axis, which no byte view accepts; the bytes are those of the logical order, any memory format
+            digest.update(tensor.detach().cpu().flatten().contiguous().view(torch.uint8).numpy().tobytes())
     digest.update(_public_config(pipe.config).encode())
     return digest.hexdigest()
 
