@@ -164,6 +164,11 @@ DAMAGED = {
         lambda c: {**c, "scheduler": ["diffusers", "os"]},
         "`scheduler` must be a diffusers scheduler class",
     ),
+    "betas as strings": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "trained_betas": ["x"] * c.get("num_train_timesteps", 1000)},
+        "`trained_betas` must be null or one number in (0, 1) per training timestep, got 'a list of",
+    ),
 }
 
 
@@ -183,6 +188,38 @@ def test_damaged_pipeline_folders_are_refused_from_their_json(saved, tmp_path, m
     with pytest.raises(ValueError, match="`pipeline`") as caught:
         load_pipeline(folder)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, "nested 100000 levels deep, more than the 16 allowed"),
+        ("{" + " " * (2 * 1024 * 1024) + "}", "more than the 1048576 allowed"),
+        ("\xff{}", "not UTF-8 text"),
+    ],
+    ids=["deep", "huge", "not-utf8"],
+)
+def test_hostile_model_index_files_are_refused_within_budgets(saved, tmp_path, text, message):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    (folder / "model_index.json").write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
+    with pytest.raises(ValueError, match="`pipeline`") as caught:
+        load_pipeline(folder)
+    assert message in str(caught.value) and "the model folder is damaged" in str(caught.value)
+
+
+def test_a_model_index_that_is_a_link_is_not_followed(saved, tmp_path):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    outside = tmp_path / "elsewhere.json"
+    (folder / "model_index.json").rename(outside)
+    (folder / "model_index.json").symlink_to(outside)
+    with pytest.raises(ValueError, match="is a symbolic link: not followed"):
+        load_pipeline(folder)
 
 
 def test_damaged_pipeline_folder_in_the_cli_is_one_line_before_any_output(saved, tmp_path, image, capsys):

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .file_safety import check_file_target
+
 
 class TrainingSetupError(ValueError):
     """A training argument or the state of the output folder does not allow the run; the message names the argument."""
@@ -56,7 +58,9 @@ _NO_HARD_LINKS = {
 }
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], overwrite: bool = True) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], Any], overwrite: bool = True, what: str = "output"
+) -> Path:
     """Write ``path`` by calling ``write(temporary_path)`` and renaming: never a partial file at ``path``.
 
     The temporary file lies in the target's folder and has its suffix (so that PIL / rasterio pick the format); it
@@ -72,6 +76,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], overwrite
         write (`Callable[[str], Any]`): a function that writes the file at the path it is given.
         overwrite (`bool`, defaults to `True`): replace an existing ``path`` (atomically) instead of raising
             ``FileExistsError``.
+        what (`str`, defaults to `"output"`): what the file is, for messages. Whatever ``overwrite`` says, a
+            GDAL-special name (``/vsimem/...``) and a link, folder, device or FIFO at ``path`` are refused with a
+            ``ValueError`` before anything is written ([`~neurop_diff_diffusers.file_safety.check_file_target`]).
 
     Example:
         >>> import tempfile, pathlib
@@ -79,7 +86,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], overwrite
         >>> atomic_write(target, lambda p: pathlib.Path(p).write_text("hi")).read_text()
         'hi'
     """
-    path = Path(path)
+    path = check_file_target(path, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and (path.exists() or path.is_symlink()):
         raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from numbers import Real
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..file_safety import load_json_file, printable
 from ..models.neural_operator import GalerkinNeuralOperator
 from ..pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
 from ..pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
@@ -87,11 +87,17 @@ def _check_int(config: dict, where: str, key: str, low: int, high: int, optional
         raise _bad_config(where, key, f"an integer in [{low}, {high}]" + (" or null" if optional else ""), value)
 
 
+#: Largest JSON file of a model folder read (a real config is a few kB) and its deepest nesting.
+_MAX_CONFIG_BYTES, _MAX_CONFIG_DEPTH = 1024 * 1024, 16
+
+
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"`pipeline` {path}: not a readable JSON file ({type(err).__name__}).") from None
+        data = load_json_file(path, "`pipeline`", max_bytes=_MAX_CONFIG_BYTES, max_depth=_MAX_CONFIG_DEPTH)
+    except OSError as err:
+        raise ValueError(f"`pipeline` {printable(path)}: not a readable JSON file ({type(err).__name__}).") from None
+    except ValueError as err:
+        raise ValueError(f"{err}; the model folder is damaged.") from None
     if not isinstance(data, dict):
         raise ValueError(f"`pipeline` {path}: must hold a JSON object, got a {type(data).__name__}.")
     return data
@@ -189,9 +195,12 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
             raise _bad_config(sched_path, key, "a number in (0, 1)", value)
     trained = sched.get("trained_betas")
     if trained is not None and not (
-        isinstance(trained, list) and len(trained) == sched.get("num_train_timesteps", len(trained))
+        isinstance(trained, list)
+        and len(trained) == sched.get("num_train_timesteps", len(trained))
+        and all(not isinstance(b, bool) and isinstance(b, Real) and math.isfinite(b) and 0 < b < 1 for b in trained)
     ):
-        raise _bad_config(sched_path, "trained_betas", "null or one beta per training timestep", "a list")
+        shown = trained if not isinstance(trained, list) else f"a list of {len(trained)} values"
+        raise _bad_config(sched_path, "trained_betas", "null or one number in (0, 1) per training timestep", shown)
     if has_operator:
         op, op_path = configs["neural_operator"], files["neural_operator"]
         if op.get("in_channels", 3) != 3 or op.get("out_channels", 3) != 3:
