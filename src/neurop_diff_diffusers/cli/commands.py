@@ -20,9 +20,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..defaults import SETTING_PRESETS
 from ..jobs.upscale_file import CLIError, InputFailed, check_output_location, load_job_pipeline, one_line, os_reason
 from .helpers import check_device_flag, report_error, warn_dtype
-from .options import build_parser
+from .options import apply_preset, build_parser
 from .upscale import cmd_upscale
 
 
@@ -45,6 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             dtype=args.dtype,
             channels_last=args.channels_last,
+            default_steps=int(SETTING_PRESETS[args.preset]["steps"]),
         )
     except ValueError as err:
         raise CLIError(one_line(err)) from err
@@ -152,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "evaluate":
             return cmd_evaluate(argv[1:])
-        args = build_parser().parse_args(argv)
+        args = apply_preset(build_parser().parse_args(argv))
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         report_error(one_line(err))

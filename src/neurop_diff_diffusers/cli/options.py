@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from ..defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
+from ..defaults import DEFAULT_SETTING_PRESET, DTYPE_CHOICES, SCHEDULER_CHOICES, SETTING_PRESETS
 from ..jobs.upscale_file import CLIError
 
 #: The largest ``--seed``: ``torch.Generator.manual_seed`` takes 64-bit unsigned seeds.
@@ -38,6 +38,39 @@ def parse_size(text: str) -> tuple[int, int]:
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
         raise CLIError(f"--size must be HEIGHTxWIDTH with positive integers, e.g. 512x768; got {text!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=sorted(SETTING_PRESETS),
+        default=DEFAULT_SETTING_PRESET,
+        help="fast (default): 20 steps, --dtype auto, --channels-last, the model's back-projection; paper: the "
+        "paper's recipe, 50 steps, float32, no back-projection; explicit flags win",
+    )
+
+
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags left unset (``None``) from ``--preset``: explicit flags win over the preset.
+
+    Args:
+        args: the parsed flags of ``upscale`` or ``serve`` (other commands are returned unchanged).
+
+    Example:
+        >>> args = apply_preset(build_parser().parse_args(["upscale", "a.png", "--scale", "2", "--steps", "30"]))
+        >>> args.steps, args.dtype, args.channels_last
+        (30, 'auto', True)
+        >>> args = apply_preset(build_parser().parse_args(["upscale", "a.png", "--scale", "2", "--preset", "paper"]))
+        >>> args.steps, args.dtype, args.channels_last, args.data_consistency
+        (50, 'float32', False, 0)
+    """
+    preset = getattr(args, "preset", None)
+    if preset is None:
+        return args
+    for name, value in SETTING_PRESETS[preset].items():
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def check_upscale_flags(args: argparse.Namespace) -> None:
@@ -109,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = up.add_mutually_exclusive_group()
     where.add_argument("-o", "--output", type=Path, help="output file (one input only)")
     where.add_argument("--out-dir", type=Path, help="output folder (default: beside each input)")
-    up.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
+    _add_preset_flag(up)
+    up.add_argument("--steps", type=int, default=None, help="denoising steps (default: the preset's, 20 or 50)")
     up.add_argument(
         "--strength",
         type=float,
@@ -121,12 +155,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
     up.add_argument(
         "--dtype",
-        default="float32",
+        default=None,
         choices=DTYPE_CHOICES,
-        help="the UNet's precision (default float32; auto: the fastest here, see `neurop-diff info`; bfloat16: CPUs "
-        "with bf16 units (avx512_bf16 / amx_bf16) and GPUs; float16: GPUs)",
+        help="the UNet's precision (default: the preset's, auto or float32; auto: the fastest here, see `neurop-diff "
+        "info`; bfloat16: CPUs with bf16 units (avx512_bf16 / amx_bf16) and GPUs; float16: GPUs)",
     )
-    up.add_argument("--channels-last", action="store_true", help="channels-last UNet weights (faster kernels)")
+    up.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last UNet weights, faster kernels (default: the preset's, on with fast)",
+    )
     up.add_argument(
         "--scheduler",
         default=None,
@@ -148,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="back-project the output onto its input N times (0-100; 0: off, the paper; default: the model's "
-        "default_data_consistency_steps, 10 for the embedded model), so that its downsampling agrees with the input",
+        help="back-project the output onto its input N times (0-100; 0: off, the paper and --preset paper; default: "
+        "the model's default_data_consistency_steps, 10 for the embedded model), so that its downsampling agrees with "
+        "the input",
     )
     up.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     up.add_argument(
@@ -188,10 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-output-pixels", type=int, default=2048 * 2048, help="refuse larger outputs (default 2048^2)"
     )
+    _add_preset_flag(serve)
     serve.add_argument(
-        "--dtype", default="float32", choices=DTYPE_CHOICES, help="the UNet's precision (float32; auto: the fastest)"
+        "--dtype", default=None, choices=DTYPE_CHOICES, help="the UNet's precision (default: the preset's)"
     )
-    serve.add_argument("--channels-last", action="store_true", help="channels-last UNet weights (faster kernels)")
+    serve.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last UNet weights (default: the preset's)",
+    )
 
     sub.add_parser("evaluate", help="the paper's tables (see `neurop-diff evaluate --help`)", add_help=False)
 

@@ -75,7 +75,7 @@ class JobOptions:
         256
     """
 
-    steps: int = 50
+    steps: int = 20
     strength: float | None = None
     seed: int = 0
     prior_only: bool = False
