@@ -247,3 +247,16 @@ def test_cpu_dtype_parsing_and_bad_arguments(tmp_path):
         with pytest.raises(ValueError, match=message):
             cpu_dtype.main([*argv, "--output", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_defaults_smoke(tmp_path, capsys, samples_dir):
+    defaults = _load("defaults")
+    out = tmp_path / "defaults.json"
+    image = next(iter(sorted(samples_dir.glob("*.png"))))
+    data = defaults.main(
+        ["--image", str(image), "--size", "12", "--model", "preset:tiny", "--repeats", "1"] + ["--output", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
+    assert set(data["seconds"]) == {"defaults (--preset fast)", "--steps 50 --dtype float32"}
+    assert all(len(v) == 1 and v[0] > 0 for v in data["seconds"].values()) and data["ratio_fast_to_paper"] > 0
+    assert "ratio (defaults / paper settings)" in capsys.readouterr().out
