@@ -64,7 +64,7 @@ def no_model(monkeypatch):
 
 def sparse_many_band_tiff(path: Path, bands: int = 2000, size: int = 1024) -> Path:
     """A tiny sparse GeoTIFF whose header declares ``bands`` bands of ``size`` x ``size`` (no block written): the
-    band-count budget must refuse it from the header (issue 21 item 2)."""
+    band-count budget must refuse it from the header."""
     import rasterio
 
     profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="uint8", compress="deflate",

@@ -241,7 +241,7 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
         page.set_default_timeout(60_000)
         page.goto(url)
         page.locator("#run").wait_for()
-        # The uncertainty map's controls (issue 23): the samples, off by default, and the overlay toggle.
+        # The uncertainty map's controls: the samples, off by default, and the overlay toggle.
         page.locator("#uncertainty-samples").get_by_text("Uncertainty map: samples").wait_for()
         assert page.locator("#uncertainty-samples input[type=number]").input_value() == "0"
         assert page.locator("#show-overlay input[type=checkbox]").is_checked()
@@ -328,7 +328,7 @@ def test_browser_upscales_x3_7_and_reports_a_bad_upload(server, crop, bad_upload
 
 def _ignore_sigint() -> None:
     """In the server's process before it starts: SIGINT ignored, as a background job of a non-interactive shell (or
-    ``nohup``) starts it; the server must restore Ctrl-C itself (issue 24)."""
+    ``nohup``) starts it; the server must restore Ctrl-C itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -394,7 +394,7 @@ def test_serve_binds_localhost_and_leaves_no_files(tmp_path):
 
 def test_serve_stopped_by_sigterm_removes_its_temporary_folder(tmp_path):
     # systemd, docker and `kill` stop a service with SIGTERM: the temporary folder (uploads, outputs) must go too
-    # (issue 21 item 5), and the exit status says SIGTERM (128 + 15).
+    # and the exit status says SIGTERM (128 + 15).
     with _serving(tmp_path, "--model", "preset:tiny") as (server, _, temp):
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)

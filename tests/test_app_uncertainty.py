@@ -1,4 +1,4 @@
-"""The web app's uncertainty map (issue 23 item 2): the heat-map and overlay functions (known answers), the samples
+"""The web app's uncertainty map: the heat-map and overlay functions (known answers), the samples
 setting (validated, within the pixel budget, not with the prior alone), the CLI's mean and ``.uncertainty.tif``, and a
 toggle that redraws from the kept arrays without running the model again (a tiny random model)."""
 

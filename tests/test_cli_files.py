@@ -347,7 +347,7 @@ def test_export_into_a_file_is_one_line(tmp_path, capsys, no_model):
     assert one_error_line(capsys) == f"{target}: exists and is not a folder"
 
 
-# ---- rasters (issue 21 items 1, 2, 11, 13) ----
+# ---- rasters: refused from the header, GCPs and RPCs kept ----
 
 
 def _vrt_reading(secret: Path) -> str:

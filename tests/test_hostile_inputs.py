@@ -1,4 +1,4 @@
-"""Hostile and unusual inputs (issue 21): model folders, exports, flags and API arguments that used to give a
+"""Hostile and unusual inputs: model folders, exports, flags and API arguments that used to give a
 traceback, an unclear message or a wrong file. Each case: one clear error (in the CLI one line, exit 2, no output)
 before any work, or the right result."""
 

@@ -1,4 +1,4 @@
-"""Plain image inputs (PNG, JPEG, TIFF read with PIL) and what their outputs keep (issue 21): other formats refused
+"""Plain image inputs (PNG, JPEG, TIFF read with PIL) and what their outputs keep: other formats refused
 whatever their name, one frame only, EXIF orientation applied, low-bit and 16-bit PNGs read by their bit depth,
 alpha kept (nearest), grey kept grey, ICC profiles kept; NaN / inf model outputs refused everywhere; an output that is
 the input refused."""

@@ -1,4 +1,4 @@
-"""Speed options (issue 13): reduced precision, channels-last, the samplers, eval-mode presets, and their flags."""
+"""Speed options: reduced precision, channels-last, the samplers, eval-mode presets, and their flags."""
 
 from __future__ import annotations
 
@@ -263,7 +263,7 @@ def test_the_fast_path_keeps_the_embedded_models_quality_on_a_real_image():
     assert reference > 20 and abs(fast - reference) < 0.05, (reference, fast)  # 0.001 dB on an AMX Xeon
 
 
-# ---- dtype "auto" and the bfloat16 warning, the CPU detection mocked both ways (issue 24) ----
+# ---- dtype "auto" and the bfloat16 warning, the CPU detection mocked both ways ----
 
 CPU_KINDS = {
     "native": DeviceProbe(frozenset({"avx2", "avx512f", "avx512_bf16"}), "AVX512", None, "a Zen 4 EPYC"),

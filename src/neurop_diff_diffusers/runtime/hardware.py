@@ -3,7 +3,7 @@
 bfloat16 pays off only where the hardware computes it: on a CPU with bfloat16 units (the ``avx512_bf16`` or
 ``amx_bf16`` flags: Intel Xeon from Cooper Lake / Sapphire Rapids, AMD from Zen 4) and on CUDA GPUs with bfloat16
 (NVIDIA Ampere and later). Elsewhere oneDNN and ATen emulate it, and a bfloat16 UNet is 4.5x (channels-last) to 72x
-(contiguous) *slower* than float32 (measured on an AMD EPYC without AVX-512, issue 24). So ``auto`` is:
+(contiguous) *slower* than float32 (measured on an AMD EPYC without AVX-512). So ``auto`` is:
 
 - CPU with bfloat16 units, used by both oneDNN (``ONEDNN_MAX_CPU_ISA`` not capped below ``AVX512_CORE_BF16``) and
   ATen (torch's CPU capability ``AVX512``, i.e. ``ATEN_CPU_CAPABILITY`` not capped below ``avx512``): bfloat16;
@@ -47,7 +47,7 @@ ONEDNN_BF16_ISAS = frozenset(
 )
 #: The oneDNN variables that cap its instruction set (the second is the older name).
 ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
-#: The slowdown of a bfloat16 UNet on a CPU without bfloat16 units, against float32 (issue 24, an AMD EPYC without
+#: The slowdown of a bfloat16 UNet on a CPU without bfloat16 units, against float32 (measured on an AMD EPYC without
 #: AVX-512, torch 2.13: 28.3 s / 6.3 s per step with channels-last, 452 s / 6.3 s without).
 EMULATED_BF16_SLOWDOWN = "4.5x-72x"
 
