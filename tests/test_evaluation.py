@@ -11,20 +11,14 @@ import PIL.Image
 import pytest
 
 from neurop_diff_diffusers import NeurOpDiffPipeline
+from neurop_diff_diffusers.cli.evaluate import main
 from neurop_diff_diffusers.data import preprocess_hr
 from neurop_diff_diffusers.evaluation import run as evaluation
-from neurop_diff_diffusers.evaluation.run import (
-    METHOD_LABELS,
-    METHODS,
-    evaluate,
-    figure_file_name,
-    image_seed,
-    load_pipeline,
-    main,
-    results_to_json,
-    results_to_markdown,
-)
+from neurop_diff_diffusers.evaluation.methods import METHOD_LABELS, METHODS, image_seed
+from neurop_diff_diffusers.evaluation.report import figure_file_name, results_to_json, results_to_markdown
+from neurop_diff_diffusers.evaluation.run import evaluate
 from neurop_diff_diffusers.metrics.quality import niqe, niqe_available
+from neurop_diff_diffusers.runtime.loading import load_pipeline
 
 TRUST_KEYS = {"lr_l1_255", "spectral_angle", "synthesis", "improvement", "omission", "hallucination"}
 RESULT_KEYS = {"method", "scale", "psnr", "ssim", "lpips", "niqe", "hf_ratio", "n_images", "seconds_per_image"}
