@@ -53,8 +53,6 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
-import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
@@ -73,6 +71,7 @@ from ..pipelines.data_consistency import check_back_projection_steps
 from ..pipelines.scheduling import check_eta, check_strength, scheduler_name
 from ..runtime.loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
 from ..utils import package_versions
+from .figures import build_figures, figure_panels, trust_panels
 from .methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exported)
     EVALUATION_METHODS,
     EVALUATION_METRICS,
@@ -545,13 +544,13 @@ def evaluate(
     pipeline.set_progress_bar_config(disable=True)
 
     # 2-3. Run every method on every image and scale, and score its output.
-    per_image, hr_niqe, figure_panels = _run_and_score(run, scoring, progress=progress)
+    per_image, hr_niqe, panels_by_scale = _run_and_score(run, scoring, progress=progress)
 
     # 4. Aggregate over the images.
     results = _aggregate(per_image, run.methods, run.scales)
 
     # 5. Report.
-    return _report(run, scoring, per_image, hr_niqe, figure_panels, results, command=command, extra=extra)
+    return _report(run, scoring, per_image, hr_niqe, panels_by_scale, results, command=command, extra=extra)
 
 
 def evaluate_no_reference(
@@ -683,7 +682,7 @@ def _run_and_score(
 
     per_image: list[dict[str, Any]] = []
     hr_niqe: list[dict[str, Any]] = []
-    figure_panels: dict[float, list[tuple[Any, list, list]]] = {}
+    panels_by_scale: dict[float, list[tuple[Any, list, list]]] = {}
     bar = tqdm(run.items, desc="Evaluating", unit="image", disable=not progress)
     for position, (key, source) in enumerate(bar):
         hr = pil_to_tensor(preprocess_hr(_load_image(source), run.resolution)).unsqueeze(0)
@@ -711,55 +710,9 @@ def _run_and_score(
                     row[name] = None if value is None else float(value)
                 per_image.append({**row, "seconds": seconds})
             if run.figure_image is not None and position in run.figure_image:
-                panels = _figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
-                figure_panels.setdefault(scale, []).append((key, panels, _trust_panels(run, outputs, hr_unit, scale)))
-    return per_image, hr_niqe, figure_panels
-
-
-def _figure_panels(
-    run: EvaluationRun,
-    lr: torch.Tensor,
-    outputs: dict[str, torch.Tensor],
-    per_image: list[dict[str, Any]],
-    hr_unit: torch.Tensor,
-    hr_niqe: list[dict[str, Any]],
-    scoring: EvaluationScoring,
-) -> list[tuple[str, np.ndarray]]:
-    """The panels of one scale's figure: the enlarged LR, each method's output with its figures, the HR."""
-    hr_size = tuple(hr_unit.shape[-2:])
-    lr_display = PIL.Image.fromarray(_to_uint8_array(to_unit_levels(lr))).resize(
-        (hr_size[1], hr_size[0]), PIL.Image.NEAREST
-    )
-    panels = [(f"LR x{per_image[-1]['scale']:g} ({lr.shape[-1]}x{lr.shape[-2]})", np.asarray(lr_display))]
-    for method in run.methods:
-        record = per_image[-len(run.methods) + run.methods.index(method)]
-        label = f"{METHOD_LABELS[method]}\n{record['psnr']:.2f} dB / {record['ssim']:.4f}\n"
-        label += f"NIQE {record['niqe']:.2f} / " if record["niqe"] is not None else ""
-        label += f"HF {record['hf_ratio']:.3f}"
-        panels.append((label, _to_uint8_array(outputs[method])))
-    hr_label = f"HR\n\nNIQE {hr_niqe[-1]['niqe']:.2f}" if scoring.niqe_enabled else "HR"
-    panels.append((hr_label, _to_uint8_array(hr_unit)))
-    return panels
-
-
-def _trust_panels(
-    run: EvaluationRun, outputs: dict[str, torch.Tensor], hr_unit: torch.Tensor, scale: float
-) -> list[tuple[str, np.ndarray]]:
-    """The panels of one image's trust figure: each method's classification map, then the HR."""
-    from ..data import bicubic_degrade
-    from ..metrics.trust import correctness, correctness_map_image, upsample_lr
-
-    lr = (bicubic_degrade(hr_unit * 2.0 - 1.0, scale) + 1.0) / 2.0
-    up = upsample_lr(lr[0], tuple(hr_unit.shape[-2:]))
-    panels = []
-    for method in run.methods:
-        result = correctness(outputs[method][0], hr_unit[0], up)
-        shares = " / ".join("n/a" if v is None else f"{100 * v:.0f}%" for v in result.fractions.values())
-        panels.append(
-            (f"{METHOD_LABELS[method]}\nimpr / omis / hall\n{shares}", correctness_map_image(result, hr_unit[0]))
-        )
-    panels.append(("HR\ngreen improvement, blue omission,\nred hallucination", _to_uint8_array(hr_unit)))
-    return panels
+                panels = figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
+                panels_by_scale.setdefault(scale, []).append((key, panels, trust_panels(run, outputs, hr_unit, scale)))
+    return per_image, hr_niqe, panels_by_scale
 
 
 def _aggregate(per_image: list[dict[str, Any]], methods: list[str], scales: list[float]) -> list[dict[str, Any]]:
@@ -790,25 +743,17 @@ def _report(
     scoring: EvaluationScoring,
     per_image: list[dict[str, Any]],
     hr_niqe: list[dict[str, Any]],
-    figure_panels: dict[float, list[tuple[Any, list, list]]],
+    panels_by_scale: dict[float, list[tuple[Any, list, list]]],
     results: list[dict[str, Any]],
     *,
     command: str | None,
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Step 5 of [`evaluate`]: the report (protocol, versions, results, per-image rows, figures)."""
-    from .report import make_figure, stack_figures
-
     for row in hr_niqe:
         row["niqe"] = _json_number(row["niqe"])
     hr_niqe_values = [r["niqe"] for r in hr_niqe if r["niqe"] is not None]
-    figures, trust_figures = {}, {}
-    for scale, rows in figure_panels.items():
-        title = f"x{scale:g}  ({run.protocol} protocol, T={run.num_inference_steps})"
-        figures[scale] = stack_figures([make_figure(panels, title=f"{key}  {title}") for key, panels, _ in rows])
-        trust_figures[scale] = stack_figures(
-            [make_figure(trust, title=f"{key}  {title}: per-pixel classification") for key, _, trust in rows]
-        )
+    figures, trust_figures = build_figures(run, panels_by_scale)
     pipeline, protocol, resolution, items = run.pipeline, run.protocol, run.resolution, run.items
     methods, scales, seed, eta = run.methods, run.scales, run.seed, run.eta
     num_inference_steps, strength, chunk_size = run.num_inference_steps, run.strength, run.chunk_size
@@ -872,7 +817,3 @@ def _report(
         "trust_figures": trust_figures,
     }
     return report
-
-
-def _to_uint8_array(unit: torch.Tensor) -> np.ndarray:
-    return (unit[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
