@@ -17,6 +17,7 @@ from neurop_diff_diffusers.evaluation import run as evaluation
 from neurop_diff_diffusers.evaluation.methods import METHOD_LABELS, METHODS, image_seed
 from neurop_diff_diffusers.evaluation.report import figure_file_name, results_to_json, results_to_markdown
 from neurop_diff_diffusers.evaluation.run import evaluate
+from neurop_diff_diffusers.evaluation.settings import check_settings, spread_positions
 from neurop_diff_diffusers.metrics.quality import niqe, niqe_available
 from neurop_diff_diffusers.runtime.loading import load_pipeline
 
@@ -267,10 +268,10 @@ def test_figures_show_a_few_images_chosen_to_differ(tmp_path, samples_dir):
     with PIL.Image.open(out / "figure_x2.png") as figure:
         # three images (spread over the selection), each a row of two panel rows of 64 px
         assert figure.height > 3 * 2 * 64
-    assert evaluation.spread_positions(147) == [0, 73, 146]
-    assert evaluation.spread_positions(5, 3) == [0, 2, 4] and evaluation.spread_positions(1) == [0]
+    assert spread_positions(147) == [0, 73, 146]
+    assert spread_positions(5, 3) == [0, 2, 4] and spread_positions(1) == [0]
     with pytest.raises(ValueError, match="duplicates"):
-        evaluation.check_settings([2], figure_image=[1, 1])
+        check_settings([2], figure_image=[1, 1])
 
 
 def test_pipeline_defaults_to_the_embedded_model():

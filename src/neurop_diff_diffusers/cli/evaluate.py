@@ -22,8 +22,8 @@ import torch
 
 from ..evaluation.methods import METHODS
 from ..evaluation.report import results_to_markdown, save_results
-from ..evaluation.run import LazyRow, check_settings, evaluate
-from ..evaluation.settings import DEFAULT_SCALES
+from ..evaluation.run import LazyRow, evaluate
+from ..evaluation.settings import DEFAULT_SCALES, check_settings
 from ..metrics.quality import PROTOCOLS
 from ..pipelines.data_consistency import check_back_projection_steps
 from ..pipelines.scheduling import SCHEDULERS, check_eta, check_strength
@@ -293,7 +293,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     images, selection = _select_images(args)
     figure_image = None if args.no_figures else args.figure_image
     if figure_image is None and not args.no_figures:
-        from ..evaluation.run import spread_positions
+        from ..evaluation.settings import spread_positions
 
         figure_image = spread_positions(len(images))
     speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}

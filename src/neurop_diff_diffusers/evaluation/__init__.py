@@ -8,14 +8,8 @@ Example:
 
 from .methods import METHOD_LABELS, METHODS, image_seed
 from .report import results_to_markdown, save_results
-from .run import (
-    as_sr3_pipeline,
-    check_settings,
-    evaluate,
-    evaluate_no_reference,
-    spread_positions,
-)
-from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE
+from .run import as_sr3_pipeline, evaluate, evaluate_no_reference
+from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, check_settings, spread_positions
 
 __all__ = [
     "DEFAULT_SCALES",
