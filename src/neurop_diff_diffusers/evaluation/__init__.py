@@ -3,7 +3,7 @@
 Example:
     >>> from neurop_diff_diffusers.evaluation import METHODS, spread_positions
     >>> "neurop_diff" in METHODS, spread_positions(10, 3)
-    (True, [0, 5, 9])
+    (True, [0, 4, 9])
 """
 
 from .methods import METHOD_LABELS, METHODS, image_seed
