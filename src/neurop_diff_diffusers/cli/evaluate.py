@@ -367,8 +367,8 @@ def _main_no_reference(
     args: argparse.Namespace, argv: list[str], prog: str | None, device: torch.device, dtype: Any
 ) -> dict[str, Any]:
     """`--input`: each method upscales one image (no HR); consistency and synthesis per method and scale."""
+    from ..evaluation.no_reference import evaluate_no_reference
     from ..evaluation.report import no_reference_to_markdown
-    from ..evaluation.run import evaluate_no_reference
     from ..utils import atomic_write_text
 
     lr = _read_input(args.input)

@@ -7,8 +7,9 @@ Example:
 """
 
 from .methods import METHOD_LABELS, METHODS, image_seed
+from .no_reference import evaluate_no_reference
 from .report import results_to_markdown, save_results
-from .run import as_sr3_pipeline, evaluate, evaluate_no_reference
+from .run import as_sr3_pipeline, evaluate
 from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, check_settings, spread_positions
 
 __all__ = [

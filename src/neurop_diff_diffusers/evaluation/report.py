@@ -163,7 +163,7 @@ def results_to_markdown(report: dict[str, Any]) -> str:
 
 
 def no_reference_to_markdown(report: dict[str, Any]) -> str:
-    """The Markdown summary of [`~neurop_diff_diffusers.evaluation.run.evaluate_no_reference`].
+    """The Markdown summary of [`~neurop_diff_diffusers.evaluation.no_reference.evaluate_no_reference`].
 
     Args:
         report (`dict`): its output.

@@ -79,6 +79,7 @@ from .methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exp
     EvaluationRun,
     EvaluationScoring,
     image_seed,
+    sync_device,
 )
 from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, _check_methods, check_settings
 
@@ -185,11 +186,6 @@ def _load_image(source: Any) -> PIL.Image.Image:
         with PIL.Image.open(source) as image:
             return image.convert("RGB")
     return source
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -402,127 +398,6 @@ def evaluate(
     return _report(run, scoring, per_image, hr_niqe, panels_by_scale, results, command=command, extra=extra)
 
 
-def evaluate_no_reference(
-    pipeline: NeurOpDiffPipeline,
-    lr: torch.Tensor,
-    scales: Sequence[float] = (4.0,),
-    *,
-    key: str = "input",
-    methods: Sequence[str] | None = None,
-    num_inference_steps: int = 50,
-    strength: float | None = None,
-    eta: float | None = None,
-    seed: int = 0,
-    chunk_size: int | None = None,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """No-reference evaluation of one image without an HR: each method upscales `lr` by each scale and is scored by
-    the trust metrics that need no HR ([`~neurop_diff_diffusers.metrics.trust.consistency`] of the output against
-    `lr`, [`~neurop_diff_diffusers.metrics.trust.synthesis`] against its bicubic upsampling).
-
-    Args:
-        pipeline ([`NeurOpDiffPipeline`]): gives the `neural_operator` and `neurop_diff` methods.
-        lr (`torch.Tensor`): the image, ``(1, 3, h, w)`` or ``(3, h, w)`` floats in ``[0, 1]``; it is rounded to
-            8-bit levels (the methods' input).
-        scales (`Sequence[float]`, defaults to ``(4.0,)``): numbers > 1; the output is ``round(h * s) x round(w *
-            s)``.
-        key (`str`, defaults to `"input"`): the image's name (its noise seed, see [`image_seed`]).
-        methods (`Sequence[str]`, *optional*): among bicubic, neural_operator and neurop_diff (default: those the
-            pipeline allows).
-        num_inference_steps (`int`, defaults to 50): denoising steps.
-        strength (`float`, *optional*): as in [`evaluate`].
-        eta (`float`, *optional*): as in [`evaluate`].
-        seed (`int`, defaults to 0): the run's seed.
-        chunk_size (`int`, *optional*): output pixels per chunk of the neural operator.
-        command (`str`, *optional*): the command line to record.
-
-    Returns:
-        `dict`: ``no_reference`` (True), ``image``, ``command``, ``config`` and ``results``: one row per method and
-        scale with ``lr_l1_255``, ``spectral_angle``, ``shift`` (LR pixels), ``synthesis`` and ``seconds``.
-
-    Example:
-        >>> import torch
-        >>> from neurop_diff_diffusers.evaluation.run import evaluate_no_reference
-        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
-        >>> report = evaluate_no_reference(load_pipeline("preset:tiny"), torch.rand(1, 3, 16, 16), [2],
-        ...                                num_inference_steps=1)
-        >>> [(r["method"], r["lr_l1_255"] >= 0) for r in report["results"]]
-        [('bicubic', True), ('neural_operator', True), ('neurop_diff', True)]
-    """
-    from ..data import to_uint8_levels
-    from ..metrics.trust import consistency, synthesis, upsample_lr
-    from ..pipelines.image_processing import resolve_output_size
-
-    if not isinstance(pipeline, NeurOpDiffPipeline):
-        raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
-    if not isinstance(lr, torch.Tensor) or not lr.is_floating_point() or lr.dim() not in (3, 4):
-        raise ValueError("`lr` must be a float tensor (3, h, w) or (1, 3, h, w) in [0, 1].")
-    lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
-    if lr.shape[0] != 1 or lr.shape[1] != 3 or not torch.isfinite(lr).all():
-        raise ValueError(f"`lr` must be one finite RGB image (1, 3, h, w), got {tuple(lr.shape)}.")
-    settings = check_settings(scales, num_inference_steps=num_inference_steps, seed=seed, chunk_size=chunk_size)
-    if methods is not None and "sr3" in methods:
-        raise ValueError("`methods`: sr3 is not available in the no-reference evaluation.")
-    methods = _check_methods(methods, pipeline, None)
-    strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
-    eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
-    run = EvaluationRun(
-        pipeline=pipeline,
-        sr3=None,
-        items=[(key, None)],
-        scales=settings["scales"],
-        methods=methods,
-        num_inference_steps=settings["num_inference_steps"],
-        strength=strength,
-        eta=eta,
-        seed=settings["seed"],
-        resolution=0,
-        protocol="rgb",
-        chunk_size=settings["chunk_size"],
-        figure_image=None,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    lr_model = to_uint8_levels(lr.clamp(0, 1), (0.0, 1.0)).float() / 127.5 - 1.0
-    lr_unit = (lr_model[0].double() + 1.0) / 2.0
-    results = []
-    for scale in run.scales:
-        size = resolve_output_size(tuple(lr.shape[-2:]), scale, None)
-        up = upsample_lr(lr_unit, size)
-        for method in methods:
-            start = time.perf_counter()
-            out = to_unit_levels(EVALUATION_METHODS[method].run(run, lr_model, size, key, scale))
-            _sync(pipeline.device)
-            seconds = time.perf_counter() - start
-            agreement = consistency(out[0], lr_unit)
-            results.append(
-                {
-                    "method": method,
-                    "scale": scale,
-                    "lr_l1_255": agreement["reflectance_l1_255"],
-                    "spectral_angle": agreement["spectral_angle"],
-                    "shift": agreement["shift"],
-                    "synthesis": synthesis(out[0], up),
-                    "seconds": seconds,
-                }
-            )
-    return {
-        "no_reference": True,
-        "image": key,
-        "command": command,
-        "versions": package_versions(),
-        "config": {
-            "methods": methods,
-            "scales": run.scales,
-            "num_inference_steps": run.num_inference_steps,
-            "strength": strength,
-            "eta": eta,
-            "seed": run.seed,
-            "lr_size": list(lr.shape[-2:]),
-        },
-        "results": results,
-    }
-
-
 def _run_and_score(
     run: EvaluationRun, scoring: EvaluationScoring, progress: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[float, list[tuple[str, np.ndarray]]]]:
@@ -548,7 +423,7 @@ def _run_and_score(
                 out = EVALUATION_METHODS[method].run(run, lr, hr_size, key, scale)
                 for pipe in (run.pipeline, run.sr3):
                     if pipe is not None:
-                        _sync(pipe.device)
+                        sync_device(pipe.device)
                 seconds = time.perf_counter() - start
                 outputs[method] = to_unit_levels(out)
                 if tuple(outputs[method].shape[-2:]) != hr_size:  # a bug, not bad input
