@@ -7,21 +7,32 @@ Example:
 """
 
 from .methods import METHOD_LABELS, METHODS, image_seed
-from .no_reference import evaluate_no_reference
+from .no_reference import evaluate_no_reference, evaluate_no_reference_with_settings
 from .report import results_to_markdown, save_results
-from .run import as_sr3_pipeline, evaluate
-from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, check_settings, spread_positions
+from .run import as_sr3_pipeline, evaluate, evaluate_with_settings
+from .settings import (
+    DEFAULT_SCALES,
+    MAX_IN_DISTRIBUTION_SCALE,
+    EvaluationSettings,
+    check_settings,
+    resolve_methods,
+    spread_positions,
+)
 
 __all__ = [
     "DEFAULT_SCALES",
     "MAX_IN_DISTRIBUTION_SCALE",
     "METHODS",
     "METHOD_LABELS",
+    "EvaluationSettings",
     "as_sr3_pipeline",
     "check_settings",
     "evaluate",
     "evaluate_no_reference",
+    "evaluate_no_reference_with_settings",
+    "evaluate_with_settings",
     "image_seed",
+    "resolve_methods",
     "results_to_markdown",
     "save_results",
     "spread_positions",

@@ -12,10 +12,9 @@ import torch
 
 from ..metrics.quality import to_unit_levels
 from ..pipelines import NeurOpDiffPipeline
-from ..pipelines.scheduling import check_eta, check_strength
 from ..utils import package_versions
 from .methods import EVALUATION_METHODS, EvaluationRun, sync_device
-from .settings import _check_methods, check_settings
+from .settings import EvaluationSettings, resolve_methods
 
 
 def evaluate_no_reference(
@@ -66,73 +65,89 @@ def evaluate_no_reference(
         >>> [(r["method"], r["lr_l1_255"] >= 0) for r in report["results"]]
         [('bicubic', True), ('neural_operator', True), ('neurop_diff', True)]
     """
-    from ..data import to_uint8_levels
-    from ..metrics.trust import consistency, synthesis, upsample_lr
-    from ..pipelines.image_processing import resolve_output_size
+    settings = EvaluationSettings(
+        scales=scales,
+        methods=methods,
+        num_inference_steps=num_inference_steps,
+        strength=strength,
+        eta=eta,
+        seed=seed,
+        chunk_size=chunk_size,
+        figure_image=None,
+    )
+    return evaluate_no_reference_with_settings(pipeline, lr, settings, key=key, command=command)
 
+
+def evaluate_no_reference_with_settings(
+    pipeline: NeurOpDiffPipeline,
+    lr: torch.Tensor,
+    settings: EvaluationSettings,
+    *,
+    key: str = "input",
+    command: str | None = None,
+) -> dict[str, Any]:
+    """[`evaluate_no_reference`] with its settings already checked (the command line builds them once). Of the
+    settings, it uses the scales, methods, sampling (`num_inference_steps`, `strength`, `eta`, `seed`) and
+    `chunk_size`; the others concern the evaluation against an HR.
+
+    Args:
+        pipeline ([`NeurOpDiffPipeline`]): as in [`evaluate_no_reference`].
+        lr (`torch.Tensor`): as in [`evaluate_no_reference`].
+        settings ([`~neurop_diff_diffusers.evaluation.settings.EvaluationSettings`]): the settings.
+        key (`str`, defaults to `"input"`): the image's name.
+        command (`str`, *optional*): the command line to record.
+
+    Returns:
+        `dict`: the report, as [`evaluate_no_reference`]'s.
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.evaluation import EvaluationSettings, evaluate_no_reference_with_settings
+        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
+        >>> settings = EvaluationSettings(scales=[2], methods=["bicubic"])
+        >>> report = evaluate_no_reference_with_settings(load_pipeline("preset:tiny"), torch.rand(3, 8, 8), settings)
+        >>> [(r["method"], r["scale"]) for r in report["results"]]
+        [('bicubic', 2.0)]
+    """
+    from ..data import to_uint8_levels
+
+    if not isinstance(settings, EvaluationSettings):
+        raise ValueError(f"`settings` must be an EvaluationSettings, got {type(settings).__name__}.")
     if not isinstance(pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
-    if not isinstance(lr, torch.Tensor) or not lr.is_floating_point() or lr.dim() not in (3, 4):
-        raise ValueError("`lr` must be a float tensor (3, h, w) or (1, 3, h, w) in [0, 1].")
-    lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
-    if lr.shape[0] != 1 or lr.shape[1] != 3 or not torch.isfinite(lr).all():
-        raise ValueError(f"`lr` must be one finite RGB image (1, 3, h, w), got {tuple(lr.shape)}.")
-    settings = check_settings(scales, num_inference_steps=num_inference_steps, seed=seed, chunk_size=chunk_size)
-    if methods is not None and "sr3" in methods:
+    lr = _check_lr(lr)
+    if settings.methods is not None and "sr3" in settings.methods:
         raise ValueError("`methods`: sr3 is not available in the no-reference evaluation.")
-    methods = _check_methods(methods, pipeline, None)
-    strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
-    eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
+    sampling = settings.sampling(pipeline)
     run = EvaluationRun(
         pipeline=pipeline,
         sr3=None,
         items=[(key, None)],
-        scales=settings["scales"],
-        methods=methods,
-        num_inference_steps=settings["num_inference_steps"],
-        strength=strength,
-        eta=eta,
-        seed=settings["seed"],
+        scales=list(settings.scales),
+        methods=resolve_methods(settings.methods, pipeline, None),
+        num_inference_steps=settings.num_inference_steps,
+        strength=sampling["strength"],
+        eta=sampling["eta"],
+        seed=settings.seed,
         resolution=0,
         protocol="rgb",
-        chunk_size=settings["chunk_size"],
+        chunk_size=settings.chunk_size,
         figure_image=None,
     )
     pipeline.set_progress_bar_config(disable=True)
     lr_model = to_uint8_levels(lr.clamp(0, 1), (0.0, 1.0)).float() / 127.5 - 1.0
-    lr_unit = (lr_model[0].double() + 1.0) / 2.0
-    results = []
-    for scale in run.scales:
-        size = resolve_output_size(tuple(lr.shape[-2:]), scale, None)
-        up = upsample_lr(lr_unit, size)
-        for method in methods:
-            start = time.perf_counter()
-            out = to_unit_levels(EVALUATION_METHODS[method].run(run, lr_model, size, key, scale))
-            sync_device(pipeline.device)
-            seconds = time.perf_counter() - start
-            agreement = consistency(out[0], lr_unit)
-            results.append(
-                {
-                    "method": method,
-                    "scale": scale,
-                    "lr_l1_255": agreement["reflectance_l1_255"],
-                    "spectral_angle": agreement["spectral_angle"],
-                    "shift": agreement["shift"],
-                    "synthesis": synthesis(out[0], up),
-                    "seconds": seconds,
-                }
-            )
+    results = [row for scale in run.scales for row in _score_scale(run, lr_model, key, scale)]
     return {
         "no_reference": True,
         "image": key,
         "command": command,
         "versions": package_versions(),
         "config": {
-            "methods": methods,
+            "methods": run.methods,
             "scales": run.scales,
             "num_inference_steps": run.num_inference_steps,
-            "strength": strength,
-            "eta": eta,
+            "strength": run.strength,
+            "eta": run.eta,
             "seed": run.seed,
             "lr_size": list(lr.shape[-2:]),
         },
@@ -140,4 +155,43 @@ def evaluate_no_reference(
     }
 
 
-__all__ = ["evaluate_no_reference"]
+def _check_lr(lr: Any) -> torch.Tensor:
+    """The image as ``(1, 3, h, w)`` floats, or a ValueError naming `lr`."""
+    if not isinstance(lr, torch.Tensor) or not lr.is_floating_point() or lr.dim() not in (3, 4):
+        raise ValueError("`lr` must be a float tensor (3, h, w) or (1, 3, h, w) in [0, 1].")
+    lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
+    if lr.shape[0] != 1 or lr.shape[1] != 3 or not torch.isfinite(lr).all():
+        raise ValueError(f"`lr` must be one finite RGB image (1, 3, h, w), got {tuple(lr.shape)}.")
+    return lr
+
+
+def _score_scale(run: EvaluationRun, lr_model: torch.Tensor, key: str, scale: float) -> list[dict[str, Any]]:
+    """Each method's output at one scale, scored against the LR (its rows of the report)."""
+    from ..metrics.trust import consistency, synthesis, upsample_lr
+    from ..pipelines.image_processing import resolve_output_size
+
+    lr_unit = (lr_model[0].double() + 1.0) / 2.0
+    size = resolve_output_size(tuple(lr_model.shape[-2:]), scale, None)
+    up = upsample_lr(lr_unit, size)
+    rows = []
+    for method in run.methods:
+        start = time.perf_counter()
+        out = to_unit_levels(EVALUATION_METHODS[method].run(run, lr_model, size, key, scale))
+        sync_device(run.pipeline.device)
+        seconds = time.perf_counter() - start
+        agreement = consistency(out[0], lr_unit)
+        rows.append(
+            {
+                "method": method,
+                "scale": scale,
+                "lr_l1_255": agreement["reflectance_l1_255"],
+                "spectral_angle": agreement["spectral_angle"],
+                "shift": agreement["shift"],
+                "synthesis": synthesis(out[0], up),
+                "seconds": seconds,
+            }
+        )
+    return rows
+
+
+__all__ = ["evaluate_no_reference", "evaluate_no_reference_with_settings"]

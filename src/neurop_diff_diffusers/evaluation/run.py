@@ -31,8 +31,9 @@ Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics.qu
    ([`~neurop_diff_diffusers.evaluation.methods.image_seed`]): results are reproducible, do not depend on
    `max_images` or on the order of the images, and `neurop_diff` and `sr3` start from the same noise.
 
-[`evaluate`] runs in five numbered steps: check the arguments, run each method
-([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METHODS`]), score each output
+[`evaluate`] runs in five numbered steps: check the settings against the pipelines and images (the settings
+themselves are checked when their [`~neurop_diff_diffusers.evaluation.settings.EvaluationSettings`] is built), run each
+method ([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METHODS`]), score each output
 ([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METRICS`]), aggregate, report (written to files by
 [`~neurop_diff_diffusers.evaluation.report`]; the command line is [`~neurop_diff_diffusers.cli.evaluate`]).
 
@@ -66,8 +67,7 @@ from ..metrics.quality import (
     to_unit_levels,
 )
 from ..pipelines import NeurOpDiffPipeline
-from ..pipelines.data_consistency import check_back_projection_steps
-from ..pipelines.scheduling import check_eta, check_strength, scheduler_name
+from ..pipelines.scheduling import scheduler_name
 from ..runtime.loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
 from ..utils import package_versions
 from .figures import build_figures, figure_panels, trust_panels
@@ -81,7 +81,7 @@ from .methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exp
     image_seed,
     sync_device,
 )
-from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, _check_methods, check_settings
+from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, EvaluationSettings, resolve_methods
 
 _BICUBIC_DESCRIPTION = (
     "bicubic_prior: torch.nn.functional.interpolate(mode='bicubic', align_corners=False, a=-0.75) of the LR to the "
@@ -189,75 +189,43 @@ def _load_image(source: Any) -> PIL.Image.Image:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Step 1: the checked arguments
+# Step 1: the settings against the pipelines and the images
 
 
-def _check_arguments(
-    pipeline: Any,
-    images: Any,
-    scales: Any,
-    *,
-    sr3_pipeline: Any,
-    methods: Any,
-    num_inference_steps: Any,
-    strength: Any,
-    eta: Any,
-    seed: Any,
-    resolution: Any,
-    protocol: Any,
-    max_images: Any,
-    chunk_size: Any,
-    figure_image: Any,
-    data_consistency_steps: Any = None,
-) -> EvaluationRun:
-    """Step 1 of [`evaluate`]: every argument checked (one ValueError naming it), defaults resolved."""
+def _prepare_run(pipeline: Any, images: Any, settings: EvaluationSettings, sr3_pipeline: Any) -> EvaluationRun:
+    """Step 1 of [`evaluate`]: what the settings ([`EvaluationSettings`], checked when built) need from the pipelines
+    and the images, checked (one ValueError naming the argument), and the pipelines' defaults resolved."""
+    if not isinstance(settings, EvaluationSettings):
+        raise ValueError(f"`settings` must be an EvaluationSettings, got {type(settings).__name__}.")
     if not isinstance(pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
     if sr3_pipeline is not None and not isinstance(sr3_pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`sr3_pipeline` must be a NeurOpDiffPipeline, got {type(sr3_pipeline).__name__}.")
-    settings = check_settings(
-        scales,
-        num_inference_steps=num_inference_steps,
-        seed=seed,
-        resolution=resolution,
-        protocol=protocol,
-        max_images=max_images,
-        chunk_size=chunk_size,
-        figure_image=figure_image,
-    )
-    scales, num_inference_steps, seed = settings["scales"], settings["num_inference_steps"], settings["seed"]
-    resolution, max_images, chunk_size = settings["resolution"], settings["max_images"], settings["chunk_size"]
-    figure_image = settings["figure_image"]
-    methods = _check_methods(methods, pipeline, sr3_pipeline)
+    methods = resolve_methods(settings.methods, pipeline, sr3_pipeline)
     num_train = pipeline.scheduler.config.num_train_timesteps
-    if num_inference_steps > num_train:
-        raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
-    strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
-    eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
+    if settings.num_inference_steps > num_train:
+        raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {settings.num_inference_steps}.")
     items = _image_items(images)
-    if max_images is not None:
-        items = items[:max_images]
+    if settings.max_images is not None:
+        items = items[: settings.max_images]
+    figure_image = settings.figure_image
     if figure_image is not None and max(figure_image) >= len(items):
-        raise ValueError(f"`figure_image` must be below the number of images ({len(items)}), got {figure_image}.")
+        raise ValueError(
+            f"`figure_image` must be below the number of images ({len(items)}), got {list(figure_image)}."
+        )
     return EvaluationRun(
         pipeline=pipeline,
         sr3=as_sr3_pipeline(sr3_pipeline) if sr3_pipeline is not None else None,
         items=items,
-        scales=scales,
+        scales=list(settings.scales),
         methods=methods,
-        num_inference_steps=num_inference_steps,
-        strength=strength,
-        eta=eta,
-        seed=seed,
-        resolution=resolution,
-        protocol=protocol,
-        chunk_size=chunk_size,
-        figure_image=figure_image,
-        data_consistency_steps=check_back_projection_steps(
-            pipeline.config.get("default_data_consistency_steps", 0)
-            if data_consistency_steps is None
-            else data_consistency_steps
-        ),
+        num_inference_steps=settings.num_inference_steps,
+        seed=settings.seed,
+        resolution=settings.resolution,
+        protocol=settings.protocol,
+        chunk_size=settings.chunk_size,
+        figure_image=None if figure_image is None else list(figure_image),
+        **settings.sampling(pipeline),
     )
 
 
@@ -276,7 +244,7 @@ def _prepare_scoring(run: EvaluationRun, *, compute_lpips: bool, compute_niqe: b
                 f"(2 patches of {NIQE_PATCH_SIZE} px per side)"
             )
         if not niqe_enabled:
-            warnings.warn(f"NIQE is skipped: {niqe_reason}.", stacklevel=3)
+            warnings.warn(f"NIQE is skipped: {niqe_reason}.", stacklevel=4)
     return EvaluationScoring(run.protocol, lpips_fn, lpips_reason, niqe_enabled, niqe_reason)
 
 
@@ -315,6 +283,9 @@ def evaluate(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the methods on `images` at every scale, under the paper's protocol (see this module's docstring).
+
+    The settings are checked into an [`EvaluationSettings`] before any work; [`evaluate_with_settings`] takes one
+    built beforehand.
 
     Args:
         pipeline ([`NeurOpDiffPipeline`]): gives `neural_operator` (its prior) and `neurop_diff` (the full pipeline).
@@ -367,12 +338,8 @@ def evaluate(
         >>> [(r["method"], r["scale"]) for r in report["results"]]
         [('bicubic', 2.0), ('neural_operator', 2.0), ('neurop_diff', 2.0)]
     """
-    # 1. Check the arguments (all of them, before any work) and what each metric needs.
-    run = _check_arguments(
-        pipeline,
-        images,
-        scales,
-        sr3_pipeline=sr3_pipeline,
+    settings = EvaluationSettings(
+        scales=scales,
         methods=methods,
         num_inference_steps=num_inference_steps,
         strength=strength,
@@ -384,8 +351,64 @@ def evaluate(
         chunk_size=chunk_size,
         figure_image=figure_image,
         data_consistency_steps=data_consistency_steps,
+        compute_lpips=compute_lpips,
+        compute_niqe=compute_niqe,
     )
-    scoring = _prepare_scoring(run, compute_lpips=compute_lpips, compute_niqe=compute_niqe)
+    return _evaluate(pipeline, images, settings, sr3_pipeline, progress=progress, command=command, extra=extra)
+
+
+def evaluate_with_settings(
+    pipeline: NeurOpDiffPipeline,
+    images: Any,
+    settings: EvaluationSettings,
+    *,
+    sr3_pipeline: NeurOpDiffPipeline | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """[`evaluate`] with its settings already checked: the command line builds them once, before loading anything.
+
+    Args:
+        pipeline ([`NeurOpDiffPipeline`]): as in [`evaluate`].
+        images (`Any`): as in [`evaluate`].
+        settings ([`EvaluationSettings`]): the scales, methods, sampling, protocol, figures and metrics.
+        sr3_pipeline ([`NeurOpDiffPipeline`], *optional*): as in [`evaluate`].
+        progress (`bool`, defaults to `True`): show a progress bar over the images.
+        command (`str`, *optional*): the command line to record.
+        extra (`dict`, *optional*): more entries for the report's `config`.
+
+    Returns:
+        `dict`: the report, as [`evaluate`]'s.
+
+    Example:
+        >>> import PIL.Image
+        >>> from neurop_diff_diffusers.evaluation import EvaluationSettings, evaluate_with_settings
+        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
+        >>> settings = EvaluationSettings(scales=[2], methods=["bicubic"], resolution=32, compute_lpips=False,
+        ...                               compute_niqe=False, figure_image=None)
+        >>> report = evaluate_with_settings(load_pipeline("preset:tiny"), [PIL.Image.new("RGB", (40, 40))], settings,
+        ...                                 progress=False)
+        >>> [(r["method"], r["scale"]) for r in report["results"]]
+        [('bicubic', 2.0)]
+    """
+    return _evaluate(pipeline, images, settings, sr3_pipeline, progress=progress, command=command, extra=extra)
+
+
+def _evaluate(
+    pipeline: Any,
+    images: Any,
+    settings: EvaluationSettings,
+    sr3_pipeline: Any,
+    *,
+    progress: bool,
+    command: str | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The five steps of [`evaluate`] (the warnings name the caller of the public function)."""
+    # 1. Check what the settings need from the pipelines and images (before any work), and what each metric needs.
+    run = _prepare_run(pipeline, images, settings, sr3_pipeline)
+    scoring = _prepare_scoring(run, compute_lpips=settings.compute_lpips, compute_niqe=settings.compute_niqe)
     pipeline.set_progress_bar_config(disable=True)
 
     # 2-3. Run every method on every image and scale, and score its output.
