@@ -21,7 +21,7 @@ import torch
 
 from neurop_diff_diffusers import bicubic_prior, load_default_pipeline
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil
-from neurop_diff_diffusers.evaluation.report import make_figure
+from neurop_diff_diffusers.evaluation.figures import make_figure
 from neurop_diff_diffusers.metrics.quality import image_metrics, quantize_8bit
 from neurop_diff_diffusers.pipelines.scheduling import strength_steps
 from neurop_diff_diffusers.utils import save_image_atomic

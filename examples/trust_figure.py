@@ -23,8 +23,8 @@ from scipy.stats import spearmanr
 
 from neurop_diff_diffusers import load_default_pipeline, uncertainty_heatmap, uncertainty_scale
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
+from neurop_diff_diffusers.evaluation.figures import make_figure
 from neurop_diff_diffusers.evaluation.methods import image_seed
-from neurop_diff_diffusers.evaluation.report import make_figure
 from neurop_diff_diffusers.metrics.trust import correctness, correctness_map_image, upsample_lr
 from neurop_diff_diffusers.utils import save_image_atomic
 

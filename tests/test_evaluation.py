@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,8 @@ from neurop_diff_diffusers.data import preprocess_hr
 from neurop_diff_diffusers.evaluation import run as evaluation
 from neurop_diff_diffusers.evaluation.methods import METHOD_LABELS, METHODS, image_seed
 from neurop_diff_diffusers.evaluation.report import figure_file_name, results_to_json, results_to_markdown
-from neurop_diff_diffusers.evaluation.run import evaluate
+from neurop_diff_diffusers.evaluation.run import evaluate, evaluate_with_settings
+from neurop_diff_diffusers.evaluation.settings import EvaluationSettings, check_settings, spread_positions
 from neurop_diff_diffusers.metrics.quality import niqe, niqe_available
 from neurop_diff_diffusers.runtime.loading import load_pipeline
 
@@ -267,10 +269,10 @@ def test_figures_show_a_few_images_chosen_to_differ(tmp_path, samples_dir):
     with PIL.Image.open(out / "figure_x2.png") as figure:
         # three images (spread over the selection), each a row of two panel rows of 64 px
         assert figure.height > 3 * 2 * 64
-    assert evaluation.spread_positions(147) == [0, 73, 146]
-    assert evaluation.spread_positions(5, 3) == [0, 2, 4] and evaluation.spread_positions(1) == [0]
+    assert spread_positions(147) == [0, 73, 146]
+    assert spread_positions(5, 3) == [0, 2, 4] and spread_positions(1) == [0]
     with pytest.raises(ValueError, match="duplicates"):
-        evaluation.check_settings([2], figure_image=[1, 1])
+        check_settings([2], figure_image=[1, 1])
 
 
 def test_pipeline_defaults_to_the_embedded_model():
@@ -337,3 +339,54 @@ def test_data_consistency_option_makes_the_diffusion_output_agree_with_its_lr(ti
     by_default = evaluate(shipped, sample_images[:1], [2], **kwargs)
     assert by_default["config"]["data_consistency_steps"] == 10
     assert by_default["results"][0]["lr_l1_255"] == projected["results"][0]["lr_l1_255"]
+
+
+def test_settings_are_checked_and_normalised_when_built():
+    settings = EvaluationSettings(scales=[4, 2.5], methods=["sr3", "bicubic"], figure_image=3, max_images=5, eta=0)
+    assert settings.scales == (4.0, 2.5) and settings.methods == ("bicubic", "sr3") and settings.figure_image == (3,)
+    assert settings.eta == 0.0 and settings.strength is None and settings.data_consistency_steps is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 1
+    assert dataclasses.replace(settings, seed=2).scales == (4.0, 2.5)
+    bad = [
+        ({"strength": 0.0}, "`strength`"),
+        ({"eta": 1.5}, "`eta`"),
+        ({"methods": ["bicubic", "nope"]}, "`methods` has unknown entries"),
+        ({"methods": []}, "`methods`"),
+        ({"figure_image": [3], "max_images": 2}, "`figure_image`=\\[3\\] must be below `max_images`=2"),
+        ({"data_consistency_steps": -1}, "`data_consistency_steps`"),
+        ({"compute_niqe": "yes"}, "`compute_niqe` must be a bool"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            EvaluationSettings(**kwargs)
+    with pytest.raises(ValueError, match="`seed`"):
+        dataclasses.replace(settings, seed=-1)
+    # the settings' form of earlier releases
+    assert check_settings([2], figure_image=[1, 0]) == {
+        "scales": [2.0], "num_inference_steps": 50, "seed": 0, "resolution": 256, "protocol": "rgb",
+        "max_images": None, "chunk_size": None, "figure_image": [1, 0],
+    }  # fmt: skip
+
+
+def test_the_command_line_checks_the_settings_once(tmp_path, samples_dir, monkeypatch):
+    built = []
+    check = EvaluationSettings.__post_init__
+    monkeypatch.setattr(EvaluationSettings, "__post_init__", lambda self: built.append(1) or check(self))
+    argv = ["--pipeline", "preset:tiny", "--data_dir", str(samples_dir), "--split", "all", "--scales", "2"]
+    main(argv + FAST + ["--methods", "bicubic", "--figure_image", "1", "--output_dir", str(tmp_path / "a")])
+    assert len(built) == 1
+    built.clear()
+    argv = ["--pipeline", "preset:tiny", "--input", str(samples_dir / "freeway29.png"), "--scales", "2"]
+    main(argv + ["--methods", "bicubic", "--output_dir", str(tmp_path / "b")])
+    assert len(built) == 1
+    # settings given as such run as the keywords do
+    kwargs = dict(methods=["bicubic"], resolution=32, compute_lpips=False, compute_niqe=False, figure_image=None)
+    images = [PIL.Image.new("RGB", (40, 40), (90, 120, 60))]
+    tiny = load_pipeline("preset:tiny")
+    by_keywords = evaluate(tiny, images, [2], progress=False, **kwargs)
+    by_settings = evaluate_with_settings(tiny, images, EvaluationSettings(scales=[2], **kwargs), progress=False)
+    assert by_settings["per_image"][0]["psnr"] == by_keywords["per_image"][0]["psnr"]
+    assert by_settings["config"] == by_keywords["config"]
+    with pytest.raises(ValueError, match="`settings` must be an EvaluationSettings"):
+        evaluate_with_settings(tiny, images, {"scales": [2]})

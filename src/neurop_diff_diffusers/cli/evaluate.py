@@ -1,14 +1,16 @@
 """The evaluation's command line: ``training/evaluate.py`` and ``neurop-diff evaluate``.
 
-It selects the images (a dataset split, a recorded list), loads the pipelines
-([`~neurop_diff_diffusers.runtime.loading`]),
-runs [`~neurop_diff_diffusers.evaluation.run.evaluate`] and writes the report
+It checks the evaluation's settings once, before anything is loaded
+([`~neurop_diff_diffusers.evaluation.settings.EvaluationSettings`]), selects the images (a dataset split, a recorded
+list), loads the pipelines ([`~neurop_diff_diffusers.runtime.loading`]), runs
+[`~neurop_diff_diffusers.evaluation.run.evaluate_with_settings`] and writes the report
 ([`~neurop_diff_diffusers.evaluation.report.save_results`]).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -22,11 +24,10 @@ import torch
 
 from ..evaluation.methods import METHODS
 from ..evaluation.report import results_to_markdown, save_results
-from ..evaluation.run import LazyRow, check_settings, evaluate
-from ..evaluation.settings import DEFAULT_SCALES
+from ..evaluation.run import LazyRow, evaluate_with_settings
+from ..evaluation.settings import DEFAULT_SCALES, EvaluationSettings, spread_positions
 from ..metrics.quality import PROTOCOLS
-from ..pipelines.data_consistency import check_back_projection_steps
-from ..pipelines.scheduling import SCHEDULERS, check_eta, check_strength
+from ..pipelines.scheduling import SCHEDULERS
 from ..runtime.loading import load_pipeline
 from ..runtime.optimization import AUTO_DTYPE, DTYPES, optimize_pipeline, resolve_dtype
 
@@ -211,27 +212,25 @@ def _empty_selection_message(args: argparse.Namespace, chosen: dict[str, Any]) -
     return message + ": choose another `--split`, `--split_method`, `--split_file` or `--images_from`."
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    """Validation of the command line before any work (one ValueError naming the argument)."""
-    check_settings(
-        args.scales,
+def _check_args(args: argparse.Namespace) -> EvaluationSettings:
+    """Validation of the command line before any work (one ValueError naming the argument): the evaluation's
+    settings, checked once here and passed on, then what only the command line has (files, device, precision)."""
+    settings = EvaluationSettings(
+        scales=args.scales,
+        methods=args.methods,
         num_inference_steps=args.num_inference_steps,
+        strength=args.strength,
+        eta=args.eta,
         seed=args.seed,
         resolution=args.resolution,
         protocol=args.protocol,
         max_images=args.max_images,
         chunk_size=args.chunk_size,
-        figure_image=args.figure_image,
+        figure_image=None if args.no_figures else args.figure_image,
+        data_consistency_steps=args.data_consistency_steps,
+        compute_lpips=not args.no_lpips,
+        compute_niqe=not args.no_niqe,
     )
-    if args.strength is not None:
-        check_strength(args.strength)
-    if args.data_consistency_steps is not None:
-        check_back_projection_steps(args.data_consistency_steps)
-    if args.eta is not None:
-        check_eta(args.eta, "--eta")
-    if args.figure_image is not None and args.max_images is not None and not args.no_figures:
-        if max(args.figure_image) >= args.max_images:
-            raise ValueError(f"`figure_image`={args.figure_image} must be below `max_images`={args.max_images}.")
     if not 0.0 < args.test_fraction < 1.0:
         raise ValueError(f"`test_fraction` must be in (0, 1), got {args.test_fraction}.")
     if args.methods is not None and "sr3" in args.methods and args.sr3_pipeline is None:
@@ -264,6 +263,7 @@ def _check_args(args: argparse.Namespace) -> None:
             "`fp16` / `dtype` float16 needs a CUDA device (float16 on the CPU is slow and inaccurate; use `dtype` "
             "bfloat16 there)."
         )
+    return settings
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str, Any]:
@@ -284,18 +284,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    _check_args(args)
+    settings = _check_args(args)
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype("float16" if args.fp16 else args.dtype, device, "dtype")
 
     if args.input is not None:
-        return _main_no_reference(args, argv, prog, device, dtype)
+        return _main_no_reference(args, settings, argv, prog, device, dtype)
     images, selection = _select_images(args)
-    figure_image = None if args.no_figures else args.figure_image
-    if figure_image is None and not args.no_figures:
-        from ..evaluation.run import spread_positions
-
-        figure_image = spread_positions(len(images))
+    if args.figure_image is None and not args.no_figures:  # the default: a few images that differ
+        settings = dataclasses.replace(settings, figure_image=spread_positions(len(images)))
     speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}
     pipeline = optimize_pipeline(load_pipeline(args.pipeline, device=device, torch_dtype=dtype), **speed)
     sr3 = None
@@ -305,23 +302,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> dict[str
     selection["cwd"] = os.getcwd()
     selection["pipeline"] = args.pipeline
     selection["sr3_pipeline"] = args.sr3_pipeline
-    report = evaluate(
+    report = evaluate_with_settings(
         pipeline,
         images,
-        args.scales,
+        settings,
         sr3_pipeline=sr3,
-        methods=args.methods,
-        num_inference_steps=args.num_inference_steps,
-        strength=args.strength,
-        eta=args.eta,
-        seed=args.seed,
-        resolution=args.resolution,
-        protocol=args.protocol,
-        chunk_size=args.chunk_size,
-        compute_lpips=not args.no_lpips,
-        compute_niqe=not args.no_niqe,
-        figure_image=figure_image,
-        data_consistency_steps=args.data_consistency_steps,
         progress=not args.no_progress,
         command=command,
         extra=selection,
@@ -364,28 +349,23 @@ def _read_input(path: str) -> torch.Tensor:
 
 
 def _main_no_reference(
-    args: argparse.Namespace, argv: list[str], prog: str | None, device: torch.device, dtype: Any
+    args: argparse.Namespace,
+    settings: EvaluationSettings,
+    argv: list[str],
+    prog: str | None,
+    device: torch.device,
+    dtype: Any,
 ) -> dict[str, Any]:
     """`--input`: each method upscales one image (no HR); consistency and synthesis per method and scale."""
+    from ..evaluation.no_reference import evaluate_no_reference_with_settings
     from ..evaluation.report import no_reference_to_markdown
-    from ..evaluation.run import evaluate_no_reference
     from ..utils import atomic_write_text
 
     lr = _read_input(args.input)
     speed = {"channels_last": args.channels_last, "scheduler": args.scheduler}
     pipeline = optimize_pipeline(load_pipeline(args.pipeline, device=device, torch_dtype=dtype), **speed)
-    report = evaluate_no_reference(
-        pipeline,
-        lr,
-        args.scales,
-        key=Path(args.input).name,
-        methods=args.methods,
-        num_inference_steps=args.num_inference_steps,
-        strength=args.strength,
-        eta=args.eta,
-        seed=args.seed,
-        chunk_size=args.chunk_size,
-        command=_command(argv, prog),
+    report = evaluate_no_reference_with_settings(
+        pipeline, lr, settings, key=Path(args.input).name, command=_command(argv, prog)
     )
     output = Path(args.output_dir)
     paths = {"json": output / "results.json", "markdown": output / "results.md"}

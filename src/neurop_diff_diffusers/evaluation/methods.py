@@ -49,6 +49,21 @@ class EvaluationScoring:
     trust_cache: dict[str, Any] = field(default_factory=dict)
 
 
+def sync_device(device: torch.device) -> None:
+    """Wait for the work queued on `device` (CUDA runs asynchronously): a method's time then includes its kernels.
+
+    Args:
+        device (`torch.device`): the pipeline's device; nothing to wait for on the CPU.
+
+    Example:
+        >>> import torch
+        >>> from neurop_diff_diffusers.evaluation.methods import sync_device
+        >>> sync_device(torch.device("cpu"))
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def image_seed(seed: int, key: str | int, scale: float) -> int:
     """The noise seed of one image at one scale: [`~neurop_diff_diffusers.utils.derive_seed`]`(seed, key, scale)`.
 
@@ -232,5 +247,6 @@ __all__ = [
     "EvaluationRun",
     "EvaluationScoring",
     "image_seed",
+    "sync_device",
     "trust_row",
 ]

@@ -1,6 +1,7 @@
-"""The evaluation's report: comparison figures, ``results.json``, ``results.md`` (written atomically).
+"""The evaluation's report as files: ``results.json``, ``results.md`` and the figures as PNG (written atomically).
 
-The report itself is the output of [`~neurop_diff_diffusers.evaluation.run.evaluate`]; this module turns it into files.
+The report itself is the output of [`~neurop_diff_diffusers.evaluation.run.evaluate`] (its figures are drawn by
+[`~neurop_diff_diffusers.evaluation.figures`]); this module turns it into files.
 """
 
 from __future__ import annotations
@@ -11,119 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import PIL.Image
-import PIL.ImageDraw
-import PIL.ImageFont
-
 from ..utils import atomic_write, atomic_write_text
+from .figures import make_figure, stack_figures  # noqa: F401 (re-exported: their home before figures.py)
 from .methods import METHOD_LABELS, METHODS
 from .settings import MAX_IN_DISTRIBUTION_SCALE
-
-# --------------------------------------------------------------------------------------------------------------------
-# Figures
-
-
-def _font(size: int) -> PIL.ImageFont.ImageFont:
-    try:
-        return PIL.ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return PIL.ImageFont.load_default()
-
-
-def _zoom_box(hr: np.ndarray, fraction: float = 0.25) -> tuple[int, int, int, int]:
-    """The most textured `fraction`-sized square of the HR (highest gradient energy on a coarse grid)."""
-    height, width = hr.shape[:2]
-    side = max(8, int(round(min(height, width) * fraction)))
-    gray = hr.astype(np.float64).mean(axis=2)
-    energy = np.abs(np.diff(gray, axis=0))[:, :-1] + np.abs(np.diff(gray, axis=1))[:-1, :]
-    best, box = -1.0, (0, 0, side, side)
-    step = max(1, side // 2)
-    for top in range(0, height - side + 1, step):
-        for left in range(0, width - side + 1, step):
-            value = float(energy[top : top + side - 1, left : left + side - 1].sum())
-            if value > best:
-                best, box = value, (left, top, left + side, top + side)
-    return box
-
-
-def make_figure(panels: Sequence[tuple[str, np.ndarray]], title: str = "") -> PIL.Image.Image:
-    """A comparison figure: the panels side by side, a zoomed crop of each below (like the paper's Figures 3-5).
-
-    The crop is the most textured quarter-size square of the last panel (the HR), marked in red in the top row and
-    magnified with nearest-neighbour interpolation in the bottom row.
-
-    Args:
-        panels (`Sequence[tuple[str, np.ndarray]]`): `(label, image)` pairs, images `(H, W, 3)` uint8 of one size;
-            the last one is the reference (HR). A label has up to three lines (`"\\n"`-separated).
-        title (`str`, *optional*): a line written above the panels.
-
-    Returns:
-        `PIL.Image.Image`: the RGB figure.
-
-    Example:
-        >>> import numpy as np
-        >>> from neurop_diff_diffusers.evaluation.report import make_figure
-        >>> image = np.zeros((32, 32, 3), np.uint8)
-        >>> make_figure([("LR", image), ("HR", image)], title="x2").mode
-        'RGB'
-    """
-    if not panels:
-        raise ValueError("`panels` must not be empty.")
-    height, width = panels[0][1].shape[:2]
-    if any(p.shape[:2] != (height, width) or p.dtype != np.uint8 for _, p in panels):
-        raise ValueError("`panels` must hold uint8 (H, W, 3) images of one size.")
-    left, top, right, bottom = _zoom_box(panels[-1][1])
-    font_size = max(10, min(16, width // 12))
-    font = _font(font_size)
-    lines = max(2, *(min(3, len(label.split("\n"))) for label, _ in panels))
-    label_h, title_h, gap = lines * (font_size + 2) + 4, (font_size + 10) if title else 0, 4
-    columns = len(panels)
-    figure = PIL.Image.new(
-        "RGB", (columns * width + (columns + 1) * gap, title_h + label_h + 2 * height + 3 * gap), "white"
-    )
-    draw = PIL.ImageDraw.Draw(figure)
-    if title:
-        draw.text((gap, 4), title, fill="black", font=font)
-    for column, (label, array) in enumerate(panels):
-        x = gap + column * (width + gap)
-        y = title_h + label_h
-        for line, text in enumerate(label.split("\n")[:3]):
-            draw.text((x, title_h + 2 + line * (font_size + 2)), text, fill="black", font=font)
-        image = PIL.Image.fromarray(array)
-        figure.paste(image, (x, y))
-        draw.rectangle((x + left, y + top, x + right - 1, y + bottom - 1), outline=(255, 0, 0), width=2)
-        zoom = image.crop((left, top, right, bottom)).resize((width, height), PIL.Image.NEAREST)
-        figure.paste(zoom, (x, y + height + gap))
-    return figure
-
-
-def stack_figures(figures: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
-    """Figures one above the other (left-aligned, on white): one row per image shown.
-
-    Args:
-        figures (`Sequence[PIL.Image.Image]`): RGB figures, e.g. from [`make_figure`].
-
-    Returns:
-        `PIL.Image.Image`: the stacked figure (the figure itself when there is one).
-
-    Example:
-        >>> import PIL.Image
-        >>> from neurop_diff_diffusers.evaluation.report import stack_figures
-        >>> stack_figures([PIL.Image.new("RGB", (10, 4)), PIL.Image.new("RGB", (8, 6))]).size
-        (10, 10)
-    """
-    if not figures:
-        raise ValueError("`figures` must not be empty.")
-    if len(figures) == 1:
-        return figures[0]
-    stacked = PIL.Image.new("RGB", (max(f.width for f in figures), sum(f.height for f in figures)), "white")
-    top = 0
-    for figure in figures:
-        stacked.paste(figure, (0, top))
-        top += figure.height
-    return stacked
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Writers
@@ -271,7 +163,7 @@ def results_to_markdown(report: dict[str, Any]) -> str:
 
 
 def no_reference_to_markdown(report: dict[str, Any]) -> str:
-    """The Markdown summary of [`~neurop_diff_diffusers.evaluation.run.evaluate_no_reference`].
+    """The Markdown summary of [`~neurop_diff_diffusers.evaluation.no_reference.evaluate_no_reference`].
 
     Args:
         report (`dict`): its output.

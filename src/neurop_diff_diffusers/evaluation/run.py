@@ -31,8 +31,9 @@ Protocol (docs/method.md section 7, see also [`~neurop_diff_diffusers.metrics.qu
    ([`~neurop_diff_diffusers.evaluation.methods.image_seed`]): results are reproducible, do not depend on
    `max_images` or on the order of the images, and `neurop_diff` and `sr3` start from the same noise.
 
-[`evaluate`] runs in five numbered steps: check the arguments, run each method
-([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METHODS`]), score each output
+[`evaluate`] runs in five numbered steps: check the settings against the pipelines and images (the settings
+themselves are checked when their [`~neurop_diff_diffusers.evaluation.settings.EvaluationSettings`] is built), run each
+method ([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METHODS`]), score each output
 ([`~neurop_diff_diffusers.evaluation.methods.EVALUATION_METRICS`]), aggregate, report (written to files by
 [`~neurop_diff_diffusers.evaluation.report`]; the command line is [`~neurop_diff_diffusers.cli.evaluate`]).
 
@@ -47,14 +48,11 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
-import PIL.ImageFont
 import torch
 from tqdm.auto import tqdm
 
@@ -69,10 +67,10 @@ from ..metrics.quality import (
     to_unit_levels,
 )
 from ..pipelines import NeurOpDiffPipeline
-from ..pipelines.data_consistency import check_back_projection_steps
-from ..pipelines.scheduling import check_eta, check_strength, scheduler_name
+from ..pipelines.scheduling import scheduler_name
 from ..runtime.loading import PRESET_PREFIX, load_pipeline  # noqa: F401 (re-exported: their home before 0.2)
 from ..utils import package_versions
+from .figures import build_figures, figure_panels, trust_panels
 from .methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exported)
     EVALUATION_METHODS,
     EVALUATION_METRICS,
@@ -81,163 +79,14 @@ from .methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exp
     EvaluationRun,
     EvaluationScoring,
     image_seed,
+    sync_device,
 )
-from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE
+from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, EvaluationSettings, resolve_methods
 
-_MIN_RESOLUTION = 16
-#: Smallest LR side of the protocol (the antialiased bicubic degradation needs 2 px).
-_MIN_LR_SIDE = 2
 _BICUBIC_DESCRIPTION = (
     "bicubic_prior: torch.nn.functional.interpolate(mode='bicubic', align_corners=False, a=-0.75) of the LR to the "
     "HR size, clamped; the same upsampling that conditions the SR3 baseline"
 )
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Validation
-
-
-def _check_scales(scales: Any) -> list[float]:
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or len(scales) == 0:
-        raise ValueError(f"`scales` must be a non-empty list of numbers > 1, got {scales!r}.")
-    out = []
-    for scale in scales:
-        if isinstance(scale, bool) or not isinstance(scale, Real) or not math.isfinite(float(scale)):
-            raise ValueError(f"`scales` must hold finite numbers > 1, got {scale!r}.")
-        if float(scale) <= 1.0:
-            raise ValueError(f"`scales` must hold numbers > 1 (super-resolution factors), got {scale!r}.")
-        out.append(float(scale))
-    if len(set(out)) != len(out):
-        raise ValueError(f"`scales` has duplicates: {out}.")
-    return out
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_methods(methods: Any, pipeline: Any, sr3_pipeline: Any) -> list[str]:
-    if methods is None:
-        return [m for m in METHODS if EVALUATION_METHODS[m].unavailable(pipeline, sr3_pipeline) is None]
-    if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods:
-        raise ValueError(f"`methods` must be a non-empty list drawn from {list(METHODS)}, got {methods!r}.")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"`methods` has unknown entries {unknown}; choose from {list(METHODS)}.")
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"`methods` has duplicates: {list(methods)}.")
-    for method in METHODS:
-        reason = EVALUATION_METHODS[method].unavailable(pipeline, sr3_pipeline) if method in methods else None
-        if reason is not None:
-            raise ValueError(f"`methods` asks for {method!r} but {reason}.")
-    return [m for m in METHODS if m in methods]
-
-
-def check_settings(
-    scales: Any,
-    *,
-    num_inference_steps: Any = 50,
-    seed: Any = 0,
-    resolution: Any = 256,
-    protocol: Any = "rgb",
-    max_images: Any = None,
-    chunk_size: Any = None,
-    figure_image: Any = 0,
-) -> dict[str, Any]:
-    """The settings of [`evaluate`] that need neither a pipeline nor images, checked and normalised; the command line
-    calls it before loading anything, [`evaluate`] again.
-
-    Args:
-        scales (`Any`): a non-empty list of distinct finite numbers > 1.
-        num_inference_steps (`Any`, defaults to 50): an int >= 1.
-        seed (`Any`, defaults to 0): an int >= 0.
-        resolution (`Any`, defaults to 256): the HR side, large enough for the SSIM window after the protocol's shave.
-        protocol (`Any`, defaults to `"rgb"`): a key of [`~neurop_diff_diffusers.metrics.quality.PROTOCOLS`].
-        max_images (`Any`, *optional*): `None` or an int >= 1.
-        chunk_size (`Any`, *optional*): `None` or an int >= 1.
-        figure_image (`Any`, *optional*, defaults to 0): `None`, an int >= 0 or a non-empty list of distinct ones.
-
-    Returns:
-        `dict[str, Any]`: the same names, with `scales` as a list of floats, the ints as `int` and `figure_image` as
-        `None` or a list of ints.
-
-    Raises:
-        ValueError: naming the first argument that is wrong and what it must be.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation.run import check_settings
-        >>> check_settings((4, 2.5))["scales"]
-        [4.0, 2.5]
-    """
-    scales = _check_scales(list(scales) if isinstance(scales, (tuple, list)) else scales)
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"`protocol` must be one of {sorted(PROTOCOLS)}, got {protocol!r}.")
-    optional = {"max_images": (max_images, 1), "chunk_size": (chunk_size, 1)}
-    return {
-        "scales": scales,
-        "num_inference_steps": _check_int(num_inference_steps, "num_inference_steps", 1),
-        "seed": _check_int(seed, "seed", 0),
-        "resolution": _check_resolution(resolution, scales, protocol),
-        "protocol": protocol,
-        **{name: None if v is None else _check_int(v, name, low) for name, (v, low) in optional.items()},
-        "figure_image": _check_figure_images(figure_image),
-    }
-
-
-def _check_figure_images(figure_image: Any) -> list[int] | None:
-    if figure_image is None:
-        return None
-    if isinstance(figure_image, (str, bytes)) or not isinstance(figure_image, (Integral, Sequence)):
-        raise ValueError(f"`figure_image` must be None, an int >= 0 or a list of them, got {figure_image!r}.")
-    positions = [figure_image] if isinstance(figure_image, Integral) else list(figure_image)
-    if not positions:
-        raise ValueError("`figure_image` must not be an empty list (None: no figures).")
-    positions = [_check_int(p, "figure_image", 0) for p in positions]
-    if len(set(positions)) != len(positions):
-        raise ValueError(f"`figure_image` has duplicates: {positions}.")
-    return positions
-
-
-def spread_positions(count: int, wanted: int = 3) -> list[int]:
-    """`wanted` positions spread evenly over `count` images (first and last included): the images the figures show
-    by default, chosen to differ (a dataset listed class by class gives images of different classes).
-
-    Args:
-        count (`int`): the number of evaluated images (>= 1).
-        wanted (`int`, defaults to 3): how many positions (fewer when there are fewer images).
-
-    Returns:
-        `list[int]`: distinct increasing positions.
-
-    Example:
-        >>> from neurop_diff_diffusers.evaluation.run import spread_positions
-        >>> spread_positions(147), spread_positions(2), spread_positions(1)
-        ([0, 73, 146], [0, 1], [0])
-    """
-    wanted = max(1, min(int(wanted), int(count)))
-    if wanted == 1:
-        return [0]
-    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
-
-
-def _check_resolution(resolution: Any, scales: list[float], protocol: str) -> int:
-    resolution = _check_int(resolution, "resolution", _MIN_RESOLUTION)
-    lr_side = math.floor(resolution / max(scales) + 0.5)  # data.degraded_size, before its floor of 1 px
-    if lr_side < _MIN_LR_SIDE:
-        raise ValueError(
-            f"`scales` up to {max(scales):g} degrade the {resolution} px HR to an LR of {lr_side} px; the LR needs at "
-            f"least {_MIN_LR_SIDE} px a side: at `resolution`={resolution} use scales of at most "
-            f"{resolution / (_MIN_LR_SIDE - 0.5):g}, or a larger resolution."
-        )
-    shave = math.ceil(max(scales)) if protocol == "y" else 0
-    if resolution - 2 * shave <= 11:
-        raise ValueError(
-            f"`resolution`={resolution} leaves no room for the 11x11 SSIM window after the border shave of "
-            f"{shave} px of the {protocol!r} protocol at scale {max(scales):g}; use a larger resolution."
-        )
-    return resolution
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -339,81 +188,44 @@ def _load_image(source: Any) -> PIL.Image.Image:
     return source
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # --------------------------------------------------------------------------------------------------------------------
-# Step 1: the checked arguments
+# Step 1: the settings against the pipelines and the images
 
 
-def _check_arguments(
-    pipeline: Any,
-    images: Any,
-    scales: Any,
-    *,
-    sr3_pipeline: Any,
-    methods: Any,
-    num_inference_steps: Any,
-    strength: Any,
-    eta: Any,
-    seed: Any,
-    resolution: Any,
-    protocol: Any,
-    max_images: Any,
-    chunk_size: Any,
-    figure_image: Any,
-    data_consistency_steps: Any = None,
-) -> EvaluationRun:
-    """Step 1 of [`evaluate`]: every argument checked (one ValueError naming it), defaults resolved."""
+def _prepare_run(pipeline: Any, images: Any, settings: EvaluationSettings, sr3_pipeline: Any) -> EvaluationRun:
+    """Step 1 of [`evaluate`]: what the settings ([`EvaluationSettings`], checked when built) need from the pipelines
+    and the images, checked (one ValueError naming the argument), and the pipelines' defaults resolved."""
+    if not isinstance(settings, EvaluationSettings):
+        raise ValueError(f"`settings` must be an EvaluationSettings, got {type(settings).__name__}.")
     if not isinstance(pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
     if sr3_pipeline is not None and not isinstance(sr3_pipeline, NeurOpDiffPipeline):
         raise ValueError(f"`sr3_pipeline` must be a NeurOpDiffPipeline, got {type(sr3_pipeline).__name__}.")
-    settings = check_settings(
-        scales,
-        num_inference_steps=num_inference_steps,
-        seed=seed,
-        resolution=resolution,
-        protocol=protocol,
-        max_images=max_images,
-        chunk_size=chunk_size,
-        figure_image=figure_image,
-    )
-    scales, num_inference_steps, seed = settings["scales"], settings["num_inference_steps"], settings["seed"]
-    resolution, max_images, chunk_size = settings["resolution"], settings["max_images"], settings["chunk_size"]
-    figure_image = settings["figure_image"]
-    methods = _check_methods(methods, pipeline, sr3_pipeline)
+    methods = resolve_methods(settings.methods, pipeline, sr3_pipeline)
     num_train = pipeline.scheduler.config.num_train_timesteps
-    if num_inference_steps > num_train:
-        raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {num_inference_steps}.")
-    strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
-    eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
+    if settings.num_inference_steps > num_train:
+        raise ValueError(f"`num_inference_steps` must be at most {num_train}, got {settings.num_inference_steps}.")
     items = _image_items(images)
-    if max_images is not None:
-        items = items[:max_images]
+    if settings.max_images is not None:
+        items = items[: settings.max_images]
+    figure_image = settings.figure_image
     if figure_image is not None and max(figure_image) >= len(items):
-        raise ValueError(f"`figure_image` must be below the number of images ({len(items)}), got {figure_image}.")
+        raise ValueError(
+            f"`figure_image` must be below the number of images ({len(items)}), got {list(figure_image)}."
+        )
     return EvaluationRun(
         pipeline=pipeline,
         sr3=as_sr3_pipeline(sr3_pipeline) if sr3_pipeline is not None else None,
         items=items,
-        scales=scales,
+        scales=list(settings.scales),
         methods=methods,
-        num_inference_steps=num_inference_steps,
-        strength=strength,
-        eta=eta,
-        seed=seed,
-        resolution=resolution,
-        protocol=protocol,
-        chunk_size=chunk_size,
-        figure_image=figure_image,
-        data_consistency_steps=check_back_projection_steps(
-            pipeline.config.get("default_data_consistency_steps", 0)
-            if data_consistency_steps is None
-            else data_consistency_steps
-        ),
+        num_inference_steps=settings.num_inference_steps,
+        seed=settings.seed,
+        resolution=settings.resolution,
+        protocol=settings.protocol,
+        chunk_size=settings.chunk_size,
+        figure_image=None if figure_image is None else list(figure_image),
+        **settings.sampling(pipeline),
     )
 
 
@@ -432,7 +244,7 @@ def _prepare_scoring(run: EvaluationRun, *, compute_lpips: bool, compute_niqe: b
                 f"(2 patches of {NIQE_PATCH_SIZE} px per side)"
             )
         if not niqe_enabled:
-            warnings.warn(f"NIQE is skipped: {niqe_reason}.", stacklevel=3)
+            warnings.warn(f"NIQE is skipped: {niqe_reason}.", stacklevel=4)
     return EvaluationScoring(run.protocol, lpips_fn, lpips_reason, niqe_enabled, niqe_reason)
 
 
@@ -471,6 +283,9 @@ def evaluate(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the methods on `images` at every scale, under the paper's protocol (see this module's docstring).
+
+    The settings are checked into an [`EvaluationSettings`] before any work; [`evaluate_with_settings`] takes one
+    built beforehand.
 
     Args:
         pipeline ([`NeurOpDiffPipeline`]): gives `neural_operator` (its prior) and `neurop_diff` (the full pipeline).
@@ -523,12 +338,8 @@ def evaluate(
         >>> [(r["method"], r["scale"]) for r in report["results"]]
         [('bicubic', 2.0), ('neural_operator', 2.0), ('neurop_diff', 2.0)]
     """
-    # 1. Check the arguments (all of them, before any work) and what each metric needs.
-    run = _check_arguments(
-        pipeline,
-        images,
-        scales,
-        sr3_pipeline=sr3_pipeline,
+    settings = EvaluationSettings(
+        scales=scales,
         methods=methods,
         num_inference_steps=num_inference_steps,
         strength=strength,
@@ -540,139 +351,74 @@ def evaluate(
         chunk_size=chunk_size,
         figure_image=figure_image,
         data_consistency_steps=data_consistency_steps,
+        compute_lpips=compute_lpips,
+        compute_niqe=compute_niqe,
     )
-    scoring = _prepare_scoring(run, compute_lpips=compute_lpips, compute_niqe=compute_niqe)
+    return _evaluate(pipeline, images, settings, sr3_pipeline, progress=progress, command=command, extra=extra)
+
+
+def evaluate_with_settings(
+    pipeline: NeurOpDiffPipeline,
+    images: Any,
+    settings: EvaluationSettings,
+    *,
+    sr3_pipeline: NeurOpDiffPipeline | None = None,
+    progress: bool = True,
+    command: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """[`evaluate`] with its settings already checked: the command line builds them once, before loading anything.
+
+    Args:
+        pipeline ([`NeurOpDiffPipeline`]): as in [`evaluate`].
+        images (`Any`): as in [`evaluate`].
+        settings ([`EvaluationSettings`]): the scales, methods, sampling, protocol, figures and metrics.
+        sr3_pipeline ([`NeurOpDiffPipeline`], *optional*): as in [`evaluate`].
+        progress (`bool`, defaults to `True`): show a progress bar over the images.
+        command (`str`, *optional*): the command line to record.
+        extra (`dict`, *optional*): more entries for the report's `config`.
+
+    Returns:
+        `dict`: the report, as [`evaluate`]'s.
+
+    Example:
+        >>> import PIL.Image
+        >>> from neurop_diff_diffusers.evaluation import EvaluationSettings, evaluate_with_settings
+        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
+        >>> settings = EvaluationSettings(scales=[2], methods=["bicubic"], resolution=32, compute_lpips=False,
+        ...                               compute_niqe=False, figure_image=None)
+        >>> report = evaluate_with_settings(load_pipeline("preset:tiny"), [PIL.Image.new("RGB", (40, 40))], settings,
+        ...                                 progress=False)
+        >>> [(r["method"], r["scale"]) for r in report["results"]]
+        [('bicubic', 2.0)]
+    """
+    return _evaluate(pipeline, images, settings, sr3_pipeline, progress=progress, command=command, extra=extra)
+
+
+def _evaluate(
+    pipeline: Any,
+    images: Any,
+    settings: EvaluationSettings,
+    sr3_pipeline: Any,
+    *,
+    progress: bool,
+    command: str | None,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The five steps of [`evaluate`] (the warnings name the caller of the public function)."""
+    # 1. Check what the settings need from the pipelines and images (before any work), and what each metric needs.
+    run = _prepare_run(pipeline, images, settings, sr3_pipeline)
+    scoring = _prepare_scoring(run, compute_lpips=settings.compute_lpips, compute_niqe=settings.compute_niqe)
     pipeline.set_progress_bar_config(disable=True)
 
     # 2-3. Run every method on every image and scale, and score its output.
-    per_image, hr_niqe, figure_panels = _run_and_score(run, scoring, progress=progress)
+    per_image, hr_niqe, panels_by_scale = _run_and_score(run, scoring, progress=progress)
 
     # 4. Aggregate over the images.
     results = _aggregate(per_image, run.methods, run.scales)
 
     # 5. Report.
-    return _report(run, scoring, per_image, hr_niqe, figure_panels, results, command=command, extra=extra)
-
-
-def evaluate_no_reference(
-    pipeline: NeurOpDiffPipeline,
-    lr: torch.Tensor,
-    scales: Sequence[float] = (4.0,),
-    *,
-    key: str = "input",
-    methods: Sequence[str] | None = None,
-    num_inference_steps: int = 50,
-    strength: float | None = None,
-    eta: float | None = None,
-    seed: int = 0,
-    chunk_size: int | None = None,
-    command: str | None = None,
-) -> dict[str, Any]:
-    """No-reference evaluation of one image without an HR: each method upscales `lr` by each scale and is scored by
-    the trust metrics that need no HR ([`~neurop_diff_diffusers.metrics.trust.consistency`] of the output against
-    `lr`, [`~neurop_diff_diffusers.metrics.trust.synthesis`] against its bicubic upsampling).
-
-    Args:
-        pipeline ([`NeurOpDiffPipeline`]): gives the `neural_operator` and `neurop_diff` methods.
-        lr (`torch.Tensor`): the image, ``(1, 3, h, w)`` or ``(3, h, w)`` floats in ``[0, 1]``; it is rounded to
-            8-bit levels (the methods' input).
-        scales (`Sequence[float]`, defaults to ``(4.0,)``): numbers > 1; the output is ``round(h * s) x round(w *
-            s)``.
-        key (`str`, defaults to `"input"`): the image's name (its noise seed, see [`image_seed`]).
-        methods (`Sequence[str]`, *optional*): among bicubic, neural_operator and neurop_diff (default: those the
-            pipeline allows).
-        num_inference_steps (`int`, defaults to 50): denoising steps.
-        strength (`float`, *optional*): as in [`evaluate`].
-        eta (`float`, *optional*): as in [`evaluate`].
-        seed (`int`, defaults to 0): the run's seed.
-        chunk_size (`int`, *optional*): output pixels per chunk of the neural operator.
-        command (`str`, *optional*): the command line to record.
-
-    Returns:
-        `dict`: ``no_reference`` (True), ``image``, ``command``, ``config`` and ``results``: one row per method and
-        scale with ``lr_l1_255``, ``spectral_angle``, ``shift`` (LR pixels), ``synthesis`` and ``seconds``.
-
-    Example:
-        >>> import torch
-        >>> from neurop_diff_diffusers.evaluation.run import evaluate_no_reference
-        >>> from neurop_diff_diffusers.runtime.loading import load_pipeline
-        >>> report = evaluate_no_reference(load_pipeline("preset:tiny"), torch.rand(1, 3, 16, 16), [2],
-        ...                                num_inference_steps=1)
-        >>> [(r["method"], r["lr_l1_255"] >= 0) for r in report["results"]]
-        [('bicubic', True), ('neural_operator', True), ('neurop_diff', True)]
-    """
-    from ..data import to_uint8_levels
-    from ..metrics.trust import consistency, synthesis, upsample_lr
-    from ..pipelines.image_processing import resolve_output_size
-
-    if not isinstance(pipeline, NeurOpDiffPipeline):
-        raise ValueError(f"`pipeline` must be a NeurOpDiffPipeline, got {type(pipeline).__name__}.")
-    if not isinstance(lr, torch.Tensor) or not lr.is_floating_point() or lr.dim() not in (3, 4):
-        raise ValueError("`lr` must be a float tensor (3, h, w) or (1, 3, h, w) in [0, 1].")
-    lr = lr.unsqueeze(0) if lr.dim() == 3 else lr
-    if lr.shape[0] != 1 or lr.shape[1] != 3 or not torch.isfinite(lr).all():
-        raise ValueError(f"`lr` must be one finite RGB image (1, 3, h, w), got {tuple(lr.shape)}.")
-    settings = check_settings(scales, num_inference_steps=num_inference_steps, seed=seed, chunk_size=chunk_size)
-    if methods is not None and "sr3" in methods:
-        raise ValueError("`methods`: sr3 is not available in the no-reference evaluation.")
-    methods = _check_methods(methods, pipeline, None)
-    strength = check_strength(pipeline.config.get("default_strength", 1.0) if strength is None else strength)
-    eta = check_eta(pipeline.config.get("default_eta", 0.0) if eta is None else eta)
-    run = EvaluationRun(
-        pipeline=pipeline,
-        sr3=None,
-        items=[(key, None)],
-        scales=settings["scales"],
-        methods=methods,
-        num_inference_steps=settings["num_inference_steps"],
-        strength=strength,
-        eta=eta,
-        seed=settings["seed"],
-        resolution=0,
-        protocol="rgb",
-        chunk_size=settings["chunk_size"],
-        figure_image=None,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    lr_model = to_uint8_levels(lr.clamp(0, 1), (0.0, 1.0)).float() / 127.5 - 1.0
-    lr_unit = (lr_model[0].double() + 1.0) / 2.0
-    results = []
-    for scale in run.scales:
-        size = resolve_output_size(tuple(lr.shape[-2:]), scale, None)
-        up = upsample_lr(lr_unit, size)
-        for method in methods:
-            start = time.perf_counter()
-            out = to_unit_levels(EVALUATION_METHODS[method].run(run, lr_model, size, key, scale))
-            _sync(pipeline.device)
-            seconds = time.perf_counter() - start
-            agreement = consistency(out[0], lr_unit)
-            results.append(
-                {
-                    "method": method,
-                    "scale": scale,
-                    "lr_l1_255": agreement["reflectance_l1_255"],
-                    "spectral_angle": agreement["spectral_angle"],
-                    "shift": agreement["shift"],
-                    "synthesis": synthesis(out[0], up),
-                    "seconds": seconds,
-                }
-            )
-    return {
-        "no_reference": True,
-        "image": key,
-        "command": command,
-        "versions": package_versions(),
-        "config": {
-            "methods": methods,
-            "scales": run.scales,
-            "num_inference_steps": run.num_inference_steps,
-            "strength": strength,
-            "eta": eta,
-            "seed": run.seed,
-            "lr_size": list(lr.shape[-2:]),
-        },
-        "results": results,
-    }
+    return _report(run, scoring, per_image, hr_niqe, panels_by_scale, results, command=command, extra=extra)
 
 
 def _run_and_score(
@@ -683,7 +429,7 @@ def _run_and_score(
 
     per_image: list[dict[str, Any]] = []
     hr_niqe: list[dict[str, Any]] = []
-    figure_panels: dict[float, list[tuple[Any, list, list]]] = {}
+    panels_by_scale: dict[float, list[tuple[Any, list, list]]] = {}
     bar = tqdm(run.items, desc="Evaluating", unit="image", disable=not progress)
     for position, (key, source) in enumerate(bar):
         hr = pil_to_tensor(preprocess_hr(_load_image(source), run.resolution)).unsqueeze(0)
@@ -700,7 +446,7 @@ def _run_and_score(
                 out = EVALUATION_METHODS[method].run(run, lr, hr_size, key, scale)
                 for pipe in (run.pipeline, run.sr3):
                     if pipe is not None:
-                        _sync(pipe.device)
+                        sync_device(pipe.device)
                 seconds = time.perf_counter() - start
                 outputs[method] = to_unit_levels(out)
                 if tuple(outputs[method].shape[-2:]) != hr_size:  # a bug, not bad input
@@ -711,55 +457,9 @@ def _run_and_score(
                     row[name] = None if value is None else float(value)
                 per_image.append({**row, "seconds": seconds})
             if run.figure_image is not None and position in run.figure_image:
-                panels = _figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
-                figure_panels.setdefault(scale, []).append((key, panels, _trust_panels(run, outputs, hr_unit, scale)))
-    return per_image, hr_niqe, figure_panels
-
-
-def _figure_panels(
-    run: EvaluationRun,
-    lr: torch.Tensor,
-    outputs: dict[str, torch.Tensor],
-    per_image: list[dict[str, Any]],
-    hr_unit: torch.Tensor,
-    hr_niqe: list[dict[str, Any]],
-    scoring: EvaluationScoring,
-) -> list[tuple[str, np.ndarray]]:
-    """The panels of one scale's figure: the enlarged LR, each method's output with its figures, the HR."""
-    hr_size = tuple(hr_unit.shape[-2:])
-    lr_display = PIL.Image.fromarray(_to_uint8_array(to_unit_levels(lr))).resize(
-        (hr_size[1], hr_size[0]), PIL.Image.NEAREST
-    )
-    panels = [(f"LR x{per_image[-1]['scale']:g} ({lr.shape[-1]}x{lr.shape[-2]})", np.asarray(lr_display))]
-    for method in run.methods:
-        record = per_image[-len(run.methods) + run.methods.index(method)]
-        label = f"{METHOD_LABELS[method]}\n{record['psnr']:.2f} dB / {record['ssim']:.4f}\n"
-        label += f"NIQE {record['niqe']:.2f} / " if record["niqe"] is not None else ""
-        label += f"HF {record['hf_ratio']:.3f}"
-        panels.append((label, _to_uint8_array(outputs[method])))
-    hr_label = f"HR\n\nNIQE {hr_niqe[-1]['niqe']:.2f}" if scoring.niqe_enabled else "HR"
-    panels.append((hr_label, _to_uint8_array(hr_unit)))
-    return panels
-
-
-def _trust_panels(
-    run: EvaluationRun, outputs: dict[str, torch.Tensor], hr_unit: torch.Tensor, scale: float
-) -> list[tuple[str, np.ndarray]]:
-    """The panels of one image's trust figure: each method's classification map, then the HR."""
-    from ..data import bicubic_degrade
-    from ..metrics.trust import correctness, correctness_map_image, upsample_lr
-
-    lr = (bicubic_degrade(hr_unit * 2.0 - 1.0, scale) + 1.0) / 2.0
-    up = upsample_lr(lr[0], tuple(hr_unit.shape[-2:]))
-    panels = []
-    for method in run.methods:
-        result = correctness(outputs[method][0], hr_unit[0], up)
-        shares = " / ".join("n/a" if v is None else f"{100 * v:.0f}%" for v in result.fractions.values())
-        panels.append(
-            (f"{METHOD_LABELS[method]}\nimpr / omis / hall\n{shares}", correctness_map_image(result, hr_unit[0]))
-        )
-    panels.append(("HR\ngreen improvement, blue omission,\nred hallucination", _to_uint8_array(hr_unit)))
-    return panels
+                panels = figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
+                panels_by_scale.setdefault(scale, []).append((key, panels, trust_panels(run, outputs, hr_unit, scale)))
+    return per_image, hr_niqe, panels_by_scale
 
 
 def _aggregate(per_image: list[dict[str, Any]], methods: list[str], scales: list[float]) -> list[dict[str, Any]]:
@@ -790,25 +490,17 @@ def _report(
     scoring: EvaluationScoring,
     per_image: list[dict[str, Any]],
     hr_niqe: list[dict[str, Any]],
-    figure_panels: dict[float, list[tuple[Any, list, list]]],
+    panels_by_scale: dict[float, list[tuple[Any, list, list]]],
     results: list[dict[str, Any]],
     *,
     command: str | None,
     extra: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Step 5 of [`evaluate`]: the report (protocol, versions, results, per-image rows, figures)."""
-    from .report import make_figure, stack_figures
-
     for row in hr_niqe:
         row["niqe"] = _json_number(row["niqe"])
     hr_niqe_values = [r["niqe"] for r in hr_niqe if r["niqe"] is not None]
-    figures, trust_figures = {}, {}
-    for scale, rows in figure_panels.items():
-        title = f"x{scale:g}  ({run.protocol} protocol, T={run.num_inference_steps})"
-        figures[scale] = stack_figures([make_figure(panels, title=f"{key}  {title}") for key, panels, _ in rows])
-        trust_figures[scale] = stack_figures(
-            [make_figure(trust, title=f"{key}  {title}: per-pixel classification") for key, _, trust in rows]
-        )
+    figures, trust_figures = build_figures(run, panels_by_scale)
     pipeline, protocol, resolution, items = run.pipeline, run.protocol, run.resolution, run.items
     methods, scales, seed, eta = run.methods, run.scales, run.seed, run.eta
     num_inference_steps, strength, chunk_size = run.num_inference_steps, run.strength, run.chunk_size
@@ -872,7 +564,3 @@ def _report(
         "trust_figures": trust_figures,
     }
     return report
-
-
-def _to_uint8_array(unit: torch.Tensor) -> np.ndarray:
-    return (unit[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()

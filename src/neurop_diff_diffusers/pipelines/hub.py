@@ -34,6 +34,7 @@ _SOURCES = {
         "defaults.py",
         "pipelines/image_processing.py",
         "pipelines/scheduling.py",
+        "pipelines/call_checks.py",
         "pipelines/tiling.py",
         "pipelines/data_consistency.py",
         "pipelines/uncertainty.py",

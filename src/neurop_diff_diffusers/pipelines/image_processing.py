@@ -209,7 +209,7 @@ def check_finite_output(sample: torch.Tensor) -> torch.Tensor:
         >>> try:
         ...     check_finite_output(torch.tensor([float("nan"), 0.0]))
         ... except NonFiniteOutputError as err:
-        ...     print(str(err)[:58])
+        ...     print(str(err)[:57])
         the model's output holds NaN or infinite values (1 of 2);
     """
     bad = ~torch.isfinite(sample)

@@ -23,6 +23,7 @@ from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS
 # model_index.json names this module as the operator's library, and diffusers loads a component only from a module
 # that is already imported: loading a pipeline must import it (the package's own import is lazy).
 from ..models import neural_operator as _neural_operator  # noqa: F401
+from .call_checks import CallArguments, callback_tensor, check_call_inputs, check_generator
 from .data_consistency import back_project, check_back_projection_steps
 from .hub import make_hub_ready, push_folder_to_hub
 from .image_processing import (
@@ -112,49 +113,6 @@ def unet_downsampling_factor(unet: Any) -> int:
         4
     """
     return 2 ** (len(unet.config.block_out_channels) - 1)
-
-
-def check_generator(generator: Any, batch_size: int) -> None:
-    """Validate a pipeline call's ``generator``: ``None``, a ``torch.Generator`` or a list of one per image.
-
-    Args:
-        generator (`Any`): the value to check.
-        batch_size (`int`): the number of images.
-
-    Raises:
-        TypeError: for anything else (e.g. an int seed: pass ``torch.Generator().manual_seed(seed)``).
-        ValueError: for a list whose length is not ``batch_size``.
-    """
-    if generator is None or isinstance(generator, torch.Generator):
-        return
-    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
-        if len(generator) != batch_size:
-            raise ValueError(f"`generator` is a list of {len(generator)}; it must have one per image ({batch_size}).")
-        return
-    raise TypeError(
-        "`generator` must be a torch.Generator, a list of them (one per image) or None, got "
-        f"{type(generator).__name__}; for a seed pass torch.Generator().manual_seed(seed)."
-    )
-
-
-def _callback_tensor(outputs: Any, name: str, current: torch.Tensor) -> torch.Tensor:
-    """The tensor ``name`` that a step callback returned (``current`` if it returned none), checked: a dict of
-    tensors of the shape, dtype and device of the ones it replaces."""
-    if outputs is None:
-        return current
-    if not isinstance(outputs, dict):
-        raise TypeError(f"`callback_on_step_end` must return a dict of tensors or None, got {type(outputs).__name__}.")
-    if name not in outputs:
-        return current
-    value = outputs[name]
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"`callback_on_step_end` returned {name!r} as a {type(value).__name__}, not a tensor.")
-    if value.shape != current.shape or value.device != current.device or not value.is_floating_point():
-        raise ValueError(
-            f"`callback_on_step_end` returned {name!r} of shape {tuple(value.shape)} on {value.device}; it must "
-            f"keep shape {tuple(current.shape)} on {current.device}, floating point."
-        )
-    return value.to(current.dtype)
 
 
 class NeurOpDiffPipeline(DiffusionPipeline):
@@ -427,84 +385,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 self.scheduler.set_begin_index(begin)
         return timesteps, len(timesteps)
 
-    @staticmethod
-    def check_inputs(
-        num_inference_steps: int,
-        eta: float,
-        max_output_pixels: int | None,
-        output_size: tuple[int, int],
-        num_train_timesteps: int,
-        callback_on_step_end_tensor_inputs: list[str],
-        allowed_tensor_inputs: list[str],
-        tile_size: int | None = None,
-        tile_overlap: int = 0,
-        downsampling_factor: int = 1,
-    ) -> None:
-        """Validate the arguments that do not concern the image.
-
-        Args:
-            num_inference_steps (`int`): denoising steps, in ``[1, num_train_timesteps]``.
-            eta (`float`): DDIM's eta, in ``[0, 1]``.
-            max_output_pixels (`int` or `None`): pixel budget of one output image (``None``: no limit).
-            output_size (`tuple[int, int]`): ``(height, width)`` of the output.
-            num_train_timesteps (`int`): the scheduler's number of training timesteps.
-            callback_on_step_end_tensor_inputs (`list[str]`): the tensors asked for by the step callback.
-            allowed_tensor_inputs (`list[str]`): the tensors the step callback may ask for.
-            tile_size (`int`, *optional*): side of the denoising tiles (``None``: no tiling).
-            tile_overlap (`int`, defaults to `0`): minimum overlap of neighbouring tiles, at most ``tile_size // 2``.
-            downsampling_factor (`int`, defaults to `1`): the UNet's downsampling factor; ``tile_size`` must be a
-                multiple of it.
-
-        Raises:
-            TypeError: if ``num_inference_steps`` is not an integer, or ``max_output_pixels`` neither an integer nor
-                ``None``.
-            ValueError: if ``tile_size``, ``tile_overlap``, ``num_inference_steps`` or ``eta`` is out of range, the
-                output exceeds ``max_output_pixels``, or ``callback_on_step_end_tensor_inputs`` names a tensor not in
-                ``allowed_tensor_inputs``.
-        """
-        if tile_size is not None:
-            if (
-                isinstance(tile_size, bool)
-                or not isinstance(tile_size, numbers.Integral)
-                or tile_size < downsampling_factor
-            ):
-                raise ValueError(f"`tile_size` must be an int >= {downsampling_factor} or None, got {tile_size!r}.")
-            if tile_size % downsampling_factor:
-                raise ValueError(
-                    f"`tile_size` must be a multiple of the UNet's downsampling factor {downsampling_factor}, "
-                    f"got {tile_size}."
-                )
-            if (
-                isinstance(tile_overlap, bool)
-                or not isinstance(tile_overlap, numbers.Integral)
-                or not 0 <= tile_overlap <= tile_size // 2
-            ):
-                raise ValueError(f"`tile_overlap` must be an int in [0, {tile_size // 2}], got {tile_overlap!r}.")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral):
-            raise TypeError(f"`num_inference_steps` must be an int, got {type(num_inference_steps).__name__}.")
-        if not 1 <= num_inference_steps <= num_train_timesteps:
-            raise ValueError(
-                f"`num_inference_steps` must be in [1, {num_train_timesteps}], got {num_inference_steps}."
-            )
-        check_eta(eta)
-        if max_output_pixels is not None and (
-            isinstance(max_output_pixels, bool) or not isinstance(max_output_pixels, numbers.Integral)
-        ):
-            raise TypeError(
-                "`max_output_pixels` must be a positive int or None (no limit), got "
-                f"{type(max_output_pixels).__name__}."
-            )
-        if max_output_pixels is not None and max_output_pixels < 1:
-            raise ValueError(f"`max_output_pixels` must be >= 1 or None (no limit), got {max_output_pixels}.")
-        h, w = output_size
-        if max_output_pixels is not None and h * w > max_output_pixels:
-            raise ValueError(
-                f"The output of {h}x{w} = {h * w} pixels exceeds the pixel budget `max_output_pixels` = "
-                f"{max_output_pixels}; pass a larger `max_output_pixels=` to the pipeline call to allow it."
-            )
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in allowed_tensor_inputs]
-        if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` has {unknown}; allowed: {allowed_tensor_inputs}.")
+    check_inputs = staticmethod(check_call_inputs)
 
     @torch.no_grad()
     def __call__(
@@ -633,22 +514,111 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             >>> pipe(lr, output_size=(40, 24), output_type="np", num_inference_steps=2).images.shape
             (1, 40, 24, 3)
         """
+        # 1. Check inputs: everything, before any work (the pipeline's defaults filled in).
+        lr = preprocess_images(image)
+        out_size = resolve_output_size(tuple(lr.shape[-2:]), scale, output_size)
+        call = self._check_call(
+            lr.shape[0],
+            out_size,
+            num_inference_steps=num_inference_steps,
+            eta=eta,
+            generator=generator,
+            output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_output_pixels=max_output_pixels,
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            strength=strength,
+            prior=prior,
+            num_samples=num_samples,
+            data_consistency_steps=data_consistency_steps,
+            uncertainty_sigma=uncertainty_sigma,
+            flip_samples=flip_samples,
+        )
+        device = self._execution_device
+        batch_size = lr.shape[0]
+
+        # 2. Preprocess: the input in [-1, 1] on the device, in each flip's frame (with flip_samples).
+        lr = (lr * 2.0 - 1.0).to(device)
+        samples = 1 if prior_only else (call.num_samples or 1)
+        flips = min(samples, 4) if flip_samples and samples > 1 else 1
+        lr_frames = flip_each(lr.repeat_interleave(flips, dim=0), flips) if flips > 1 else lr
+
+        # 3. Prior: once, at the HR size (once per flip), or the given one.
+        given_prior = prior is not None
+        prior = self._prepare_prior(lr_frames, prior, out_size, flips, chunk_size, device)
+        if prior_only:
+            return self._finish(prior, output_type, return_dict)
+        frame, lr_samples, generator, prior, batch_size = self._expand_samples(
+            prior, lr_frames, generator, batch_size, samples, flips
+        )
+        prior = self._pad_to_unet(prior, out_size)
+
+        # 4. Timesteps.
+        self.scheduler.set_timesteps(call.num_inference_steps, device=device)
+        timesteps, _ = self.get_timesteps(call.num_inference_steps, call.strength)
+
+        # 5. Latents: noise, or the prior diffused to the first timestep (strength < 1).
+        latents = self.prepare_latents(prior, timesteps, call.strength, generator, batch_size, device)
+
+        # 6. Denoising loop (in overlapping tiles when the output is larger than a tile).
+        recompute = (
+            (lr_frames, frame, out_size, chunk_size) if recompute_prior_every_step and not given_prior else None
+        )
+        latents, prior = self._denoise(
+            latents, prior, timesteps, call, generator, callback_on_step_end, batch_size, device, recompute
+        )
+
+        # 7. Data consistency: the prior added back (residual diffusion), the padding cropped, back-projection.
+        sample = (latents + prior if self.residual else latents)[:, :, : out_size[0], : out_size[1]]
+        if call.data_consistency_steps:
+            sample = back_project(sample, lr_samples.float(), call.data_consistency_steps)
+
+        # 8. Postprocess: the samples back in the input's orientation, reduced to their mean and spread; convert.
+        if flips > 1:
+            sample = flip_each(sample, samples)
+        uncertainty = None
+        if samples > 1:
+            sample, uncertainty = reduce_samples(sample, samples)
+            uncertainty = pool_uncertainty(uncertainty, call.uncertainty_sigma)
+        return self._finish(sample, output_type, return_dict, uncertainty)
+
+    def _check_call(
+        self,
+        batch_size: int,
+        out_size: tuple[int, int],
+        *,
+        num_inference_steps: Any,
+        eta: Any,
+        generator: Any,
+        output_type: Any,
+        callback_on_step_end: Any,
+        callback_on_step_end_tensor_inputs: Any,
+        max_output_pixels: Any,
+        tile_size: Any,
+        tile_overlap: Any,
+        strength: Any,
+        prior: Any,
+        num_samples: Any,
+        data_consistency_steps: Any,
+        uncertainty_sigma: Any,
+        flip_samples: Any,
+    ) -> CallArguments:
+        """Step 1 of [`__call__`]: every argument but the image checked, the pipeline's defaults filled in."""
         tensor_inputs = (
             ["latents"] if callback_on_step_end_tensor_inputs is None else callback_on_step_end_tensor_inputs
         )
-        # 1. Validate everything before any work.
         if tile_overlap is None:
             tile_overlap = min(DEFAULT_TILE_OVERLAP, tile_size // 4) if isinstance(tile_size, numbers.Integral) else 0
         if eta is None:
             eta = self.config.get("default_eta", 0.0)
-        lr = preprocess_images(image)
-        out_h, out_w = resolve_output_size(tuple(lr.shape[-2:]), scale, output_size)
         check_output_type(output_type)
         self.check_inputs(
             num_inference_steps,
             eta,
             max_output_pixels,
-            (out_h, out_w),
+            out_size,
             self.scheduler.config.num_train_timesteps,
             tensor_inputs,
             self._callback_tensor_inputs,
@@ -656,13 +626,10 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             tile_overlap,
             self.downsampling_factor,
         )
-        device = self._execution_device
-        batch_size = lr.shape[0]
         strength = check_strength(self.config.get("default_strength", 1.0) if strength is None else strength)
         check_generator(generator, batch_size)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
-        num_inference_steps = int(num_inference_steps)
         if tile_size is not None:
             tile_size, tile_overlap = int(tile_size), int(tile_overlap)
         num_samples = check_num_samples(num_samples)
@@ -674,24 +641,41 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         data_consistency_steps = check_back_projection_steps(data_consistency_steps)
         if prior is not None and not isinstance(prior, torch.Tensor):
             raise TypeError(f"`prior` must be a torch.Tensor or None, got {type(prior).__name__}.")
-        if prior is not None and tuple(prior.shape) != (batch_size, 3, out_h, out_w):
-            raise ValueError(f"`prior` must have shape {(batch_size, 3, out_h, out_w)}, got {tuple(prior.shape)}.")
+        if prior is not None and tuple(prior.shape) != (batch_size, 3, *out_size):
+            raise ValueError(f"`prior` must have shape {(batch_size, 3, *out_size)}, got {tuple(prior.shape)}.")
+        return CallArguments(
+            tensor_inputs=tensor_inputs,
+            eta=eta,
+            strength=strength,
+            num_inference_steps=int(num_inference_steps),
+            tile_size=tile_size,
+            tile_overlap=tile_overlap,
+            num_samples=num_samples,
+            uncertainty_sigma=uncertainty_sigma,
+            data_consistency_steps=data_consistency_steps,
+        )
 
-        # 2. The prior, once, at the HR size (with flip_samples: once per flip of the input).
-        lr = (lr * 2.0 - 1.0).to(device)
-        given_prior = prior is not None
-        samples = 1 if prior_only else (num_samples or 1)
-        flips = min(samples, 4) if flip_samples and samples > 1 else 1
-        lr_frames = flip_each(lr.repeat_interleave(flips, dim=0), flips) if flips > 1 else lr
-        if given_prior:
-            prior = prior.to(device=device, dtype=torch.float32)
-            prior = flip_each(prior.repeat_interleave(flips, dim=0), flips) if flips > 1 else prior
-        else:
-            prior = self.compute_prior(lr_frames, (out_h, out_w), chunk_size=chunk_size).float()
-        if prior_only:
-            return self._finish(prior, output_type, return_dict)
-        # N samples per image: one batch, the prior computed once (per flip), one generator per sample; sample k of
-        # image b takes the frame (flip) k % flips of that image.
+    def _prepare_prior(
+        self,
+        lr_frames: torch.Tensor,
+        prior: torch.Tensor | None,
+        out_size: tuple[int, int],
+        flips: int,
+        chunk_size: int | None,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Step 3 of [`__call__`]: the given prior (in each flip's frame) or the one computed from ``lr_frames``."""
+        if prior is None:
+            return self.compute_prior(lr_frames, out_size, chunk_size=chunk_size).float()
+        prior = prior.to(device=device, dtype=torch.float32)
+        return flip_each(prior.repeat_interleave(flips, dim=0), flips) if flips > 1 else prior
+
+    def _expand_samples(
+        self, prior: torch.Tensor, lr_frames: torch.Tensor, generator: Any, batch_size: int, samples: int, flips: int
+    ) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor, int]:
+        """N samples per image as one batch: the prior computed once (per flip), one generator per sample; sample k
+        of image b takes the frame (flip) k % flips of that image. Returns the frame of each sample, its input, the
+        generators, the prior per sample and the batch size."""
         sample_index = torch.arange(batch_size * samples, device=prior.device)
         frame = (sample_index // samples) * flips + (sample_index % samples) % flips
         lr_samples = lr_frames[frame.to(lr_frames.device)]
@@ -699,58 +683,66 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             generator = sample_generators(generator, batch_size, samples)
             prior = prior[frame]
             batch_size *= samples
+        return frame, lr_samples, generator, prior, batch_size
 
-        # 3. Pad to the UNet's downsampling factor.
-        factor = self.downsampling_factor
-        pad_h, pad_w = (-out_h) % factor, (-out_w) % factor
-        if pad_h or pad_w:
-            prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
+    def _pad_to_unet(self, prior: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """The prior padded (replicated edges) to a multiple of the UNet's downsampling factor."""
+        pad_h, pad_w = (-out_size[0]) % self.downsampling_factor, (-out_size[1]) % self.downsampling_factor
+        return F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else prior
 
-        # 4. Noise and timesteps.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps, _ = self.get_timesteps(num_inference_steps, strength)
+    def prepare_latents(
+        self,
+        prior: torch.Tensor,
+        timesteps: torch.Tensor,
+        strength: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+        batch_size: int,
+        device: torch.device,
+    ) -> torch.Tensor:
+        """Step 5 of [`__call__`]: the initial latents, float32 noise of the (padded) prior's shape scaled by the
+        scheduler, or with ``strength < 1`` the prior (zero for a residual pipeline) diffused to ``timesteps[0]``."""
         latents = randn_tensor(prior.shape, generator=generator, device=device, dtype=torch.float32)
         if strength < 1.0:
             start = torch.zeros_like(prior) if self.residual else prior
-            latents = self.scheduler.add_noise(start, latents, timesteps[:1].repeat(batch_size))
-        else:
-            latents = latents * self.scheduler.init_noise_sigma
-        alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
-        step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+            return self.scheduler.add_noise(start, latents, timesteps[:1].repeat(batch_size))
+        return latents * self.scheduler.init_noise_sigma
 
-        # 5. Denoise (in overlapping tiles when the output is larger than a tile; the progress bar counts UNet calls).
-        tile = max(prior.shape[-2:]) if tile_size is None else tile_size
-        tiles = num_tiles(tuple(prior.shape[-2:]), tile, tile_overlap)
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        prior: torch.Tensor,
+        timesteps: torch.Tensor,
+        call: CallArguments,
+        generator: Any,
+        callback_on_step_end: Callable | None,
+        batch_size: int,
+        device: torch.device,
+        recompute: tuple[torch.Tensor, torch.Tensor, tuple[int, int], int | None] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step 6 of [`__call__`]: the denoising loop (the progress bar counts UNet calls); ``recompute``: the
+        inputs of the prior recomputed at every step (``recompute_prior_every_step``)."""
+        alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
+        step_kwargs = self.prepare_extra_step_kwargs(generator, call.eta)
+        tile = max(prior.shape[-2:]) if call.tile_size is None else call.tile_size
+        tiles = num_tiles(tuple(prior.shape[-2:]), tile, call.tile_overlap)
         with self.progress_bar(total=len(timesteps) * tiles) as progress_bar:
             for i, t in enumerate(timesteps):
-                if recompute_prior_every_step and i > 0 and not given_prior:
-                    prior = self.compute_prior(lr_frames, (out_h, out_w), chunk_size=chunk_size).float()[frame]
-                    if pad_h or pad_w:
-                        prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
+                if recompute is not None and i > 0:
+                    lr_frames, frame, out_size, chunk_size = recompute
+                    prior = self.compute_prior(lr_frames, out_size, chunk_size=chunk_size).float()[frame]
+                    prior = self._pad_to_unet(prior, out_size)
                 model_input = self.scheduler.scale_model_input(latents, t)
                 level = noise_level(alphas_cumprod, t).to(device=device, dtype=self.unet.dtype).expand(batch_size)
                 denoise = functools.partial(self._predict_noise, prior=prior, level=level, progress_bar=progress_bar)
-                noise_pred = tiled_apply(denoise, model_input, tile, tile_overlap)
+                noise_pred = tiled_apply(denoise, model_input, tile, call.tile_overlap)
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     local_tensors = {"latents": latents, "prior": prior}
-                    callback_kwargs = {k: local_tensors[k] for k in tensor_inputs}
+                    callback_kwargs = {k: local_tensors[k] for k in call.tensor_inputs}
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
-                    latents = _callback_tensor(callback_outputs, "latents", latents)
-                    prior = _callback_tensor(callback_outputs, "prior", prior)
-
-        # 6. Add the prior back (residual diffusion), crop and convert.
-        sample = (latents + prior if self.residual else latents)[:, :, :out_h, :out_w]
-        # 7. Optional data consistency, and the samples reduced to their mean and spread.
-        if data_consistency_steps:
-            sample = back_project(sample, lr_samples.float(), data_consistency_steps)
-        if flips > 1:  # each sample back in the input's orientation
-            sample = flip_each(sample, samples)
-        uncertainty = None
-        if samples > 1:
-            sample, uncertainty = reduce_samples(sample, samples)
-            uncertainty = pool_uncertainty(uncertainty, uncertainty_sigma)
-        return self._finish(sample, output_type, return_dict, uncertainty)
+                    latents = callback_tensor(callback_outputs, "latents", latents)
+                    prior = callback_tensor(callback_outputs, "prior", prior)
+        return latents, prior
 
     def _finish(
         self, sample: torch.Tensor, output_type: str, return_dict: bool, uncertainty: torch.Tensor | None = None

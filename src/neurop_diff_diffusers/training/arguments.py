@@ -52,7 +52,16 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
             ``learning_rate``, ``lr_scheduler``, ``max_train_steps``, ``num_train_epochs``, ``checkpointing_steps``,
             ``validation_steps``, ``max_grad_norm``, ``scale_min``, ``scale_max``.
     """
-    data = parser.add_argument_group("data")
+    _add_data_args(parser.add_argument_group("data"), defaults)
+    _add_output_args(parser.add_argument_group("output"), defaults)
+    train = parser.add_argument_group("training")
+    _add_optimization_args(train, defaults)
+    _add_precision_and_checkpoint_args(train, defaults)
+    _add_validation_args(parser.add_argument_group("validation"), defaults)
+
+
+def _add_data_args(data: argparse._ArgumentGroup, defaults: dict[str, Any]) -> None:
+    """The data: the images, their split, the HR size, the scales and the batches."""
     data.add_argument(
         "--dataset_name",
         type=str,
@@ -87,7 +96,9 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
     data.add_argument("--train_batch_size", type=int, default=defaults["train_batch_size"], help="Per process.")
     data.add_argument("--dataloader_num_workers", type=int, default=0, help="DataLoader worker processes.")
 
-    out = parser.add_argument_group("output")
+
+def _add_output_args(out: argparse._ArgumentGroup, defaults: dict[str, Any]) -> None:
+    """The output: the folder, the trackers and the Hub."""
     out.add_argument("--output_dir", type=str, default=defaults["output_dir"], help="Where everything is written.")
     out.add_argument(
         "--overwrite_output_dir",
@@ -107,7 +118,9 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
     out.add_argument("--hub_model_id", type=str, default=None, help="The Hub repository, 'user/name'.")
     out.add_argument("--hub_private_repo", action="store_true", help="Create the Hub repository as private.")
 
-    train = parser.add_argument_group("training")
+
+def _add_optimization_args(train: argparse._ArgumentGroup, defaults: dict[str, Any]) -> None:
+    """The training's length, learning-rate schedule, optimizer and clipping."""
     train.add_argument("--seed", type=int, default=0, help="Seed of the weights, data order and all random draws.")
     train.add_argument(
         "--max_train_steps",
@@ -147,6 +160,10 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         default=defaults["max_grad_norm"],
         help="Gradient clipping (total norm); 0 disables it.",
     )
+
+
+def _add_precision_and_checkpoint_args(train: argparse._ArgumentGroup, defaults: dict[str, Any]) -> None:
+    """The training's precision, memory layout, accumulation and checkpoints."""
     train.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],
@@ -175,7 +192,9 @@ def add_common_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         help="A checkpoint folder, or 'latest' (the newest complete one in --output_dir; a new run if none).",
     )
 
-    val = parser.add_argument_group("validation")
+
+def _add_validation_args(val: argparse._ArgumentGroup, defaults: dict[str, Any]) -> None:
+    """How often and on what the training validates."""
     val.add_argument(
         "--validation_steps",
         type=int,
