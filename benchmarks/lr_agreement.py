@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Agreement of the outputs with their LR, with and without back-projection (issue 23 item 1).
+"""Agreement of the outputs with their LR, with and without back-projection; the uncertainty map against baselines.
 
 For each image: HR = `preprocess_hr(image, 256)`, LR = `bicubic_degrade(HR, scale)` (the evaluation's protocol); the
 bicubic upsampling, the operator's prior and the pipeline's output without back-projection (the paper; noise seeded by
