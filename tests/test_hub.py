@@ -55,7 +55,9 @@ def test_hub_ready_layout(hub_folder):
 
 
 def test_self_contained_source_strips_relative_imports():
-    src = self_contained_source(["image_processing.py", "scheduling.py", "pipelines/pipeline_neurop_diff.py"])
+    src = self_contained_source(
+        ["pipelines/image_processing.py", "pipelines/scheduling.py", "pipelines/pipeline_neurop_diff.py"]
+    )
     assert "from .." not in src and src.count("from __future__ import annotations") == 1
     assert "class NeurOpDiffPipeline(DiffusionPipeline)" in src and "def noise_level(" in src
 

@@ -16,15 +16,17 @@ from neurop_diff_diffusers import (
     build_neural_operator,
     build_pipeline,
     build_unet,
-    cli,
     default_scheduler,
-    hardware,
     make_scheduler,
     optimize_pipeline,
     parse_dtype,
     parse_setting,
 )
+from neurop_diff_diffusers.cli import main as cli_main
+from neurop_diff_diffusers.cli import upscale as cli_upscale
+from neurop_diff_diffusers.defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
 from neurop_diff_diffusers.pipelines.scheduling import scheduler_name
+from neurop_diff_diffusers.runtime import hardware
 from neurop_diff_diffusers.runtime.hardware import DeviceProbe, SlowPrecisionWarning
 from neurop_diff_diffusers.runtime.optimization import resolve_dtype
 
@@ -173,8 +175,8 @@ def test_parse_setting():
 
 
 def test_cli_choices_are_the_librarys():
-    assert cli.DTYPE_CHOICES == ("auto", *DTYPES)
-    assert cli.SCHEDULER_CHOICES == SCHEDULERS
+    assert DTYPE_CHOICES == ("auto", *DTYPES)
+    assert SCHEDULER_CHOICES == SCHEDULERS
 
 
 @pytest.fixture
@@ -186,16 +188,16 @@ def image(tmp_path):
 
 def test_cli_upscale_with_the_speed_flags(image, tmp_path):
     common = ["upscale", str(image), "--scale", "2", "--model", "preset:tiny", "--steps", "3"]
-    assert cli.main([*common, "-o", str(tmp_path / "ref.png")]) == 0
+    assert cli_main([*common, "-o", str(tmp_path / "ref.png")]) == 0
     fast = [*common, "--dtype", "bfloat16", "--channels-last", "--scheduler", "unipc"]
-    assert cli.main([*fast, "-o", str(tmp_path / "fast.png")]) == 0
+    assert cli_main([*fast, "-o", str(tmp_path / "fast.png")]) == 0
     ref = np.asarray(Image.open(tmp_path / "ref.png"))
     out = np.asarray(Image.open(tmp_path / "fast.png"))
     assert out.shape == ref.shape == (24, 32, 3) and not np.array_equal(out, ref)
 
 
 def test_cli_refuses_float16_on_the_cpu(image, tmp_path, capsys):
-    rc = cli.main(["upscale", str(image), "--scale", "2", "--dtype", "float16", "-o", str(tmp_path / "x.png")])
+    rc = cli_main(["upscale", str(image), "--scale", "2", "--dtype", "float16", "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "--dtype float16 needs a GPU" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x.png").exists()
@@ -222,7 +224,7 @@ def test_evaluation_records_the_sampler_and_precision(tmp_path):
 
 def test_serve_refuses_float16_on_the_cpu(capsys):
     pytest.importorskip("gradio")
-    assert cli.main(["serve", "--dtype", "float16"]) == 2
+    assert cli_main(["serve", "--dtype", "float16"]) == 2
     err = capsys.readouterr().err.strip()
     assert "float16 needs a GPU" in err and len(err.splitlines()) == 1
 
@@ -306,10 +308,12 @@ def test_optimize_pipeline_auto_and_the_bfloat16_warning(cpu_kind, recwarn):
 
 def test_cli_warns_once_before_any_work_for_emulated_bfloat16(cpu_kind, image, tmp_path, capsys, monkeypatch):
     loaded = []
-    real = cli.load_job_pipeline
-    monkeypatch.setattr(cli, "load_job_pipeline", lambda *a: loaded.append(capsys.readouterr().err) or real(*a))
+    real = cli_upscale.load_job_pipeline  # the name the single-file command looks up
+    monkeypatch.setattr(
+        cli_upscale, "load_job_pipeline", lambda *a: loaded.append(capsys.readouterr().err) or real(*a)
+    )
     common = ["upscale", str(image), "--scale", "2", "--model", "preset:tiny", "--steps", "2"]
-    assert cli.main([*common, "--dtype", "bfloat16", "-o", str(tmp_path / "bf16.png")]) == 0
+    assert cli_main([*common, "--dtype", "bfloat16", "-o", str(tmp_path / "bf16.png")]) == 0
     before_model = loaded[0].splitlines()
     after = capsys.readouterr().err
     if cpu_kind == "native":
@@ -322,20 +326,20 @@ def test_cli_warns_once_before_any_work_for_emulated_bfloat16(cpu_kind, image, t
         ]
     assert "warning" not in after and "emulated" not in after  # once only
     assert (tmp_path / "bf16.png").is_file()
-    assert cli.main([*common, "--dtype", "auto", "--channels-last", "-o", str(tmp_path / "auto.png")]) == 0
+    assert cli_main([*common, "--dtype", "auto", "--channels-last", "-o", str(tmp_path / "auto.png")]) == 0
     assert "warning" not in capsys.readouterr().err and (tmp_path / "auto.png").is_file()
 
 
 def test_cli_auto_writes_what_the_chosen_precision_writes(image, tmp_path, monkeypatch):
     monkeypatch.setattr(hardware, "probe_device", lambda device="cpu": CPU_KINDS["emulated"])
     common = ["upscale", str(image), "--scale", "2", "--model", "preset:tiny", "--steps", "2"]
-    assert cli.main([*common, "--dtype", "auto", "-o", str(tmp_path / "auto.png")]) == 0
-    assert cli.main([*common, "--dtype", "float32", "-o", str(tmp_path / "f32.png")]) == 0
+    assert cli_main([*common, "--dtype", "auto", "-o", str(tmp_path / "auto.png")]) == 0
+    assert cli_main([*common, "--dtype", "float32", "-o", str(tmp_path / "f32.png")]) == 0
     assert np.array_equal(np.asarray(Image.open(tmp_path / "auto.png")), np.asarray(Image.open(tmp_path / "f32.png")))
 
 
 def test_info_says_what_auto_picks_and_why(cpu_kind, capsys, monkeypatch):
-    assert cli.main(["info"]) == 0
+    assert cli_main(["info"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("--dtype auto")]
     if cpu_kind == "native":
         assert lines == [
@@ -349,7 +353,7 @@ def test_info_says_what_auto_picks_and_why(cpu_kind, capsys, monkeypatch):
     monkeypatch.setattr(
         hardware, "probe_device", lambda device="cpu": DeviceProbe(CPU_KINDS["native"].cpu_flags, "AVX2")
     )
-    assert cli.main(["info"]) == 0
+    assert cli_main(["info"]) == 0
     assert (
         "--dtype auto on cpu: float32; this CPU has avx512_bf16 but torch's CPU kernels run at AVX2, set by "
         "ATEN_CPU_CAPABILITY=avx2"
