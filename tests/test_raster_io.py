@@ -68,7 +68,7 @@ def test_sidecar_metadata_is_not_read(tmp_path):
         assert "INJECTED" not in src.tags()
 
 
-# ---- headers, budgets, routing (issue 21 items 2, 7, 8, 11, 13) ----
+# ---- headers, budgets, routing ----
 
 from rasterio.control import GroundControlPoint  # noqa: E402
 from rasterio.rpc import RPC  # noqa: E402
@@ -273,3 +273,27 @@ def test_a_geotiff_gdal_cannot_open_is_not_handed_to_pil(tmp_path, monkeypatch):
         route_tiff(path)
     plain = _plain(tmp_path / "p.tif", np.ones((3, 4, 4), np.uint8))
     assert route_tiff(plain) is False  # no georeferencing to lose: PIL may read it
+
+
+# ---- names: a real local file whose name looks like GDAL syntax, and names that would forge a line ----
+
+
+def test_a_local_file_named_like_gdal_syntax_is_read_as_that_file(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from conftest import run_cli
+    from neurop_diff_diffusers.io.rasters import inspect_raster
+
+    monkeypatch.chdir(tmp_path)
+    _geotiff(tmp_path / "GTIFF_DIR:1:x.tif")
+    assert inspect_raster(Path("./GTIFF_DIR:1:x.tif")).width == 8  # `Path` prints it as GTIFF_DIR:1:x.tif
+    with open_raster("./GTIFF_DIR:1:x.tif") as src:
+        assert src.name == str(tmp_path / "GTIFF_DIR:1:x.tif")  # GDAL was handed the absolute name
+    with pytest.raises(ValueError, match="only local files are read"):
+        check_raster_name("GTIFF_DIR:1:missing.tif")  # no such file: the name is refused, never handed to GDAL
+    args = ("--scale", "2", "--model", "preset:tiny", "--steps", "1", "--prior-only")
+    assert run_cli("upscale", "./GTIFF_DIR:1:x.tif", "-o", "out.tif", *args) == 0
+    with rasterio.open(tmp_path / "out.tif") as dst:
+        assert (dst.width, dst.count) == (16, 3)
+    assert "error" not in capsys.readouterr().err
+
