@@ -297,3 +297,30 @@ def test_a_local_file_named_like_gdal_syntax_is_read_as_that_file(tmp_path, monk
         assert (dst.width, dst.count) == (16, 3)
     assert "error" not in capsys.readouterr().err
 
+
+@pytest.mark.parametrize(
+    "suffix, content", [(".tif", b"II*\x00" + bytes(40)), (".png", b"\x89PNG damaged")], ids=["tif", "png"]
+)
+def test_a_newline_in_a_file_name_never_forges_a_second_line(tmp_path, capsys, no_model, suffix, content):
+    from conftest import one_error_line, run_cli
+
+    bad = tmp_path / f"a\nneurop-diff: all good{suffix}"
+    bad.write_bytes(content)
+    assert run_cli("upscale", bad, "-o", tmp_path / f"o{suffix}", "--scale", "2") == 2
+    message = one_error_line(capsys)  # exactly one line, which is an error
+    assert "a\\nneurop-diff: all good" in message
+
+
+def test_a_warning_naming_a_file_is_one_line(tmp_path, capsys):
+    from pathlib import Path
+
+    from neurop_diff_diffusers.jobs.upscale_file import geotiff_header
+
+    path = tmp_path / "p\nneurop-diff: fine.tif"
+    profile = dict(driver="GTiff", width=8, height=8, count=1, dtype="uint8", photometric="palette")
+    with rasterio.open(path, "w", crs="EPSG:32633", transform=from_origin(0, 80, 10, 10), **profile) as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+        dst.write_colormap(1, {0: (1, 2, 3, 255)})
+    geotiff_header(Path(path))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("neurop-diff: warning: ") and "\\nneurop-diff: fine" in lines[0]

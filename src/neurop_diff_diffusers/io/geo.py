@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..file_safety import printable
 from .rasters import (
     WIDE_DTYPES,
     expand_palette,
@@ -415,4 +416,4 @@ def unreadable_raster(err: BaseException) -> ValueError:
         ValueError('not a readable raster (TIFFReadEncodedTile() failed)')
     """
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return ValueError(f"not a readable raster ({reason})")
+    return ValueError(f"not a readable raster ({printable(reason)})")
