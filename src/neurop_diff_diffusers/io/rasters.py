@@ -8,6 +8,8 @@ raster read by the CLI, batch mode, the web app and the scene engine goes throug
 - accepts only a local regular file (no ``/vsi...`` prefix, no URL, no ``driver:`` syntax, no folder),
 - lets GDAL try only the drivers of [`ALLOWED_DRIVERS`] (an allow-list; GTiff, which also reads COGs and BigTIFF),
   and checks the driver of the opened dataset again,
+- checks the TIFF header's budgets (images, tags, metadata bytes and items) before GDAL parses it
+  ([`~neurop_diff_diffusers.io.tiff_header.check_tiff_header`]),
 - switches off GDAL's sidecar look-ups (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``) and its ``.aux.xml``
   persistence (``GDAL_PAM_ENABLED=NO``) for as long as the file is open.
 
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..file_safety import gdal_path, printable
+from .tiff_header import check_tiff_header
 
 #: The GDAL drivers an input raster may be opened with. GTiff reads GeoTIFF, BigTIFF and Cloud-Optimized GeoTIFF.
 ALLOWED_DRIVERS: tuple[str, ...] = ("GTiff",)
@@ -122,6 +125,10 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
         raise ImportError("GeoTIFF support needs rasterio: pip install 'neurop-diff-diffusers[geo]'") from err
     name = check_raster_name(path)
     shown = printable(name)
+    try:
+        check_tiff_header(name)  # the header's budgets, before GDAL parses any tag
+    except ValueError as err:
+        raise ValueError(f"`{shown}`: {err}") from None
     with gdal_safe_env():
         try:
             with warnings.catch_warnings():
@@ -487,6 +494,7 @@ def route_tiff(path: str | os.PathLike) -> bool:
         raise ValueError("not a TIFF file (a .tif / .tiff input must be a TIFF or GeoTIFF; other formats are refused)")
     if not tiff:
         return False
+    check_tiff_header(path)  # before GDAL or PIL parse its tags: refused here, never handed to PIL instead
     try:
         import rasterio  # noqa: F401
     except ImportError:
