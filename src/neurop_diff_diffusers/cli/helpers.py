@@ -100,6 +100,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         window=args.window,
         halo=args.halo,
         value_range=args.value_range,
+        clip=args.clip,
         workers=args.workers,
         restart=args.restart,
     )

@@ -64,6 +64,8 @@ class JobOptions:
         halo: LR pixels of context around each window (``--halo``; the scene engine's ``DEFAULT_HALO``).
         value_range: a GeoTIFF's values to the model's range (``--value-range``: ``minmax``, ``LOW,HIGH`` or
             ``pLOW,pHIGH``).
+        clip: write values outside the value range clipped to it (``--clip``); by default the model sees them
+            clipped and their part outside the range is upscaled bicubically and added back.
         workers: a GeoTIFF's windows computed at once on the CPU (``--workers``; ``None``: one per thread); the
             output does not depend on it.
         restart: discard the saved windows of an interrupted GeoTIFF run with other settings (``--restart``).
@@ -88,6 +90,7 @@ class JobOptions:
     window: int = 256
     halo: int = 16
     value_range: str = "minmax"
+    clip: bool = False
     workers: int | None = None
     restart: bool = False
 
@@ -114,6 +117,7 @@ class JobOptions:
             "window": self.window,
             "halo": self.halo,
             "value_range": self.value_range,
+            "clip": self.clip,
             "restart": self.restart,
             "workers": self.workers,
         }
@@ -655,6 +659,7 @@ def describe_job(pipe: Any, job: FileJob) -> str:
         window=options.window,
         halo=options.halo,
         value_range=options.value_range,
+        clip=options.clip,
         seed=options.seed,
         **options.pipe_kwargs(),
     )
