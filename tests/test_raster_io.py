@@ -273,3 +273,147 @@ def test_a_geotiff_gdal_cannot_open_is_not_handed_to_pil(tmp_path, monkeypatch):
         route_tiff(path)
     plain = _plain(tmp_path / "p.tif", np.ones((3, 4, 4), np.uint8))
     assert route_tiff(plain) is False  # no georeferencing to lose: PIL may read it
+
+
+# ---- names: a real local file whose name looks like GDAL syntax, and names that would forge a line ----
+
+
+def test_a_local_file_named_like_gdal_syntax_is_read_as_that_file(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from conftest import run_cli
+    from neurop_diff_diffusers.io.rasters import inspect_raster
+
+    monkeypatch.chdir(tmp_path)
+    _geotiff(tmp_path / "GTIFF_DIR:1:x.tif")
+    assert inspect_raster(Path("./GTIFF_DIR:1:x.tif")).width == 8  # `Path` prints it as GTIFF_DIR:1:x.tif
+    with open_raster("./GTIFF_DIR:1:x.tif") as src:
+        assert src.name == str(tmp_path / "GTIFF_DIR:1:x.tif")  # GDAL was handed the absolute name
+    with pytest.raises(ValueError, match="only local files are read"):
+        check_raster_name("GTIFF_DIR:1:missing.tif")  # no such file: the name is refused, never handed to GDAL
+    args = ("--scale", "2", "--model", "preset:tiny", "--steps", "1", "--prior-only")
+    assert run_cli("upscale", "./GTIFF_DIR:1:x.tif", "-o", "out.tif", *args) == 0
+    with rasterio.open(tmp_path / "out.tif") as dst:
+        assert (dst.width, dst.count) == (16, 3)
+    assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "suffix, content", [(".tif", b"II*\x00" + bytes(40)), (".png", b"\x89PNG damaged")], ids=["tif", "png"]
+)
+def test_a_newline_in_a_file_name_never_forges_a_second_line(tmp_path, capsys, no_model, suffix, content):
+    from conftest import one_error_line, run_cli
+
+    bad = tmp_path / f"a\nneurop-diff: all good{suffix}"
+    bad.write_bytes(content)
+    assert run_cli("upscale", bad, "-o", tmp_path / f"o{suffix}", "--scale", "2") == 2
+    message = one_error_line(capsys)  # exactly one line, which is an error
+    assert "a\\nneurop-diff: all good" in message
+
+
+def test_a_warning_naming_a_file_is_one_line(tmp_path, capsys):
+    from pathlib import Path
+
+    from neurop_diff_diffusers.jobs.upscale_file import geotiff_header
+
+    path = tmp_path / "p\nneurop-diff: fine.tif"
+    profile = dict(driver="GTiff", width=8, height=8, count=1, dtype="uint8", photometric="palette")
+    with rasterio.open(path, "w", crs="EPSG:32633", transform=from_origin(0, 80, 10, 10), **profile) as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+        dst.write_colormap(1, {0: (1, 2, 3, 255)})
+    geotiff_header(Path(path))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("neurop-diff: warning: ") and "\\nneurop-diff: fine" in lines[0]
+
+
+# ---- the header's budgets, checked before GDAL parses a tag ----
+
+
+def _handmade_tiff(path, extra_tags, size=16):
+    """A classic little-endian TIFF of ``size`` x ``size`` uint8 pixels in one strip, with ``extra_tags``
+    ``(tag, type, count, value bytes)`` (values of more than 4 bytes are stored after the directory)."""
+    import struct
+
+    def short(v):
+        return struct.pack("<H", v)
+
+    base = [(256, 3, 1, short(size)), (257, 3, 1, short(size)), (258, 3, 1, short(8)), (259, 3, 1, short(1))]
+    base += [(262, 3, 1, short(1)), (273, 4, 1, None), (277, 3, 1, short(1)), (278, 3, 1, short(size))]
+    base += [(279, 4, 1, struct.pack("<I", size * size))]
+    entries = sorted(base + list(extra_tags), key=lambda e: e[0])
+    data_start = 8 + 2 + 12 * len(entries) + 4
+    blob, fields = b"", []
+    for tag, kind, count, value in entries:
+        if value is not None and len(value) > 4:
+            fields.append((tag, kind, count, struct.pack("<I", data_start + len(blob))))
+            blob += value + b"\0" * (len(value) % 2)
+        else:
+            fields.append((tag, kind, count, value))
+    pixels_at = struct.pack("<I", data_start + len(blob))
+    ifd = struct.pack("<H", len(fields))
+    ifd += b"".join(
+        struct.pack("<HHI", t, k, c) + (pixels_at if v is None else v.ljust(4, b"\0")) for t, k, c, v in fields
+    )
+    path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + blob + bytes(size * size))
+    return path
+
+
+def _metadata_xml(items, value="v"):
+    body = "".join(f'<Item name="k{i}">{value}</Item>' for i in range(items))
+    return f"<GDALMetadata>{body}</GDALMetadata>".encode() + b"\0"
+
+
+def test_a_tiff_within_the_header_budgets_opens(tmp_path):
+    xml = _metadata_xml(50)
+    path = _handmade_tiff(tmp_path / "ok.tif", [(270, 2, 6, b"hello\0"), (42112, 2, len(xml), xml)])
+    with open_raster(path) as src:
+        assert src.tags()["k49"] == "v" and src.read().shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "tags, limit",
+    [
+        ("items", "holds 10001 items or more, more than the 10000 allowed (MAX_METADATA_ITEMS)"),
+        ("description", "more than 1048576 bytes, more than allowed (MAX_METADATA_BYTES)"),
+        ("many", "image 1 of the TIFF has 609 tags, more than the 512 allowed (MAX_TIFF_TAGS)"),
+    ],
+)
+def test_a_header_over_budget_is_refused_before_gdal_parses_it(tmp_path, capsys, no_model, monkeypatch, tags, limit):
+    """A 30 MB 16 x 16 px GeoTIFF with 100,000 metadata items kept GDAL busy for minutes; these are small versions."""
+    import struct
+
+    from conftest import one_error_line, run_cli
+
+    if tags == "items":  # 10,001 short items: 200 kB, within the byte budget
+        xml = _metadata_xml(10_001)
+        extra = [(42112, 2, len(xml), xml)]
+    elif tags == "description":
+        extra = [(270, 2, (1 << 20) + 1, b"x" * (1 << 20) + b"\0")]
+    else:  # private tags: nothing GDAL knows, only their number
+        extra = [(64000 + i, 3, 1, struct.pack("<H", i)) for i in range(600)]
+    path = _handmade_tiff(tmp_path / "meta.tif", extra)
+    opened = []
+    monkeypatch.setattr(rasterio, "open", lambda *a, **k: opened.append(a) or pytest.fail("GDAL opened it"))
+    with pytest.raises(ValueError, match=limit.replace("(", r"\(").replace(")", r"\)")):
+        with open_raster(path):
+            pass
+    assert run_cli("upscale", path, "-o", tmp_path / "o.tif", "--scale", "2") == 2
+    message = one_error_line(capsys)
+    assert message.startswith(f"{path}: ") and message.endswith(limit)
+    assert not opened and sorted(p.name for p in tmp_path.iterdir()) == ["meta.tif"]
+
+
+def test_too_many_images_in_the_chain_are_refused(tmp_path, monkeypatch):
+    from neurop_diff_diffusers.io import tiff_header
+
+    path = tmp_path / "ovr.tif"
+    profile = dict(driver="GTiff", width=64, height=64, count=1, dtype="uint8", crs="EPSG:32633")
+    with rasterio.open(path, "w", transform=from_origin(0, 640, 10, 10), **profile) as dst:
+        dst.write(np.zeros((1, 64, 64), np.uint8))
+        dst.build_overviews([2, 4, 8])  # 4 images in the chain
+    with open_raster(path) as src:
+        assert src.overviews(1) == [2, 4, 8]
+    monkeypatch.setattr(tiff_header, "MAX_TIFF_IMAGES", 3)
+    with pytest.raises(ValueError, match=r"chains more than 3 images .* \(MAX_TIFF_IMAGES\)"):
+        with open_raster(path):
+            pass

@@ -246,6 +246,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, extra):
         ({}, {"num_inference_steps": 3}, "pipeline"),
         ({"num_samples": 2}, {"num_samples": 3}, "num_samples"),  # another number of samples for the map
         ({"num_samples": 2}, {}, "num_samples"),  # no map now: the saved windows hold one
+        ({"value_range": "p2,p98"}, {"value_range": "p2,p98", "clip": True}, "clip"),  # clipped windows now
     ],
 )
 def test_a_journal_of_other_settings_is_refused_then_restarted(pipe, tmp_path, first, then, key):
@@ -360,11 +361,15 @@ def test_fixed_range_clips_counts_and_maps_back_to_input_units(tmp_path):
     data = np.random.default_rng(1).integers(0, 12000, (3, 20, 24), dtype=np.uint16)
     path = _write(tmp_path / "s.tif", data)
     outside = int((data > 10000).sum())
-    with pytest.warns(UserWarning, match=f"{outside} of 1440 valid input values"):
-        out = upscale_scene(_identity, path, tmp_path / "o.tif", scale=1, value_range="0,10000")
+    with pytest.warns(UserWarning, match=f"{outside} of 1440 valid input values.*they were clipped"):
+        out = upscale_scene(_identity, path, tmp_path / "o.tif", scale=1, value_range="0,10000", clip=True)
     with rasterio.open(out) as dst:
         np.testing.assert_array_equal(dst.read(), np.minimum(data, 10000))  # input units; clipped above 10000
         assert dst.tags()["NEUROP_DIFF_VALUE_RANGE"] == "0,10000"
+    with pytest.warns(UserWarning, match=f"{outside} of 1440 .*their part outside it was upscaled bicubically"):
+        out = upscale_scene(_identity, path, tmp_path / "o.tif", scale=1, value_range="0,10000", overwrite=True)
+    with rasterio.open(out) as dst:
+        np.testing.assert_array_equal(dst.read(), data)  # without clip: what lies outside is added back
 
 
 def test_percentile_stretch_over_valid_pixels(tmp_path):
@@ -380,7 +385,7 @@ def test_percentile_stretch_over_valid_pixels(tmp_path):
         expected = int((valid < job.stats.stretch.low[b]).sum() + (valid > job.stats.stretch.high[b]).sum())
         assert job.stats.clipped[b] == expected
     with pytest.warns(UserWarning, match="lie outside the stretch"):
-        out = upscale_scene(_identity, path, tmp_path / "o.tif", scale=1, value_range="p2,p98")
+        out = upscale_scene(_identity, path, tmp_path / "o.tif", scale=1, value_range="p2,p98", clip=True)
     with rasterio.open(out) as dst:
         got = dst.read()
     low, high = job.stats.stretch.low, job.stats.stretch.high

@@ -14,12 +14,13 @@ import sys
 import warnings
 from typing import Any
 
+from ..file_safety import printable
 from ..jobs.upscale_file import CLIError, JobOptions, one_line
 
 
 def report_error(message: str) -> None:
-    """Print ``neurop-diff: error: MESSAGE`` on stderr (one line)."""
-    print(f"neurop-diff: error: {message}", file=sys.stderr)
+    """Print ``neurop-diff: error: MESSAGE`` on stderr: one line, a newline in a file name escaped, never a second."""
+    print(f"neurop-diff: error: {printable(message)}", file=sys.stderr)
 
 
 def check_device_flag(device: str) -> str:
@@ -99,6 +100,7 @@ def job_options(args: argparse.Namespace) -> JobOptions:
         window=args.window,
         halo=args.halo,
         value_range=args.value_range,
+        clip=args.clip,
         workers=args.workers,
         restart=args.restart,
     )

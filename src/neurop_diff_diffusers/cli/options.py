@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="minmax",
         help="input values to the model's range: minmax (default), LOW,HIGH (e.g. 0,10000) or pLOW,pHIGH (p2,p98)",
     )
+    scene.add_argument(
+        "--clip",
+        action="store_true",
+        help="write values outside --value-range clipped to it (default: the model sees them clipped, and their part "
+        "outside the range is upscaled bicubically and added back, so the output keeps the input's extremes)",
+    )
     scene.add_argument("--restart", action="store_true", help="discard the windows of a run with other settings")
     scene.add_argument("--workers", type=int, default=None, help="windows at once on the CPU (default: threads)")
     batch = up.add_argument_group("folders (also under `accelerate launch`, split between the processes)")

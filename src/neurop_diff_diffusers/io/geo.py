@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..file_safety import printable
 from .rasters import (
     WIDE_DTYPES,
     expand_palette,
@@ -85,13 +86,22 @@ def is_georeferenced(path: str | os.PathLike) -> bool:
     return needs_raster_path(inspect_raster(path))
 
 
+#: The largest magnitude a stretched value takes (on the model's ``[0, 1]`` scale): values further out than this many
+#: stretch widths (only with a ``value_range`` far narrower than the data) are held at it, so that float32 holds them.
+UNIT_LIMIT = 1e30
+
+
 @dataclass(frozen=True)
 class BandStretch:
     """A per-band linear map between a raster's values and ``[0, 1]``: ``(x - low) / (high - low)``.
 
+    The map is computed in float64 and never overflows: a width ``high - low`` beyond float64's range (a float64 band
+    from -1e308 to 1e308) is taken in halves, a stretched value is held within [`UNIT_LIMIT`], and [`inverse`] keeps
+    its result within the dtype's finite range (a float32 band near 3.4e38 never turns into infinity).
+
     Args:
         low (`tuple[float, ...]`): per-band value mapped to 0.
-        high (`tuple[float, ...]`): per-band value mapped to 1.
+        high (`tuple[float, ...]`): per-band value mapped to 1 (``> low``: see [`stretch_bounds`]).
         dtype (`str`): the raster's dtype, used by [`inverse`] for rounding and clipping.
     """
 
@@ -100,22 +110,62 @@ class BandStretch:
     dtype: str
 
     def forward(self, values: np.ndarray, band: int) -> np.ndarray:
-        """Values of band ``band`` (0-based) to ``[0, 1]`` (float32)."""
+        """Values of band ``band`` (0-based) to ``[0, 1]`` (float32; values outside the stretch fall outside it, held
+        within ``+-UNIT_LIMIT``)."""
         low, high = self.low[band], self.high[band]
-        return ((values.astype(np.float64) - low) / (high - low)).astype(np.float32)
+        # halves: exactly (x - low) / (high - low) (scaling by 2 is exact), but neither difference can overflow
+        unit = (values.astype(np.float64) * 0.5 - low * 0.5) / (high * 0.5 - low * 0.5)
+        return np.clip(unit, -UNIT_LIMIT, UNIT_LIMIT).astype(np.float32)
+
+    def unrounded(self, unit: np.ndarray, band: int) -> np.ndarray:
+        """``[0, 1]`` values back to band ``band``'s units in float64, before rounding (infinite beyond float64)."""
+        low, high = self.low[band], self.high[band]
+        unit = unit.astype(np.float64)
+        width = high - low
+        if np.isfinite(width):
+            return unit * width + low
+        with np.errstate(over="ignore"):
+            return (unit * (high * 0.5 - low * 0.5) + low * 0.5) * 2.0
 
     def inverse(self, unit: np.ndarray, band: int) -> np.ndarray:
-        """``[0, 1]`` values back to band ``band``'s dtype (rounded and clipped for integer dtypes)."""
-        low, high = self.low[band], self.high[band]
-        values = unit.astype(np.float64) * (high - low) + low
+        """``[0, 1]`` values back to band ``band``'s dtype: rounded and clipped to the type's range for integers,
+        clipped to the finite range for floats."""
+        values = self.unrounded(unit, band)
         dtype = np.dtype(self.dtype)
         if np.issubdtype(dtype, np.integer):
             info = np.iinfo(dtype)
-            values = np.clip(np.rint(values), info.min, info.max)
-        return values.astype(dtype)
+            values = np.rint(values)
+            top = float(info.max)  # 2**63 / 2**64 for 64-bit types: one more than the largest value
+            ceiling = top if int(top) <= info.max else float(np.nextafter(top, 0.0))
+            out = np.clip(values, info.min, ceiling).astype(dtype)
+            if ceiling != top:
+                out[values >= top] = info.max
+            return out
+        info = np.finfo(dtype)
+        return np.clip(values, info.min, info.max).astype(dtype)
 
     def to_json(self) -> str:
         return json.dumps({"low": list(self.low), "high": list(self.high), "dtype": self.dtype})
+
+
+def stretch_bounds(low: float, high: float) -> tuple[float, float]:
+    """``(low, high)`` of a band's stretch with ``high > low`` also for a constant band, which maps to a constant.
+
+    A constant band (``high <= low``) gets the width ``max(1, |low| / 2**20)``, which float64 resolves at any value
+    (``low + 1`` equals ``low`` beyond 2**53, e.g. a constant ``uint64`` band at its maximum); at the top of float64's
+    range the width is taken below ``low``.
+
+    Example:
+        >>> stretch_bounds(3.0, 3.0), stretch_bounds(2.0**64, 2.0**64)[1] > 2.0**64
+        ((3.0, 4.0), True)
+    """
+    low, high = float(low), float(high)
+    if high > low:
+        return low, high
+    width = max(1.0, abs(low) * 2.0**-20)
+    if np.isfinite(low + width):
+        return low, low + width
+    return low - width, low
 
 
 def band_stretch(minimum: np.ndarray, maximum: np.ndarray, dtype: str) -> BandStretch:
@@ -134,9 +184,8 @@ def band_stretch(minimum: np.ndarray, maximum: np.ndarray, dtype: str) -> BandSt
     if dtype == "uint8":
         n = len(minimum)
         return BandStretch((0.0,) * n, (255.0,) * n, dtype)
-    low = [float(v) for v in minimum]
-    high = [float(hi) if hi > lo else float(lo) + 1.0 for lo, hi in zip(low, (float(v) for v in maximum))]
-    return BandStretch(tuple(low), tuple(high), dtype)
+    bounds = [stretch_bounds(lo, hi) for lo, hi in zip(minimum, maximum)]
+    return BandStretch(tuple(lo for lo, _ in bounds), tuple(hi for _, hi in bounds), dtype)
 
 
 def _row_windows(height: int, width: int, rows: int = _ROWS_PER_WINDOW):
@@ -367,4 +416,4 @@ def unreadable_raster(err: BaseException) -> ValueError:
         ValueError('not a readable raster (TIFFReadEncodedTile() failed)')
     """
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return ValueError(f"not a readable raster ({reason})")
+    return ValueError(f"not a readable raster ({printable(reason)})")

@@ -8,6 +8,8 @@ raster read by the CLI, batch mode, the web app and the scene engine goes throug
 - accepts only a local regular file (no ``/vsi...`` prefix, no URL, no ``driver:`` syntax, no folder),
 - lets GDAL try only the drivers of [`ALLOWED_DRIVERS`] (an allow-list; GTiff, which also reads COGs and BigTIFF),
   and checks the driver of the opened dataset again,
+- checks the TIFF header's budgets (images, tags, metadata bytes and items) before GDAL parses it
+  ([`~neurop_diff_diffusers.io.tiff_header.check_tiff_header`]),
 - switches off GDAL's sidecar look-ups (``GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR``) and its ``.aux.xml``
   persistence (``GDAL_PAM_ENABLED=NO``) for as long as the file is open.
 
@@ -35,6 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..file_safety import gdal_path, printable
+from .tiff_header import check_tiff_header
+
 #: The GDAL drivers an input raster may be opened with. GTiff reads GeoTIFF, BigTIFF and Cloud-Optimized GeoTIFF.
 ALLOWED_DRIVERS: tuple[str, ...] = ("GTiff",)
 
@@ -54,6 +59,11 @@ _SPECIAL_NAME = re.compile(r"^(/vsi|\\vsi|[a-z][a-z0-9+.-]*://|[A-Za-z0-9_]{2,}:
 
 def check_raster_name(path: str | os.PathLike) -> Path:
     """The local regular file ``path`` names, or one ``ValueError`` if GDAL could read it as something else.
+
+    GDAL is always handed the file's absolute name ([`~neurop_diff_diffusers.file_safety.gdal_path`]), which no
+    ``DRIVER:`` or URL reading applies to: a real local file whose name merely looks like one (``./GTIFF_DIR:1:x.tif``,
+    which ``Path`` prints as ``GTIFF_DIR:1:x.tif``) is read as the file it is. A name of that form that is not a local
+    file, and any name whose absolute form starts with ``/vsi``, is refused.
 
     Args:
         path (`str | os.PathLike`): the input's name.
@@ -76,10 +86,11 @@ def check_raster_name(path: str | os.PathLike) -> Path:
     text = os.fspath(path)
     if isinstance(text, bytes):
         raise TypeError("`path` must be a str or os.PathLike of str, got bytes.")
-    if _SPECIAL_NAME.match(text) or "\x00" in text:
-        raise ValueError(f"`{text}`: only local files are read (no /vsi prefix, URL or DRIVER: name)")
+    special = _SPECIAL_NAME.match(text) and not os.path.isfile(text)
+    if special or "\x00" in text or _SPECIAL_NAME.match(gdal_path(text)):
+        raise ValueError(f"`{printable(text)}`: only local files are read (no /vsi prefix, URL or DRIVER: name)")
     if not os.path.isfile(text):
-        raise ValueError(f"`{text}`: not a regular file")
+        raise ValueError(f"`{printable(text)}`: not a regular file")
     return Path(text)
 
 
@@ -113,19 +124,24 @@ def open_raster(path: str | os.PathLike) -> Iterator[Any]:
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError("GeoTIFF support needs rasterio: pip install 'neurop-diff-diffusers[geo]'") from err
     name = check_raster_name(path)
+    shown = printable(name)
+    try:
+        check_tiff_header(name)  # the header's budgets, before GDAL parses any tag
+    except ValueError as err:
+        raise ValueError(f"`{shown}`: {err}") from None
     with gdal_safe_env():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                src = rasterio.open(name, driver=_DRIVER)
+                src = rasterio.open(gdal_path(name), driver=_DRIVER)  # absolute: never a DRIVER: or URL reading
         except RasterioError as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            first = printable(str(err).splitlines()[0] if str(err) else type(err).__name__)
             raise ValueError(
-                f"`{name}`: not a raster of an allowed format ({', '.join(ALLOWED_DRIVERS)}): {first}"
+                f"`{shown}`: not a raster of an allowed format ({', '.join(ALLOWED_DRIVERS)}): {first}"
             ) from err
         with src:
             if src.driver not in ALLOWED_DRIVERS:  # defence in depth: GDAL must have honoured the allow-list
-                raise ValueError(f"`{name}`: opened by GDAL's {src.driver} driver, which is not allowed")
+                raise ValueError(f"`{shown}`: opened by GDAL's {src.driver} driver, which is not allowed")
             yield src
 
 
@@ -478,6 +494,7 @@ def route_tiff(path: str | os.PathLike) -> bool:
         raise ValueError("not a TIFF file (a .tif / .tiff input must be a TIFF or GeoTIFF; other formats are refused)")
     if not tiff:
         return False
+    check_tiff_header(path)  # before GDAL or PIL parse its tags: refused here, never handed to PIL instead
     try:
         import rasterio  # noqa: F401
     except ImportError:

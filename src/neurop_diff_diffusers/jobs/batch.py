@@ -376,9 +376,9 @@ def batch_settings(
 
     A local ``--model`` is recorded as its absolute path; with ``--prior-only`` the sampler's settings do not matter
     and are not recorded. ``--uncertainty N`` and ``--data-consistency N`` are recorded only when given, and a
-    GeoTIFF's ``--window``, ``--halo`` and ``--value-range`` only when not the defaults, so that the manifests of
-    earlier runs (made with the defaults) stay valid. ``--workers`` and ``--restart`` change how, not what, a GeoTIFF
-    is computed: not recorded.
+    GeoTIFF's ``--window``, ``--halo``, ``--value-range`` and ``--clip`` only when not the defaults, so that the
+    manifests of earlier runs (made with the defaults) stay valid. ``--workers`` and ``--restart`` change how, not
+    what, a GeoTIFF is computed: not recorded.
 
     Args:
         model: ``--model`` (``None``: the embedded model).
@@ -413,7 +413,7 @@ def batch_settings(
     if options.num_samples is not None:
         settings["uncertainty"] = options.num_samples
     defaults = JobOptions()
-    for name in ("window", "halo", "value_range"):  # a GeoTIFF's: recorded when not the default
+    for name in ("window", "halo", "value_range", "clip"):  # a GeoTIFF's: recorded when not the default
         if getattr(options, name) != getattr(defaults, name):
             settings[name] = getattr(options, name)
     return settings

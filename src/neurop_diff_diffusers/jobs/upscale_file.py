@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
+from ..file_safety import printable
 from ..io.paths import output_path, uncertainty_path  # noqa: F401 (the job names its outputs with them)
 
 #: The input and output file types (PNG, JPEG, TIFF; a georeferenced TIFF is a GeoTIFF).
@@ -63,6 +64,8 @@ class JobOptions:
         halo: LR pixels of context around each window (``--halo``; the scene engine's ``DEFAULT_HALO``).
         value_range: a GeoTIFF's values to the model's range (``--value-range``: ``minmax``, ``LOW,HIGH`` or
             ``pLOW,pHIGH``).
+        clip: write values outside the value range clipped to it (``--clip``); by default the model sees them
+            clipped and their part outside the range is upscaled bicubically and added back.
         workers: a GeoTIFF's windows computed at once on the CPU (``--workers``; ``None``: one per thread); the
             output does not depend on it.
         restart: discard the saved windows of an interrupted GeoTIFF run with other settings (``--restart``).
@@ -87,6 +90,7 @@ class JobOptions:
     window: int = 256
     halo: int = 16
     value_range: str = "minmax"
+    clip: bool = False
     workers: int | None = None
     restart: bool = False
 
@@ -113,6 +117,7 @@ class JobOptions:
             "window": self.window,
             "halo": self.halo,
             "value_range": self.value_range,
+            "clip": self.clip,
             "restart": self.restart,
             "workers": self.workers,
         }
@@ -150,7 +155,8 @@ _FLAG_NAMES = {
 
 
 def one_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type when empty), with Python argument names as CLI flags.
+    """The first line of an exception's message (its type when empty), with Python argument names as CLI flags and
+    control characters escaped ([`~neurop_diff_diffusers.file_safety.printable`]).
 
     Args:
         err: the exception.
@@ -162,7 +168,16 @@ def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     for name, flag in _FLAG_NAMES.items():
         text = text.replace(name, flag)
-    return text
+    return printable(text)
+
+
+def warn(text: str) -> None:
+    """Print ``neurop-diff: warning: TEXT`` on stderr: one line (a file name's newline escaped, never a second line).
+
+    Args:
+        text: the warning, which may name files.
+    """
+    print(f"neurop-diff: warning: {printable(text)}", file=sys.stderr)
 
 
 def os_reason(err: OSError) -> str:
@@ -348,7 +363,7 @@ def read_image_array(path: Path, warn: bool) -> Any:
         image = read_plain_image(path)
     if warn:
         for warning in caught:
-            print(f"neurop-diff: warning: {str(warning.message).replace(f'`{path}`', str(path))}", file=sys.stderr)
+            warn(str(warning.message).replace(f"`{path}`", str(path)))
     return image
 
 
@@ -467,7 +482,7 @@ def geotiff_header(src: Path) -> Any:
     except ValueError as err:
         raise InputFailed(f"{src}: {one_line(err)}") from err
     for note in raster.notes:
-        print(f"neurop-diff: warning: {src}: {note}", file=sys.stderr)
+        warn(f"{src}: {note}")
     return raster
 
 
@@ -498,7 +513,7 @@ def _plan_output(
         image = read_image_array(src, warn=True)
         height, width = image.rgb.shape[:2]
         for loss in output_losses(image, dst.suffix):
-            print(f"neurop-diff: warning: {src}: {loss} in {dst}", file=sys.stderr)
+            warn(f"{src}: {loss} in {dst}")
         del image
     if size is not None and (size[0] < height or size[1] < width):
         raise InputFailed(
@@ -644,6 +659,7 @@ def describe_job(pipe: Any, job: FileJob) -> str:
         window=options.window,
         halo=options.halo,
         value_range=options.value_range,
+        clip=options.clip,
         seed=options.seed,
         **options.pipe_kwargs(),
     )
@@ -731,7 +747,7 @@ def run_job(
                 **pipe_kwargs,
             )
         for warning in caught:
-            print(f"neurop-diff: warning: {str(warning.message).replace(f'`{src}`', str(src))}", file=sys.stderr)
+            warn(str(warning.message).replace(f"`{src}`", str(src)))
         return
     image = read_image_array(src, warn=False)
     output = pipe(image.rgb, output_size=job.out_size, generator=generator, output_type="np", **pipe_kwargs)

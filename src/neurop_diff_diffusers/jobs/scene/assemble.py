@@ -122,7 +122,7 @@ def _write_rows(
     for b in range(count):
         block[b] = stats.stretch.inverse(unit[b], b)
         if nodata is not None:
-            reference = unit[b] * (stats.stretch.high[b] - stats.stretch.low[b]) + stats.stretch.low[b]
+            reference = stats.stretch.unrounded(unit[b], b)
             avoid_nodata(block[b], out_valid[b], nodata, reference)
             block[b][~out_valid[b]] = nodata
     window = Window(0, top, out_w, rows)

@@ -113,7 +113,12 @@ def _clip_warning(job: SceneJob) -> None:
         warnings.warn(
             f"`value_range` {job.value_range}: {clipped} of {total} valid input values "
             f"({100 * clipped / total:.2f} %) "
-            f"lie outside the stretch and were clipped ({per_band}).",
+            f"lie outside the stretch ({per_band}): "
+            + (
+                "they were clipped (clip=True)."
+                if job.options.clip
+                else "the model saw them clipped; their part outside it was upscaled bicubically and added back."
+            ),
             UserWarning,
             stacklevel=3,
         )
@@ -165,7 +170,7 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
         if path is not None and os.path.lexists(path) and not overwrite:
             raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     settings = scene_settings(
-        pipe, job.src_path, job.plan, job.seed, job.value_range, job.model_bands, job.pipe_kwargs
+        pipe, job.src_path, job.plan, job.seed, job.value_range, job.model_bands, job.pipe_kwargs, job.options.clip
     )
     open_journal(job, settings, restart, is_main, barrier)
     windows = job.plan.windows()

@@ -3,7 +3,7 @@ the same settings.
 
 Each finished window's output is saved (atomically) in a work folder beside the output,
 ``.<name>.neurop-diff-scene/``, with ``journal.json`` recording the settings (model fingerprint, output size, steps,
-sampler, dtype, seed, strength, prior only, samples, window, halo, value range, input file). A journal of other
+sampler, dtype, seed, strength, prior only, samples, window, halo, value range, clip, input file). A journal of other
 settings is never mixed in (``ValueError`` naming the differences; ``restart=True`` discards it).
 """
 
@@ -74,6 +74,7 @@ def scene_settings(
     value_range: ValueRange,
     model_bands: list[int],
     pipe_kwargs: dict[str, Any],
+    clip: bool = False,
 ) -> dict[str, Any]:
     """Everything a window's output depends on: two runs mix windows only when these are equal.
 
@@ -103,6 +104,7 @@ def scene_settings(
         "halo": plan.halo,
         "seed": seed,
         "value_range": str(value_range),
+        "clip": clip,
         "model_bands": model_bands,
         "pipeline": pipeline,
         **samples,

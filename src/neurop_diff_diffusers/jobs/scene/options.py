@@ -44,6 +44,9 @@ class SceneOptions:
         halo (`int`, defaults to `DEFAULT_HALO`): LR pixels of context on every side (``0`` to ``window``).
         value_range (`str | ValueRange | None`, *optional*): ``"minmax"`` (default), ``"LOW,HIGH"`` or
             ``"pLOW,pHIGH"`` ([`~neurop_diff_diffusers.jobs.scene.statistics.parse_value_range`]).
+        clip (`bool`, defaults to `False`): write values outside the value range clipped to it. By default the model
+            sees them clipped, and their part outside the range (input minus clipped input) is upscaled bicubically
+            and added back, so that the output keeps the input's extremes.
         seed (`int`, defaults to `0`): the seed of the windows' noise.
         restart (`bool`, defaults to `False`): discard a journal of other settings instead of refusing.
         workers (`int | None`, *optional*): windows computed at once in threads (CPU, >= 1); ``None``: torch's
@@ -62,6 +65,7 @@ class SceneOptions:
     window: int = DEFAULT_WINDOW
     halo: int = DEFAULT_HALO
     value_range: ValueRange | str | None = None
+    clip: bool = False
     seed: int = 0
     restart: bool = False
     workers: int | None = None
@@ -81,7 +85,7 @@ class SceneOptions:
             raise ValueError(
                 f"`workers` must be None (one window per intra-op thread) or an int >= 1, got {self.workers!r}."
             )
-        for name in ("restart", "distributed"):
+        for name in ("restart", "distributed", "clip"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"`{name}` must be a bool, got {type(getattr(self, name)).__name__}.")
         if self.progress is not None and not callable(self.progress):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...io.geo import BandStretch, band_stretch, unreadable_raster
+from ...io.geo import BandStretch, band_stretch, stretch_bounds, unreadable_raster
 from ...io.rasters import expand_palette, palette_table
 
 _STATS_PIXELS = 4_000_000  # input pixels per block of the statistics passes
@@ -135,6 +135,11 @@ def _percentile_from_counts(counts: np.ndarray, values: np.ndarray, q: float) ->
     return float(values[min(k, len(values) - 1)])
 
 
+def _bin_edges(low: float, high: float) -> np.ndarray:
+    """65537 histogram edges from ``low`` to ``high``, in halves: a range wider than float64 holds stays finite."""
+    return np.linspace(low * 0.5, high * 0.5, 65537) * 2.0
+
+
 def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     """The stretch of an open raster from one streaming pass, never the whole scene; the pass is also the damage scan.
 
@@ -165,6 +170,7 @@ def _statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     nonfinite = 0
     exact = _exact_histogram_dtype(dtype)
     offset = int(np.iinfo(dtype).min) if exact else 0
+    scale = 2.0**-64 if dtype == np.float64 else 1.0  # float64 sums scaled (exactly) so that 1e308s never overflow
     lows = np.full(bands, np.inf)
     highs = np.full(bands, -np.inf)
     sums = np.zeros(bands)
@@ -184,7 +190,7 @@ def _statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
                 continue
             lows[b] = min(lows[b], float(values.min()))
             highs[b] = max(highs[b], float(values.max()))
-            sums[b] += float(values.sum(dtype=np.float64))
+            sums[b] += float((values * scale if scale != 1.0 else values).sum(dtype=np.float64))
             counts[b] += values.size
             if exact:
                 hist[b] += np.bincount((values.astype(np.int64) - offset), minlength=len(hist[b]))
@@ -198,7 +204,7 @@ def _statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     elif value_range.kind == "fixed":
         stretch = BandStretch((value_range.low,) * bands, (value_range.high,) * bands, dtype.name)
     else:
-        edges = None if exact else [np.linspace(lows[b], highs[b], 65537) for b in range(bands)]
+        edges = None if exact else [_bin_edges(lows[b], highs[b]) for b in range(bands)]
         if not exact:  # float or 32-bit bands: a 65536-bin histogram between the band's min and max
             hist = [np.zeros(65536, np.int64) for _ in range(bands)]
             for top, rows in _row_blocks(height, width):
@@ -211,8 +217,9 @@ def _statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
             values = np.arange(len(hist[b])) + offset if exact else edges[b][1:]
             lo = _percentile_from_counts(hist[b], values if exact else edges[b][:-1], value_range.low)
             hi = _percentile_from_counts(hist[b], values, value_range.high)
+            lo, hi = stretch_bounds(lo, hi)
             low.append(lo)
-            high.append(hi if hi > lo else lo + 1.0)
+            high.append(hi)
         stretch = BandStretch(tuple(low), tuple(high), dtype.name)
     if value_range.kind == "percentile":
         if exact:
@@ -226,7 +233,7 @@ def _statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
                 for b in range(bands):
                     values = data[b][masks[b]]
                     clipped[b] += int(((values < stretch.low[b]) | (values > stretch.high[b])).sum())
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0) / scale
     fill = tuple(
         float(np.clip(stretch.forward(np.array([means[b]]), b)[0], 0.0, 1.0)) if counts[b] else 0.0
         for b in range(bands)

@@ -64,7 +64,12 @@ def run_window(
     job: SceneJob,
     window: SceneWindow,
 ) -> np.ndarray:
-    """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32.
+    """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32 (beyond it
+    where the input lies outside the value range, unless the job's options ``clip``).
+
+    The model sees the stretched values clipped to ``[0, 1]``; the part of each value outside it (input minus clipped
+    input) is upscaled bicubically, like the bands without the model, and added to the output (to an alpha band:
+    nearest), so that the output keeps the input's extremes; with ``clip`` the output stays clipped.
 
     Bands outside the job's ``model_bands`` are bicubic, except its 0-based ``alpha_bands`` (masks): nearest
     neighbour, the LR pixel under each output pixel's centre, the same in every window that covers it. With
@@ -89,8 +94,10 @@ def run_window(
     for b in range(count):
         unit[b] = stats.stretch.forward(data[b], b)
         unit[b][~valid[b]] = stats.fill[b]
-    np.clip(unit, 0.0, 1.0, out=unit)
     del data
+    # the model sees the stretch clipped; unless `clip`, what lies outside it is added back to the output bicubically
+    outside = None if job.options.clip else unit - np.clip(unit, 0.0, 1.0)
+    np.clip(unit, 0.0, 1.0, out=unit)
     out_h, out_w = window.out_shape
     rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0)
     coord, cell = window_coordinates(plan, window)
@@ -126,15 +133,23 @@ def run_window(
         for b in model_bands:
             result[b] = output[model_bands.index(b)].numpy()
     if others:  # bands without the model: bicubic of their stretched values, at the same coordinates
-        extra = torch.from_numpy(unit[others]).unsqueeze(0)
-        if (out_h, out_w) == plan.out_size:  # the whole scene: exactly the whole-scene interpolation
-            up = F.interpolate(extra, size=(out_h, out_w), mode="bicubic")
-        else:
-            up = F.grid_sample(extra, coord.flip(-1), mode="bicubic", padding_mode="border", align_corners=False)
-        result[others] = up[0].clamp(0, 1).numpy()
+        result[others] = _bicubic(unit[others], plan, coord).clamp(0, 1).numpy()
     if masks:  # alpha: nearest, at the output pixel centre (exact integer arithmetic in the scene's frame)
         (height, width), (scene_h, scene_w) = plan.size, plan.out_size
         rows = (2 * np.arange(*window.out_rows, dtype=np.int64) + 1) * height // (2 * scene_h) - r0
         cols = (2 * np.arange(*window.out_cols, dtype=np.int64) + 1) * width // (2 * scene_w) - c0
         result[masks] = unit[masks][:, rows][:, :, cols]
+        if outside is not None:
+            result[masks] += outside[masks][:, rows][:, :, cols]
+    beyond = [] if outside is None else [b for b in range(count) if b not in masks and outside[b].any()]
+    if beyond:  # the part outside the stretch, bicubic like the bands without the model, blended like the rest
+        result[beyond] += _bicubic(outside[beyond], plan, coord).numpy()
     return result
+
+
+def _bicubic(planes: np.ndarray, plan: ScenePlan, coord: torch.Tensor) -> torch.Tensor:
+    """Bicubic of ``(n, h, w)`` LR planes at the window's output coordinates: ``(n, out_h, out_w)``."""
+    extra = torch.from_numpy(np.ascontiguousarray(planes)).unsqueeze(0)
+    if tuple(coord.shape[1:3]) == tuple(plan.out_size):  # the whole scene: exactly the whole-scene interpolation
+        return F.interpolate(extra, size=tuple(plan.out_size), mode="bicubic")[0]
+    return F.grid_sample(extra, coord.flip(-1), mode="bicubic", padding_mode="border", align_corners=False)[0]
