@@ -13,6 +13,7 @@ import argparse
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 from ..defaults import DEFAULT_SETTING_PRESET, DTYPE_CHOICES, SCHEDULER_CHOICES, SETTING_PRESETS
 from ..jobs.upscale_file import CLIError
@@ -129,10 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["upscale", "a.png", "--scale", "2"]).window
         256
     """
-    from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
-
     parser = argparse.ArgumentParser(prog="neurop-diff", description="NeurOp-Diff continuous super-resolution")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_upscale_parser(sub)
+    _add_serve_parser(sub)
+
+    sub.add_parser("evaluate", help="the paper's tables (see `neurop-diff evaluate --help`)", add_help=False)
+
+    sub.add_parser("info", help="versions, device and the embedded model")
+
+    export = sub.add_parser("export", help="write a (hub-ready) pipeline folder")
+    export.add_argument("output_dir")
+    export.add_argument("--model", default=None, help="pipeline folder, hub id or preset:NAME (default: embedded)")
+    export.add_argument("--plain", action="store_true", help="the plain diffusers layout (no remote code)")
+    export.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def _add_upscale_parser(sub: Any) -> None:
+    """The ``upscale`` command's flags."""
+    from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
 
     up = sub.add_parser("upscale", help="upscale PNG / JPEG / TIFF / GeoTIFF images")
     up.add_argument("inputs", nargs="*", metavar="INPUT")
@@ -224,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--recursive", action="store_true", help="with --input-dir: sub-folders too (mirrored)")
     batch.add_argument("--glob", default=None, help="with --input-dir: only files matching this pattern, e.g. '*.tif'")
 
+
+def _add_serve_parser(sub: Any) -> None:
+    """The ``serve`` command's flags."""
     serve = sub.add_parser("serve", help="the web app (Gradio; pip install 'neurop-diff-diffusers[app]')")
     serve.add_argument("--model", default=None, help="pipeline folder, hub id or preset:NAME (default: embedded)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -244,14 +265,3 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="channels-last UNet weights (default: the preset's)",
     )
-
-    sub.add_parser("evaluate", help="the paper's tables (see `neurop-diff evaluate --help`)", add_help=False)
-
-    sub.add_parser("info", help="versions, device and the embedded model")
-
-    export = sub.add_parser("export", help="write a (hub-ready) pipeline folder")
-    export.add_argument("output_dir")
-    export.add_argument("--model", default=None, help="pipeline folder, hub id or preset:NAME (default: embedded)")
-    export.add_argument("--plain", action="store_true", help="the plain diffusers layout (no remote code)")
-    export.add_argument("--overwrite", action="store_true")
-    return parser
