@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, stale_temporaries
 from .upscale_file import (
     IMAGE_SUFFIXES,
     CLIError,
@@ -232,19 +232,6 @@ def find_inputs(
             continue
         found.append(path)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def stale_temporaries(output: str | os.PathLike) -> list[Path]:
-    """Temporary files that an interrupted [`atomic_write`] of ``output`` left beside it (``.<stem>.XXXXXXXX<ext>``).
-
-    Args:
-        output: the output file.
-    """
-    output = Path(output)
-    if not output.parent.is_dir():
-        return []
-    name = re.compile(re.escape(f".{output.stem}.") + r"[a-z0-9_]{8}" + re.escape(output.suffix or ".tmp"))
-    return sorted(p for p in output.parent.iterdir() if name.fullmatch(p.name) and p.is_file())
 
 
 def append_record(manifest: str | os.PathLike, record: dict[str, Any]) -> None:
