@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..file_safety import make_dirs_inside
 from ..utils import atomic_write_text, stale_temporaries
 from .upscale_file import (
     IMAGE_SUFFIXES,
@@ -558,7 +559,9 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
     complete output of an earlier run is there (unless ``overwrite``), else run; its manifest record.
 
     This run owns the folder (locked, settings checked): an incomplete output, or a map left without its output by a
-    killed run, is redone, and the temporary files of a killed write are removed.
+    killed run, is redone, and the temporary files of a killed write are removed. The input's sub-folders below the
+    output folder (``--recursive``) are real folders: a link among them is refused (that input fails with one line),
+    never followed out of the folder.
 
     Args:
         pipe: the loaded pipeline.
@@ -583,6 +586,8 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
     }
     start = time.perf_counter()
     try:
+        # the input's sub-folders below --out-dir: real folders, never links out of it (checked, then made to write)
+        make_dirs_inside(dst.parent, folder.out_dir, "output folder", create=False)
         job = plan_file(src, dst, folder.scale, folder.size, options, overwrite=True, inputs=inputs)
         record["size"] = list(job.out_size)
         if not folder.overwrite and output_complete(dst, job.out_size, job.geo, job.uncertainty):
@@ -591,6 +596,7 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
             for temporary in stale_temporaries(path):  # left by a run killed while writing
                 temporary.unlink(missing_ok=True)
         redo = folder.overwrite or any(os.path.lexists(path) for path in job.outputs)
+        make_dirs_inside(dst.parent, folder.out_dir, "output folder")
         run_job(pipe, job, redo)
     except (InputFailed, ValueError, OSError, RuntimeError, MemoryError) as err:
         message = str(err) if isinstance(err, InputFailed) else f"{src}: {one_line(err)}"
