@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ...file_safety import check_file_target, gdal_path
 from ...io.geo import require_rasterio
 from ...io.paths import uncertainty_path
 from ...io.rasters import open_raster
@@ -68,11 +69,14 @@ def prepare_scene(
     """
     options = _scene_options(options, kwargs)
     src = src_path.path if isinstance(src_path, RasterPlan) else Path(src_path)
+    check_file_target(dst_path, "output")  # as given: `./GTIFF_DIR:1:x.tif` is a local name, `/vsimem/o.tif` not
     dst = Path(dst_path)
     if dst.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst}`.")
-    if options.num_samples is not None and _same_file(uncertainty_path(dst), src):
-        raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src}`.")
+    if options.num_samples is not None:
+        check_file_target(gdal_path(uncertainty_path(dst)), "uncertainty map")  # named after the output
+        if _same_file(uncertainty_path(dst), src):
+            raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src}`.")
     raster = plan_raster(src_path)  # read and checked here unless the caller did: one line, from the header
     header = raster.header
     model_bands = _model_bands(header.working_bands, options.rgb_bands, src)  # a palette is read as RGB
@@ -248,7 +252,7 @@ def upscale_scene(
     for path in (dst, uncertainty_path(dst) if options.num_samples is not None else None):
         if path is not None and os.path.lexists(path) and not overwrite:
             raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
-    job = prepare_scene(src_path, dst, scale, output_size, options=options)
+    job = prepare_scene(src_path, dst_path, scale, output_size, options=options)  # the name as given
     return run_scene(pipe, job, overwrite=overwrite)
 
 
