@@ -21,7 +21,7 @@ from ...io.rasters import open_raster
 from ...pipelines.image_processing import resolve_output_size
 from .cog import assemble_and_commit
 from .job import SceneJob, megabytes, strip_bytes
-from .journal import done_windows, open_journal, scene_settings, work_folder
+from .journal import done_windows, hold_work_folder, open_journal, scene_settings, work_folder
 from .options import SceneOptions
 from .plan import RasterPlan, ScenePlan, plan_raster
 from .window import run_window
@@ -160,6 +160,17 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
     """
     if options:
         job = dataclasses.replace(job, options=dataclasses.replace(job.options, **options))
+    with hold_work_folder(job, _main_process(job.options.distributed)):  # claimed and locked for the whole run
+        return _run_scene(pipe, job, overwrite)
+
+
+def _main_process(distributed: bool) -> bool:
+    """Whether this process holds the work folder: the only one, or the main one of a distributed run."""
+    return not distributed or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+
+
+def _run_scene(pipe: Any, job: SceneJob, overwrite: bool) -> Path:
+    """[`run_scene`] once the work folder is held."""
     restart, workers, progress, distributed = (getattr(job.options, k) for k in _RUN_FIELDS)
     state = _process_state(on_cpu(pipe)) if distributed else None
     is_main = state is None or state.is_main_process
