@@ -429,3 +429,21 @@ def test_a_batch_dry_run_prints_each_plan_and_writes_nothing(plain_and_geotiff, 
     assert f"{plain_and_geotiff / 'a.png'} -> {out / 'a_x2.png'} (20x24, height x width): one image" in printed
     assert f"{plain_and_geotiff / 'b.tif'} -> {out / 'b_x2.tif'}\n" in printed and "windows: 1 x 2 = 2" in printed
     assert not out.exists()
+
+
+def test_a_batch_output_sub_folder_that_is_a_link_is_refused(tmp_path, capsys):
+    inputs, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+    (inputs / "sub").mkdir(parents=True)
+    (inputs / "top").mkdir()
+    rng = np.random.default_rng(0)
+    for folder in ("sub", "top"):
+        Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(inputs / folder / "a.png")
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "sub").symlink_to(elsewhere)
+    assert _run("upscale", "--input-dir", inputs, "--out-dir", out, "--recursive", *FAST) == 2
+    err = capsys.readouterr().err
+    assert f"output folder `{out / 'sub'}` is a symbolic link: only a real folder is written into" in err
+    assert list(elsewhere.iterdir()) == []
+    assert (out / "top" / "a_x2.png").is_file()  # the other input is written
+    assert (out / "sub").is_symlink()

@@ -139,3 +139,21 @@ def test_local_name_type_errors_name_the_argument():
         check_local_name(3, "output")
     with pytest.raises(ValueError, match="only local file names"):
         check_local_name("a\x00b", "output")
+
+
+def test_checking_folders_below_the_root_makes_nothing(tmp_path):
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    assert make_dirs_inside(root / "a" / "b", root, "output folder", create=False) == root / "a" / "b"
+    assert list(root.iterdir()) == []
+    (root / "sub").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="is a symbolic link"):
+        make_dirs_inside(root / "sub" / "deeper", root, "output folder", create=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_file_at_a_work_folder_is_named_a_file(tmp_path):
+    (tmp_path / "work").write_text("x")
+    with pytest.raises(ValueError, match="work folder `.*work` is a file, not a folder this tool made"):
+        claim_work_folder(tmp_path / "work", "run")

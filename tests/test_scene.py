@@ -23,6 +23,7 @@ from conftest import smooth_scene as _smooth_scene  # noqa: E402
 from conftest import write_geotiff as _write  # noqa: E402
 from neurop_diff_diffusers import build_pipeline  # noqa: E402
 from neurop_diff_diffusers.cli import commands as cli  # noqa: E402
+from neurop_diff_diffusers.file_safety import WORK_MARKER  # noqa: E402
 from neurop_diff_diffusers.io.geo import STRETCH_TAG  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import (  # noqa: E402
     SceneOptions,
@@ -291,6 +292,7 @@ def test_cli_says_which_flag_discards_a_stale_journal(tmp_path, capsys):
     path = _write(tmp_path / "s.tif", _smooth_scene(20, 20))
     folder = work_folder(tmp_path / "o.tif")
     folder.mkdir()
+    (folder / WORK_MARKER).write_text("an earlier run")  # a folder this tool made
     (folder / "journal.json").write_text(json.dumps({"settings": {"seed": 99}, "windows": 1}))
     assert cli.main(["upscale", str(path), "-o", str(tmp_path / "o.tif"), "--scale", "2", "--prior-only", *TINY]) == 2
     err = capsys.readouterr().err

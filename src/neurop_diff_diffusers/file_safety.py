@@ -147,7 +147,7 @@ def check_file_target(path: str | os.PathLike, what: str) -> Path:
     return target
 
 
-def make_dirs_inside(folder: str | os.PathLike, root: str | os.PathLike, what: str) -> Path:
+def make_dirs_inside(folder: str | os.PathLike, root: str | os.PathLike, what: str, create: bool = True) -> Path:
     """Create ``folder`` and its missing parents below ``root`` without following a symbolic link below ``root``.
 
     ``root`` itself is the user's declared folder (it may be reached through links the user chose); every part of
@@ -157,6 +157,8 @@ def make_dirs_inside(folder: str | os.PathLike, root: str | os.PathLike, what: s
         folder (`str | os.PathLike`): a folder inside ``root``.
         root (`str | os.PathLike`): the declared output folder.
         what (`str`): what the folder is for, for the message.
+        create (`bool`, defaults to `True`): create the missing parts; ``False`` only checks the parts that exist
+            (nothing is made, e.g. before an input is planned).
 
     Raises:
         ValueError: ``folder`` is not inside ``root``, or a part of it is a link or not a folder.
@@ -180,6 +182,8 @@ def make_dirs_inside(folder: str | os.PathLike, root: str | os.PathLike, what: s
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
+            if not create:
+                return folder
             try:
                 os.mkdir(current)
             except FileExistsError:
@@ -220,9 +224,8 @@ def claim_work_folder(folder: str | os.PathLike, run_id: str, create: bool = Tru
         _write_new(folder / WORK_MARKER, run_id.encode())
         return folder
     if not stat.S_ISDIR(mode):
-        raise ValueError(
-            f"work folder `{printable(folder)}` is {_kind(mode)}, not a folder this tool made: remove it first"
-        )
+        kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
+        raise ValueError(f"work folder `{printable(folder)}` is {kind}, not a folder this tool made: remove it first")
     try:
         marker_mode = os.lstat(folder / WORK_MARKER).st_mode
     except FileNotFoundError:

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,32 @@ def atomic_write(
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def stale_temporaries(output: str | os.PathLike) -> list[Path]:
+    """The temporary files that an interrupted [`atomic_write`] of ``output`` left beside it: regular files named
+    ``.<stem>.XXXXXXXX<suffix>`` (the pattern of its temporary names, nothing else), never links.
+
+    Args:
+        output (`str | os.PathLike`): the target of the write.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / ".o.k3j_x9q0.tif").write_bytes(b"partial")
+        >>> _ = (folder / ".o.uncertainty.k3j_x9q0.tif").write_bytes(b"another output's")
+        >>> [p.name for p in stale_temporaries(folder / "o.tif")]
+        ['.o.k3j_x9q0.tif']
+    """
+    output = Path(output)
+    if not output.parent.is_dir():
+        return []
+    name = re.compile(re.escape(f".{output.stem}.") + r"[a-z0-9_]{8}" + re.escape(output.suffix or ".tmp"))
+    found = []
+    for entry in os.scandir(output.parent):
+        if name.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            found.append(Path(entry.path))
+    return sorted(found)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

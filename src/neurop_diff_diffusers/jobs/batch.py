@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_write_text
+from ..file_safety import make_dirs_inside
+from ..utils import atomic_write_text, stale_temporaries
 from .upscale_file import (
     IMAGE_SUFFIXES,
     CLIError,
@@ -232,19 +233,6 @@ def find_inputs(
             continue
         found.append(path)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def stale_temporaries(output: str | os.PathLike) -> list[Path]:
-    """Temporary files that an interrupted [`atomic_write`] of ``output`` left beside it (``.<stem>.XXXXXXXX<ext>``).
-
-    Args:
-        output: the output file.
-    """
-    output = Path(output)
-    if not output.parent.is_dir():
-        return []
-    name = re.compile(re.escape(f".{output.stem}.") + r"[a-z0-9_]{8}" + re.escape(output.suffix or ".tmp"))
-    return sorted(p for p in output.parent.iterdir() if name.fullmatch(p.name) and p.is_file())
 
 
 def append_record(manifest: str | os.PathLike, record: dict[str, Any]) -> None:
@@ -571,7 +559,9 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
     complete output of an earlier run is there (unless ``overwrite``), else run; its manifest record.
 
     This run owns the folder (locked, settings checked): an incomplete output, or a map left without its output by a
-    killed run, is redone, and the temporary files of a killed write are removed.
+    killed run, is redone, and the temporary files of a killed write are removed. The input's sub-folders below the
+    output folder (``--recursive``) are real folders: a link among them is refused (that input fails with one line),
+    never followed out of the folder.
 
     Args:
         pipe: the loaded pipeline.
@@ -596,6 +586,8 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
     }
     start = time.perf_counter()
     try:
+        # the input's sub-folders below --out-dir: real folders, never links out of it (checked, then made to write)
+        make_dirs_inside(dst.parent, folder.out_dir, "output folder", create=False)
         job = plan_file(src, dst, folder.scale, folder.size, options, overwrite=True, inputs=inputs)
         record["size"] = list(job.out_size)
         if not folder.overwrite and output_complete(dst, job.out_size, job.geo, job.uncertainty):
@@ -604,6 +596,7 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
             for temporary in stale_temporaries(path):  # left by a run killed while writing
                 temporary.unlink(missing_ok=True)
         redo = folder.overwrite or any(os.path.lexists(path) for path in job.outputs)
+        make_dirs_inside(dst.parent, folder.out_dir, "output folder")
         run_job(pipe, job, redo)
     except (InputFailed, ValueError, OSError, RuntimeError, MemoryError) as err:
         message = str(err) if isinstance(err, InputFailed) else f"{src}: {one_line(err)}"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
-from ..file_safety import printable
+from ..file_safety import check_file_target, check_local_name, printable
 from ..io.paths import output_path, uncertainty_path  # noqa: F401 (the job names its outputs with them)
 
 #: The input and output file types (PNG, JPEG, TIFF; a georeferenced TIFF is a GeoTIFF).
@@ -251,9 +251,10 @@ def check_output_name(path: Path) -> None:
 def check_output_location(path: Path, overwrite: bool) -> None:
     """Refuse, with one line naming ``path``, an output that could not be written; nothing is created.
 
-    The output must not be a folder, must not exist unless ``overwrite``, and its folder must exist as a writable
-    folder or be creatable (the nearest existing folder above it is writable, no file stands where a folder is
-    needed), and its name must fit the file system ([`check_output_name`]). Writability is probed by creating and
+    The output must be a local name (no ``/vsi`` prefix, URL or ``DRIVER:`` form), must not be a folder, must not
+    exist unless ``overwrite`` and then be a regular file (never a link, device or FIFO), and its folder must exist as
+    a writable folder or be creatable (the nearest existing folder above it is writable, no file stands where a folder
+    is needed), and its name must fit the file system ([`check_output_name`]). Writability is probed by creating and
     removing a temporary file, which also catches read-only and special file systems (``/sys``, ``/proc``).
 
     Args:
@@ -263,11 +264,19 @@ def check_output_location(path: Path, overwrite: bool) -> None:
     Raises:
         InputFailed: with the reason.
     """
+    try:
+        check_local_name(path, "output")  # /vsimem/o.tif would be written into GDAL's memory, not a file
+    except ValueError as err:
+        raise InputFailed(str(err)) from None
     check_output_name(path)
     if path.is_dir():
         raise InputFailed(f"{path}: the output is a directory; give a file name or use --out-dir")
     if os.path.lexists(path) and not overwrite:
         raise InputFailed(f"{path} exists; pass --overwrite to replace it")
+    try:
+        check_file_target(path, "output")  # a link, device or FIFO is never replaced, even with --overwrite
+    except ValueError as err:
+        raise InputFailed(str(err)) from None
     folder = path.absolute().parent
     existing = folder
     while not os.path.lexists(existing) and existing != existing.parent:

@@ -20,10 +20,12 @@ The scene engine behind [`upscale_geotiff`] and ``neurop-diff upscale scene.tif`
   not depend on the number of processes or workers, their order, or a restart.
 - **Resume.** Each finished window's output is saved (atomically) in a work folder beside the output,
   ``.<name>.neurop-diff-scene/``, with ``journal.json`` recording the settings (model fingerprint, output size,
-  steps, sampler, dtype, seed, strength, prior only, samples, window, halo, value range, input file). The same call
-  after a crash or SIGKILL continues from the windows done; a journal of other settings is never mixed in
-  (``ValueError`` naming the differences; ``restart=True`` / ``--restart`` discards it). The folder is removed when
-  the output is committed.
+  steps, sampler, dtype, seed, strength, prior only, samples, window, halo, value range, input file and a hash of its
+  bytes). The same call after a crash or SIGKILL continues from the windows done; a journal of other settings is
+  never mixed in (``ValueError`` naming the differences; ``restart=True`` / ``--restart`` discards it). The folder is
+  removed when the output is committed. The resume state is checked as hostile input (a folder this tool made, never
+  a link, locked for the whole run; the journal against its schema; each window file from its ``.npy`` header, never
+  through a link): see ``journal``.
 - **Parallel.** Under ``accelerate launch`` the windows left to do are split between the processes; the main process
   assembles the output when all are done: one file, bit-identical to one process.
 - **Output.** A tiled (512 px), DEFLATE-compressed, pixel-interleaved Cloud-Optimized GeoTIFF with internal

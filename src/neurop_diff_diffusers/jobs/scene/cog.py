@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...file_safety import gdal_path
 from ...io.geo import STRETCH_TAG, copy_band_metadata
 from ...io.rasters import build_output_overviews, gdal_safe_env, inspect_raster, open_raster, output_overviews
 from ...utils import atomic_write
@@ -29,29 +30,33 @@ def write_cog(assembled: str, target: str, resampling: str | None = None) -> Non
 
     The assembled file's overviews (the input's factors) are kept; without any, GDAL makes them down to one block
     with ``resampling``: ``None`` GDAL's default (cubic), ``"NEAREST"`` (an alpha band is a mask) or ``"AVERAGE"`` (an
-    uncertainty map stays >= 0, which cubic would not keep).
+    uncertainty map stays >= 0, which cubic would not keep). Both names are local files, handed to GDAL as absolute
+    paths ([`~neurop_diff_diffusers.file_safety.gdal_path`]: a name like ``GTIFF_DIR:1:x.tif`` stays a file).
     """
     import rasterio
     import rasterio.shutil
 
     with gdal_safe_env(), rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_NUM_THREADS="1"):
-        with rasterio.open(assembled) as tmp:
+        with rasterio.open(gdal_path(assembled)) as tmp:
             predictor = "2" if np.issubdtype(np.dtype(tmp.dtypes[0]), np.integer) else "3"
             options = _COG_OPTIONS if resampling is None else dict(_COG_OPTIONS, RESAMPLING=resampling)
-            rasterio.shutil.copy(tmp, target, driver="COG", PREDICTOR=predictor, **options)
+            rasterio.shutil.copy(tmp, gdal_path(target), driver="COG", PREDICTOR=predictor, **options)
 
 
 def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
     """Blend the saved windows into the output COG (and the uncertainty map's) and commit it atomically.
 
     With an uncertainty map, the map is committed first and the output right after it; if the output cannot be
-    committed the map just written is removed: a run leaves both files or neither.
+    committed the map just written is removed: a run leaves both files or neither. Both commits go through
+    [`~neurop_diff_diffusers.utils.atomic_write`]'s checks (a link, folder, device or FIFO at either name is refused,
+    never replaced) and GDAL is handed absolute local names only.
     """
     import rasterio
 
     assembled = job.folder / "assembled.tif"
     assembled_map = job.folder / "assembled.uncertainty.tif"
-    map_path = job.uncertainty_path
+    map_path = None if job.uncertainty_path is None else Path(gdal_path(job.uncertainty_path))
+    dst_path = Path(gdal_path(job.dst_path))
     for path in (assembled, assembled_map):
         path.unlink(missing_ok=True)
     header = job.header if job.header is not None else inspect_raster(job.src_path)
@@ -62,12 +67,14 @@ def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
         with open_raster(job.src_path) as src, contextlib.ExitStack() as stack:
             profile, metadata, mask_only = output_layout(src, header, out_size, job.stats.nonfinite)
             stack.enter_context(rasterio.Env(GDAL_CACHEMAX=_GDAL_CACHE_MB, GDAL_TIFF_INTERNAL_MASK="YES"))
-            dst = stack.enter_context(rasterio.open(assembled, "w", **profile))
+            dst = stack.enter_context(rasterio.open(gdal_path(assembled), "w", **profile))
             copy_band_metadata(dst, metadata)
             dst.update_tags(**tags)
             spread = None
             if map_path is not None:
-                spread = stack.enter_context(rasterio.open(assembled_map, "w", **uncertainty_profile(profile)))
+                spread = stack.enter_context(
+                    rasterio.open(gdal_path(assembled_map), "w", **uncertainty_profile(profile))
+                )
                 spread.set_band_description(1, "uncertainty")
                 spread.update_tags(**tags, **{UNCERTAINTY_TAG: uncertainty_description(job.num_samples)})
             assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only, profile.get("nodata"), spread)
@@ -79,11 +86,11 @@ def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
                 spread.build_overviews(factors, Resampling.average)
         resampling = "NEAREST" if header.alpha_bands else None
         if map_path is not None:
-            atomic_write(map_path, lambda temp: write_cog(str(assembled_map), temp, "AVERAGE"), overwrite=overwrite)
+            write_map = lambda temp: write_cog(str(assembled_map), temp, "AVERAGE")  # noqa: E731
+            atomic_write(map_path, write_map, overwrite=overwrite, what="uncertainty map")
         try:
-            return atomic_write(
-                job.dst_path, lambda temp: write_cog(str(assembled), temp, resampling), overwrite=overwrite
-            )
+            atomic_write(dst_path, lambda temp: write_cog(str(assembled), temp, resampling), overwrite=overwrite)
+            return job.dst_path
         except BaseException:
             if map_path is not None:  # never a map without its output
                 map_path.unlink(missing_ok=True)

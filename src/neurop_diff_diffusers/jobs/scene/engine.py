@@ -14,13 +14,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ...file_safety import check_file_target, gdal_path
 from ...io.geo import require_rasterio
 from ...io.paths import uncertainty_path
 from ...io.rasters import open_raster
 from ...pipelines.image_processing import resolve_output_size
 from .cog import assemble_and_commit
 from .job import SceneJob, megabytes, strip_bytes
-from .journal import done_windows, open_journal, scene_settings, work_folder
+from .journal import done_windows, hold_work_folder, open_journal, scene_settings, work_folder
 from .options import SceneOptions
 from .plan import RasterPlan, ScenePlan, plan_raster
 from .window import run_window
@@ -68,11 +69,14 @@ def prepare_scene(
     """
     options = _scene_options(options, kwargs)
     src = src_path.path if isinstance(src_path, RasterPlan) else Path(src_path)
+    check_file_target(dst_path, "output")  # as given: `./GTIFF_DIR:1:x.tif` is a local name, `/vsimem/o.tif` not
     dst = Path(dst_path)
     if dst.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"A georeferenced output must be a .tif/.tiff file, got `{dst}`.")
-    if options.num_samples is not None and _same_file(uncertainty_path(dst), src):
-        raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src}`.")
+    if options.num_samples is not None:
+        check_file_target(gdal_path(uncertainty_path(dst)), "uncertainty map")  # named after the output
+        if _same_file(uncertainty_path(dst), src):
+            raise ValueError(f"The uncertainty map `{uncertainty_path(dst)}` would replace the input `{src}`.")
     raster = plan_raster(src_path)  # read and checked here unless the caller did: one line, from the header
     header = raster.header
     model_bands = _model_bands(header.working_bands, options.rgb_bands, src)  # a palette is read as RGB
@@ -161,6 +165,17 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
     """
     if options:
         job = dataclasses.replace(job, options=dataclasses.replace(job.options, **options))
+    with hold_work_folder(job, _main_process(job.options.distributed)):  # claimed and locked for the whole run
+        return _run_scene(pipe, job, overwrite)
+
+
+def _main_process(distributed: bool) -> bool:
+    """Whether this process holds the work folder: the only one, or the main one of a distributed run."""
+    return not distributed or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+
+
+def _run_scene(pipe: Any, job: SceneJob, overwrite: bool) -> Path:
+    """[`run_scene`] once the work folder is held."""
     restart, workers, progress, distributed = (getattr(job.options, k) for k in _RUN_FIELDS)
     state = _process_state(on_cpu(pipe)) if distributed else None
     is_main = state is None or state.is_main_process
@@ -253,7 +268,7 @@ def upscale_scene(
     for path in (dst, uncertainty_path(dst) if options.num_samples is not None else None):
         if path is not None and os.path.lexists(path) and not overwrite:
             raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
-    job = prepare_scene(src_path, dst, scale, output_size, options=options)
+    job = prepare_scene(src_path, dst_path, scale, output_size, options=options)  # the name as given
     return run_scene(pipe, job, overwrite=overwrite)
 
 
