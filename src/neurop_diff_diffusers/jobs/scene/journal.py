@@ -3,8 +3,9 @@ the same settings.
 
 Each finished window's output is saved (atomically) in a work folder beside the output,
 ``.<name>.neurop-diff-scene/``, with ``journal.json`` recording the settings (model fingerprint, output size, steps,
-sampler, dtype, seed, strength, prior only, samples, window, halo, value range, clip, input file and a hash of its bytes).
-A journal of other settings is never mixed in (``ValueError`` naming the differences; ``restart=True`` discards it).
+sampler, dtype, seed, strength, prior only, samples, window, halo, value range, clip, input file and a hash of its
+bytes). A journal of other settings is never mixed in (``ValueError`` naming the differences; ``restart=True``
+discards it).
 
 The resume state is read as hostile input:
 
