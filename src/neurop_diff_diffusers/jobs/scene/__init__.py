@@ -24,6 +24,10 @@ The scene engine behind [`upscale_geotiff`] and ``neurop-diff upscale scene.tif`
   after a crash or SIGKILL continues from the windows done; a journal of other settings is never mixed in
   (``ValueError`` naming the differences; ``restart=True`` / ``--restart`` discards it). The folder is removed when
   the output is committed.
+- **Stop.** With a stop flag (``stop=threading.Event()``; the CLI sets it on SIGINT / SIGTERM) every worker checks
+  it after each denoising step: the run ends within the steps in flight, the finished windows stay in the work
+  folder, no output is written and [`~neurop_diff_diffusers.jobs.stopping.RunStopped`] is raised; the same call
+  resumes. Progress counts denoising steps (windows x steps per window), so even a one-window scene has an ETA.
 - **Parallel.** Under ``accelerate launch`` the windows left to do are split between the processes; the main process
   assembles the output when all are done: one file, bit-identical to one process.
 - **Output.** A tiled (512 px), DEFLATE-compressed, pixel-interleaved Cloud-Optimized GeoTIFF with internal

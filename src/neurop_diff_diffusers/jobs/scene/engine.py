@@ -24,7 +24,7 @@ from .journal import done_windows, open_journal, scene_settings, work_folder
 from .options import SceneOptions
 from .plan import RasterPlan, ScenePlan, plan_raster
 from .window import run_window
-from .workers import WindowThreads, compute_windows, on_cpu, worker_pipes
+from .workers import WindowThreads, compute_windows, on_cpu, window_steps, worker_pipes
 
 
 def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[int]:
@@ -38,7 +38,7 @@ def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[
 
 
 #: The fields of [`SceneOptions`] that [`run_scene`] reads.
-_RUN_FIELDS = ("restart", "workers", "progress", "distributed")
+_RUN_FIELDS = ("restart", "workers", "progress", "distributed", "stop")
 
 
 def prepare_scene(
@@ -130,10 +130,16 @@ def _process_state(cpu: bool) -> Any:
 
 
 def tqdm_progress(total: int, done: int) -> Any:
-    """A tqdm progress bar over windows with ETA (the CLI's): pass as ``progress`` to [`upscale_scene`]."""
+    """A tqdm progress bar over the scene's denoising steps (windows x steps per window) with an ETA from the first
+    finished steps (the CLI's and the web app's): pass as ``progress`` to [`upscale_scene`].
+
+    Args:
+        total (`int`): the scene's steps.
+        done (`int`): the steps of the windows already saved (a resumed run).
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, desc="windows", unit="window", dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc="denoising steps", unit="step", dynamic_ncols=True, smoothing=0.1)
 
 
 def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any) -> Path:
@@ -144,19 +150,24 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
         pipe (`Any`): the pipeline.
         job (`SceneJob`): from [`prepare_scene`]; its [`SceneOptions`] say how: ``restart`` (discard a journal of
             other settings instead of refusing), ``workers`` (see [`compute_windows`]), ``progress``
-            (``progress(total, done)`` is called once on the main process and returns an object with ``update(n)``,
-            windows just finished, and ``close()``, e.g. [`tqdm_progress`]) and ``distributed`` (under ``accelerate
-            launch``, split the windows between the processes, every process making the same call; ``False``: this
-            process does every window).
+            (``progress(total, done)`` is called once on the main process, in denoising steps: windows x
+            [`window_steps`]; it returns an object with ``update(n)``, steps just done, and ``close()``, e.g.
+            [`tqdm_progress`]), ``distributed`` (under ``accelerate launch``, split the windows between the
+            processes, every process making the same call; ``False``: this process does every window) and ``stop``
+            (a stop flag checked after every denoising step).
         overwrite (`bool`, defaults to `False`): replace an existing output (atomically).
         options (`Any`): fields of the job's options to replace for this run (e.g. ``restart=True``, ``workers=2``).
 
     Returns:
         `Path`: the output.
+
+    Raises:
+        RunStopped: the ``stop`` flag was set: the finished windows stay in the work folder (the same call resumes
+            from them), no output is written.
     """
     if options:
         job = dataclasses.replace(job, options=dataclasses.replace(job.options, **options))
-    restart, workers, progress, distributed = (getattr(job.options, k) for k in _RUN_FIELDS)
+    restart, workers, progress, distributed, stop = (getattr(job.options, k) for k in _RUN_FIELDS)
     state = _process_state(on_cpu(pipe)) if distributed else None
     is_main = state is None or state.is_main_process
     barrier = state.wait_for_everyone if state is not None else (lambda: None)
@@ -175,12 +186,15 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
             mine = list(share)
     else:
         mine = pending
-    bar = progress(len(windows), len(windows) - len(pending)) if (progress is not None and is_main) else None
+    steps = window_steps(pipe, job)
+    bar = None
+    if progress is not None and is_main:
+        bar = progress(len(windows) * steps, (len(windows) - len(pending)) * steps)
     update = None if bar is None else bar.update
     if update is not None and state is not None:  # the main process counts its share times the processes
         update = lambda n: bar.update(min(n * state.num_processes, bar.total - bar.n))  # noqa: E731
     try:
-        compute_windows(pipe, job, mine, workers=workers, progress=update)
+        compute_windows(pipe, job, mine, workers=workers, progress=update, stop=stop)
     except BaseException:
         if is_main and not done_windows(job.folder, windows):  # nothing to resume from: leave nothing behind
             shutil.rmtree(job.folder, ignore_errors=True)

@@ -1,0 +1,92 @@
+"""Stop means stop (a stop flag checked between denoising steps; SIGINT / SIGTERM in the CLI), the dry run from one
+denoising step, and progress over denoising steps; small rasters and the tiny random model."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
+
+from conftest import smooth_scene, write_geotiff  # noqa: E402
+from neurop_diff_diffusers import build_pipeline  # noqa: E402
+from neurop_diff_diffusers.jobs.scene import prepare_scene, upscale_scene, work_folder  # noqa: E402
+from neurop_diff_diffusers.jobs.scene.workers import window_steps  # noqa: E402
+from neurop_diff_diffusers.jobs.stopping import RunStopped  # noqa: E402
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SCENE = dict(scale=2, window=16, halo=4, seed=1)  # a 32 x 32 scene: 2 x 2 = 4 windows
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_pipeline("tiny", seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+class _Steps:
+    """A progress bar that records its total and counts the steps; sets ``stop`` at step ``stop_at``."""
+
+    def __init__(self, stop=None, stop_at=None):
+        self.stop, self.stop_at, self.total, self.initial, self.n = stop, stop_at, None, None, 0
+
+    def __call__(self, total, done):
+        self.total, self.initial = total, done
+        return self
+
+    def update(self, n):
+        self.n += n
+        if self.stop_at is not None and self.n >= self.stop_at:
+            self.stop.set()
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_flag_ends_the_run_between_steps_and_the_same_call_resumes_to_the_same_bytes(pipe, tmp_path, workers):
+    path = write_geotiff(tmp_path / "s.tif", smooth_scene(32, 32))
+    steps = 4
+    stop = threading.Event()
+    bar = _Steps(stop, stop_at=steps + 1)  # the first step of the second window (in order, with one worker)
+    target = tmp_path / "o.tif"
+    with pytest.raises(RunStopped):
+        upscale_scene(pipe, path, target, num_inference_steps=steps, workers=workers, progress=bar, stop=stop, **SCENE)
+    assert bar.total == 4 * steps
+    assert bar.n < 4 * steps  # fewer steps ran than windows x steps
+    saved = sorted(p.name for p in work_folder(target).glob("w*.npy"))
+    if workers == 1:  # exactly one more step ran: the one that saw the flag; the first window is kept
+        assert bar.n == steps + 1 and saved == ["w000000.npy"]
+    assert len(saved) < 4 and not target.exists()
+    resumed = _Steps()
+    upscale_scene(pipe, path, target, num_inference_steps=steps, workers=workers, progress=resumed, **SCENE)
+    assert (resumed.total, resumed.initial) == (4 * steps, len(saved) * steps)
+    assert resumed.initial + resumed.n == resumed.total
+    upscale_scene(pipe, path, tmp_path / "u.tif", num_inference_steps=steps, workers=workers, **SCENE)
+    assert target.read_bytes() == (tmp_path / "u.tif").read_bytes()
+    assert not work_folder(target).exists()
+
+
+def test_a_flag_set_before_the_run_computes_nothing_and_leaves_no_work_folder(pipe, tmp_path):
+    path = write_geotiff(tmp_path / "s.tif", smooth_scene(32, 32))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(RunStopped):
+        upscale_scene(pipe, path, tmp_path / "o.tif", num_inference_steps=2, stop=stop, **SCENE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+    with pytest.raises(TypeError, match="`stop` must be None or a flag with is_set()"):
+        upscale_scene(pipe, path, tmp_path / "o.tif", stop=True, **SCENE)
+
+
+def test_progress_counts_windows_times_steps_strength_and_the_prior_alone(pipe, tmp_path):
+    path = write_geotiff(tmp_path / "s.tif", smooth_scene(32, 32))
+    bar = _Steps()
+    upscale_scene(pipe, path, tmp_path / "o.tif", num_inference_steps=3, workers=1, progress=bar, **SCENE)
+    assert (bar.total, bar.initial, bar.n) == (12, 0, 12)
+    job = prepare_scene(path, tmp_path / "x.tif", scale=2, window=16, halo=4, num_inference_steps=10, strength=0.5)
+    assert window_steps(pipe, job) == 5
+    job = prepare_scene(path, tmp_path / "x.tif", scale=2, window=16, halo=4, prior_only=True)
+    assert window_steps(pipe, job) == 1
