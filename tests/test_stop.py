@@ -3,6 +3,7 @@ denoising step, and progress over denoising steps; small rasters and the tiny ra
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -12,7 +13,7 @@ pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [g
 
 from conftest import smooth_scene, write_geotiff  # noqa: E402
 from neurop_diff_diffusers import build_pipeline  # noqa: E402
-from neurop_diff_diffusers.jobs.scene import prepare_scene, upscale_scene, work_folder  # noqa: E402
+from neurop_diff_diffusers.jobs.scene import dry_run, prepare_scene, upscale_scene, work_folder  # noqa: E402
 from neurop_diff_diffusers.jobs.scene.workers import window_steps  # noqa: E402
 from neurop_diff_diffusers.jobs.stopping import RunStopped  # noqa: E402
 
@@ -90,3 +91,22 @@ def test_progress_counts_windows_times_steps_strength_and_the_prior_alone(pipe, 
     assert window_steps(pipe, job) == 5
     job = prepare_scene(path, tmp_path / "x.tif", scale=2, window=16, halo=4, prior_only=True)
     assert window_steps(pipe, job) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_dry_run_times_one_step_per_worker_never_the_whole_sampler(pipe, tmp_path, workers):
+    path = write_geotiff(tmp_path / "s.tif", smooth_scene(40, 60))
+    job = prepare_scene(path, tmp_path / "o.tif", scale=2, window=16, halo=4, num_inference_steps=30)
+    calls = []
+    hook = pipe.unet.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        report = dry_run(pipe, job, workers=workers)
+    finally:
+        hook.remove()
+    assert len(calls) == workers  # one denoising step (one UNet call) on each worker, at once
+    assert report["windows"] == 12 and report["steps_per_window"] == 30 and report["workers"] == workers
+    one = report["read_seconds"] + report["operator_seconds"] + 30 * report["step_seconds"] + report["write_seconds"]
+    assert report["step_seconds"] > 0 and report["window_seconds"] == pytest.approx(one)
+    assert report["estimated_seconds"] == pytest.approx(math.ceil(12 / workers) * one)
+    assert "x 30 steps" in report["text"] and f"timed with {workers} worker(s) at once" in report["text"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]

@@ -58,7 +58,8 @@ The modules, one concept each: ``plan`` (window geometry; the input's header, ch
 ``statistics`` (value ranges, the statistics pass that is also the damage scan), ``options`` (a run's options,
 checked once), ``window`` (one window through the model), ``workers`` (windows in threads), ``journal`` (journal and
 fingerprint), ``job`` (a planned scene), ``assemble`` (strip blending, nodata rows), ``cog`` (the COG copy, the
-commit of two files) and ``engine`` (prepare, run, the ``accelerate`` split, the dry run, [`upscale_geotiff`]).
+commit of two files), ``dry_run`` (the estimate from one denoising step) and ``engine`` (prepare, run, the
+``accelerate`` split, [`upscale_geotiff`]).
 
 Example:
     >>> plan = ScenePlan.create((1000, 700), (2000, 1400), window=256, halo=16)
@@ -68,7 +69,8 @@ Example:
 
 from ...io.paths import uncertainty_path
 from .cog import assemble_and_commit
-from .engine import dry_run, prepare_scene, run_scene, tqdm_progress, upscale_geotiff, upscale_scene
+from .dry_run import dry_run
+from .engine import prepare_scene, run_scene, tqdm_progress, upscale_geotiff, upscale_scene
 from .job import SceneJob
 from .journal import work_folder
 from .options import SceneOptions

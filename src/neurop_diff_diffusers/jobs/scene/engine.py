@@ -1,5 +1,5 @@
 """The scene engine: a scene prepared (header, plan, statistics), its windows computed (split between ``accelerate
-launch`` processes), assembled and committed; the dry run; [`upscale_geotiff`], the GeoTIFF entry point.
+launch`` processes), assembled and committed, or stopped; [`upscale_geotiff`], the GeoTIFF entry point.
 
 See the package docstring ([`~neurop_diff_diffusers.jobs.scene`]) for what a run does.
 """
@@ -9,22 +9,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from ...io.geo import require_rasterio
 from ...io.paths import uncertainty_path
-from ...io.rasters import open_raster
 from ...pipelines.image_processing import resolve_output_size
 from .cog import assemble_and_commit
-from .job import SceneJob, megabytes, strip_bytes
+from .job import SceneJob
 from .journal import done_windows, open_journal, scene_settings, work_folder
 from .options import SceneOptions
 from .plan import RasterPlan, ScenePlan, plan_raster
-from .window import run_window
-from .workers import WindowThreads, compute_windows, on_cpu, window_steps, worker_pipes
+from .workers import compute_windows, on_cpu, window_steps
 
 
 def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[int]:
@@ -264,66 +261,6 @@ def upscale_scene(
             raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     job = prepare_scene(src_path, dst, scale, output_size, options=options)
     return run_scene(pipe, job, overwrite=overwrite)
-
-
-def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, Any]:
-    """Time one window (the largest) and estimate the whole run's time and peak memory; nothing is written.
-
-    With ``num_samples`` the window is timed with its samples, and the report names the uncertainty map and its size.
-
-    Args:
-        pipe (`Any`): the pipeline.
-        job (`SceneJob`): from [`prepare_scene`], with its [`SceneOptions`].
-        workers (`int | None`, *optional*): windows at once for the estimate; ``None``: the options' ``workers``.
-
-    Returns:
-        `dict[str, Any]`: ``windows``, ``window_seconds``, ``estimated_seconds``, ``estimated_peak_mb``,
-        ``workers`` and ``text`` (a report for people).
-    """
-    import resource
-
-    windows = job.plan.windows()
-    largest = max(windows, key=lambda w: w.out_shape[0] * w.out_shape[1])
-    largest_h, largest_w = largest.out_shape
-    cpu = on_cpu(pipe)
-    workers = job.options.workers if workers is None else workers
-    with WindowThreads(cpu) as threads:
-        n = max(1, min(workers or threads, len(windows))) if cpu else 1
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        start = time.perf_counter()
-        with open_raster(job.src_path) as src:
-            run_window(worker_pipes(pipe, 1)[0], src, job, largest)
-        seconds = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    window_bytes = job.planes * largest_h * largest_w
-    per_window = max(after - before, 0) + window_bytes * 4
-    peak = after + (n - 1) * per_window + strip_bytes(job.plan, job.planes) + window_bytes * 4
-    estimate = seconds * len(windows) / n
-    text = "\n".join(
-        [
-            job.describe(),
-            f"one window ({largest_h}x{largest_w} output px): {seconds:.2f} s; {n} window(s) at once",
-            f"estimated time: {_duration(estimate)} for {len(windows)} windows (plus assembly)",
-            f"estimated peak memory: {megabytes(peak):.0f} MB",
-            f"work folder (journal, finished windows): {job.folder}",
-        ]
-    )
-    return {
-        "windows": len(windows),
-        "window_seconds": seconds,
-        "estimated_seconds": estimate,
-        "estimated_peak_mb": megabytes(peak),
-        "workers": n,
-        "text": text,
-    }
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def upscale_geotiff(
