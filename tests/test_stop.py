@@ -3,10 +3,17 @@ denoising step, and progress over denoising steps; small rasters and the tiny ra
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
@@ -16,6 +23,7 @@ from neurop_diff_diffusers import build_pipeline  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import dry_run, prepare_scene, upscale_scene, work_folder  # noqa: E402
 from neurop_diff_diffusers.jobs.scene.workers import window_steps  # noqa: E402
 from neurop_diff_diffusers.jobs.stopping import RunStopped  # noqa: E402
+from neurop_diff_diffusers.jobs.upscale_file import JobOptions, plan_file, run_job  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SCENE = dict(scale=2, window=16, halo=4, seed=1)  # a 32 x 32 scene: 2 x 2 = 4 windows
@@ -110,3 +118,84 @@ def test_the_dry_run_times_one_step_per_worker_never_the_whole_sampler(pipe, tmp
     assert report["estimated_seconds"] == pytest.approx(math.ceil(12 / workers) * one)
     assert "x 30 steps" in report["text"] and f"timed with {workers} worker(s) at once" in report["text"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tif"]
+
+
+def test_a_plain_image_job_stops_between_steps_and_writes_nothing(pipe, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "a.png"
+    Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(src)
+    job = plan_file(src, tmp_path / "a_x2.png", 2.0, None, JobOptions(steps=5))
+    stop, calls = threading.Event(), []
+
+    def first_step(*args):  # the flag is set during the first denoising step
+        calls.append(1)
+        stop.set()
+
+    hook = pipe.unet.register_forward_hook(first_step)
+    try:
+        with pytest.raises(RunStopped):
+            run_job(pipe, job, stop=stop)
+    finally:
+        hook.remove()
+    assert len(calls) == 1 and not (tmp_path / "a_x2.png").exists()
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_after_the_first_window_stops_the_command_and_a_rerun_completes(tmp_path, sig, code):
+    path = write_geotiff(tmp_path / "s.tif", smooth_scene(64, 64))
+    out = tmp_path / "k.tif"
+    flags = [str(path), "-o", str(out), "--scale", "2", "--steps", "20", "--window", "16", "--halo", "4"]
+    command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "upscale", *flags, "--model", "preset:tiny"]
+    folder = work_folder(out)
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(folder.glob("w*.npy")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)  # 16 windows x 20 steps would take longer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == code, err[-2000:]
+    kept = len(list(folder.glob("w*.npy")))
+    assert 1 <= kept < 16 and not out.exists()
+    assert "stopping after the denoising steps in flight" in err and f"kept in {folder}" in err
+    rerun = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{kept * 20}/320" in rerun.stderr and out.exists() and not folder.exists()
+
+
+def test_a_stopped_batch_exits_130_writes_no_output_and_a_rerun_completes(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from neurop_diff_diffusers.cli import batch as cli_batch
+    from neurop_diff_diffusers.cli import commands
+    from neurop_diff_diffusers.cli.helpers import SignalStop
+
+    (tmp_path / "in").mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((12, 12, 3), 40 * k, np.uint8)).save(tmp_path / "in" / f"a{k}.png")
+
+    @contextlib.contextmanager
+    def signalled():  # Ctrl-C before the first file
+        flag = SignalStop()
+        flag.signum = signal.SIGINT
+        flag.set()
+        yield flag
+
+    monkeypatch.setattr(cli_batch, "stop_on_signals", signalled)
+    argv = ["upscale", "--input-dir", str(tmp_path / "in"), "--out-dir", str(tmp_path / "out"), "--scale", "2"]
+    argv += ["--steps", "2", "--model", "preset:tiny"]
+    assert commands.main(argv) == 130
+    assert "stopped; the files done are in" in capsys.readouterr().err
+    assert not list((tmp_path / "out").glob("*.png"))
+    monkeypatch.undo()
+    assert commands.main(argv) == 0  # the folder's lock was released
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2
