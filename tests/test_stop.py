@@ -199,3 +199,22 @@ def test_a_stopped_batch_exits_130_writes_no_output_and_a_rerun_completes(tmp_pa
     monkeypatch.undo()
     assert commands.main(argv) == 0  # the folder's lock was released
     assert len(list((tmp_path / "out").glob("*.png"))) == 2
+
+
+def test_the_app_stops_the_requests_of_a_closed_page_or_its_stop_and_removes_their_folder(tmp_path):
+    pytest.importorskip("gradio", reason="the web app is the optional extra [app] (gradio)")
+    from neurop_diff_diffusers import app
+
+    (tmp_path / "work").mkdir()
+    upscaler = app.Upscaler(app.AppConfig(model="preset:tiny"), tmp_path / "work")
+    path = write_geotiff(tmp_path / "s.tif", smooth_scene(32, 32))
+    with upscaler.session_stop("page-1") as stop, upscaler.session_stop("page-2") as other:
+        assert upscaler.stop_session("page-1") == 1 and stop.is_set() and not other.is_set()
+        with pytest.raises(app.InputFailed, match="stopped: the upscaling was cancelled"):
+            upscaler.run(path, scale=2, steps=3, stop=stop)
+    assert upscaler.stop_session("page-1") == 0  # a finished request is no longer registered
+    assert list((tmp_path / "work").iterdir()) == []  # the request's folder is removed
+    demo = app.build_app(app.AppConfig(model="preset:tiny"), workdir=tmp_path / "app")
+    targets = [target[1] for dep in demo.fns.values() for target in dep.targets]
+    assert "unload" in targets  # closing the page stops its requests
+    assert any(getattr(block, "elem_id", None) == "stop" for block in demo.blocks.values())
