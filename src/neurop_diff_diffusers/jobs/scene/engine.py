@@ -240,11 +240,12 @@ def upscale_scene(
         kwargs (`Any`): instead of (or on top of) ``options``, its fields by name: ``rgb_bands`` (default
             ``(1, 2, 3)``), ``window`` (``DEFAULT_WINDOW``), ``halo`` (``DEFAULT_HALO``), ``value_range``
             (``"minmax"``, ``"0,10000"`` or ``"p2,p98"``), ``seed`` (``None``: the ``generator``'s initial seed if
-            one is given, else 0), ``restart``, ``workers``, ``progress`` (see [`run_scene`]), ``distributed``;
-            and the pipeline call's other keyword arguments. With ``num_samples=N`` (2 to 64) each window is the
-            mean of ``N`` samples and their spread is written beside the output as [`uncertainty_path`]
-            (``<output stem>.uncertainty.tif``: float32, one band, georeferenced like the output, on the model's
-            ``[0, 1]`` scale, i.e. the value range mapped to 0..1; see the package docstring).
+            one is given, else 0), ``restart``, ``workers``, ``progress`` (see [`run_scene`]), ``distributed``,
+            ``stop`` (a flag checked after every denoising step); and the pipeline call's other keyword arguments.
+            With ``num_samples=N`` (2 to 64) each window is the mean of ``N`` samples and their spread is written
+            beside the output as [`uncertainty_path`] (``<output stem>.uncertainty.tif``: float32, one band,
+            georeferenced like the output, on the model's ``[0, 1]`` scale, i.e. the value range mapped to 0..1; see
+            the package docstring).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline
