@@ -233,7 +233,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, extra):
     assert journal["settings"].get("num_samples") == (2 if extra else None)
     resumed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"{done_before}/16" in resumed.stderr  # the progress bar starts at the windows already done
+    assert f"{done_before * 6}/96" in resumed.stderr  # the bar (steps) starts at the windows already done
     assert cli.main(["upscale", *flags, "-o", str(tmp_path / "u.tif")]) == 0
     assert (tmp_path / "k.tif").read_bytes() == (tmp_path / "u.tif").read_bytes()
     if extra:  # each window's map was saved with it: the resumed map is the uninterrupted one
@@ -274,13 +274,16 @@ def test_a_journal_of_other_settings_is_refused_then_restarted(pipe, tmp_path, f
 
 
 def _partial_run(pipe, path, target, hook, **kwargs):
-    """Run the engine with a progress hook that fails after two windows (a crash midway)."""
+    """Run the engine with a progress hook called at the first step of each window after the first (two steps per
+    window): a hook that fails at its second call is a crash midway, after two windows."""
 
     class Bar:
-        total, n = 4, 0
+        total, n = 8, 0
 
         def update(self, n):
-            hook()
+            self.n += n
+            if self.n % 2 == 1 and self.n > 1:
+                hook()
 
     upscale_scene(
         pipe, path, target, scale=2, window=16, halo=4, num_inference_steps=2, seed=1, workers=1,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
+from .jobs.stopping import RunStopped
 from .jobs.upscale_file import (
     IMAGE_SUFFIXES,
     InputFailed,
@@ -311,6 +312,33 @@ class Upscaler:
         self.pipe.set_progress_bar_config(disable=False, leave=False)
         self.max_steps = int(getattr(self.pipe.scheduler.config, "num_train_timesteps", 1000))
         self.default_strength = float(self.pipe.config.get("default_strength", 1.0))
+        self._stops: dict[str, set[threading.Event]] = {}  # the stop flags of each page session's running requests
+        self._stops_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def session_stop(self, session: str | None) -> Iterator[threading.Event]:
+        """A stop flag for one request of the page session ``session``, set by [`stop_session`] while inside."""
+        flag = threading.Event()
+        key = session or ""
+        with self._stops_lock:
+            self._stops.setdefault(key, set()).add(flag)
+        try:
+            yield flag
+        finally:
+            with self._stops_lock:
+                flags = self._stops.get(key, set())
+                flags.discard(flag)
+                if not flags:
+                    self._stops.pop(key, None)
+
+    def stop_session(self, session: str | None) -> int:
+        """Stop the running requests of the page session ``session`` (its Stop button, or the page closed): each ends
+        within its denoising step in flight, writing nothing. Returns how many were told to stop."""
+        with self._stops_lock:
+            flags = list(self._stops.get(session or "", ()))
+        for flag in flags:
+            flag.set()
+        return len(flags)
 
     def run(
         self,
@@ -325,6 +353,7 @@ class Upscaler:
         prior_only: bool = False,
         sampler: str | None = None,
         uncertainty_samples: int | float | None = 0,
+        stop: threading.Event | None = None,
     ) -> dict[str, Any]:
         """Validate and upscale one upload.
 
@@ -344,6 +373,8 @@ class Upscaler:
             uncertainty_samples: 0 (off) or 2 to [`MAX_APP_SAMPLES`] samples ([`check_app_samples`]): the output is
                 their mean and their spread is written next to it as ``<output stem>.uncertainty.tif``, as
                 ``neurop-diff upscale --uncertainty N`` does; ``N`` outputs' pixels must fit the server's limit.
+            stop: a stop flag ([`session_stop`]), checked after every denoising step: once set, the request ends
+                with ``InputFailed`` and its folder is removed.
 
         Returns:
             ``{"output": PIL image, "bicubic": PIL image, "prior": PIL image, "png": path, "geotiff": path or
@@ -408,8 +439,13 @@ class Upscaler:
         pipe = copy.copy(self.pipe)  # the same models with a scheduler of this request's own
         own = self.pipe.scheduler
         pipe.scheduler = type(own).from_config(own.config) if sampler is None else make_scheduler(sampler, own)
+        from .jobs.scene import tqdm_progress  # a GeoTIFF's bar over its denoising steps (the page's progress)
+
         try:  # the CLI's own job: a PNG, or a GeoTIFF that keeps its georeferencing
-            run_job(pipe, job)
+            run_job(pipe, job, progress=tqdm_progress, stop=stop)
+        except RunStopped:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise InputFailed("stopped: the upscaling was cancelled") from None
         except InputFailed as err:  # the CLI's words, and the request folder's path, made the page's
             shutil.rmtree(folder, ignore_errors=True)
             message = str(err).replace(str(src), upload.name).replace("--uncertainty", "the uncertainty map")
@@ -501,7 +537,7 @@ def _request_handler(upscaler: Upscaler, own_sampler: str) -> Any:
     setting becomes one ``gr.Error`` message)."""
     import gradio as gr
 
-    tracker = gr.Progress(track_tqdm=True)  # follows the pipeline's progress bar: denoising steps x tiles
+    tracker = gr.Progress(track_tqdm=True)  # follows the pipeline's or the scene's bar: denoising steps
 
     def upscale(
         upload,
@@ -518,21 +554,25 @@ def _request_handler(upscaler: Upscaler, own_sampler: str) -> Any:
         show_overlay,
         alpha,
         progress=tracker,
+        request=None,
     ):
+        session = getattr(request, "session_hash", None)
         try:
-            result = upscaler.run(
-                upload,
-                "size" if mode == "output size" else "scale",
-                scale,
-                height,
-                width,
-                steps,
-                strength,
-                seed,
-                prior_only,
-                None if sampler == own_sampler else sampler,
-                samples,
-            )
+            with upscaler.session_stop(session) as stop:  # the page's Stop, or the page closed, sets it
+                result = upscaler.run(
+                    upload,
+                    "size" if mode == "output size" else "scale",
+                    scale,
+                    height,
+                    width,
+                    steps,
+                    strength,
+                    seed,
+                    prior_only,
+                    None if sampler == own_sampler else sampler,
+                    samples,
+                    stop=stop,
+                )
         except InputFailed as err:
             raise gr.Error(str(err), print_exception=False) from None
         height_out, width_out = result["size"]
@@ -552,7 +592,19 @@ def _request_handler(upscaler: Upscaler, own_sampler: str) -> Any:
         view = uncertainty_view(state, show_overlay, alpha)
         return (result["bicubic"], result["output"]), result["prior"], info, downloads, view, state
 
+    upscale.__annotations__["request"] = gr.Request  # Gradio passes the request (its page session) here
     return upscale
+
+
+def _stop_handler(upscaler: Upscaler) -> Any:
+    """The page's "Stop" and its unload (the page closed or reloaded): stops the session's running requests."""
+    import gradio as gr
+
+    def stop(request=None) -> None:
+        upscaler.stop_session(getattr(request, "session_hash", None))
+
+    stop.__annotations__["request"] = gr.Request
+    return stop
 
 
 def _settings_panel(config: AppConfig, upscaler: Upscaler, own_sampler: str) -> dict[str, Any]:
@@ -598,7 +650,9 @@ def _settings_panel(config: AppConfig, upscaler: Upscaler, own_sampler: str) -> 
         ),
         elem_id="uncertainty-samples",
     )
-    panel["run"] = gr.Button("Upscale", variant="primary", elem_id="run")
+    with gr.Row():
+        panel["run"] = gr.Button("Upscale", variant="primary", elem_id="run")
+        panel["stop"] = gr.Button("Stop", variant="stop", elem_id="stop")
     return panel
 
 
@@ -678,7 +732,7 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
                 results = _results_panel()
         last = gr.State(None)  # the last result's output and heat-map: the toggle redraws from them, no model run
         inputs = ["upload", "mode", "scale", "height", "width", "steps", "strength", "seed", "prior_only", "sampler"]
-        settings["run"].click(
+        running = settings["run"].click(
             _request_handler(upscaler, own_sampler),
             [*(settings[name] for name in [*inputs, "samples"]), results["show_overlay"], results["alpha"]],
             [*(results[name] for name in ("compare", "prior", "info", "files", "uncertainty")), last],
@@ -693,6 +747,10 @@ def build_app(config: AppConfig | None = None, workdir: str | os.PathLike | None
             api_name="uncertainty_view",
             queue=False,
         )
+        # Stop, or the page closed: the running request ends within its denoising step (a flag the job checks);
+        # cancelling Gradio's event alone would leave the computation running in its thread
+        settings["stop"].click(_stop_handler(upscaler), None, None, cancels=[running], queue=False)
+        demo.unload(_stop_handler(upscaler))
     demo.queue(max_size=config.max_queue, default_concurrency_limit=config.concurrency)
     demo.neurop_diff_workdir = workdir
     return demo

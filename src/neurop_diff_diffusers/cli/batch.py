@@ -15,8 +15,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..jobs.stopping import RunStopped
 from ..jobs.upscale_file import CLIError, load_job_pipeline, one_line, plan_file
-from .helpers import apply_optimizations, batch_device, check_model_flags, job_options, report_error
+from .helpers import (
+    apply_optimizations,
+    batch_device,
+    check_model_flags,
+    job_options,
+    report_error,
+    stop_on_signals,
+)
 
 
 def check_batch_flags(args: argparse.Namespace) -> None:
@@ -149,7 +157,12 @@ def _upscale_dir(
         return 2
     try:
         pipe = _load(args, device)
-        records = upscale_folder(pipe, sources, folder, report_error)
+        with stop_on_signals() as stop:  # SIGINT / SIGTERM: ends within the denoising steps in flight
+            try:
+                records = upscale_folder(pipe, sources, folder, report_error, stop=stop)
+            except RunStopped:
+                report_error(f"stopped; the files done are in {folder.manifest}: run the same command to resume")
+                return stop.exit_code
     finally:
         for handle in held:
             unlock_folder(folder.out_dir, handle)

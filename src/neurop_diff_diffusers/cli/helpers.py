@@ -9,9 +9,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 from ..file_safety import printable
@@ -129,3 +133,72 @@ def scene_device(device: str) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return batch_device(device)
     return check_device_flag(device)
+
+
+class SignalStop(threading.Event):
+    """The stop flag of a command's run, set by SIGINT or SIGTERM ([`stop_on_signals`]); ``signum`` is the signal.
+
+    Example:
+        >>> flag = SignalStop()
+        >>> flag.is_set(), flag.exit_code
+        (False, 130)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signal``: 130 after SIGINT (Ctrl-C), 143 after SIGTERM."""
+        return 128 + (self.signum or signal.SIGINT)
+
+
+#: Said once on the first SIGINT / SIGTERM.
+STOPPING = (
+    "neurop-diff: stopping after the denoising steps in flight (finished windows are kept: the same command "
+    "resumes); Ctrl-C again to quit at once"
+)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[SignalStop]:
+    """While inside, SIGINT (Ctrl-C) and SIGTERM set the yielded [`SignalStop`] instead of raising: the run passed it
+    ends within the denoising steps in flight, keeps its finished windows and raises
+    [`~neurop_diff_diffusers.jobs.stopping.RunStopped`]. A second signal exits the process at once (``128 + signal``,
+    nothing more computed or cleaned up; the windows saved so far stay). The previous handlers come back on leaving.
+    Outside the main thread nothing is changed (the flag is never set).
+    """
+    flag = SignalStop()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            print("neurop-diff: stopped at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        flag.signum = signum
+        flag.set()
+        print(STOPPING, file=sys.stderr, flush=True)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def stopped_message(src: Any, dst: Any, geo: bool) -> str:
+    """The line said when a run was stopped: what was kept and how to resume."""
+    if not geo:
+        return f"stopped: {src} -> {dst} was not written"
+    from ..jobs.scene import work_folder
+
+    return (
+        f"stopped: {dst} was not written; the finished windows of {src} are kept in {work_folder(dst)}: run the same "
+        "command to resume"
+    )

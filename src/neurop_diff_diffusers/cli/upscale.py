@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..jobs.stopping import RunStopped
 from ..jobs.upscale_file import (
     CLIError,
     InputFailed,
@@ -31,6 +32,8 @@ from .helpers import (
     job_options,
     report_error,
     scene_device,
+    stop_on_signals,
+    stopped_message,
     warn_dtype,
 )
 from .options import check_upscale_flags, parse_size
@@ -42,7 +45,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     Every input is planned first ([`~neurop_diff_diffusers.jobs.upscale_file.plan_file`]: its checks, its outputs
     and their checks, the input decoded), before the model loads. A problem with one input (unreadable, damaged,
     output not writable, ...) is reported on one line and that input skipped; the others are still written, and the
-    exit code is 2 if any failed.
+    exit code is 2 if any failed. SIGINT (Ctrl-C) or SIGTERM ends the run within the denoising steps in flight: no
+    output is written, a GeoTIFF's finished windows are kept (the same command resumes), exit code 130 / 143; a
+    second signal quits at once.
 
     Args:
         args: the parsed ``upscale`` flags.
@@ -82,23 +87,27 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         return 2 if failed else 0
     from ..jobs.scene import tqdm_progress
 
-    for job in jobs:
-        src, dst, (height, width) = job.src, job.dst, job.out_size
-        try:
-            run_job(pipe, job, args.overwrite, progress=tqdm_progress, distributed=True)
-        except InputFailed as err:
-            report_error(str(err))
-        except FileExistsError:
-            report_error(f"{dst} appeared while {src} was being upscaled; it was not replaced (pass --overwrite)")
-        except OSError as err:
-            report_error(f"{src} -> {dst}: {os_reason(err) if err.errno else one_line(err)}")
-        except ValueError as err:
-            report_error(f"{src}: {one_line(err)}")
-        else:
-            if is_main_process():
-                print(f"{src} -> {dst} ({height}x{width}, height x width)")
-            continue
-        failed += 1
+    with stop_on_signals() as stop:  # SIGINT / SIGTERM: the run ends within the denoising steps in flight
+        for job in jobs:
+            src, dst, (height, width) = job.src, job.dst, job.out_size
+            try:
+                run_job(pipe, job, args.overwrite, progress=tqdm_progress, distributed=True, stop=stop)
+            except RunStopped:
+                report_error(stopped_message(src, dst, job.geo))
+                return stop.exit_code
+            except InputFailed as err:
+                report_error(str(err))
+            except FileExistsError:
+                report_error(f"{dst} appeared while {src} was being upscaled; it was not replaced (pass --overwrite)")
+            except OSError as err:
+                report_error(f"{src} -> {dst}: {os_reason(err) if err.errno else one_line(err)}")
+            except ValueError as err:
+                report_error(f"{src}: {one_line(err)}")
+            else:
+                if is_main_process():
+                    print(f"{src} -> {dst} ({height}x{width}, height x width)")
+                continue
+            failed += 1
     if failed and len(args.inputs) > 1:
         print(f"neurop-diff: {failed} of {len(args.inputs)} inputs failed; the others were written", file=sys.stderr)
     return 2 if failed else 0

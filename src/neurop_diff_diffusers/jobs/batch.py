@@ -33,6 +33,7 @@ from typing import Any
 
 from ..file_safety import make_dirs_inside
 from ..utils import atomic_write_text, stale_temporaries
+from .stopping import check_stop_flag, raise_if_stopped
 from .upscale_file import (
     IMAGE_SUFFIXES,
     CLIError,
@@ -554,7 +555,9 @@ def output_complete(dst: Path, out_size: tuple[int, int], geo: bool, map_path: P
         return False
 
 
-def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int, int], Path]) -> dict[str, Any]:
+def upscale_one(
+    pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int, int], Path], stop: Any = None
+) -> dict[str, Any]:
     """One file of a batch, planned as a single file is ([`plan_file`], with the batch's options), kept when a
     complete output of an earlier run is there (unless ``overwrite``), else run; its manifest record.
 
@@ -568,6 +571,8 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
         src: the input file.
         folder: the [`FolderJob`].
         inputs: every input's [`file_identities`] (no output may be one of them).
+        stop: a stop flag ([`run_job`]'s): once set, [`~neurop_diff_diffusers.jobs.stopping.RunStopped`] ends the
+            batch (no record for this file: the next run redoes it, from a GeoTIFF's finished windows).
 
     Returns:
         The record: ``input``, ``output``, ``size``, ``scale``, ``seconds``, ``settings``, ``status`` (``ok`` or
@@ -597,7 +602,7 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
                 temporary.unlink(missing_ok=True)
         redo = folder.overwrite or any(os.path.lexists(path) for path in job.outputs)
         make_dirs_inside(dst.parent, folder.out_dir, "output folder")
-        run_job(pipe, job, redo)
+        run_job(pipe, job, redo, stop=stop)
     except (InputFailed, ValueError, OSError, RuntimeError, MemoryError) as err:
         message = str(err) if isinstance(err, InputFailed) else f"{src}: {one_line(err)}"
         record.update(status="error", message=message)
@@ -608,7 +613,11 @@ def upscale_one(pipe: Any, src: Path, folder: FolderJob, inputs: dict[tuple[int,
 
 
 def upscale_folder(
-    pipe: Any, sources: Sequence[Path], folder: FolderJob, report: Callable[[str], None] | None = None
+    pipe: Any,
+    sources: Sequence[Path],
+    folder: FolderJob,
+    report: Callable[[str], None] | None = None,
+    stop: Any = None,
 ) -> list[dict[str, Any]]:
     """Every file of a batch ([`upscale_one`]), this process's share under ``accelerate launch`` ([`run_batch`]),
     each recorded in the manifest as it is done.
@@ -618,14 +627,19 @@ def upscale_folder(
         sources: every input, sorted ([`find_inputs`]).
         folder: the [`FolderJob`] (its folder claimed by [`claim_out_dir`]).
         report: called with the one-line message of each input that failed.
+        stop: a stop flag (``is_set()``), checked before each file and after every denoising step: once set, the
+            batch ends with [`~neurop_diff_diffusers.jobs.stopping.RunStopped`]; the files done are in the manifest,
+            the one in flight is redone by the next run.
 
     Returns:
         The records of every process, in the order of ``sources``.
     """
     inputs = file_identities(sources)
+    check_stop_flag(stop)
 
     def one(src: Path) -> dict[str, Any]:
-        record = upscale_one(pipe, src, folder, inputs)
+        raise_if_stopped(stop)
+        record = upscale_one(pipe, src, folder, inputs, stop)
         if report is not None and record["status"] != "ok":
             report(record["message"])
         return record

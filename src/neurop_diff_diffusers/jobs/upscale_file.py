@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
 from ..file_safety import check_file_target, check_local_name, printable
 from ..io.paths import output_path, uncertainty_path  # noqa: F401 (the job names its outputs with them)
+from .stopping import check_stop_flag, raise_if_stopped, step_callback
 
 #: The input and output file types (PNG, JPEG, TIFF; a georeferenced TIFF is a GeoTIFF).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -647,8 +648,9 @@ def plan_file(
 
 
 def describe_job(pipe: Any, job: FileJob) -> str:
-    """``--dry-run``'s report of one job (nothing is written): a GeoTIFF's window plan, memory and time (one window
-    timed), or one line for a plain image.
+    """``--dry-run``'s report of one job (nothing is written): a GeoTIFF's window plan, memory and time (estimated
+    from one denoising step per worker, [`~neurop_diff_diffusers.jobs.scene.dry_run`]), or one line for a plain
+    image.
 
     Args:
         pipe: the loaded pipeline.
@@ -702,6 +704,7 @@ def run_job(
     overwrite: bool = False,
     progress: Callable[[int, int], Any] | None = None,
     distributed: bool = False,
+    stop: Any = None,
 ) -> None:
     """Upscale one planned file and commit its output (atomically; never over a file that appeared meanwhile).
 
@@ -716,9 +719,13 @@ def run_job(
         pipe: the loaded pipeline ([`load_job_pipeline`]).
         job: the [`FileJob`] from [`plan_file`].
         overwrite: whether an existing output may be replaced.
-        progress: a GeoTIFF's progress bar over windows (see [`~neurop_diff_diffusers.jobs.scene.run_scene`]).
+        progress: a GeoTIFF's progress bar over its denoising steps, windows x steps (see
+            [`~neurop_diff_diffusers.jobs.scene.run_scene`]).
         distributed: split a GeoTIFF's windows between ``accelerate launch`` processes (every process makes the
             same call); ``False``: this process does the whole file.
+        stop: a stop flag (``is_set()``, e.g. ``threading.Event``) checked after every denoising step: once set the
+            job ends within the step in flight and raises [`~neurop_diff_diffusers.jobs.stopping.RunStopped`],
+            writing no output (a GeoTIFF's finished windows stay in its work folder: the same job resumes).
 
     Raises:
         InputFailed: the input cannot be decoded any more.
@@ -726,6 +733,7 @@ def run_job(
         OSError: the output cannot be written.
         ValueError: the pipeline refuses the job, or its output holds NaN / infinite values
             ([`~neurop_diff_diffusers.pipelines.image_processing.NonFiniteOutputError`]; nothing is written).
+        RunStopped: ``stop`` was set.
     """
     import numpy as np
     import torch
@@ -752,13 +760,17 @@ def run_job(
                 generator=generator,
                 progress=progress,
                 distributed=distributed,
+                stop=check_stop_flag(stop),
                 **job.options.scene_kwargs(),
                 **pipe_kwargs,
             )
         for warning in caught:
             warn(str(warning.message).replace(f"`{src}`", str(src)))
         return
+    raise_if_stopped(check_stop_flag(stop))
     image = read_image_array(src, warn=False)
+    if stop is not None and not job.options.prior_only:
+        pipe_kwargs["callback_on_step_end"] = step_callback(stop)
     output = pipe(image.rgb, output_size=job.out_size, generator=generator, output_type="np", **pipe_kwargs)
     if map_path is not None:  # the map first: an output is never left without the map it was asked with
         save_image_atomic(

@@ -26,6 +26,10 @@ The scene engine behind [`upscale_geotiff`] and ``neurop-diff upscale scene.tif`
   removed when the output is committed. The resume state is checked as hostile input (a folder this tool made, never
   a link, locked for the whole run; the journal against its schema; each window file from its ``.npy`` header, never
   through a link): see ``journal``.
+- **Stop.** With a stop flag (``stop=threading.Event()``; the CLI sets it on SIGINT / SIGTERM) every worker checks
+  it after each denoising step: the run ends within the steps in flight, the finished windows stay in the work
+  folder, no output is written and [`~neurop_diff_diffusers.jobs.stopping.RunStopped`] is raised; the same call
+  resumes. Progress counts denoising steps (windows x steps per window), so even a one-window scene has an ETA.
 - **Parallel.** Under ``accelerate launch`` the windows left to do are split between the processes; the main process
   assembles the output when all are done: one file, bit-identical to one process.
 - **Output.** A tiled (512 px), DEFLATE-compressed, pixel-interleaved Cloud-Optimized GeoTIFF with internal
@@ -56,7 +60,8 @@ The modules, one concept each: ``plan`` (window geometry; the input's header, ch
 ``statistics`` (value ranges, the statistics pass that is also the damage scan), ``options`` (a run's options,
 checked once), ``window`` (one window through the model), ``workers`` (windows in threads), ``journal`` (journal and
 fingerprint), ``job`` (a planned scene), ``assemble`` (strip blending, nodata rows), ``cog`` (the COG copy, the
-commit of two files) and ``engine`` (prepare, run, the ``accelerate`` split, the dry run, [`upscale_geotiff`]).
+commit of two files), ``dry_run`` (the estimate from one denoising step) and ``engine`` (prepare, run, the
+``accelerate`` split, [`upscale_geotiff`]).
 
 Example:
     >>> plan = ScenePlan.create((1000, 700), (2000, 1400), window=256, halo=16)
@@ -66,7 +71,8 @@ Example:
 
 from ...io.paths import uncertainty_path
 from .cog import assemble_and_commit
-from .engine import dry_run, prepare_scene, run_scene, tqdm_progress, upscale_geotiff, upscale_scene
+from .dry_run import dry_run
+from .engine import prepare_scene, run_scene, tqdm_progress, upscale_geotiff, upscale_scene
 from .job import SceneJob
 from .journal import work_folder
 from .options import SceneOptions

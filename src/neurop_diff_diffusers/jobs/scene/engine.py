@@ -1,5 +1,5 @@
 """The scene engine: a scene prepared (header, plan, statistics), its windows computed (split between ``accelerate
-launch`` processes), assembled and committed; the dry run; [`upscale_geotiff`], the GeoTIFF entry point.
+launch`` processes), assembled and committed, or stopped; [`upscale_geotiff`], the GeoTIFF entry point.
 
 See the package docstring ([`~neurop_diff_diffusers.jobs.scene`]) for what a run does.
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,13 @@ from typing import Any
 from ...file_safety import check_file_target, gdal_path
 from ...io.geo import require_rasterio
 from ...io.paths import uncertainty_path
-from ...io.rasters import open_raster
 from ...pipelines.image_processing import resolve_output_size
 from .cog import assemble_and_commit
-from .job import SceneJob, megabytes, strip_bytes
+from .job import SceneJob
 from .journal import done_windows, hold_work_folder, open_journal, scene_settings, work_folder
 from .options import SceneOptions
 from .plan import RasterPlan, ScenePlan, plan_raster
-from .window import run_window
-from .workers import WindowThreads, compute_windows, on_cpu, worker_pipes
+from .workers import compute_windows, on_cpu, window_steps
 
 
 def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[int]:
@@ -39,7 +36,7 @@ def _model_bands(count: int, rgb_bands: tuple[int, ...], src_path: Any) -> list[
 
 
 #: The fields of [`SceneOptions`] that [`run_scene`] reads.
-_RUN_FIELDS = ("restart", "workers", "progress", "distributed")
+_RUN_FIELDS = ("restart", "workers", "progress", "distributed", "stop")
 
 
 def prepare_scene(
@@ -139,10 +136,16 @@ def _process_state(cpu: bool) -> Any:
 
 
 def tqdm_progress(total: int, done: int) -> Any:
-    """A tqdm progress bar over windows with ETA (the CLI's): pass as ``progress`` to [`upscale_scene`]."""
+    """A tqdm progress bar over the scene's denoising steps (windows x steps per window) with an ETA from the first
+    finished steps (the CLI's and the web app's): pass as ``progress`` to [`upscale_scene`].
+
+    Args:
+        total (`int`): the scene's steps.
+        done (`int`): the steps of the windows already saved (a resumed run).
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=done, desc="windows", unit="window", dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc="denoising steps", unit="step", dynamic_ncols=True, smoothing=0.1)
 
 
 def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any) -> Path:
@@ -153,15 +156,20 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
         pipe (`Any`): the pipeline.
         job (`SceneJob`): from [`prepare_scene`]; its [`SceneOptions`] say how: ``restart`` (discard a journal of
             other settings instead of refusing), ``workers`` (see [`compute_windows`]), ``progress``
-            (``progress(total, done)`` is called once on the main process and returns an object with ``update(n)``,
-            windows just finished, and ``close()``, e.g. [`tqdm_progress`]) and ``distributed`` (under ``accelerate
-            launch``, split the windows between the processes, every process making the same call; ``False``: this
-            process does every window).
+            (``progress(total, done)`` is called once on the main process, in denoising steps: windows x
+            [`window_steps`]; it returns an object with ``update(n)``, steps just done, and ``close()``, e.g.
+            [`tqdm_progress`]), ``distributed`` (under ``accelerate launch``, split the windows between the
+            processes, every process making the same call; ``False``: this process does every window) and ``stop``
+            (a stop flag checked after every denoising step).
         overwrite (`bool`, defaults to `False`): replace an existing output (atomically).
         options (`Any`): fields of the job's options to replace for this run (e.g. ``restart=True``, ``workers=2``).
 
     Returns:
         `Path`: the output.
+
+    Raises:
+        RunStopped: the ``stop`` flag was set: the finished windows stay in the work folder (the same call resumes
+            from them), no output is written.
     """
     if options:
         job = dataclasses.replace(job, options=dataclasses.replace(job.options, **options))
@@ -176,7 +184,7 @@ def _main_process(distributed: bool) -> bool:
 
 def _run_scene(pipe: Any, job: SceneJob, overwrite: bool) -> Path:
     """[`run_scene`] once the work folder is held."""
-    restart, workers, progress, distributed = (getattr(job.options, k) for k in _RUN_FIELDS)
+    restart, workers, progress, distributed, stop = (getattr(job.options, k) for k in _RUN_FIELDS)
     state = _process_state(on_cpu(pipe)) if distributed else None
     is_main = state is None or state.is_main_process
     barrier = state.wait_for_everyone if state is not None else (lambda: None)
@@ -195,12 +203,15 @@ def _run_scene(pipe: Any, job: SceneJob, overwrite: bool) -> Path:
             mine = list(share)
     else:
         mine = pending
-    bar = progress(len(windows), len(windows) - len(pending)) if (progress is not None and is_main) else None
+    steps = window_steps(pipe, job)
+    bar = None
+    if progress is not None and is_main:
+        bar = progress(len(windows) * steps, (len(windows) - len(pending)) * steps)
     update = None if bar is None else bar.update
     if update is not None and state is not None:  # the main process counts its share times the processes
         update = lambda n: bar.update(min(n * state.num_processes, bar.total - bar.n))  # noqa: E731
     try:
-        compute_windows(pipe, job, mine, workers=workers, progress=update)
+        compute_windows(pipe, job, mine, workers=workers, progress=update, stop=stop)
     except BaseException:
         if is_main and not done_windows(job.folder, windows):  # nothing to resume from: leave nothing behind
             shutil.rmtree(job.folder, ignore_errors=True)
@@ -249,11 +260,12 @@ def upscale_scene(
         kwargs (`Any`): instead of (or on top of) ``options``, its fields by name: ``rgb_bands`` (default
             ``(1, 2, 3)``), ``window`` (``DEFAULT_WINDOW``), ``halo`` (``DEFAULT_HALO``), ``value_range``
             (``"minmax"``, ``"0,10000"`` or ``"p2,p98"``), ``seed`` (``None``: the ``generator``'s initial seed if
-            one is given, else 0), ``restart``, ``workers``, ``progress`` (see [`run_scene`]), ``distributed``;
-            and the pipeline call's other keyword arguments. With ``num_samples=N`` (2 to 64) each window is the
-            mean of ``N`` samples and their spread is written beside the output as [`uncertainty_path`]
-            (``<output stem>.uncertainty.tif``: float32, one band, georeferenced like the output, on the model's
-            ``[0, 1]`` scale, i.e. the value range mapped to 0..1; see the package docstring).
+            one is given, else 0), ``restart``, ``workers``, ``progress`` (see [`run_scene`]), ``distributed``,
+            ``stop`` (a flag checked after every denoising step); and the pipeline call's other keyword arguments.
+            With ``num_samples=N`` (2 to 64) each window is the mean of ``N`` samples and their spread is written
+            beside the output as [`uncertainty_path`] (``<output stem>.uncertainty.tif``: float32, one band,
+            georeferenced like the output, on the model's ``[0, 1]`` scale, i.e. the value range mapped to 0..1; see
+            the package docstring).
 
     Example:
         >>> from neurop_diff_diffusers import build_pipeline
@@ -270,66 +282,6 @@ def upscale_scene(
             raise FileExistsError(f"`{path}` exists; pass overwrite=True (CLI: --overwrite) to replace it.")
     job = prepare_scene(src_path, dst_path, scale, output_size, options=options)  # the name as given
     return run_scene(pipe, job, overwrite=overwrite)
-
-
-def dry_run(pipe: Any, job: SceneJob, workers: int | None = None) -> dict[str, Any]:
-    """Time one window (the largest) and estimate the whole run's time and peak memory; nothing is written.
-
-    With ``num_samples`` the window is timed with its samples, and the report names the uncertainty map and its size.
-
-    Args:
-        pipe (`Any`): the pipeline.
-        job (`SceneJob`): from [`prepare_scene`], with its [`SceneOptions`].
-        workers (`int | None`, *optional*): windows at once for the estimate; ``None``: the options' ``workers``.
-
-    Returns:
-        `dict[str, Any]`: ``windows``, ``window_seconds``, ``estimated_seconds``, ``estimated_peak_mb``,
-        ``workers`` and ``text`` (a report for people).
-    """
-    import resource
-
-    windows = job.plan.windows()
-    largest = max(windows, key=lambda w: w.out_shape[0] * w.out_shape[1])
-    largest_h, largest_w = largest.out_shape
-    cpu = on_cpu(pipe)
-    workers = job.options.workers if workers is None else workers
-    with WindowThreads(cpu) as threads:
-        n = max(1, min(workers or threads, len(windows))) if cpu else 1
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        start = time.perf_counter()
-        with open_raster(job.src_path) as src:
-            run_window(worker_pipes(pipe, 1)[0], src, job, largest)
-        seconds = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    window_bytes = job.planes * largest_h * largest_w
-    per_window = max(after - before, 0) + window_bytes * 4
-    peak = after + (n - 1) * per_window + strip_bytes(job.plan, job.planes) + window_bytes * 4
-    estimate = seconds * len(windows) / n
-    text = "\n".join(
-        [
-            job.describe(),
-            f"one window ({largest_h}x{largest_w} output px): {seconds:.2f} s; {n} window(s) at once",
-            f"estimated time: {_duration(estimate)} for {len(windows)} windows (plus assembly)",
-            f"estimated peak memory: {megabytes(peak):.0f} MB",
-            f"work folder (journal, finished windows): {job.folder}",
-        ]
-    )
-    return {
-        "windows": len(windows),
-        "window_seconds": seconds,
-        "estimated_seconds": estimate,
-        "estimated_peak_mb": megabytes(peak),
-        "workers": n,
-        "text": text,
-    }
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def upscale_geotiff(

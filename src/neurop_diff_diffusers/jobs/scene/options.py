@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ...pipelines.uncertainty import check_num_samples
+from ..stopping import check_stop_flag
 from .plan import DEFAULT_HALO, DEFAULT_WINDOW, check_window
 from .statistics import ValueRange, parse_value_range
 
@@ -51,9 +52,13 @@ class SceneOptions:
         restart (`bool`, defaults to `False`): discard a journal of other settings instead of refusing.
         workers (`int | None`, *optional*): windows computed at once in threads (CPU, >= 1); ``None``: torch's
             intra-op thread count.
-        progress (`Callable[[int, int], Any] | None`, *optional*): ``progress(total, done)`` returns an object with
-            ``update(n)`` and ``close()`` (e.g. [`~neurop_diff_diffusers.jobs.scene.engine.tqdm_progress`]).
+        progress (`Callable[[int, int], Any] | None`, *optional*): ``progress(total, done)``, in denoising steps
+            (windows x steps per window), returns an object with ``update(n)`` and ``close()`` (e.g.
+            [`~neurop_diff_diffusers.jobs.scene.engine.tqdm_progress`]).
         distributed (`bool`, defaults to `False`): split the windows between ``accelerate launch`` processes.
+        stop (`Any`, *optional*): a stop flag (``is_set()``, e.g. ``threading.Event``) checked after every denoising
+            step: once set, the run ends within the steps in flight, keeps the finished windows (the same call
+            resumes) and raises [`~neurop_diff_diffusers.jobs.stopping.RunStopped`] without writing an output.
         num_samples (`int | None`, *optional*): 2 to 64 samples per window: the output is their mean and their
             spread is written as the uncertainty map (not with ``prior_only``).
         pipe_kwargs (`Mapping[str, Any]`, *optional*): the pipeline call's other keyword arguments
@@ -71,6 +76,7 @@ class SceneOptions:
     workers: int | None = None
     progress: Callable[[int, int], Any] | None = None
     distributed: bool = False
+    stop: Any = None
     num_samples: int | None = None
     pipe_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -92,6 +98,7 @@ class SceneOptions:
             raise TypeError(
                 f"`progress` must be None or a callable (total, done), got {type(self.progress).__name__}."
             )
+        check_stop_flag(self.stop)
         if not isinstance(self.pipe_kwargs, Mapping):
             raise TypeError(f"`pipe_kwargs` must be a mapping, got {type(self.pipe_kwargs).__name__}.")
         for key in self.pipe_kwargs:

@@ -6,7 +6,8 @@ order, the workers or the processes that compute the windows.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,19 +58,82 @@ def window_seed(seed: int, index: int) -> int:
     return derive_seed(seed, "scene-window", index)
 
 
+class WindowInput(NamedTuple):
+    """A window read and prepared for the model ([`window_input`]).
+
+    Args:
+        unit (`np.ndarray`): every band stretched to ``[0, 1]``, nodata filled, ``(bands, h, w)`` float32.
+        rgb (`torch.Tensor`): the model's bands, ``(1, 3, h, w)`` in ``[0, 1]``.
+        coord (`torch.Tensor`): the output pixel centres ([`window_coordinates`]).
+        cell (`torch.Tensor`): the scene's cell.
+        outside (`np.ndarray | None`): the part of each stretched value outside ``[0, 1]`` (the input minus its
+            clipped stretch; ``unit`` holds the clipped values the model sees), ``None`` with ``clip``.
+    """
+
+    unit: np.ndarray
+    rgb: torch.Tensor
+    coord: torch.Tensor
+    cell: torch.Tensor
+    outside: np.ndarray | None = None
+
+
+def window_input(src: Any, job: SceneJob, window: SceneWindow) -> WindowInput:
+    """Read the window's LR crop, stretch it to ``[0, 1]``, fill nodata: the model's input and coordinates."""
+    from rasterio.windows import Window
+
+    (r0, r1), (c0, c1) = window.lr_rows, window.lr_cols
+    data, valid, _ = read_block(src, Window(c0, r0, c1 - c0, r1 - r0), palette_table(src))
+    unit = np.empty(data.shape, dtype=np.float32)
+    for b in range(data.shape[0]):
+        unit[b] = job.stats.stretch.forward(data[b], b)
+        unit[b][~valid[b]] = job.stats.fill[b]
+    del data
+    # the model sees the stretch clipped; unless `clip`, what lies outside it is added back to the output bicubically
+    outside = None if job.options.clip else unit - np.clip(unit, 0.0, 1.0)
+    np.clip(unit, 0.0, 1.0, out=unit)
+    rgb = torch.from_numpy(unit[job.model_bands]).unsqueeze(0)
+    coord, cell = window_coordinates(job.plan, window)
+    return WindowInput(unit, rgb, coord, cell, outside)
+
+
+def sample_window(
+    pipe: Any,
+    job: SceneJob,
+    window: SceneWindow,
+    rgb: torch.Tensor,
+    prior: torch.Tensor,
+    callback: Callable[..., Any] | None = None,
+) -> Any:
+    """The pipeline's denoising of one window from its ``prior``, with the window's own noise; ``callback`` is
+    called after each denoising step (composed with a ``callback_on_step_end`` of the job's pipeline arguments)."""
+    kwargs = job.pipe_kwargs
+    kwargs.pop("prior_only", None)
+    if callback is not None:
+        inner = kwargs.get("callback_on_step_end")
+        kwargs["callback_on_step_end"] = callback if inner is None else _chain(inner, callback)
+    generator = torch.Generator(device="cpu").manual_seed(window_seed(job.seed, window.index))
+    out_h, out_w = window.out_shape
+    return pipe(rgb, output_size=(out_h, out_w), output_type="pt", generator=generator, prior=prior, **kwargs)
+
+
+def _chain(first: Callable[..., Any], then: Callable[..., Any]) -> Callable[..., Any]:
+    def callback(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> Any:
+        outputs = first(pipe, step, timestep, tensors)
+        then(pipe, step, timestep, tensors)
+        return outputs
+
+    return callback
+
+
 @torch.no_grad()
 def run_window(
     pipe: Any,
     src: Any,
     job: SceneJob,
     window: SceneWindow,
+    callback: Callable[..., Any] | None = None,
 ) -> np.ndarray:
-    """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32 (beyond it
-    where the input lies outside the value range, unless the job's options ``clip``).
-
-    The model sees the stretched values clipped to ``[0, 1]``; the part of each value outside it (input minus clipped
-    input) is upscaled bicubically, like the bands without the model, and added to the output (to an alpha band:
-    nearest), so that the output keeps the input's extremes; with ``clip`` the output stays clipped.
+    """One window: read, stretch, fill, through the model; returns the output bands in ``[0, 1]`` float32.
 
     Bands outside the job's ``model_bands`` are bicubic, except its 0-based ``alpha_bands`` (masks): nearest
     neighbour, the LR pixel under each output pixel's centre, the same in every window that covers it. With
@@ -81,39 +145,24 @@ def run_window(
         src (`Any`): the input, open ([`~neurop_diff_diffusers.io.rasters.open_raster`]).
         job (`SceneJob`): the scene: plan, statistics, bands, seed and pipeline arguments.
         window (`SceneWindow`): the window.
+        callback (`Callable | None`, *optional*): the pipeline's ``callback_on_step_end`` for this window (e.g.
+            [`~neurop_diff_diffusers.jobs.stopping.step_callback`]: progress and the stop flag, after each denoising
+            step); not passed to a pipeline that is not a NeurOp-Diff one.
     """
-    from rasterio.windows import Window
-
-    plan, stats, model_bands, alpha_bands = job.plan, job.stats, job.model_bands, job.alpha_bands
-
-    (r0, r1), (c0, c1) = window.lr_rows, window.lr_cols
-    crop = Window(c0, r0, c1 - c0, r1 - r0)
-    data, valid, _ = read_block(src, crop, palette_table(src))
-    count = data.shape[0]
-    unit = np.empty(data.shape, dtype=np.float32)
-    for b in range(count):
-        unit[b] = stats.stretch.forward(data[b], b)
-        unit[b][~valid[b]] = stats.fill[b]
-    del data
-    # the model sees the stretch clipped; unless `clip`, what lies outside it is added back to the output bicubically
-    outside = None if job.options.clip else unit - np.clip(unit, 0.0, 1.0)
-    np.clip(unit, 0.0, 1.0, out=unit)
+    plan, model_bands, alpha_bands = job.plan, job.model_bands, job.alpha_bands
+    unit, rgb, coord, cell, outside = window_input(src, job, window)
+    count = unit.shape[0]
     out_h, out_w = window.out_shape
-    rgb = torch.from_numpy(unit[model_bands]).unsqueeze(0)
-    coord, cell = window_coordinates(plan, window)
     kwargs = job.pipe_kwargs
     sampled = kwargs.get("num_samples") is not None  # prepare_scene refuses it with prior_only
     called = None
     if is_neurop_pipeline(pipe):
         device = pipe._execution_device
         prior = window_prior(pipe, (rgb * 2.0 - 1.0).to(device), coord.to(device), cell, kwargs.get("chunk_size"))
-        if kwargs.pop("prior_only", False):  # NaN / inf refused as the pipeline's own prior-only output is
+        if kwargs.get("prior_only", False):  # NaN / inf refused as the pipeline's own prior-only output is
             output = ((check_finite_output(prior[0].float().cpu()) + 1.0) / 2.0).clamp(0, 1)
         else:
-            generator = torch.Generator(device="cpu").manual_seed(window_seed(job.seed, window.index))
-            called = pipe(
-                rgb, output_size=(out_h, out_w), output_type="pt", generator=generator, prior=prior, **kwargs
-            )
+            called = sample_window(pipe, job, window, rgb, prior, callback)
     else:  # any callable with the pipeline's signature (e.g. a test double): the window at its own output size
         called = pipe(rgb, output_size=(out_h, out_w), output_type="pt", **kwargs)
     if called is not None:
@@ -136,6 +185,7 @@ def run_window(
         result[others] = _bicubic(unit[others], plan, coord).clamp(0, 1).numpy()
     if masks:  # alpha: nearest, at the output pixel centre (exact integer arithmetic in the scene's frame)
         (height, width), (scene_h, scene_w) = plan.size, plan.out_size
+        r0, c0 = window.lr_rows[0], window.lr_cols[0]
         rows = (2 * np.arange(*window.out_rows, dtype=np.int64) + 1) * height // (2 * scene_h) - r0
         cols = (2 * np.arange(*window.out_cols, dtype=np.int64) + 1) * width // (2 * scene_w) - c0
         result[masks] = unit[masks][:, rows][:, :, cols]
