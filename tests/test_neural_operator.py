@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from conftest import REPO_ROOT, SHARED_PAPER_DIR
 from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator
-from neurop_diff_diffusers.models.neural_operator import DEFAULT_CHUNK_SIZE
+from neurop_diff_diffusers.models import neural_operator
+from neurop_diff_diffusers.models.neural_operator import CPU_TILE_SIZE, DEFAULT_CHUNK_SIZE
 from reference_srno import random_official_state_dict, reference_srno
 
 
@@ -43,18 +44,46 @@ def test_chunked_equals_unchunked(tiny_operator, chunk_size):
     assert (full - chunked).abs().max().item() <= 1e-5
 
 
-def test_chunk_bounds_the_pixels_processed_at_once(tiny_operator):
-    """Memory grows with the chunk: no layer after the encoder ever sees more than `chunk_size` pixels."""
+def _lifted_pixels(operator, **kwargs):
+    """Run the operator on a 120 x 100 output; the pixel count of every call of its lifting layer, and the output."""
     seen = []
-    hook = tiny_operator.lift.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2] * o.shape[-1]))
+    lift = operator._lift
+
+    def recording_lift(lattice, coord):
+        seen.append(coord.shape[0])
+        return lift(lattice, coord)
+
+    operator._lift = recording_lift
     try:
         with torch.no_grad():
-            tiny_operator(_lr(), (120, 100), chunk_size=1000)
+            out = operator(_lr(), (120, 100), **kwargs).sample
     finally:
-        hook.remove()
+        del operator._lift
+    return seen, out
+
+
+def test_chunk_bounds_the_pixels_processed_at_once(tiny_operator, monkeypatch):
+    """No layer after the encoder ever sees more than `chunk_size` pixels; each pixel is lifted once when the
+    activations between the passes fit in `ACTIVATION_CACHE_BYTES`, else once per pass."""
+    seen, cached = _lifted_pixels(tiny_operator, chunk_size=1000)
+    assert max(seen) == 1000 and sum(seen) == 120 * 100
+    assert len(seen) == 12  # one pass over 12 chunks; later passes start from the kept activations
+
+    monkeypatch.setattr(neural_operator, "ACTIVATION_CACHE_BYTES", 0)
+    seen, streamed = _lifted_pixels(tiny_operator, chunk_size=1000)
     assert max(seen) == 1000
-    # (1 + number of Galerkin blocks) streaming passes over 12 chunks
+    # (1 + number of Galerkin blocks) streaming passes over 12 chunks, recomputing the earlier blocks
     assert len(seen) == 12 * (1 + tiny_operator.config.num_galerkin_blocks)
+    assert (cached - streamed).abs().max().item() <= 1e-5
+
+
+def test_cpu_tiles_bound_the_pixels_processed_at_once(tiny_operator, monkeypatch):
+    seen, out = _lifted_pixels(tiny_operator)
+    assert max(seen) == min(CPU_TILE_SIZE, 120 * 100) and sum(seen) == 120 * 100
+    monkeypatch.setattr(neural_operator, "CPU_TILE_SIZE", 12000)
+    seen, whole = _lifted_pixels(tiny_operator)
+    assert seen == [12000]
+    assert (out - whole).abs().max().item() <= 1e-5
 
 
 def test_default_chunk_size_bounds_paper_size_outputs():

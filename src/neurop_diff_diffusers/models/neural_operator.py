@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,14 @@ from ..coordinates import make_cell, make_coord
 #: Output pixels per chunk when ``chunk_size`` is left at ``None``. For the paper-size operator one chunk of this many
 #: pixels needs about 1 GB in float32 inference, so a 2560 x 2560 output stays within a few GB.
 DEFAULT_CHUNK_SIZE = 65536
+
+#: Output pixels that go through the per-pixel layers at once on a CPU (at most ``chunk_size``): small enough that a
+#: tile's activations stay in the CPU's caches, large enough that its matrix products run at full speed.
+CPU_TILE_SIZE = 4096
+
+#: Memory for keeping every output pixel's tokens and queries (``2 * width`` values each) between the passes over the
+#: Galerkin blocks. Outputs that need more recompute the earlier blocks tile by tile in every pass instead.
+ACTIVATION_CACHE_BYTES = 512 * 2**20
 
 _NORM_EPS = 1e-5
 _SHIFT_EPS = 1e-6
@@ -66,17 +74,25 @@ class EDSREncoder(nn.Module):
 
 
 def _head_layer_norm(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The authors' per-head layer norm: ``(t - mean) / (unbiased std + eps) * weight + bias`` over the last dim."""
+    """The authors' per-head layer norm: ``(t - mean) / (unbiased std + eps) * weight + bias`` over the last dim.
+
+    Computed from the mean and the summed squared deviations rather than with ``Tensor.std``, whose reduction over a
+    last dim of 8 or 16 is several times slower on a CPU; the formula (unbiased std, eps added to the std) is the same.
+    """
+    d = t.shape[-1]
     mean = t.mean(dim=-1, keepdim=True)
-    std = t.std(dim=-1, keepdim=True)
-    return (t - mean) / (std + _NORM_EPS) * weight + bias
+    dev = t - mean
+    std = (dev * dev).sum(dim=-1, keepdim=True).div(d - 1).sqrt()
+    return torch.addcmul(bias, dev, weight / (std + _NORM_EPS))
 
 
 class GalerkinAttentionBlock(nn.Module):
     """Galerkin-type attention (kernel integral) block with the authors' residual layout.
 
-    ``A = q (LN(k)^T LN(v)) / N`` per head, ``u = A + z``, ``out = z + W_2 GELU(W_1 u)``. The Galerkin sum
-    ``LN(k)^T LN(v)`` is exposed separately ([`key_value_sum`]) so that it can be accumulated over chunks of pixels.
+    ``A = q (LN(k)^T LN(v)) / N`` per head, ``u = A + z``, ``out = z + W_2 GELU(W_1 u)``. The block works on pixels as
+    tokens, ``z`` of shape ``(n, width)``: its 1 x 1 convolutions are matrix products. It is applied in two halves so
+    that the Galerkin sum over all pixels can be accumulated over tiles of pixels: [`project`] gives a tile's queries
+    and its part of the sum ``LN(k)^T LN(v)``, [`finish`] the tile's output once the whole sum is known.
     """
 
     def __init__(self, width: int, num_heads: int):
@@ -93,29 +109,77 @@ class GalerkinAttentionBlock(nn.Module):
         self.v_norm_weight = nn.Parameter(torch.ones(num_heads, 1, self.head_dim))
         self.v_norm_bias = nn.Parameter(torch.zeros(num_heads, 1, self.head_dim))
 
-    def _qkv(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Channels are grouped by head: head j owns [3dj, 3dj + 3d) = its q | k | v.
-        b = z.shape[0]
-        d = self.head_dim
-        qkv = self.qkv_proj(z).reshape(b, self.num_heads, 3 * d, -1).transpose(-1, -2)  # (B, heads, N, 3d)
-        q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
-        k = _head_layer_norm(k, self.k_norm_weight, self.k_norm_bias)
-        v = _head_layer_norm(v, self.v_norm_weight, self.v_norm_bias)
-        return q, k, v
+    def project(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and the unnormalised Galerkin sum of the tokens ``z`` ``(n, width)``.
 
-    def key_value_sum(self, z: torch.Tensor) -> torch.Tensor:
-        """``sum over pixels of LN(k)^T LN(v)``, shape ``(B, heads, d, d)``; divide by the pixel count before use."""
-        _, k, v = self._qkv(z)
-        return k.transpose(-1, -2) @ v
+        Returns:
+            `tuple[torch.Tensor, torch.Tensor]`: ``q`` of shape ``(n, heads, head_dim)`` and
+            ``sum over tokens of LN(k)^T LN(v)`` of shape ``(heads, head_dim, head_dim)`` (divide the sum over all
+            tokens by their count before [`finish`]).
+        """
+        # Output channels are grouped by head: head j owns [3dj, 3dj + 3d) = its q | k | v.
+        h, d = self.num_heads, self.head_dim
+        qkv = F.linear(z, _matrix(self.qkv_proj.weight), self.qkv_proj.bias).view(-1, h, 3, d)
+        weight = torch.cat([self.k_norm_weight, self.v_norm_weight], dim=1)  # (heads, 2, d): k then v
+        bias = torch.cat([self.k_norm_bias, self.v_norm_bias], dim=1)
+        kv = _head_layer_norm(qkv[:, :, 1:], weight, bias)  # (n, heads, 2, d)
+        kv_sum = torch.matmul(kv[:, :, 0].permute(1, 2, 0), kv[:, :, 1].transpose(0, 1))
+        return qkv[:, :, 0], kv_sum
+
+    def queries(self, z: torch.Tensor) -> torch.Tensor:
+        """The queries ``(n, heads, head_dim)`` of the tokens ``z`` ``(n, width)`` alone (no keys or values)."""
+        h, d = self.num_heads, self.head_dim
+        weight = _matrix(self.qkv_proj.weight).view(h, 3, d, -1)[:, 0].reshape(h * d, -1)
+        return F.linear(z, weight, self.qkv_proj.bias.view(h, 3, d)[:, 0].reshape(-1)).view(-1, h, d)
+
+    def finish(self, z: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """The block's output for tokens ``z`` ``(n, width)`` with queries ``q`` and the normalised sum ``kv``."""
+        a = torch.matmul(q.transpose(0, 1), kv).transpose(0, 1)  # (n, heads, d)
+        u = (z.view(a.shape) + a).reshape(z.shape)
+        hidden = F.gelu(F.linear(u, _matrix(self.o_proj1.weight), self.o_proj1.bias))
+        return torch.addmm(z + self.o_proj2.bias, hidden, _matrix(self.o_proj2.weight).t())
 
     def forward(self, z: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the block to ``z`` (B, width, H, W); ``kv`` is the normalised Galerkin sum, or ``None`` to use z's."""
-        q, k, v = self._qkv(z)
-        if kv is None:
-            kv = (k.transpose(-1, -2) @ v) / (z.shape[-2] * z.shape[-1])
-        a = (q @ kv).transpose(-1, -2).reshape(z.shape)
-        u = a + z
-        return z + self.o_proj2(F.gelu(self.o_proj1(u)))
+        outs = []
+        for i in range(z.shape[0]):
+            tokens = z[i].flatten(1).t()
+            q, s = self.project(tokens)
+            outs.append(self.finish(tokens, q, s / tokens.shape[0] if kv is None else kv[i]).t())
+        return torch.stack(outs).view(z.shape)
+
+
+def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A 1 x 1 convolution's weight ``(out, in, 1, 1)`` as the matrix ``(out, in)``."""
+    return weight.view(weight.shape[0], weight.shape[1])
+
+
+@dataclass
+class _Lattice:
+    """One image's LR features as a table of tokens, for gathering the local ensemble of any query point."""
+
+    size: tuple[int, int]
+    features: torch.Tensor  # (h * w, F), row-major
+    positions: torch.Tensor  # (h * w, 2): the cells' centre coordinates
+    index_map: torch.Tensor  # (1, 2, h, w): each cell's (row, column), to be sampled with grid_sample
+    scale: torch.Tensor  # (h, w)
+    rel_cell: torch.Tensor  # (1, 2): the output cell in LR cells
+
+    @classmethod
+    def build(cls, feat: torch.Tensor, cell: torch.Tensor) -> "_Lattice":
+        h, w = feat.shape[-2:]
+        kwargs = {"device": feat.device, "dtype": feat.dtype}
+        rows = torch.arange(h, device=feat.device, dtype=torch.float32).view(h, 1).expand(h, w)
+        cols = torch.arange(w, device=feat.device, dtype=torch.float32).view(1, w).expand(h, w)
+        scale = torch.tensor([h, w], **kwargs)
+        return cls(
+            size=(h, w),
+            features=feat.flatten(1).t().contiguous(),
+            positions=make_coord((h, w), **kwargs).view(-1, 2),
+            index_map=torch.stack([rows, cols]).unsqueeze(0),
+            scale=scale,
+            rel_cell=(cell * scale).view(1, 2),
+        )
 
 
 class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
@@ -187,47 +251,80 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------------
     # Pieces of the forward pass
     # ------------------------------------------------------------------------------------------------------------
-    def _lift(self, feat_pos: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Lift query points ``coord`` (B, 1, n, 2) from LR features + their coordinates ``feat_pos`` to ``width``."""
-        h, w = feat_pos.shape[-2:]
+    def _lift(self, lattice: _Lattice, coord: torch.Tensor) -> torch.Tensor:
+        """Lift the query points ``coord`` ``(n, 2)`` to tokens ``(n, width)`` from the LR lattice (local ensemble)."""
+        h, w = lattice.size
+        n = coord.shape[0]
+        grid_coord = coord if coord.dtype in (torch.float32, torch.float64) else coord.float()
         rels, feats, areas = [], [], []
-        coord_cf = coord.permute(0, 3, 1, 2)  # (B, 2, 1, n)
         for vx in (-1, 1):
             for vy in (-1, 1):
-                shifted = coord.clone()
-                shifted[..., 0] += vx / h + _SHIFT_EPS
-                shifted[..., 1] += vy / w + _SHIFT_EPS
-                shifted.clamp_(-1 + _SHIFT_EPS, 1 - _SHIFT_EPS)
-                sampled = F.grid_sample(feat_pos, shifted.flip(-1), mode="nearest", align_corners=False)
-                old_coord = sampled[:, -2:]
-                rel = coord_cf - old_coord
-                rel[:, 0] *= h
-                rel[:, 1] *= w
+                shift = grid_coord.new_tensor([vx / h + _SHIFT_EPS, vy / w + _SHIFT_EPS])
+                shifted = (grid_coord + shift).clamp_(-1 + _SHIFT_EPS, 1 - _SHIFT_EPS)
+                # The nearest LR cell exactly as grid_sample picks it: sample a map of (row, column) indices.
+                rc = F.grid_sample(
+                    lattice.index_map.to(grid_coord.dtype),
+                    shifted.flip(-1).view(1, 1, n, 2),
+                    mode="nearest",
+                    align_corners=False,
+                )
+                rc = rc.view(2, n).long()
+                index = rc[0] * w + rc[1]
+                rel = (coord - lattice.positions[index]) * lattice.scale
                 rels.append(rel)
-                feats.append(sampled[:, :-2])
+                feats.append(lattice.features[index])
                 areas.append(torch.abs(rel[:, 0] * rel[:, 1]) + 1e-9)
         total = torch.stack(areas).sum(dim=0)
         # Each neighbour is weighted by the area of the rectangle opposite to it.
-        areas = [areas[3], areas[2], areas[1], areas[0]]
-        feats = [f * (a / total).unsqueeze(1) for f, a in zip(feats, areas)]
-        rel_cell = cell.clone()
-        rel_cell[:, 0] *= h
-        rel_cell[:, 1] *= w
-        rel_cell = rel_cell[:, :, None, None].expand(-1, -1, *coord.shape[1:3])
-        return self.lift(torch.cat([*rels, *feats, rel_cell], dim=1))
+        feats = [f * (a / total).unsqueeze(1) for f, a in zip(feats, reversed(areas))]
+        rel_cell = lattice.rel_cell.expand(n, 2)
+        return F.linear(torch.cat([*rels, *feats, rel_cell], dim=1), _matrix(self.lift.weight), self.lift.bias)
 
-    def _trunk(
-        self, feat_pos: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, kvs: list[torch.Tensor]
-    ) -> torch.Tensor:
+    def _trunk(self, lattice: _Lattice, coord: torch.Tensor, kvs: list[torch.Tensor]) -> torch.Tensor:
         """Lift, then apply the first ``len(kvs)`` Galerkin blocks with the given normalised sums."""
-        z = self._lift(feat_pos, coord, cell)
+        z = self._lift(lattice, coord)
         for block, kv in zip(self.galerkin_blocks, kvs):
-            z = block(z, kv)
+            z = block.finish(z, block.queries(z), kv)
         return z
 
     def _head(self, z: torch.Tensor, image: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
-        residual = F.grid_sample(image, coord.flip(-1), mode="bilinear", padding_mode="border", align_corners=False)
-        return self.fc2(F.gelu(self.fc1(z))) + residual
+        """Output ``(out_channels, n)`` of tokens ``z`` ``(n, width)``: the head plus the bilinear residual."""
+        n = coord.shape[0]
+        grid = coord.flip(-1).view(1, 1, n, 2)
+        residual = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        hidden = F.gelu(F.linear(z, _matrix(self.fc1.weight), self.fc1.bias))
+        return torch.addmm(residual.view(-1, n), _matrix(self.fc2.weight), hidden.t()) + self.fc2.bias[:, None]
+
+    def _run_cached(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor], n: int) -> torch.Tensor:
+        """All passes over the tiles, keeping every tile's tokens and queries between the passes."""
+        blocks = list(self.galerkin_blocks)
+        state: list[Any] = [None] * len(tiles)
+        kv = None
+        for index, block in enumerate(blocks):
+            total = None
+            for i, coord in enumerate(tiles):
+                z = self._lift(lattice, coord) if index == 0 else blocks[index - 1].finish(*state[i], kv)
+                q, s = block.project(z)
+                state[i] = (z, q)
+                total = s if total is None else total + s
+            kv = total / n
+        outs = []
+        for i, coord in enumerate(tiles):
+            z = blocks[-1].finish(*state[i], kv) if blocks else self._lift(lattice, coord)
+            state[i] = None
+            outs.append(self._head(z, image, coord))
+        return torch.cat(outs, dim=1)
+
+    def _run_streamed(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor], n: int) -> torch.Tensor:
+        """All passes over the tiles, recomputing the earlier blocks of each tile in every pass (bounded memory)."""
+        kvs: list[torch.Tensor] = []
+        for block in self.galerkin_blocks:
+            total = None
+            for coord in tiles:
+                _, s = block.project(self._trunk(lattice, coord, kvs))
+                total = s if total is None else total + s
+            kvs.append(total / n)
+        return torch.cat([self._head(self._trunk(lattice, coord, kvs), image, coord) for coord in tiles], dim=1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """LR features of ``image`` (B, C, h, w) with their grid-centre coordinates appended: (B, F + 2, h, w)."""
@@ -251,7 +348,8 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
             coord (`torch.Tensor`): query coordinates ``(B, *spatial, 2)`` in ``[-1, 1]`` (row, column), see
                 [`~neurop_diff_diffusers.coordinates.make_coord`].
             cell (`torch.Tensor`): the output cell ``(B, 2)`` = ``(2 / H_out, 2 / W_out)``.
-            chunk_size (`int`, *optional*): query points per chunk (``None``: ``DEFAULT_CHUNK_SIZE``).
+            chunk_size (`int`, *optional*): at most this many query points go through the per-pixel layers at once
+                (``None``: ``DEFAULT_CHUNK_SIZE``).
 
         Returns:
             `torch.Tensor`: ``(B, out_channels, *spatial)``.
@@ -262,31 +360,19 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         chunk_size = _check_chunk_size(chunk_size)
         b = image.shape[0]
         spatial = coord.shape[1:-1]
-        coord = coord.reshape(b, 1, -1, 2).to(image.dtype)
+        coord = coord.reshape(b, -1, 2).to(image.dtype)
         cell = cell.to(image.dtype)
-        n = coord.shape[2]
-        feat_pos = self.encode(image)
-        if n <= chunk_size:
-            z = self._lift(feat_pos, coord, cell)
-            for block in self.galerkin_blocks:
-                z = block(z)
-            out = self._head(z, image, coord)
-        else:
-            kvs: list[torch.Tensor] = []
-            for block in self.galerkin_blocks:
-                total = None
-                for part in _chunks(coord, chunk_size):
-                    s = block.key_value_sum(self._trunk(feat_pos, part, cell, kvs))
-                    total = s if total is None else total + s
-                kvs.append(total / n)
-            out = torch.cat(
-                [
-                    self._head(self._trunk(feat_pos, part, cell, kvs), image, part)
-                    for part in _chunks(coord, chunk_size)
-                ],
-                dim=-1,
-            )
-        return out.reshape(b, out.shape[1], *spatial)
+        n = coord.shape[1]
+        tile = min(chunk_size, CPU_TILE_SIZE) if image.device.type == "cpu" else chunk_size
+        cached = n * 2 * self.config.width * image.element_size() <= ACTIVATION_CACHE_BYTES
+        run = self._run_cached if cached else self._run_streamed
+        feat = self.encoder(image)
+        outs = []
+        for i in range(b):
+            lattice = _Lattice.build(feat[i], cell[i])
+            tiles = [coord[i, start : start + tile] for start in range(0, n, tile)]
+            outs.append(run(lattice, image[i : i + 1], tiles, n))
+        return torch.stack(outs).reshape(b, -1, *spatial)
 
     def forward(
         self,
@@ -431,10 +517,10 @@ def _check_output_size(output_size: Any) -> tuple[int, int]:
     return int(output_size[0]), int(output_size[1])
 
 
-def _chunks(coord: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
-    n = coord.shape[2]
-    for start in range(0, n, chunk_size):
-        yield coord[:, :, start : start + chunk_size]
-
-
-__all__ = ["DEFAULT_CHUNK_SIZE", "GalerkinNeuralOperator", "GalerkinNeuralOperatorOutput"]
+__all__ = [
+    "ACTIVATION_CACHE_BYTES",
+    "CPU_TILE_SIZE",
+    "DEFAULT_CHUNK_SIZE",
+    "GalerkinNeuralOperator",
+    "GalerkinNeuralOperatorOutput",
+]
