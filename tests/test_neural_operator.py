@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import REPO_ROOT, SHARED_PAPER_DIR
 from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator
 from neurop_diff_diffusers.models import neural_operator
-from neurop_diff_diffusers.models.neural_operator import CPU_TILE_SIZE, DEFAULT_CHUNK_SIZE
+from neurop_diff_diffusers.models.neural_operator import CPU_TILE_BYTES, DEFAULT_CHUNK_SIZE
 from reference_srno import random_official_state_dict, reference_srno
 
 
@@ -79,8 +79,10 @@ def test_chunk_bounds_the_pixels_processed_at_once(tiny_operator, monkeypatch):
 
 def test_cpu_tiles_bound_the_pixels_processed_at_once(tiny_operator, monkeypatch):
     seen, out = _lifted_pixels(tiny_operator)
-    assert max(seen) == min(CPU_TILE_SIZE, 120 * 100) and sum(seen) == 120 * 100
-    monkeypatch.setattr(neural_operator, "CPU_TILE_SIZE", 12000)
+    tile = CPU_TILE_BYTES // (4 * tiny_operator.config.width)  # float32
+    assert 1 < tile < 120 * 100
+    assert max(seen) == tile and sum(seen) == 120 * 100
+    monkeypatch.setattr(neural_operator, "CPU_TILE_BYTES", 10**9)
     seen, whole = _lifted_pixels(tiny_operator)
     assert seen == [12000]
     assert (out - whole).abs().max().item() <= 1e-5

@@ -16,15 +16,16 @@ from torch import nn
 
 from ..coordinates import make_cell, make_coord
 
-#: Output pixels per chunk when ``chunk_size`` is left at ``None``. For the paper-size operator one chunk of this many
-#: pixels needs about 1 GB in float32 inference, so a 2560 x 2560 output stays within a few GB.
+#: Largest tile of output pixels when ``chunk_size`` is left at ``None`` (a CPU uses smaller ones, ``CPU_TILE_BYTES``).
+#: For the paper-size operator a tile of this many pixels needs under 1 GB in float32 inference.
 DEFAULT_CHUNK_SIZE = 65536
 
-#: Output pixels that go through the per-pixel layers at once on a CPU (at most ``chunk_size``): small enough that a
-#: tile's activations stay in the CPU's caches, large enough that its matrix products run at full speed.
-CPU_TILE_SIZE = 4096
+#: Bytes of one tile's tokens on a CPU: the output pixels go through the per-pixel layers in tiles of
+#: ``CPU_TILE_BYTES / (width * element size)`` pixels (at most ``chunk_size``; 2,048 for width 64, 512 for width 256),
+#: small enough that a tile's activations stay in the CPU's caches, large enough for full-speed matrix products.
+CPU_TILE_BYTES = 2**19
 
-#: Memory for keeping every output pixel's tokens and queries (``2 * width`` values each) between the passes over the
+#: Memory for keeping every output pixel's tokens (``width`` values each) between the passes over the
 #: Galerkin blocks. Outputs that need more recompute the earlier blocks tile by tile in every pass instead.
 ACTIVATION_CACHE_BYTES = 512 * 2**20
 
@@ -73,26 +74,23 @@ class EDSREncoder(nn.Module):
         return self.conv_out(f) + h
 
 
-def _head_layer_norm(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The authors' per-head layer norm: ``(t - mean) / (unbiased std + eps) * weight + bias`` over the last dim.
-
-    Computed from the mean and the summed squared deviations rather than with ``Tensor.std``, whose reduction over a
-    last dim of 8 or 16 is several times slower on a CPU; the formula (unbiased std, eps added to the std) is the same.
-    """
-    d = t.shape[-1]
-    mean = t.mean(dim=-1, keepdim=True)
-    dev = t - mean
-    std = (dev * dev).sum(dim=-1, keepdim=True).div(d - 1).sqrt()
-    return torch.addcmul(bias, dev, weight / (std + _NORM_EPS))
-
-
 class GalerkinAttentionBlock(nn.Module):
     """Galerkin-type attention (kernel integral) block with the authors' residual layout.
 
-    ``A = q (LN(k)^T LN(v)) / N`` per head, ``u = A + z``, ``out = z + W_2 GELU(W_1 u)``. The block works on pixels as
-    tokens, ``z`` of shape ``(n, width)``: its 1 x 1 convolutions are matrix products. It is applied in two halves so
-    that the Galerkin sum over all pixels can be accumulated over tiles of pixels: [`project`] gives a tile's queries
-    and its part of the sum ``LN(k)^T LN(v)``, [`finish`] the tile's output once the whole sum is known.
+    ``A = q (LN(k)^T LN(v)) / N`` per head, ``u = A + z``, ``out = z + W_2 GELU(W_1 u)``, where ``LN`` is the authors'
+    per-head layer norm ``(t - mean) / (unbiased std + eps) * weight + bias`` over a head's channels. The block works
+    on pixels as tokens, ``z`` of shape ``(n, width)`` (its 1 x 1 convolutions are matrix products), in two halves so
+    that the Galerkin sum over all pixels can be accumulated over tiles of pixels: [`galerkin_sums`] gives a tile's
+    part of the sum, [`finish`] a tile's output once the whole sum is known.
+
+    The same function, rearranged so that a CPU spends its time in large matrix products (equal up to float rounding,
+    checked against a literal implementation of the authors' code to 1e-5):
+
+    - the mean over a head's channels is a linear function of ``z``: subtracted from the key / value projection's
+      weights, so that the projection gives the deviations directly; the std is the deviations' norm;
+    - the layer norm's weight and bias are applied to the summed ``d x d`` matrices, not to every token;
+    - with the sum ``S = LN(k)^T LN(v) / N`` known, ``q S`` is a linear function of ``z`` too: the query projection,
+      ``S`` and ``W_1`` are multiplied into one ``width x width`` matrix, so a tile's output costs two matrix products.
     """
 
     def __init__(self, width: int, num_heads: int):
@@ -109,43 +107,83 @@ class GalerkinAttentionBlock(nn.Module):
         self.v_norm_weight = nn.Parameter(torch.ones(num_heads, 1, self.head_dim))
         self.v_norm_bias = nn.Parameter(torch.zeros(num_heads, 1, self.head_dim))
 
-    def project(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Queries and the unnormalised Galerkin sum of the tokens ``z`` ``(n, width)``.
-
-        Returns:
-            `tuple[torch.Tensor, torch.Tensor]`: ``q`` of shape ``(n, heads, head_dim)`` and
-            ``sum over tokens of LN(k)^T LN(v)`` of shape ``(heads, head_dim, head_dim)`` (divide the sum over all
-            tokens by their count before [`finish`]).
-        """
+    def _split_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
         # Output channels are grouped by head: head j owns [3dj, 3dj + 3d) = its q | k | v.
         h, d = self.num_heads, self.head_dim
-        qkv = F.linear(z, _matrix(self.qkv_proj.weight), self.qkv_proj.bias).view(-1, h, 3, d)
-        weight = torch.cat([self.k_norm_weight, self.v_norm_weight], dim=1)  # (heads, 2, d): k then v
-        bias = torch.cat([self.k_norm_bias, self.v_norm_bias], dim=1)
-        kv = _head_layer_norm(qkv[:, :, 1:], weight, bias)  # (n, heads, 2, d)
-        kv_sum = torch.matmul(kv[:, :, 0].permute(1, 2, 0), kv[:, :, 1].transpose(0, 1))
-        return qkv[:, :, 0], kv_sum
+        weight = _matrix(self.qkv_proj.weight).view(h, 3, d, -1).transpose(0, 1)  # (q|k|v, heads, d, width)
+        return weight, self.qkv_proj.bias.view(h, 3, d).transpose(0, 1)
 
-    def queries(self, z: torch.Tensor) -> torch.Tensor:
-        """The queries ``(n, heads, head_dim)`` of the tokens ``z`` ``(n, width)`` alone (no keys or values)."""
-        h, d = self.num_heads, self.head_dim
-        weight = _matrix(self.qkv_proj.weight).view(h, 3, d, -1)[:, 0].reshape(h * d, -1)
-        return F.linear(z, weight, self.qkv_proj.bias.view(h, 3, d)[:, 0].reshape(-1)).view(-1, h, d)
+    def centred_key_value_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight ``(2 * width, width)`` and bias ``(2 * width, 1)`` giving the keys' then the values' deviations from
+        their head's mean (rows ordered key / value, head, channel)."""
+        weight, bias = self._split_qkv()
+        weight, bias = weight[1:], bias[1:]
+        weight = weight - weight.mean(dim=2, keepdim=True)
+        bias = bias - bias.mean(dim=2, keepdim=True)
+        return weight.reshape(-1, weight.shape[-1]), bias.reshape(-1, 1)
 
-    def finish(self, z: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """The block's output for tokens ``z`` ``(n, width)`` with queries ``q`` and the normalised sum ``kv``."""
-        a = torch.matmul(q.transpose(0, 1), kv).transpose(0, 1)  # (n, heads, d)
-        u = (z.view(a.shape) + a).reshape(z.shape)
-        hidden = F.gelu(F.linear(u, _matrix(self.o_proj1.weight), self.o_proj1.bias))
+    def galerkin_sums(self, z: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """This tile's part of the Galerkin sum, before the layer norm's weight and bias.
+
+        Args:
+            z (`torch.Tensor`): tokens ``(n, width)``.
+            projection (`tuple[torch.Tensor, torch.Tensor]`): [`centred_key_value_projection`].
+
+        Returns:
+            `torch.Tensor`: ``(heads, d + 1, d + 1)``: with ``K``, ``V`` the keys and values normalised by their
+            head's mean and unbiased std + eps (``(n, d)`` per head), ``[K 1]^T [V 1]`` summed over the tokens, i.e.
+            ``K^T V``, the column sums of ``K`` and ``V`` and the token count.
+        """
+        h, d, n = self.num_heads, self.head_dim, z.shape[0]
+        dev = torch.addmm(projection[1], projection[0], z.t()).view(2 * h, d, n)  # (k|v x heads, d, n)
+        # 1 / (unbiased std + eps) of every head's key and value at every token
+        scale = 1 / ((dev * dev).sum(dim=1, keepdim=True).div(d - 1).sqrt() + _NORM_EPS)
+        k, v = dev.view(2, h, d, n).unbind(0)
+        k_scale, v_scale = scale.view(2, h, 1, n).unbind(0)
+        cross = torch.bmm(k * (k_scale * v_scale), v.transpose(1, 2))  # K^T V: (heads, d, d)
+        sums = torch.bmm(dev, scale.transpose(1, 2)).view(2, h, d, 1)  # column sums of K and V
+        count = cross.new_full((h, 1, 1), n)
+        return torch.cat(
+            [torch.cat([cross, sums[0]], dim=2), torch.cat([sums[1].transpose(1, 2), count], dim=2)], dim=1
+        )
+
+    def galerkin_matrix(self, sums: torch.Tensor) -> torch.Tensor:
+        """``LN(k)^T LN(v) / N`` per head ``(heads, d, d)`` from [`galerkin_sums`] added over all ``N`` tokens."""
+        kw, kb = self.k_norm_weight[:, 0, :, None], self.k_norm_bias[:, 0, :, None]  # (heads, d, 1)
+        vw, vb = self.v_norm_weight[:, 0, None, :], self.v_norm_bias[:, 0, None, :]  # (heads, 1, d)
+        kv, k_sum, v_sum, n = sums[:, :-1, :-1], sums[:, :-1, -1:], sums[:, -1:, :-1], sums[:, -1:, -1:]
+        # sum (K diag(kw) + 1 kb^T)^T (V diag(vw) + 1 vb^T), expanded
+        total = kw * kv * vw + (kw * k_sum) * vb + kb * (v_sum * vw) + n * (kb * vb)
+        return total / n
+
+    def output_projection(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight ``(width, width)`` and bias of ``u -> W_1 u`` as a function of ``z`` given ``galerkin_matrix``.
+
+        ``u = z + q S`` per head with ``q = W_q z + b_q``, so ``W_1 u + b_1 = W_1 (I + W_q^T S)^T z + W_1 S^T b_q +
+        b_1`` with ``S`` the block-diagonal Galerkin matrix.
+        """
+        weight, bias = self._split_qkv()
+        w_q, b_q = weight[0], bias[0]  # (heads, d, width), (heads, d)
+        attended = torch.einsum("hdi,hde->ihe", w_q, matrix).reshape(w_q.shape[-1], -1)  # (width in, width)
+        attended_bias = torch.einsum("hd,hde->he", b_q, matrix).reshape(-1)
+        w_1 = _matrix(self.o_proj1.weight)
+        identity = torch.eye(w_1.shape[1], dtype=w_1.dtype, device=w_1.device)
+        return (identity + attended) @ w_1.t(), w_1 @ attended_bias + self.o_proj1.bias
+
+    def finish(self, z: torch.Tensor, output_projection: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The block's output for tokens ``z`` ``(n, width)`` given [`output_projection`]."""
+        hidden = F.gelu(torch.addmm(output_projection[1], z, output_projection[0]))
         return torch.addmm(z + self.o_proj2.bias, hidden, _matrix(self.o_proj2.weight).t())
 
-    def forward(self, z: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
-        """Apply the block to ``z`` (B, width, H, W); ``kv`` is the normalised Galerkin sum, or ``None`` to use z's."""
+    def forward(self, z: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the block to ``z`` (B, width, H, W); ``matrix`` is the Galerkin matrix (B, heads, d, d) of
+        [`galerkin_matrix`], or ``None`` for z's own."""
         outs = []
+        projection = self.centred_key_value_projection()
         for i in range(z.shape[0]):
             tokens = z[i].flatten(1).t()
-            q, s = self.project(tokens)
-            outs.append(self.finish(tokens, q, s / tokens.shape[0] if kv is None else kv[i]).t())
+            m = self.galerkin_matrix(self.galerkin_sums(tokens, projection)) if matrix is None else matrix[i]
+            outs.append(self.finish(tokens, self.output_projection(m)).t())
         return torch.stack(outs).view(z.shape)
 
 
@@ -156,29 +194,38 @@ def _matrix(weight: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class _Lattice:
-    """One image's LR features as a table of tokens, for gathering the local ensemble of any query point."""
+    """One image's LR features as a table of tokens, with what lifting any query point from them needs."""
 
-    size: tuple[int, int]
     features: torch.Tensor  # (h * w, F), row-major
     positions: torch.Tensor  # (h * w, 2): the cells' centre coordinates
     index_map: torch.Tensor  # (1, 2, h, w): each cell's (row, column), to be sampled with grid_sample
+    shifts: torch.Tensor  # (4, 2): the offsets to the four neighbours' cells, as the authors add them
     scale: torch.Tensor  # (h, w)
-    rel_cell: torch.Tensor  # (1, 2): the output cell in LR cells
+    lift_weight: torch.Tensor  # (4 * (2 + F), width): the lifting layer's weight for [rel_i, feature_i]_i
+    lift_bias: torch.Tensor  # (width,): its bias plus the constant relative-cell term
 
     @classmethod
-    def build(cls, feat: torch.Tensor, cell: torch.Tensor) -> "_Lattice":
-        h, w = feat.shape[-2:]
+    def build(cls, feat: torch.Tensor, cell: torch.Tensor, lift: nn.Conv2d) -> "_Lattice":
+        """The lattice of ``feat`` ``(F, h, w)`` for the output cell ``cell`` ``(2,)`` and the lifting layer."""
+        c, h, w = feat.shape
         kwargs = {"device": feat.device, "dtype": feat.dtype}
-        rows = torch.arange(h, device=feat.device, dtype=torch.float32).view(h, 1).expand(h, w)
-        cols = torch.arange(w, device=feat.device, dtype=torch.float32).view(1, w).expand(h, w)
+        grid_dtype = feat.dtype if feat.dtype in (torch.float32, torch.float64) else torch.float32
+        rows = torch.arange(h, device=feat.device, dtype=grid_dtype).view(h, 1).expand(h, w)
+        cols = torch.arange(w, device=feat.device, dtype=grid_dtype).view(1, w).expand(h, w)
+        shifts = [[vx / h + _SHIFT_EPS, vy / w + _SHIFT_EPS] for vx in (-1, 1) for vy in (-1, 1)]
         scale = torch.tensor([h, w], **kwargs)
+        # The lifting layer's input is [rel_0..3 (2 each), feature_0..3 (F each), relative cell (2)]; here a token's
+        # input is [rel_0, feature_0, ..., rel_3, feature_3] and the cell's term, the same for all, joins the bias.
+        weight = _matrix(lift.weight)
+        rel_w, feat_w, cell_w = weight[:, :8].view(-1, 4, 2), weight[:, 8 : 8 + 4 * c].view(-1, 4, c), weight[:, -2:]
         return cls(
-            size=(h, w),
             features=feat.flatten(1).t().contiguous(),
             positions=make_coord((h, w), **kwargs).view(-1, 2),
             index_map=torch.stack([rows, cols]).unsqueeze(0),
+            shifts=torch.tensor(shifts, device=feat.device, dtype=grid_dtype),
             scale=scale,
-            rel_cell=(cell * scale).view(1, 2),
+            lift_weight=torch.cat([rel_w, feat_w], dim=2).view(weight.shape[0], -1).t(),
+            lift_bias=torch.addmv(lift.bias, cell_w, cell * scale),
         )
 
 
@@ -190,10 +237,14 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
     Galerkin-attention blocks integrate over all output pixels; a two-layer head adds the bilinear upsampling of the
     input. The output lives in the same ``[-1, 1]`` space as the input.
 
-    The Galerkin sums are global, but with ``chunk_size`` they are streamed over chunks of output pixels, exactly (up
-    to float summation order): pass ``l`` accumulates block ``l``'s sum, recomputing the blocks before it per chunk,
-    and a last pass emits the output per chunk. Memory then grows with the chunk, not with the output size. Outputs
-    that fit in one chunk are computed in one pass, as the authors do.
+    The output pixels are tokens (the 1 x 1 convolutions are matrix products) processed in tiles of at most
+    ``chunk_size`` pixels (on a CPU, of ``CPU_TILE_BYTES`` of tokens, to stay in its caches). The Galerkin sums are
+    global, so they are streamed over the tiles, exactly (up to float summation order): pass ``l`` accumulates block
+    ``l``'s sum, and a last pass emits the output tile by tile. Between the passes every pixel's tokens are kept when
+    they fit in ``ACTIVATION_CACHE_BYTES`` (512 MiB: a 1024 x 1024 output at width 256), so that each block runs once
+    per pixel; larger outputs recompute the blocks before ``l`` per tile in pass ``l``, and their memory then grows
+    with the tile, not with the output size. The blocks are computed in an order that suits a CPU (see
+    [`GalerkinAttentionBlock`]); a literal implementation of the authors' code agrees to 1e-5.
 
     Args:
         in_channels (`int`, defaults to `3`): channels of the input image.
@@ -253,38 +304,26 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------------
     def _lift(self, lattice: _Lattice, coord: torch.Tensor) -> torch.Tensor:
         """Lift the query points ``coord`` ``(n, 2)`` to tokens ``(n, width)`` from the LR lattice (local ensemble)."""
-        h, w = lattice.size
-        n = coord.shape[0]
-        grid_coord = coord if coord.dtype in (torch.float32, torch.float64) else coord.float()
-        rels, feats, areas = [], [], []
-        for vx in (-1, 1):
-            for vy in (-1, 1):
-                shift = grid_coord.new_tensor([vx / h + _SHIFT_EPS, vy / w + _SHIFT_EPS])
-                shifted = (grid_coord + shift).clamp_(-1 + _SHIFT_EPS, 1 - _SHIFT_EPS)
-                # The nearest LR cell exactly as grid_sample picks it: sample a map of (row, column) indices.
-                rc = F.grid_sample(
-                    lattice.index_map.to(grid_coord.dtype),
-                    shifted.flip(-1).view(1, 1, n, 2),
-                    mode="nearest",
-                    align_corners=False,
-                )
-                rc = rc.view(2, n).long()
-                index = rc[0] * w + rc[1]
-                rel = (coord - lattice.positions[index]) * lattice.scale
-                rels.append(rel)
-                feats.append(lattice.features[index])
-                areas.append(torch.abs(rel[:, 0] * rel[:, 1]) + 1e-9)
-        total = torch.stack(areas).sum(dim=0)
+        n, w = coord.shape[0], lattice.index_map.shape[-1]
+        shifted = (coord.to(lattice.shifts.dtype).unsqueeze(1) + lattice.shifts).clamp_(
+            -1 + _SHIFT_EPS, 1 - _SHIFT_EPS
+        )
+        # The nearest LR cell of each neighbour exactly as grid_sample picks it: sample the map of (row, column).
+        rc = F.grid_sample(lattice.index_map, shifted.flip(-1).unsqueeze(0), mode="nearest", align_corners=False)
+        rc = rc[0].long()
+        index = rc[0] * w + rc[1]  # (n, 4)
+        rel = (coord.unsqueeze(1) - lattice.positions[index]) * lattice.scale  # (n, 4, 2)
+        area = torch.abs(rel[..., 0] * rel[..., 1]) + 1e-9
         # Each neighbour is weighted by the area of the rectangle opposite to it.
-        feats = [f * (a / total).unsqueeze(1) for f, a in zip(feats, reversed(areas))]
-        rel_cell = lattice.rel_cell.expand(n, 2)
-        return F.linear(torch.cat([*rels, *feats, rel_cell], dim=1), _matrix(self.lift.weight), self.lift.bias)
+        weight = area.flip(1) / area.sum(dim=1, keepdim=True)
+        feats = lattice.features[index] * weight.unsqueeze(-1)  # (n, 4, F)
+        return torch.addmm(lattice.lift_bias, torch.cat([rel, feats], dim=2).view(n, -1), lattice.lift_weight)
 
-    def _trunk(self, lattice: _Lattice, coord: torch.Tensor, kvs: list[torch.Tensor]) -> torch.Tensor:
-        """Lift, then apply the first ``len(kvs)`` Galerkin blocks with the given normalised sums."""
+    def _trunk(self, lattice: _Lattice, coord: torch.Tensor, outputs: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        """Lift, then apply the first ``len(outputs)`` Galerkin blocks with their output projections."""
         z = self._lift(lattice, coord)
-        for block, kv in zip(self.galerkin_blocks, kvs):
-            z = block.finish(z, block.queries(z), kv)
+        for block, projection in zip(self.galerkin_blocks, outputs):
+            z = block.finish(z, projection)
         return z
 
     def _head(self, z: torch.Tensor, image: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
@@ -295,36 +334,38 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         hidden = F.gelu(F.linear(z, _matrix(self.fc1.weight), self.fc1.bias))
         return torch.addmm(residual.view(-1, n), _matrix(self.fc2.weight), hidden.t()) + self.fc2.bias[:, None]
 
-    def _run_cached(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor], n: int) -> torch.Tensor:
-        """All passes over the tiles, keeping every tile's tokens and queries between the passes."""
+    def _run_cached(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
+        """All passes over the tiles, keeping every tile's tokens between the passes."""
         blocks = list(self.galerkin_blocks)
         state: list[Any] = [None] * len(tiles)
-        kv = None
+        output = None
         for index, block in enumerate(blocks):
+            projection = block.centred_key_value_projection()
             total = None
             for i, coord in enumerate(tiles):
-                z = self._lift(lattice, coord) if index == 0 else blocks[index - 1].finish(*state[i], kv)
-                q, s = block.project(z)
-                state[i] = (z, q)
+                z = self._lift(lattice, coord) if index == 0 else blocks[index - 1].finish(state[i], output)
+                state[i] = z
+                s = block.galerkin_sums(z, projection)
                 total = s if total is None else total + s
-            kv = total / n
+            output = block.output_projection(block.galerkin_matrix(total))
         outs = []
         for i, coord in enumerate(tiles):
-            z = blocks[-1].finish(*state[i], kv) if blocks else self._lift(lattice, coord)
+            z = blocks[-1].finish(state[i], output) if blocks else self._lift(lattice, coord)
             state[i] = None
             outs.append(self._head(z, image, coord))
         return torch.cat(outs, dim=1)
 
-    def _run_streamed(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor], n: int) -> torch.Tensor:
+    def _run_streamed(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
         """All passes over the tiles, recomputing the earlier blocks of each tile in every pass (bounded memory)."""
-        kvs: list[torch.Tensor] = []
+        outputs: list[tuple[torch.Tensor, ...]] = []
         for block in self.galerkin_blocks:
+            projection = block.centred_key_value_projection()
             total = None
             for coord in tiles:
-                _, s = block.project(self._trunk(lattice, coord, kvs))
+                s = block.galerkin_sums(self._trunk(lattice, coord, outputs), projection)
                 total = s if total is None else total + s
-            kvs.append(total / n)
-        return torch.cat([self._head(self._trunk(lattice, coord, kvs), image, coord) for coord in tiles], dim=1)
+            outputs.append(block.output_projection(block.galerkin_matrix(total)))
+        return torch.cat([self._head(self._trunk(lattice, coord, outputs), image, coord) for coord in tiles], dim=1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """LR features of ``image`` (B, C, h, w) with their grid-centre coordinates appended: (B, F + 2, h, w)."""
@@ -363,15 +404,17 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         coord = coord.reshape(b, -1, 2).to(image.dtype)
         cell = cell.to(image.dtype)
         n = coord.shape[1]
-        tile = min(chunk_size, CPU_TILE_SIZE) if image.device.type == "cpu" else chunk_size
-        cached = n * 2 * self.config.width * image.element_size() <= ACTIVATION_CACHE_BYTES
+        tile = chunk_size
+        if image.device.type == "cpu":
+            tile = max(1, min(chunk_size, CPU_TILE_BYTES // (self.config.width * image.element_size())))
+        cached = n * self.config.width * image.element_size() <= ACTIVATION_CACHE_BYTES
         run = self._run_cached if cached else self._run_streamed
         feat = self.encoder(image)
         outs = []
         for i in range(b):
-            lattice = _Lattice.build(feat[i], cell[i])
+            lattice = _Lattice.build(feat[i], cell[i], self.lift)
             tiles = [coord[i, start : start + tile] for start in range(0, n, tile)]
-            outs.append(run(lattice, image[i : i + 1], tiles, n))
+            outs.append(run(lattice, image[i : i + 1], tiles))
         return torch.stack(outs).reshape(b, -1, *spatial)
 
     def forward(
@@ -386,8 +429,9 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         Args:
             image (`torch.Tensor`): ``(B, C, h, w)`` in ``[-1, 1]``.
             output_size (`tuple[int, int]`): ``(height, width)`` of the output.
-            chunk_size (`int`, *optional*): output pixels per chunk; ``None`` uses ``DEFAULT_CHUNK_SIZE`` (65536). The
-                result does not depend on it (up to float summation order); peak memory grows with it.
+            chunk_size (`int`, *optional*): at most this many output pixels go through the per-pixel layers at once;
+                ``None`` uses ``DEFAULT_CHUNK_SIZE`` (65536). The result does not depend on it (up to float summation
+                order).
             return_dict (`bool`, defaults to `True`): return a [`GalerkinNeuralOperatorOutput`] rather than a tuple.
 
         Returns:
@@ -519,7 +563,7 @@ def _check_output_size(output_size: Any) -> tuple[int, int]:
 
 __all__ = [
     "ACTIVATION_CACHE_BYTES",
-    "CPU_TILE_SIZE",
+    "CPU_TILE_BYTES",
     "DEFAULT_CHUNK_SIZE",
     "GalerkinNeuralOperator",
     "GalerkinNeuralOperatorOutput",
