@@ -233,3 +233,17 @@ def _documented_official_names_and_shapes():
 def test_docs_list_the_authors_parameter_names_and_shapes():
     documented = _documented_official_names_and_shapes()
     assert {k: tuple(v.shape) for k, v in random_official_state_dict().items()} == documented
+
+
+def test_galerkin_block_forward_matches_the_authors_block():
+    """A block on its own, on (B, width, H, W), with its own Galerkin sum: the authors' block, literally."""
+    from reference_srno import _galerkin
+
+    sd = random_official_state_dict(encoder_channels=8, encoder_num_blocks=1, width=24, heads=4, head_channels=8)
+    block = GalerkinNeuralOperator.from_official_state_dict(sd).galerkin_blocks[0]
+    z = torch.randn(2, 24, 7, 9, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        out = block(z)
+    expected = _galerkin(z, sd, "conv0", heads=4)
+    assert out.shape == z.shape
+    assert (out - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
