@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from conftest import REPO_ROOT, SHARED_PAPER_DIR
 from neurop_diff_diffusers import GalerkinNeuralOperator, build_neural_operator
-from neurop_diff_diffusers.models.neural_operator import DEFAULT_CHUNK_SIZE
+from neurop_diff_diffusers.models import neural_operator
+from neurop_diff_diffusers.models.neural_operator import CPU_TILE_BYTES, DEFAULT_CHUNK_SIZE
 from reference_srno import random_official_state_dict, reference_srno
 
 
@@ -43,18 +44,48 @@ def test_chunked_equals_unchunked(tiny_operator, chunk_size):
     assert (full - chunked).abs().max().item() <= 1e-5
 
 
-def test_chunk_bounds_the_pixels_processed_at_once(tiny_operator):
-    """Memory grows with the chunk: no layer after the encoder ever sees more than `chunk_size` pixels."""
+def _lifted_pixels(operator, **kwargs):
+    """Run the operator on a 120 x 100 output; the pixel count of every call of its lifting layer, and the output."""
     seen = []
-    hook = tiny_operator.lift.register_forward_hook(lambda m, i, o: seen.append(o.shape[-2] * o.shape[-1]))
+    lift = operator._lift
+
+    def recording_lift(lattice, coord):
+        seen.append(coord.shape[0])
+        return lift(lattice, coord)
+
+    operator._lift = recording_lift
     try:
         with torch.no_grad():
-            tiny_operator(_lr(), (120, 100), chunk_size=1000)
+            out = operator(_lr(), (120, 100), **kwargs).sample
     finally:
-        hook.remove()
+        del operator._lift
+    return seen, out
+
+
+def test_chunk_bounds_the_pixels_processed_at_once(tiny_operator, monkeypatch):
+    """No layer after the encoder ever sees more than `chunk_size` pixels; each pixel is lifted once when the
+    activations between the passes fit in `ACTIVATION_CACHE_BYTES`, else once per pass."""
+    seen, cached = _lifted_pixels(tiny_operator, chunk_size=1000)
+    assert max(seen) == 1000 and sum(seen) == 120 * 100
+    assert len(seen) == 12  # one pass over 12 chunks; later passes start from the kept activations
+
+    monkeypatch.setattr(neural_operator, "ACTIVATION_CACHE_BYTES", 0)
+    seen, streamed = _lifted_pixels(tiny_operator, chunk_size=1000)
     assert max(seen) == 1000
-    # (1 + number of Galerkin blocks) streaming passes over 12 chunks
+    # (1 + number of Galerkin blocks) streaming passes over 12 chunks, recomputing the earlier blocks
     assert len(seen) == 12 * (1 + tiny_operator.config.num_galerkin_blocks)
+    assert (cached - streamed).abs().max().item() <= 1e-5
+
+
+def test_cpu_tiles_bound_the_pixels_processed_at_once(tiny_operator, monkeypatch):
+    seen, out = _lifted_pixels(tiny_operator)
+    tile = CPU_TILE_BYTES // (4 * tiny_operator.config.width)  # float32
+    assert 1 < tile < 120 * 100
+    assert max(seen) == tile and sum(seen) == 120 * 100
+    monkeypatch.setattr(neural_operator, "CPU_TILE_BYTES", 10**9)
+    seen, whole = _lifted_pixels(tiny_operator)
+    assert seen == [12000]
+    assert (out - whole).abs().max().item() <= 1e-5
 
 
 def test_default_chunk_size_bounds_paper_size_outputs():
@@ -202,3 +233,17 @@ def _documented_official_names_and_shapes():
 def test_docs_list_the_authors_parameter_names_and_shapes():
     documented = _documented_official_names_and_shapes()
     assert {k: tuple(v.shape) for k, v in random_official_state_dict().items()} == documented
+
+
+def test_galerkin_block_forward_matches_the_authors_block():
+    """A block on its own, on (B, width, H, W), with its own Galerkin sum: the authors' block, literally."""
+    from reference_srno import _galerkin
+
+    sd = random_official_state_dict(encoder_channels=8, encoder_num_blocks=1, width=24, heads=4, head_channels=8)
+    block = GalerkinNeuralOperator.from_official_state_dict(sd).galerkin_blocks[0]
+    z = torch.randn(2, 24, 7, 9, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        out = block(z)
+    expected = _galerkin(z, sd, "conv0", heads=4)
+    assert out.shape == z.shape
+    assert (out - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())

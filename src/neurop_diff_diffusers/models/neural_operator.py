@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +16,18 @@ from torch import nn
 
 from .coordinates import make_cell, make_coord
 
-#: Output pixels per chunk when ``chunk_size`` is left at ``None``. For the paper-size operator one chunk of this many
-#: pixels needs about 1 GB in float32 inference, so a 2560 x 2560 output stays within a few GB.
+#: Largest tile of output pixels when ``chunk_size`` is left at ``None`` (a CPU uses smaller ones, ``CPU_TILE_BYTES``).
+#: For the paper-size operator a tile of this many pixels needs under 1 GB in float32 inference.
 DEFAULT_CHUNK_SIZE = 65536
+
+#: Bytes of one tile's tokens on a CPU: the output pixels go through the per-pixel layers in tiles of
+#: ``CPU_TILE_BYTES / (width * element size)`` pixels (at most ``chunk_size``; 2,048 for width 64, 512 for width 256),
+#: small enough that a tile's activations stay in the CPU's caches, large enough for full-speed matrix products.
+CPU_TILE_BYTES = 2**19
+
+#: Memory for keeping every output pixel's tokens (``width`` values each) between the passes over the
+#: Galerkin blocks. Outputs that need more recompute the earlier blocks tile by tile in every pass instead.
+ACTIVATION_CACHE_BYTES = 512 * 2**20
 
 _NORM_EPS = 1e-5
 _SHIFT_EPS = 1e-6
@@ -65,18 +74,23 @@ class EDSREncoder(nn.Module):
         return self.conv_out(f) + h
 
 
-def _head_layer_norm(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The authors' per-head layer norm: ``(t - mean) / (unbiased std + eps) * weight + bias`` over the last dim."""
-    mean = t.mean(dim=-1, keepdim=True)
-    std = t.std(dim=-1, keepdim=True)
-    return (t - mean) / (std + _NORM_EPS) * weight + bias
-
-
 class GalerkinAttentionBlock(nn.Module):
     """Galerkin-type attention (kernel integral) block with the authors' residual layout.
 
-    ``A = q (LN(k)^T LN(v)) / N`` per head, ``u = A + z``, ``out = z + W_2 GELU(W_1 u)``. The Galerkin sum
-    ``LN(k)^T LN(v)`` is exposed separately ([`key_value_sum`]) so that it can be accumulated over chunks of pixels.
+    ``A = q (LN(k)^T LN(v)) / N`` per head, ``u = A + z``, ``out = z + W_2 GELU(W_1 u)``, where ``LN`` is the authors'
+    per-head layer norm ``(t - mean) / (unbiased std + eps) * weight + bias`` over a head's channels. The block works
+    on pixels as tokens, ``z`` of shape ``(n, width)`` (its 1 x 1 convolutions are matrix products), in two halves so
+    that the Galerkin sum over all pixels can be accumulated over tiles of pixels: [`galerkin_sums`] gives a tile's
+    part of the sum, [`finish`] a tile's output once the whole sum is known.
+
+    The same function, rearranged so that a CPU spends its time in large matrix products (equal up to float rounding,
+    checked against a literal implementation of the authors' code to 1e-5):
+
+    - the mean over a head's channels is a linear function of ``z``: subtracted from the key / value projection's
+      weights, so that the projection gives the deviations directly; the std is the deviations' norm;
+    - the layer norm's weight and bias are applied to the summed ``d x d`` matrices, not to every token;
+    - with the sum ``S = LN(k)^T LN(v) / N`` known, ``q S`` is a linear function of ``z`` too: the query projection,
+      ``S`` and ``W_1`` are multiplied into one ``width x width`` matrix, so a tile's output costs two matrix products.
     """
 
     def __init__(self, width: int, num_heads: int):
@@ -93,29 +107,126 @@ class GalerkinAttentionBlock(nn.Module):
         self.v_norm_weight = nn.Parameter(torch.ones(num_heads, 1, self.head_dim))
         self.v_norm_bias = nn.Parameter(torch.zeros(num_heads, 1, self.head_dim))
 
-    def _qkv(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Channels are grouped by head: head j owns [3dj, 3dj + 3d) = its q | k | v.
-        b = z.shape[0]
-        d = self.head_dim
-        qkv = self.qkv_proj(z).reshape(b, self.num_heads, 3 * d, -1).transpose(-1, -2)  # (B, heads, N, 3d)
-        q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
-        k = _head_layer_norm(k, self.k_norm_weight, self.k_norm_bias)
-        v = _head_layer_norm(v, self.v_norm_weight, self.v_norm_bias)
-        return q, k, v
+    def _split_qkv(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # Output channels are grouped by head: head j owns [3dj, 3dj + 3d) = its q | k | v.
+        h, d = self.num_heads, self.head_dim
+        weight = _matrix(self.qkv_proj.weight).view(h, 3, d, -1).transpose(0, 1)  # (q|k|v, heads, d, width)
+        return weight, self.qkv_proj.bias.view(h, 3, d).transpose(0, 1)
 
-    def key_value_sum(self, z: torch.Tensor) -> torch.Tensor:
-        """``sum over pixels of LN(k)^T LN(v)``, shape ``(B, heads, d, d)``; divide by the pixel count before use."""
-        _, k, v = self._qkv(z)
-        return k.transpose(-1, -2) @ v
+    def centred_key_value_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight ``(2 * width, width)`` and bias ``(2 * width, 1)`` giving the keys' then the values' deviations from
+        their head's mean (rows ordered key / value, head, channel)."""
+        weight, bias = self._split_qkv()
+        weight, bias = weight[1:], bias[1:]
+        weight = weight - weight.mean(dim=2, keepdim=True)
+        bias = bias - bias.mean(dim=2, keepdim=True)
+        return weight.reshape(-1, weight.shape[-1]), bias.reshape(-1, 1)
 
-    def forward(self, z: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
-        """Apply the block to ``z`` (B, width, H, W); ``kv`` is the normalised Galerkin sum, or ``None`` to use z's."""
-        q, k, v = self._qkv(z)
-        if kv is None:
-            kv = (k.transpose(-1, -2) @ v) / (z.shape[-2] * z.shape[-1])
-        a = (q @ kv).transpose(-1, -2).reshape(z.shape)
-        u = a + z
-        return z + self.o_proj2(F.gelu(self.o_proj1(u)))
+    def galerkin_sums(self, z: torch.Tensor, projection: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """This tile's part of the Galerkin sum, before the layer norm's weight and bias.
+
+        Args:
+            z (`torch.Tensor`): tokens ``(n, width)``.
+            projection (`tuple[torch.Tensor, torch.Tensor]`): [`centred_key_value_projection`].
+
+        Returns:
+            `torch.Tensor`: ``(heads, d + 1, d + 1)``: with ``K``, ``V`` the keys and values normalised by their
+            head's mean and unbiased std + eps (``(n, d)`` per head), ``[K 1]^T [V 1]`` summed over the tokens, i.e.
+            ``K^T V``, the column sums of ``K`` and ``V`` and the token count.
+        """
+        h, d, n = self.num_heads, self.head_dim, z.shape[0]
+        dev = torch.addmm(projection[1], projection[0], z.t()).view(2 * h, d, n)  # (k|v x heads, d, n)
+        # 1 / (unbiased std + eps) of every head's key and value at every token
+        scale = 1 / ((dev * dev).sum(dim=1, keepdim=True).div(d - 1).sqrt() + _NORM_EPS)
+        k, v = dev.view(2, h, d, n).unbind(0)
+        k_scale, v_scale = scale.view(2, h, 1, n).unbind(0)
+        cross = torch.bmm(k * (k_scale * v_scale), v.transpose(1, 2))  # K^T V: (heads, d, d)
+        sums = torch.bmm(dev, scale.transpose(1, 2)).view(2, h, d, 1)  # column sums of K and V
+        count = cross.new_full((h, 1, 1), n)
+        return torch.cat(
+            [torch.cat([cross, sums[0]], dim=2), torch.cat([sums[1].transpose(1, 2), count], dim=2)], dim=1
+        )
+
+    def galerkin_matrix(self, sums: torch.Tensor) -> torch.Tensor:
+        """``LN(k)^T LN(v) / N`` per head ``(heads, d, d)`` from [`galerkin_sums`] added over all ``N`` tokens."""
+        kw, kb = self.k_norm_weight[:, 0, :, None], self.k_norm_bias[:, 0, :, None]  # (heads, d, 1)
+        vw, vb = self.v_norm_weight[:, 0, None, :], self.v_norm_bias[:, 0, None, :]  # (heads, 1, d)
+        kv, k_sum, v_sum, n = sums[:, :-1, :-1], sums[:, :-1, -1:], sums[:, -1:, :-1], sums[:, -1:, -1:]
+        # sum (K diag(kw) + 1 kb^T)^T (V diag(vw) + 1 vb^T), expanded
+        total = kw * kv * vw + (kw * k_sum) * vb + kb * (v_sum * vw) + n * (kb * vb)
+        return total / n
+
+    def output_projection(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight ``(width, width)`` and bias of ``u -> W_1 u`` as a function of ``z`` given ``galerkin_matrix``.
+
+        ``u = z + q S`` per head with ``q = W_q z + b_q``, so ``W_1 u + b_1 = W_1 (I + W_q^T S)^T z + W_1 S^T b_q +
+        b_1`` with ``S`` the block-diagonal Galerkin matrix.
+        """
+        weight, bias = self._split_qkv()
+        w_q, b_q = weight[0], bias[0]  # (heads, d, width), (heads, d)
+        attended = torch.einsum("hdi,hde->ihe", w_q, matrix).reshape(w_q.shape[-1], -1)  # (width in, width)
+        attended_bias = torch.einsum("hd,hde->he", b_q, matrix).reshape(-1)
+        w_1 = _matrix(self.o_proj1.weight)
+        identity = torch.eye(w_1.shape[1], dtype=w_1.dtype, device=w_1.device)
+        return (identity + attended) @ w_1.t(), w_1 @ attended_bias + self.o_proj1.bias
+
+    def finish(self, z: torch.Tensor, output_projection: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The block's output for tokens ``z`` ``(n, width)`` given [`output_projection`]."""
+        hidden = F.gelu(torch.addmm(output_projection[1], z, output_projection[0]))
+        return torch.addmm(z + self.o_proj2.bias, hidden, _matrix(self.o_proj2.weight).t())
+
+    def forward(self, z: torch.Tensor, matrix: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the block to ``z`` (B, width, H, W); ``matrix`` is the Galerkin matrix (B, heads, d, d) of
+        [`galerkin_matrix`], or ``None`` for z's own."""
+        outs = []
+        projection = self.centred_key_value_projection()
+        for i in range(z.shape[0]):
+            tokens = z[i].flatten(1).t()
+            m = self.galerkin_matrix(self.galerkin_sums(tokens, projection)) if matrix is None else matrix[i]
+            outs.append(self.finish(tokens, self.output_projection(m)).t())
+        return torch.stack(outs).view(z.shape)
+
+
+def _matrix(weight: torch.Tensor) -> torch.Tensor:
+    """A 1 x 1 convolution's weight ``(out, in, 1, 1)`` as the matrix ``(out, in)``."""
+    return weight.view(weight.shape[0], weight.shape[1])
+
+
+@dataclass
+class _Lattice:
+    """One image's LR features as a table of tokens, with what lifting any query point from them needs."""
+
+    features: torch.Tensor  # (h * w, F), row-major
+    positions: torch.Tensor  # (h * w, 2): the cells' centre coordinates
+    index_map: torch.Tensor  # (1, 2, h, w): each cell's (row, column), to be sampled with grid_sample
+    shifts: torch.Tensor  # (4, 2): the offsets to the four neighbours' cells, as the authors add them
+    scale: torch.Tensor  # (h, w)
+    lift_weight: torch.Tensor  # (4 * (2 + F), width): the lifting layer's weight for [rel_i, feature_i]_i
+    lift_bias: torch.Tensor  # (width,): its bias plus the constant relative-cell term
+
+    @classmethod
+    def build(cls, feat: torch.Tensor, cell: torch.Tensor, lift: nn.Conv2d) -> "_Lattice":
+        """The lattice of ``feat`` ``(F, h, w)`` for the output cell ``cell`` ``(2,)`` and the lifting layer."""
+        c, h, w = feat.shape
+        kwargs = {"device": feat.device, "dtype": feat.dtype}
+        grid_dtype = feat.dtype if feat.dtype in (torch.float32, torch.float64) else torch.float32
+        rows = torch.arange(h, device=feat.device, dtype=grid_dtype).view(h, 1).expand(h, w)
+        cols = torch.arange(w, device=feat.device, dtype=grid_dtype).view(1, w).expand(h, w)
+        shifts = [[vx / h + _SHIFT_EPS, vy / w + _SHIFT_EPS] for vx in (-1, 1) for vy in (-1, 1)]
+        scale = torch.tensor([h, w], **kwargs)
+        # The lifting layer's input is [rel_0..3 (2 each), feature_0..3 (F each), relative cell (2)]; here a token's
+        # input is [rel_0, feature_0, ..., rel_3, feature_3] and the cell's term, the same for all, joins the bias.
+        weight = _matrix(lift.weight)
+        rel_w, feat_w, cell_w = weight[:, :8].view(-1, 4, 2), weight[:, 8 : 8 + 4 * c].view(-1, 4, c), weight[:, -2:]
+        return cls(
+            features=feat.flatten(1).t().contiguous(),
+            positions=make_coord((h, w), **kwargs).view(-1, 2),
+            index_map=torch.stack([rows, cols]).unsqueeze(0),
+            shifts=torch.tensor(shifts, device=feat.device, dtype=grid_dtype),
+            scale=scale,
+            lift_weight=torch.cat([rel_w, feat_w], dim=2).view(weight.shape[0], -1).t(),
+            lift_bias=torch.addmv(lift.bias, cell_w, cell * scale),
+        )
 
 
 class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
@@ -126,10 +237,14 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
     Galerkin-attention blocks integrate over all output pixels; a two-layer head adds the bilinear upsampling of the
     input. The output lives in the same ``[-1, 1]`` space as the input.
 
-    The Galerkin sums are global, but with ``chunk_size`` they are streamed over chunks of output pixels, exactly (up
-    to float summation order): pass ``l`` accumulates block ``l``'s sum, recomputing the blocks before it per chunk,
-    and a last pass emits the output per chunk. Memory then grows with the chunk, not with the output size. Outputs
-    that fit in one chunk are computed in one pass, as the authors do.
+    The output pixels are tokens (the 1 x 1 convolutions are matrix products) processed in tiles of at most
+    ``chunk_size`` pixels (on a CPU, of ``CPU_TILE_BYTES`` of tokens, to stay in its caches). The Galerkin sums are
+    global, so they are streamed over the tiles, exactly (up to float summation order): pass ``l`` accumulates block
+    ``l``'s sum, and a last pass emits the output tile by tile. Between the passes every pixel's tokens are kept when
+    they fit in ``ACTIVATION_CACHE_BYTES`` (512 MiB: a 1024 x 1024 output at width 256), so that each block runs once
+    per pixel; larger outputs recompute the blocks before ``l`` per tile in pass ``l``, and their memory then grows
+    with the tile, not with the output size. The blocks are computed in an order that suits a CPU (see
+    [`GalerkinAttentionBlock`]); a literal implementation of the authors' code agrees to 1e-5.
 
     Args:
         in_channels (`int`, defaults to `3`): channels of the input image.
@@ -187,47 +302,70 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------------
     # Pieces of the forward pass
     # ------------------------------------------------------------------------------------------------------------
-    def _lift(self, feat_pos: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """Lift query points ``coord`` (B, 1, n, 2) from LR features + their coordinates ``feat_pos`` to ``width``."""
-        h, w = feat_pos.shape[-2:]
-        rels, feats, areas = [], [], []
-        coord_cf = coord.permute(0, 3, 1, 2)  # (B, 2, 1, n)
-        for vx in (-1, 1):
-            for vy in (-1, 1):
-                shifted = coord.clone()
-                shifted[..., 0] += vx / h + _SHIFT_EPS
-                shifted[..., 1] += vy / w + _SHIFT_EPS
-                shifted.clamp_(-1 + _SHIFT_EPS, 1 - _SHIFT_EPS)
-                sampled = F.grid_sample(feat_pos, shifted.flip(-1), mode="nearest", align_corners=False)
-                old_coord = sampled[:, -2:]
-                rel = coord_cf - old_coord
-                rel[:, 0] *= h
-                rel[:, 1] *= w
-                rels.append(rel)
-                feats.append(sampled[:, :-2])
-                areas.append(torch.abs(rel[:, 0] * rel[:, 1]) + 1e-9)
-        total = torch.stack(areas).sum(dim=0)
+    def _lift(self, lattice: _Lattice, coord: torch.Tensor) -> torch.Tensor:
+        """Lift the query points ``coord`` ``(n, 2)`` to tokens ``(n, width)`` from the LR lattice (local ensemble)."""
+        n, w = coord.shape[0], lattice.index_map.shape[-1]
+        shifted = (coord.to(lattice.shifts.dtype).unsqueeze(1) + lattice.shifts).clamp_(
+            -1 + _SHIFT_EPS, 1 - _SHIFT_EPS
+        )
+        # The nearest LR cell of each neighbour exactly as grid_sample picks it: sample the map of (row, column).
+        rc = F.grid_sample(lattice.index_map, shifted.flip(-1).unsqueeze(0), mode="nearest", align_corners=False)
+        rc = rc[0].long()
+        index = rc[0] * w + rc[1]  # (n, 4)
+        rel = (coord.unsqueeze(1) - lattice.positions[index]) * lattice.scale  # (n, 4, 2)
+        area = torch.abs(rel[..., 0] * rel[..., 1]) + 1e-9
         # Each neighbour is weighted by the area of the rectangle opposite to it.
-        areas = [areas[3], areas[2], areas[1], areas[0]]
-        feats = [f * (a / total).unsqueeze(1) for f, a in zip(feats, areas)]
-        rel_cell = cell.clone()
-        rel_cell[:, 0] *= h
-        rel_cell[:, 1] *= w
-        rel_cell = rel_cell[:, :, None, None].expand(-1, -1, *coord.shape[1:3])
-        return self.lift(torch.cat([*rels, *feats, rel_cell], dim=1))
+        weight = area.flip(1) / area.sum(dim=1, keepdim=True)
+        feats = lattice.features[index] * weight.unsqueeze(-1)  # (n, 4, F)
+        return torch.addmm(lattice.lift_bias, torch.cat([rel, feats], dim=2).view(n, -1), lattice.lift_weight)
 
-    def _trunk(
-        self, feat_pos: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor, kvs: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """Lift, then apply the first ``len(kvs)`` Galerkin blocks with the given normalised sums."""
-        z = self._lift(feat_pos, coord, cell)
-        for block, kv in zip(self.galerkin_blocks, kvs):
-            z = block(z, kv)
+    def _trunk(self, lattice: _Lattice, coord: torch.Tensor, outputs: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        """Lift, then apply the first ``len(outputs)`` Galerkin blocks with their output projections."""
+        z = self._lift(lattice, coord)
+        for block, projection in zip(self.galerkin_blocks, outputs):
+            z = block.finish(z, projection)
         return z
 
     def _head(self, z: torch.Tensor, image: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
-        residual = F.grid_sample(image, coord.flip(-1), mode="bilinear", padding_mode="border", align_corners=False)
-        return self.fc2(F.gelu(self.fc1(z))) + residual
+        """Output ``(out_channels, n)`` of tokens ``z`` ``(n, width)``: the head plus the bilinear residual."""
+        n = coord.shape[0]
+        grid = coord.flip(-1).view(1, 1, n, 2)
+        residual = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        hidden = F.gelu(F.linear(z, _matrix(self.fc1.weight), self.fc1.bias))
+        return torch.addmm(residual.view(-1, n), _matrix(self.fc2.weight), hidden.t()) + self.fc2.bias[:, None]
+
+    def _run_cached(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
+        """All passes over the tiles, keeping every tile's tokens between the passes."""
+        blocks = list(self.galerkin_blocks)
+        state: list[Any] = [None] * len(tiles)
+        output = None
+        for index, block in enumerate(blocks):
+            projection = block.centred_key_value_projection()
+            total = None
+            for i, coord in enumerate(tiles):
+                z = self._lift(lattice, coord) if index == 0 else blocks[index - 1].finish(state[i], output)
+                state[i] = z
+                s = block.galerkin_sums(z, projection)
+                total = s if total is None else total + s
+            output = block.output_projection(block.galerkin_matrix(total))
+        outs = []
+        for i, coord in enumerate(tiles):
+            z = blocks[-1].finish(state[i], output) if blocks else self._lift(lattice, coord)
+            state[i] = None
+            outs.append(self._head(z, image, coord))
+        return torch.cat(outs, dim=1)
+
+    def _run_streamed(self, lattice: _Lattice, image: torch.Tensor, tiles: list[torch.Tensor]) -> torch.Tensor:
+        """All passes over the tiles, recomputing the earlier blocks of each tile in every pass (bounded memory)."""
+        outputs: list[tuple[torch.Tensor, ...]] = []
+        for block in self.galerkin_blocks:
+            projection = block.centred_key_value_projection()
+            total = None
+            for coord in tiles:
+                s = block.galerkin_sums(self._trunk(lattice, coord, outputs), projection)
+                total = s if total is None else total + s
+            outputs.append(block.output_projection(block.galerkin_matrix(total)))
+        return torch.cat([self._head(self._trunk(lattice, coord, outputs), image, coord) for coord in tiles], dim=1)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """LR features of ``image`` (B, C, h, w) with their grid-centre coordinates appended: (B, F + 2, h, w)."""
@@ -251,7 +389,8 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
             coord (`torch.Tensor`): query coordinates ``(B, *spatial, 2)`` in ``[-1, 1]`` (row, column), see
                 [`~neurop_diff_diffusers.models.coordinates.make_coord`].
             cell (`torch.Tensor`): the output cell ``(B, 2)`` = ``(2 / H_out, 2 / W_out)``.
-            chunk_size (`int`, *optional*): query points per chunk (``None``: ``DEFAULT_CHUNK_SIZE``).
+            chunk_size (`int`, *optional*): at most this many query points go through the per-pixel layers at once
+                (``None``: ``DEFAULT_CHUNK_SIZE``).
 
         Returns:
             `torch.Tensor`: ``(B, out_channels, *spatial)``.
@@ -262,31 +401,21 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         chunk_size = _check_chunk_size(chunk_size)
         b = image.shape[0]
         spatial = coord.shape[1:-1]
-        coord = coord.reshape(b, 1, -1, 2).to(image.dtype)
+        coord = coord.reshape(b, -1, 2).to(image.dtype)
         cell = cell.to(image.dtype)
-        n = coord.shape[2]
-        feat_pos = self.encode(image)
-        if n <= chunk_size:
-            z = self._lift(feat_pos, coord, cell)
-            for block in self.galerkin_blocks:
-                z = block(z)
-            out = self._head(z, image, coord)
-        else:
-            kvs: list[torch.Tensor] = []
-            for block in self.galerkin_blocks:
-                total = None
-                for part in _chunks(coord, chunk_size):
-                    s = block.key_value_sum(self._trunk(feat_pos, part, cell, kvs))
-                    total = s if total is None else total + s
-                kvs.append(total / n)
-            out = torch.cat(
-                [
-                    self._head(self._trunk(feat_pos, part, cell, kvs), image, part)
-                    for part in _chunks(coord, chunk_size)
-                ],
-                dim=-1,
-            )
-        return out.reshape(b, out.shape[1], *spatial)
+        n = coord.shape[1]
+        tile = chunk_size
+        if image.device.type == "cpu":
+            tile = max(1, min(chunk_size, CPU_TILE_BYTES // (self.config.width * image.element_size())))
+        cached = n * self.config.width * image.element_size() <= ACTIVATION_CACHE_BYTES
+        run = self._run_cached if cached else self._run_streamed
+        feat = self.encoder(image)
+        outs = []
+        for i in range(b):
+            lattice = _Lattice.build(feat[i], cell[i], self.lift)
+            tiles = [coord[i, start : start + tile] for start in range(0, n, tile)]
+            outs.append(run(lattice, image[i : i + 1], tiles))
+        return torch.stack(outs).reshape(b, -1, *spatial)
 
     def forward(
         self,
@@ -300,8 +429,9 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
         Args:
             image (`torch.Tensor`): ``(B, C, h, w)`` in ``[-1, 1]``.
             output_size (`tuple[int, int]`): ``(height, width)`` of the output.
-            chunk_size (`int`, *optional*): output pixels per chunk; ``None`` uses ``DEFAULT_CHUNK_SIZE`` (65536). The
-                result does not depend on it (up to float summation order); peak memory grows with it.
+            chunk_size (`int`, *optional*): at most this many output pixels go through the per-pixel layers at once;
+                ``None`` uses ``DEFAULT_CHUNK_SIZE`` (65536). The result does not depend on it (up to float summation
+                order).
             return_dict (`bool`, defaults to `True`): return a [`GalerkinNeuralOperatorOutput`] rather than a tuple.
 
         Returns:
@@ -431,10 +561,10 @@ def _check_output_size(output_size: Any) -> tuple[int, int]:
     return int(output_size[0]), int(output_size[1])
 
 
-def _chunks(coord: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
-    n = coord.shape[2]
-    for start in range(0, n, chunk_size):
-        yield coord[:, :, start : start + chunk_size]
-
-
-__all__ = ["DEFAULT_CHUNK_SIZE", "GalerkinNeuralOperator", "GalerkinNeuralOperatorOutput"]
+__all__ = [
+    "ACTIVATION_CACHE_BYTES",
+    "CPU_TILE_BYTES",
+    "DEFAULT_CHUNK_SIZE",
+    "GalerkinNeuralOperator",
+    "GalerkinNeuralOperatorOutput",
+]
