@@ -191,7 +191,15 @@ def _operator_runs(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     _check(args)
+    saved = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:  # the caller's thread count back afterwards (a test in the same process must not inherit one thread)
+        return _measure(args)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
     reference = load_reference()
     previous_cls, previous_source = (None, "skipped") if args.skip_previous else load_previous(args.previous_revision)
     model_dir = Path(args.model) if args.model else Path(neurop_diff_diffusers.__file__).parent / "weights"
