@@ -13,6 +13,7 @@ from neurop_diff_diffusers.data_consistency import back_project
 from neurop_diff_diffusers.pipelines.uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
     flip,
+    flip_each,
     pool_uncertainty,
     reduce_samples,
     sample_generators,
@@ -132,6 +133,26 @@ def test_flip_samples_are_separate_calls_on_flipped_inputs(pipe, n):
     torch.testing.assert_close(out.images[0], raw.clamp(0, 1).mean(0), atol=1e-5, rtol=0)
     _check_spread(out.uncertainty[0], raw, clamped_somewhere=False)  # back-projected: all inside [0, 1]
     assert not torch.allclose(out.uncertainty, run(flip_samples=False).uncertainty)  # without flips: another spread
+
+
+def test_flipped_samples_are_padded_at_the_inputs_bottom_right(pipe, monkeypatch):
+    """An output side that is not a multiple of the UNet's factor is padded; each flipped sample is padded on the side
+    that is the input's bottom / right once flipped back, so every sample sees the padding at the same borders."""
+    seen = []
+    original = type(pipe)._predict_noise
+
+    def spy(self, x, region, prior, **kwargs):
+        seen.append(prior.clone())
+        return original(self, x, region, prior, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "_predict_noise", spy)
+    lr = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(4))  # 18 x 22: padded to 20 x 24
+    pipe(lr, scale=2, num_inference_steps=1, num_samples=4, output_type="pt")
+    priors = flip_each(seen[0], 4)  # each sample's prior in the input's orientation
+    assert priors.shape[-2:] == (20, 24)
+    for k in range(4):  # the padding replicates the last row / column of the input's orientation
+        assert torch.equal(priors[k, :, 18:], priors[k, :, 17:18].expand(-1, 2, -1))
+        assert torch.equal(priors[k, :, :, 22:], priors[k, :, :, 21:22].expand(-1, -1, 2))
 
 
 def test_flip_samples_with_a_given_prior_and_bad_values(pipe):

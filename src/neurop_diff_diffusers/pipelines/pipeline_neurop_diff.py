@@ -583,10 +583,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 output size, used instead of the neural operator's (the scene engine passes each window's prior,
                 computed at the window's coordinates in the whole scene); ``None``: computed from ``image``.
             num_samples (`int`, *optional*): draw this many samples of each image (2 to 64; not in the paper) and
-                return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the standard deviation
-                over the samples on the ``[0, 1]`` scale, averaged over the channels, ``(B, H, W)``). Sample ``k`` of
-                image ``b`` is what a separate call with ``generator=torch.Generator().manual_seed(seeds[b * N +
-                k])`` returns (on the flipped input with `flip_samples`), the seeds drawn from ``generator`` by
+                return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the sample standard
+                deviation, ``ddof=1``, over the samples before clamping, on the ``[0, 1]`` scale, averaged over the
+                channels, ``(B, H, W)``). Sample ``k`` of image ``b`` is what a separate call with
+                ``generator=torch.Generator().manual_seed(seeds[b * N + k])`` returns before clamping (on the flipped
+                input with `flip_samples`, padded to the UNet's factor at the input's bottom / right where a side is
+                not a multiple of it), the seeds drawn from ``generator`` by
                 [`~pipelines.uncertainty.sample_seeds`]; the prior is computed once (per flip) and the samples are
                 denoised as one batch (memory grows with ``N``).
                 ``None`` (default): one sample, no map; 1 is refused (one sample has no spread). Ignored with
@@ -700,11 +702,20 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             prior = prior[frame]
             batch_size *= samples
 
-        # 3. Pad to the UNet's downsampling factor.
+        # 3. Pad to the UNet's downsampling factor, at the bottom / right of the input's orientation: a flipped
+        # sample is padded on the side that is the bottom / right once flipped back, so that the padding touches the
+        # same borders of every sample (the spread at the borders does not depend on the flips).
         factor = self.downsampling_factor
         pad_h, pad_w = (-out_h) % factor, (-out_w) % factor
-        if pad_h or pad_w:
-            prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
+
+        def pad(x: torch.Tensor) -> torch.Tensor:
+            if not (pad_h or pad_w):
+                return x
+            if flips == 1:
+                return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+            return flip_each(F.pad(flip_each(x, samples), (0, pad_w, 0, pad_h), mode="replicate"), samples)
+
+        prior = pad(prior)
 
         # 4. Noise and timesteps.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -724,9 +735,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps) * tiles) as progress_bar:
             for i, t in enumerate(timesteps):
                 if recompute_prior_every_step and i > 0 and not given_prior:
-                    prior = self.compute_prior(lr_frames, (out_h, out_w), chunk_size=chunk_size).float()[frame]
-                    if pad_h or pad_w:
-                        prior = F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
+                    prior = pad(self.compute_prior(lr_frames, (out_h, out_w), chunk_size=chunk_size).float()[frame])
                 model_input = self.scheduler.scale_model_input(latents, t)
                 level = noise_level(alphas_cumprod, t).to(device=device, dtype=self.unet.dtype).expand(batch_size)
                 denoise = functools.partial(self._predict_noise, prior=prior, level=level, progress_bar=progress_bar)
@@ -739,13 +748,15 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                     latents = _callback_tensor(callback_outputs, "latents", latents)
                     prior = _callback_tensor(callback_outputs, "prior", prior)
 
-        # 6. Add the prior back (residual diffusion), crop and convert.
-        sample = (latents + prior if self.residual else latents)[:, :, :out_h, :out_w]
+        # 6. Add the prior back (residual diffusion), each sample back in the input's orientation, crop.
+        sample = latents + prior if self.residual else latents
+        if flips > 1:
+            sample = flip_each(sample, samples)
+            lr_samples = lr.repeat_interleave(samples, dim=0)
+        sample = sample[:, :, :out_h, :out_w]
         # 7. Optional data consistency, and the samples reduced to their mean and spread.
         if data_consistency_steps:
             sample = back_project(sample, lr_samples.float(), data_consistency_steps)
-        if flips > 1:  # each sample back in the input's orientation
-            sample = flip_each(sample, samples)
         uncertainty = None
         if samples > 1:
             sample, uncertainty = reduce_samples(sample, samples)
