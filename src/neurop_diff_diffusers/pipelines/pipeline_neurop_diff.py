@@ -34,6 +34,7 @@ from ..image_processing import (
 # that is already imported: loading a pipeline must import it (the package's own import is lazy).
 from ..models import neural_operator as _neural_operator  # noqa: F401
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
+from ..uncertainty_calibration import check_error_bound
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 from .uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
@@ -197,6 +198,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         default_data_consistency_steps (`int`, defaults to `0`): the `data_consistency_steps` used when a call
             gives none; saved in ``model_index.json``. 0 is the paper (no back-projection); the embedded model ships
             the value chosen by measurement (README, "Can I trust the detail?").
+        uncertainty_error_bound_90 (`dict`, *optional*): the factor that turns the uncertainty map into a 90 % error
+            bound, fitted on training images ([`~neurop_diff_diffusers.uncertainty_calibration`]: checked by its
+            `check_error_bound`, looked up by `error_bound_factor`); saved in ``model_index.json``; ``None``: none.
 
     Raises:
         TypeError: if ``default_strength`` is not a number or ``residual`` is not a bool.
@@ -225,6 +229,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         residual: bool = False,
         default_eta: float = 0.0,
         default_data_consistency_steps: int = 0,
+        uncertainty_error_bound_90: dict[str, Any] | None = None,
     ):
         super().__init__()
         in_channels, out_channels = unet.config.get("in_channels"), unet.config.get("out_channels")
@@ -249,6 +254,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         self.register_to_config(
             default_strength=check_strength(default_strength, "default_strength"), residual=residual
         )
+        self.register_to_config(uncertainty_error_bound_90=check_error_bound(uncertainty_error_bound_90))
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:
         """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
