@@ -23,24 +23,43 @@ batch dimension of 1 is accepted); per-pixel distances are the L1 distance avera
   - hallucination ``= exp(-lambda d_im d_om)``,
 
   turned into per-pixel class probabilities by a softmin with temperature ``T`` (``softmax(-score / T)``); a pixel's
-  class is the most probable one. Only pixels where the HR holds detail the LR lacks are classed: those whose
-  reference distance ``d(LR_up, HR)`` is at or above its 75th percentile (and non-zero), the others are
-  "unclassified" (where the reference distance is near zero the normalised distances are meaningless). The published
-  defaults are used: 75th percentile, ``lambda = 0.05``, ``T = 0.25``. The fractions are the shares of the classed
-  pixels in each class (the temperature changes only the probability maps, not the classes).
+  class is the most probable one. A pixel is classed when *any* of its three distances exceeds ``t``, the 75th
+  percentile of the reference distance (OpenSR-test's rule): where the HR holds detail the LR lacks, and also
+  wherever the output moved, so that texture invented on flat ground (reference distance near 0, normalised
+  distances huge) is classed, as hallucination. The published defaults are used: 75th percentile,
+  ``lambda = 0.05``, ``T = 0.25``. [`CorrectnessResult`] holds the class map, each class's share of the classed
+  pixels and of all pixels, the classed fraction, and the mean class probabilities (the temperature changes only
+  the probabilities, not the classes).
 
   Known answers: an output equal to the upsampled LR is all *omission* (``d_im = 1, d_om = 0``); an output equal to
   the HR is all *improvement* (``d_im = 0, d_om = 1``); an output far from both is *hallucination*.
 
-Differences from `opensr-test`, deliberate: no histogram matching or spatial alignment before the metrics (the LR
-here is made from the HR by the same degradation, so both are already aligned; the spatial metric reports any
-shift), the spatial shift by phase correlation (their ``pcc`` option), distances always per pixel.
+What the figures cannot see: the LR agreement is blind to everything above the LR's Nyquist frequency (invented
+detail there leaves it at 0), and after back-projection it holds by construction when measured with the kernel that
+back-projection minimises (the training degradation): [`lr_agreement_bilinear`] measures it with an independent
+kernel. The correctness classes need the HR and say nothing where the output and the HR agree with the upsampled LR
+(flat ground left flat is unclassed). Bicubic's own row (all omission, synthesis 0) holds by construction: it is a
+floor, not a measurement.
+
+This module's default mode differs from `opensr-test` 1.3.3 (its defaults) in five ways, each deliberate; the
+OpenSR-test-compatible mode [`opensr_test_metrics`] reproduces its numbers (tested against it, to 1e-6):
+
+1. *distance*: L1 averaged over the channels, on the ``[0, 1]`` scale (OpenSR-test: the normalised difference
+   ``|x - y| / |x + y|``, which weighs dark pixels more; an absolute error is what the bound and the tables use);
+2. *reported figure*: each class's share of the classed pixels (and of all pixels); OpenSR-test reports each class's
+   softmin probability averaged over the classed pixels (our ``mean_probabilities``);
+3. *border*: none cropped (OpenSR-test crops 16 HR px from every side);
+4. *synthesis baseline*: the LR upsampled bicubically (the evaluation's baseline), after no harmonisation;
+   OpenSR-test upsamples bilinearly and first matches the SR's histogram to the HR's and aligns it by phase
+   correlation (here the LR is made from the HR by the same degradation, so both are aligned; the spatial metric
+   reports any shift);
+5. *threshold*: the 75th percentile interpolated (numpy), OpenSR-test takes the ``int(0.75 n)``-th smallest value.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
@@ -302,20 +321,28 @@ def synthesis(output: Any, upsampled_lr: Any) -> float:
 
 @dataclass
 class CorrectnessResult:
-    """The output of [`correctness`].
+    """The output of [`correctness`] (and of the OpenSR-test-compatible [`opensr_test_metrics`]).
 
     Args:
-        classes (`np.ndarray`): ``(H, W)`` int8: 0 improvement, 1 omission, 2 hallucination, -1 unclassified.
+        classes (`np.ndarray`): ``(H, W)`` int8, the class map: 0 improvement, 1 omission, 2 hallucination, -1
+            unclassified.
         probabilities (`np.ndarray`): ``(3, H, W)`` float64, the softmin class probabilities (0 where unclassified).
-        fractions (`dict[str, float | None]`): the share of the classified pixels in each class (``None`` when no
-            pixel is classified, e.g. an HR equal to the upsampled LR).
+        fractions (`dict[str, float | None]`): each class's share of the *classified* pixels (``None`` when no pixel
+            is classified, e.g. an output, HR and upsampled LR that are all equal).
         classified_fraction (`float`): the share of all pixels that were classified.
+        shares_of_all (`dict[str, float]`): each class's share of *all* pixels (they sum to `classified_fraction`).
+        mean_probabilities (`dict[str, float | None]`): each class's softmin probability averaged over the classified
+            pixels (OpenSR-test's reported figure); ``None`` when no pixel is classified.
+        threshold (`float`): the distance above which a pixel is classified.
     """
 
     classes: np.ndarray
     probabilities: np.ndarray
     fractions: dict[str, float | None]
     classified_fraction: float
+    shares_of_all: dict[str, float] = field(default_factory=dict)
+    mean_probabilities: dict[str, float | None] = field(default_factory=dict)
+    threshold: float = 0.0
 
 
 def _check_positive(value: Any, name: str, upper: float | None = None) -> float:
@@ -332,7 +359,7 @@ def correctness_scores(
     """The improvement, omission and hallucination scores (lower = more likely) from the normalised distances.
 
     Args:
-        d_im (`np.ndarray`): ``d(SR, HR) / d(LR_up, HR)`` per pixel.
+        d_im (`np.ndarray`): ``d(SR, HR) / d(LR_up, HR)`` per pixel (``inf`` where the reference distance is 0).
         d_om (`np.ndarray`): ``d(SR, LR_up) / d(LR_up, HR)`` per pixel.
         lam (`float`, defaults to `CORRECTNESS_LAMBDA`): the scores' ``lambda``.
 
@@ -347,9 +374,61 @@ def correctness_scores(
         [0.0, 1.0, 1.0]
     """
     lam = _check_positive(lam, "lam")
-    h = d_im + d_om - 1.0
-    damping = 1.0 - np.exp(-lam * h)
-    return d_im + d_om * damping, d_om + d_im * damping, np.exp(-lam * d_im * d_om)
+    with np.errstate(invalid="ignore", over="ignore"):
+        h = d_im + d_om - 1.0
+        damping = 1.0 - np.exp(-lam * h)
+        # 0 * inf (a zero distance times an infinite damping) is 0: that distance adds nothing.
+        improvement = d_im + np.where(d_om == 0, 0.0, d_om * damping)
+        omission = d_om + np.where(d_im == 0, 0.0, d_im * damping)
+        hallucination = np.exp(-lam * np.where((d_im == 0) | (d_om == 0), 0.0, d_im * d_om))
+    return improvement, omission, hallucination
+
+
+def _softmin(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(-scores / T)`` over the first axis, stable (an infinite score gets probability 0)."""
+    logits = -scores / temperature
+    weights = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return weights / weights.sum(axis=0, keepdims=True)
+
+
+def _classify(
+    d_ref: np.ndarray,
+    d_im: np.ndarray,
+    d_om: np.ndarray,
+    mask: np.ndarray,
+    threshold: float,
+    lam: float,
+    temperature: float,
+) -> CorrectnessResult:
+    """Class map, probabilities and shares of the pixels in `mask`, from the three per-pixel distances."""
+    classes = np.full(d_ref.shape, -1, dtype=np.int8)
+    probabilities = np.zeros((len(CORRECTNESS_CLASSES), *d_ref.shape))
+    count = int(mask.sum())
+    if count == 0:
+        none = dict.fromkeys(CORRECTNESS_CLASSES)
+        return CorrectnessResult(
+            classes, probabilities, none, 0.0, dict.fromkeys(CORRECTNESS_CLASSES, 0.0), none, threshold
+        )
+    reference = d_ref[mask]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # A classified pixel whose reference distance is 0 (nothing to add there) is infinitely far in d_im and d_om
+        # (with the L1 distance both are then equal and > 0): it scores as hallucination.
+        ratio_im = np.where(reference > 0, d_im[mask] / reference, np.where(d_im[mask] > 0, np.inf, 0.0))
+        ratio_om = np.where(reference > 0, d_om[mask] / reference, np.where(d_om[mask] > 0, np.inf, 0.0))
+    scores = np.stack(correctness_scores(ratio_im, ratio_om, lam))
+    probabilities[:, mask] = _softmin(scores, temperature)
+    classes[mask] = np.argmax(probabilities[:, mask], axis=0).astype(np.int8)
+    total = d_ref.size
+    counts = {name: int((classes[mask] == k).sum()) for k, name in enumerate(CORRECTNESS_CLASSES)}
+    return CorrectnessResult(
+        classes=classes,
+        probabilities=probabilities,
+        fractions={name: counts[name] / count for name in CORRECTNESS_CLASSES},
+        classified_fraction=count / total,
+        shares_of_all={name: counts[name] / total for name in CORRECTNESS_CLASSES},
+        mean_probabilities={name: float(probabilities[k][mask].mean()) for k, name in enumerate(CORRECTNESS_CLASSES)},
+        threshold=float(threshold),
+    )
 
 
 def correctness(
@@ -363,12 +442,16 @@ def correctness(
 ) -> CorrectnessResult:
     """Per-pixel improvement / omission / hallucination classification (see this module's docstring).
 
+    A pixel is classified when any of its three distances exceeds the threshold ``t`` (the `percentile` of the
+    reference distance ``d(LR_up, HR)``): ``d(LR_up, HR) > t`` (detail the HR has and the LR lacks) *or*
+    ``d(SR, HR) > t`` *or* ``d(SR, LR_up) > t`` (the output moved: detail it added, right or wrong). OpenSR-test's
+    rule. The second and third terms are what catch texture invented on flat ground, where the HR holds no detail.
+
     Args:
         output (`np.ndarray` or `torch.Tensor`): the super-resolved image, ``(C, H, W)`` floats in ``[0, 1]``.
         hr (`np.ndarray` or `torch.Tensor`): the HR, same shape.
         upsampled_lr (`np.ndarray` or `torch.Tensor`): the LR upsampled to the same shape ([`upsample_lr`]).
-        percentile (`float`, defaults to 75): pixels whose reference distance ``d(LR_up, HR)`` is at or above this
-            percentile (and non-zero) are classified; in ``(0, 100]``.
+        percentile (`float`, defaults to 75): the threshold is this percentile of ``d(LR_up, HR)``; in ``(0, 100]``.
         lam (`float`, defaults to 0.05): the scores' ``lambda`` ([`correctness_scores`]).
         temperature (`float`, defaults to 0.25): the softmin temperature of the probability maps.
 
@@ -384,27 +467,21 @@ def correctness(
         {'improvement': 1.0, 'omission': 0.0, 'hallucination': 0.0}
         >>> correctness(up, hr, up).fractions
         {'improvement': 0.0, 'omission': 1.0, 'hallucination': 0.0}
+        >>> flat = np.full((3, 16, 16), 0.5)  # flat ground, and an output that invents texture on it
+        >>> correctness(flat + 0.1 * rng.standard_normal((3, 16, 16)), flat, flat).shares_of_all["hallucination"]
+        1.0
     """
     output, hr, up = _as_chw(output, "output"), _as_chw(hr, "hr"), _as_chw(upsampled_lr, "upsampled_lr")
     _check_same_shape(output=output, hr=hr, upsampled_lr=up)
     percentile = _check_positive(percentile, "percentile", 100.0)
+    lam = _check_positive(lam, "lam")
     temperature = _check_positive(temperature, "temperature")
-    reference = np.abs(up - hr).mean(axis=0)
-    mask = (reference >= np.percentile(reference, percentile)) & (reference > 0)
-    classes = np.full(reference.shape, -1, dtype=np.int8)
-    probabilities = np.zeros((len(CORRECTNESS_CLASSES), *reference.shape))
-    count = int(mask.sum())
-    if count == 0:
-        return CorrectnessResult(classes, probabilities, dict.fromkeys(CORRECTNESS_CLASSES), 0.0)
-    d_im = np.abs(output - hr).mean(axis=0)[mask] / reference[mask]
-    d_om = np.abs(output - up).mean(axis=0)[mask] / reference[mask]
-    scores = np.stack(correctness_scores(d_im, d_om, lam))
-    logits = -scores / temperature
-    weights = np.exp(logits - logits.max(axis=0, keepdims=True))
-    probabilities[:, mask] = weights / weights.sum(axis=0, keepdims=True)
-    classes[mask] = np.argmin(scores, axis=0).astype(np.int8)
-    fractions = {name: float((classes[mask] == k).sum()) / count for k, name in enumerate(CORRECTNESS_CLASSES)}
-    return CorrectnessResult(classes, probabilities, fractions, count / reference.size)
+    d_ref = np.abs(up - hr).mean(axis=0)
+    d_im = np.abs(output - hr).mean(axis=0)
+    d_om = np.abs(output - up).mean(axis=0)
+    threshold = float(np.percentile(d_ref, percentile))
+    mask = (d_ref > threshold) | (d_im > threshold) | (d_om > threshold)
+    return _classify(d_ref, d_im, d_om, mask, threshold, lam, temperature)
 
 
 #: Colours (RGB) of the classes in [`correctness_map_image`]: improvement green, omission blue, hallucination red.
@@ -442,6 +519,37 @@ def correctness_map_image(result: CorrectnessResult, background: Any | None = No
     return np.clip(np.round(picture), 0, 255).astype(np.uint8)
 
 
+def lr_agreement_bilinear(output: Any, lr: Any) -> float:
+    """The LR agreement under an independent kernel: mean ``|down(output) - LR|`` on the 0..255 scale, ``down`` =
+    antialiased *bilinear* downsampling in floating point (torch), not the training degradation.
+
+    Back-projection makes the output's downsampling with the training kernel equal the LR, so [`consistency`]'s
+    figure is near 0 by construction after it; this one is not, and shows how much of the agreement is the kernel's.
+
+    Args:
+        output (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats in ``[0, 1]``.
+        lr (`np.ndarray` or `torch.Tensor`): ``(C, h, w)``.
+
+    Returns:
+        `float`: levels.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.trust_metrics import lr_agreement_bilinear
+        >>> lr_agreement_bilinear(np.full((3, 8, 8), 0.5), np.full((3, 4, 4), 0.5))
+        0.0
+    """
+    output, lr = _as_chw(output, "output"), _as_chw(lr, "lr")
+    if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
+        raise ValueError(
+            f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
+            f"{tuple(output.shape)}."
+        )
+    tensor = torch.from_numpy(output)[None]
+    down = torch.nn.functional.interpolate(tensor, size=tuple(lr.shape[1:]), mode="bilinear", antialias=True)[0]
+    return float(np.abs(down.numpy() - lr).mean() * 255.0)
+
+
 def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, float | None]:
     """All the trust metrics of one output as a flat dict: [`consistency`], [`synthesis`] and, with an HR, the
     [`correctness`] fractions (``None`` without an HR, or when no pixel is classified).
@@ -452,15 +560,18 @@ def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, floa
         hr (`np.ndarray` or `torch.Tensor`, *optional*): the HR, same shape as `output`.
 
     Returns:
-        `dict[str, float | None]`: ``lr_l1_255``, ``spectral_angle``, ``shift``, ``synthesis``, ``improvement``,
-        ``omission``, ``hallucination``.
+        `dict[str, float | None]`: ``lr_l1_255`` (training kernel), ``lr_l1_255_bilinear`` (an independent kernel,
+        [`lr_agreement_bilinear`]), ``spectral_angle``, ``shift``, ``synthesis``; with an HR ``classified`` (the
+        share of pixels classed), ``improvement`` / ``omission`` / ``hallucination`` (shares of the classed pixels)
+        and ``improvement_all`` / ``omission_all`` / ``hallucination_all`` (shares of all pixels); ``None`` without.
 
     Example:
         >>> import numpy as np
         >>> from neurop_diff_diffusers.trust_metrics import trust_metrics, upsample_lr
         >>> lr = np.random.default_rng(0).random((3, 8, 8))
-        >>> sorted(trust_metrics(upsample_lr(lr, (32, 32)), lr))
-        ['hallucination', 'improvement', 'lr_l1_255', 'omission', 'shift', 'spectral_angle', 'synthesis']
+        >>> row = trust_metrics(upsample_lr(lr, (32, 32)), lr)
+        >>> row["synthesis"], row["hallucination"]
+        (0.0, None)
     """
     output_array = _as_chw(output, "output")
     lr_array = _as_chw(lr, "lr")
@@ -468,12 +579,16 @@ def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, floa
     up = upsample_lr(lr_array, output_array.shape[1:])
     row: dict[str, float | None] = {
         "lr_l1_255": agreement["reflectance_l1_255"],
+        "lr_l1_255_bilinear": lr_agreement_bilinear(output_array, lr_array),
         "spectral_angle": agreement["spectral_angle"],
         "shift": agreement["shift"],
         "synthesis": synthesis(output_array, up),
     }
-    fractions = correctness(output_array, hr, up).fractions if hr is not None else {}
-    row.update({name: fractions.get(name) for name in CORRECTNESS_CLASSES})
+    result = correctness(output_array, hr, up) if hr is not None else None
+    row["classified"] = None if result is None else result.classified_fraction
+    for name in CORRECTNESS_CLASSES:
+        row[name] = None if result is None else result.fractions[name]
+        row[f"{name}_all"] = None if result is None else result.shares_of_all[name]
     return row
 
 
@@ -501,6 +616,7 @@ def lr_agreement(x: torch.Tensor, lr: torch.Tensor) -> float:
 
 
 __all__ = [
+    "lr_agreement_bilinear",
     "CORRECTNESS_CLASSES",
     "CORRECTNESS_COLOURS",
     "CORRECTNESS_LAMBDA",
