@@ -256,6 +256,65 @@ def test_trust_metrics_without_and_with_an_hr():
     assert row["improvement"] == 1.0 and row["hallucination"] == 0.0
 
 
+def _opensr_fixture(seed: int, size: int = 96, scale: int = 4, shift=(0, 0), gain: float = 1.0, noise: float = 0.05):
+    """A detailed HR, its LR (antialiased bilinear), and an SR: the HR shifted, scaled and with noise added."""
+    rng = np.random.default_rng(seed)
+    base = torch.from_numpy(rng.random((3, size // 8, size // 8)))
+    hr = torch.nn.functional.interpolate(base[None], size=(size, size), mode="bicubic", align_corners=False)[0]
+    hr = (hr.clamp(0, 1) + 0.1 * torch.from_numpy(rng.random((3, size, size)))).clamp(0, 1) * 0.8 + 0.1
+    lr = torch.nn.functional.interpolate(hr[None], scale_factor=1 / scale, mode="bilinear", antialias=True)[0]
+    sr = torch.roll(hr, shift, dims=(1, 2)) * gain + noise * torch.from_numpy(rng.standard_normal((3, size, size)))
+    return lr.double(), sr.double().clamp(0, 1), hr.double()
+
+
+OPENSR_FIXTURES = {
+    "noise": {},
+    "shifted": {"shift": (1, -2)},
+    "darker": {"gain": 0.8, "noise": 0.1},
+    "x2": {"scale": 2, "size": 64},
+    "much_noise": {"noise": 0.3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPENSR_FIXTURES))
+def test_opensr_mode_equals_opensr_test(name):
+    """The OpenSR-test-compatible mode against OpenSR-test 1.3.3 itself (its defaults: ``Metrics().compute``)."""
+    opensr_test = pytest.importorskip(
+        "opensr_test", reason="opensr-test is not installed (pip install '.[opensr]')", exc_type=ImportError
+    )
+    from neurop_diff_diffusers.trust_metrics import opensr_test_metrics
+
+    if getattr(opensr_test, "__version__", None) != "1.3.3":
+        pytest.skip(f"the comparison is with opensr-test 1.3.3, found {getattr(opensr_test, '__version__', None)}")
+    lr, sr, hr = _opensr_fixture(3, **OPENSR_FIXTURES[name])
+    metrics = opensr_test.Metrics()
+    reference = metrics.compute(lr=lr, sr=sr, hr=hr)
+    ours = opensr_test_metrics(lr, sr, hr)
+    for key, value in ours.as_dict().items():
+        assert value == pytest.approx(reference[key], abs=1e-6, nan_ok=True), key
+    theirs = metrics.classification.cpu().numpy()  # the last correctness run: NaN where not classified
+    assert ((ours.correctness.classes == -1) == np.isnan(theirs)).all()
+    classified = ours.correctness.classes >= 0
+    assert (ours.correctness.classes[classified] == theirs[classified]).mean() > 0.999
+
+
+def test_opensr_mode_differs_from_the_default_where_documented():
+    """Without opensr-test: the mode's own known answers (integer scale, border, its figures)."""
+    from neurop_diff_diffusers.trust_metrics import opensr_test_metrics
+
+    lr, sr, hr = _opensr_fixture(3)
+    result = opensr_test_metrics(lr, hr, hr)  # the SR is the HR: all improvement, synthesis = |HR - LR_up|
+    assert result.correctness.mean_probabilities["improvement"] > 0.9
+    assert result.correctness.classes.shape == (96 - 32, 96 - 32)  # the 16 px border is cropped
+    assert result.spatial < 0.05  # LR against the downsampled HR: within a few 1/50 px steps
+    assert set(result.as_dict()) == {"reflectance", "spectral", "spatial", "synthesis", "ha_metric", "om_metric",
+                                     "im_metric"}  # fmt: skip
+    with pytest.raises(ValueError, match="integer multiple"):
+        opensr_test_metrics(lr[:, :, :-1], sr, hr)
+    with pytest.raises(ValueError, match="`border` must be an int"):
+        opensr_test_metrics(lr, sr, hr, border=48)
+
+
 def test_lr_agreement_after_back_projection_under_an_independent_kernel():
     """Back-projection makes the training kernel's LR agreement ~0 by construction; a bilinear kernel still sees
     the difference, so the table reports both."""
