@@ -116,5 +116,7 @@ def test_the_entry_is_saved_with_the_model_and_a_damaged_one_refused_before_load
     index_path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"model_index.json: `uncertainty_error_bound_90` factors\[\].factor"):
         load_pipeline(str(tmp_path))
+    with pytest.raises(TypeError, match="`uncertainty_error_bound_90` must be a dict or None"):
+        pipe.__class__(**{**dict(pipe.components), "uncertainty_error_bound_90": [1.0]})
     with pytest.raises(ValueError, match="`uncertainty_error_bound_90` coverage must be 0.9"):
-        build_pipeline("tiny", seed=0).__class__(**{**dict(pipe.components), "uncertainty_error_bound_90": {}})
+        error_bound_factor({"factors": []}, 4, 4.0)  # checked where it is used too

@@ -216,7 +216,7 @@ def error_bound_factor(entry: dict[str, Any] | None, num_samples: int, scale: fl
     to others).
 
     Args:
-        entry (`dict` or `None`): the checked calibration ([`check_error_bound`]), e.g.
+        entry (`dict` or `None`): the calibration (checked: [`check_error_bound`]), e.g.
             ``pipe.config.get("uncertainty_error_bound_90")``.
         num_samples (`int`): the call's ``N``.
         scale (`float`): the call's scale (output side / input side).
@@ -226,11 +226,13 @@ def error_bound_factor(entry: dict[str, Any] | None, num_samples: int, scale: fl
 
     Example:
         >>> from neurop_diff_diffusers.uncertainty_calibration import error_bound_factor
-        >>> entry = {"num_samples": 4, "factors": [{"scales": [1.0, 2.5], "factor": 2.0},
-        ...                                        {"scales": [2.5, 4.5], "factor": 3.0}]}
+        >>> entry = {"coverage": 0.9, "num_samples": 4, "uncertainty_sigma": 2.0, "flip_samples": True,
+        ...          "num_inference_steps": 10, "factors": [{"scales": [1.0, 2.5], "factor": 2.0},
+        ...                                                 {"scales": [2.5, 4.5], "factor": 3.0}]}
         >>> error_bound_factor(entry, 4, 4.0), error_bound_factor(entry, 8, 4.0), error_bound_factor(entry, 4, 6.0)
         (3.0, None, None)
     """
+    entry = check_error_bound(entry)
     if entry is None or num_samples != entry.get("num_samples"):
         return None
     for item in entry.get("factors", []):

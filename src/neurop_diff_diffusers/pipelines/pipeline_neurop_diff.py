@@ -34,7 +34,6 @@ from ..image_processing import (
 # that is already imported: loading a pipeline must import it (the package's own import is lazy).
 from ..models import neural_operator as _neural_operator  # noqa: F401
 from ..scheduling import check_eta, check_strength, noise_level, strength_steps
-from ..uncertainty_calibration import check_error_bound
 from .tiling import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, num_tiles, tiled_apply
 from .uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
@@ -200,7 +199,8 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             the value chosen by measurement (README, "Can I trust the detail?").
         uncertainty_error_bound_90 (`dict`, *optional*): the factor that turns the uncertainty map into a 90 % error
             bound, fitted on training images ([`~neurop_diff_diffusers.uncertainty_calibration`]: checked by its
-            `check_error_bound`, looked up by `error_bound_factor`); saved in ``model_index.json``; ``None``: none.
+            `check_error_bound` when a folder is loaded, looked up by `error_bound_factor`); saved in
+            ``model_index.json``; ``None``: none.
 
     Raises:
         TypeError: if ``default_strength`` is not a number or ``residual`` is not a bool.
@@ -254,7 +254,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         self.register_to_config(
             default_strength=check_strength(default_strength, "default_strength"), residual=residual
         )
-        self.register_to_config(uncertainty_error_bound_90=check_error_bound(uncertainty_error_bound_90))
+        # Its fields are checked with the folder (loading.check_pipeline_folder) and where it is used
+        # (uncertainty_calibration); the pipeline module stays free of that import (it is exported self-contained).
+        if uncertainty_error_bound_90 is not None and not isinstance(uncertainty_error_bound_90, dict):
+            kind = type(uncertainty_error_bound_90).__name__
+            raise TypeError(f"`uncertainty_error_bound_90` must be a dict or None, got {kind}.")
+        self.register_to_config(uncertainty_error_bound_90=uncertainty_error_bound_90)
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:
         """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
