@@ -120,7 +120,7 @@ def _uncertainty(pipe: Any, lr: torch.Tensor, hr: torch.Tensor, args: argparse.N
             name: float(spearmanr(pool_uncertainty(m[None], DEFAULT_UNCERTAINTY_SIGMA)[0].flatten(), error).statistic)
             for name, m in raw.items()
         }
-        factor = error_bound_factor(pipe.config.get(ERROR_BOUND_KEY), args.uncertainty, args.scale)
+        factor = error_bound_factor(pipe.config.get(ERROR_BOUND_KEY), args.uncertainty, args.scale, args.steps)
         default_map = maps[DEFAULT_UNCERTAINTY_SIGMA]
         rows[mode] = {
             "spearman": {str(sigma): float(spearmanr(spread, error).statistic) for sigma, spread in maps.items()},

@@ -76,12 +76,13 @@ def test_the_stored_entry_is_checked_and_looked_up():
             check_error_bound(entry)
     with pytest.raises(ValueError, match="must be a JSON object"):
         check_error_bound([1, 2])
-    assert error_bound_factor(ENTRY, 4, 2.0) == 2.0
-    assert error_bound_factor(ENTRY, 4, 2.5) == 2.0 and error_bound_factor(ENTRY, 4, 2.6) == 3.0
-    assert error_bound_factor(ENTRY, 4, 4.5) == 3.0
-    assert error_bound_factor(ENTRY, 4, 5.0) is None  # beyond the calibrated scales
-    assert error_bound_factor(ENTRY, 8, 4.0) is None  # fitted for N = 4 only
-    assert error_bound_factor(None, 4, 4.0) is None
+    assert error_bound_factor(ENTRY, 4, 2.0, 10) == 2.0
+    assert error_bound_factor(ENTRY, 4, 2.5, 10) == 2.0 and error_bound_factor(ENTRY, 4, 2.6, 10) == 3.0
+    assert error_bound_factor(ENTRY, 4, 4.5, 10) == 3.0
+    assert error_bound_factor(ENTRY, 4, 5.0, 10) is None  # beyond the calibrated scales
+    assert error_bound_factor(ENTRY, 8, 4.0, 10) is None  # fitted for N = 4 only
+    assert error_bound_factor(None, 4, 4.0, 10) is None
+    assert error_bound_factor(ENTRY, 4, 4.0, 20) is None  # fitted at 10 steps only
 
 
 def test_uncertainty_tags():
@@ -119,4 +120,4 @@ def test_the_entry_is_saved_with_the_model_and_a_damaged_one_refused_before_load
     with pytest.raises(TypeError, match="`uncertainty_error_bound_90` must be a dict or None"):
         pipe.__class__(**{**dict(pipe.components), "uncertainty_error_bound_90": [1.0]})
     with pytest.raises(ValueError, match="`uncertainty_error_bound_90` coverage must be 0.9"):
-        error_bound_factor({"factors": []}, 4, 4.0)  # checked where it is used too
+        error_bound_factor({"factors": []}, 4, 4.0, 10)  # checked where it is used too

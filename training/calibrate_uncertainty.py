@@ -200,10 +200,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     entry = check_error_bound(entry)
     if entry is None:
         raise ValueError("no calibration: give --fit FIT.json or a pipeline with one in its model_index.json")
+    if settings["num_inference_steps"] != entry["num_inference_steps"]:  # a transfer check: say so, apply k anyway
+        print(f"note: the maps use {settings['num_inference_steps']} steps, the factor was fitted at "
+              f"{entry['num_inference_steps']}: coverage measures how far it carries")  # fmt: skip
     sigma = float(entry["uncertainty_sigma"])
     per_image = []
     for record in records:
-        factor = error_bound_factor(entry, settings["num_samples"], record["scale"])
+        factor = error_bound_factor(entry, settings["num_samples"], record["scale"], entry["num_inference_steps"])
         uncertainty = _pooled(record["uncertainty"], sigma)
         row = {
             "image": record["image"],
