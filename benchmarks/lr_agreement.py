@@ -10,7 +10,11 @@ does, up to the clamping of the unrounded sample). Each is scored on 8-bit level
 installed) and the trust metrics (`trust_metrics.trust_metrics`). With `--uncertainty N`: also `pipe(...,
 num_samples=N)` (same seed, the pipeline's default back-projection; with `--uncertainty_modes seeds flips` also with
 `flip_samples=True`) and the Spearman correlation between its uncertainty map, pooled at each sigma of `SIGMAS`, and
-its per-pixel error `mean_c |mean - HR|` (how well the map predicts the real error).
+its per-pixel error `mean_c |mean - HR|` (how well the map predicts the real error), beside three baselines that
+need no sampling (`|output - bicubic|`, the output's gradient magnitude, `|operator's prior - output|`, each pooled
+like the map), and the coverage of the model's calibrated 90 % bound (`uncertainty_calibration`) where it applies.
+Bicubic rows are floors (their figures hold by construction), and so is the training-kernel LR agreement of any
+back-projected row; `lr_l1_255_bilinear` measures the agreement with an independent kernel.
 
     python benchmarks/lr_agreement.py --data_dir ../shared/data/UCMerced_LandUse \\
         --images_from model_cards/ucmerced_val_21.txt --output lr_agreement.json     # ~15 min on 2 CPU cores
@@ -36,14 +40,20 @@ from neurop_diff_diffusers.metrics.quality import hf_energy_ratio, niqe, niqe_av
 from neurop_diff_diffusers.metrics.trust import lr_agreement, trust_metrics
 from neurop_diff_diffusers.pipelines import bicubic_prior
 from neurop_diff_diffusers.pipelines.data_consistency import back_project, check_back_projection_steps
-from neurop_diff_diffusers.pipelines.uncertainty import pool_uncertainty
+from neurop_diff_diffusers.pipelines.uncertainty import DEFAULT_UNCERTAINTY_SIGMA, pool_uncertainty
+from neurop_diff_diffusers.pipelines.uncertainty_calibration import ERROR_BOUND_KEY, bound_coverage, error_bound_factor
 from neurop_diff_diffusers.runtime.loading import load_pipeline
 from neurop_diff_diffusers.utils import atomic_write_json
 
 #: The pooling sigmas (output pixels) at which the uncertainty map is scored; 2.0 is the pipeline's default.
 SIGMAS = (0.0, 1.0, 2.0, 3.0)
-COLUMNS = ("lr_l1_255", "psnr", "ssim", "hf_ratio", "niqe", "spectral_angle", "synthesis", "improvement",
-           "omission", "hallucination")  # fmt: skip
+COLUMNS = ("lr_l1_255", "lr_l1_255_bilinear", "shift", "psnr", "ssim", "hf_ratio", "niqe", "spectral_angle",
+           "synthesis", "classified", "improvement", "omission", "hallucination", "hallucination_all")  # fmt: skip
+#: Rows whose figures hold by construction, printed as floors: bicubic (all omission, synthesis 0) and anything
+#: back-projected (its training-kernel LR agreement is what back-projection minimises; lr_l1_255_bilinear is not).
+FLOORS = ("bicubic",)
+#: The maps the uncertainty map must beat at predicting the error (each pooled like the map).
+BASELINES = ("abs_output_minus_bicubic", "output_gradient", "abs_prior_minus_output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +88,7 @@ def _score(x: torch.Tensor, lr: torch.Tensor, hr_unit: torch.Tensor, scale: floa
         "ssim": float(ssim(unit, hr_unit)[0]),
         "hf_ratio": hf_energy_ratio(unit[0], hr_unit[0], scale),
         "niqe": niqe(unit[0]) if with_niqe else None,
-        **{k: trust[k] for k in ("spectral_angle", "synthesis", "improvement", "omission", "hallucination")},
+        **{k: trust[k] for k in COLUMNS if k in trust and k != "lr_l1_255"},
     }
 
 
@@ -94,10 +104,28 @@ def _uncertainty(pipe: Any, lr: torch.Tensor, hr: torch.Tensor, args: argparse.N
                    num_samples=args.uncertainty, flip_samples=mode == "flips", uncertainty_sigma=0,
                    generator=generator, output_type="pt")  # fmt: skip
         hr_unit = (hr[0] + 1) / 2
-        error = (out.images[0] - hr_unit).abs().mean(0).flatten().numpy()
+        mean = out.images[0]
+        error = (mean - hr_unit).abs().mean(0).flatten().numpy()
         maps = {sigma: pool_uncertainty(out.uncertainty, sigma)[0].flatten().numpy() for sigma in SIGMAS}
+        size = tuple(hr.shape[-2:])
+        bicubic = ((bicubic_prior(lr, size)[0] + 1) / 2).clamp(0, 1)
+        prior = ((pipe.compute_prior(lr, size)[0] + 1) / 2).clamp(0, 1)
+        gy, gx = torch.gradient(mean, dim=(-2, -1))
+        raw = {
+            "abs_output_minus_bicubic": (mean - bicubic).abs().mean(0),
+            "output_gradient": (gy.square() + gx.square()).sqrt().mean(0),
+            "abs_prior_minus_output": (prior - mean).abs().mean(0),
+        }
+        baselines = {
+            name: float(spearmanr(pool_uncertainty(m[None], DEFAULT_UNCERTAINTY_SIGMA)[0].flatten(), error).statistic)
+            for name, m in raw.items()
+        }
+        factor = error_bound_factor(pipe.config.get(ERROR_BOUND_KEY), args.uncertainty, args.scale, args.steps)
+        default_map = maps[DEFAULT_UNCERTAINTY_SIGMA]
         rows[mode] = {
             "spearman": {str(sigma): float(spearmanr(spread, error).statistic) for sigma, spread in maps.items()},
+            "spearman_baselines": baselines,
+            "coverage_90": None if factor is None else bound_coverage(error, default_map, factor),
             "mean": float(maps[0].mean()),
             "psnr": float(psnr(to_unit_levels(out.images * 2 - 1), hr_unit[None])[0]),
         }
@@ -147,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"| {len(rows)} images, x{args.scale:g}, {args.steps} steps | " + " | ".join(COLUMNS) + " |")
     for method, values in summary.items():
         cells = ["n/a" if v is None else f"{v:.4f}" for v in values.values()]
-        print(f"| {method} | " + " | ".join(cells) + " |")
+        floor = " (floor: by construction)" if method.split("+")[0] in FLOORS else ""
+        print(f"| {method}{floor} | " + " | ".join(cells) + " |")
+    print("lr_l1_255 of a +bp row is what back-projection minimises (by construction); lr_l1_255_bilinear is not.")
     if args.uncertainty is not None:
         summary["uncertainty"] = {}
         for mode in args.uncertainty_modes:
@@ -156,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 rhos = [r["uncertainty"][mode]["spearman"][sigma] for r in rows]
                 entry[f"sigma_{sigma}"] = {"spearman_mean": sum(rhos) / len(rhos), "spearman_min": min(rhos)}
             entry["psnr_of_mean"] = sum(r["uncertainty"][mode]["psnr"] for r in rows) / len(rows)
+            entry["baselines"] = {
+                name: sum(r["uncertainty"][mode]["spearman_baselines"][name] for r in rows) / len(rows)
+                for name in BASELINES
+            }
+            covered = [r["uncertainty"][mode]["coverage_90"] for r in rows]
+            entry["coverage_90"] = None if None in covered else sum(covered) / len(covered)
             print(f"uncertainty ({mode}, N = {args.uncertainty}): Spearman with |mean - HR| by pooling sigma: {entry}")
     report = {"config": vars(args), "summary": summary, "per_image": rows}
     atomic_write_json(args.output, report)

@@ -31,6 +31,7 @@ from neurop_diff_diffusers import (
 )
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor
 from neurop_diff_diffusers.metrics.quality import image_metrics, quantize_8bit
+from neurop_diff_diffusers.pipelines.uncertainty_calibration import check_error_bound
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "assets" / "samples").glob("*.png"))
 
@@ -59,11 +60,14 @@ def test_the_embedded_model_ships_complete_small_and_safetensors_only():
         "default_eta",
         "default_data_consistency_steps",
         "residual",
+        "uncertainty_error_bound_90",
     }
     # residual v-prediction (docs/diffusion-parameterisation.md), sampled from pure noise by default
     assert index["residual"] is True and index["default_strength"] == 1.0
     # back-projection onto the LR by default, chosen by measurement (README, "Can I trust the detail?")
     assert index["default_data_consistency_steps"] == 10
+    # the uncertainty map's 90 % error bound, fitted on training images (README, "Can I trust the detail?")
+    assert check_error_bound(index["uncertainty_error_bound_90"])["num_samples"] == 4
     scheduler = json.loads((DEFAULT_MODEL_PATH / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction"
     weights = sorted(DEFAULT_MODEL_PATH.rglob("*.safetensors"))

@@ -559,7 +559,8 @@ def test_uncertainty_map_is_a_float32_cog_georeferenced_like_the_output(pipe, tm
         assert json.loads(spread.tags()["NEUROP_DIFF_UNCERTAINTY"])["samples"] == 2
         assert spread.profile["tiled"] and spread.compression.value == "DEFLATE"
         values = spread.read(1)
-    assert np.isfinite(values).all() and values.min() >= 0 and values.max() > 0.01 and values.max() <= 0.5
+    # the spread is taken before clamping: a random tiny model's can exceed 0.5 (half the 0..1 range)
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() > 0.01
     cogeo = pytest.importorskip("rio_cogeo.cogeo", reason="rio-cogeo validates COGs (extra [test])")
     valid, errors, _ = cogeo.cog_validate(str(spread_path))
     assert valid, errors

@@ -14,6 +14,7 @@ from neurop_diff_diffusers.pipelines.data_consistency import back_project
 from neurop_diff_diffusers.pipelines.uncertainty import (
     DEFAULT_UNCERTAINTY_SIGMA,
     flip,
+    flip_each,
     pool_uncertainty,
     reduce_samples,
     sample_generators,
@@ -37,7 +38,8 @@ def test_num_samples_shapes_and_output_types(pipe):
     assert isinstance(out, NeurOpDiffPipelineOutput)
     assert out.images.shape == (2, 3, 24, 24)
     assert out.uncertainty.shape == (2, 24, 24) and out.uncertainty.dtype == torch.float32
-    assert (out.uncertainty >= 0).all() and (out.uncertainty <= 0.5).all() and out.uncertainty.max() > 0
+    # the spread is taken before clamping: not bounded by 0.5 like that of [0, 1] values
+    assert (out.uncertainty >= 0).all() and torch.isfinite(out.uncertainty).all() and out.uncertainty.max() > 0
     np_out = pipe(_lr(), scale=2, num_inference_steps=2, num_samples=2, output_type="np")
     assert isinstance(np_out.uncertainty, np.ndarray) and np_out.uncertainty.shape == (1, 24, 24)
     images, uncertainty = pipe(_lr(), scale=2, num_inference_steps=2, num_samples=2, return_dict=False)
@@ -73,18 +75,48 @@ def test_the_mean_and_spread_equal_those_of_separate_calls(pipe):
     assert torch.equal(pooled.images, out.images)
     seeds = sample_seeds(torch.Generator().manual_seed(5), 2, n)
     for b in range(2):
-        separate = torch.stack([
-            pipe(lr[b : b + 1], scale=2, num_inference_steps=3, output_type="pt",
-                 generator=torch.Generator().manual_seed(seeds[b * n + k])).images[0]
+        raw = torch.stack([
+            _raw_output(pipe, lr[b : b + 1], scale=2, num_inference_steps=3,
+                        generator=torch.Generator().manual_seed(seeds[b * n + k]))
             for k in range(n)
         ])  # fmt: skip
-        torch.testing.assert_close(out.images[b], separate.mean(0), atol=1e-5, rtol=0)
-        torch.testing.assert_close(out.uncertainty[b], separate.std(0, correction=0).mean(0), atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.images[b], raw.clamp(0, 1).mean(0), atol=1e-5, rtol=0)
+        _check_spread(out.uncertainty[b], raw)
+
+
+def _raw_output(pipe, lr: torch.Tensor, data_consistency_steps: int = 0, **kwargs) -> torch.Tensor:
+    """One call's output before clamping, on the [0, 1] scale (the last step's latents; the tiny model is not
+    residual), back-projected as the pipeline does."""
+    assert not pipe.residual
+    captured = {}
+
+    def keep(pipeline, step, timestep, tensors):
+        captured.update(tensors)
+        return tensors
+
+    out = pipe(lr, output_type="pt", callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"],
+               data_consistency_steps=data_consistency_steps, **kwargs)  # fmt: skip
+    height, width = out.images.shape[-2:]
+    raw = captured["latents"][..., :height, :width]
+    if data_consistency_steps:
+        raw = back_project(raw, lr * 2 - 1, data_consistency_steps)
+    torch.testing.assert_close(out.images, (raw / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+    return (raw / 2 + 0.5)[0]
+
+
+def _check_spread(spread: torch.Tensor, raw: torch.Tensor, clamped_somewhere: bool = True) -> None:
+    """The map is the sample standard deviation (ddof=1) of the separate outputs before clamping, averaged over the
+    channels; the tiny random model leaves [0, 1] often, where the spread of the clamped outputs would be smaller."""
+    torch.testing.assert_close(spread, raw.std(0, correction=1).mean(0), atol=1e-5, rtol=0)
+    clamped = raw.clamp(0, 1).std(0, correction=1).mean(0)
+    assert (spread >= clamped - 1e-6).all()
+    assert (spread > clamped + 1e-3).any() == clamped_somewhere
 
 
 @pytest.mark.parametrize("n", [3, 5])
 def test_flip_samples_are_separate_calls_on_flipped_inputs(pipe, n):
-    lr = torch.rand(1, 3, 10, 13, generator=torch.Generator().manual_seed(3))  # not square: flips keep the shape
+    # not square (flips keep the shape), each output side a multiple of the UNet's factor 4 (no padding)
+    lr = torch.rand(1, 3, 10, 12, generator=torch.Generator().manual_seed(3))
 
     def run(**kwargs):
         gen = torch.Generator().manual_seed(7)
@@ -93,14 +125,34 @@ def test_flip_samples_are_separate_calls_on_flipped_inputs(pipe, n):
 
     out = run()  # flip_samples=True by default
     seeds = sample_seeds(torch.Generator().manual_seed(7), 1, n)
-    separate = torch.stack([
-        flip(pipe(flip(lr, k), scale=2, num_inference_steps=2, output_type="pt", data_consistency_steps=2,
-                  generator=torch.Generator().manual_seed(seeds[k])).images[0], k)
+    raw = torch.stack([
+        flip(_raw_output(pipe, flip(lr, k), 2, scale=2, num_inference_steps=2,
+                         generator=torch.Generator().manual_seed(seeds[k])), k)
         for k in range(n)
     ])  # fmt: skip
-    torch.testing.assert_close(out.images[0], separate.mean(0), atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.uncertainty[0], separate.std(0, correction=0).mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.images[0], raw.clamp(0, 1).mean(0), atol=1e-5, rtol=0)
+    _check_spread(out.uncertainty[0], raw, clamped_somewhere=False)  # back-projected: all inside [0, 1]
     assert not torch.allclose(out.uncertainty, run(flip_samples=False).uncertainty)  # without flips: another spread
+
+
+def test_flipped_samples_are_padded_at_the_inputs_bottom_right(pipe, monkeypatch):
+    """An output side that is not a multiple of the UNet's factor is padded; each flipped sample is padded on the side
+    that is the input's bottom / right once flipped back, so every sample sees the padding at the same borders."""
+    seen = []
+    original = type(pipe)._predict_noise
+
+    def spy(self, x, region, prior, **kwargs):
+        seen.append(prior.clone())
+        return original(self, x, region, prior, **kwargs)
+
+    monkeypatch.setattr(type(pipe), "_predict_noise", spy)
+    lr = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(4))  # 18 x 22: padded to 20 x 24
+    pipe(lr, scale=2, num_inference_steps=1, num_samples=4, output_type="pt")
+    priors = flip_each(seen[0], 4)  # each sample's prior in the input's orientation
+    assert priors.shape[-2:] == (20, 24)
+    for k in range(4):  # the padding replicates the last row / column of the input's orientation
+        assert torch.equal(priors[k, :, 18:], priors[k, :, 17:18].expand(-1, 2, -1))
+        assert torch.equal(priors[k, :, :, 22:], priors[k, :, :, 21:22].expand(-1, -1, 2))
 
 
 def test_flip_samples_with_a_given_prior_and_bad_values(pipe):
@@ -162,13 +214,18 @@ def test_sample_seeds_from_a_list_and_from_none():
     assert len(sample_generators(gens, 2, 3)) == 6
 
 
-def test_reduce_samples_is_the_mean_and_population_std_of_the_clamped_samples():
-    x = torch.tensor([-1.5, 0.0, 1.0, 1.0]).view(4, 1, 1, 1).expand(4, 3, 1, 1)
+def test_reduce_samples_mean_of_the_clamped_samples_sample_std_before_clamping():
+    x = torch.tensor([-1.5, 0.0, 1.0, 1.0, 1.4, 1.8]).view(6, 1, 1, 1).expand(6, 3, 1, 1)
     mean, spread = reduce_samples(x, 2)
-    assert mean.shape == (2, 3, 1, 1) and spread.shape == (2, 1, 1)
-    # Image 0: samples 0 (clamped from -1.5) and 0.5 on [0, 1]: mean 0.25 -> -0.5, std 0.25. Image 1: both 1.
-    assert mean[0, 0].item() == -0.5 and spread[0].item() == 0.25
+    assert mean.shape == (3, 3, 1, 1) and spread.shape == (3, 1, 1)
+    # Image 0: -0.25 (clamped to 0 for the mean) and 0.5 on [0, 1]: mean 0.25 -> -0.5; spread |0.5 + 0.25| / sqrt(2).
+    assert mean[0, 0].item() == -0.5 and spread[0].item() == pytest.approx(0.75 / 2**0.5, abs=1e-7)
     assert mean[1, 0].item() == 1.0 and spread[1].item() == 0.0
+    # Image 2: 1.2 and 1.4 on [0, 1], both clamped to 1 in the mean; their spread is kept, not 0.
+    assert mean[2, 0].item() == 1.0 and spread[2].item() == pytest.approx(0.2 / 2**0.5, abs=1e-6)
+    # ddof=1: three samples 0, 0.5, 1 -> standard deviation 0.5 (ddof=0 would give 0.408).
+    _, spread3 = reduce_samples(torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1, 1), 3)
+    assert spread3.item() == pytest.approx(0.5, abs=1e-7)
 
 
 def test_back_projection_makes_the_output_agree_with_the_lr(pipe):
@@ -236,7 +293,7 @@ def test_cli_uncertainty_writes_the_mean_and_a_float32_map(small_png, tmp_path):
     with Image.open(spread_path) as spread:
         assert spread.mode == "F" and spread.size == (32, 24)
         values = np.asarray(spread)
-    assert values.dtype == np.float32 and 0 <= values.min() and values.max() <= 0.5 and values.max() > 0
+    assert values.dtype == np.float32 and 0 <= values.min() and np.isfinite(values).all() and values.max() > 0
     # The map is the pipeline's, for the CLI's seed (0 by default): the same call through the API.
     pipe = build_pipeline("tiny")
     pipe.set_progress_bar_config(disable=True)

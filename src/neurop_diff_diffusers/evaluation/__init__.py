@@ -9,7 +9,7 @@ Example:
 from .methods import METHOD_LABELS, METHODS, image_seed
 from .no_reference import evaluate_no_reference, evaluate_no_reference_with_settings
 from .report import results_to_markdown, save_results
-from .run import as_sr3_pipeline, evaluate, evaluate_with_settings
+from .run import as_sr3_pipeline, evaluate, evaluate_with_settings, trust_summary
 from .settings import (
     DEFAULT_SCALES,
     MAX_IN_DISTRIBUTION_SCALE,
@@ -36,4 +36,5 @@ __all__ = [
     "results_to_markdown",
     "save_results",
     "spread_positions",
+    "trust_summary",
 ]

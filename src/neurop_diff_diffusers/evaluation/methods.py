@@ -223,6 +223,34 @@ TRUST_METRICS: tuple[str, ...] = (
     "hallucination",
 )
 
+#: Trust figures kept per image and summarised beside the results rows (``trust_summary``): LR agreement under an
+#: independent (bilinear) kernel, the phase-correlation shift, the classed fraction and each class's share of all
+#: pixels.
+TRUST_EXTRAS: tuple[str, ...] = (
+    "lr_l1_255_bilinear",
+    "shift",
+    "classified",
+    "improvement_all",
+    "omission_all",
+    "hallucination_all",
+)
+
+
+def trust_extras(scoring: EvaluationScoring, output: torch.Tensor) -> dict[str, float | None]:
+    """The [`TRUST_EXTRAS`] of `output` from the trust row its metrics computed (``None`` where there is none).
+
+    Args:
+        scoring ([`EvaluationScoring`]): holds the row of the last output scored ([`trust_row`]).
+        output (`torch.Tensor`): that output.
+
+    Returns:
+        `dict[str, float | None]`.
+    """
+    cache = scoring.trust_cache
+    row = cache.get("row", {}) if cache.get("output") is output else {}
+    return {name: row.get(name) for name in TRUST_EXTRAS}
+
+
 #: The metrics, in column order; results rows hold one value of each (``None`` where undefined).
 EVALUATION_METRICS: dict[str, EvaluationMetric] = {
     "psnr": EvaluationMetric(lambda sc, out, hr, s: float(psnr(out, hr, **protocol_kwargs(sc.protocol, s))[0])),
@@ -241,6 +269,7 @@ __all__ = [
     "EVALUATION_METRICS",
     "METHODS",
     "METHOD_LABELS",
+    "TRUST_EXTRAS",
     "TRUST_METRICS",
     "EvaluationMethod",
     "EvaluationMetric",
@@ -248,5 +277,6 @@ __all__ = [
     "EvaluationScoring",
     "image_seed",
     "sync_device",
+    "trust_extras",
     "trust_row",
 ]

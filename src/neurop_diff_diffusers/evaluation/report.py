@@ -127,11 +127,18 @@ def results_to_markdown(report: dict[str, Any]) -> str:
             methods, scales, table, lambda row: f"{_cell(row.get('niqe'), 2)} / {_cell(row.get('hf_ratio'), 3)}"
         )
     if any("lr_l1_255" in r for r in results):
+        spread = {(r["method"], r["scale"]): r for r in report.get("trust_summary", [])}
+
+        def stat(row: dict[str, Any], name: str, key: str = "mean") -> float | None:
+            entry = spread.get((row["method"], row["scale"]), {}).get(name)
+            return None if entry is None else entry[key]
+
         lines += [
             "",
             "Trust (weight-free, see `neurop_diff_diffusers.metrics.trust`): LR agreement (mean |downsampled output - "
-            "LR| on 0..255, the training degradation) / spectral angle (degrees) / synthesis (mean L1 to the "
-            "upsampled LR):",
+            "LR| on 0..255) with the training kernel (near 0 by construction after back-projection) / with an "
+            "independent bilinear kernel / spectral angle (degrees) / shift (LR pixels) / synthesis (mean L1 to the "
+            "upsampled LR). Bicubic is a floor that holds by construction (synthesis 0), not a measurement:",
             "",
         ]
         lines += _method_table(
@@ -139,21 +146,28 @@ def results_to_markdown(report: dict[str, Any]) -> str:
             scales,
             table,
             lambda row: (
-                f"{_cell(row.get('lr_l1_255'), 2)} / {_cell(row.get('spectral_angle'), 2)} / "
+                f"{_cell(row.get('lr_l1_255'), 2)} / {_cell(stat(row, 'lr_l1_255_bilinear'), 2)} / "
+                f"{_cell(row.get('spectral_angle'), 2)} / {_cell(stat(row, 'shift'), 2)} / "
                 f"{_cell(row.get('synthesis'), 4)}"
             ),
         )
         lines += [
             "",
-            "Improvement / omission / hallucination (% of the pixels where the HR differs most from the upsampled LR, "
-            "its top quarter):",
+            "Improvement / omission / hallucination (% of the classed pixels: those where the HR differs from the "
+            "upsampled LR, or the output from either, by more than the 75th percentile of the reference distance); "
+            "classed (% of all pixels); hallucination in % of all pixels, median [90th percentile] over the images. "
+            "Bicubic is all omission by construction:",
             "",
         ]
         lines += _method_table(
             methods,
             scales,
             table,
-            lambda row: " / ".join(_percent(row.get(k)) for k in ("improvement", "omission", "hallucination")),
+            lambda row: (
+                " / ".join(_percent(row.get(k)) for k in ("improvement", "omission", "hallucination"))
+                + f"; {_percent(stat(row, 'classified'))}; {_percent(stat(row, 'hallucination_all', 'median'))} "
+                f"[{_percent(stat(row, 'hallucination_all', 'p90'))}]"
+            ),
         )
     lines += ["", "Seconds per image:", ""]
     lines += _method_table(

@@ -76,10 +76,13 @@ from .methods import (  # noqa: F401 (METHODS, METHOD_LABELS, image_seed: re-exp
     EVALUATION_METRICS,
     METHOD_LABELS,
     METHODS,
+    TRUST_EXTRAS,
+    TRUST_METRICS,
     EvaluationRun,
     EvaluationScoring,
     image_seed,
     sync_device,
+    trust_extras,
 )
 from .settings import DEFAULT_SCALES, MAX_IN_DISTRIBUTION_SCALE, EvaluationSettings, resolve_methods
 
@@ -418,7 +421,50 @@ def _evaluate(
     results = _aggregate(per_image, run.methods, run.scales)
 
     # 5. Report.
-    return _report(run, scoring, per_image, hr_niqe, panels_by_scale, results, command=command, extra=extra)
+    report = _report(run, scoring, per_image, hr_niqe, panels_by_scale, results, command=command, extra=extra)
+    report["trust_summary"] = trust_summary(per_image, run.methods, run.scales)
+    return report
+
+
+def trust_summary(per_image: list[dict[str, Any]], methods: list[str], scales: list[float]) -> list[dict[str, Any]]:
+    """Per method and scale, the spread over the images of each trust figure: ``{name: {"mean", "median", "p90",
+    "n"}}`` over the images where it is defined (one image's hallucination share can be far from the mean).
+
+    Args:
+        per_image (`list[dict]`): [`evaluate`]'s per-image rows.
+        methods (`list[str]`): the methods.
+        scales (`list[float]`): the scales.
+
+    Returns:
+        `list[dict]`: one row per method and scale, ``method``, ``scale`` and one entry per figure.
+
+    Example:
+        >>> from neurop_diff_diffusers.evaluation import trust_summary
+        >>> rows = [{"method": "bicubic", "scale": 4.0, "hallucination": v} for v in (0.0, 0.1, 0.5)]
+        >>> trust_summary(rows, ["bicubic"], [4.0])[0]["hallucination"]["median"]
+        0.1
+    """
+    names = (*TRUST_METRICS, *TRUST_EXTRAS)
+    summary = []
+    for method in methods:
+        for scale in scales:
+            rows = [r for r in per_image if r["method"] == method and r["scale"] == scale]
+            entry: dict[str, Any] = {"method": method, "scale": scale}
+            for name in names:
+                values = [r.get(name) for r in rows]
+                values = [float(v) for v in values if v is not None and math.isfinite(v)]
+                entry[name] = (
+                    {
+                        "mean": float(np.mean(values)),
+                        "median": float(np.median(values)),
+                        "p90": float(np.percentile(values, 90)),
+                        "n": len(values),
+                    }
+                    if values
+                    else None
+                )
+            summary.append(entry)
+    return summary
 
 
 def _run_and_score(
@@ -455,7 +501,7 @@ def _run_and_score(
                 for name, metric in EVALUATION_METRICS.items():
                     value = metric.compute(scoring, outputs[method], hr_unit, scale)
                     row[name] = None if value is None else float(value)
-                per_image.append({**row, "seconds": seconds})
+                per_image.append({**row, **trust_extras(scoring, outputs[method]), "seconds": seconds})
             if run.figure_image is not None and position in run.figure_image:
                 panels = figure_panels(run, lr, outputs, per_image, hr_unit, hr_niqe, scoring)
                 panels_by_scale.setdefault(scale, []).append((key, panels, trust_panels(run, outputs, hr_unit, scale)))
@@ -523,9 +569,14 @@ def _report(
             "(radial frequency > 1 / (2 scale) cycles per HR pixel) divided by the same energy of the HR; 1 = as much "
             "fine detail as the HR",
             "trust": "trust_metrics.trust_metrics(output, lr, hr): lr_l1_255 = mean |bicubic_degrade(output) - LR| "
-            "on 0..255; spectral_angle (degrees) between them; synthesis = mean L1 between the output and the bicubic "
-            "upsampling of the LR; improvement / omission / hallucination = fractions of the classified pixels "
-            "(reference distance at or above its 75th percentile; lambda 0.05, softmin temperature 0.25)",
+            "on 0..255 (the training kernel: near 0 by construction after back-projection); lr_l1_255_bilinear = the "
+            "same with an antialiased bilinear downsampling (an independent kernel); spectral_angle (degrees) and "
+            "shift (LR pixels, phase correlation) between them; synthesis = mean L1 between the output and the "
+            "bicubic upsampling of the LR; improvement / omission / hallucination = fractions of the classed pixels, "
+            "*_all = of all pixels, classified = the classed share (a pixel is classed when the reference distance "
+            "or the output's distance to the HR or to the upsampled LR exceeds the 75th percentile of the reference "
+            "distance; L1; lambda 0.05, softmin temperature 0.25). Bicubic's row holds by construction (a floor). "
+            "trust_summary: mean, median and 90th percentile over the images",
             "averaging": "mean over images of the per-image values (NIQE, HF ratio and the correctness fractions: of "
             "the defined ones)",
             "in_distribution_max_scale": MAX_IN_DISTRIBUTION_SCALE,

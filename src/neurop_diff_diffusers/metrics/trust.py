@@ -23,24 +23,43 @@ batch dimension of 1 is accepted); per-pixel distances are the L1 distance avera
   - hallucination ``= exp(-lambda d_im d_om)``,
 
   turned into per-pixel class probabilities by a softmin with temperature ``T`` (``softmax(-score / T)``); a pixel's
-  class is the most probable one. Only pixels where the HR holds detail the LR lacks are classed: those whose
-  reference distance ``d(LR_up, HR)`` is at or above its 75th percentile (and non-zero), the others are
-  "unclassified" (where the reference distance is near zero the normalised distances are meaningless). The published
-  defaults are used: 75th percentile, ``lambda = 0.05``, ``T = 0.25``. The fractions are the shares of the classed
-  pixels in each class (the temperature changes only the probability maps, not the classes).
+  class is the most probable one. A pixel is classed when *any* of its three distances exceeds ``t``, the 75th
+  percentile of the reference distance (OpenSR-test's rule): where the HR holds detail the LR lacks, and also
+  wherever the output moved, so that texture invented on flat ground (reference distance near 0, normalised
+  distances huge) is classed, as hallucination. The published defaults are used: 75th percentile,
+  ``lambda = 0.05``, ``T = 0.25``. [`CorrectnessResult`] holds the class map, each class's share of the classed
+  pixels and of all pixels, the classed fraction, and the mean class probabilities (the temperature changes only
+  the probabilities, not the classes).
 
   Known answers: an output equal to the upsampled LR is all *omission* (``d_im = 1, d_om = 0``); an output equal to
   the HR is all *improvement* (``d_im = 0, d_om = 1``); an output far from both is *hallucination*.
 
-Differences from `opensr-test`, deliberate: no histogram matching or spatial alignment before the metrics (the LR
-here is made from the HR by the same degradation, so both are already aligned; the spatial metric reports any
-shift), the spatial shift by phase correlation (their ``pcc`` option), distances always per pixel.
+What the figures cannot see: the LR agreement is blind to everything above the LR's Nyquist frequency (invented
+detail there leaves it at 0), and after back-projection it holds by construction when measured with the kernel that
+back-projection minimises (the training degradation): [`lr_agreement_bilinear`] measures it with an independent
+kernel. The correctness classes need the HR and say nothing where the output and the HR agree with the upsampled LR
+(flat ground left flat is unclassed). Bicubic's own row (all omission, synthesis 0) holds by construction: it is a
+floor, not a measurement.
+
+This module's default mode differs from `opensr-test` 1.3.3 (its defaults) in five ways, each deliberate; the
+OpenSR-test-compatible mode [`opensr_test_metrics`] reproduces its numbers (tested against it, to 1e-6):
+
+1. *distance*: L1 averaged over the channels, on the ``[0, 1]`` scale (OpenSR-test: the normalised difference
+   ``|x - y| / |x + y|``, which weighs dark pixels more; an absolute error is what the bound and the tables use);
+2. *reported figure*: each class's share of the classed pixels (and of all pixels); OpenSR-test reports each class's
+   softmin probability averaged over the classed pixels (our ``mean_probabilities``);
+3. *border*: none cropped (OpenSR-test crops 16 HR px from every side);
+4. *synthesis baseline*: the LR upsampled bicubically (the evaluation's baseline), after no harmonisation;
+   OpenSR-test upsamples bilinearly and first matches the SR's histogram to the HR's and aligns it by phase
+   correlation (here the LR is made from the HR by the same degradation, so both are aligned; the spatial metric
+   reports any shift);
+5. *threshold*: the 75th percentile interpolated (numpy), OpenSR-test takes the ``int(0.75 n)``-th smallest value.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
@@ -302,20 +321,28 @@ def synthesis(output: Any, upsampled_lr: Any) -> float:
 
 @dataclass
 class CorrectnessResult:
-    """The output of [`correctness`].
+    """The output of [`correctness`] (and of the OpenSR-test-compatible [`opensr_test_metrics`]).
 
     Args:
-        classes (`np.ndarray`): ``(H, W)`` int8: 0 improvement, 1 omission, 2 hallucination, -1 unclassified.
+        classes (`np.ndarray`): ``(H, W)`` int8, the class map: 0 improvement, 1 omission, 2 hallucination, -1
+            unclassified.
         probabilities (`np.ndarray`): ``(3, H, W)`` float64, the softmin class probabilities (0 where unclassified).
-        fractions (`dict[str, float | None]`): the share of the classified pixels in each class (``None`` when no
-            pixel is classified, e.g. an HR equal to the upsampled LR).
+        fractions (`dict[str, float | None]`): each class's share of the *classified* pixels (``None`` when no pixel
+            is classified, e.g. an output, HR and upsampled LR that are all equal).
         classified_fraction (`float`): the share of all pixels that were classified.
+        shares_of_all (`dict[str, float]`): each class's share of *all* pixels (they sum to `classified_fraction`).
+        mean_probabilities (`dict[str, float | None]`): each class's softmin probability averaged over the classified
+            pixels (OpenSR-test's reported figure); ``None`` when no pixel is classified.
+        threshold (`float`): the distance above which a pixel is classified.
     """
 
     classes: np.ndarray
     probabilities: np.ndarray
     fractions: dict[str, float | None]
     classified_fraction: float
+    shares_of_all: dict[str, float] = field(default_factory=dict)
+    mean_probabilities: dict[str, float | None] = field(default_factory=dict)
+    threshold: float = 0.0
 
 
 def _check_positive(value: Any, name: str, upper: float | None = None) -> float:
@@ -332,7 +359,7 @@ def correctness_scores(
     """The improvement, omission and hallucination scores (lower = more likely) from the normalised distances.
 
     Args:
-        d_im (`np.ndarray`): ``d(SR, HR) / d(LR_up, HR)`` per pixel.
+        d_im (`np.ndarray`): ``d(SR, HR) / d(LR_up, HR)`` per pixel (``inf`` where the reference distance is 0).
         d_om (`np.ndarray`): ``d(SR, LR_up) / d(LR_up, HR)`` per pixel.
         lam (`float`, defaults to `CORRECTNESS_LAMBDA`): the scores' ``lambda``.
 
@@ -347,9 +374,61 @@ def correctness_scores(
         [0.0, 1.0, 1.0]
     """
     lam = _check_positive(lam, "lam")
-    h = d_im + d_om - 1.0
-    damping = 1.0 - np.exp(-lam * h)
-    return d_im + d_om * damping, d_om + d_im * damping, np.exp(-lam * d_im * d_om)
+    with np.errstate(invalid="ignore", over="ignore"):
+        h = d_im + d_om - 1.0
+        damping = 1.0 - np.exp(-lam * h)
+        # 0 * inf (a zero distance times an infinite damping) is 0: that distance adds nothing.
+        improvement = d_im + np.where(d_om == 0, 0.0, d_om * damping)
+        omission = d_om + np.where(d_im == 0, 0.0, d_im * damping)
+        hallucination = np.exp(-lam * np.where((d_im == 0) | (d_om == 0), 0.0, d_im * d_om))
+    return improvement, omission, hallucination
+
+
+def _softmin(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(-scores / T)`` over the first axis, stable (an infinite score gets probability 0)."""
+    logits = -scores / temperature
+    weights = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return weights / weights.sum(axis=0, keepdims=True)
+
+
+def _classify(
+    d_ref: np.ndarray,
+    d_im: np.ndarray,
+    d_om: np.ndarray,
+    mask: np.ndarray,
+    threshold: float,
+    lam: float,
+    temperature: float,
+) -> CorrectnessResult:
+    """Class map, probabilities and shares of the pixels in `mask`, from the three per-pixel distances."""
+    classes = np.full(d_ref.shape, -1, dtype=np.int8)
+    probabilities = np.zeros((len(CORRECTNESS_CLASSES), *d_ref.shape))
+    count = int(mask.sum())
+    if count == 0:
+        none = dict.fromkeys(CORRECTNESS_CLASSES)
+        return CorrectnessResult(
+            classes, probabilities, none, 0.0, dict.fromkeys(CORRECTNESS_CLASSES, 0.0), none, threshold
+        )
+    reference = d_ref[mask]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # A classified pixel whose reference distance is 0 (nothing to add there) is infinitely far in d_im and d_om
+        # (with the L1 distance both are then equal and > 0): it scores as hallucination.
+        ratio_im = np.where(reference > 0, d_im[mask] / reference, np.where(d_im[mask] > 0, np.inf, 0.0))
+        ratio_om = np.where(reference > 0, d_om[mask] / reference, np.where(d_om[mask] > 0, np.inf, 0.0))
+    scores = np.stack(correctness_scores(ratio_im, ratio_om, lam))
+    probabilities[:, mask] = _softmin(scores, temperature)
+    classes[mask] = np.argmax(probabilities[:, mask], axis=0).astype(np.int8)
+    total = d_ref.size
+    counts = {name: int((classes[mask] == k).sum()) for k, name in enumerate(CORRECTNESS_CLASSES)}
+    return CorrectnessResult(
+        classes=classes,
+        probabilities=probabilities,
+        fractions={name: counts[name] / count for name in CORRECTNESS_CLASSES},
+        classified_fraction=count / total,
+        shares_of_all={name: counts[name] / total for name in CORRECTNESS_CLASSES},
+        mean_probabilities={name: float(probabilities[k][mask].mean()) for k, name in enumerate(CORRECTNESS_CLASSES)},
+        threshold=float(threshold),
+    )
 
 
 def correctness(
@@ -363,12 +442,16 @@ def correctness(
 ) -> CorrectnessResult:
     """Per-pixel improvement / omission / hallucination classification (see this module's docstring).
 
+    A pixel is classified when any of its three distances exceeds the threshold ``t`` (the `percentile` of the
+    reference distance ``d(LR_up, HR)``): ``d(LR_up, HR) > t`` (detail the HR has and the LR lacks) *or*
+    ``d(SR, HR) > t`` *or* ``d(SR, LR_up) > t`` (the output moved: detail it added, right or wrong). OpenSR-test's
+    rule. The second and third terms are what catch texture invented on flat ground, where the HR holds no detail.
+
     Args:
         output (`np.ndarray` or `torch.Tensor`): the super-resolved image, ``(C, H, W)`` floats in ``[0, 1]``.
         hr (`np.ndarray` or `torch.Tensor`): the HR, same shape.
         upsampled_lr (`np.ndarray` or `torch.Tensor`): the LR upsampled to the same shape ([`upsample_lr`]).
-        percentile (`float`, defaults to 75): pixels whose reference distance ``d(LR_up, HR)`` is at or above this
-            percentile (and non-zero) are classified; in ``(0, 100]``.
+        percentile (`float`, defaults to 75): the threshold is this percentile of ``d(LR_up, HR)``; in ``(0, 100]``.
         lam (`float`, defaults to 0.05): the scores' ``lambda`` ([`correctness_scores`]).
         temperature (`float`, defaults to 0.25): the softmin temperature of the probability maps.
 
@@ -384,27 +467,298 @@ def correctness(
         {'improvement': 1.0, 'omission': 0.0, 'hallucination': 0.0}
         >>> correctness(up, hr, up).fractions
         {'improvement': 0.0, 'omission': 1.0, 'hallucination': 0.0}
+        >>> flat = np.full((3, 16, 16), 0.5)  # flat ground, and an output that invents texture on it
+        >>> correctness(flat + 0.1 * rng.standard_normal((3, 16, 16)), flat, flat).shares_of_all["hallucination"]
+        1.0
     """
     output, hr, up = _as_chw(output, "output"), _as_chw(hr, "hr"), _as_chw(upsampled_lr, "upsampled_lr")
     _check_same_shape(output=output, hr=hr, upsampled_lr=up)
     percentile = _check_positive(percentile, "percentile", 100.0)
+    lam = _check_positive(lam, "lam")
     temperature = _check_positive(temperature, "temperature")
-    reference = np.abs(up - hr).mean(axis=0)
-    mask = (reference >= np.percentile(reference, percentile)) & (reference > 0)
-    classes = np.full(reference.shape, -1, dtype=np.int8)
-    probabilities = np.zeros((len(CORRECTNESS_CLASSES), *reference.shape))
-    count = int(mask.sum())
-    if count == 0:
-        return CorrectnessResult(classes, probabilities, dict.fromkeys(CORRECTNESS_CLASSES), 0.0)
-    d_im = np.abs(output - hr).mean(axis=0)[mask] / reference[mask]
-    d_om = np.abs(output - up).mean(axis=0)[mask] / reference[mask]
-    scores = np.stack(correctness_scores(d_im, d_om, lam))
-    logits = -scores / temperature
-    weights = np.exp(logits - logits.max(axis=0, keepdims=True))
-    probabilities[:, mask] = weights / weights.sum(axis=0, keepdims=True)
-    classes[mask] = np.argmin(scores, axis=0).astype(np.int8)
-    fractions = {name: float((classes[mask] == k).sum()) / count for k, name in enumerate(CORRECTNESS_CLASSES)}
-    return CorrectnessResult(classes, probabilities, fractions, count / reference.size)
+    d_ref = np.abs(up - hr).mean(axis=0)
+    d_im = np.abs(output - hr).mean(axis=0)
+    d_om = np.abs(output - up).mean(axis=0)
+    threshold = float(np.percentile(d_ref, percentile))
+    mask = (d_ref > threshold) | (d_im > threshold) | (d_om > threshold)
+    return _classify(d_ref, d_im, d_om, mask, threshold, lam, temperature)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# OpenSR-test-compatible mode
+
+
+#: Border (HR pixels) that OpenSR-test crops from every side of the SR and HR (``border // scale`` from the LR).
+OPENSR_BORDER = 16
+#: Upsampling factor of OpenSR-test's sub-pixel phase correlation (1/50 px).
+OPENSR_UPSAMPLE_FACTOR = 50
+#: Largest shift (pixels) OpenSR-test's alignment accepts; a larger one is not applied and the spatial error is NaN.
+OPENSR_MAX_TRANSLATION = 5.0
+_NORMALISED_DIFFERENCE_EPS = 1e-8
+
+
+def _resize_bilinear(image: np.ndarray, scale_factor: float) -> np.ndarray:
+    """``(C, H, W)`` resized by `scale_factor` with torch's antialiased bilinear interpolation (float64)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None]
+    resized = torch.nn.functional.interpolate(tensor, scale_factor=scale_factor, mode="bilinear", antialias=True)
+    return resized[0].numpy()
+
+
+def match_histograms(source: Any, template: Any) -> np.ndarray:
+    """Each channel of `source` mapped so that its values follow the distribution of `template`'s channel.
+
+    Exact quantile mapping: a value of `source` whose empirical CDF (share of values at or below it) is ``q`` becomes
+    the value of `template` at quantile ``q``, interpolated linearly between `template`'s distinct values (the
+    classic algorithm, as in scikit-image's ``match_histograms`` that OpenSR-test calls).
+
+    Args:
+        source (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats.
+        template (`np.ndarray` or `torch.Tensor`): ``(C, h, w)`` floats, the same channels (any size).
+
+    Returns:
+        `np.ndarray`: ``(C, H, W)`` float64.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.metrics.trust import match_histograms
+        >>> match_histograms(np.array([[[0.1, 0.3, 0.2, 0.4]]]), np.array([[[1.0, 2.0, 3.0, 4.0]]])).tolist()
+        [[[1.0, 3.0, 2.0, 4.0]]]
+    """
+    source, template = _as_chw(source, "source"), _as_chw(template, "template")
+    if source.shape[0] != template.shape[0]:
+        raise ValueError(
+            f"`source` and `template` must have the same channels, got {source.shape} and {template.shape}."
+        )
+    matched = np.empty_like(source)
+    for c in range(source.shape[0]):
+        values, inverse, counts = np.unique(source[c].ravel(), return_inverse=True, return_counts=True)
+        target_values, target_counts = np.unique(template[c].ravel(), return_counts=True)
+        quantiles = np.cumsum(counts) / source[c].size
+        target_quantiles = np.cumsum(target_counts) / template[c].size
+        matched[c] = np.interp(quantiles, target_quantiles, target_values)[inverse].reshape(source[c].shape)
+    return matched
+
+
+def _upsampled_correlation(product: np.ndarray, size: int, factor: int, offsets: np.ndarray) -> np.ndarray:
+    """The inverse DFT of `product` on a ``size x size`` grid of 1/`factor` px steps starting at ``-offsets``
+    (a matrix-multiply DFT: Guizar-Sicairos, Thurman and Fienup, Opt. Lett. 33, 2008)."""
+    rows, cols = product.shape
+    grid = np.arange(size)
+    kernel_y = np.exp(-2j * np.pi * np.outer(grid - offsets[0], np.fft.fftfreq(rows, factor)))
+    kernel_x = np.exp(-2j * np.pi * np.outer(np.fft.fftfreq(cols, factor), grid - offsets[1]))
+    return kernel_y @ product @ kernel_x
+
+
+def subpixel_shift(reference: np.ndarray, moving: np.ndarray, upsample_factor: int = OPENSR_UPSAMPLE_FACTOR):
+    """The shift ``(dy, dx)`` that registers `moving` onto `reference` (2-D arrays), to 1/`upsample_factor` px.
+
+    Phase correlation (the cross-power spectrum normalised to unit magnitude): its integer peak, then the peak of
+    the correlation upsampled by a matrix-multiply DFT on a 1.5 px window around it. ``moving`` shifted by
+    ``(dy, dx)`` matches ``reference``.
+
+    Args:
+        reference (`np.ndarray`): ``(H, W)``.
+        moving (`np.ndarray`): ``(H, W)``.
+        upsample_factor (`int`, defaults to 50): the precision, ``1 / upsample_factor`` px.
+
+    Returns:
+        `tuple[float, float]`: ``(dy, dx)``.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.metrics.trust import subpixel_shift
+        >>> x = np.random.default_rng(0).random((32, 32))
+        >>> [float(v) for v in subpixel_shift(x, np.roll(x, (2, -3), axis=(0, 1)))]
+        [-2.0, 3.0]
+    """
+    product = np.fft.fft2(reference) * np.conj(np.fft.fft2(moving))
+    product /= np.maximum(np.abs(product), 100 * np.finfo(product.real.dtype).eps)
+    correlation = np.fft.ifft2(product)
+    shape = np.array(product.shape)
+    peak = np.array(np.unravel_index(int(np.argmax(np.abs(correlation))), correlation.shape), dtype=np.float64)
+    peak[peak > np.fix(shape / 2)] -= shape[peak > np.fix(shape / 2)]
+    if upsample_factor > 1:
+        peak = np.round(peak * upsample_factor) / upsample_factor
+        size = int(np.ceil(upsample_factor * 1.5))
+        centre = np.fix(size / 2.0)
+        upsampled = np.conj(
+            _upsampled_correlation(np.conj(product), size, upsample_factor, centre - peak * upsample_factor)
+        )
+        fine = np.array(np.unravel_index(int(np.argmax(np.abs(upsampled))), upsampled.shape), dtype=np.float64)
+        peak = peak + (fine - centre) / upsample_factor
+    peak[shape == 1] = 0.0
+    return float(peak[0]), float(peak[1])
+
+
+def translate_bilinear(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """``(C, H, W)`` moved by ``(dy, dx)``: ``out[y, x] = image[y - dy, x - dx]``, bilinear, borders replicated.
+
+    The warp OpenSR-test's alignment applies (OpenCV's ``warpAffine``, linear, replicated borders), computed in
+    float32 at the exact sub-pixel position, as the OpenCV build it was checked against (5.1) does (older builds
+    round the position to 1/32 px, which moves the result by up to 1/64 px).
+
+    Args:
+        image (`np.ndarray`): ``(C, H, W)``.
+        dy (`float`): the shift down, in pixels.
+        dx (`float`): the shift right.
+
+    Returns:
+        `np.ndarray`: ``(C, H, W)``, the dtype of `image`.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.metrics.trust import translate_bilinear
+        >>> translate_bilinear(np.array([[[0.0, 1.0, 2.0, 3.0]]]), 0.0, 1.0).tolist()
+        [[[0.0, 0.0, 1.0, 2.0]]]
+    """
+    height, width = image.shape[-2:]
+
+    def axis(offset: float, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        position = np.arange(count, dtype=np.float32) - np.float32(offset)
+        start = np.floor(position)
+        fraction = (position - start).astype(np.float32)
+        start = start.astype(np.int64)
+        return np.clip(start, 0, count - 1), np.clip(start + 1, 0, count - 1), fraction
+
+    y0, y1, fy = axis(dy, height)
+    x0, x1, fx = axis(dx, width)
+    one = np.float32(1)
+    source = image.astype(np.float32)
+    top = source[:, y0][:, :, x0] * (one - fx) + source[:, y0][:, :, x1] * fx
+    bottom = source[:, y1][:, :, x0] * (one - fx) + source[:, y1][:, :, x1] * fx
+    out = top * (one - fy)[:, None] + bottom * fy[:, None]
+    return out.astype(image.dtype)
+
+
+def _align(moving: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
+    """OpenSR-test's alignment: the shift of the channel means, applied to `moving` unless longer than
+    [`OPENSR_MAX_TRANSLATION`]; returns the aligned image and the shift's length (NaN when refused)."""
+    dy, dx = subpixel_shift(reference.mean(axis=0), moving.mean(axis=0))
+    dy32, dx32 = np.float32(dy), np.float32(dx)
+    length = float(np.sqrt(dx32**2 + dy32**2))
+    if length > OPENSR_MAX_TRANSLATION:
+        return translate_bilinear(moving, 0.0, 0.0), math.nan
+    return translate_bilinear(moving, dy32, dx32), length
+
+
+def _crop(image: np.ndarray, border: int) -> np.ndarray:
+    return image[:, border:-border, border:-border] if border > 0 else image
+
+
+def _normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (np.abs(a - b) / np.abs(a + b + _NORMALISED_DIFFERENCE_EPS)).mean(axis=0)
+
+
+@dataclass
+class OpenSRTestResult:
+    """The output of [`opensr_test_metrics`], OpenSR-test 1.3.3's figures (``Metrics().compute(lr, sr, hr)``).
+
+    Args:
+        reflectance (`float`): mean ``|LR - down(SR)|`` (channel mean, then pixel mean), ``down`` = antialiased
+            bilinear.
+        spectral (`float`): mean spectral angle (degrees) between LR and ``down(SR)``.
+        spatial (`float`): length of the shift between LR and ``down(SR)`` (LR pixels; NaN beyond 5).
+        synthesis (`float`): mean L1 between the harmonised SR and the bilinear upsampling of the LR.
+        correctness ([`CorrectnessResult`]): the classification (normalised-difference distance, union mask with
+            ``t`` = the ``int(0.75 n)``-th smallest reference distance); its ``mean_probabilities`` are
+            OpenSR-test's ``im_metric`` / ``om_metric`` / ``ha_metric``.
+    """
+
+    reflectance: float
+    spectral: float
+    spatial: float
+    synthesis: float
+    correctness: CorrectnessResult
+
+    def as_dict(self) -> dict[str, float | None]:
+        """OpenSR-test's ``compute`` keys: ``reflectance``, ``spectral``, ``spatial``, ``synthesis``, ``ha_metric``,
+        ``om_metric``, ``im_metric``."""
+        p = self.correctness.mean_probabilities
+        return {
+            "reflectance": self.reflectance,
+            "spectral": self.spectral,
+            "spatial": self.spatial,
+            "synthesis": self.synthesis,
+            "ha_metric": p.get("hallucination"),
+            "om_metric": p.get("omission"),
+            "im_metric": p.get("improvement"),
+        }
+
+
+def opensr_test_metrics(
+    lr: Any,
+    sr: Any,
+    hr: Any,
+    *,
+    border: int = OPENSR_BORDER,
+    harmonize: bool = True,
+) -> OpenSRTestResult:
+    """The trust metrics as OpenSR-test 1.3.3 computes them with its defaults (written from what it computes).
+
+    The differences from this module's default mode ([`trust_metrics`]): the SR, HR (and LR) lose a ``border`` px
+    frame; the SR is *harmonised* before synthesis and correctness (its histogram matched to the HR's per channel,
+    [`match_histograms`], then shifted onto the HR by sub-pixel phase correlation, [`subpixel_shift`] /
+    [`translate_bilinear`], unless the shift exceeds 5 px); the baseline is the LR upsampled *bilinearly*
+    (antialiased), the output downsampled bilinearly for consistency; the correctness distance is the normalised
+    difference ``mean_c |x - y| / |x + y + 1e-8|`` (not L1); and the reported figure is each class's softmin
+    probability averaged over the classified pixels (not the share of pixels in each class). The scale must be an
+    integer.
+
+    Args:
+        lr (`np.ndarray` or `torch.Tensor`): ``(C, h, w)`` floats.
+        sr (`np.ndarray` or `torch.Tensor`): ``(C, s h, s w)``, ``s`` an integer.
+        hr (`np.ndarray` or `torch.Tensor`): the same shape as `sr`.
+        border (`int`, defaults to 16): the frame cropped from the SR and HR (``border // s`` from the LR).
+        harmonize (`bool`, defaults to `True`): histogram matching and alignment (OpenSR-test's
+            ``harm_apply_spectral`` and ``harm_apply_spatial``).
+
+    Returns:
+        [`OpenSRTestResult`].
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.metrics.trust import opensr_test_metrics
+        >>> rng = np.random.default_rng(0)
+        >>> hr = rng.random((3, 64, 64))
+        >>> lr = hr.reshape(3, 16, 4, 16, 4).mean(axis=(2, 4))
+        >>> result = opensr_test_metrics(lr, hr, hr)
+        >>> result.correctness.mean_probabilities["improvement"] > 0.9
+        True
+    """
+    lr, sr, hr = _as_chw(lr, "lr"), _as_chw(sr, "sr"), _as_chw(hr, "hr")
+    _check_same_shape(sr=sr, hr=hr)
+    scale = sr.shape[-1] / lr.shape[-1]
+    if not float(scale).is_integer() or scale < 1 or sr.shape[0] != lr.shape[0]:
+        raise ValueError(
+            f"`sr` must be an integer multiple of `lr` with its channels, got {tuple(sr.shape)} and {tuple(lr.shape)}."
+        )
+    if isinstance(border, bool) or not isinstance(border, int) or border < 0 or 2 * border >= min(sr.shape[1:]):
+        raise ValueError(f"`border` must be an int in [0, {min(sr.shape[1:]) // 2}), got {border!r}.")
+    scale = int(scale)
+    lr, sr, hr = _crop(lr, border // scale), _crop(sr, border), _crop(hr, border)
+    lr_up = _resize_bilinear(lr, scale) if scale > 1 else lr
+    if lr_up.shape != hr.shape:
+        raise ValueError(f"The cropped LR upsampled by {scale} is {lr_up.shape}, not the HR's {hr.shape}.")
+    sr_down = _resize_bilinear(sr, 1 / scale)
+    # Consistency: the LR against the SR downsampled.
+    reflectance = float(np.nanmean(np.abs(lr - sr_down).mean(axis=0)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = (lr * sr_down).sum(axis=0) / (np.linalg.norm(lr, axis=0) * np.linalg.norm(sr_down, axis=0))
+        spectral = float(np.nanmean(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))))
+    _, spatial = _align(lr, sr_down)
+    # Synthesis and correctness on the harmonised SR.
+    harmonised = sr
+    if harmonize:
+        harmonised, _ = _align(match_histograms(sr, hr), hr)
+    synthesis_value = float(np.nanmean(np.abs(lr_up - harmonised).mean(axis=0)))
+    d_ref = _normalised_difference(lr_up, hr)
+    d_im = _normalised_difference(harmonised, hr)
+    d_om = _normalised_difference(harmonised, lr_up)
+    flat = np.sort(d_ref.ravel())
+    threshold = float(flat[max(int(0.75 * flat.size), 1) - 1])
+    mask = (d_ref > threshold) | (d_im > threshold) | (d_om > threshold)
+    result = _classify(d_ref, d_im, d_om, mask, threshold, CORRECTNESS_LAMBDA, CORRECTNESS_TEMPERATURE)
+    return OpenSRTestResult(reflectance, spectral, spatial, synthesis_value, result)
 
 
 #: Colours (RGB) of the classes in [`correctness_map_image`]: improvement green, omission blue, hallucination red.
@@ -442,6 +796,37 @@ def correctness_map_image(result: CorrectnessResult, background: Any | None = No
     return np.clip(np.round(picture), 0, 255).astype(np.uint8)
 
 
+def lr_agreement_bilinear(output: Any, lr: Any) -> float:
+    """The LR agreement under an independent kernel: mean ``|down(output) - LR|`` on the 0..255 scale, ``down`` =
+    antialiased *bilinear* downsampling in floating point (torch), not the training degradation.
+
+    Back-projection makes the output's downsampling with the training kernel equal the LR, so [`consistency`]'s
+    figure is near 0 by construction after it; this one is not, and shows how much of the agreement is the kernel's.
+
+    Args:
+        output (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats in ``[0, 1]``.
+        lr (`np.ndarray` or `torch.Tensor`): ``(C, h, w)``.
+
+    Returns:
+        `float`: levels.
+
+    Example:
+        >>> import numpy as np
+        >>> from neurop_diff_diffusers.metrics.trust import lr_agreement_bilinear
+        >>> lr_agreement_bilinear(np.full((3, 8, 8), 0.5), np.full((3, 4, 4), 0.5))
+        0.0
+    """
+    output, lr = _as_chw(output, "output"), _as_chw(lr, "lr")
+    if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
+        raise ValueError(
+            f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
+            f"{tuple(output.shape)}."
+        )
+    tensor = torch.from_numpy(output)[None]
+    down = torch.nn.functional.interpolate(tensor, size=tuple(lr.shape[1:]), mode="bilinear", antialias=True)[0]
+    return float(np.abs(down.numpy() - lr).mean() * 255.0)
+
+
 def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, float | None]:
     """All the trust metrics of one output as a flat dict: [`consistency`], [`synthesis`] and, with an HR, the
     [`correctness`] fractions (``None`` without an HR, or when no pixel is classified).
@@ -452,15 +837,18 @@ def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, floa
         hr (`np.ndarray` or `torch.Tensor`, *optional*): the HR, same shape as `output`.
 
     Returns:
-        `dict[str, float | None]`: ``lr_l1_255``, ``spectral_angle``, ``shift``, ``synthesis``, ``improvement``,
-        ``omission``, ``hallucination``.
+        `dict[str, float | None]`: ``lr_l1_255`` (training kernel), ``lr_l1_255_bilinear`` (an independent kernel,
+        [`lr_agreement_bilinear`]), ``spectral_angle``, ``shift``, ``synthesis``; with an HR ``classified`` (the
+        share of pixels classed), ``improvement`` / ``omission`` / ``hallucination`` (shares of the classed pixels)
+        and ``improvement_all`` / ``omission_all`` / ``hallucination_all`` (shares of all pixels); ``None`` without.
 
     Example:
         >>> import numpy as np
         >>> from neurop_diff_diffusers.metrics.trust import trust_metrics, upsample_lr
         >>> lr = np.random.default_rng(0).random((3, 8, 8))
-        >>> sorted(trust_metrics(upsample_lr(lr, (32, 32)), lr))
-        ['hallucination', 'improvement', 'lr_l1_255', 'omission', 'shift', 'spectral_angle', 'synthesis']
+        >>> row = trust_metrics(upsample_lr(lr, (32, 32)), lr)
+        >>> row["synthesis"], row["hallucination"]
+        (0.0, None)
     """
     output_array = _as_chw(output, "output")
     lr_array = _as_chw(lr, "lr")
@@ -468,12 +856,16 @@ def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, floa
     up = upsample_lr(lr_array, output_array.shape[1:])
     row: dict[str, float | None] = {
         "lr_l1_255": agreement["reflectance_l1_255"],
+        "lr_l1_255_bilinear": lr_agreement_bilinear(output_array, lr_array),
         "spectral_angle": agreement["spectral_angle"],
         "shift": agreement["shift"],
         "synthesis": synthesis(output_array, up),
     }
-    fractions = correctness(output_array, hr, up).fractions if hr is not None else {}
-    row.update({name: fractions.get(name) for name in CORRECTNESS_CLASSES})
+    result = correctness(output_array, hr, up) if hr is not None else None
+    row["classified"] = None if result is None else result.classified_fraction
+    for name in CORRECTNESS_CLASSES:
+        row[name] = None if result is None else result.fractions[name]
+        row[f"{name}_all"] = None if result is None else result.shares_of_all[name]
     return row
 
 
@@ -501,6 +893,13 @@ def lr_agreement(x: torch.Tensor, lr: torch.Tensor) -> float:
 
 
 __all__ = [
+    "OPENSR_BORDER",
+    "OpenSRTestResult",
+    "lr_agreement_bilinear",
+    "match_histograms",
+    "opensr_test_metrics",
+    "subpixel_shift",
+    "translate_bilinear",
     "CORRECTNESS_CLASSES",
     "CORRECTNESS_COLOURS",
     "CORRECTNESS_LAMBDA",

@@ -155,6 +155,10 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         default_data_consistency_steps (`int`, defaults to `0`): the `data_consistency_steps` used when a call
             gives none; saved in ``model_index.json``. 0 is the paper (no back-projection); the embedded model ships
             the value chosen by measurement (README, "Can I trust the detail?").
+        uncertainty_error_bound_90 (`dict`, *optional*): the factor that turns the uncertainty map into a 90 % error
+            bound, fitted on training images ([`~neurop_diff_diffusers.pipelines.uncertainty_calibration`]: checked by
+            its `check_error_bound` when a folder is loaded, looked up by `error_bound_factor`); saved in
+            ``model_index.json``; ``None``: none.
 
     Raises:
         TypeError: if ``default_strength`` is not a number or ``residual`` is not a bool.
@@ -183,6 +187,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         residual: bool = False,
         default_eta: float = 0.0,
         default_data_consistency_steps: int = 0,
+        uncertainty_error_bound_90: dict[str, Any] | None = None,
     ):
         super().__init__()
         in_channels, out_channels = unet.config.get("in_channels"), unet.config.get("out_channels")
@@ -207,6 +212,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         self.register_to_config(
             default_strength=check_strength(default_strength, "default_strength"), residual=residual
         )
+        # Its fields are checked with the folder (loading.check_pipeline_folder) and where it is used
+        # (uncertainty_calibration); the pipeline module stays free of that import (it is exported self-contained).
+        if uncertainty_error_bound_90 is not None and not isinstance(uncertainty_error_bound_90, dict):
+            kind = type(uncertainty_error_bound_90).__name__
+            raise TypeError(f"`uncertainty_error_bound_90` must be a dict or None, got {kind}.")
+        self.register_to_config(uncertainty_error_bound_90=uncertainty_error_bound_90)
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:
         """Save the pipeline (safetensors); with ``hub_ready=True`` in the self-contained remote-code layout.
@@ -464,10 +475,12 @@ class NeurOpDiffPipeline(DiffusionPipeline):
                 output size, used instead of the neural operator's (the scene engine passes each window's prior,
                 computed at the window's coordinates in the whole scene); ``None``: computed from ``image``.
             num_samples (`int`, *optional*): draw this many samples of each image (2 to 64; not in the paper) and
-                return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the standard deviation
-                over the samples on the ``[0, 1]`` scale, averaged over the channels, ``(B, H, W)``). Sample ``k`` of
-                image ``b`` is what a separate call with ``generator=torch.Generator().manual_seed(seeds[b * N +
-                k])`` returns (on the flipped input with `flip_samples`), the seeds drawn from ``generator`` by
+                return their per-pixel mean as ``images`` and their spread as ``uncertainty`` (the sample standard
+                deviation, ``ddof=1``, over the samples before clamping, on the ``[0, 1]`` scale, averaged over the
+                channels, ``(B, H, W)``). Sample ``k`` of image ``b`` is what a separate call with
+                ``generator=torch.Generator().manual_seed(seeds[b * N + k])`` returns before clamping (on the flipped
+                input with `flip_samples`, padded to the UNet's factor at the input's bottom / right where a side is
+                not a multiple of it), the seeds drawn from ``generator`` by
                 [`~pipelines.uncertainty.sample_seeds`]; the prior is computed once (per flip) and the samples are
                 denoised as one batch (memory grows with ``N``).
                 ``None`` (default): one sample, no map; 1 is refused (one sample has no spread). Ignored with
@@ -553,7 +566,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         frame, lr_samples, generator, prior, batch_size = self._expand_samples(
             prior, lr_frames, generator, batch_size, samples, flips
         )
-        prior = self._pad_to_unet(prior, out_size)
+        prior = self._pad_to_unet(prior, out_size, samples, flips)
 
         # 4. Timesteps.
         self.scheduler.set_timesteps(call.num_inference_steps, device=device)
@@ -564,20 +577,25 @@ class NeurOpDiffPipeline(DiffusionPipeline):
 
         # 6. Denoising loop (in overlapping tiles when the output is larger than a tile).
         recompute = (
-            (lr_frames, frame, out_size, chunk_size) if recompute_prior_every_step and not given_prior else None
+            (lr_frames, frame, out_size, chunk_size, samples, flips)
+            if recompute_prior_every_step and not given_prior
+            else None
         )
         latents, prior = self._denoise(
             latents, prior, timesteps, call, generator, callback_on_step_end, batch_size, device, recompute
         )
 
-        # 7. Data consistency: the prior added back (residual diffusion), the padding cropped, back-projection.
-        sample = (latents + prior if self.residual else latents)[:, :, : out_size[0], : out_size[1]]
+        # 7. Data consistency: the prior added back (residual diffusion), each sample back in the input's
+        # orientation, the padding cropped, back-projection.
+        sample = latents + prior if self.residual else latents
+        if flips > 1:
+            sample = flip_each(sample, samples)
+            lr_samples = lr.repeat_interleave(samples, dim=0)
+        sample = sample[:, :, : out_size[0], : out_size[1]]
         if call.data_consistency_steps:
             sample = back_project(sample, lr_samples.float(), call.data_consistency_steps)
 
-        # 8. Postprocess: the samples back in the input's orientation, reduced to their mean and spread; convert.
-        if flips > 1:
-            sample = flip_each(sample, samples)
+        # 8. Postprocess: the samples reduced to their mean and spread; convert.
         uncertainty = None
         if samples > 1:
             sample, uncertainty = reduce_samples(sample, samples)
@@ -685,10 +703,19 @@ class NeurOpDiffPipeline(DiffusionPipeline):
             batch_size *= samples
         return frame, lr_samples, generator, prior, batch_size
 
-    def _pad_to_unet(self, prior: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        """The prior padded (replicated edges) to a multiple of the UNet's downsampling factor."""
+    def _pad_to_unet(
+        self, prior: torch.Tensor, out_size: tuple[int, int], samples: int = 1, flips: int = 1
+    ) -> torch.Tensor:
+        """The prior padded (replicated edges) to a multiple of the UNet's downsampling factor, at the bottom /
+        right of the input's orientation: a flipped sample is padded on the side that is the bottom / right once
+        flipped back, so that the padding touches the same borders of every sample (the spread at the borders does
+        not depend on the flips)."""
         pad_h, pad_w = (-out_size[0]) % self.downsampling_factor, (-out_size[1]) % self.downsampling_factor
-        return F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else prior
+        if not (pad_h or pad_w):
+            return prior
+        if flips == 1:
+            return F.pad(prior, (0, pad_w, 0, pad_h), mode="replicate")
+        return flip_each(F.pad(flip_each(prior, samples), (0, pad_w, 0, pad_h), mode="replicate"), samples)
 
     def prepare_latents(
         self,
@@ -717,7 +744,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None,
         batch_size: int,
         device: torch.device,
-        recompute: tuple[torch.Tensor, torch.Tensor, tuple[int, int], int | None] | None,
+        recompute: tuple[torch.Tensor, torch.Tensor, tuple[int, int], int | None, int, int] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 6 of [`__call__`]: the denoising loop (the progress bar counts UNet calls); ``recompute``: the
         inputs of the prior recomputed at every step (``recompute_prior_every_step``)."""
@@ -728,9 +755,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps) * tiles) as progress_bar:
             for i, t in enumerate(timesteps):
                 if recompute is not None and i > 0:
-                    lr_frames, frame, out_size, chunk_size = recompute
+                    lr_frames, frame, out_size, chunk_size, samples, flips = recompute
                     prior = self.compute_prior(lr_frames, out_size, chunk_size=chunk_size).float()[frame]
-                    prior = self._pad_to_unet(prior, out_size)
+                    prior = self._pad_to_unet(prior, out_size, samples, flips)
                 model_input = self.scheduler.scale_model_input(latents, t)
                 level = noise_level(alphas_cumprod, t).to(device=device, dtype=self.unet.dtype).expand(batch_size)
                 denoise = functools.partial(self._predict_noise, prior=prior, level=level, progress_bar=progress_bar)

@@ -4,9 +4,11 @@ The pipeline draws ``N`` samples of each image from ``N`` generators derived fro
 default sample ``k`` on the input flipped by [`flip`] code ``k % 4`` and flipped back (``flip_samples``), denoises them
 as one batch with the prior computed once (per flip), and returns the mean of the samples (on the output's ``[0, 1]``
 scale, after clamping, so it equals the mean of ``N`` separate calls) and the standard deviation over the samples
-averaged over the channels ([`NeurOpDiffPipelineOutput.uncertainty`]), by default pooled over a small Gaussian
-neighbourhood ([`pool_uncertainty`]): with a few samples the variance of one pixel is a noisy estimate, and the pooled
-one predicts the real error better (README, "Can I trust the detail?").
+(``ddof=1``, before clamping: [`reduce_samples`]) averaged over the channels
+([`NeurOpDiffPipelineOutput.uncertainty`]), by default pooled over a small Gaussian neighbourhood
+([`pool_uncertainty`]): with a few samples the variance of one pixel is a noisy estimate, and the pooled one predicts
+the real error better (README, "Can I trust the detail?"). A calibrated factor turns the map into a 90 % error bound
+([`~neurop_diff_diffusers.pipelines.uncertainty_calibration`]).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ class NeurOpDiffPipelineOutput(ImagePipelineOutput):
         images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the outputs (with ``num_samples``: the
             per-pixel mean of the samples), in the requested ``output_type``.
         uncertainty (`np.ndarray` or `torch.Tensor`, *optional*): ``(B, H, W)`` float32, the standard deviation over
-            the samples (population, ``ddof=0``) of each pixel on the output's ``[0, 1]`` scale, averaged over the
-            channels, its variance pooled over a Gaussian of the call's ``uncertainty_sigma`` ([`pool_uncertainty`];
+            the samples (sample standard deviation, ``ddof=1``, taken before the samples are clamped to ``[0, 1]``:
+            [`reduce_samples`]) of each pixel on the output's ``[0, 1]`` scale, averaged over the channels, its
+            variance pooled over a Gaussian of the call's ``uncertainty_sigma`` ([`pool_uncertainty`];
             ``0``: each pixel's own); a `torch.Tensor` for ``output_type="pt"``, else a numpy array. ``None``
             without ``num_samples``.
     """
@@ -144,8 +147,12 @@ def sample_generators(
 def reduce_samples(sample: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean (back on ``[-1, 1]``) and the uncertainty map of ``(B * N, C, H, W)`` samples in ``[-1, 1]``.
 
-    Both are taken on the output's ``[0, 1]`` scale after clamping (what a single call returns), so the mean equals
-    the mean of the separate outputs.
+    The mean is taken on the output's ``[0, 1]`` scale after clamping (what a single call returns), so it equals the
+    mean of the separate outputs. The spread is taken *before* clamping: clamping shrinks the differences between
+    samples that leave ``[0, 1]`` (two samples at 1.2 and 1.4 both become 1, spread 0), so a spread of clamped samples
+    would call a pixel certain exactly where the model overshoots. It is the sample standard deviation (``ddof=1``,
+    Bessel's correction: its square is an unbiased estimate of the variance whatever ``N``, so maps made with
+    different ``N`` are comparable; ``ddof=0`` would shrink them by ``sqrt((N - 1) / N)``, 0.71 at ``N = 2``).
 
     Args:
         sample (`torch.Tensor`): the samples, image-major.
@@ -159,12 +166,12 @@ def reduce_samples(sample: torch.Tensor, num_samples: int) -> tuple[torch.Tensor
         >>> import torch
         >>> from neurop_diff_diffusers.pipelines.uncertainty import reduce_samples
         >>> mean, spread = reduce_samples(torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1), 2)
-        >>> mean.item(), spread.item()
-        (0.0, 0.5)
+        >>> mean.item(), round(spread.item(), 6)  # 0 and 1 on [0, 1]: sample standard deviation sqrt(0.5)
+        (0.0, 0.707107)
     """
-    unit = (sample.float() / 2 + 0.5).clamp(0, 1).unflatten(0, (-1, num_samples))
-    uncertainty = unit.std(dim=1, correction=0).mean(dim=1)
-    return unit.mean(dim=1) * 2 - 1, uncertainty
+    unit = (sample.float() / 2 + 0.5).unflatten(0, (-1, num_samples))
+    uncertainty = unit.std(dim=1, correction=1).mean(dim=1)
+    return unit.clamp(0, 1).mean(dim=1) * 2 - 1, uncertainty
 
 
 def flip(x: torch.Tensor, code: int) -> torch.Tensor:

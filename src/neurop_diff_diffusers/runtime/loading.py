@@ -27,6 +27,7 @@ from ..file_safety import load_json_file, printable
 from ..models.neural_operator import GalerkinNeuralOperator
 from ..pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
 from ..pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
+from ..pipelines.uncertainty_calibration import ERROR_BOUND_KEY, check_error_bound
 from ..utils import TrainingSetupError, check_device
 
 #: Prefix of a preset in a pipeline spec: ``"preset:tiny"``.
@@ -111,7 +112,8 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
     configs must be an integer in a sane range (see ``_INT_RANGES``; no string where a number belongs), the UNet must
     take the noisy image and the prior (``in_channels = 2 * out_channels = 6``) and its ``norm_num_groups`` must
     divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``; the pipeline's
-    ``default_data_consistency_steps``, when present, an integer in ``[0, 100]``.
+    ``default_data_consistency_steps``, when present, an integer in ``[0, 100]``; the uncertainty map's calibration
+    ``uncertainty_error_bound_90``, when present, as `uncertainty_calibration.check_error_bound` allows.
 
     Args:
         folder (`str` or `os.PathLike`): the pipeline folder.
@@ -138,6 +140,10 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
         )
     # the pipeline's own settings that the JSON can check (a bad value would otherwise fail after the weights load)
     _check_int(index, index_path, "default_data_consistency_steps", 0, MAX_BACK_PROJECTION_STEPS, optional=False)
+    try:
+        check_error_bound(index.get(ERROR_BOUND_KEY))
+    except ValueError as error:
+        raise ValueError(f"`pipeline` {index_path}: {error}") from None
     expected = {"unet": ["diffusers", "UNet2DModel"]}
     if index.get("unet") != expected["unet"]:
         raise _bad_config(index_path, "unet", '["diffusers", "UNet2DModel"]', index.get("unet"))
@@ -213,7 +219,13 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 #: The pipeline's own ``model_index.json`` settings (its ``register_to_config`` arguments besides the components).
-_PIPELINE_OPTIONS = ("default_strength", "residual", "default_eta", "default_data_consistency_steps")
+_PIPELINE_OPTIONS = (
+    "default_strength",
+    "residual",
+    "default_eta",
+    "default_data_consistency_steps",
+    ERROR_BOUND_KEY,
+)
 
 
 def _load_hub_ready_folder(folder: Path, index: dict[str, Any], torch_dtype: torch.dtype | None) -> NeurOpDiffPipeline:
