@@ -737,7 +737,6 @@ def run_job(
     """
     import numpy as np
     import torch
-    from PIL import Image
 
     from ..io.image_files import write_plain_image
 
@@ -773,7 +772,25 @@ def run_job(
         pipe_kwargs["callback_on_step_end"] = step_callback(stop)
     output = pipe(image.rgb, output_size=job.out_size, generator=generator, output_type="np", **pipe_kwargs)
     if map_path is not None:  # the map first: an output is never left without the map it was asked with
-        save_image_atomic(
-            Image.fromarray(np.asarray(output.uncertainty[0], dtype=np.float32), mode="F"), map_path, overwrite
-        )
+        spread = np.asarray(output.uncertainty[0], dtype=np.float32)
+        _save_map(pipe, spread, image.rgb.shape[0], job, map_path, overwrite)
     write_plain_image(output.images[0], image, dst, overwrite=overwrite)
+
+
+def _save_map(pipe: Any, spread: Any, input_height: int, job: FileJob, path: Path, overwrite: bool) -> None:
+    """A plain image's uncertainty map: a float32 one-band TIFF whose description (TIFF tag 270) holds the map's tags
+    as JSON (its samples, what the spread is, the calibrated 90 % error-bound factor where it applies), as a GeoTIFF's
+    map carries them as GDAL tags."""
+    import json
+
+    from PIL import Image, TiffImagePlugin
+
+    from ..pipelines.uncertainty_calibration import call_error_bound, uncertainty_tags
+    from ..utils import atomic_write
+
+    samples = job.options.num_samples
+    factor = call_error_bound(getattr(pipe, "config", {}), samples, job.out_size[0] / input_height, job.options.steps)
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[270] = json.dumps(uncertainty_tags(samples, factor))
+    image = Image.fromarray(spread, mode="F")
+    atomic_write(path, lambda temp: image.save(temp, format="TIFF", tiffinfo=info), overwrite, what="uncertainty map")

@@ -248,6 +248,26 @@ def error_bound_factor(
     return None
 
 
+def call_error_bound(config: Any, num_samples: int, scale: float, num_inference_steps: int) -> float | None:
+    """The factor ``k`` of one call of a pipeline whose configuration is ``config`` ([`error_bound_factor`] of its
+    ``uncertainty_error_bound_90`` entry), or ``None``.
+
+    Args:
+        config (`Any`): the pipeline's ``config`` (a mapping; a pipeline without the entry has no bound).
+        num_samples (`int`): the call's ``N``.
+        scale (`float`): output side / input side.
+        num_inference_steps (`int`): the call's denoising steps.
+
+    Example:
+        >>> from neurop_diff_diffusers.pipelines.uncertainty_calibration import call_error_bound
+        >>> call_error_bound({}, 4, 4.0, 20) is None
+        True
+    """
+    getter = getattr(config, "get", None)
+    entry = getter(ERROR_BOUND_KEY) if getter is not None else None
+    return error_bound_factor(entry, num_samples, scale, num_inference_steps)
+
+
 def uncertainty_tags(num_samples: int, error_bound_90: float | None) -> dict[str, str]:
     """The tags of an uncertainty map file: what the spread is, over how many samples, and the calibrated factor.
 
@@ -314,6 +334,7 @@ __all__ = [
     "NUM_SAMPLES_TAG",
     "SPREAD_TAG",
     "bound_coverage",
+    "call_error_bound",
     "error_bound_legend",
     "check_error_bound",
     "conformal_factor",

@@ -49,9 +49,10 @@ def uncertainty_description(num_samples: int | None) -> str:
     return json.dumps(
         {
             "samples": num_samples,
-            "statistic": "standard deviation over the samples (ddof=0), averaged over the model's 3 channels, its "
-            "variance pooled over a Gaussian of uncertainty_sigma output pixels (default 2); by default sample k is "
-            "drawn on the window flipped by k % 4 (flip_samples)",
+            "statistic": "sample standard deviation over the samples (ddof=1, before clamping), averaged over the "
+            "model's 3 channels, its variance pooled over a Gaussian of uncertainty_sigma output pixels (default 2); "
+            "by default sample k is drawn on the window flipped by k % 4 (flip_samples); NEUROP_DIFF_ERROR_BOUND_90, "
+            "when present, is the factor k such that k x the map bounds the per-pixel error on about 90 % of pixels",
             "scale": "the model's 0..1 scale: per band, NEUROP_DIFF_STRETCH low -> 0 and high -> 1",
         }
     )

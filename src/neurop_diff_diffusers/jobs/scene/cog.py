@@ -43,13 +43,15 @@ def write_cog(assembled: str, target: str, resampling: str | None = None) -> Non
             rasterio.shutil.copy(tmp, gdal_path(target), driver="COG", PREDICTOR=predictor, **options)
 
 
-def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
+def assemble_and_commit(job: SceneJob, overwrite: bool, map_tags: dict[str, str] | None = None) -> Path:
     """Blend the saved windows into the output COG (and the uncertainty map's) and commit it atomically.
 
     With an uncertainty map, the map is committed first and the output right after it; if the output cannot be
     committed the map just written is removed: a run leaves both files or neither. Both commits go through
     [`~neurop_diff_diffusers.utils.atomic_write`]'s checks (a link, folder, device or FIFO at either name is refused,
-    never replaced) and GDAL is handed absolute local names only.
+    never replaced) and GDAL is handed absolute local names only. ``map_tags``: more tags of the map (its samples,
+    what the spread is and the calibrated error-bound factor:
+    [`~neurop_diff_diffusers.pipelines.uncertainty_calibration.uncertainty_tags`]).
     """
     import rasterio
 
@@ -76,7 +78,9 @@ def assemble_and_commit(job: SceneJob, overwrite: bool) -> Path:
                     rasterio.open(gdal_path(assembled_map), "w", **uncertainty_profile(profile))
                 )
                 spread.set_band_description(1, "uncertainty")
-                spread.update_tags(**tags, **{UNCERTAINTY_TAG: uncertainty_description(job.num_samples)})
+                spread.update_tags(
+                    **tags, **{UNCERTAINTY_TAG: uncertainty_description(job.num_samples)}, **(map_tags or {})
+                )
             assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only, profile.get("nodata"), spread)
             # the input's internal overviews (a COG's), rebuilt; the COG copy keeps them
             build_output_overviews(dst, factors, header)
