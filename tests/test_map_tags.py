@@ -56,3 +56,12 @@ def test_a_plain_images_map_holds_its_tags_in_the_tiff_description(tmp_path):
         assert spread.mode == "F" and spread.size == (32, 24)
         tags = json.loads(spread.tag_v2[270])
     assert tags["NEUROP_DIFF_NUM_SAMPLES"] == "2" and tags["NEUROP_DIFF_ERROR_BOUND_90"] == "3.25"
+
+
+def test_the_apps_legend_says_how_to_read_the_map_as_an_error_bound():
+    from neurop_diff_diffusers.app import uncertainty_legend
+
+    spread = np.full((4, 4), 0.01, np.float32)
+    with_bound = uncertainty_legend(spread, 4, 0.01, error_bound=8.0)
+    assert "Error bound: **8 x the map**" in with_bound and with_bound.endswith("stands for errors up to 0.08.")
+    assert "Error bound" not in uncertainty_legend(spread, 4, 0.01)

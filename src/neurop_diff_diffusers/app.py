@@ -210,27 +210,34 @@ def _check_sample_budget(out_size: tuple[int, int], samples: int, limit: int) ->
         )
 
 
-def uncertainty_legend(uncertainty: Any, samples: int, vmax: float) -> str:
+def uncertainty_legend(uncertainty: Any, samples: int, vmax: float, error_bound: float | None = None) -> str:
     """The heat-map's legend (Markdown): what the map is, the colours' scale and the map's range.
 
     Args:
         uncertainty: the map, ``(H, W)`` float32.
         samples: the number of samples it was computed from.
         vmax: the value of the ramp's top colour ([`~neurop_diff_diffusers.io.heatmap.uncertainty_scale`]).
+        error_bound: the model's calibrated 90 % error-bound factor for this request, if any: one more sentence
+            says how to read the map as an error bound
+            ([`~neurop_diff_diffusers.pipelines.uncertainty_calibration.error_bound_legend`]).
 
     Example:
         >>> import numpy as np
         >>> uncertainty_legend(np.zeros((2, 2), np.float32), 2, 0.0)
         'Uncertainty over **2 samples**: they agree everywhere (the map is 0).'
     """
+    from .pipelines.uncertainty_calibration import error_bound_legend
+
     if vmax == 0.0:
         return f"Uncertainty over **{samples} samples**: they agree everywhere (the map is 0)."
-    return (
+    text = (
         f"Uncertainty over **{samples} samples** (their standard deviation per pixel on the 0..1 scale, averaged over "
         f"the channels and pooled over a few pixels; the output is their mean): black = 0, pale yellow = "
         f"**{vmax:.3g}** or more (the map's 99th percentile); largest {float(uncertainty.max()):.3g}, mean "
         f"{float(uncertainty.mean()):.3g}."
     )
+    bound = error_bound_legend(error_bound, vmax)
+    return text if not bound else f"{text} {bound}"
 
 
 def uncertainty_view(state: dict[str, Any] | None, show: bool, alpha: float) -> Any:
@@ -461,6 +468,11 @@ class Upscaler:
         prior = output if prior_only else self.pipe(lr, output_size=out_size, prior_only=True).images[0]
         bicubic = _bicubic(lr, out_size)
         map_path = job.uncertainty
+        bound = None
+        if map_path is not None:  # the model's calibrated 90 % error-bound factor, where it applies to this request
+            from .pipelines.uncertainty_calibration import call_error_bound
+
+            bound = call_error_bound(self.pipe.config, samples, out_size[0] / lr.shape[-2 if geo else 0], int(steps))
         return {
             "output": output,
             "bicubic": bicubic,
@@ -470,6 +482,7 @@ class Upscaler:
             "uncertainty": _read_map(map_path, geo) if map_path else None,
             "uncertainty_tif": map_path,
             "samples": samples,
+            "error_bound": bound,
             "size": out_size,
             "seconds": time.perf_counter() - start,
         }
@@ -587,7 +600,7 @@ def _request_handler(upscaler: Upscaler, own_sampler: str) -> Any:
             vmax = uncertainty_scale(result["uncertainty"])
             heat = uncertainty_heatmap(result["uncertainty"], vmax if vmax > 0 else None)
             state = {"output": np.asarray(result["output"].convert("RGB")), "heat": heat}
-            info += "\n\n" + uncertainty_legend(result["uncertainty"], result["samples"], vmax)
+            info += "\n\n" + uncertainty_legend(result["uncertainty"], result["samples"], vmax, result["error_bound"])
             downloads.append(str(result["uncertainty_tif"]))
         view = uncertainty_view(state, show_overlay, alpha)
         return (result["bicubic"], result["output"]), result["prior"], info, downloads, view, state
