@@ -19,6 +19,7 @@ georeferenced (UTM, 0.3 m).
 Example:
     python benchmarks/scene.py memory --sides 800 1600 3200 --out /work/runs/scene
     python benchmarks/scene.py fidelity --side 384 --out /work/runs/scene
+    python benchmarks/scene.py throughput --side 256 --before_src ../old-checkout/src --out /tmp/scene
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -243,6 +245,47 @@ def cmd_fidelity(args: argparse.Namespace) -> None:
     (out / f"fidelity_{args.side}.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
+def cmd_throughput(args: argparse.Namespace) -> None:
+    """Output kilopixels per second of ``neurop-diff upscale scene.tif --scale 2`` with the operator alone and with
+    the default diffusion, for this checkout and, with ``--before_src``, another checkout's ``src`` (e.g. an earlier
+    release), alternating in one run (a fresh process each, model loading included)."""
+    out = Path(args.out)
+    scene = make_scene(out / f"throughput_{args.side}.tif", args.side)
+    sources = {"this checkout": None} if args.before_src is None else {"before": args.before_src, "after": None}
+    rows = []
+    for mode in ("operator", "diffusion"):
+        for _ in range(args.repeats):
+            for label, src in sources.items():
+                target = out / f"throughput_{args.side}_x2.tif"
+                command = [sys.executable, "-m", "neurop_diff_diffusers.cli", "upscale", str(scene), "-o", str(target)]
+                command += [
+                    "--scale",
+                    "2",
+                    "--overwrite",
+                    *(["--prior-only"] if mode == "operator" else []),
+                    *args.extra,
+                ]
+                env = dict(os.environ)
+                if src is not None:
+                    env["PYTHONPATH"] = str(Path(src).resolve())
+                start = time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True, env=env)
+                seconds = time.perf_counter() - start
+                if done.returncode != 0:
+                    raise RuntimeError(f"{label}: {' '.join(command)} failed: {done.stderr[-2000:]}")
+                kpx = (2 * args.side) ** 2 / 1000
+                row = {"mode": mode, "code": label, "seconds": round(seconds, 2), "kpx_per_s": round(kpx / seconds, 2)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                target.unlink(missing_ok=True)
+    (out / "throughput.json").write_text(json.dumps({"side": args.side, "rows": rows}, indent=2) + "\n")
+    print("| mode | code | kpx/s (best) |\n| --- | --- | --- |")
+    for mode in ("operator", "diffusion"):
+        for label in sources:
+            best = max(r["kpx_per_s"] for r in rows if r["mode"] == mode and r["code"] == label)
+            print(f"| {mode} | {label} | {best:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,8 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     fid.add_argument("--period", type=int, default=None, help="seam phase period (default 8 x scale: JPEG blocks)")
     fid.add_argument("--out", default="/tmp/neurop-diff-scene")
+    thr = sub.add_parser("throughput", help="kpx/s of the CLI (operator alone, default diffusion), before and after")
+    thr.add_argument("--side", type=int, default=256, help="the scene's side in pixels (the output is twice that)")
+    thr.add_argument("--before_src", default=None, help="another checkout's src folder to time beside this one")
+    thr.add_argument("--repeats", type=int, default=1)
+    thr.add_argument("--out", default="/tmp/neurop-diff-scene")
+    thr.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for neurop-diff upscale")
     args = parser.parse_args(argv)
-    {"memory": cmd_memory, "fidelity": cmd_fidelity}[args.command](args)
+    {"memory": cmd_memory, "fidelity": cmd_fidelity, "throughput": cmd_throughput}[args.command](args)
 
 
 if __name__ == "__main__":

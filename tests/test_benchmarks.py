@@ -260,3 +260,17 @@ def test_defaults_smoke(tmp_path, capsys, samples_dir):
     assert set(data["seconds"]) == {"defaults (--preset fast)", "--steps 50 --dtype float32"}
     assert all(len(v) == 1 and v[0] > 0 for v in data["seconds"].values()) and data["ratio_fast_to_paper"] > 0
     assert "ratio (defaults / paper settings)" in capsys.readouterr().out
+
+
+def test_scene_throughput_smoke(tmp_path, capsys):
+    pytest.importorskip("rasterio")
+    scene = _load("scene")
+    scene.main(
+        ["throughput", "--side", "16", "--out", str(tmp_path), "--extra", "--model", "preset:tiny", "--steps", "1"]
+    )
+    data = json.loads((tmp_path / "throughput.json").read_text())
+    assert data["side"] == 16 and [(r["mode"], r["code"]) for r in data["rows"]] == [
+        ("operator", "this checkout"),
+        ("diffusion", "this checkout"),
+    ]
+    assert all(r["kpx_per_s"] > 0 for r in data["rows"]) and "| diffusion | this checkout |" in capsys.readouterr().out
