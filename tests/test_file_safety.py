@@ -157,3 +157,17 @@ def test_a_file_at_a_work_folder_is_named_a_file(tmp_path):
     (tmp_path / "work").write_text("x")
     with pytest.raises(ValueError, match="work folder `.*work` is a file, not a folder this tool made"):
         claim_work_folder(tmp_path / "work", "run")
+
+
+def test_a_name_with_a_newline_cannot_forge_a_line_of_the_success_output(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from neurop_diff_diffusers.cli import main
+
+    src = tmp_path / "all good.png\nneurop-diff: forged.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src, format="PNG")
+    out = tmp_path / "o\nforged.png"
+    assert main(["upscale", str(src), "--scale", "2", "--model", "preset:tiny", "--steps", "1", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "\\n" in printed[0] and out.is_file()

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..file_safety import printable
 from ..jobs.stopping import RunStopped
 from ..jobs.upscale_file import (
     CLIError,
@@ -105,7 +106,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                 report_error(f"{src}: {one_line(err)}")
             else:
                 if is_main_process():
-                    print(f"{src} -> {dst} ({height}x{width}, height x width)")
+                    print(f"{printable(src)} -> {printable(dst)} ({height}x{width}, height x width)")
                 continue
             failed += 1
     if failed and len(args.inputs) > 1:

@@ -659,7 +659,8 @@ def describe_job(pipe: Any, job: FileJob) -> str:
     height, width = job.out_size
     if not job.geo:
         spread = "" if job.uncertainty is None else f"; uncertainty map {job.uncertainty}"
-        return f"{job.src} -> {job.dst} ({height}x{width}, height x width): one image, no windows{spread}"
+        names = f"{printable(job.src)} -> {printable(job.dst)}"
+        return f"{names} ({height}x{width}, height x width): one image, no windows{spread}"
     from .scene import dry_run, prepare_scene
 
     options = job.options
@@ -674,7 +675,7 @@ def describe_job(pipe: Any, job: FileJob) -> str:
         seed=options.seed,
         **options.pipe_kwargs(),
     )
-    return f"{job.src} -> {job.dst}\n{dry_run(pipe, scene_job, workers=options.workers)['text']}"
+    return f"{printable(job.src)} -> {printable(job.dst)}\n{dry_run(pipe, scene_job, workers=options.workers)['text']}"
 
 
 def load_job_pipeline(spec: str | None, device: str) -> Any:
