@@ -282,7 +282,7 @@ def test_opensr_mode_equals_opensr_test(name):
     opensr_test = pytest.importorskip(
         "opensr_test", reason="opensr-test is not installed (pip install '.[opensr]')", exc_type=ImportError
     )
-    from neurop_diff_diffusers.metrics.trust import opensr_test_metrics
+    from neurop_diff_diffusers.metrics.opensr import opensr_test_metrics
 
     if getattr(opensr_test, "__version__", None) != "1.3.3":
         pytest.skip(f"the comparison is with opensr-test 1.3.3, found {getattr(opensr_test, '__version__', None)}")
@@ -300,7 +300,7 @@ def test_opensr_mode_equals_opensr_test(name):
 
 def test_opensr_mode_differs_from_the_default_where_documented():
     """Without opensr-test: the mode's own known answers (integer scale, border, its figures)."""
-    from neurop_diff_diffusers.metrics.trust import opensr_test_metrics
+    from neurop_diff_diffusers.metrics.opensr import opensr_test_metrics
 
     lr, sr, hr = _opensr_fixture(3)
     result = opensr_test_metrics(lr, hr, hr)  # the SR is the HR: all improvement, synthesis = |HR - LR_up|

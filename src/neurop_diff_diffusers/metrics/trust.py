@@ -42,7 +42,8 @@ kernel. The correctness classes need the HR and say nothing where the output and
 floor, not a measurement.
 
 This module's default mode differs from `opensr-test` 1.3.3 (its defaults) in five ways, each deliberate; the
-OpenSR-test-compatible mode [`opensr_test_metrics`] reproduces its numbers (tested against it, to 1e-6):
+OpenSR-test-compatible mode ([`~neurop_diff_diffusers.metrics.opensr.opensr_test_metrics`]) reproduces its numbers
+(tested against it, to 1e-6):
 
 1. *distance*: L1 averaged over the channels, on the ``[0, 1]`` scale (OpenSR-test: the normalised difference
    ``|x - y| / |x + y|``, which weighs dark pixels more; an absolute error is what the bound and the tables use);
@@ -76,7 +77,7 @@ CORRECTNESS_TEMPERATURE = 0.25
 CORRECTNESS_CLASSES: tuple[str, ...] = ("improvement", "omission", "hallucination")
 
 
-def _as_chw(image: Any, name: str) -> np.ndarray:
+def as_chw(image: Any, name: str) -> np.ndarray:
     """A float64 ``(C, H, W)`` numpy copy of a numpy array or tensor ``(C, H, W)`` / ``(1, C, H, W)``."""
     if isinstance(image, torch.Tensor):
         image = image.detach().to("cpu", torch.float64).numpy()
@@ -94,7 +95,7 @@ def _as_chw(image: Any, name: str) -> np.ndarray:
     return image
 
 
-def _check_same_shape(**images: np.ndarray) -> None:
+def check_same_shape(**images: np.ndarray) -> None:
     shapes = {name: image.shape for name, image in images.items()}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"The images must have the same shape, got {shapes}.")
@@ -116,8 +117,8 @@ def pixel_l1(a: Any, b: Any) -> np.ndarray:
         >>> pixel_l1(np.zeros((3, 1, 2)), np.full((3, 1, 2), 0.5)).tolist()
         [[0.5, 0.5]]
     """
-    a, b = _as_chw(a, "a"), _as_chw(b, "b")
-    _check_same_shape(a=a, b=b)
+    a, b = as_chw(a, "a"), as_chw(b, "b")
+    check_same_shape(a=a, b=b)
     return np.abs(a - b).mean(axis=0)
 
 
@@ -143,8 +144,8 @@ def spectral_angle(a: Any, b: Any) -> float:
         >>> round(spectral_angle(np.array([[[1.0]], [[0.0]]]), np.array([[[0.0]], [[1.0]]])), 6)
         90.0
     """
-    a, b = _as_chw(a, "a"), _as_chw(b, "b")
-    _check_same_shape(a=a, b=b)
+    a, b = as_chw(a, "a"), as_chw(b, "b")
+    check_same_shape(a=a, b=b)
     dot = (a * b).sum(axis=0)
     norms = np.sqrt((a * a).sum(axis=0)) * np.sqrt((b * b).sum(axis=0))
     both_zero = ~a.any(axis=0) & ~b.any(axis=0)
@@ -180,8 +181,8 @@ def phase_correlation_shift(reference: Any, moving: Any) -> tuple[float, float]:
         >>> round(dy), round(dx)
         (3, -5)
     """
-    reference, moving = _as_chw(reference, "reference"), _as_chw(moving, "moving")
-    _check_same_shape(reference=reference, moving=moving)
+    reference, moving = as_chw(reference, "reference"), as_chw(moving, "moving")
+    check_same_shape(reference=reference, moving=moving)
     height, width = reference.shape[-2:]
     if min(height, width) < 4:
         raise ValueError(f"`reference` must be at least 4x4 pixels, got {height}x{width}.")
@@ -227,7 +228,7 @@ def downsample_to(output: Any, lr_size: tuple[int, int], quantize: bool = True) 
     """
     from ..data import bicubic_degrade
 
-    array = _as_chw(output, "output")
+    array = as_chw(output, "output")
     size = (int(lr_size[0]), int(lr_size[1]))
     lr = bicubic_degrade(torch.from_numpy(array).float(), size=size, quantize=quantize, value_range=(0.0, 1.0))
     return lr.to(torch.float64).numpy()
@@ -256,7 +257,7 @@ def consistency(output: Any, lr: Any, quantize: bool = True) -> dict[str, float]
         >>> consistency(hr, lr)["reflectance_l1"]
         0.0
     """
-    output, lr = _as_chw(output, "output"), _as_chw(lr, "lr")
+    output, lr = as_chw(output, "output"), as_chw(lr, "lr")
     if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
         raise ValueError(
             f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
@@ -293,7 +294,7 @@ def upsample_lr(lr: Any, size: tuple[int, int]) -> np.ndarray:
     """
     from ..pipelines import bicubic_prior
 
-    array = torch.from_numpy(_as_chw(lr, "lr"))[None] * 2.0 - 1.0
+    array = torch.from_numpy(as_chw(lr, "lr"))[None] * 2.0 - 1.0
     up = bicubic_prior(array, (int(size[0]), int(size[1])))[0]
     return ((up + 1.0) / 2.0).clamp(0.0, 1.0).numpy()
 
@@ -321,7 +322,8 @@ def synthesis(output: Any, upsampled_lr: Any) -> float:
 
 @dataclass
 class CorrectnessResult:
-    """The output of [`correctness`] (and of the OpenSR-test-compatible [`opensr_test_metrics`]).
+    """The output of [`correctness`] (and of the OpenSR-test-compatible
+    [`~neurop_diff_diffusers.metrics.opensr.opensr_test_metrics`]).
 
     Args:
         classes (`np.ndarray`): ``(H, W)`` int8, the class map: 0 improvement, 1 omission, 2 hallucination, -1
@@ -391,7 +393,7 @@ def _softmin(scores: np.ndarray, temperature: float) -> np.ndarray:
     return weights / weights.sum(axis=0, keepdims=True)
 
 
-def _classify(
+def classify_pixels(
     d_ref: np.ndarray,
     d_im: np.ndarray,
     d_om: np.ndarray,
@@ -471,8 +473,8 @@ def correctness(
         >>> correctness(flat + 0.1 * rng.standard_normal((3, 16, 16)), flat, flat).shares_of_all["hallucination"]
         1.0
     """
-    output, hr, up = _as_chw(output, "output"), _as_chw(hr, "hr"), _as_chw(upsampled_lr, "upsampled_lr")
-    _check_same_shape(output=output, hr=hr, upsampled_lr=up)
+    output, hr, up = as_chw(output, "output"), as_chw(hr, "hr"), as_chw(upsampled_lr, "upsampled_lr")
+    check_same_shape(output=output, hr=hr, upsampled_lr=up)
     percentile = _check_positive(percentile, "percentile", 100.0)
     lam = _check_positive(lam, "lam")
     temperature = _check_positive(temperature, "temperature")
@@ -481,284 +483,7 @@ def correctness(
     d_om = np.abs(output - up).mean(axis=0)
     threshold = float(np.percentile(d_ref, percentile))
     mask = (d_ref > threshold) | (d_im > threshold) | (d_om > threshold)
-    return _classify(d_ref, d_im, d_om, mask, threshold, lam, temperature)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# OpenSR-test-compatible mode
-
-
-#: Border (HR pixels) that OpenSR-test crops from every side of the SR and HR (``border // scale`` from the LR).
-OPENSR_BORDER = 16
-#: Upsampling factor of OpenSR-test's sub-pixel phase correlation (1/50 px).
-OPENSR_UPSAMPLE_FACTOR = 50
-#: Largest shift (pixels) OpenSR-test's alignment accepts; a larger one is not applied and the spatial error is NaN.
-OPENSR_MAX_TRANSLATION = 5.0
-_NORMALISED_DIFFERENCE_EPS = 1e-8
-
-
-def _resize_bilinear(image: np.ndarray, scale_factor: float) -> np.ndarray:
-    """``(C, H, W)`` resized by `scale_factor` with torch's antialiased bilinear interpolation (float64)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None]
-    resized = torch.nn.functional.interpolate(tensor, scale_factor=scale_factor, mode="bilinear", antialias=True)
-    return resized[0].numpy()
-
-
-def match_histograms(source: Any, template: Any) -> np.ndarray:
-    """Each channel of `source` mapped so that its values follow the distribution of `template`'s channel.
-
-    Exact quantile mapping: a value of `source` whose empirical CDF (share of values at or below it) is ``q`` becomes
-    the value of `template` at quantile ``q``, interpolated linearly between `template`'s distinct values (the
-    classic algorithm, as in scikit-image's ``match_histograms`` that OpenSR-test calls).
-
-    Args:
-        source (`np.ndarray` or `torch.Tensor`): ``(C, H, W)`` floats.
-        template (`np.ndarray` or `torch.Tensor`): ``(C, h, w)`` floats, the same channels (any size).
-
-    Returns:
-        `np.ndarray`: ``(C, H, W)`` float64.
-
-    Example:
-        >>> import numpy as np
-        >>> from neurop_diff_diffusers.metrics.trust import match_histograms
-        >>> match_histograms(np.array([[[0.1, 0.3, 0.2, 0.4]]]), np.array([[[1.0, 2.0, 3.0, 4.0]]])).tolist()
-        [[[1.0, 3.0, 2.0, 4.0]]]
-    """
-    source, template = _as_chw(source, "source"), _as_chw(template, "template")
-    if source.shape[0] != template.shape[0]:
-        raise ValueError(
-            f"`source` and `template` must have the same channels, got {source.shape} and {template.shape}."
-        )
-    matched = np.empty_like(source)
-    for c in range(source.shape[0]):
-        values, inverse, counts = np.unique(source[c].ravel(), return_inverse=True, return_counts=True)
-        target_values, target_counts = np.unique(template[c].ravel(), return_counts=True)
-        quantiles = np.cumsum(counts) / source[c].size
-        target_quantiles = np.cumsum(target_counts) / template[c].size
-        matched[c] = np.interp(quantiles, target_quantiles, target_values)[inverse].reshape(source[c].shape)
-    return matched
-
-
-def _upsampled_correlation(product: np.ndarray, size: int, factor: int, offsets: np.ndarray) -> np.ndarray:
-    """The inverse DFT of `product` on a ``size x size`` grid of 1/`factor` px steps starting at ``-offsets``
-    (a matrix-multiply DFT: Guizar-Sicairos, Thurman and Fienup, Opt. Lett. 33, 2008)."""
-    rows, cols = product.shape
-    grid = np.arange(size)
-    kernel_y = np.exp(-2j * np.pi * np.outer(grid - offsets[0], np.fft.fftfreq(rows, factor)))
-    kernel_x = np.exp(-2j * np.pi * np.outer(np.fft.fftfreq(cols, factor), grid - offsets[1]))
-    return kernel_y @ product @ kernel_x
-
-
-def subpixel_shift(reference: np.ndarray, moving: np.ndarray, upsample_factor: int = OPENSR_UPSAMPLE_FACTOR):
-    """The shift ``(dy, dx)`` that registers `moving` onto `reference` (2-D arrays), to 1/`upsample_factor` px.
-
-    Phase correlation (the cross-power spectrum normalised to unit magnitude): its integer peak, then the peak of
-    the correlation upsampled by a matrix-multiply DFT on a 1.5 px window around it. ``moving`` shifted by
-    ``(dy, dx)`` matches ``reference``.
-
-    Args:
-        reference (`np.ndarray`): ``(H, W)``.
-        moving (`np.ndarray`): ``(H, W)``.
-        upsample_factor (`int`, defaults to 50): the precision, ``1 / upsample_factor`` px.
-
-    Returns:
-        `tuple[float, float]`: ``(dy, dx)``.
-
-    Example:
-        >>> import numpy as np
-        >>> from neurop_diff_diffusers.metrics.trust import subpixel_shift
-        >>> x = np.random.default_rng(0).random((32, 32))
-        >>> [float(v) for v in subpixel_shift(x, np.roll(x, (2, -3), axis=(0, 1)))]
-        [-2.0, 3.0]
-    """
-    product = np.fft.fft2(reference) * np.conj(np.fft.fft2(moving))
-    product /= np.maximum(np.abs(product), 100 * np.finfo(product.real.dtype).eps)
-    correlation = np.fft.ifft2(product)
-    shape = np.array(product.shape)
-    peak = np.array(np.unravel_index(int(np.argmax(np.abs(correlation))), correlation.shape), dtype=np.float64)
-    peak[peak > np.fix(shape / 2)] -= shape[peak > np.fix(shape / 2)]
-    if upsample_factor > 1:
-        peak = np.round(peak * upsample_factor) / upsample_factor
-        size = int(np.ceil(upsample_factor * 1.5))
-        centre = np.fix(size / 2.0)
-        upsampled = np.conj(
-            _upsampled_correlation(np.conj(product), size, upsample_factor, centre - peak * upsample_factor)
-        )
-        fine = np.array(np.unravel_index(int(np.argmax(np.abs(upsampled))), upsampled.shape), dtype=np.float64)
-        peak = peak + (fine - centre) / upsample_factor
-    peak[shape == 1] = 0.0
-    return float(peak[0]), float(peak[1])
-
-
-def translate_bilinear(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """``(C, H, W)`` moved by ``(dy, dx)``: ``out[y, x] = image[y - dy, x - dx]``, bilinear, borders replicated.
-
-    The warp OpenSR-test's alignment applies (OpenCV's ``warpAffine``, linear, replicated borders), computed in
-    float32 at the exact sub-pixel position, as the OpenCV build it was checked against (5.1) does (older builds
-    round the position to 1/32 px, which moves the result by up to 1/64 px).
-
-    Args:
-        image (`np.ndarray`): ``(C, H, W)``.
-        dy (`float`): the shift down, in pixels.
-        dx (`float`): the shift right.
-
-    Returns:
-        `np.ndarray`: ``(C, H, W)``, the dtype of `image`.
-
-    Example:
-        >>> import numpy as np
-        >>> from neurop_diff_diffusers.metrics.trust import translate_bilinear
-        >>> translate_bilinear(np.array([[[0.0, 1.0, 2.0, 3.0]]]), 0.0, 1.0).tolist()
-        [[[0.0, 0.0, 1.0, 2.0]]]
-    """
-    height, width = image.shape[-2:]
-
-    def axis(offset: float, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        position = np.arange(count, dtype=np.float32) - np.float32(offset)
-        start = np.floor(position)
-        fraction = (position - start).astype(np.float32)
-        start = start.astype(np.int64)
-        return np.clip(start, 0, count - 1), np.clip(start + 1, 0, count - 1), fraction
-
-    y0, y1, fy = axis(dy, height)
-    x0, x1, fx = axis(dx, width)
-    one = np.float32(1)
-    source = image.astype(np.float32)
-    top = source[:, y0][:, :, x0] * (one - fx) + source[:, y0][:, :, x1] * fx
-    bottom = source[:, y1][:, :, x0] * (one - fx) + source[:, y1][:, :, x1] * fx
-    out = top * (one - fy)[:, None] + bottom * fy[:, None]
-    return out.astype(image.dtype)
-
-
-def _align(moving: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
-    """OpenSR-test's alignment: the shift of the channel means, applied to `moving` unless longer than
-    [`OPENSR_MAX_TRANSLATION`]; returns the aligned image and the shift's length (NaN when refused)."""
-    dy, dx = subpixel_shift(reference.mean(axis=0), moving.mean(axis=0))
-    dy32, dx32 = np.float32(dy), np.float32(dx)
-    length = float(np.sqrt(dx32**2 + dy32**2))
-    if length > OPENSR_MAX_TRANSLATION:
-        return translate_bilinear(moving, 0.0, 0.0), math.nan
-    return translate_bilinear(moving, dy32, dx32), length
-
-
-def _crop(image: np.ndarray, border: int) -> np.ndarray:
-    return image[:, border:-border, border:-border] if border > 0 else image
-
-
-def _normalised_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (np.abs(a - b) / np.abs(a + b + _NORMALISED_DIFFERENCE_EPS)).mean(axis=0)
-
-
-@dataclass
-class OpenSRTestResult:
-    """The output of [`opensr_test_metrics`], OpenSR-test 1.3.3's figures (``Metrics().compute(lr, sr, hr)``).
-
-    Args:
-        reflectance (`float`): mean ``|LR - down(SR)|`` (channel mean, then pixel mean), ``down`` = antialiased
-            bilinear.
-        spectral (`float`): mean spectral angle (degrees) between LR and ``down(SR)``.
-        spatial (`float`): length of the shift between LR and ``down(SR)`` (LR pixels; NaN beyond 5).
-        synthesis (`float`): mean L1 between the harmonised SR and the bilinear upsampling of the LR.
-        correctness ([`CorrectnessResult`]): the classification (normalised-difference distance, union mask with
-            ``t`` = the ``int(0.75 n)``-th smallest reference distance); its ``mean_probabilities`` are
-            OpenSR-test's ``im_metric`` / ``om_metric`` / ``ha_metric``.
-    """
-
-    reflectance: float
-    spectral: float
-    spatial: float
-    synthesis: float
-    correctness: CorrectnessResult
-
-    def as_dict(self) -> dict[str, float | None]:
-        """OpenSR-test's ``compute`` keys: ``reflectance``, ``spectral``, ``spatial``, ``synthesis``, ``ha_metric``,
-        ``om_metric``, ``im_metric``."""
-        p = self.correctness.mean_probabilities
-        return {
-            "reflectance": self.reflectance,
-            "spectral": self.spectral,
-            "spatial": self.spatial,
-            "synthesis": self.synthesis,
-            "ha_metric": p.get("hallucination"),
-            "om_metric": p.get("omission"),
-            "im_metric": p.get("improvement"),
-        }
-
-
-def opensr_test_metrics(
-    lr: Any,
-    sr: Any,
-    hr: Any,
-    *,
-    border: int = OPENSR_BORDER,
-    harmonize: bool = True,
-) -> OpenSRTestResult:
-    """The trust metrics as OpenSR-test 1.3.3 computes them with its defaults (written from what it computes).
-
-    The differences from this module's default mode ([`trust_metrics`]): the SR, HR (and LR) lose a ``border`` px
-    frame; the SR is *harmonised* before synthesis and correctness (its histogram matched to the HR's per channel,
-    [`match_histograms`], then shifted onto the HR by sub-pixel phase correlation, [`subpixel_shift`] /
-    [`translate_bilinear`], unless the shift exceeds 5 px); the baseline is the LR upsampled *bilinearly*
-    (antialiased), the output downsampled bilinearly for consistency; the correctness distance is the normalised
-    difference ``mean_c |x - y| / |x + y + 1e-8|`` (not L1); and the reported figure is each class's softmin
-    probability averaged over the classified pixels (not the share of pixels in each class). The scale must be an
-    integer.
-
-    Args:
-        lr (`np.ndarray` or `torch.Tensor`): ``(C, h, w)`` floats.
-        sr (`np.ndarray` or `torch.Tensor`): ``(C, s h, s w)``, ``s`` an integer.
-        hr (`np.ndarray` or `torch.Tensor`): the same shape as `sr`.
-        border (`int`, defaults to 16): the frame cropped from the SR and HR (``border // s`` from the LR).
-        harmonize (`bool`, defaults to `True`): histogram matching and alignment (OpenSR-test's
-            ``harm_apply_spectral`` and ``harm_apply_spatial``).
-
-    Returns:
-        [`OpenSRTestResult`].
-
-    Example:
-        >>> import numpy as np
-        >>> from neurop_diff_diffusers.metrics.trust import opensr_test_metrics
-        >>> rng = np.random.default_rng(0)
-        >>> hr = rng.random((3, 64, 64))
-        >>> lr = hr.reshape(3, 16, 4, 16, 4).mean(axis=(2, 4))
-        >>> result = opensr_test_metrics(lr, hr, hr)
-        >>> result.correctness.mean_probabilities["improvement"] > 0.9
-        True
-    """
-    lr, sr, hr = _as_chw(lr, "lr"), _as_chw(sr, "sr"), _as_chw(hr, "hr")
-    _check_same_shape(sr=sr, hr=hr)
-    scale = sr.shape[-1] / lr.shape[-1]
-    if not float(scale).is_integer() or scale < 1 or sr.shape[0] != lr.shape[0]:
-        raise ValueError(
-            f"`sr` must be an integer multiple of `lr` with its channels, got {tuple(sr.shape)} and {tuple(lr.shape)}."
-        )
-    if isinstance(border, bool) or not isinstance(border, int) or border < 0 or 2 * border >= min(sr.shape[1:]):
-        raise ValueError(f"`border` must be an int in [0, {min(sr.shape[1:]) // 2}), got {border!r}.")
-    scale = int(scale)
-    lr, sr, hr = _crop(lr, border // scale), _crop(sr, border), _crop(hr, border)
-    lr_up = _resize_bilinear(lr, scale) if scale > 1 else lr
-    if lr_up.shape != hr.shape:
-        raise ValueError(f"The cropped LR upsampled by {scale} is {lr_up.shape}, not the HR's {hr.shape}.")
-    sr_down = _resize_bilinear(sr, 1 / scale)
-    # Consistency: the LR against the SR downsampled.
-    reflectance = float(np.nanmean(np.abs(lr - sr_down).mean(axis=0)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = (lr * sr_down).sum(axis=0) / (np.linalg.norm(lr, axis=0) * np.linalg.norm(sr_down, axis=0))
-        spectral = float(np.nanmean(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))))
-    _, spatial = _align(lr, sr_down)
-    # Synthesis and correctness on the harmonised SR.
-    harmonised = sr
-    if harmonize:
-        harmonised, _ = _align(match_histograms(sr, hr), hr)
-    synthesis_value = float(np.nanmean(np.abs(lr_up - harmonised).mean(axis=0)))
-    d_ref = _normalised_difference(lr_up, hr)
-    d_im = _normalised_difference(harmonised, hr)
-    d_om = _normalised_difference(harmonised, lr_up)
-    flat = np.sort(d_ref.ravel())
-    threshold = float(flat[max(int(0.75 * flat.size), 1) - 1])
-    mask = (d_ref > threshold) | (d_im > threshold) | (d_om > threshold)
-    result = _classify(d_ref, d_im, d_om, mask, threshold, CORRECTNESS_LAMBDA, CORRECTNESS_TEMPERATURE)
-    return OpenSRTestResult(reflectance, spectral, spatial, synthesis_value, result)
+    return classify_pixels(d_ref, d_im, d_om, mask, threshold, lam, temperature)
 
 
 #: Colours (RGB) of the classes in [`correctness_map_image`]: improvement green, omission blue, hallucination red.
@@ -786,7 +511,7 @@ def correctness_map_image(result: CorrectnessResult, background: Any | None = No
     height, width = result.classes.shape
     picture = np.zeros((height, width, 3))
     if background is not None:
-        grey = _as_chw(background, "background").mean(axis=0)
+        grey = as_chw(background, "background").mean(axis=0)
         picture[:] = (0.35 * grey * 255.0)[..., None]
     colours = np.asarray(CORRECTNESS_COLOURS, dtype=np.float64)
     for k in range(len(CORRECTNESS_CLASSES)):
@@ -816,7 +541,7 @@ def lr_agreement_bilinear(output: Any, lr: Any) -> float:
         >>> lr_agreement_bilinear(np.full((3, 8, 8), 0.5), np.full((3, 4, 4), 0.5))
         0.0
     """
-    output, lr = _as_chw(output, "output"), _as_chw(lr, "lr")
+    output, lr = as_chw(output, "output"), as_chw(lr, "lr")
     if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
         raise ValueError(
             f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
@@ -850,8 +575,8 @@ def trust_metrics(output: Any, lr: Any, hr: Any | None = None) -> dict[str, floa
         >>> row["synthesis"], row["hallucination"]
         (0.0, None)
     """
-    output_array = _as_chw(output, "output")
-    lr_array = _as_chw(lr, "lr")
+    output_array = as_chw(output, "output")
+    lr_array = as_chw(lr, "lr")
     agreement = consistency(output_array, lr_array)
     up = upsample_lr(lr_array, output_array.shape[1:])
     row: dict[str, float | None] = {
@@ -893,13 +618,7 @@ def lr_agreement(x: torch.Tensor, lr: torch.Tensor) -> float:
 
 
 __all__ = [
-    "OPENSR_BORDER",
-    "OpenSRTestResult",
     "lr_agreement_bilinear",
-    "match_histograms",
-    "opensr_test_metrics",
-    "subpixel_shift",
-    "translate_bilinear",
     "CORRECTNESS_CLASSES",
     "CORRECTNESS_COLOURS",
     "CORRECTNESS_LAMBDA",
