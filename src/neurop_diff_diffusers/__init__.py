@@ -178,7 +178,8 @@ class _MovedModuleAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     `_MOVED_MODULES`).
 
     Example:
-        >>> import warnings
+        >>> import sys, warnings
+        >>> _ = sys.modules.pop("neurop_diff_diffusers.scene", None)  # imported before: no second warning
         >>> with warnings.catch_warnings(record=True) as caught:
         ...     warnings.simplefilter("always")
         ...     from neurop_diff_diffusers.scene import upscale_scene

@@ -138,10 +138,8 @@ def check_file_target(path: str | os.PathLike, what: str) -> Path:
     target = check_local_name(path, what)
     try:
         mode = os.lstat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (a file in the path: the caller's mkdir says so)
         return target
-    except NotADirectoryError as err:
-        raise ValueError(f"{what} `{printable(target)}`: a part of the path is not a folder") from err
     if not stat.S_ISREG(mode):
         raise ValueError(f"{what} `{printable(target)}` is {_kind(mode)}: only a regular file is replaced")
     return target

@@ -172,7 +172,7 @@ def one_line(err: BaseException) -> str:
     return printable(text)
 
 
-def warn(text: str) -> None:
+def print_warning(text: str) -> None:
     """Print ``neurop-diff: warning: TEXT`` on stderr: one line (a file name's newline escaped, never a second line).
 
     Args:
@@ -373,7 +373,7 @@ def read_image_array(path: Path, warn: bool) -> Any:
         image = read_plain_image(path)
     if warn:
         for warning in caught:
-            warn(str(warning.message).replace(f"`{path}`", str(path)))
+            print_warning(str(warning.message).replace(f"`{path}`", str(path)))
     return image
 
 
@@ -492,7 +492,7 @@ def geotiff_header(src: Path) -> Any:
     except ValueError as err:
         raise InputFailed(f"{src}: {one_line(err)}") from err
     for note in raster.notes:
-        warn(f"{src}: {note}")
+        print_warning(f"{src}: {note}")
     return raster
 
 
@@ -523,7 +523,7 @@ def _plan_output(
         image = read_image_array(src, warn=True)
         height, width = image.rgb.shape[:2]
         for loss in output_losses(image, dst.suffix):
-            warn(f"{src}: {loss} in {dst}")
+            print_warning(f"{src}: {loss} in {dst}")
         del image
     if size is not None and (size[0] < height or size[1] < width):
         raise InputFailed(
@@ -765,7 +765,7 @@ def run_job(
                 **pipe_kwargs,
             )
         for warning in caught:
-            warn(str(warning.message).replace(f"`{src}`", str(src)))
+            print_warning(str(warning.message).replace(f"`{src}`", str(src)))
         return
     raise_if_stopped(check_stop_flag(stop))
     image = read_image_array(src, warn=False)
