@@ -253,7 +253,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
     scene = make_scene(out / f"throughput_{args.side}.tif", args.side)
     sources = {"this checkout": None} if args.before_src is None else {"before": args.before_src, "after": None}
     rows = []
-    for mode in ("operator", "diffusion"):
+    for mode in args.modes:
         for _ in range(args.repeats):
             for label, src in sources.items():
                 target = out / f"throughput_{args.side}_x2.tif"
@@ -280,7 +280,7 @@ def cmd_throughput(args: argparse.Namespace) -> None:
                 target.unlink(missing_ok=True)
     (out / "throughput.json").write_text(json.dumps({"side": args.side, "rows": rows}, indent=2) + "\n")
     print("| mode | code | kpx/s (best) |\n| --- | --- | --- |")
-    for mode in ("operator", "diffusion"):
+    for mode in args.modes:
         for label in sources:
             best = max(r["kpx_per_s"] for r in rows if r["mode"] == mode and r["code"] == label)
             print(f"| {mode} | {label} | {best:.2f} |")
@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     thr.add_argument("--side", type=int, default=256, help="the scene's side in pixels (the output is twice that)")
     thr.add_argument("--before_src", default=None, help="another checkout's src folder to time beside this one")
     thr.add_argument("--repeats", type=int, default=1)
+    thr.add_argument("--modes", nargs="+", default=["operator", "diffusion"], choices=["operator", "diffusion"])
     thr.add_argument("--out", default="/tmp/neurop-diff-scene")
     thr.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for neurop-diff upscale")
     args = parser.parse_args(argv)
