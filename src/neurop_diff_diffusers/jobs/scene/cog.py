@@ -15,6 +15,7 @@ import numpy as np
 from ...file_safety import gdal_path
 from ...io.geo import STRETCH_TAG, copy_band_metadata
 from ...io.rasters import build_output_overviews, gdal_safe_env, inspect_raster, open_raster, output_overviews
+from ...pipelines.uncertainty_calibration import uncertainty_tags
 from ...utils import atomic_write
 from .assemble import UNCERTAINTY_TAG, assemble_scene, output_layout, uncertainty_description, uncertainty_profile
 from .job import SceneJob
@@ -49,9 +50,9 @@ def assemble_and_commit(job: SceneJob, overwrite: bool, map_tags: dict[str, str]
     With an uncertainty map, the map is committed first and the output right after it; if the output cannot be
     committed the map just written is removed: a run leaves both files or neither. Both commits go through
     [`~neurop_diff_diffusers.utils.atomic_write`]'s checks (a link, folder, device or FIFO at either name is refused,
-    never replaced) and GDAL is handed absolute local names only. ``map_tags``: more tags of the map (its samples,
-    what the spread is and the calibrated error-bound factor:
-    [`~neurop_diff_diffusers.pipelines.uncertainty_calibration.uncertainty_tags`]).
+    never replaced) and GDAL is handed absolute local names only. The map's tags say its samples and what the spread
+    is; ``map_tags`` adds or replaces tags (the engine passes the model's calibrated error-bound factor where it
+    applies: [`~neurop_diff_diffusers.pipelines.uncertainty_calibration.uncertainty_tags`]).
     """
     import rasterio
 
@@ -78,9 +79,8 @@ def assemble_and_commit(job: SceneJob, overwrite: bool, map_tags: dict[str, str]
                     rasterio.open(gdal_path(assembled_map), "w", **uncertainty_profile(profile))
                 )
                 spread.set_band_description(1, "uncertainty")
-                spread.update_tags(
-                    **tags, **{UNCERTAINTY_TAG: uncertainty_description(job.num_samples)}, **(map_tags or {})
-                )
+                own = {UNCERTAINTY_TAG: uncertainty_description(job.num_samples)}  # + the samples, the spread
+                spread.update_tags(**{**tags, **own, **uncertainty_tags(job.num_samples, None), **(map_tags or {})})
             assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only, profile.get("nodata"), spread)
             # the input's internal overviews (a COG's), rebuilt; the COG copy keeps them
             build_output_overviews(dst, factors, header)
