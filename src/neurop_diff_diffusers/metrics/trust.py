@@ -208,6 +208,18 @@ def phase_correlation_shift(reference: Any, moving: Any) -> tuple[float, float]:
     return float(dy), float(dx)
 
 
+def output_and_lr(output: Any, lr: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(output, lr)`` as ``(C, H, W)`` arrays, the LR with the output's channels and no larger, or one
+    ``ValueError``."""
+    output, lr = as_chw(output, "output"), as_chw(lr, "lr")
+    if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
+        raise ValueError(
+            f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
+            f"{tuple(output.shape)}."
+        )
+    return output, lr
+
+
 def downsample_to(output: Any, lr_size: tuple[int, int], quantize: bool = True) -> np.ndarray:
     """The output downsampled to the LR size with the project's degradation (antialiased bicubic, as in training).
 
@@ -257,12 +269,7 @@ def consistency(output: Any, lr: Any, quantize: bool = True) -> dict[str, float]
         >>> consistency(hr, lr)["reflectance_l1"]
         0.0
     """
-    output, lr = as_chw(output, "output"), as_chw(lr, "lr")
-    if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
-        raise ValueError(
-            f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
-            f"{tuple(output.shape)}."
-        )
+    output, lr = output_and_lr(output, lr)
     down = downsample_to(output, lr.shape[1:], quantize=quantize)
     l1 = float(np.abs(down - lr).mean())
     dy, dx = phase_correlation_shift(lr, down) if min(lr.shape[1:]) >= 4 else (0.0, 0.0)
@@ -541,12 +548,7 @@ def lr_agreement_bilinear(output: Any, lr: Any) -> float:
         >>> lr_agreement_bilinear(np.full((3, 8, 8), 0.5), np.full((3, 4, 4), 0.5))
         0.0
     """
-    output, lr = as_chw(output, "output"), as_chw(lr, "lr")
-    if output.shape[0] != lr.shape[0] or lr.shape[1] > output.shape[1] or lr.shape[2] > output.shape[2]:
-        raise ValueError(
-            f"`lr` must have the channels of `output` and be no larger, got {tuple(lr.shape)} for "
-            f"{tuple(output.shape)}."
-        )
+    output, lr = output_and_lr(output, lr)
     tensor = torch.from_numpy(output)[None]
     down = torch.nn.functional.interpolate(tensor, size=tuple(lr.shape[1:]), mode="bilinear", antialias=True)[0]
     return float(np.abs(down.numpy() - lr).mean() * 255.0)
