@@ -450,3 +450,21 @@ def test_a_batch_output_sub_folder_that_is_a_link_is_refused(tmp_path, capsys):
     assert list(elsewhere.iterdir()) == []
     assert (out / "top" / "a_x2.png").is_file()  # the other input is written
     assert (out / "sub").is_symlink()
+
+
+def test_a_hostile_manifest_is_read_within_budgets(tmp_path, capsys, monkeypatch):
+    from neurop_diff_diffusers.jobs import batch
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    out.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(inputs / "a.png")
+    manifest = out / MANIFEST_NAME
+    manifest.write_text("[" * 100_000 + "]" * 100_000 + "\n" + "{" + "\n")  # a line nested 100,000 deep, a torn one
+    argv = ["upscale", "--input-dir", inputs, "--out-dir", out, *FAST]
+    assert _run(*argv) == 0  # the damaged lines are ignored, as any damaged line, never parsed recursively
+    assert (out / "a_x2.png").is_file() and list(batch.read_manifest(manifest)) == [str(inputs / "a.png")]
+    monkeypatch.setattr(batch, "MAX_MANIFEST_BYTES", 10)
+    capsys.readouterr()
+    assert _run(*argv) == 2
+    assert "more than the 10 allowed" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..file_safety import make_dirs_inside
+from ..file_safety import loads_bounded, make_dirs_inside, read_bytes_no_follow
 from ..utils import atomic_write_text, stale_temporaries
 from .stopping import check_stop_flag, raise_if_stopped
 from .upscale_file import (
@@ -256,16 +256,25 @@ def append_record(manifest: str | os.PathLike, record: dict[str, Any]) -> None:
         os.close(handle)
 
 
+#: Largest manifest read back (a line is a few hundred bytes: some 100,000 inputs).
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+
 def read_manifest(manifest: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """The latest record of each input in ``manifest`` (keyed by ``input``; a damaged line is ignored)."""
+    """The latest record of each input in ``manifest`` (keyed by ``input``; a damaged line is ignored).
+
+    The file is hostile input: never read through a link, refused from its size over [`MAX_MANIFEST_BYTES`]
+    (``ValueError``), and a line nested deeper than a record can be is ignored before it is parsed.
+    """
     records: dict[str, dict[str, Any]] = {}
     path = Path(manifest)
     if path.is_symlink() or not path.is_file():  # never read through a link
         return records
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    text = read_bytes_no_follow(path, MAX_MANIFEST_BYTES, "manifest").decode("utf-8", errors="replace")
+    for line in text.splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = loads_bounded(line, "manifest line")
+        except ValueError:
             continue
         if isinstance(record, dict) and isinstance(record.get("input"), str):
             records[record["input"]] = record
