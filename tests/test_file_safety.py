@@ -171,3 +171,18 @@ def test_a_name_with_a_newline_cannot_forge_a_line_of_the_success_output(tmp_pat
     assert main(["upscale", str(src), "--scale", "2", "--model", "preset:tiny", "--steps", "1", "-o", str(out)]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and "\\n" in printed[0] and out.is_file()
+
+
+def test_resume_and_split_files_are_read_within_budgets(tmp_path):
+    import datasets
+
+    from neurop_diff_diffusers.data.splits import split_parts
+    from neurop_diff_diffusers.training.checkpointing import TRAINING_ARGS_FILE, read_training_args
+
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / TRAINING_ARGS_FILE).write_text(deep)
+    assert read_training_args(tmp_path) == {}  # damaged: as an unreadable file, never a RecursionError
+    split = tmp_path / "split.json"
+    split.write_text(deep)
+    with pytest.raises(ValueError, match="`split_file`.*nested 100000 levels deep"):
+        split_parts(datasets.Dataset.from_dict({"label": [0, 1]}), split_file=split)

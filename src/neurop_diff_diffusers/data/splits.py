@@ -19,7 +19,6 @@ Algorithm of ``split_indices(dataset, test_fraction, seed)``:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 import datasets
 
+from ..file_safety import load_json_file
 from ..pipelines.image_processing import round_half_up
 
 SPLIT_NAMES = ("train", "test", "all")
@@ -327,9 +327,9 @@ def split_parts(
         [0, 3]
     """
     if split_file is not None:
-        try:
-            recorded = json.loads(Path(split_file).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+        try:  # within a size and depth budget, never through a link
+            recorded = load_json_file(split_file, "`split_file`")
+        except OSError as err:
             raise ValueError(f"`split_file` {os.fspath(split_file)!r}: {type(err).__name__}: {err}") from None
         if not isinstance(recorded, dict) or not all(isinstance(recorded.get(k), list) for k in ("train", "test")):
             raise ValueError(f"`split_file` {os.fspath(split_file)!r} needs 'train' and 'test' lists.")

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..file_safety import MAX_JSON_BYTES, load_json_file
 from ..utils import TrainingSetupError, atomic_write_text
 
 #: Name of the marker file a training script writes into its output folder (script name, package version, args).
@@ -185,9 +186,9 @@ def read_training_args(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(output_dir) / TRAINING_ARGS_FILE
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    try:  # a resume file is hostile input: within a size and depth budget, never through a link
+        return load_json_file(path, "training arguments", max_bytes=MAX_JSON_BYTES)
+    except (OSError, ValueError):
         return {}
 
 
