@@ -110,34 +110,6 @@ def load_previous(revision: str) -> tuple[type | None, str]:
     return module.GalerkinNeuralOperator, f"git {revision}"
 
 
-_TO_OFFICIAL = [
-    (re.compile(r"^encoder\.head\.(weight|bias)$"), r"encoder.head.0.\1"),
-    (re.compile(r"^encoder\.blocks\.(\d+)\.conv1\.(weight|bias)$"), r"encoder.body.\1.body.0.\2"),
-    (re.compile(r"^encoder\.blocks\.(\d+)\.conv2\.(weight|bias)$"), r"encoder.body.\1.body.2.\2"),
-    (re.compile(r"^lift\.(weight|bias)$"), r"conv00.\1"),
-    (re.compile(r"^galerkin_blocks\.(\d+)\.(qkv_proj|o_proj1|o_proj2)\.(weight|bias)$"), r"conv\1.\2.\3"),
-    (re.compile(r"^galerkin_blocks\.(\d+)\.k_norm_(weight|bias)$"), r"conv\1.kln.\2"),
-    (re.compile(r"^galerkin_blocks\.(\d+)\.v_norm_(weight|bias)$"), r"conv\1.vln.\2"),
-    (re.compile(r"^(fc1|fc2)\.(weight|bias)$"), r"\1.\2"),
-]
-
-
-def to_official_state_dict(model: GalerkinNeuralOperator) -> dict[str, torch.Tensor]:
-    """Our operator's weights under the authors' parameter names (the inverse of `from_official_state_dict`)."""
-    out = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("encoder.conv_out."):
-            out[f"encoder.body.{model.config.encoder_num_blocks}.{key.rsplit('.', 1)[1]}"] = value
-            continue
-        for pattern, repl in _TO_OFFICIAL:
-            if pattern.match(key):
-                out[pattern.sub(repl, key)] = value
-                break
-        else:
-            raise ValueError(f"no official name for {key!r}")
-    return out
-
-
 def _lr(side: int) -> torch.Tensor:
     return torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
@@ -230,7 +202,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             from diffusers import UNet2DModel
 
             ours = GalerkinNeuralOperator.from_pretrained(model_dir / "neural_operator").eval()
-            official = to_official_state_dict(ours)
+            official = ours.to_official_state_dict()
             previous = previous_cls.from_pretrained(model_dir / "neural_operator").eval() if previous_cls else None
             runs = _operator_runs(ours, official, previous, reference, args.embedded_lr)
             unet = UNet2DModel.from_pretrained(model_dir / "unet").eval()

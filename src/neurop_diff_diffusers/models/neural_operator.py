@@ -521,6 +521,30 @@ class GalerkinNeuralOperator(ModelMixin, ConfigMixin):
             raise ValueError(f"Official state dict does not match: missing {missing}, unexpected {unexpected}.")
         return model
 
+    def to_official_state_dict(self) -> dict[str, torch.Tensor]:
+        """This operator's weights under the authors' parameter names: the inverse of [`from_official_state_dict`]
+        (their mean-shift buffers, constants of the encoder, are left out).
+
+        Example:
+            >>> op = GalerkinNeuralOperator(encoder_channels=8, encoder_num_blocks=1, width=16, num_heads=2,
+            ...                             head_channels=8)
+            >>> back = GalerkinNeuralOperator.from_official_state_dict(op.to_official_state_dict())
+            >>> all(torch.equal(a, b) for a, b in zip(op.state_dict().values(), back.state_dict().values()))
+            True
+        """
+        out = {}
+        for key, value in self.state_dict().items():
+            if key.startswith("encoder.conv_out."):  # the authors' last encoder layer follows their blocks
+                out[f"encoder.body.{self.config.encoder_num_blocks}.{key.rsplit('.', 1)[1]}"] = value
+                continue
+            for pattern, repl in _TO_OFFICIAL_KEY_RULES:
+                if pattern.match(key):
+                    out[pattern.sub(repl, key)] = value
+                    break
+            else:
+                raise ValueError(f"no official name for {key!r}")
+        return out
+
 
 _OFFICIAL_KEY_RULES = [
     (re.compile(r"^encoder\.head\.0\.(weight|bias)$"), r"encoder.head.\1"),
@@ -531,6 +555,18 @@ _OFFICIAL_KEY_RULES = [
     (re.compile(r"^conv(\d+)\.(qkv_proj|o_proj1|o_proj2)\.(weight|bias)$"), r"galerkin_blocks.\1.\2.\3"),
     (re.compile(r"^conv(\d+)\.kln\.(weight|bias)$"), r"galerkin_blocks.\1.k_norm_\2"),
     (re.compile(r"^conv(\d+)\.vln\.(weight|bias)$"), r"galerkin_blocks.\1.v_norm_\2"),
+    (re.compile(r"^(fc1|fc2)\.(weight|bias)$"), r"\1.\2"),
+]
+
+#: The inverse of ``_OFFICIAL_KEY_RULES``, ours -> the authors' (``GalerkinNeuralOperator.to_official_state_dict``).
+_TO_OFFICIAL_KEY_RULES = [
+    (re.compile(r"^encoder\.head\.(weight|bias)$"), r"encoder.head.0.\1"),
+    (re.compile(r"^encoder\.blocks\.(\d+)\.conv1\.(weight|bias)$"), r"encoder.body.\1.body.0.\2"),
+    (re.compile(r"^encoder\.blocks\.(\d+)\.conv2\.(weight|bias)$"), r"encoder.body.\1.body.2.\2"),
+    (re.compile(r"^lift\.(weight|bias)$"), r"conv00.\1"),
+    (re.compile(r"^galerkin_blocks\.(\d+)\.(qkv_proj|o_proj1|o_proj2)\.(weight|bias)$"), r"conv\1.\2.\3"),
+    (re.compile(r"^galerkin_blocks\.(\d+)\.k_norm_(weight|bias)$"), r"conv\1.kln.\2"),
+    (re.compile(r"^galerkin_blocks\.(\d+)\.v_norm_(weight|bias)$"), r"conv\1.vln.\2"),
     (re.compile(r"^(fc1|fc2)\.(weight|bias)$"), r"\1.\2"),
 ]
 
