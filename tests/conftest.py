@@ -22,6 +22,16 @@ def shared_data() -> Path:
     return SHARED_DATA_DIR
 
 
+@pytest.fixture(scope="module")
+def pipe():
+    """A tiny random pipeline (seed 0) without progress bars, one per test module."""
+    from neurop_diff_diffusers import build_pipeline
+
+    p = build_pipeline("tiny", seed=0)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
 @pytest.fixture
 def samples_dir() -> Path:
     return SAMPLES_DIR

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
 from rasterio.transform import from_origin  # noqa: E402
 
-from neurop_diff_diffusers import build_pipeline  # noqa: E402
 from neurop_diff_diffusers.io.geo import STRETCH_TAG, band_stretch, is_georeferenced, read_scene  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import upscale_geotiff  # noqa: E402
 
@@ -33,13 +32,6 @@ def _write(path, data, nodata=0, crs="EPSG:32633", transform=None, **extra):
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    p = build_pipeline("tiny", seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 @pytest.fixture

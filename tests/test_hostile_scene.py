@@ -23,7 +23,6 @@ rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the option
 from conftest import one_error_line  # noqa: E402
 from conftest import smooth_scene as _smooth_scene  # noqa: E402
 from conftest import write_geotiff as _write  # noqa: E402
-from neurop_diff_diffusers import build_pipeline  # noqa: E402
 from neurop_diff_diffusers.cli import commands as cli  # noqa: E402
 from neurop_diff_diffusers.file_safety import WORK_MARKER  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import (  # noqa: E402
@@ -39,13 +38,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: Four windows of a 32 x 32 scene, the prior only (fast).
 KW = {"scale": 2, "window": 16, "halo": 4, "seed": 1, "workers": 1, "prior_only": True}
 CLI = ("--scale", "2", "--window", "16", "--halo", "4", "--prior-only", "--model", "preset:tiny", "--seed", "3")
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    p = build_pipeline("tiny", seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 @pytest.fixture

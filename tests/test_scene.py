@@ -43,13 +43,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ("--model", "preset:tiny", "--seed", "3")
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    p = build_pipeline("tiny", seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def _env():
     return {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
 

@@ -19,7 +19,6 @@ import pytest
 pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
 
 from conftest import smooth_scene, write_geotiff  # noqa: E402
-from neurop_diff_diffusers import build_pipeline  # noqa: E402
 from neurop_diff_diffusers.jobs.scene import dry_run, prepare_scene, upscale_scene, work_folder  # noqa: E402
 from neurop_diff_diffusers.jobs.scene.workers import window_steps  # noqa: E402
 from neurop_diff_diffusers.jobs.stopping import RunStopped  # noqa: E402
@@ -27,13 +26,6 @@ from neurop_diff_diffusers.jobs.upscale_file import JobOptions, plan_file, run_j
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SCENE = dict(scale=2, window=16, halo=4, seed=1)  # a 32 x 32 scene: 2 x 2 = 4 windows
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    p = build_pipeline("tiny", seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
 
 
 class _Steps:

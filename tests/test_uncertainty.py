@@ -22,13 +22,6 @@ from neurop_diff_diffusers.pipelines.uncertainty import (
 )
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    p = build_pipeline("tiny", seed=0)
-    p.set_progress_bar_config(disable=True)
-    return p
-
-
 def _lr(seed: int = 0, size: int = 12, batch: int = 1) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
