@@ -44,15 +44,15 @@ def write_cog(assembled: str, target: str, resampling: str | None = None) -> Non
             rasterio.shutil.copy(tmp, gdal_path(target), driver="COG", PREDICTOR=predictor, **options)
 
 
-def assemble_and_commit(job: SceneJob, overwrite: bool, map_tags: dict[str, str] | None = None) -> Path:
+def assemble_and_commit(job: SceneJob, overwrite: bool, error_bound: float | None = None) -> Path:
     """Blend the saved windows into the output COG (and the uncertainty map's) and commit it atomically.
 
     With an uncertainty map, the map is committed first and the output right after it; if the output cannot be
     committed the map just written is removed: a run leaves both files or neither. Both commits go through
     [`~neurop_diff_diffusers.utils.atomic_write`]'s checks (a link, folder, device or FIFO at either name is refused,
     never replaced) and GDAL is handed absolute local names only. The map's tags say its samples and what the spread
-    is; ``map_tags`` adds or replaces tags (the engine passes the model's calibrated error-bound factor where it
-    applies: [`~neurop_diff_diffusers.pipelines.uncertainty_calibration.uncertainty_tags`]).
+    is, and ``error_bound``, the model's calibrated 90 % error-bound factor where it applies to the run (the engine
+    passes it): [`~neurop_diff_diffusers.pipelines.uncertainty_calibration.uncertainty_tags`].
     """
     import rasterio
 
@@ -79,8 +79,8 @@ def assemble_and_commit(job: SceneJob, overwrite: bool, map_tags: dict[str, str]
                     rasterio.open(gdal_path(assembled_map), "w", **uncertainty_profile(profile))
                 )
                 spread.set_band_description(1, "uncertainty")
-                own = {UNCERTAINTY_TAG: uncertainty_description(job.num_samples)}  # + the samples, the spread
-                spread.update_tags(**{**tags, **own, **uncertainty_tags(job.num_samples, None), **(map_tags or {})})
+                own = {UNCERTAINTY_TAG: uncertainty_description(job.num_samples)}
+                spread.update_tags(**tags, **own, **uncertainty_tags(job.num_samples, error_bound))
             assemble_scene(src, job.plan, job.stats, job.folder, dst, mask_only, profile.get("nodata"), spread)
             # the input's internal overviews (a COG's), rebuilt; the COG copy keeps them
             build_output_overviews(dst, factors, header)

@@ -17,7 +17,7 @@ from ...file_safety import check_file_target, gdal_path
 from ...io.geo import require_rasterio
 from ...io.paths import uncertainty_path
 from ...pipelines.image_processing import resolve_output_size
-from ...pipelines.uncertainty_calibration import call_error_bound, uncertainty_tags
+from ...pipelines.uncertainty_calibration import call_error_bound
 from .cog import assemble_and_commit
 from .job import SceneJob
 from .journal import done_windows, hold_work_folder, open_journal, scene_settings, work_folder
@@ -178,15 +178,13 @@ def run_scene(pipe: Any, job: SceneJob, overwrite: bool = False, **options: Any)
         return _run_scene(pipe, job, overwrite)
 
 
-def _map_tags(pipe: Any, job: SceneJob) -> dict[str, str] | None:
-    """The uncertainty map's tags: its samples, what the spread is, and the model's calibrated 90 % error-bound
-    factor where it applies to this run's settings."""
+def _error_bound(pipe: Any, job: SceneJob) -> float | None:
+    """The model's calibrated 90 % error-bound factor for this run's uncertainty map, where it applies."""
     if job.num_samples is None:
         return None
     scale = job.plan.out_size[0] / job.plan.size[0]
     steps = int(job.pipe_kwargs.get("num_inference_steps") or 50)
-    factor = call_error_bound(getattr(pipe, "config", {}), job.num_samples, scale, steps)
-    return uncertainty_tags(job.num_samples, factor)
+    return call_error_bound(getattr(pipe, "config", {}), job.num_samples, scale, steps)
 
 
 def _main_process(distributed: bool) -> bool:
@@ -238,7 +236,7 @@ def _run_scene(pipe: Any, job: SceneJob, overwrite: bool) -> Path:
             raise RuntimeError(f"windows {missing[:10]} of `{dst}` were not computed; rerun the same command")
         _clip_warning(job)
         try:
-            assemble_and_commit(job, overwrite, _map_tags(pipe, job))
+            assemble_and_commit(job, overwrite, _error_bound(pipe, job))
         except FileExistsError:
             shutil.rmtree(job.folder, ignore_errors=True)
             raise
