@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .defaults import DTYPE_CHOICES, SCHEDULER_CHOICES
+from .defaults import DEFAULT_SETTINGS, DTYPE_CHOICES, SCHEDULER_CHOICES
 from .jobs.stopping import RunStopped
 from .jobs.upscale_file import (
     IMAGE_SUFFIXES,
@@ -90,9 +90,9 @@ class AppConfig:
     max_output_pixels: int = DEFAULT_MAX_OUTPUT_PIXELS
     concurrency: int = 1
     max_queue: int = 16
-    default_steps: int = 20
-    dtype: str = "auto"
-    channels_last: bool = True
+    default_steps: int = int(DEFAULT_SETTINGS["steps"])  # the fast preset's (--preset fast)
+    dtype: str = str(DEFAULT_SETTINGS["dtype"])
+    channels_last: bool = bool(DEFAULT_SETTINGS["channels_last"])
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPE_CHOICES:

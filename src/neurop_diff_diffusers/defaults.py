@@ -28,3 +28,5 @@ SETTING_PRESETS: dict[str, dict[str, object]] = {
     "paper": {"steps": 50, "dtype": "float32", "channels_last": False, "data_consistency": 0},
 }
 DEFAULT_SETTING_PRESET = "fast"
+#: The default preset's settings, as the command line, batch mode and the web app start from them.
+DEFAULT_SETTINGS = SETTING_PRESETS[DEFAULT_SETTING_PRESET]

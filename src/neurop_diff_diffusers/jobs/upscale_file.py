@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_TILE_SIZE
+from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_SETTINGS, DEFAULT_TILE_SIZE
 from ..file_safety import check_file_target, check_local_name, printable
 from ..io.paths import output_path, uncertainty_path  # noqa: F401 (the job names its outputs with them)
 from .stopping import check_stop_flag, raise_if_stopped, step_callback
@@ -79,7 +79,7 @@ class JobOptions:
         256
     """
 
-    steps: int = 20
+    steps: int = int(DEFAULT_SETTINGS["steps"])  # the fast preset's
     strength: float | None = None
     seed: int = 0
     prior_only: bool = False
