@@ -13,6 +13,7 @@ from neurop_diff_diffusers.pipelines.uncertainty_calibration import (
     check_error_bound,
     conformal_factor,
     error_bound_factor,
+    merge_calibration,
     uncertainty_tags,
 )
 
@@ -74,8 +75,10 @@ def test_the_stored_entry_is_checked_and_looked_up():
         entry = {**copy.deepcopy(ENTRY), key: value}
         with pytest.raises(ValueError, match=message):
             check_error_bound(entry)
-    with pytest.raises(ValueError, match="must be a JSON object"):
+    with pytest.raises(ValueError, match="must be a JSON object, a list of them"):
         check_error_bound([1, 2])
+    with pytest.raises(ValueError, match="must be a JSON object, a list of them"):
+        check_error_bound("x")
     assert error_bound_factor(ENTRY, 4, 2.0, 10) == 2.0
     assert error_bound_factor(ENTRY, 4, 2.5, 10) == 2.0 and error_bound_factor(ENTRY, 4, 2.6, 10) == 3.0
     assert error_bound_factor(ENTRY, 4, 4.5, 10) == 3.0
@@ -83,6 +86,24 @@ def test_the_stored_entry_is_checked_and_looked_up():
     assert error_bound_factor(ENTRY, 8, 4.0, 10) is None  # fitted for N = 4 only
     assert error_bound_factor(None, 4, 4.0, 10) is None
     assert error_bound_factor(ENTRY, 4, 4.0, 20) is None  # fitted at 10 steps only
+
+
+def test_a_model_holds_one_calibration_per_samples_and_steps():
+    at_30 = {**copy.deepcopy(ENTRY), "num_inference_steps": 30, "factors": [{"scales": [3.5, 4.5], "factor": 9.0}]}
+    both = merge_calibration(copy.deepcopy(ENTRY), at_30)
+    assert [c["num_inference_steps"] for c in both] == [10, 30]
+    assert error_bound_factor(both, 4, 4.0, 10) == 3.0 and error_bound_factor(both, 4, 4.0, 30) == 9.0
+    assert error_bound_factor(both, 4, 2.0, 30) is None and error_bound_factor(both, 4, 4.0, 20) is None
+    refit = {**at_30, "factors": [{"scales": [3.5, 4.5], "factor": 8.0}]}
+    replaced = merge_calibration(both, refit)
+    assert len(replaced) == 2 and error_bound_factor(replaced, 4, 4.0, 30) == 8.0
+    assert merge_calibration(None, at_30) == at_30
+    with pytest.raises(ValueError, match=r"list must be calibrations for different \(num_samples, num_inf"):
+        check_error_bound([at_30, refit])
+    with pytest.raises(ValueError, match="list must be 1 to 8 calibrations"):
+        check_error_bound([])
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer in"):
+        check_error_bound([at_30, {**at_30, "num_inference_steps": 0}])
 
 
 def test_uncertainty_tags():
@@ -117,7 +138,7 @@ def test_the_entry_is_saved_with_the_model_and_a_damaged_one_refused_before_load
     index_path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"model_index.json: `uncertainty_error_bound_90` factors\[\].factor"):
         load_pipeline(str(tmp_path))
-    with pytest.raises(TypeError, match="`uncertainty_error_bound_90` must be a dict or None"):
-        pipe.__class__(**{**dict(pipe.components), "uncertainty_error_bound_90": [1.0]})
+    with pytest.raises(TypeError, match="`uncertainty_error_bound_90` must be a dict, a list of dicts or None"):
+        pipe.__class__(**{**dict(pipe.components), "uncertainty_error_bound_90": 1.0})
     with pytest.raises(ValueError, match="`uncertainty_error_bound_90` coverage must be 0.9"):
         error_bound_factor({"factors": []}, 4, 4.0, 10)  # checked where it is used too

@@ -155,10 +155,10 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         default_data_consistency_steps (`int`, defaults to `0`): the `data_consistency_steps` used when a call
             gives none; saved in ``model_index.json``. 0 is the paper (no back-projection); the embedded model ships
             the value chosen by measurement (README, "Can I trust the detail?").
-        uncertainty_error_bound_90 (`dict`, *optional*): the factor that turns the uncertainty map into a 90 % error
-            bound, fitted on training images ([`~neurop_diff_diffusers.pipelines.uncertainty_calibration`]: checked by
-            its `check_error_bound` when a folder is loaded, looked up by `error_bound_factor`); saved in
-            ``model_index.json``; ``None``: none.
+        uncertainty_error_bound_90 (`dict` or `list`, *optional*): the factor that turns the uncertainty map into a
+            90 % error bound, fitted on training images, or a list of them for other ``N`` / step counts
+            ([`~neurop_diff_diffusers.pipelines.uncertainty_calibration`]: checked by its `check_error_bound` when a
+            folder is loaded, looked up by `error_bound_factor`); saved in ``model_index.json``; ``None``: none.
 
     Raises:
         TypeError: if ``default_strength`` is not a number or ``residual`` is not a bool.
@@ -187,7 +187,7 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         residual: bool = False,
         default_eta: float = 0.0,
         default_data_consistency_steps: int = 0,
-        uncertainty_error_bound_90: dict[str, Any] | None = None,
+        uncertainty_error_bound_90: dict[str, Any] | list[dict[str, Any]] | None = None,
     ):
         super().__init__()
         in_channels, out_channels = unet.config.get("in_channels"), unet.config.get("out_channels")
@@ -214,9 +214,9 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         )
         # Its fields are checked with the folder (loading.check_pipeline_folder) and where it is used
         # (uncertainty_calibration); the pipeline module stays free of that import (it is exported self-contained).
-        if uncertainty_error_bound_90 is not None and not isinstance(uncertainty_error_bound_90, dict):
+        if uncertainty_error_bound_90 is not None and not isinstance(uncertainty_error_bound_90, (dict, list)):
             kind = type(uncertainty_error_bound_90).__name__
-            raise TypeError(f"`uncertainty_error_bound_90` must be a dict or None, got {kind}.")
+            raise TypeError(f"`uncertainty_error_bound_90` must be a dict, a list of dicts or None, got {kind}.")
         self.register_to_config(uncertainty_error_bound_90=uncertainty_error_bound_90)
 
     def save_pretrained(self, save_directory: str | os.PathLike, hub_ready: bool = False, **kwargs) -> None:

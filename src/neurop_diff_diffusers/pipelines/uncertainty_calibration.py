@@ -144,19 +144,24 @@ def _bad(name: str, allowed: str, value: Any) -> ValueError:
     return ValueError(f"`{ERROR_BOUND_KEY}` {name} must be {allowed}, got {value!r}.")
 
 
-def check_error_bound(value: Any) -> dict[str, Any] | None:
+#: Most calibrations one model folder may hold (one per number of samples and of denoising steps).
+MAX_CALIBRATIONS = 8
+
+
+def check_error_bound(value: Any) -> dict[str, Any] | list[dict[str, Any]] | None:
     """Check the calibration stored in ``model_index.json`` under [`ERROR_BOUND_KEY`] (``None``: none stored).
 
     The entry is a JSON object: ``coverage`` (0.9), ``num_samples`` (the ``N`` it was fitted for),
     ``uncertainty_sigma``, ``flip_samples``, ``num_inference_steps`` (the settings of the maps it was fitted on) and
     ``factors``: a list of ``{"scales": [low, high], "factor": k}`` (the factor for ``low < scale <= high``; ranges
-    increasing and not overlapping), plus free-text ``fitted_on``.
+    increasing and not overlapping), plus free-text ``fitted_on``; or a list of up to [`MAX_CALIBRATIONS`] such
+    objects, fitted for different ``N`` or steps (no two for the same pair).
 
     Args:
         value (`Any`): the entry.
 
     Returns:
-        `dict` or `None`: the entry.
+        `dict`, `list` or `None`: the entry.
 
     Raises:
         ValueError: naming the key, the field and the allowed values.
@@ -168,12 +173,25 @@ def check_error_bound(value: Any) -> dict[str, Any] | None:
         >>> check_error_bound(entry)["factors"][0]["factor"]
         2.5
     """
-    from .uncertainty import MAX_NUM_SAMPLES, MAX_UNCERTAINTY_SIGMA
-
     if value is None:
         return None
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_CALIBRATIONS:
+            raise _bad("list", f"1 to {MAX_CALIBRATIONS} calibrations", f"{len(value)} of them")
+        pairs = [(item["num_samples"], item["num_inference_steps"]) for item in map(_check_one, value)]
+        if len(set(pairs)) != len(pairs):
+            raise _bad("list", "calibrations for different (num_samples, num_inference_steps)", pairs)
+        return value
+    return _check_one(value)
+
+
+def _check_one(value: Any) -> dict[str, Any]:
+    from .uncertainty import MAX_NUM_SAMPLES, MAX_UNCERTAINTY_SIGMA
+
     if not isinstance(value, dict):
-        raise ValueError(f"`{ERROR_BOUND_KEY}` must be a JSON object or absent, got {type(value).__name__}.")
+        raise ValueError(
+            f"`{ERROR_BOUND_KEY}` must be a JSON object, a list of them, or absent, got {type(value).__name__}."
+        )
     if value.get("coverage") != BOUND_COVERAGE:
         raise _bad("coverage", str(BOUND_COVERAGE), value.get("coverage"))
     n = value.get("num_samples")
@@ -208,6 +226,39 @@ def check_error_bound(value: Any) -> dict[str, Any] | None:
     return value
 
 
+def merge_calibration(
+    existing: dict[str, Any] | list[dict[str, Any]] | None, calibration: dict[str, Any]
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """A model's [`ERROR_BOUND_KEY`] entry with one more calibration: it replaces the one fitted for the same ``N``
+    and steps, and is added beside the others (kept in order of ``N``, then steps).
+
+    Args:
+        existing (`dict`, `list` or `None`): the entry so far (checked: [`check_error_bound`]).
+        calibration (`dict`): the new calibration (checked).
+
+    Returns:
+        `dict` (the only calibration) or `list`.
+
+    Example:
+        >>> from neurop_diff_diffusers.pipelines.uncertainty_calibration import merge_calibration
+        >>> a = {"coverage": 0.9, "num_samples": 4, "uncertainty_sigma": 2.0, "flip_samples": True,
+        ...      "num_inference_steps": 10, "factors": [{"scales": [3.5, 4.5], "factor": 11.0}]}
+        >>> b = dict(a, num_inference_steps=30, factors=[{"scales": [3.5, 4.5], "factor": 9.0}])
+        >>> [c["num_inference_steps"] for c in merge_calibration(a, b)]
+        [10, 30]
+        >>> c = dict(b, factors=[{"scales": [1.0, 2.0], "factor": 5.0}])  # replaces b: the same N and steps
+        >>> merge_calibration(merge_calibration(a, b), c)[1]["factors"]
+        [{'scales': [1.0, 2.0], 'factor': 5.0}]
+    """
+    existing = check_error_bound(existing)
+    calibration = _check_one(calibration)
+    others = existing if isinstance(existing, list) else [] if existing is None else [existing]
+    pair = (calibration["num_samples"], calibration["num_inference_steps"])
+    kept = [c for c in others if (c["num_samples"], c["num_inference_steps"]) != pair] + [calibration]
+    kept.sort(key=lambda c: (c["num_samples"], c["num_inference_steps"]))
+    return check_error_bound(kept if len(kept) > 1 else kept[0])
+
+
 def error_bound_factor(
     entry: dict[str, Any] | None, num_samples: int, scale: float, num_inference_steps: int
 ) -> float | None:
@@ -240,12 +291,13 @@ def error_bound_factor(
         (None, None)
     """
     entry = check_error_bound(entry)
-    if entry is None or num_samples != entry["num_samples"] or num_inference_steps != entry["num_inference_steps"]:
-        return None
-    for item in entry.get("factors", []):
-        low, high = item["scales"]
-        if low < scale <= high:
-            return float(item["factor"])
+    for calibration in entry if isinstance(entry, list) else [] if entry is None else [entry]:
+        if num_samples != calibration["num_samples"] or num_inference_steps != calibration["num_inference_steps"]:
+            continue
+        for item in calibration["factors"]:
+            low, high = item["scales"]
+            if low < scale <= high:
+                return float(item["factor"])
     return None
 
 
@@ -332,6 +384,7 @@ __all__ = [
     "BOUND_COVERAGE",
     "ERROR_BOUND_KEY",
     "ERROR_BOUND_TAG",
+    "MAX_CALIBRATIONS",
     "NUM_SAMPLES_TAG",
     "SPREAD_TAG",
     "bound_coverage",
@@ -340,6 +393,7 @@ __all__ = [
     "check_error_bound",
     "conformal_factor",
     "error_bound_factor",
+    "merge_calibration",
     "pixel_error",
     "uncertainty_tags",
 ]
