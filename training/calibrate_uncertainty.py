@@ -39,6 +39,7 @@ import PIL.Image
 import torch
 
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
+from neurop_diff_diffusers.defaults import DEFAULT_SETTINGS, DTYPE_CHOICES
 from neurop_diff_diffusers.evaluation.methods import image_seed
 from neurop_diff_diffusers.pipelines import bicubic_prior
 from neurop_diff_diffusers.pipelines.uncertainty import DEFAULT_UNCERTAINTY_SIGMA, pool_uncertainty
@@ -48,9 +49,11 @@ from neurop_diff_diffusers.pipelines.uncertainty_calibration import (
     bound_coverage,
     check_error_bound,
     conformal_factor,
+    merge_calibration,
     pixel_error,
 )
 from neurop_diff_diffusers.runtime.loading import load_pipeline
+from neurop_diff_diffusers.runtime.optimization import optimize_pipeline
 from neurop_diff_diffusers.utils import atomic_write, atomic_write_json
 
 #: The maps compared with the error: the uncertainty map and the three baselines.
@@ -80,11 +83,13 @@ def collect(args: argparse.Namespace) -> None:
         raise ValueError(f"`images_from` names files that do not exist: {missing[:3]}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.pipeline)
+    pipe = optimize_pipeline(load_pipeline(args.pipeline), dtype=args.dtype, channels_last=args.channels_last)
     pipe.set_progress_bar_config(disable=True)
     settings = {
         "num_samples": args.num_samples,
         "num_inference_steps": args.steps,
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "channels_last": args.channels_last,
         "flip_samples": True,
         "data_consistency_steps": pipe.config.get("default_data_consistency_steps", 0),
         "crop": args.crop,
@@ -177,7 +182,7 @@ def fit(args: argparse.Namespace) -> dict[str, Any]:
     if args.write_model_index:
         index_path = Path(args.write_model_index) / "model_index.json"
         index = json.loads(index_path.read_text())
-        index[ERROR_BOUND_KEY] = entry
+        index[ERROR_BOUND_KEY] = merge_calibration(index.get(ERROR_BOUND_KEY), entry)
         atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2) + "\n"))
     return report
 
@@ -198,6 +203,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         entry = load_pipeline(args.pipeline).config.get(ERROR_BOUND_KEY)
     entry = check_error_bound(entry)
+    if isinstance(entry, list):  # the model's calibration for these maps' N and steps, else its first
+        pair = (settings["num_samples"], settings["num_inference_steps"])
+        entry = next((e for e in entry if (e["num_samples"], e["num_inference_steps"]) == pair), entry[0])
     if entry is None:
         raise ValueError("no calibration: give --fit FIT.json or a pipeline with one in its model_index.json")
     if settings["num_inference_steps"] != entry["num_inference_steps"]:  # a transfer check: say so, apply k anyway
@@ -268,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--images_from", required=True, help="a text file, one image path per line")
     c.add_argument("--max_images", type=int, default=None)
     c.add_argument("--scales", type=float, nargs="+", default=[4.0])
-    c.add_argument("--steps", type=int, default=20)
+    c.add_argument("--steps", type=int, default=DEFAULT_SETTINGS["steps"], help="default: the fast preset's")
+    c.add_argument("--dtype", choices=DTYPE_CHOICES, default=DEFAULT_SETTINGS["dtype"], help="the UNet's precision")
+    c.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=DEFAULT_SETTINGS["channels_last"])
     c.add_argument("--num_samples", type=int, default=4)
     c.add_argument("--crop", type=int, default=256, help="the HR's centre crop (px) after preprocess_hr(image, 256)")
     c.add_argument("--seed", type=int, default=0)
