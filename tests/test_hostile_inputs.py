@@ -107,6 +107,43 @@ def test_an_uncached_hub_id_offline_is_one_line(tmp_path, image, capsys, monkeyp
     assert "stacktrace" not in message and not (tmp_path / "o.png").exists()
 
 
+def _cached_snapshot(saved: Path, cache: Path, repo: str = "someone/tiny") -> Path:
+    """``saved`` laid out as ``huggingface_hub`` caches a download: the snapshot's files link into ``blobs``."""
+    import hashlib
+    import os
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / ("a" * 40)
+    (root / "blobs").mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("a" * 40)
+    for file in sorted(p for p in saved.rglob("*") if p.is_file()):
+        blob = root / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob.write_bytes(file.read_bytes())
+        link = snapshot / file.relative_to(saved)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot
+
+
+def test_a_cached_hub_id_loads_through_the_caches_links_and_no_other(saved, tmp_path, image, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    snapshot = _cached_snapshot(saved, tmp_path / "cache")
+    assert (snapshot / "model_index.json").is_symlink()
+    for model, name in [("someone/tiny", "a.png"), (saved, "b.png")]:
+        assert run_cli("upscale", image, "--scale", "2", "--steps", "1", "--model", model, "-o", tmp_path / name) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    outside = tmp_path / "outside.json"  # a snapshot link that leaves the cache's blobs folder is still refused
+    outside.write_text((saved / "unet" / "config.json").read_text())
+    (snapshot / "unet" / "config.json").unlink()
+    (snapshot / "unet" / "config.json").symlink_to(outside)
+    with pytest.raises(ValueError, match="is a symbolic link out of the Hub cache's blobs folder: not followed"):
+        load_pipeline("someone/tiny")
+
+
 def _edit(folder: Path, file: str, edit) -> None:
     path = folder / file
     data = json.loads(path.read_text())

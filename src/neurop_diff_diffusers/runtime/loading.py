@@ -92,7 +92,23 @@ def _check_int(config: dict, where: str, key: str, low: int, high: int, optional
 _MAX_CONFIG_BYTES, _MAX_CONFIG_DEPTH = 1024 * 1024, 16
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
+def _hub_blob(path: Path, blobs: Path | None) -> Path:
+    """``path``, or the file its link names when ``path`` is a link of a Hub cache snapshot into the cache's own
+    ``blobs`` folder (how ``huggingface_hub`` stores every file). Any other link is left to the reader, which refuses
+    it."""
+    if blobs is None or not path.is_symlink():
+        return path
+    target = path.resolve()
+    if target.parent != blobs.resolve() or not target.is_file():
+        raise ValueError(
+            f"`pipeline` {printable(path)} is a symbolic link out of the Hub cache's blobs folder: not followed; "
+            "the model folder is damaged."
+        )
+    return target
+
+
+def _read_json_object(path: Path, blobs: Path | None = None) -> dict[str, Any]:
+    path = _hub_blob(path, blobs)
     try:
         data = load_json_file(path, "`pipeline`", max_bytes=_MAX_CONFIG_BYTES, max_depth=_MAX_CONFIG_DEPTH)
     except OSError as err:
@@ -104,7 +120,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
+def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.PathLike | None = None) -> dict[str, Any]:
     """Check a NeurOp-Diff pipeline folder from its JSON files alone, before any weight is read or allocated.
 
     ``model_index.json`` must be a NeurOp-Diff pipeline's (not e.g. a ``DDPMPipeline``'s), with a diffusers
@@ -115,8 +131,13 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
     ``default_data_consistency_steps``, when present, an integer in ``[0, 100]``; the uncertainty map's calibration
     ``uncertainty_error_bound_90``, when present, as `uncertainty_calibration.check_error_bound` allows.
 
+    No file is read through a symbolic link, except in a Hub cache snapshot (``hub_blobs``), whose files are links
+    into the cache's ``blobs`` folder: those links, and only those, are followed.
+
     Args:
         folder (`str` or `os.PathLike`): the pipeline folder.
+        hub_blobs (`str` or `os.PathLike`, *optional*): the ``blobs`` folder of the Hub cache that ``folder`` is a
+            snapshot of (``None``: a local folder).
 
     Returns:
         `dict`: the parsed ``model_index.json``.
@@ -125,13 +146,14 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
         ValueError: naming the file, the field and the allowed values.
     """
     folder = Path(folder)
+    blobs = None if hub_blobs is None else Path(hub_blobs)
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise ValueError(
             f"`pipeline` {folder} holds no model_index.json: give a folder written by save_pretrained or "
             "`neurop-diff export`, a hub id 'owner/name' or 'preset:NAME'."
         )
-    index = _read_json_object(index_path)
+    index = _read_json_object(index_path, blobs)
     class_name = index.get("_class_name")
     if class_name not in PIPELINE_CLASS_NAMES:
         raise ValueError(
@@ -168,7 +190,7 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
     for component, path in files.items():
         if not path.is_file():
             raise ValueError(f"`pipeline` {folder}: {path.relative_to(folder)} is missing; the folder is incomplete.")
-        configs[component] = config = _read_json_object(path)
+        configs[component] = config = _read_json_object(path, blobs)
         for key, (low, high, optional) in _INT_RANGES[component].items():
             _check_int(config, path, key, low, high, optional)
     unet, unet_path = configs["unet"], files["unet"]
@@ -249,9 +271,10 @@ def _looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "~")) and "\\" not in spec
 
 
-def _local_pipeline_folder(spec: str) -> Path:
+def _local_pipeline_folder(spec: str) -> tuple[Path, Path | None]:
     """The local folder of ``spec``: the folder itself, or the hub id's snapshot (downloaded, or from the cache
-    offline) holding only a pipeline's JSON files and safetensors weights."""
+    offline) holding only a pipeline's JSON files and safetensors weights; with the cache's ``blobs`` folder, which
+    the snapshot's files link to (``None`` for a local folder)."""
     local = Path(spec).expanduser()
     if os.path.lexists(local):
         if not local.is_dir():
@@ -259,20 +282,21 @@ def _local_pipeline_folder(spec: str) -> Path:
                 f"`pipeline` {spec!r} is a file, not a pipeline folder: give a folder written by save_pretrained or "
                 "`neurop-diff export` (with model_index.json), a hub id 'owner/name' or 'preset:NAME'."
             )
-        return local
+        return local, None
     if not _looks_like_hub_id(spec):
         raise ValueError(f"`pipeline` {spec!r}: no such folder (and not a hub id 'owner/name' or 'preset:NAME').")
     from huggingface_hub import snapshot_download
 
     patterns = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors"]
     try:
-        return Path(snapshot_download(spec, allow_patterns=patterns))
+        snapshot = Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as err:  # offline, not cached, no such repository, gated, network errors: one line
         reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"`pipeline` {spec!r}: no such folder, and the hub id could not be loaded (not in the local cache and "
             f"the Hub not reachable, or no such model): {type(err).__name__}: {reason[:200]}"
         ) from None
+    return snapshot, snapshot.parent.parent / "blobs"  # <cache>/models--owner--name/snapshots/<revision>
 
 
 def has_default_model() -> bool:
@@ -357,8 +381,8 @@ def load_pipeline(
         if torch_dtype is not None:
             pipeline = pipeline.to(dtype=torch_dtype)
     else:
-        folder = _local_pipeline_folder(spec)
-        index = check_pipeline_folder(folder)
+        folder, blobs = _local_pipeline_folder(spec)
+        index = check_pipeline_folder(folder, hub_blobs=blobs)
         if isinstance(index["_class_name"], list):  # hub-ready: loaded with this package's classes
             pipeline = _load_hub_ready_folder(folder, index, torch_dtype)
         else:
