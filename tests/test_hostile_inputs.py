@@ -201,6 +201,36 @@ DAMAGED = {
         lambda c: {**c, "scheduler": ["diffusers", "os"]},
         "`scheduler` must be a diffusers scheduler class",
     ),
+    "unknown beta schedule": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "beta_schedule": "foo"},
+        "not a valid DDIMScheduler config (foo is not implemented",
+    ),
+    "unknown prediction type": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "prediction_type": "foo"},
+        "`prediction_type` must be one of epsilon, sample, v_prediction, got 'foo'",
+    ),
+    "unknown timestep spacing": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "timestep_spacing": 3},
+        "`timestep_spacing` must be one of leading, trailing, linspace, got 3",
+    ),
+    "clip range NaN": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "clip_sample": True, "clip_sample_range": float("nan")},
+        "`clip_sample_range` must be a number > 0, got nan",
+    ),
+    "thresholding ratio 5": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "thresholding": True, "dynamic_thresholding_ratio": 5},
+        "`dynamic_thresholding_ratio` must be a number in (0, 1], got 5",
+    ),
+    "switch as a string": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "clip_sample": "no"},
+        "`clip_sample` must be true or false, got 'no'",
+    ),
     "betas as strings": (
         "scheduler/scheduler_config.json",
         lambda c: {**c, "trained_betas": ["x"] * c.get("num_train_timesteps", 1000)},

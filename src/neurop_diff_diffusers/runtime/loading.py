@@ -72,6 +72,48 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int, bool]]] = {
         "solver_order": (1, 3, False),
     },
 }
+#: The scheduler settings that are names: the values every diffusers scheduler that ``--scheduler`` offers takes.
+_SCHEDULER_CHOICES = {
+    "prediction_type": ("epsilon", "sample", "v_prediction"),
+    "timestep_spacing": ("leading", "trailing", "linspace"),
+}
+#: The scheduler settings that are switches (JSON true / false).
+_SCHEDULER_FLAGS = ("clip_sample", "thresholding", "set_alpha_to_one", "rescale_betas_zero_snr")
+#: The scheduler settings that are numbers, and their range: ``(low, high, high included)``, low excluded.
+_SCHEDULER_NUMBERS = {
+    "clip_sample_range": (0.0, math.inf, False),
+    "sample_max_value": (0.0, math.inf, False),
+    "dynamic_thresholding_ratio": (0.0, 1.0, True),
+}
+
+
+def _check_scheduler(config: dict[str, Any], path: Path, scheduler_cls: type) -> None:
+    """The scheduler config's names, switches and numbers (``beta_schedule`` by building the scheduler from it: the
+    schedules differ by class), so that a damaged value is refused here rather than as a traceback or NaN later."""
+    for key, allowed in _SCHEDULER_CHOICES.items():
+        if key in config and config[key] not in allowed:
+            raise _bad_config(path, key, f"one of {', '.join(allowed)}", config[key])
+    for key in _SCHEDULER_FLAGS:
+        if key in config and not isinstance(config[key], bool):
+            raise _bad_config(path, key, "true or false", config[key])
+    for key, (low, high, closed) in _SCHEDULER_NUMBERS.items():
+        value = config.get(key, high if closed else low + 1.0)
+        inside = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not (inside and low < value and (value <= high if closed else value < high)):
+            wanted = (
+                f"a number in ({low:g}, {high:g}{']' if closed else ')'}" if math.isfinite(high) else "a number > 0"
+            )
+            raise _bad_config(path, key, wanted, value)
+    try:
+        scheduler_cls.from_config(config)
+    except (NotImplementedError, ValueError, TypeError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"`pipeline` {printable(path)}: not a valid {scheduler_cls.__name__} config ({reason}); the model folder "
+            "is damaged."
+        ) from None
+
+
 #: Largest number of levels (``block_out_channels`` entries) and channels per level of a UNet.
 _MAX_UNET_LEVELS, _MAX_UNET_CHANNELS = 8, 8192
 
@@ -127,7 +169,8 @@ def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.Path
     ``UNet2DModel``, a diffusers scheduler and a ``GalerkinNeuralOperator`` (or none); every size of the component
     configs must be an integer in a sane range (see ``_INT_RANGES``; no string where a number belongs), the UNet must
     take the noisy image and the prior (``in_channels = 2 * out_channels = 6``) and its ``norm_num_groups`` must
-    divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``; the pipeline's
+    divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``, its names
+    (``prediction_type``, ``timestep_spacing``, ``beta_schedule``), switches and thresholds valid; the pipeline's
     ``default_data_consistency_steps``, when present, an integer in ``[0, 100]``; the uncertainty map's calibration
     ``uncertainty_error_bound_90``, when present, as `uncertainty_calibration.check_error_bound` allows.
 
@@ -229,6 +272,7 @@ def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.Path
     ):
         shown = trained if not isinstance(trained, list) else f"a list of {len(trained)} values"
         raise _bad_config(sched_path, "trained_betas", "null or one number in (0, 1) per training timestep", shown)
+    _check_scheduler(sched, sched_path, scheduler_cls)
     if has_operator:
         op, op_path = configs["neural_operator"], files["neural_operator"]
         if op.get("in_channels", 3) != 3 or op.get("out_channels", 3) != 3:
