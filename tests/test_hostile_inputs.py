@@ -454,6 +454,35 @@ def test_evaluate_scales_too_large_for_the_resolution(tmp_path, samples_dir, cap
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "JSON nested 100000 levels deep, more than the 64 allowed"),
+        ("list.txt", b"\xff\xfeairplane30.png", "is not UTF-8 text"),
+        ("huge.txt", "airplane30.png\n" * 1_200_000, "more than the 16777216 allowed"),
+    ],
+    ids=["deep", "not-utf8", "huge"],
+)
+def test_evaluate_images_from_is_read_within_budgets(tmp_path, samples_dir, capsys, name, content, message):
+    listing = tmp_path / name
+    listing.write_bytes(content if isinstance(content, bytes) else content.encode())
+    argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", tmp_path / "o"]
+    assert run_cli(*argv, "--images_from", listing, "--scales", "2") == 2
+    line = one_error_line(capsys)
+    assert line.startswith("`images_from` ") and str(listing) in line and message in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_images_from_is_not_read_through_a_link(tmp_path, samples_dir, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("airplane30.png\n")
+    (tmp_path / "list.txt").symlink_to(outside)
+    argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", tmp_path / "o"]
+    assert run_cli(*argv, "--images_from", tmp_path / "list.txt", "--scales", "2") == 2
+    assert "is a symbolic link: not followed" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # A float GeoTIFF with NaN and no declared nodata (item 16)
 

@@ -26,6 +26,7 @@ from ..evaluation.methods import METHODS
 from ..evaluation.report import results_to_markdown, save_results
 from ..evaluation.run import LazyRow, evaluate_with_settings
 from ..evaluation.settings import DEFAULT_SCALES, EvaluationSettings, spread_positions
+from ..file_safety import MAX_JSON_BYTES, loads_bounded, printable, read_bytes_no_follow
 from ..metrics.quality import PROTOCOLS
 from ..pipelines.scheduling import SCHEDULERS
 from ..runtime.loading import load_pipeline
@@ -144,13 +145,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _read_image_list(path: str) -> list[Any]:
+    """``--images_from``: a results.json (its ``images``), a JSON list, or a text file of one name or index a line,
+    read like every file from outside: within the JSON budgets, never through a link."""
     file = Path(path)
-    text = file.read_text(encoding="utf-8")
+    data = read_bytes_no_follow(file, MAX_JSON_BYTES, "`images_from`")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"`images_from` {printable(path)!r} is not UTF-8 text.") from None
     if file.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"`images_from` {path!r} is not valid JSON: {error}.") from None
+        data = loads_bounded(text, f"`images_from` {printable(path)!r}")
         entries = data.get("images") if isinstance(data, dict) else data
         if not isinstance(entries, list) or not entries:
             raise ValueError(f"`images_from` {path!r} has no non-empty 'images' list.")
