@@ -186,3 +186,21 @@ def test_clip_is_a_setting_of_the_journal_and_the_batch_manifest(tmp_path):
     assert JobOptions(clip=True).scene_kwargs()["clip"] is True
     with pytest.raises(TypeError, match="`clip` must be a bool"):
         SceneOptions(clip="yes")
+
+
+def test_a_negative_low_is_taken_as_the_value_of_value_range(tmp_path, capsys):
+    """``--value-range -100,3000`` (a DEM below sea level): the value starts with ``-`` and is not a plain negative
+    number, which argparse would take for an unknown flag ("expected one argument")."""
+    dem = np.linspace(-100, 3000, 16 * 16, dtype=np.float32).reshape(1, 16, 16)
+    src = _write(tmp_path / "dem.tif", dem)
+    args = ("upscale", src, "--scale", "2", "--prior-only", *TINY)
+    assert run_cli(*args, "-o", tmp_path / "spaced.tif", "--value-range", "-100,3000") == 0
+    assert not [m for m in cli_messages(capsys.readouterr().err) if "error" in m]
+    assert run_cli(*args, "-o", tmp_path / "joined.tif", "--value-range=-100,3000") == 0
+    with rasterio.open(tmp_path / "spaced.tif") as spaced, rasterio.open(tmp_path / "joined.tif") as joined:
+        assert spaced.tags()["NEUROP_DIFF_VALUE_RANGE"] == "-100,3000"
+        assert np.array_equal(spaced.read(), joined.read())
+    assert run_cli(*args, "-o", tmp_path / "bad.tif", "--value-range", "-100") == 2  # still checked
+    line = [m for m in cli_messages(capsys.readouterr().err) if "error" in m]
+    assert len(line) == 1 and "--value-range must be 'minmax', 'LOW,HIGH'" in line[0] and "got '-100'" in line[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dem.tif", "joined.tif", "spaced.tif"]
