@@ -40,6 +40,26 @@ def test_stretch_of_extreme_bands_is_finite_and_maps_back(low, high, dtype):
         assert np.isfinite(back).all()  # overshoot past the type's range is held at its finite limit
 
 
+def test_a_stretch_far_narrower_than_the_values_holds_them_without_a_warning(tmp_path, capsys):
+    """``--value-range 1e-320,1e-310``: every value lies some 1e314 widths out; float64 overflows in the quotient,
+    which is held at the unit limit (``UNIT_LIMIT`` widths out, as documented) without numpy's overflow warning
+    reaching the user."""
+    import warnings
+
+    stretch = BandStretch((1e-320,), (1e-310,), "uint16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unit = stretch.forward(np.array([0, 1000, 25500], dtype=np.uint16), 0)
+    assert unit[0] == pytest.approx(-1e-10, abs=1e-9) and (unit[1:] == np.float32(1e30)).all()
+    src = _write(tmp_path / "in.tif", np.full((3, 16, 16), 1000, dtype=np.uint16))
+    args = ("--scale", "2", "--prior-only", "--value-range", "1e-320,1e-310", *TINY)
+    assert run_cli("upscale", src, "-o", tmp_path / "o.tif", *args) == 0
+    messages = cli_messages(capsys.readouterr().err)
+    assert len(messages) == 1 and "768 of 768 valid input values (100.00 %) lie outside the stretch" in messages[0]
+    with rasterio.open(tmp_path / "o.tif") as out:
+        assert out.read().shape == (3, 32, 32) and out.dtypes == ("uint16",) * 3
+
+
 def test_a_constant_band_maps_to_a_constant_and_back_exactly():
     assert stretch_bounds(7.0, 7.0) == (7.0, 8.0)  # small values: the width 1 of before
     low, high = stretch_bounds(2.0**64, 2.0**64)
