@@ -483,6 +483,19 @@ def test_evaluate_images_from_is_not_read_through_a_link(tmp_path, samples_dir, 
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("name", ["results.json", "trust_x2.png"])
+def test_evaluate_refuses_a_link_among_its_outputs_before_any_work(tmp_path, samples_dir, capsys, name):
+    out = tmp_path / "o"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (out / name).symlink_to(victim)
+    argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", out, "--scales", "2"]
+    assert run_cli(*argv) == 2
+    assert one_error_line(capsys) == f"output `{out / name}` is a symbolic link: only a regular file is replaced"
+    assert [p.name for p in out.iterdir()] == [name] and victim.read_text() == "keep"
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # A float GeoTIFF with NaN and no declared nodata (item 16)
 
