@@ -188,6 +188,18 @@ def test_cli_value_range_keeps_a_dems_extremes_and_clip_clips(tmp_path, capsys):
     assert clip.max() <= high * (1 + 1e-6) and clip.min() >= low * (1 - 1e-6)
 
 
+def test_the_output_tags_say_whether_values_outside_the_range_were_clipped(tmp_path):
+    from neurop_diff_diffusers.jobs.scene.cog import OUTSIDE_RANGE_TAG
+
+    src = _write(tmp_path / "dem.tif", _elevation())
+    args = ("--scale", "2", "--value-range", "p2,p98", "--prior-only", *TINY)
+    assert run_cli("upscale", src, "-o", tmp_path / "kept.tif", *args) == 0
+    assert run_cli("upscale", src, "-o", tmp_path / "clip.tif", "--clip", *args) == 0
+    with rasterio.open(tmp_path / "kept.tif") as kept, rasterio.open(tmp_path / "clip.tif") as clip:
+        assert kept.tags()[OUTSIDE_RANGE_TAG] == "added back" and clip.tags()[OUTSIDE_RANGE_TAG] == "clipped"
+        assert kept.tags()["NEUROP_DIFF_VALUE_RANGE"] == clip.tags()["NEUROP_DIFF_VALUE_RANGE"] == "p2,p98"
+
+
 def test_clip_is_a_setting_of_the_journal_and_the_batch_manifest(tmp_path):
     from pathlib import Path
 
