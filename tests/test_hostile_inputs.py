@@ -289,6 +289,77 @@ def test_a_model_index_that_is_a_link_is_not_followed(saved, tmp_path):
         load_pipeline(folder)
 
 
+def _edit_header(edit):
+    """A safetensors file's bytes with its JSON header edited by ``edit``."""
+    import struct
+
+    def change(data: bytes) -> bytes:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        edit(header)
+        text = json.dumps(header).encode()
+        return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+    return change
+
+
+def _retype(header):
+    header["conv_in.weight"]["dtype"] = "I32"
+
+
+def _enlarge(header):
+    header["conv_in.weight"].update(shape=[10**9, 10**9], data_offsets=[0, 4 * 10**18])
+
+
+WEIGHTS = {
+    "header of 2**62 bytes": (
+        lambda data: (2**62).to_bytes(8, "little") + data[8:],
+        "its header claims 4611686018427387904 bytes in a file of",
+    ),
+    "integer weights": (_edit_header(_retype), "tensor 'conv_in.weight' has dtype 'I32'; weights must be one of"),
+    "1e18 values": (_edit_header(_enlarge), "tensor 'conv_in.weight' of shape [1000000000, 1000000000] does not fit"),
+    "truncated": (lambda data: data[: len(data) // 2], "does not fit its byte range"),
+    "empty": (lambda data: b"", "0 bytes, too short for a safetensors file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHTS))
+def test_damaged_weights_are_refused_from_their_safetensors_header(saved, tmp_path, monkeypatch, case):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    change, message = WEIGHTS[case]
+    weights.write_bytes(change(weights.read_bytes()))
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(NeurOpDiffPipeline, "from_pretrained", never)
+    with pytest.raises(ValueError, match="`pipeline`") as caught:
+        load_pipeline(folder)
+    assert str(caught.value).startswith(f"`pipeline` {weights}: ") and message in str(caught.value)
+    assert str(caught.value).endswith("; the model folder is damaged.")
+
+
+def test_weights_that_are_a_link_or_a_pickle_are_never_loaded(saved, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(NeurOpDiffPipeline, "from_pretrained", lambda *a, **k: pytest.fail("weights were loaded"))
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    weights = folder / "neural_operator" / "diffusion_pytorch_model.safetensors"
+    weights.rename(tmp_path / "outside.safetensors")
+    weights.symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(ValueError, match="diffusion_pytorch_model.safetensors: a symbolic link: not followed"):
+        load_pipeline(folder)
+    weights.unlink()
+    (weights.parent / "diffusion_pytorch_model.bin").write_bytes(b"a pickle")
+    with pytest.raises(ValueError, match="neural_operator holds no .safetensors weights"):
+        load_pipeline(folder)
+
+
 def test_damaged_pipeline_folder_in_the_cli_is_one_line_before_any_output(saved, tmp_path, image, capsys):
     import shutil
 

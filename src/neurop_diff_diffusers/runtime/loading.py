@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..file_safety import load_json_file, printable
+from ..file_safety import load_json_file, loads_bounded, printable
 from ..models.neural_operator import GalerkinNeuralOperator
 from ..pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
 from ..pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
@@ -112,6 +112,78 @@ def _check_scheduler(config: dict[str, Any], path: Path, scheduler_cls: type) ->
             f"`pipeline` {printable(path)}: not a valid {scheduler_cls.__name__} config ({reason}); the model folder "
             "is damaged."
         ) from None
+
+
+#: The largest safetensors header read (the JSON that lists the tensors: a few kB for our models).
+_MAX_WEIGHTS_HEADER_BYTES = 16 * 1024 * 1024
+#: Bytes per value of the safetensors dtypes a model's weights may have (floating point only: integer "weights" would
+#: be cast to float silently, turning a damaged header into a wrong model).
+_WEIGHT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+
+def _check_weights(component: Path, blobs: Path | None) -> None:
+    """A component's safetensors files, from their headers alone (nothing else is read): at least one, never through a
+    link (but a Hub snapshot's into its blobs), the header within its budget and inside the file, and every tensor of
+    a floating-point dtype whose shape matches its byte range, which lies inside the file."""
+    import struct
+
+    files = sorted(component.glob("*.safetensors"))
+    if not files:
+        raise ValueError(
+            f"`pipeline` {printable(component)} holds no .safetensors weights (only safetensors files are loaded); "
+            "the model folder is incomplete."
+        )
+    for path in files:
+        path = _hub_blob(path, blobs)
+
+        def damaged(reason: str, path: Path = path) -> ValueError:
+            return ValueError(f"`pipeline` {printable(path)}: {reason}; the model folder is damaged.")
+
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as error:
+            reason = "a symbolic link: not followed" if path.is_symlink() else f"not readable ({error})"
+            raise damaged(reason) from None
+        with os.fdopen(fd, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            first = file.read(8)
+            if len(first) < 8:
+                raise damaged(f"{size} bytes, too short for a safetensors file")
+            (length,) = struct.unpack("<Q", first)
+            if length > _MAX_WEIGHTS_HEADER_BYTES or 8 + length > size:
+                raise damaged(
+                    f"its header claims {length} bytes in a file of {size} (at most {_MAX_WEIGHTS_HEADER_BYTES})"
+                )
+            try:
+                text = file.read(length).decode("utf-8")
+            except UnicodeDecodeError:
+                raise damaged("its header is not UTF-8 text") from None
+        try:
+            header = loads_bounded(text, "its header", max_depth=_MAX_CONFIG_DEPTH)
+        except ValueError as error:
+            raise damaged(str(error)) from None
+        if not isinstance(header, dict):
+            raise damaged("its header is not a JSON object")
+        data_size = size - 8 - length
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = entry.get("dtype") if isinstance(entry, dict) else None
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if dtype not in _WEIGHT_DTYPES:
+                raise damaged(f"tensor {name!r} has dtype {dtype!r}; weights must be one of {sorted(_WEIGHT_DTYPES)}")
+            valid_shape = isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+            valid_offsets = (
+                isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size
+            )  # fmt: skip
+            nbytes = math.prod(shape) * _WEIGHT_DTYPES[dtype] if valid_shape else -1
+            if not (valid_offsets and nbytes == offsets[1] - offsets[0]):
+                raise damaged(
+                    f"tensor {name!r} of shape {shape!r} does not fit its byte range {offsets!r} in the "
+                    f"{data_size} bytes of data"
+                )
 
 
 #: Largest number of levels (``block_out_channels`` entries) and channels per level of a UNet.
@@ -234,6 +306,8 @@ def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.Path
         if not path.is_file():
             raise ValueError(f"`pipeline` {folder}: {path.relative_to(folder)} is missing; the folder is incomplete.")
         configs[component] = config = _read_json_object(path, blobs)
+        if component != "scheduler":
+            _check_weights(path.parent, blobs)
         for key, (low, high, optional) in _INT_RANGES[component].items():
             _check_int(config, path, key, low, high, optional)
     unet, unet_path = configs["unet"], files["unet"]
