@@ -81,6 +81,28 @@ def test_find_inputs_sorted_filtered_and_recursive(scenes, tmp_path):
         find_inputs(tmp_path / "missing")
 
 
+def test_a_link_out_of_the_input_folder_is_not_an_input(scenes, tmp_path, capsys):
+    """Nothing outside the declared input is read: a file link (or a file under a linked sub-folder, reached by a
+    --glob) that leaves the folder is skipped with one warning; a link within the folder is an input."""
+    secret = tmp_path / "private"
+    secret.mkdir()
+    Image.new("RGB", (4, 4), "red").save(secret / "photo.png")
+    (scenes / "leak.png").symlink_to(secret / "photo.png")
+    (scenes / "linked").symlink_to(secret)
+    (scenes / "again.png").symlink_to(scenes / "s0.png")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) reached through a symbolic link out of the folder"):
+        names = [p.name for p in find_inputs(scenes, pattern="*.png")]
+    assert "leak.png" not in names and "again.png" in names
+    with pytest.warns(UserWarning, match=r"not inputs \(not followed\), e.g. linked/photo.png"):
+        assert find_inputs(scenes, pattern="linked/*.png") == []
+    out = tmp_path / "out"
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "*.png", *FAST) == 2  # the corrupt one
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and warned[0].startswith("neurop-diff: warning: --input-dir ") and "leak.png" in warned[0]
+    assert not (out / "leak_x2.png").exists() and (out / "again_x2.png").is_file()
+    assert all(record["input"] != str(scenes / "leak.png") for record in _manifest(out))
+
+
 def test_stale_temporaries_and_compact_manifest(tmp_path):
     target = tmp_path / "a_x2.png"
     for name in (".a_x2.k3j_x9q0.png", ".a_x2.short.png", ".b_x2.k3j_x9q0.png", "a_x2.png"):

@@ -107,6 +107,43 @@ def test_an_uncached_hub_id_offline_is_one_line(tmp_path, image, capsys, monkeyp
     assert "stacktrace" not in message and not (tmp_path / "o.png").exists()
 
 
+def _cached_snapshot(saved: Path, cache: Path, repo: str = "someone/tiny") -> Path:
+    """``saved`` laid out as ``huggingface_hub`` caches a download: the snapshot's files link into ``blobs``."""
+    import hashlib
+    import os
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / ("a" * 40)
+    (root / "blobs").mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("a" * 40)
+    for file in sorted(p for p in saved.rglob("*") if p.is_file()):
+        blob = root / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob.write_bytes(file.read_bytes())
+        link = snapshot / file.relative_to(saved)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snapshot
+
+
+def test_a_cached_hub_id_loads_through_the_caches_links_and_no_other(saved, tmp_path, image, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    snapshot = _cached_snapshot(saved, tmp_path / "cache")
+    assert (snapshot / "model_index.json").is_symlink()
+    for model, name in [("someone/tiny", "a.png"), (saved, "b.png")]:
+        assert run_cli("upscale", image, "--scale", "2", "--steps", "1", "--model", model, "-o", tmp_path / name) == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    outside = tmp_path / "outside.json"  # a snapshot link that leaves the cache's blobs folder is still refused
+    outside.write_text((saved / "unet" / "config.json").read_text())
+    (snapshot / "unet" / "config.json").unlink()
+    (snapshot / "unet" / "config.json").symlink_to(outside)
+    with pytest.raises(ValueError, match="is a symbolic link out of the Hub cache's blobs folder: not followed"):
+        load_pipeline("someone/tiny")
+
+
 def _edit(folder: Path, file: str, edit) -> None:
     path = folder / file
     data = json.loads(path.read_text())
@@ -164,6 +201,36 @@ DAMAGED = {
         lambda c: {**c, "scheduler": ["diffusers", "os"]},
         "`scheduler` must be a diffusers scheduler class",
     ),
+    "unknown beta schedule": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "beta_schedule": "foo"},
+        "not a valid DDIMScheduler config (foo is not implemented",
+    ),
+    "unknown prediction type": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "prediction_type": "foo"},
+        "`prediction_type` must be one of epsilon, sample, v_prediction, got 'foo'",
+    ),
+    "unknown timestep spacing": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "timestep_spacing": 3},
+        "`timestep_spacing` must be one of leading, trailing, linspace, got 3",
+    ),
+    "clip range NaN": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "clip_sample": True, "clip_sample_range": float("nan")},
+        "`clip_sample_range` must be a number > 0, got nan",
+    ),
+    "thresholding ratio 5": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "thresholding": True, "dynamic_thresholding_ratio": 5},
+        "`dynamic_thresholding_ratio` must be a number in (0, 1], got 5",
+    ),
+    "switch as a string": (
+        "scheduler/scheduler_config.json",
+        lambda c: {**c, "clip_sample": "no"},
+        "`clip_sample` must be true or false, got 'no'",
+    ),
     "betas as strings": (
         "scheduler/scheduler_config.json",
         lambda c: {**c, "trained_betas": ["x"] * c.get("num_train_timesteps", 1000)},
@@ -219,6 +286,77 @@ def test_a_model_index_that_is_a_link_is_not_followed(saved, tmp_path):
     (folder / "model_index.json").rename(outside)
     (folder / "model_index.json").symlink_to(outside)
     with pytest.raises(ValueError, match="is a symbolic link: not followed"):
+        load_pipeline(folder)
+
+
+def _edit_header(edit):
+    """A safetensors file's bytes with its JSON header edited by ``edit``."""
+    import struct
+
+    def change(data: bytes) -> bytes:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+        edit(header)
+        text = json.dumps(header).encode()
+        return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+    return change
+
+
+def _retype(header):
+    header["conv_in.weight"]["dtype"] = "I32"
+
+
+def _enlarge(header):
+    header["conv_in.weight"].update(shape=[10**9, 10**9], data_offsets=[0, 4 * 10**18])
+
+
+WEIGHTS = {
+    "header of 2**62 bytes": (
+        lambda data: (2**62).to_bytes(8, "little") + data[8:],
+        "its header claims 4611686018427387904 bytes in a file of",
+    ),
+    "integer weights": (_edit_header(_retype), "tensor 'conv_in.weight' has dtype 'I32'; weights must be one of"),
+    "1e18 values": (_edit_header(_enlarge), "tensor 'conv_in.weight' of shape [1000000000, 1000000000] does not fit"),
+    "truncated": (lambda data: data[: len(data) // 2], "does not fit its byte range"),
+    "empty": (lambda data: b"", "0 bytes, too short for a safetensors file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WEIGHTS))
+def test_damaged_weights_are_refused_from_their_safetensors_header(saved, tmp_path, monkeypatch, case):
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    change, message = WEIGHTS[case]
+    weights.write_bytes(change(weights.read_bytes()))
+
+    def never(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(NeurOpDiffPipeline, "from_pretrained", never)
+    with pytest.raises(ValueError, match="`pipeline`") as caught:
+        load_pipeline(folder)
+    assert str(caught.value).startswith(f"`pipeline` {weights}: ") and message in str(caught.value)
+    assert str(caught.value).endswith("; the model folder is damaged.")
+
+
+def test_weights_that_are_a_link_or_a_pickle_are_never_loaded(saved, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(NeurOpDiffPipeline, "from_pretrained", lambda *a, **k: pytest.fail("weights were loaded"))
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    weights = folder / "neural_operator" / "diffusion_pytorch_model.safetensors"
+    weights.rename(tmp_path / "outside.safetensors")
+    weights.symlink_to(tmp_path / "outside.safetensors")
+    with pytest.raises(ValueError, match="diffusion_pytorch_model.safetensors: a symbolic link: not followed"):
+        load_pipeline(folder)
+    weights.unlink()
+    (weights.parent / "diffusion_pytorch_model.bin").write_bytes(b"a pickle")
+    with pytest.raises(ValueError, match="neural_operator holds no .safetensors weights"):
         load_pipeline(folder)
 
 
@@ -385,6 +523,48 @@ def test_evaluate_scales_too_large_for_the_resolution(tmp_path, samples_dir, cap
     message = one_error_line(capsys)
     assert "`scales` up to 300 degrade the 256 px HR to an LR of 1 px; the LR needs at least 2 px a side" in message
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "JSON nested 100000 levels deep, more than the 64 allowed"),
+        ("list.txt", b"\xff\xfeairplane30.png", "is not UTF-8 text"),
+        ("huge.txt", "airplane30.png\n" * 1_200_000, "more than the 16777216 allowed"),
+    ],
+    ids=["deep", "not-utf8", "huge"],
+)
+def test_evaluate_images_from_is_read_within_budgets(tmp_path, samples_dir, capsys, name, content, message):
+    listing = tmp_path / name
+    listing.write_bytes(content if isinstance(content, bytes) else content.encode())
+    argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", tmp_path / "o"]
+    assert run_cli(*argv, "--images_from", listing, "--scales", "2") == 2
+    line = one_error_line(capsys)
+    assert line.startswith("`images_from` ") and str(listing) in line and message in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_images_from_is_not_read_through_a_link(tmp_path, samples_dir, capsys):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("airplane30.png\n")
+    (tmp_path / "list.txt").symlink_to(outside)
+    argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", tmp_path / "o"]
+    assert run_cli(*argv, "--images_from", tmp_path / "list.txt", "--scales", "2") == 2
+    assert "is a symbolic link: not followed" in one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["results.json", "trust_x2.png"])
+def test_evaluate_refuses_a_link_among_its_outputs_before_any_work(tmp_path, samples_dir, capsys, name):
+    out = tmp_path / "o"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (out / name).symlink_to(victim)
+    argv = ["evaluate", "--pipeline", "preset:tiny", "--data_dir", samples_dir, "--output_dir", out, "--scales", "2"]
+    assert run_cli(*argv) == 2
+    assert one_error_line(capsys) == f"output `{out / name}` is a symbolic link: only a regular file is replaced"
+    assert [p.name for p in out.iterdir()] == [name] and victim.read_text() == "keep"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

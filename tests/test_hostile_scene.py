@@ -395,3 +395,19 @@ def test_the_temporary_file_of_a_commit_killed_by_sigkill_is_swept_by_the_next_r
     upscale_scene(pipe, scene, target, **KW)
     assert target.read_bytes() == reference
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.tif", "o.tif", *others])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A GeoTIFF under another name: its default output is a TIFF
+# --------------------------------------------------------------------------------------------------------------------
+def test_a_geotiff_named_png_gets_a_tif_output_by_default(tmp_path, capsys):
+    src = _write(tmp_path / "in.tif", _smooth_scene(16, 16))
+    src = src.rename(tmp_path / "scene.png")  # still a GeoTIFF: it takes the GeoTIFF path
+    assert cli.main(["upscale", str(src), *CLI]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.png", "scene_x2.tif"]
+    with rasterio.open(tmp_path / "scene_x2.tif") as out:
+        assert out.crs is not None and out.shape == (32, 32)
+    fifo = tmp_path / "pipe.png"  # a name that is not a regular file is never opened to choose the suffix
+    os.mkfifo(fifo)
+    assert cli.main(["upscale", str(fifo), *CLI]) == 2
+    assert "pipe.png: not a regular file" in capsys.readouterr().err

@@ -492,3 +492,18 @@ def test_a_pipeline_default_is_saved_and_used_when_a_call_gives_none(tmp_path, a
     assert torch.equal(run(base), run(base, **{argument: paper_value}))  # saved without it: the paper's value
     with pytest.raises(ValueError, match=message):
         NeurOpDiffPipeline(base.unet, base.neural_operator, base.scheduler, **{f"default_{argument}": bad})
+
+
+def test_a_thin_image_in_bfloat16_matches_float32():
+    """An output two pixels wide reaches the UNet's deepest level one column wide, where oneDNN's bfloat16 strided
+    convolution computes garbage on CPUs with bfloat16 units (all NaN here before the UNet's input was widened)."""
+    lr = np.random.default_rng(0).integers(0, 255, (9, 1, 3), dtype=np.uint8)
+    outputs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        pipe = build_pipeline("tiny", seed=0)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.unet.to(dtype)
+        generator = torch.Generator().manual_seed(0)
+        outputs.append(pipe(lr, scale=2, num_inference_steps=2, generator=generator, output_type="np").images)
+    assert outputs[1].shape == (1, 18, 2, 3) and np.isfinite(outputs[1]).all()
+    assert np.abs(outputs[1] - outputs[0]).max() < 0.05

@@ -40,6 +40,26 @@ def test_stretch_of_extreme_bands_is_finite_and_maps_back(low, high, dtype):
         assert np.isfinite(back).all()  # overshoot past the type's range is held at its finite limit
 
 
+def test_a_stretch_far_narrower_than_the_values_holds_them_without_a_warning(tmp_path, capsys):
+    """``--value-range 1e-320,1e-310``: every value lies some 1e314 widths out; float64 overflows in the quotient,
+    which is held at the unit limit (``UNIT_LIMIT`` widths out, as documented) without numpy's overflow warning
+    reaching the user."""
+    import warnings
+
+    stretch = BandStretch((1e-320,), (1e-310,), "uint16")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unit = stretch.forward(np.array([0, 1000, 25500], dtype=np.uint16), 0)
+    assert unit[0] == pytest.approx(-1e-10, abs=1e-9) and (unit[1:] == np.float32(1e30)).all()
+    src = _write(tmp_path / "in.tif", np.full((3, 16, 16), 1000, dtype=np.uint16))
+    args = ("--scale", "2", "--prior-only", "--value-range", "1e-320,1e-310", *TINY)
+    assert run_cli("upscale", src, "-o", tmp_path / "o.tif", *args) == 0
+    messages = cli_messages(capsys.readouterr().err)
+    assert len(messages) == 1 and "768 of 768 valid input values (100.00 %) lie outside the stretch" in messages[0]
+    with rasterio.open(tmp_path / "o.tif") as out:
+        assert out.read().shape == (3, 32, 32) and out.dtypes == ("uint16",) * 3
+
+
 def test_a_constant_band_maps_to_a_constant_and_back_exactly():
     assert stretch_bounds(7.0, 7.0) == (7.0, 8.0)  # small values: the width 1 of before
     low, high = stretch_bounds(2.0**64, 2.0**64)
@@ -168,6 +188,18 @@ def test_cli_value_range_keeps_a_dems_extremes_and_clip_clips(tmp_path, capsys):
     assert clip.max() <= high * (1 + 1e-6) and clip.min() >= low * (1 - 1e-6)
 
 
+def test_the_output_tags_say_whether_values_outside_the_range_were_clipped(tmp_path):
+    from neurop_diff_diffusers.jobs.scene.cog import OUTSIDE_RANGE_TAG
+
+    src = _write(tmp_path / "dem.tif", _elevation())
+    args = ("--scale", "2", "--value-range", "p2,p98", "--prior-only", *TINY)
+    assert run_cli("upscale", src, "-o", tmp_path / "kept.tif", *args) == 0
+    assert run_cli("upscale", src, "-o", tmp_path / "clip.tif", "--clip", *args) == 0
+    with rasterio.open(tmp_path / "kept.tif") as kept, rasterio.open(tmp_path / "clip.tif") as clip:
+        assert kept.tags()[OUTSIDE_RANGE_TAG] == "added back" and clip.tags()[OUTSIDE_RANGE_TAG] == "clipped"
+        assert kept.tags()["NEUROP_DIFF_VALUE_RANGE"] == clip.tags()["NEUROP_DIFF_VALUE_RANGE"] == "p2,p98"
+
+
 def test_clip_is_a_setting_of_the_journal_and_the_batch_manifest(tmp_path):
     from pathlib import Path
 
@@ -186,3 +218,21 @@ def test_clip_is_a_setting_of_the_journal_and_the_batch_manifest(tmp_path):
     assert JobOptions(clip=True).scene_kwargs()["clip"] is True
     with pytest.raises(TypeError, match="`clip` must be a bool"):
         SceneOptions(clip="yes")
+
+
+def test_a_negative_low_is_taken_as_the_value_of_value_range(tmp_path, capsys):
+    """``--value-range -100,3000`` (a DEM below sea level): the value starts with ``-`` and is not a plain negative
+    number, which argparse would take for an unknown flag ("expected one argument")."""
+    dem = np.linspace(-100, 3000, 16 * 16, dtype=np.float32).reshape(1, 16, 16)
+    src = _write(tmp_path / "dem.tif", dem)
+    args = ("upscale", src, "--scale", "2", "--prior-only", *TINY)
+    assert run_cli(*args, "-o", tmp_path / "spaced.tif", "--value-range", "-100,3000") == 0
+    assert not [m for m in cli_messages(capsys.readouterr().err) if "error" in m]
+    assert run_cli(*args, "-o", tmp_path / "joined.tif", "--value-range=-100,3000") == 0
+    with rasterio.open(tmp_path / "spaced.tif") as spaced, rasterio.open(tmp_path / "joined.tif") as joined:
+        assert spaced.tags()["NEUROP_DIFF_VALUE_RANGE"] == "-100,3000"
+        assert np.array_equal(spaced.read(), joined.read())
+    assert run_cli(*args, "-o", tmp_path / "bad.tif", "--value-range", "-100") == 2  # still checked
+    line = [m for m in cli_messages(capsys.readouterr().err) if "error" in m]
+    assert len(line) == 1 and "--value-range must be 'minmax', 'LOW,HIGH'" in line[0] and "got '-100'" in line[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dem.tif", "joined.tif", "spaced.tif"]

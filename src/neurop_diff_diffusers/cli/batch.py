@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ..jobs.stopping import RunStopped
-from ..jobs.upscale_file import CLIError, load_job_pipeline, one_line, plan_file
+from ..jobs.upscale_file import CLIError, load_job_pipeline, one_line, plan_file, print_warning
 from .helpers import (
     apply_optimizations,
     batch_device,
     check_model_flags,
+    is_main_process,
     job_options,
     report_error,
     stop_on_signals,
@@ -87,7 +89,11 @@ def cmd_upscale_dir(args: argparse.Namespace, scale: float | None, size: tuple[i
     check_batch_flags(args)
     options = job_options(args)
     input_dir, out_dir = Path(args.input_dir), args.out_dir
-    sources = find_inputs(input_dir, args.recursive, args.glob, exclude=out_dir)
+    with warnings.catch_warnings(record=True) as caught:  # links out of the folder, skipped: one line
+        warnings.simplefilter("always", UserWarning)
+        sources = find_inputs(input_dir, args.recursive, args.glob, exclude=out_dir)
+    for warning in caught if is_main_process() else ():
+        print_warning(str(warning.message))
     if not sources:
         raise CLIError(f"no input files in {input_dir} (glob {args.glob or 'PNG / JPEG / TIFF'})")
     settings = batch_settings(args.model, scale, size, options, args.dtype, args.scheduler)

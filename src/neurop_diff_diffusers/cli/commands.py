@@ -23,7 +23,7 @@ from pathlib import Path
 from ..defaults import SETTING_PRESETS
 from ..jobs.upscale_file import CLIError, InputFailed, check_output_location, load_job_pipeline, one_line, os_reason
 from .helpers import check_device_flag, report_error, warn_dtype
-from .options import apply_preset, build_parser
+from .options import apply_preset, build_parser, join_dash_values
 from .upscale import cmd_upscale
 
 
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "evaluate":
             return cmd_evaluate(argv[1:])
-        args = apply_preset(build_parser().parse_args(argv))
+        args = apply_preset(build_parser().parse_args(join_dash_values(argv)))
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
         report_error(one_line(err))

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from ..evaluation.methods import METHODS
-from ..evaluation.report import results_to_markdown, save_results
+from ..evaluation.report import results_paths, results_to_markdown, save_results
 from ..evaluation.run import LazyRow, evaluate_with_settings
 from ..evaluation.settings import DEFAULT_SCALES, EvaluationSettings, spread_positions
+from ..file_safety import MAX_JSON_BYTES, loads_bounded, printable, read_bytes_no_follow
 from ..metrics.quality import PROTOCOLS
 from ..pipelines.scheduling import SCHEDULERS
 from ..runtime.loading import load_pipeline
@@ -144,13 +145,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _read_image_list(path: str) -> list[Any]:
+    """``--images_from``: a results.json (its ``images``), a JSON list, or a text file of one name or index a line,
+    read like every file from outside: within the JSON budgets, never through a link."""
     file = Path(path)
-    text = file.read_text(encoding="utf-8")
+    data = read_bytes_no_follow(file, MAX_JSON_BYTES, "`images_from`")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"`images_from` {printable(path)!r} is not UTF-8 text.") from None
     if file.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"`images_from` {path!r} is not valid JSON: {error}.") from None
+        data = loads_bounded(text, f"`images_from` {printable(path)!r}")
         entries = data.get("images") if isinstance(data, dict) else data
         if not isinstance(entries, list) or not entries:
             raise ValueError(f"`images_from` {path!r} has no non-empty 'images' list.")
@@ -245,9 +249,7 @@ def _check_args(args: argparse.Namespace) -> EvaluationSettings:
         value = getattr(args, flag)
         if value is not None and not Path(value).is_file():
             raise ValueError(f"`{flag}` must be an existing file, got {value!r}.")
-    output = Path(args.output_dir)
-    if output.exists() and not output.is_dir():
-        raise ValueError(f"`output_dir` must be a folder, got the file {args.output_dir!r}.")
+    results_paths(args.output_dir, settings.scales)  # the folder and every file it will get, before any work
     if args.device is not None:
         try:
             device = torch.device(args.device)
@@ -367,8 +369,8 @@ def _main_no_reference(
     report = evaluate_no_reference_with_settings(
         pipeline, lr, settings, key=Path(args.input).name, command=_command(argv, prog)
     )
-    output = Path(args.output_dir)
-    paths = {"json": output / "results.json", "markdown": output / "results.md"}
+    targets = results_paths(args.output_dir, ())
+    paths = {"json": targets["json"], "markdown": targets["markdown"]}
     text = no_reference_to_markdown(report)
     atomic_write_text(paths["markdown"], text)
     atomic_write_text(paths["json"], json.dumps(report, indent=2, allow_nan=False) + "\n")

@@ -122,6 +122,36 @@ def check_upscale_flags(args: argparse.Namespace) -> None:
         raise CLIError(f"--data-consistency must be a number of iterations in [0, 100], got {args.data_consistency}")
 
 
+#: Flags whose value may start with ``-`` without being a plain negative number (``--value-range -100,3000``: argparse
+#: would take the value for an unknown flag and answer "expected one argument").
+DASH_VALUE_FLAGS = ("--value-range",)
+
+
+def join_dash_values(argv: list[str]) -> list[str]:
+    """``argv`` with each of [`DASH_VALUE_FLAGS`] joined to a following value that starts with one ``-``
+    (``--value-range -100,3000`` -> ``--value-range=-100,3000``), so that a negative LOW parses as the user meant
+    (a following ``--flag`` is left alone: the missing value is still reported).
+
+    Example:
+        >>> join_dash_values(["upscale", "dem.tif", "--value-range", "-100,3000", "--scale", "2"])
+        ['upscale', 'dem.tif', '--value-range=-100,3000', '--scale', '2']
+    """
+    joined: list[str] = []
+    position = 0
+    while position < len(argv):
+        token = argv[position]
+        if token == "--":
+            return joined + argv[position:]
+        following = argv[position + 1] if position + 1 < len(argv) else None
+        if token in DASH_VALUE_FLAGS and following and following[0] == "-" and not following.startswith("--"):
+            joined.append(f"{token}={following}")
+            position += 2
+            continue
+        joined.append(token)
+        position += 1
+    return joined
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``neurop-diff`` argument parser; ``args.command`` names the command (``evaluate`` forwards its arguments to
     the evaluation parser, see [`~neurop_diff_diffusers.cli.commands.main`]).

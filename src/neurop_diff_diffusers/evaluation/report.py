@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..file_safety import check_file_target
 from ..utils import atomic_write, atomic_write_text
 from .figures import make_figure, stack_figures  # noqa: F401 (re-exported: their home before figures.py)
 from .methods import METHOD_LABELS, METHODS
@@ -252,6 +253,36 @@ def figure_file_name(scale: float) -> str:
     return f"figure_x{scale:g}.png"
 
 
+def results_paths(output_dir: str | os.PathLike, scales: Sequence[float]) -> dict[str, Path]:
+    """Every file [`save_results`] may write for ``scales``, checked as targets (a local name, nothing but a regular
+    file or nothing there: no link, folder, FIFO or device), so that a run can refuse them before any work.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): the folder (not a file).
+        scales (`Sequence[float]`): the evaluated scales.
+
+    Returns:
+        `dict[str, Path]`: `"json"`, `"markdown"`, `"figure_x<scale>"` and `"trust_x<scale>"` -> path.
+
+    Raises:
+        ValueError: ``output_dir`` is a file, or one of its files is not a regular file (the message names it).
+
+    Example:
+        >>> sorted(results_paths("eval_out", [2.0]))
+        ['figure_x2', 'json', 'markdown', 'trust_x2']
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"`output_dir` must be a folder, got the file {str(output_dir)!r}.")
+    paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md"}
+    for scale in scales:
+        for name in (figure_file_name(scale), figure_file_name(scale).replace("figure_", "trust_", 1)):
+            paths[Path(name).stem] = output_dir / name
+    for path in paths.values():
+        check_file_target(path, "output")
+    return paths
+
+
 def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
     """Write `results.json`, `results.md`, one `figure_x<scale>.png` and one `trust_x<scale>.png` (the per-pixel
     classification maps) per scale, each atomically.
@@ -267,20 +298,16 @@ def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
         >>> from neurop_diff_diffusers.evaluation.report import save_results  # doctest: +SKIP
         >>> save_results(report, "eval_out")  # doctest: +SKIP
     """
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"`output_dir` must be a folder, got the file {str(output_dir)!r}.")
+    scales = {*report.get("figures", {}), *report.get("trust_figures", {})}
+    targets = results_paths(output_dir, sorted(scales))  # all refused before the first is written
     text_json = results_to_json(report)
     text_md = results_to_markdown(report)
-    paths = {"json": output_dir / "results.json", "markdown": output_dir / "results.md"}
-    for scale, figure in report.get("figures", {}).items():
-        path = output_dir / figure_file_name(scale)
-        atomic_write(path, lambda temp, figure=figure: figure.save(temp, format="PNG"))
-        paths[path.stem] = path
-    for scale, figure in report.get("trust_figures", {}).items():
-        path = output_dir / figure_file_name(scale).replace("figure_", "trust_", 1)
-        atomic_write(path, lambda temp, figure=figure: figure.save(temp, format="PNG"))
-        paths[path.stem] = path
+    paths = {"json": targets["json"], "markdown": targets["markdown"]}
+    for key, prefix in (("figures", "figure_"), ("trust_figures", "trust_")):
+        for scale, figure in report.get(key, {}).items():
+            path = targets[Path(figure_file_name(scale).replace("figure_", prefix, 1)).stem]
+            atomic_write(path, lambda temp, figure=figure: figure.save(temp, format="PNG"))
+            paths[path.stem] = path
     atomic_write_text(paths["markdown"], text_md)
     atomic_write_text(paths["json"], text_json + "\n")
     return paths
@@ -288,6 +315,7 @@ def save_results(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[
 
 __all__ = [
     "figure_file_name",
+    "results_paths",
     "make_figure",
     "no_reference_to_markdown",
     "results_to_json",

@@ -113,8 +113,10 @@ class BandStretch:
         """Values of band ``band`` (0-based) to ``[0, 1]`` (float32; values outside the stretch fall outside it, held
         within ``+-UNIT_LIMIT``)."""
         low, high = self.low[band], self.high[band]
-        # halves: exactly (x - low) / (high - low) (scaling by 2 is exact), but neither difference can overflow
-        unit = (values.astype(np.float64) * 0.5 - low * 0.5) / (high * 0.5 - low * 0.5)
+        # halves: exactly (x - low) / (high - low) (scaling by 2 is exact), but neither difference can overflow; the
+        # quotient may (a width of 1e-310): it is held at UNIT_LIMIT below, so float64's overflow is no news
+        with np.errstate(over="ignore"):
+            unit = (values.astype(np.float64) * 0.5 - low * 0.5) / (high * 0.5 - low * 0.5)
         return np.clip(unit, -UNIT_LIMIT, UNIT_LIMIT).astype(np.float32)
 
     def unrounded(self, unit: np.ndarray, band: int) -> np.ndarray:

@@ -23,6 +23,9 @@ def output_path(
 ) -> Path:
     """Where ``upscale`` writes the result of ``input_path``: ``-o``, else ``<dir>/<stem>_x<scale><suffix>``.
 
+    The suffix is the input's, except for a TIFF under another name (a GeoTIFF renamed ``.png`` still takes the
+    GeoTIFF path, whose output must be a TIFF): ``.tif``.
+
     Args:
         input_path: the input file.
         scale: the scale (or ``None`` with ``size``).
@@ -37,7 +40,15 @@ def output_path(
     if out is not None:
         return out
     folder = out_dir if out_dir is not None else input_path.parent
-    return folder / f"{input_path.stem}_{_scale_tag(scale, size)}{input_path.suffix}"
+    suffix = input_path.suffix
+    if suffix.lower() not in (".tif", ".tiff"):
+        from .rasters import is_tiff_content
+
+        try:
+            suffix = ".tif" if input_path.is_file() and is_tiff_content(input_path) else suffix
+        except OSError:  # unreadable, missing, a FIFO (never opened): reading the input reports it
+            pass
+    return folder / f"{input_path.stem}_{_scale_tag(scale, size)}{suffix}"
 
 
 def uncertainty_path(dst: Path) -> Path:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..file_safety import loads_bounded, make_dirs_inside, read_bytes_no_follow
+from ..file_safety import loads_bounded, make_dirs_inside, printable, read_bytes_no_follow
 from ..utils import atomic_write_text, stale_temporaries
 from .stopping import check_stop_flag, raise_if_stopped
 from .upscale_file import (
@@ -206,7 +206,9 @@ def find_inputs(
     """The files of ``input_dir`` to upscale, sorted (the same list, in the same order, in every process).
 
     Hidden files (a name starting with ``.``, e.g. the temporary files of an interrupted write) and everything under
-    ``exclude`` (the output folder, when it lies inside the input folder) are left out.
+    ``exclude`` (the output folder, when it lies inside the input folder) are left out, and so is a file reached
+    through a symbolic link out of ``input_dir`` (nothing outside the declared input is read), with one warning that
+    counts them.
 
     Args:
         input_dir: the folder.
@@ -222,8 +224,9 @@ def find_inputs(
     if not folder.is_dir():
         raise ValueError(f"--input-dir {folder} is not a folder")
     skip = Path(exclude).resolve() if exclude is not None else None
+    root = folder.resolve()
     candidates = folder.rglob(pattern or "*") if recursive else folder.glob(pattern or "*")
-    found = []
+    found, outside = [], []
     for path in candidates:
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
@@ -232,7 +235,16 @@ def find_inputs(
             continue
         if skip is not None and path.resolve().is_relative_to(skip):
             continue
+        if not path.resolve().is_relative_to(root):
+            outside.append(relative.as_posix())
+            continue
         found.append(path)
+    if outside:
+        warnings.warn(
+            f"--input-dir {printable(folder)}: {len(outside)} file(s) reached through a symbolic link out of the "
+            f"folder are not inputs (not followed), e.g. {printable(min(outside))}",
+            stacklevel=2,
+        )
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 

@@ -328,9 +328,19 @@ class NeurOpDiffPipeline(DiffusionPipeline):
         """The UNet's noise prediction for the region ``region`` of the image (the whole image when untiled).
 
         The UNet runs in its own dtype (e.g. bfloat16); its input and output are cast, the sampler stays in float32.
+
+        The UNet gets an input at least twice the downsampling factor wide (replicated at the right, the extra
+        columns cropped from its prediction), so that its deepest level is never one column wide: there oneDNN's
+        bfloat16 kernels compute a strided convolution wrongly (garbage, often NaN; measured with torch 2.13 on an AMX
+        CPU), which a thin image (an output a few pixels wide) reached under ``--dtype auto``. Widening every precision
+        alike keeps a thin image's bfloat16 output close to its float32 one; wider inputs are unchanged.
         """
-        unet_input = torch.cat([x, prior[:, :, region[0], region[1]]], dim=1).to(self.unet.dtype)
-        out = self.unet(unet_input, level).sample.float()
+        unet_input = torch.cat([x, prior[:, :, region[0], region[1]]], dim=1)
+        width = unet_input.shape[-1]
+        widen = 2 * self.downsampling_factor - width
+        if widen > 0:
+            unet_input = F.pad(unet_input, (0, widen, 0, 0), mode="replicate")  # before the cast: no bf16 CPU kernel
+        out = self.unet(unet_input.to(self.unet.dtype), level).sample.float()[..., :width]
         if progress_bar is not None:
             progress_bar.update()
         return out

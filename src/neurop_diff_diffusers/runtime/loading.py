@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..file_safety import load_json_file, printable
+from ..file_safety import load_json_file, loads_bounded, printable
 from ..models.neural_operator import GalerkinNeuralOperator
 from ..pipelines.data_consistency import MAX_BACK_PROJECTION_STEPS
 from ..pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
@@ -72,6 +72,120 @@ _INT_RANGES: dict[str, dict[str, tuple[int, int, bool]]] = {
         "solver_order": (1, 3, False),
     },
 }
+#: The scheduler settings that are names: the values every diffusers scheduler that ``--scheduler`` offers takes.
+_SCHEDULER_CHOICES = {
+    "prediction_type": ("epsilon", "sample", "v_prediction"),
+    "timestep_spacing": ("leading", "trailing", "linspace"),
+}
+#: The scheduler settings that are switches (JSON true / false).
+_SCHEDULER_FLAGS = ("clip_sample", "thresholding", "set_alpha_to_one", "rescale_betas_zero_snr")
+#: The scheduler settings that are numbers, and their range: ``(low, high, high included)``, low excluded.
+_SCHEDULER_NUMBERS = {
+    "clip_sample_range": (0.0, math.inf, False),
+    "sample_max_value": (0.0, math.inf, False),
+    "dynamic_thresholding_ratio": (0.0, 1.0, True),
+}
+
+
+def _check_scheduler(config: dict[str, Any], path: Path, scheduler_cls: type) -> None:
+    """The scheduler config's names, switches and numbers (``beta_schedule`` by building the scheduler from it: the
+    schedules differ by class), so that a damaged value is refused here rather than as a traceback or NaN later."""
+    for key, allowed in _SCHEDULER_CHOICES.items():
+        if key in config and config[key] not in allowed:
+            raise _bad_config(path, key, f"one of {', '.join(allowed)}", config[key])
+    for key in _SCHEDULER_FLAGS:
+        if key in config and not isinstance(config[key], bool):
+            raise _bad_config(path, key, "true or false", config[key])
+    for key, (low, high, closed) in _SCHEDULER_NUMBERS.items():
+        value = config.get(key, high if closed else low + 1.0)
+        inside = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not (inside and low < value and (value <= high if closed else value < high)):
+            wanted = (
+                f"a number in ({low:g}, {high:g}{']' if closed else ')'}" if math.isfinite(high) else "a number > 0"
+            )
+            raise _bad_config(path, key, wanted, value)
+    try:
+        scheduler_cls.from_config(config)
+    except (NotImplementedError, ValueError, TypeError) as error:
+        reason = str(error).splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"`pipeline` {printable(path)}: not a valid {scheduler_cls.__name__} config ({reason}); the model folder "
+            "is damaged."
+        ) from None
+
+
+#: The largest safetensors header read (the JSON that lists the tensors: a few kB for our models).
+_MAX_WEIGHTS_HEADER_BYTES = 16 * 1024 * 1024
+#: Bytes per value of the safetensors dtypes a model's weights may have (floating point only: integer "weights" would
+#: be cast to float silently, turning a damaged header into a wrong model).
+_WEIGHT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+
+def _check_weights(component: Path, blobs: Path | None) -> None:
+    """A component's safetensors files, from their headers alone (nothing else is read): at least one, never through a
+    link (but a Hub snapshot's into its blobs), the header within its budget and inside the file, and every tensor of
+    a floating-point dtype whose shape matches its byte range, which lies inside the file."""
+    import struct
+
+    files = sorted(component.glob("*.safetensors"))
+    if not files:
+        raise ValueError(
+            f"`pipeline` {printable(component)} holds no .safetensors weights (only safetensors files are loaded); "
+            "the model folder is incomplete."
+        )
+    for path in files:
+        path = _hub_blob(path, blobs)
+
+        def damaged(reason: str, path: Path = path) -> ValueError:
+            return ValueError(f"`pipeline` {printable(path)}: {reason}; the model folder is damaged.")
+
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as error:
+            reason = "a symbolic link: not followed" if path.is_symlink() else f"not readable ({error})"
+            raise damaged(reason) from None
+        with os.fdopen(fd, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            first = file.read(8)
+            if len(first) < 8:
+                raise damaged(f"{size} bytes, too short for a safetensors file")
+            (length,) = struct.unpack("<Q", first)
+            if length > _MAX_WEIGHTS_HEADER_BYTES or 8 + length > size:
+                raise damaged(
+                    f"its header claims {length} bytes in a file of {size} (at most {_MAX_WEIGHTS_HEADER_BYTES})"
+                )
+            try:
+                text = file.read(length).decode("utf-8")
+            except UnicodeDecodeError:
+                raise damaged("its header is not UTF-8 text") from None
+        try:
+            header = loads_bounded(text, "its header", max_depth=_MAX_CONFIG_DEPTH)
+        except ValueError as error:
+            raise damaged(str(error)) from None
+        if not isinstance(header, dict):
+            raise damaged("its header is not a JSON object")
+        data_size = size - 8 - length
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = entry.get("dtype") if isinstance(entry, dict) else None
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+            if dtype not in _WEIGHT_DTYPES:
+                raise damaged(f"tensor {name!r} has dtype {dtype!r}; weights must be one of {sorted(_WEIGHT_DTYPES)}")
+            valid_shape = isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)
+            valid_offsets = (
+                isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_size
+            )  # fmt: skip
+            nbytes = math.prod(shape) * _WEIGHT_DTYPES[dtype] if valid_shape else -1
+            if not (valid_offsets and nbytes == offsets[1] - offsets[0]):
+                raise damaged(
+                    f"tensor {name!r} of shape {shape!r} does not fit its byte range {offsets!r} in the "
+                    f"{data_size} bytes of data"
+                )
+
+
 #: Largest number of levels (``block_out_channels`` entries) and channels per level of a UNet.
 _MAX_UNET_LEVELS, _MAX_UNET_CHANNELS = 8, 8192
 
@@ -92,7 +206,23 @@ def _check_int(config: dict, where: str, key: str, low: int, high: int, optional
 _MAX_CONFIG_BYTES, _MAX_CONFIG_DEPTH = 1024 * 1024, 16
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
+def _hub_blob(path: Path, blobs: Path | None) -> Path:
+    """``path``, or the file its link names when ``path`` is a link of a Hub cache snapshot into the cache's own
+    ``blobs`` folder (how ``huggingface_hub`` stores every file). Any other link is left to the reader, which refuses
+    it."""
+    if blobs is None or not path.is_symlink():
+        return path
+    target = path.resolve()
+    if target.parent != blobs.resolve() or not target.is_file():
+        raise ValueError(
+            f"`pipeline` {printable(path)} is a symbolic link out of the Hub cache's blobs folder: not followed; "
+            "the model folder is damaged."
+        )
+    return target
+
+
+def _read_json_object(path: Path, blobs: Path | None = None) -> dict[str, Any]:
+    path = _hub_blob(path, blobs)
     try:
         data = load_json_file(path, "`pipeline`", max_bytes=_MAX_CONFIG_BYTES, max_depth=_MAX_CONFIG_DEPTH)
     except OSError as err:
@@ -104,19 +234,25 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
+def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.PathLike | None = None) -> dict[str, Any]:
     """Check a NeurOp-Diff pipeline folder from its JSON files alone, before any weight is read or allocated.
 
     ``model_index.json`` must be a NeurOp-Diff pipeline's (not e.g. a ``DDPMPipeline``'s), with a diffusers
     ``UNet2DModel``, a diffusers scheduler and a ``GalerkinNeuralOperator`` (or none); every size of the component
     configs must be an integer in a sane range (see ``_INT_RANGES``; no string where a number belongs), the UNet must
     take the noisy image and the prior (``in_channels = 2 * out_channels = 6``) and its ``norm_num_groups`` must
-    divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``; the pipeline's
+    divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``, its names
+    (``prediction_type``, ``timestep_spacing``, ``beta_schedule``), switches and thresholds valid; the pipeline's
     ``default_data_consistency_steps``, when present, an integer in ``[0, 100]``; the uncertainty map's calibration
     ``uncertainty_error_bound_90``, when present, as `uncertainty_calibration.check_error_bound` allows.
 
+    No file is read through a symbolic link, except in a Hub cache snapshot (``hub_blobs``), whose files are links
+    into the cache's ``blobs`` folder: those links, and only those, are followed.
+
     Args:
         folder (`str` or `os.PathLike`): the pipeline folder.
+        hub_blobs (`str` or `os.PathLike`, *optional*): the ``blobs`` folder of the Hub cache that ``folder`` is a
+            snapshot of (``None``: a local folder).
 
     Returns:
         `dict`: the parsed ``model_index.json``.
@@ -125,13 +261,14 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
         ValueError: naming the file, the field and the allowed values.
     """
     folder = Path(folder)
+    blobs = None if hub_blobs is None else Path(hub_blobs)
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise ValueError(
             f"`pipeline` {folder} holds no model_index.json: give a folder written by save_pretrained or "
             "`neurop-diff export`, a hub id 'owner/name' or 'preset:NAME'."
         )
-    index = _read_json_object(index_path)
+    index = _read_json_object(index_path, blobs)
     class_name = index.get("_class_name")
     if class_name not in PIPELINE_CLASS_NAMES:
         raise ValueError(
@@ -168,7 +305,9 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
     for component, path in files.items():
         if not path.is_file():
             raise ValueError(f"`pipeline` {folder}: {path.relative_to(folder)} is missing; the folder is incomplete.")
-        configs[component] = config = _read_json_object(path)
+        configs[component] = config = _read_json_object(path, blobs)
+        if component != "scheduler":
+            _check_weights(path.parent, blobs)
         for key, (low, high, optional) in _INT_RANGES[component].items():
             _check_int(config, path, key, low, high, optional)
     unet, unet_path = configs["unet"], files["unet"]
@@ -207,6 +346,7 @@ def check_pipeline_folder(folder: str | os.PathLike) -> dict[str, Any]:
     ):
         shown = trained if not isinstance(trained, list) else f"a list of {len(trained)} values"
         raise _bad_config(sched_path, "trained_betas", "null or one number in (0, 1) per training timestep", shown)
+    _check_scheduler(sched, sched_path, scheduler_cls)
     if has_operator:
         op, op_path = configs["neural_operator"], files["neural_operator"]
         if op.get("in_channels", 3) != 3 or op.get("out_channels", 3) != 3:
@@ -249,9 +389,10 @@ def _looks_like_hub_id(spec: str) -> bool:
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "~")) and "\\" not in spec
 
 
-def _local_pipeline_folder(spec: str) -> Path:
+def _local_pipeline_folder(spec: str) -> tuple[Path, Path | None]:
     """The local folder of ``spec``: the folder itself, or the hub id's snapshot (downloaded, or from the cache
-    offline) holding only a pipeline's JSON files and safetensors weights."""
+    offline) holding only a pipeline's JSON files and safetensors weights; with the cache's ``blobs`` folder, which
+    the snapshot's files link to (``None`` for a local folder)."""
     local = Path(spec).expanduser()
     if os.path.lexists(local):
         if not local.is_dir():
@@ -259,20 +400,21 @@ def _local_pipeline_folder(spec: str) -> Path:
                 f"`pipeline` {spec!r} is a file, not a pipeline folder: give a folder written by save_pretrained or "
                 "`neurop-diff export` (with model_index.json), a hub id 'owner/name' or 'preset:NAME'."
             )
-        return local
+        return local, None
     if not _looks_like_hub_id(spec):
         raise ValueError(f"`pipeline` {spec!r}: no such folder (and not a hub id 'owner/name' or 'preset:NAME').")
     from huggingface_hub import snapshot_download
 
     patterns = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors"]
     try:
-        return Path(snapshot_download(spec, allow_patterns=patterns))
+        snapshot = Path(snapshot_download(spec, allow_patterns=patterns))
     except Exception as err:  # offline, not cached, no such repository, gated, network errors: one line
         reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"`pipeline` {spec!r}: no such folder, and the hub id could not be loaded (not in the local cache and "
             f"the Hub not reachable, or no such model): {type(err).__name__}: {reason[:200]}"
         ) from None
+    return snapshot, snapshot.parent.parent / "blobs"  # <cache>/models--owner--name/snapshots/<revision>
 
 
 def has_default_model() -> bool:
@@ -357,8 +499,8 @@ def load_pipeline(
         if torch_dtype is not None:
             pipeline = pipeline.to(dtype=torch_dtype)
     else:
-        folder = _local_pipeline_folder(spec)
-        index = check_pipeline_folder(folder)
+        folder, blobs = _local_pipeline_folder(spec)
+        index = check_pipeline_folder(folder, hub_blobs=blobs)
         if isinstance(index["_class_name"], list):  # hub-ready: loaded with this package's classes
             pipeline = _load_hub_ready_folder(folder, index, torch_dtype)
         else:

@@ -20,8 +20,11 @@ from ...utils import atomic_write
 from .assemble import UNCERTAINTY_TAG, assemble_scene, output_layout, uncertainty_description, uncertainty_profile
 from .job import SceneJob
 
-#: Tags written into the output: the stretch (``geo.STRETCH_TAG``) and the value range asked for.
+#: Tags written into the output: the stretch (``geo.STRETCH_TAG``), the value range asked for, and what became of the
+#: values outside it: ``clipped`` (``clip=True``, ``--clip``) or ``added back`` (their part outside the range upscaled
+#: bicubically and added to the model's output, the default).
 VALUE_RANGE_TAG = "NEUROP_DIFF_VALUE_RANGE"
+OUTSIDE_RANGE_TAG = "NEUROP_DIFF_OUTSIDE_RANGE"
 _COG_OPTIONS = {"COMPRESS": "DEFLATE", "BLOCKSIZE": "512", "BIGTIFF": "IF_SAFER", "OVERVIEWS": "AUTO"}
 _GDAL_CACHE_MB = 64  # bounds GDAL's block cache while the output is assembled and copied to a COG
 
@@ -65,7 +68,11 @@ def assemble_and_commit(job: SceneJob, overwrite: bool, error_bound: float | Non
     header = job.header if job.header is not None else inspect_raster(job.src_path)
     out_size = job.plan.out_size
     factors = output_overviews(header, out_size)
-    tags = {STRETCH_TAG: job.stats.stretch.to_json(), VALUE_RANGE_TAG: str(job.value_range)}
+    tags = {
+        STRETCH_TAG: job.stats.stretch.to_json(),
+        VALUE_RANGE_TAG: str(job.value_range),
+        OUTSIDE_RANGE_TAG: "clipped" if job.options.clip else "added back",
+    }
     try:
         with open_raster(job.src_path) as src, contextlib.ExitStack() as stack:
             profile, metadata, mask_only = output_layout(src, header, out_size, job.stats.nonfinite)
