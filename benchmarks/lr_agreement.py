@@ -36,6 +36,7 @@ import torch
 
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
 from neurop_diff_diffusers.evaluation.methods import image_seed
+from neurop_diff_diffusers.file_safety import MAX_JSON_BYTES, read_text_no_follow
 from neurop_diff_diffusers.metrics.quality import hf_energy_ratio, niqe, niqe_available, psnr, ssim, to_unit_levels
 from neurop_diff_diffusers.metrics.trust import lr_agreement, trust_metrics
 from neurop_diff_diffusers.pipelines import bicubic_prior
@@ -138,7 +139,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         check_back_projection_steps(count, "back_projection")
     if args.steps < 1 or args.scale <= 1:
         raise ValueError(f"`steps` must be >= 1 and `scale` > 1, got {args.steps} and {args.scale}.")
-    names = [line.strip() for line in Path(args.images_from).read_text().splitlines() if line.strip()]
+    listing = read_text_no_follow(args.images_from, MAX_JSON_BYTES, "`images_from`")  # budgeted, no link / FIFO
+    names = [line.strip() for line in listing.splitlines() if line.strip()]
     files = [Path(args.data_dir) / name for name in names][: args.max_images]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:

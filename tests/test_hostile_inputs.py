@@ -4,7 +4,9 @@ before any work, or the right result."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -552,6 +554,74 @@ def test_evaluate_images_from_is_not_read_through_a_link(tmp_path, samples_dir, 
     assert run_cli(*argv, "--images_from", tmp_path / "list.txt", "--scales", "2") == 2
     assert "is a symbolic link: not followed" in one_error_line(capsys)
     assert not (tmp_path / "o").exists()
+
+
+def _script(path: str):
+    import importlib.util
+
+    file = Path(__file__).resolve().parents[1] / path
+    spec = importlib.util.spec_from_file_location(f"script_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _within(seconds: int):
+    """Fails the block with TimeoutError after ``seconds`` (a read that would block forever, e.g. on a FIFO)."""
+
+    def expire(*args):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+#: The scripts that read an ``--images_from`` list of image files, and how each is called with it.
+LIST_SCRIPTS = {
+    "calibrate_uncertainty": (
+        "training/calibrate_uncertainty.py",
+        lambda data, listing, out: ["collect", "--data_dir", data, "--images_from", listing, "--out", out],
+    ),
+    "lr_agreement": (
+        "benchmarks/lr_agreement.py",
+        lambda data, listing, out: ["--data_dir", data, "--images_from", listing, "--output", out / "lr.json"],
+    ),
+}
+
+
+@pytest.mark.parametrize("script", sorted(LIST_SCRIPTS))
+@pytest.mark.parametrize("kind", ["link", "fifo", "huge", "not-utf8"])
+def test_scripts_read_their_images_from_list_like_evaluate(tmp_path, samples_dir, script, kind):
+    """The training and benchmark scripts' ``--images_from``: within the budget, never through a link, a FIFO refused
+    at once (it blocked), before any output."""
+    import os
+
+    path, argv = LIST_SCRIPTS[script]
+    listing = tmp_path / "list.txt"
+    if kind == "link":
+        (tmp_path / "outside.txt").write_text("airplane30.png\n")
+        listing.symlink_to(tmp_path / "outside.txt")
+        message = "`images_from` `.*list.txt` is a symbolic link: not followed"
+    elif kind == "fifo":
+        os.mkfifo(listing)
+        message = "`images_from` `.*list.txt` is a FIFO: only a regular file is read"
+    elif kind == "huge":
+        listing.write_text("airplane30.png\n" * 1_200_000)
+        message = "`images_from` `.*list.txt` has 18000000 bytes or more, more than the 16777216 allowed"
+    else:
+        listing.write_bytes(b"\xff\xfeairplane30.png")
+        message = "`images_from` `.*list.txt` is not UTF-8 text"
+    out = tmp_path / "out"
+    module = _script(path)
+    with _within(20), pytest.raises(ValueError, match=message):
+        module.main([str(a) for a in argv(samples_dir, listing, out)])
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("name", ["results.json", "trust_x2.png"])

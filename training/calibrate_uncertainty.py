@@ -41,6 +41,7 @@ import torch
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
 from neurop_diff_diffusers.defaults import DEFAULT_SETTINGS, DTYPE_CHOICES
 from neurop_diff_diffusers.evaluation.methods import image_seed
+from neurop_diff_diffusers.file_safety import MAX_JSON_BYTES, read_text_no_follow
 from neurop_diff_diffusers.pipelines import bicubic_prior
 from neurop_diff_diffusers.pipelines.uncertainty import DEFAULT_UNCERTAINTY_SIGMA, pool_uncertainty
 from neurop_diff_diffusers.pipelines.uncertainty_calibration import (
@@ -75,7 +76,8 @@ def _file_key(name: str, scale: float) -> str:
 
 
 def collect(args: argparse.Namespace) -> None:
-    names = [line.strip() for line in Path(args.images_from).read_text().splitlines() if line.strip()]
+    listing = read_text_no_follow(args.images_from, MAX_JSON_BYTES, "`images_from`")  # budgeted, no link / FIFO
+    names = [line.strip() for line in listing.splitlines() if line.strip()]
     names = names[: args.max_images]
     files = [Path(args.data_dir) / name for name in names]
     missing = [str(f) for f in files if not f.is_file()]

@@ -240,7 +240,10 @@ def _write_new(path: Path, data: bytes) -> None:
 
 
 def read_bytes_no_follow(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
-    """Read a regular file the tool wrote earlier, never through a link, refusing it from its size first.
+    """Read a regular file, never through a link, refusing it from its size first.
+
+    The file is opened without blocking, so a FIFO (which would wait for a writer) is refused like a directory or a
+    device, at once.
 
     Args:
         path (`str | os.PathLike`): the file.
@@ -258,7 +261,7 @@ def read_bytes_no_follow(path: str | os.PathLike, max_bytes: int, what: str) -> 
         b'{}'
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as err:
         if os.path.islink(path):
             raise ValueError(f"{what} `{printable(path)}` is a symbolic link: not followed") from err
@@ -272,6 +275,31 @@ def read_bytes_no_follow(path: str | os.PathLike, max_bytes: int, what: str) -> 
             size = max(info.st_size, len(data))
             raise ValueError(f"{what} `{printable(path)}` has {size} bytes or more, more than the {max_bytes} allowed")
         return data
+
+
+def read_text_no_follow(path: str | os.PathLike, max_bytes: int, what: str) -> str:
+    """A UTF-8 text file read like [`read_bytes_no_follow`]: within ``max_bytes``, never through a link, no FIFO.
+
+    Args:
+        path (`str | os.PathLike`): the file.
+        max_bytes (`int`): the largest size accepted.
+        what (`str`): what the file is, for the message (e.g. ``"`images_from`"``).
+
+    Raises:
+        ValueError: a link or not a regular file, larger than ``max_bytes``, or not UTF-8 text.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "list.txt"
+        >>> _ = f.write_text("airplane30.png\\n")
+        >>> read_text_no_follow(f, 100, "`images_from`").splitlines()
+        ['airplane30.png']
+    """
+    data = read_bytes_no_follow(path, max_bytes, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} `{printable(path)}` is not UTF-8 text") from None
 
 
 def json_depth(text: str) -> int:
@@ -339,9 +367,5 @@ def load_json_file(
         >>> load_json_file(f, "model_index.json")["_class_name"]
         'NeurOpDiffPipeline'
     """
-    data = read_bytes_no_follow(path, max_bytes, what)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{what} `{printable(path)}` is not UTF-8 text") from None
+    text = read_text_no_follow(path, max_bytes, what)
     return loads_bounded(text, f"{what} `{printable(path)}`", max_depth)

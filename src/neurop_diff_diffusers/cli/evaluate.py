@@ -26,7 +26,7 @@ from ..evaluation.methods import METHODS
 from ..evaluation.report import results_paths, results_to_markdown, save_results
 from ..evaluation.run import LazyRow, evaluate_with_settings
 from ..evaluation.settings import DEFAULT_SCALES, EvaluationSettings, spread_positions
-from ..file_safety import MAX_JSON_BYTES, loads_bounded, printable, read_bytes_no_follow
+from ..file_safety import MAX_JSON_BYTES, loads_bounded, printable, read_text_no_follow
 from ..metrics.quality import PROTOCOLS
 from ..pipelines.scheduling import SCHEDULERS
 from ..runtime.loading import load_pipeline
@@ -148,11 +148,7 @@ def _read_image_list(path: str) -> list[Any]:
     """``--images_from``: a results.json (its ``images``), a JSON list, or a text file of one name or index a line,
     read like every file from outside: within the JSON budgets, never through a link."""
     file = Path(path)
-    data = read_bytes_no_follow(file, MAX_JSON_BYTES, "`images_from`")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"`images_from` {printable(path)!r} is not UTF-8 text.") from None
+    text = read_text_no_follow(file, MAX_JSON_BYTES, "`images_from`")
     if file.suffix == ".json":
         data = loads_bounded(text, f"`images_from` {printable(path)!r}")
         entries = data.get("images") if isinstance(data, dict) else data
