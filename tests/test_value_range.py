@@ -8,9 +8,10 @@ import pytest
 
 rasterio = pytest.importorskip("rasterio", reason="GeoTIFF support is the optional extra [geo] (rasterio)")
 
-from conftest import cli_messages, run_cli  # noqa: E402
+from conftest import cli_messages, one_error_line, run_cli  # noqa: E402
 from conftest import write_geotiff as _write  # noqa: E402
 from neurop_diff_diffusers.io.geo import BandStretch, band_stretch, stretch_bounds  # noqa: E402
+from neurop_diff_diffusers.jobs.scene import prepare_scene, upscale_scene  # noqa: E402
 
 TINY = ("--model", "preset:tiny", "--seed", "3", "--steps", "2")
 F32_MAX = float(np.finfo(np.float32).max)
@@ -40,10 +41,11 @@ def test_stretch_of_extreme_bands_is_finite_and_maps_back(low, high, dtype):
         assert np.isfinite(back).all()  # overshoot past the type's range is held at its finite limit
 
 
-def test_a_stretch_far_narrower_than_the_values_holds_them_without_a_warning(tmp_path, capsys):
-    """``--value-range 1e-320,1e-310``: every value lies some 1e314 widths out; float64 overflows in the quotient,
-    which is held at the unit limit (``UNIT_LIMIT`` widths out, as documented) without numpy's overflow warning
-    reaching the user."""
+def test_a_stretch_far_narrower_than_the_values_is_refused_before_any_work(tmp_path, capsys):
+    """``--value-range 1e-320,1e-310``: every value lies some 1e314 widths out. The stretch itself holds such values
+    at the unit limit (``UNIT_LIMIT`` widths out) without numpy's overflow warning, but they could not be added back
+    to the output: the range is refused in one line naming it and the allowed relation, before anything is
+    written."""
     import warnings
 
     stretch = BandStretch((1e-320,), (1e-310,), "uint16")
@@ -51,13 +53,25 @@ def test_a_stretch_far_narrower_than_the_values_holds_them_without_a_warning(tmp
         warnings.simplefilter("error")
         unit = stretch.forward(np.array([0, 1000, 25500], dtype=np.uint16), 0)
     assert unit[0] == pytest.approx(-1e-10, abs=1e-9) and (unit[1:] == np.float32(1e30)).all()
+    assert stretch.beyond_limit(np.array([0, 1000, 25500]), 0).tolist() == [False, True, True]
     src = _write(tmp_path / "in.tif", np.full((3, 16, 16), 1000, dtype=np.uint16))
     args = ("--scale", "2", "--prior-only", "--value-range", "1e-320,1e-310", *TINY)
-    assert run_cli("upscale", src, "-o", tmp_path / "o.tif", *args) == 0
-    messages = cli_messages(capsys.readouterr().err)
-    assert len(messages) == 1 and "768 of 768 valid input values (100.00 %) lie outside the stretch" in messages[0]
-    with rasterio.open(tmp_path / "o.tif") as out:
-        assert out.read().shape == (3, 32, 32) and out.dtypes == ("uint16",) * 3
+    assert run_cli("upscale", src, "-o", tmp_path / "o.tif", *args) == 2
+    assert one_error_line(capsys) == (
+        f"{src}: --value-range 9.99989e-321,1e-310 is too narrow for band 1: its value 1000 lies more than "
+        "1e+30 range widths outside [9.99989e-321, 1e-310] (more than the stretch holds); every valid value must lie "
+        "within 1e+30 x (HIGH - LOW) of the range: choose a wider range or 'minmax'."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_the_python_api_refuses_a_range_too_narrow_for_its_values_and_takes_one_just_wide_enough(tmp_path):
+    src = _write(tmp_path / "in.tif", np.full((1, 16, 16), 100, np.uint16))
+    with pytest.raises(ValueError, match=r"^`value_range` 0,1e-30 is too narrow for band 1: its value 100 lies more"):
+        upscale_scene(lambda *a, **k: None, src, tmp_path / "o.tif", scale=2, value_range="0,1e-30")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    stats = prepare_scene(src, tmp_path / "o.tif", scale=2, value_range="0,1e-27").stats  # 1e29 widths out: held
+    assert stats.clipped == (256,) and stats.stretch.high == (1e-27,)
 
 
 def test_a_constant_band_maps_to_a_constant_and_back_exactly():

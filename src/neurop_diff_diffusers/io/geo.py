@@ -88,6 +88,7 @@ def is_georeferenced(path: str | os.PathLike) -> bool:
 
 #: The largest magnitude a stretched value takes (on the model's ``[0, 1]`` scale): values further out than this many
 #: stretch widths (only with a ``value_range`` far narrower than the data) are held at it, so that float32 holds them.
+#: Such a value could not be added back to the output: a scene's statistics pass refuses the range ([`beyond_limit`]).
 UNIT_LIMIT = 1e30
 
 
@@ -112,12 +113,24 @@ class BandStretch:
     def forward(self, values: np.ndarray, band: int) -> np.ndarray:
         """Values of band ``band`` (0-based) to ``[0, 1]`` (float32; values outside the stretch fall outside it, held
         within ``+-UNIT_LIMIT``)."""
+        return np.clip(self._unit64(values, band), -UNIT_LIMIT, UNIT_LIMIT).astype(np.float32)
+
+    def beyond_limit(self, values: np.ndarray, band: int) -> np.ndarray:
+        """Which of ``values`` (band ``band``) lie more than [`UNIT_LIMIT`] stretch widths outside the stretch:
+        [`forward`] holds them at that limit, so their excess over it is lost.
+
+        Example:
+            >>> BandStretch((0.0,), (1e-40,), "float32").beyond_limit(np.array([0.5, 1e-20]), 0).tolist()
+            [True, False]
+        """
+        return np.abs(self._unit64(np.asarray(values), band)) > UNIT_LIMIT
+
+    def _unit64(self, values: np.ndarray, band: int) -> np.ndarray:
         low, high = self.low[band], self.high[band]
         # halves: exactly (x - low) / (high - low) (scaling by 2 is exact), but neither difference can overflow; the
-        # quotient may (a width of 1e-310): it is held at UNIT_LIMIT below, so float64's overflow is no news
+        # quotient may (a width of 1e-310): it is beyond UNIT_LIMIT then, so float64's overflow is no news
         with np.errstate(over="ignore"):
-            unit = (values.astype(np.float64) * 0.5 - low * 0.5) / (high * 0.5 - low * 0.5)
-        return np.clip(unit, -UNIT_LIMIT, UNIT_LIMIT).astype(np.float32)
+            return (values.astype(np.float64) * 0.5 - low * 0.5) / (high * 0.5 - low * 0.5)
 
     def unrounded(self, unit: np.ndarray, band: int) -> np.ndarray:
         """``[0, 1]`` values back to band ``band``'s units in float64, before rounding (infinite beyond float64)."""

@@ -548,7 +548,7 @@ def _plan_output(
             # fails before the model loads), and the engine reuses the statistics instead of reading it again
             raster = raster.scan(parse_value_range(value_range))
         except ValueError as err:
-            raise InputFailed(f"{src}: {one_line(err)}") from err
+            raise InputFailed(f"{src}: {one_line(err).replace('`value_range`', '--value-range')}") from err
     return geo, out_size, raster
 
 

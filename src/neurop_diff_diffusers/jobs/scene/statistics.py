@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...io.geo import BandStretch, band_stretch, stretch_bounds, unreadable_raster
+from ...io.geo import UNIT_LIMIT, BandStretch, band_stretch, stretch_bounds, unreadable_raster
 from ...io.rasters import expand_palette, palette_table
 
 _STATS_PIXELS = 4_000_000  # input pixels per block of the statistics passes
@@ -140,6 +140,25 @@ def _bin_edges(low: float, high: float) -> np.ndarray:
     return np.linspace(low * 0.5, high * 0.5, 65537) * 2.0
 
 
+def _check_reach(
+    stretch: BandStretch, value_range: ValueRange, lows: np.ndarray, highs: np.ndarray, counts: np.ndarray
+) -> None:
+    """Refuse a stretch that a band's valid extremes lie more than ``UNIT_LIMIT`` widths outside of: the stretch
+    holds such a value at that limit, so it could be neither clipped exactly nor added back."""
+    for b in range(len(counts)):
+        if not counts[b]:
+            continue
+        extremes = np.array([lows[b], highs[b]])
+        far = extremes[stretch.beyond_limit(extremes, b)]
+        if far.size:
+            raise ValueError(
+                f"`value_range` {value_range} is too narrow for band {b + 1}: its value {far[-1]:g} lies more than "
+                f"{UNIT_LIMIT:g} range widths outside [{stretch.low[b]:g}, {stretch.high[b]:g}] (more than the "
+                f"stretch holds); every valid value must lie within {UNIT_LIMIT:g} x (HIGH - LOW) of the range: "
+                "choose a wider range or 'minmax'."
+            )
+
+
 def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
     """The stretch of an open raster from one streaming pass, never the whole scene; the pass is also the damage scan.
 
@@ -152,8 +171,9 @@ def scene_statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
         value_range (`ValueRange`): see [`parse_value_range`].
 
     Raises:
-        ValueError: a scene without valid pixels, or a block that cannot be read (``not a readable raster (...)``,
-            one line).
+        ValueError: a scene without valid pixels, a block that cannot be read (``not a readable raster (...)``,
+            one line), or a ``value_range`` so narrow that a valid value lies more than ``UNIT_LIMIT`` (1e30) widths
+            of the stretch outside it.
     """
     from rasterio.errors import RasterioError
 
@@ -221,6 +241,7 @@ def _statistics(src: Any, value_range: ValueRange) -> SceneStatistics:
             low.append(lo)
             high.append(hi)
         stretch = BandStretch(tuple(low), tuple(high), dtype.name)
+    _check_reach(stretch, value_range, lows, highs, counts)
     if value_range.kind == "percentile":
         if exact:
             for b in range(bands):
