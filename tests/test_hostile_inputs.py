@@ -345,6 +345,37 @@ def test_damaged_weights_are_refused_from_their_safetensors_header(saved, tmp_pa
     assert str(caught.value).endswith("; the model folder is damaged.")
 
 
+@pytest.mark.parametrize(
+    "component, name, expected",
+    [("unet", "conv_in.weight", [16, 6, 3, 3]), ("neural_operator", "lift.weight", [32, 74, 1, 1])],
+)
+def test_weights_of_another_shape_than_the_config_are_refused_in_one_line(
+    saved, tmp_path, monkeypatch, component, name, expected
+):
+    """A tensor whose shape is not the config's (the same number of values: its bytes fit): one line naming the
+    folder, the file, the parameter and both shapes, from the headers (diffusers' message was a long one about
+    ``low_cpu_mem_usage``)."""
+    import shutil
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(saved, folder)
+    weights = folder / component / "diffusion_pytorch_model.safetensors"
+    found = [expected[1], expected[0], *expected[2:]]
+
+    def reshape(header):
+        assert header[name]["shape"] == expected
+        header[name]["shape"] = found
+
+    weights.write_bytes(_edit_header(reshape)(weights.read_bytes()))
+    monkeypatch.setattr(NeurOpDiffPipeline, "from_pretrained", lambda *a, **k: pytest.fail("weights were loaded"))
+    with pytest.raises(ValueError) as caught:
+        load_pipeline(folder)
+    assert str(caught.value) == (
+        f"`pipeline` {folder}: tensor {name!r} of {component}/diffusion_pytorch_model.safetensors has shape {found}, "
+        f"but {component}/config.json gives it {expected}; the model folder is damaged."
+    )
+
+
 def test_weights_that_are_a_link_or_a_pickle_are_never_loaded(saved, tmp_path, monkeypatch):
     import shutil
 

@@ -121,11 +121,14 @@ _MAX_WEIGHTS_HEADER_BYTES = 16 * 1024 * 1024
 _WEIGHT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 
 
-def _check_weights(component: Path, blobs: Path | None) -> None:
+def _check_weights(component: Path, blobs: Path | None) -> dict[str, tuple[Path, list[int]]]:
     """A component's safetensors files, from their headers alone (nothing else is read): at least one, never through a
     link (but a Hub snapshot's into its blobs), the header within its budget and inside the file, and every tensor of
-    a floating-point dtype whose shape matches its byte range, which lies inside the file."""
+    a floating-point dtype whose shape matches its byte range, which lies inside the file. Returns each tensor's file
+    (as named in the folder) and shape."""
     import struct
+
+    shapes = {}
 
     files = sorted(component.glob("*.safetensors"))
     if not files:
@@ -133,8 +136,8 @@ def _check_weights(component: Path, blobs: Path | None) -> None:
             f"`pipeline` {printable(component)} holds no .safetensors weights (only safetensors files are loaded); "
             "the model folder is incomplete."
         )
-    for path in files:
-        path = _hub_blob(path, blobs)
+    for named in files:
+        path = _hub_blob(named, blobs)
 
         def damaged(reason: str, path: Path = path) -> ValueError:
             return ValueError(f"`pipeline` {printable(path)}: {reason}; the model folder is damaged.")
@@ -184,6 +187,30 @@ def _check_weights(component: Path, blobs: Path | None) -> None:
                     f"tensor {name!r} of shape {shape!r} does not fit its byte range {offsets!r} in the "
                     f"{data_size} bytes of data"
                 )
+            shapes[name] = (named, shape)
+    return shapes
+
+
+def _check_shapes(folder: Path, config_path: Path, config: dict, shapes: dict[str, tuple[Path, list[int]]]) -> None:
+    """The weights' shapes (from their headers) against the model that ``config_path`` describes, built on the meta
+    device (no memory): a tensor of another shape is refused naming the file, the parameter and both shapes. A
+    config the model cannot be built from is left to the loader, which says why."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DModel
+
+    model_cls = UNet2DModel if config_path.parent.name == "unet" else GalerkinNeuralOperator
+    try:
+        with init_empty_weights():
+            expected = model_cls.from_config(config).state_dict()
+    except Exception:  # noqa: BLE001 - the loader reports it
+        return
+    for name, (file, shape) in shapes.items():
+        if name in expected and list(expected[name].shape) != shape:
+            raise ValueError(
+                f"`pipeline` {printable(folder)}: tensor {name!r} of {printable(file.relative_to(folder))} has shape "
+                f"{shape}, but {printable(config_path.relative_to(folder))} gives it {list(expected[name].shape)}; "
+                "the model folder is damaged."
+            )
 
 
 #: Largest number of levels (``block_out_channels`` entries) and channels per level of a UNet.
@@ -244,7 +271,9 @@ def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.Path
     divide every level's channels; the scheduler's betas must be numbers in ``(0, 1)``, its names
     (``prediction_type``, ``timestep_spacing``, ``beta_schedule``), switches and thresholds valid; the pipeline's
     ``default_data_consistency_steps``, when present, an integer in ``[0, 100]``; the uncertainty map's calibration
-    ``uncertainty_error_bound_90``, when present, as `uncertainty_calibration.check_error_bound` allows.
+    ``uncertainty_error_bound_90``, when present, as `uncertainty_calibration.check_error_bound` allows. The weights
+    are checked from their safetensors headers: floating-point tensors inside their file, each of the shape that the
+    component's config gives it (the model is built on the meta device to know it).
 
     No file is read through a symbolic link, except in a Hub cache snapshot (``hub_blobs``), whose files are links
     into the cache's ``blobs`` folder: those links, and only those, are followed.
@@ -301,13 +330,13 @@ def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.Path
     files = {"unet": folder / "unet" / "config.json", "scheduler": folder / "scheduler" / "scheduler_config.json"}
     if has_operator:
         files["neural_operator"] = folder / "neural_operator" / "config.json"
-    configs = {}
+    configs, shapes = {}, {}
     for component, path in files.items():
         if not path.is_file():
             raise ValueError(f"`pipeline` {folder}: {path.relative_to(folder)} is missing; the folder is incomplete.")
         configs[component] = config = _read_json_object(path, blobs)
         if component != "scheduler":
-            _check_weights(path.parent, blobs)
+            shapes[component] = _check_weights(path.parent, blobs)
         for key, (low, high, optional) in _INT_RANGES[component].items():
             _check_int(config, path, key, low, high, optional)
     unet, unet_path = configs["unet"], files["unet"]
@@ -355,6 +384,8 @@ def check_pipeline_folder(folder: str | os.PathLike, *, hub_blobs: str | os.Path
             )
         if op.get("width", 256) % op.get("num_heads", 16):
             raise _bad_config(op_path, "num_heads", f"a divisor of width {op.get('width', 256)}", op.get("num_heads"))
+    for component, component_shapes in shapes.items():
+        _check_shapes(folder, files[component], configs[component], component_shapes)
     return index
 
 
