@@ -6,6 +6,7 @@ line, and nothing outside the job is read, written or removed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -32,7 +33,7 @@ from neurop_diff_diffusers.jobs.scene import (  # noqa: E402
     upscale_scene,
     work_folder,
 )
-from neurop_diff_diffusers.jobs.scene.journal import hold_work_folder, load_window  # noqa: E402
+from neurop_diff_diffusers.jobs.scene.journal import hold_work_folder, launch_id, load_window  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 #: Four windows of a 32 x 32 scene, the prior only (fast).
@@ -195,6 +196,53 @@ def test_the_lock_is_released_after_a_run_in_the_same_process(tmp_path, scene, p
     _interrupted(pipe, scene, tmp_path / "o.tif")  # a failed run lets go of it too
     upscale_scene(pipe, scene, tmp_path / "o.tif", **KW)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "o.tif"]
+
+
+class _Rank:
+    """Accelerate's process state as a process other than the main one of a 2-process launch sees it."""
+
+    num_processes, is_main_process = 2, False
+
+    def wait_for_everyone(self):
+        pass
+
+    @contextlib.contextmanager
+    def split_between_processes(self, items):
+        yield items[len(items) // 2 :]
+
+
+def _launch_env(monkeypatch, rank: int, port: int, run: str) -> None:
+    """The variables torchrun sets in each process of a launch."""
+    env = {"WORLD_SIZE": "2", "RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for key, value in {**env, "TORCHELASTIC_RUN_ID": run}.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_a_process_of_another_launch_never_writes_into_a_held_work_folder(tmp_path, scene, pipe, monkeypatch):
+    """Under ``accelerate launch`` only the main process locks the work folder: a non-main process of a second
+    launch on the same output is refused in one line (it wrote its windows into the first run's folder), while the
+    processes of the launch that holds the folder go on."""
+    from neurop_diff_diffusers.jobs.scene import engine, run_scene
+    from neurop_diff_diffusers.jobs.scene.journal import HOLDER
+
+    monkeypatch.setattr(engine, "_process_state", lambda cpu: _Rank())
+    target = tmp_path / "o.tif"
+    job = prepare_scene(scene, target, **{k: v for k, v in KW.items() if k != "workers"})
+    _launch_env(monkeypatch, 0, 29500, "first")
+    with hold_work_folder(job, is_main=True):  # the first launch's main process holds the folder
+        assert (job.folder / HOLDER).read_text() == launch_id()
+        before = _tree(job.folder)
+        _launch_env(monkeypatch, 1, 29501, "second")
+        with pytest.raises(ValueError) as caught:
+            run_scene(pipe, job, distributed=True)
+        assert str(caught.value) == (
+            f"another run holds the work folder `{job.folder}` of `{target}`: this process (rank 1) is not of the "
+            "launch that holds it; wait for it to end"
+        )
+        assert _tree(job.folder) == before  # no window, no journal written
+        _launch_env(monkeypatch, 1, 29500, "first")  # the first launch's other process: its share of the windows
+        assert run_scene(pipe, job, distributed=True) == target
+        assert len(list(job.folder.glob("w*.npy"))) == 2 and not target.exists()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ The resume state is read as hostile input:
 
 - the work folder is used only if this tool made it (its marker, [`~neurop_diff_diffusers.file_safety.
   claim_work_folder`]), never through a link, and a run holds it locked ([`hold_work_folder`]): a second run of the
-  same output is refused with one line;
+  same output is refused with one line; under ``accelerate launch`` the main process holds the lock and names its
+  launch in the folder, and every other process checks that name before it writes a window;
 - the journal is read within a size and depth budget and checked against its schema before use;
 - a window file is opened without following a link and checked from its ``.npy`` header (float32, the window's
   shape, C order, the size those imply) before a byte of data is read; a damaged one found when a run starts is
@@ -37,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ...file_safety import WORK_MARKER, claim_work_folder, load_json_file, printable
+from ...file_safety import WORK_MARKER, claim_work_folder, load_json_file, printable, read_text_no_follow
 from ...io.paths import uncertainty_path
-from ...utils import atomic_write, atomic_write_json, stale_temporaries
+from ...utils import atomic_write, atomic_write_json, atomic_write_text, stale_temporaries
 from .plan import ScenePlan, SceneWindow
 from .statistics import ValueRange
 from .window import is_neurop_pipeline
@@ -323,10 +324,38 @@ def discard_damaged_windows(job: SceneJob) -> int:
     return len(damaged)
 
 
+#: The file of a held work folder that names the distributed launch whose main process holds it ([`launch_id`]).
+HOLDER = ".neurop-diff-holder"
+
+
+def launch_id() -> str | None:
+    """What every process of one ``accelerate launch`` (torchrun) shares and no other launch running at the same
+    time does: the rendezvous id, the main process's address and port, the process count; ``None`` for one
+    process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    keys = ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE")
+    return " ".join(f"{key}={os.environ.get(key, '')}" for key in keys)
+
+
+def _check_holder(job: SceneJob) -> None:
+    """A process other than the main one of a distributed run: refused unless its launch holds the work folder."""
+    try:
+        holder = read_text_no_follow(job.folder / HOLDER, 4096, "work folder holder")
+    except (OSError, ValueError):  # missing, a link, not a file: no launch of ours holds it
+        holder = None
+    if holder is None or holder != launch_id():
+        raise ValueError(
+            f"another run holds the work folder `{printable(job.folder)}` of `{printable(job.dst_path)}`: this "
+            f"process (rank {printable(os.environ.get('RANK', '?'))}) is not of the launch that holds it; wait for it "
+            "to end"
+        )
+
+
 def _clear_work_folder(folder: Path) -> None:
-    """Remove what a work folder holds but its marker (the folder itself stays: a run holds it locked)."""
+    """Remove what a work folder holds but its marker and holder (the folder itself stays: a run holds it locked)."""
     for entry in os.scandir(folder):
-        if entry.name == WORK_MARKER:
+        if entry.name in (WORK_MARKER, HOLDER):
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path)
@@ -336,7 +365,9 @@ def _clear_work_folder(folder: Path) -> None:
 
 def open_journal(job: SceneJob, settings: dict[str, Any], restart: bool, is_main: bool, barrier: Callable) -> None:
     """Validate (all processes) and create (main process) the journal; a journal of other settings, or a damaged
-    one, is refused naming ``--restart``; damaged window files are discarded ([`discard_damaged_windows`])."""
+    one, is refused naming ``--restart``; damaged window files are discarded ([`discard_damaged_windows`]). After the
+    first ``barrier`` (the main process holds the folder by then), another process goes on only if its launch is the
+    one that holds the folder ([`HOLDER`])."""
     claim_work_folder(job.folder, "", create=False)  # a link, a file, a folder of someone else: refused
     journal = job.folder / "journal.json"
     try:
@@ -354,6 +385,8 @@ def open_journal(job: SceneJob, settings: dict[str, Any], restart: bool, is_main
             f"({diff}); they are never mixed in: pass restart=True (CLI: --restart) to discard them and start again."
         )
     barrier()
+    if not is_main:
+        _check_holder(job)
     if is_main:
         claim_work_folder(job.folder, _run_id())
         if stale or restart or old is None:  # windows without a journal are of no known run
@@ -410,8 +443,9 @@ def hold_work_folder(job: SceneJob, is_main: bool = True) -> Iterator[None]:
 
     Args:
         job (`SceneJob`): the scene.
-        is_main (`bool`, defaults to `True`): the main process holds the folder; the others of an ``accelerate
-            launch`` run share it (nothing is done for them).
+        is_main (`bool`, defaults to `True`): the main process holds the folder, and under ``accelerate launch``
+            writes its [`launch_id`] into it ([`HOLDER`]); the others of the launch share it (nothing is done for
+            them here: [`open_journal`] checks that their launch holds it).
 
     Raises:
         ValueError: the folder is a link, a file, a folder this tool did not make, or held by another run.
@@ -432,11 +466,14 @@ def hold_work_folder(job: SceneJob, is_main: bool = True) -> Iterator[None]:
             for output in (job.dst_path, uncertainty_path(job.dst_path)):
                 for temporary in stale_temporaries(output):
                     temporary.unlink(missing_ok=True)
+        launch = launch_id()
+        if launch is not None:  # the other processes of this launch check it before they write a window
+            atomic_write_text(job.folder / HOLDER, launch)
         yield
     finally:
         try:
             if os.path.isdir(job.folder) and not os.path.islink(job.folder):
-                if set(os.listdir(job.folder)) <= {WORK_MARKER}:
+                if set(os.listdir(job.folder)) <= {WORK_MARKER, HOLDER}:
                     shutil.rmtree(job.folder)
         finally:
             os.close(handle)
