@@ -17,8 +17,8 @@ Test scenes are mosaics of real UCMerced images (``../shared/data``; synthetic t
 georeferenced (UTM, 0.3 m).
 
 Example:
-    python benchmarks/scene.py memory --sides 800 1600 3200 --out /work/runs/scene
-    python benchmarks/scene.py fidelity --side 384 --out /work/runs/scene
+    python benchmarks/scene.py memory --sides 800 1600 3200 --out runs/scene
+    python benchmarks/scene.py fidelity --side 384 --out runs/scene
     python benchmarks/scene.py throughput --side 256 --before_src ../old-checkout/src --out /tmp/scene
 """
 
