@@ -6,7 +6,7 @@ package, no download) restores it to 256 x 256. The script writes the LR input, 
 comparison (bicubic | neural-operator prior | NeurOp-Diff | HR), and prints PSNR / SSIM against the original.
 
 Example:
-    python examples/demo.py                      # x4, 20 DDIM steps, the fast precision, outputs/
+    python examples/demo.py                      # x4, 30 DDIM steps, the fast precision, outputs/
     python examples/demo.py --dtype float32      # the paper's precision
     python examples/demo.py --scale 3.7 --input assets/samples/harbor31.png
 """
@@ -22,6 +22,7 @@ import torch
 
 from neurop_diff_diffusers import bicubic_prior, load_default_pipeline, optimize_pipeline
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, tensor_to_pil
+from neurop_diff_diffusers.defaults import DEFAULT_SETTINGS
 from neurop_diff_diffusers.evaluation.figures import make_figure
 from neurop_diff_diffusers.metrics.quality import image_metrics, quantize_8bit
 from neurop_diff_diffusers.pipelines.scheduling import strength_steps
@@ -34,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", type=Path, default=REPO / "assets" / "samples" / "airplane30.png")
     parser.add_argument("--scale", type=float, default=4.0, help="degradation / super-resolution factor (> 1)")
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=DEFAULT_SETTINGS["steps"], help="DDIM steps (the fast preset's)")
     parser.add_argument("--strength", type=float, default=None, help="default: the model's default_strength")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

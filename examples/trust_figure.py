@@ -8,7 +8,7 @@ omission (blue) / hallucination (red) classification of `trust_metrics.correctne
 between the uncertainty and the error.
 
 Example:
-    python examples/trust_figure.py    # parkinglot33, x4, 20 steps, 4 samples: ~2 min on 2 CPU cores
+    python examples/trust_figure.py    # parkinglot33, x4, 30 steps, 4 samples: ~2 min on 2 CPU cores
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from scipy.stats import spearmanr
 
 from neurop_diff_diffusers import load_default_pipeline, uncertainty_heatmap, uncertainty_scale
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor, preprocess_hr, to_uint8_levels
+from neurop_diff_diffusers.defaults import DEFAULT_SETTINGS
 from neurop_diff_diffusers.evaluation.figures import make_figure
 from neurop_diff_diffusers.evaluation.methods import image_seed
 from neurop_diff_diffusers.metrics.trust import correctness, correctness_map_image, upsample_lr
@@ -40,7 +41,7 @@ def main() -> None:
     default = REPO.parent / "shared" / "data" / "UCMerced_LandUse" / "parkinglot" / "parkinglot33.tif"
     parser.add_argument("--input", type=Path, default=default)
     parser.add_argument("--scale", type=float, default=4.0)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=DEFAULT_SETTINGS["steps"], help="the fast preset's")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-flip-samples", action="store_true", help="seeded samples only (flip_samples=False)")

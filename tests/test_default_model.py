@@ -30,8 +30,9 @@ from neurop_diff_diffusers import (
     load_default_pipeline,
 )
 from neurop_diff_diffusers.data import bicubic_degrade, pil_to_tensor
+from neurop_diff_diffusers.defaults import DEFAULT_SETTINGS
 from neurop_diff_diffusers.metrics.quality import image_metrics, quantize_8bit
-from neurop_diff_diffusers.pipelines.uncertainty_calibration import check_error_bound
+from neurop_diff_diffusers.pipelines.uncertainty_calibration import call_error_bound, check_error_bound
 
 SAMPLES = sorted((Path(__file__).resolve().parents[1] / "assets" / "samples").glob("*.png"))
 
@@ -67,7 +68,11 @@ def test_the_embedded_model_ships_complete_small_and_safetensors_only():
     # back-projection onto the LR by default, chosen by measurement (README, "Can I trust the detail?")
     assert index["default_data_consistency_steps"] == 10
     # the uncertainty map's 90 % error bound, fitted on training images (README, "Can I trust the detail?")
-    assert check_error_bound(index["uncertainty_error_bound_90"])["num_samples"] == 4
+    # (N = 4 at x4), one for the command's default steps and one for the 10 steps it was first fitted at
+    calibrations = check_error_bound(index["uncertainty_error_bound_90"])
+    assert [(c["num_samples"], c["num_inference_steps"]) for c in calibrations] == [(4, 10), (4, 30)]
+    assert call_error_bound(index, 4, 4.0, DEFAULT_SETTINGS["steps"]) == 13.6949
+    assert call_error_bound(index, 4, 2.0, DEFAULT_SETTINGS["steps"]) is None  # no bound at x2 (not fitted there)
     scheduler = json.loads((DEFAULT_MODEL_PATH / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction"
     weights = sorted(DEFAULT_MODEL_PATH.rglob("*.safetensors"))

@@ -77,7 +77,7 @@ class AppConfig:
         max_output_pixels: larger outputs are refused before any work (the pipeline's ``max_output_pixels``).
         concurrency: requests computed at the same time; the others wait in the queue.
         max_queue: requests waiting at most (more are refused with a message).
-        default_steps: the steps the page starts with (20: the fast preset's; the paper's recipe takes 50).
+        default_steps: the steps the page starts with (the fast preset's; the paper's recipe takes 50).
         dtype: the UNet's precision, ``auto`` (default: the fastest computed natively on the device), ``float32``
             (the paper's), ``bfloat16`` (CPUs with bfloat16 units, GPUs) or ``float16`` (GPUs); see
             [`~neurop_diff_diffusers.runtime.optimization.optimize_pipeline`].
@@ -354,7 +354,7 @@ class Upscaler:
         scale: float = 4.0,
         height: int | None = None,
         width: int | None = None,
-        steps: int = 20,
+        steps: int = int(DEFAULT_SETTINGS["steps"]),
         strength: float | None = None,
         seed: int = 0,
         prior_only: bool = False,

@@ -46,8 +46,9 @@ def _add_preset_flag(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=sorted(SETTING_PRESETS),
         default=DEFAULT_SETTING_PRESET,
-        help="fast (default): 20 steps, --dtype auto, --channels-last, the model's back-projection; paper: the "
-        "paper's recipe, 50 steps, float32, no back-projection; explicit flags win",
+        help=f"fast (default): {SETTING_PRESETS['fast']['steps']} steps, --dtype auto, --channels-last, the model's "
+        f"back-projection; paper: the paper's recipe, {SETTING_PRESETS['paper']['steps']} steps, float32, no "
+        "back-projection; explicit flags win",
     )
 
 
