@@ -372,6 +372,19 @@ def test_uncertainty_maps_of_two_inputs_in_one_file_are_refused(scenes, tmp_path
     assert not (tmp_path / "o").exists()
 
 
+def test_two_inputs_with_one_output_file_are_refused_before_any_work(scenes, tmp_path, capsys):
+    # a TIFF named .png takes a .tif output: s0.tif and s0.png would both write s0_x2.tif, the second over the first
+    Image.open(scenes / "s0.png").save(scenes / "s0.tif")
+    Image.open(scenes / "s1.png").save(scenes / "s0.png", format="TIFF")
+    argv = ["--input-dir", scenes, "--out-dir", tmp_path / "o", "--glob", "s0.*", *FAST]
+    for extra in ((), ("--overwrite",)):
+        assert _run("upscale", *argv, *extra) == 2
+        err = _one_line(capsys)
+        assert f"{scenes / 's0.png'} and {scenes / 's0.tif'} would both write the output" in err
+        assert str(tmp_path / "o" / "s0_x2.tif") in err and "--glob" in err
+        assert not (tmp_path / "o").exists()
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # every per-file flag: a batch writes what single files with the same flags write, and records what its outputs
 # depend on

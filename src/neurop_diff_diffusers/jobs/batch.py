@@ -468,23 +468,28 @@ class FolderJob:
         return output_path(src, self.scale, self.size, None, self.out_dir / src.parent.relative_to(self.input_dir))
 
     def planned(self, sources: Sequence[Path]) -> dict[str, str]:
-        """Each input's manifest name -> its output file; two inputs whose uncertainty maps would be one file
-        (``a.png`` and ``a.tif``: ``a_x2.png`` and ``a_x2.tif``, one map ``a_x2.uncertainty.tif``) are refused.
+        """Each input's manifest name -> its output file; two inputs that would write one file are refused: one
+        output (``a.tif`` and a TIFF named ``a.png``: both ``a_x2.tif``), or with ``--uncertainty`` one map
+        (``a.png`` and ``a.tif``: ``a_x2.png`` and ``a_x2.tif``, one map ``a_x2.uncertainty.tif``). Otherwise the
+        second would replace the first's output and both would be recorded as done.
 
         Raises:
-            CLIError: naming both inputs and the map.
+            CLIError: naming both inputs and the file.
         """
         planned = {str(src): str(self.output(src)) for src in sources}
-        if self.options.num_samples is not None:
-            owners: dict[str, str] = {}
-            for name, output in planned.items():
-                spread = str(uncertainty_path(Path(output)))
-                if spread in owners:
+        owners: dict[str, str] = {}
+        for name, output in planned.items():
+            written = [(output, "the output")]
+            if self.options.num_samples is not None:
+                written.append((str(uncertainty_path(Path(output))), "the map"))
+            for path, what in written:
+                if path in owners:
+                    flag = "--uncertainty: " if what == "the map" else ""
                     raise CLIError(
-                        f"--uncertainty: {owners[spread]} and {name} would both write the map {spread}; rename one "
-                        "of them or leave one out with --glob"
+                        f"{flag}{owners[path]} and {name} would both write {what} {path}; rename one of them or leave "
+                        "one out with --glob"
                     )
-                owners[spread] = name
+                owners[path] = name
         return planned
 
 
