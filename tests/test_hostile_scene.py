@@ -374,8 +374,11 @@ WINDOW = (3, *ScenePlan.create((32, 32), (64, 64), window=16, halo=4).windows()[
         (_npy_header(WINDOW, fortran=True), "in Fortran order"),
         (_npy_header(WINDOW) + b"\x00" * 100, "not the"),  # truncated
         (_npy_header(WINDOW, "<f8") + b"\x00" * (8 * 3 * 24 * 24), "holds float64"),
+        # the right header, values no model output has: never blended into the scene
+        (_npy_header(WINDOW) + np.full(WINDOW, np.nan, dtype="<f4").tobytes(), "holds NaN or infinite values"),
+        (_npy_header(WINDOW) + np.full(WINDOW, -np.inf, dtype="<f4").tobytes(), "holds NaN or infinite values"),
     ],
-    ids=["huge", "random", "object", "fortran", "truncated", "float64"],
+    ids=["huge", "random", "object", "fortran", "truncated", "float64", "nan", "inf"],
 )
 def test_a_damaged_window_file_is_recomputed_with_one_warning(tmp_path, scene, pipe, reference, content, reason):
     target = tmp_path / "o.tif"

@@ -15,7 +15,8 @@ The resume state is read as hostile input:
   launch in the folder, and every other process checks that name before it writes a window;
 - the journal is read within a size and depth budget and checked against its schema before use;
 - a window file is opened without following a link and checked from its ``.npy`` header (float32, the window's
-  shape, C order, the size those imply) before a byte of data is read; a damaged one found when a run starts is
+  shape, C order, the size those imply) before a byte of data is read, then its values (finite: NaN or an infinity
+  is never blended into an output); a damaged one found when a run starts is
   discarded (one warning) and computed again, one found while the output is assembled is refused naming the file
   and ``--restart``.
 """
@@ -251,13 +252,27 @@ def _open_window(path: Path, shape: tuple[int, ...]) -> Iterator[Any]:
         yield f
 
 
+def _read_window(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """The window saved at ``path``, checked from its header and size before it is read ([`_open_window`]), then
+    its values: a window the model computed is finite (its output is refused otherwise), so a NaN or an infinity
+    means the file was damaged or written by something else. ``ValueError`` with the reason otherwise."""
+    with _open_window(path, shape) as f:
+        array = np.empty(shape, dtype=np.float32)
+        if f.readinto(memoryview(array).cast("B")) != array.nbytes:
+            raise ValueError("shorter than its header says")
+    if not np.isfinite(array).all():
+        raise ValueError("holds NaN or infinite values")
+    return array
+
+
 def check_window_file(path: Path, shape: tuple[int, ...]) -> str | None:
-    """Why the window file at ``path`` cannot hold a window of ``shape`` (from its header and size), or ``None``."""
+    """Why the window file at ``path`` cannot hold a window of ``shape`` (from its header and size, then its values:
+    all finite), or ``None``."""
     try:
-        with _open_window(path, shape):
-            return None
+        _read_window(path, shape)
     except ValueError as err:
         return str(err)
+    return None
 
 
 def load_window(folder: Path, window: SceneWindow, planes: int) -> np.ndarray:
@@ -269,15 +284,11 @@ def load_window(folder: Path, window: SceneWindow, planes: int) -> np.ndarray:
     path = window_file(folder, window.index)
     shape = (planes, *window.out_shape)
     try:
-        with _open_window(path, shape) as f:
-            array = np.empty(shape, dtype=np.float32)
-            if f.readinto(memoryview(array).cast("B")) != array.nbytes:
-                raise ValueError("shorter than its header says")
+        return _read_window(path, shape)
     except ValueError as err:
         raise ValueError(
             f"window file `{printable(path)}` is damaged ({err}); rerun with restart=True (CLI: --restart)"
         ) from None
-    return array
 
 
 def done_windows(folder: Path, windows: list[SceneWindow]) -> set[int]:
@@ -294,7 +305,8 @@ def done_windows(folder: Path, windows: list[SceneWindow]) -> set[int]:
 
 def discard_damaged_windows(job: SceneJob) -> int:
     """Remove the window files of ``job.folder`` that cannot be one of its windows (from their headers: links,
-    other types or shapes, truncated, random bytes); they are computed again. One warning names the first.
+    other types or shapes, truncated, random bytes; then from their values: NaN or infinite); they are computed
+    again. One warning names the first.
 
     Returns:
         `int`: how many were discarded.
