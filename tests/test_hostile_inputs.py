@@ -693,3 +693,21 @@ def test_float_geotiff_with_undeclared_nan_masks_it_with_one_warning(tmp_path, c
         data, mask = result.read(), result.dataset_mask()
     assert np.isfinite(data).all()  # the other pixels were not poisoned by the NaN
     assert (mask == 0).sum() == 4 and (mask[4:6, 6:8] == 0).all()  # the NaN pixel, nearest-upscaled x2
+
+
+def test_a_map_is_not_left_alone_when_its_output_cannot_be_written(image, tmp_path, capsys, monkeypatch):
+    # the map is written first; a full disk while the output is written must not leave the map without its output
+    import errno
+
+    from neurop_diff_diffusers.io import image_files
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(image_files, "write_plain_image", full)
+    out = tmp_path / "o" / "x.png"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert run_cli("upscale", image, "-o", out, "--scale", "2", "--uncertainty", "2", *FAST) == 2
+    assert "No space left on device" in one_error_line(capsys)
+    assert not (tmp_path / "o" / "x.uncertainty.tif").exists() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "o"]) and list(out.parent.iterdir()) == []

@@ -772,10 +772,22 @@ def run_job(
     if stop is not None and not job.options.prior_only:
         pipe_kwargs["callback_on_step_end"] = step_callback(stop)
     output = pipe(image.rgb, output_size=job.out_size, generator=generator, output_type="np", **pipe_kwargs)
-    if map_path is not None:  # the map first: an output is never left without the map it was asked with
-        spread = np.asarray(output.uncertainty[0], dtype=np.float32)
-        _save_map(pipe, spread, image.rgb.shape[0], job, map_path, overwrite)
-    write_plain_image(output.images[0], image, dst, overwrite=overwrite)
+    if map_path is None:
+        write_plain_image(output.images[0], image, dst, overwrite=overwrite)
+        return
+    # the map first: an output is never left without the map it was asked with; and if the output then cannot be
+    # written (a full disk, a file that appeared meanwhile), the map just written is removed: never a map alone
+    spread = np.asarray(output.uncertainty[0], dtype=np.float32)
+    _save_map(pipe, spread, image.rgb.shape[0], job, map_path, overwrite)
+    written = os.lstat(map_path)
+    try:
+        write_plain_image(output.images[0], image, dst, overwrite=overwrite)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            current = os.lstat(map_path)
+            if (current.st_dev, current.st_ino) == (written.st_dev, written.st_ino):  # ours, not a newcomer
+                os.unlink(map_path)
+        raise
 
 
 def _save_map(pipe: Any, spread: Any, input_height: int, job: FileJob, path: Path, overwrite: bool) -> None:
