@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import one_error_line
 from neurop_diff_diffusers.cli import main
 from neurop_diff_diffusers.jobs.batch import (
     LOCK_NAME,
@@ -243,6 +244,28 @@ def test_append_record_never_follows_a_symlink(tmp_path):
     with pytest.raises(ValueError, match="symbolic link"):
         append_record(tmp_path / MANIFEST_NAME, {"input": "a"})
     assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds the manifest's descriptor through /proc")
+def test_a_full_disk_while_recording_is_one_line_and_keeps_what_was_written(scenes, tmp_path, capsys, monkeypatch):
+    import errno
+
+    real_write = os.write
+
+    def write(fd, data):  # the disk is full for the manifest only (the outputs are written through other calls)
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(MANIFEST_NAME):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    out = tmp_path / "out"
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 2
+    assert one_error_line(capsys) == f"{out / MANIFEST_NAME}: cannot append to it (No space left on device)"
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, "s0_x2.png"]  # no lock left
+    assert (out / MANIFEST_NAME).read_bytes() == b""
+    monkeypatch.undo()
+    assert _run("upscale", "--input-dir", scenes, "--out-dir", out, "--glob", "s0.png", *FAST) == 0
+    assert "1 inputs: 0 written, 1 already complete" in capsys.readouterr().out
 
 
 def test_a_second_run_on_a_locked_out_dir_is_refused(scenes, tmp_path, capsys):

@@ -252,7 +252,7 @@ def append_record(manifest: str | os.PathLike, record: dict[str, Any]) -> None:
     """Append one JSON line to ``manifest`` in a single ``O_APPEND`` write (lines of several processes never mix).
 
     The manifest is never written through a symbolic link (``O_NOFOLLOW``) nor appended to unless it is a regular
-    file: ``ValueError`` otherwise.
+    file: ``ValueError`` otherwise, and also when the write fails (e.g. a full disk), naming the file and the reason.
     """
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
     try:
@@ -264,6 +264,8 @@ def append_record(manifest: str | os.PathLike, record: dict[str, Any]) -> None:
         if not stat.S_ISREG(os.fstat(handle).st_mode):
             raise ValueError(f"{manifest} is not a regular file: remove it or choose another --out-dir")
         os.write(handle, line)
+    except OSError as err:  # e.g. a full disk: one line, the run stops (the outputs written so far are kept)
+        raise ValueError(f"{manifest}: cannot append to it ({err.strerror or err})") from None
     finally:
         os.close(handle)
 
@@ -302,10 +304,16 @@ def compact_manifest(manifest: str | os.PathLike, inputs: Sequence[str]) -> list
 
     Returns:
         The records written.
+
+    Raises:
+        ValueError: the manifest cannot be rewritten (e.g. a full disk), naming it and the reason.
     """
     latest = read_manifest(manifest)
     records = [latest[name] for name in inputs if name in latest]
-    atomic_write_text(manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    try:
+        atomic_write_text(manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    except OSError as err:  # the appended lines stay: a re-run reads them
+        raise ValueError(f"{manifest}: cannot rewrite it ({err.strerror or err})") from None
     return records
 
 
