@@ -122,6 +122,15 @@ def test_missing_local_path_is_a_clear_error(tmp_path):
         load_rs_dataset(str(tmp_path / "nowhere"))
 
 
+def test_a_folder_without_images_or_data_files_is_refused_before_datasets_scans_it(tmp_path, monkeypatch):
+    for i in range(50):
+        (tmp_path / "empty" / f"class{i}").mkdir(parents=True)
+    (tmp_path / "empty" / "class0" / "notes.md").write_text("no data")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets was asked to scan it"))
+    with pytest.raises(ValueError, match=r"No image \(.tif, .*\) or data file \(.parquet, .*\) under '.*empty'"):
+        load_rs_dataset(str(tmp_path / "empty"), "all")
+
+
 # ---------------------------------------------------------------- splits
 
 

@@ -266,8 +266,16 @@ def load_image_folder(path: str | os.PathLike) -> datasets.Dataset:
     )
 
 
+#: Files `datasets.load_dataset` can build a dataset from (besides images): a folder without any is refused at once.
+DATA_FILE_EXTENSIONS = (".parquet", ".arrow", ".csv", ".tsv", ".json", ".jsonl", ".txt", ".tar", ".zip")
+
+
 def _has_images(root: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*"))
+
+
+def _has_data_files(root: Path) -> bool:
+    return any(p.suffix.lower() in DATA_FILE_EXTENSIONS and p.is_file() for p in root.rglob("*"))
 
 
 def _load_local(root: Path, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
@@ -279,6 +287,11 @@ def _load_local(root: Path, cache_dir: str | os.PathLike | None = None) -> datas
         return normalize_image_dataset(_pick_split(datasets.load_from_disk(str(root)), str(root)))
     if _has_images(root):
         return load_image_folder(root)
+    if not _has_data_files(root):  # else `datasets` scans every sub-folder at length before its own refusal
+        raise ValueError(
+            f"No image ({', '.join(IMAGE_EXTENSIONS)}) or data file ({', '.join(DATA_FILE_EXTENSIONS)}) under "
+            f"{str(root)!r}."
+        )
     loaded = datasets.load_dataset(str(root), cache_dir=None if cache_dir is None else str(cache_dir))
     return normalize_image_dataset(_pick_split(loaded, str(root)))
 
