@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +29,7 @@ from typing import Any, NamedTuple
 from ..defaults import DEFAULT_MAX_OUTPUT_PIXELS, DEFAULT_SETTINGS, DEFAULT_TILE_SIZE
 from ..file_safety import check_file_target, check_local_name, printable
 from ..io.paths import output_path, uncertainty_path  # noqa: F401 (the job names its outputs with them)
+from .messages import one_line, os_reason, print_warning  # noqa: F401 (re-exported: the command line uses them)
 from .stopping import check_stop_flag, raise_if_stopped, step_callback
 
 #: The input and output file types (PNG, JPEG, TIFF; a georeferenced TIFF is a GeoTIFF).
@@ -138,56 +138,6 @@ class UpscaleJob(NamedTuple):
     dst: Path
     geo: bool
     out_size: tuple[int, int]
-
-
-#: Python argument names in library messages -> the flags that set them.
-_FLAG_NAMES = {
-    "`num_inference_steps`": "--steps",
-    "`tile_size`": "--tile-size",
-    "`tile_overlap`": "--tile-overlap",
-    "`max_output_pixels`": "--max-pixels",
-    "pass a larger `max_output_pixels=` to the pipeline call to allow it": "raise --max-pixels to allow it",
-    "`output_size`": "--size",
-    "`scale`": "--scale",
-    "`strength`": "--strength",
-    "`device`": "--device",
-    "overwrite=True (CLI: --overwrite)": "--overwrite",
-}
-
-
-def one_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type when empty), with Python argument names as CLI flags and
-    control characters escaped ([`~neurop_diff_diffusers.file_safety.printable`]).
-
-    Args:
-        err: the exception.
-
-    Example:
-        >>> one_line(ValueError("`num_inference_steps` must be >= 1\\nmore"))
-        '--steps must be >= 1'
-    """
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    for name, flag in _FLAG_NAMES.items():
-        text = text.replace(name, flag)
-    return printable(text)
-
-
-def print_warning(text: str) -> None:
-    """Print ``neurop-diff: warning: TEXT`` on stderr: one line (a file name's newline escaped, never a second line).
-
-    Args:
-        text: the warning, which may name files.
-    """
-    print(f"neurop-diff: warning: {printable(text)}", file=sys.stderr)
-
-
-def os_reason(err: OSError) -> str:
-    """``Permission denied`` rather than ``[Errno 13] Permission denied: '/x'`` (the caller names the file itself).
-
-    Args:
-        err: the operating-system error.
-    """
-    return err.strerror or one_line(err)
 
 
 def check_input_file(path: Path) -> None:
