@@ -6,7 +6,7 @@ package, no download) restores it to 256 x 256. The script writes the LR input, 
 comparison (bicubic | neural-operator prior | NeurOp-Diff | HR), and prints PSNR / SSIM against the original.
 
 Example:
-    python examples/demo.py                      # x4, 30 DDIM steps, the fast precision, outputs/
+    python examples/demo.py                      # x4, 25 DDIM steps, the fast precision, outputs/
     python examples/demo.py --dtype float32      # the paper's precision
     python examples/demo.py --scale 3.7 --input assets/samples/harbor31.png
 """

@@ -8,7 +8,7 @@ omission (blue) / hallucination (red) classification of `trust_metrics.correctne
 between the uncertainty and the error.
 
 Example:
-    python examples/trust_figure.py    # parkinglot33, x4, 30 steps, 4 samples: ~2 min on 2 CPU cores
+    python examples/trust_figure.py    # parkinglot33, x4, 25 steps, 4 samples: ~2 min on 2 CPU cores
 """
 
 from __future__ import annotations

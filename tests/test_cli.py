@@ -174,7 +174,7 @@ def test_the_no_model_guard_stops_every_command_that_loads_the_model(tmp_path, n
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        ([], {"steps": 30, "dtype": "auto", "channels_last": True, "data_consistency": None}),
+        ([], {"steps": 25, "dtype": "auto", "channels_last": True, "data_consistency": None}),
         (["--preset", "paper"], {"steps": 50, "dtype": "float32", "channels_last": False, "data_consistency": 0}),
         (["--steps", "7", "--no-channels-last"], {"steps": 7, "dtype": "auto", "channels_last": False}),
         (["--preset", "paper", "--dtype", "auto", "--data-consistency", "3"], {"steps": 50, "data_consistency": 3}),
@@ -190,7 +190,7 @@ def test_presets_fill_the_flags_left_unset(flags, expected):
 
 @pytest.mark.parametrize("preset", [None, "paper"])
 def test_the_command_runs_with_the_presets_settings(image, tmp_path, monkeypatch, preset):
-    """What reaches the model: the fast path by default (30 steps, dtype auto, channels-last), the paper's recipe
+    """What reaches the model: the fast path by default (25 steps, dtype auto, channels-last), the paper's recipe
     with --preset paper (50 steps, float32, contiguous, no back-projection)."""
     from neurop_diff_diffusers.pipelines.pipeline_neurop_diff import NeurOpDiffPipeline
     from neurop_diff_diffusers.runtime import optimization  # the command imports optimize_pipeline from it when run
@@ -207,7 +207,7 @@ def test_the_command_runs_with_the_presets_settings(image, tmp_path, monkeypatch
     assert _run("upscale", image, "--scale", "2", "--model", "preset:tiny", *flags, "-o", tmp_path / "o.png") == 0
     fast = preset is None
     assert optimized == [{"dtype": "auto" if fast else "float32", "channels_last": fast, "scheduler": None}]
-    assert calls[0]["num_inference_steps"] == (30 if fast else 50)
+    assert calls[0]["num_inference_steps"] == (25 if fast else 50)
     assert calls[0].get("data_consistency_steps") == (None if fast else 0)
 
 
@@ -215,4 +215,4 @@ def test_the_web_app_serves_the_fast_path_by_default():
     from neurop_diff_diffusers.app import AppConfig
 
     config = AppConfig()
-    assert (config.default_steps, config.dtype, config.channels_last) == (30, "auto", True)
+    assert (config.default_steps, config.dtype, config.channels_last) == (25, "auto", True)

@@ -68,10 +68,10 @@ def test_the_embedded_model_ships_complete_small_and_safetensors_only():
     # back-projection onto the LR by default, chosen by measurement (README, "Can I trust the detail?")
     assert index["default_data_consistency_steps"] == 10
     # the uncertainty map's 90 % error bound, fitted on training images (README, "Can I trust the detail?")
-    # (N = 4 at x4), one for the command's default steps and one for the 10 steps it was first fitted at
+    # (N = 4 at x4): one for the command's default steps, one for 30 and one for the 10 steps it was first fitted at
     calibrations = check_error_bound(index["uncertainty_error_bound_90"])
-    assert [(c["num_samples"], c["num_inference_steps"]) for c in calibrations] == [(4, 10), (4, 30)]
-    assert call_error_bound(index, 4, 4.0, DEFAULT_SETTINGS["steps"]) == 13.6949
+    assert [(c["num_samples"], c["num_inference_steps"]) for c in calibrations] == [(4, 10), (4, 25), (4, 30)]
+    assert call_error_bound(index, 4, 4.0, DEFAULT_SETTINGS["steps"]) == 13.3934
     assert call_error_bound(index, 4, 2.0, DEFAULT_SETTINGS["steps"]) is None  # no bound at x2 (not fitted there)
     scheduler = json.loads((DEFAULT_MODEL_PATH / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["prediction_type"] == "v_prediction"
