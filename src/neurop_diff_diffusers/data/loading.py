@@ -270,12 +270,16 @@ def load_image_folder(path: str | os.PathLike) -> datasets.Dataset:
 DATA_FILE_EXTENSIONS = (".parquet", ".arrow", ".csv", ".tsv", ".json", ".jsonl", ".txt", ".tar", ".zip")
 
 
-def _has_images(root: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in root.rglob("*"))
-
-
-def _has_data_files(root: Path) -> bool:
-    return any(p.suffix.lower() in DATA_FILE_EXTENSIONS and p.is_file() for p in root.rglob("*"))
+def _folder_kind(root: Path) -> str | None:
+    """``"images"`` when the folder holds an image file, else ``"data"`` when it holds a data file, else ``None``
+    (one walk of the tree, ended at the first image)."""
+    found_data = False
+    for path in root.rglob("*"):
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_EXTENSIONS:
+            return "images"
+        found_data = found_data or (suffix in DATA_FILE_EXTENSIONS and path.is_file())
+    return "data" if found_data else None
 
 
 def _load_local(root: Path, cache_dir: str | os.PathLike | None = None) -> datasets.Dataset:
@@ -285,9 +289,10 @@ def _load_local(root: Path, cache_dir: str | os.PathLike | None = None) -> datas
         raise NotADirectoryError(f"`name_or_path` must be a folder, got the file {str(root)!r}.")
     if (root / "state.json").is_file() or (root / "dataset_dict.json").is_file():
         return normalize_image_dataset(_pick_split(datasets.load_from_disk(str(root)), str(root)))
-    if _has_images(root):
+    kind = _folder_kind(root)
+    if kind == "images":
         return load_image_folder(root)
-    if not _has_data_files(root):  # else `datasets` scans every sub-folder at length before its own refusal
+    if kind is None:  # else `datasets` scans every sub-folder at length before its own refusal
         raise ValueError(
             f"No image ({', '.join(IMAGE_EXTENSIONS)}) or data file ({', '.join(DATA_FILE_EXTENSIONS)}) under "
             f"{str(root)!r}."
